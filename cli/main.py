@@ -1,0 +1,184 @@
+"""Entry point of the ``p2pshare`` command.
+
+Only click and light p2pshare modules are imported at start-up: ``--help`` and
+simple queries must not pay for libp2p or trio (over a second to import).  Each
+command imports what it needs inside its function.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from p2pshare import __version__
+from p2pshare.errors import P2PShareError
+from p2pshare.home import Home, resolve_home
+
+from .output import kv_lines, show
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+class _Group(click.Group):
+    """Turns p2pshare errors into one sentence on stderr and their exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except P2PShareError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Node directory (default: $P2PSHARE_HOME, else the platform's user data dir).",
+)
+@click.version_option(__version__, prog_name="p2pshare")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """p2pshare: share files and spare compute directly between peers."""
+    ctx.obj = resolve_home(home)
+
+
+def _home(ctx: click.Context) -> Home:
+    home = ctx.obj
+    assert isinstance(home, Home)
+    return home
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Replace an existing node key (new identity).")
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="Listen address to write into config.toml (repeatable).",
+)
+@json_option
+@click.pass_context
+def init(ctx: click.Context, force: bool, listen: tuple[str, ...], as_json: bool) -> None:
+    """Create the node's home: config.toml and an Ed25519 node key."""
+    from p2pshare.node.init import initialise  # noqa: PLC0415
+
+    home = _home(ctx)
+    result = initialise(home, force=force, listen=listen)
+    show(
+        {"peer_id": result.peer_id, "home": str(home.root), "config": str(home.config_path)},
+        as_json,
+        lambda r: f"initialised node {r['peer_id']} in {r['home']}",
+    )
+
+
+@cli.command()
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Announce readiness as one JSON line.")
+@click.pass_context
+def daemon(ctx: click.Context, log_level: str, as_json: bool) -> None:
+    """Run the node in the foreground until Ctrl-C, SIGTERM or `p2pshare stop`."""
+    import json  # noqa: PLC0415
+
+    import trio  # noqa: PLC0415
+
+    from p2pshare.node import logs  # noqa: PLC0415
+    from p2pshare.node.daemon import ReadyInfo, serve  # noqa: PLC0415
+
+    home = _home(ctx)
+    home.create()
+    logs.configure(log_level, home.log_path)
+
+    def on_ready(info: ReadyInfo) -> None:
+        if as_json:
+            doc = {
+                "event": "ready",
+                "peer_id": info.peer_id,
+                "addrs": info.addrs,
+                "socket": info.socket_path,
+            }
+            click.echo(json.dumps(doc))
+        else:
+            click.echo(f"p2pshare daemon ready: peer {info.peer_id}")
+            for addr in info.addrs:
+                click.echo(f"  listening on {addr}")
+            click.echo(f"  control socket {info.socket_path}")
+        sys.stdout.flush()
+
+    trio.run(serve, home, on_ready)
+
+
+@cli.command(name="id")
+@json_option
+@click.pass_context
+def id_(ctx: click.Context, as_json: bool) -> None:
+    """Show this node's peer ID and listen addresses."""
+    from p2pshare.control.client import call  # noqa: PLC0415
+
+    result = call(_home(ctx), "id")
+    show(
+        result,
+        as_json,
+        lambda r: "\n".join([f"peer ID: {r['peer_id']}", *(f"  {a}" for a in r["addrs"])]),
+    )
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the daemon's version, uptime and peer count."""
+    from p2pshare.control.client import call  # noqa: PLC0415
+
+    result = call(_home(ctx), "status")
+    show(
+        result,
+        as_json,
+        lambda r: kv_lines(
+            [
+                ("peer ID", r["peer_id"]),
+                ("version", r["version"]),
+                ("uptime", f"{r['uptime_s']:.0f} s"),
+                ("peers", r["peers"]),
+                ("home", r["home"]),
+            ]
+        ),
+    )
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def stop(ctx: click.Context, as_json: bool) -> None:
+    """Stop the daemon and wait until it has exited."""
+    from p2pshare.control.client import ControlClient  # noqa: PLC0415
+
+    with ControlClient(_home(ctx)) as client:
+        client.call("stop")
+        client.wait_closed()
+    show({"stopped": True}, as_json, lambda _: "daemon stopped")
+
+
+@cli.command()
+@json_option
+def demo(as_json: bool) -> None:
+    """Start three daemons on loopback in temporary homes and show them working."""
+    from p2pshare.demo import run_demo  # noqa: PLC0415
+
+    report = run_demo(progress=None if as_json else click.echo)
+    show(report, as_json, lambda r: f"demo passed in {r['total_s']:.2f} s")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="p2pshare")

@@ -1,0 +1,220 @@
+"""config.toml: typed sections, defaults, and errors that name the file, line and key.
+
+Each section is a frozen dataclass; a field's ``metadata["doc"]`` documents it.  The
+template written by ``p2pshare init`` and the reference in docs/configuration.md
+are generated from these classes, so code, defaults and docs cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from p2pshare.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+_TOML_POS_RE = re.compile(r"\s*\(at (?:line (\d+), column \d+|end of document)\)")
+
+
+def _opt(default: Any, doc: str) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: tuple(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def _check_multiaddr(value: str) -> str | None:
+    parts = value.split("/")
+    if (
+        not value.startswith("/")
+        or len(parts) < 5
+        or parts[1] not in {"ip4", "ip6", "dns4", "dns6", "dns"}
+    ):
+        return "is not a multiaddr like /ip4/0.0.0.0/tcp/4001"
+    return None
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """[network]: how this node reaches and is reached by peers."""
+
+    listen: tuple[str, ...] = _opt(
+        ["/ip4/0.0.0.0/tcp/4001"],
+        "Multiaddrs the libp2p host listens on (TCP; port 0 picks a free port).",
+    )
+    bootstrap: tuple[str, ...] = _opt(
+        [],
+        "Multiaddrs with /p2p/<peer ID> of peers to join the network through.",
+    )
+
+
+_VALIDATORS: dict[tuple[str, str], typing.Callable[[str], str | None]] = {
+    ("network", "listen"): _check_multiaddr,
+    ("network", "bootstrap"): _check_multiaddr,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole config.toml."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    f.name: typing.get_type_hints(Config)[f.name] for f in fields(Config)
+}
+
+
+def _find_line(text: str, section: str, key: str | None) -> int | None:
+    current = ""
+    key_re = re.compile(rf"^\s*{re.escape(key)}\s*=") if key else None
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = re.match(r"^\s*\[([^\]]+)\]", line)
+        if header:
+            current = header.group(1).strip()
+            if key is None and current == section:
+                return number
+        elif key_re and current == section and key_re.match(line):
+            return number
+    return None
+
+
+def _where(path: Path, text: str, section: str, key: str | None) -> str:
+    line = _find_line(text, section, key)
+    name = f"[{section}] {key}" if key else f"[{section}]"
+    return f"{path}, line {line}, {name}" if line else f"{path}, {name}"
+
+
+def _coerce(value: object, hint: object) -> object:
+    """Return the value as the field's type, or raise TypeError with what was expected."""
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError("true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError("an integer")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError("a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError("a string")
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise TypeError("a list of strings")
+    raise AssertionError(f"unsupported config type {hint!r}")
+
+
+def _load_section(path: Path, text: str, name: str, raw: object, cls: type[Any]) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{_where(path, text, name, None)}: must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    values: dict[str, object] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(
+                f"{_where(path, text, name, key)}: unknown key "
+                f"(known keys: {', '.join(sorted(known))})"
+            )
+        try:
+            coerced = _coerce(value, hints[key])
+        except TypeError as exc:
+            raise ConfigError(f"{_where(path, text, name, key)}: must be {exc}") from None
+        validator = _VALIDATORS.get((name, key))
+        items = coerced if isinstance(coerced, tuple) else (coerced,)
+        for item in items:
+            problem = validator(item) if validator and isinstance(item, str) else None
+            if problem:
+                raise ConfigError(f"{_where(path, text, name, key)}: {item!r} {problem}")
+        values[key] = coerced
+    return cls(**values)
+
+
+def _describe_toml_error(text: str, path: Path, message: str) -> str:
+    match = _TOML_POS_RE.search(message)
+    lines = text.splitlines()
+    line = int(match.group(1)) if match and match.group(1) else len(lines) + 1
+    where = f"{path}, line {line}"
+    key = re.match(r"^\s*([A-Za-z0-9_-]+)\s*=", lines[line - 1]) if line <= len(lines) else None
+    if key:
+        where += f", key {key.group(1)}"
+    return f"{where}: invalid TOML: {_TOML_POS_RE.sub('', message)}"
+
+
+def parse_config(text: str, path: Path) -> Config:
+    """Parse config text; every problem is a ConfigError naming file, line and key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_describe_toml_error(text, path, str(exc))) from None
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        cls = _SECTIONS.get(name)
+        if cls is None:
+            raise ConfigError(
+                f"{_where(path, text, name, None)}: unknown section "
+                f"(known sections: {', '.join(sorted(_SECTIONS))})"
+            )
+        sections[name] = _load_section(path, text, name, value, cls)
+    return Config(**sections)
+
+
+def load_config(path: Path) -> Config:
+    """Read config.toml; a missing file means all defaults."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Config()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return parse_config(text, path)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def render_config(config: Config) -> str:
+    """A commented config.toml holding ``config``; every key is documented."""
+    lines = [
+        "# p2pshare node configuration. Every key is optional; the values below are",
+        "# the defaults unless `p2pshare init` was given others.",
+        "# Reference: docs/configuration.md",
+    ]
+    for section in fields(Config):
+        cls = _SECTIONS[section.name]
+        lines += ["", f"# {(cls.__doc__ or '').strip()}", f"[{section.name}]"]
+        current = getattr(config, section.name)
+        for opt in fields(cls):
+            lines.append(f"# {opt.metadata['doc']}")
+            lines.append(f"{opt.name} = {_toml_value(getattr(current, opt.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def reference_rows() -> list[tuple[str, str, str, str]]:
+    """(section, key, default, doc) for every option, for the docs."""
+    rows = []
+    for section in fields(Config):
+        cls = _SECTIONS[section.name]
+        for opt in fields(cls):
+            factory = opt.default_factory
+            default = factory() if callable(factory) else opt.default
+            rows.append((section.name, opt.name, _toml_value(default), opt.metadata["doc"]))
+    return rows

@@ -1,0 +1,80 @@
+"""The one exception hierarchy of p2pshare.
+
+Who is at fault decides the type:
+
+* ``UserError`` -- something the person at the keyboard can fix (a bad path, a
+  malformed config, no daemon running).  ``str(err)`` is the sentence the CLI
+  prints, and ``exit_code`` is the process exit status.
+* ``RemoteError`` -- a peer or a control client sent us something wrong.  The
+  daemon answers or drops that peer and keeps serving everyone else.
+* ``LocalProtocolError`` -- we were asked to build something the protocol does
+  not allow; reaching it from the wire is impossible, from the API it is a bug
+  of the caller.
+
+Any other exception escaping p2pshare code is a bug in p2pshare.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ExitCode:
+    """Process exit statuses of the ``p2pshare`` command (see docs/cli.md)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    DAEMON_NOT_RUNNING = 3
+    CONFIG = 4
+    INTERNAL = 70
+
+
+class P2PShareError(Exception):
+    """Base class of every error p2pshare raises deliberately."""
+
+    exit_code: ClassVar[int] = ExitCode.FAILED
+
+
+class UserError(P2PShareError):
+    """An error the user can act on; the message is the sentence the CLI prints."""
+
+
+class ConfigError(UserError):
+    """The node's home or its config.toml is missing, malformed or unusable."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class DaemonNotRunningError(UserError):
+    """No daemon answers on the control socket of this home."""
+
+    exit_code = ExitCode.DAEMON_NOT_RUNNING
+
+
+class DaemonAlreadyRunningError(UserError):
+    """Another daemon already owns this home."""
+
+
+class ControlCallError(UserError):
+    """The daemon answered a control request with an error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RemoteError(P2PShareError):
+    """Base of errors caused by the other side of a connection."""
+
+
+class RemoteProtocolError(RemoteError):
+    """Bytes from a peer or a control client do not follow the protocol."""
+
+
+class IntegrityError(RemoteError):
+    """Data does not match the hash or signature that names it."""
+
+
+class LocalProtocolError(P2PShareError):
+    """We were asked to build a message or object the protocol forbids."""

@@ -1,0 +1,67 @@
+"""The libp2p host: our node key, TCP + Noise + Yamux and nothing else.
+
+py-libp2p 0.8.1 offers plaintext, secio and TLS next to Noise by default, so a
+dialer could negotiate an unencrypted connection; we pass the security and muxer
+options explicitly.  ``max_connections_per_peer=1`` also removes the 250 ms
+happy-eyeballs wait on every dial (measured in ../shared/notes/py-libp2p-0.8.1.md).
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
+
+import multiaddr
+from libp2p import create_yamux_muxer_option, new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.network.config import ConnectionConfig
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from p2pshare.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from libp2p.abc import IHost
+
+    from p2pshare.identity import NodeKey
+
+
+def parse_multiaddrs(addrs: Sequence[str], what: str) -> list[multiaddr.Multiaddr]:
+    """Parse config multiaddrs; a bad one is a ConfigError naming it."""
+    parsed = []
+    for addr in addrs:
+        try:
+            parsed.append(multiaddr.Multiaddr(addr))
+        except Exception as exc:  # noqa: BLE001 - multiaddr raises assorted types for bad input
+            raise ConfigError(f"{what} address {addr!r} is not a valid multiaddr: {exc}") from None
+    return parsed
+
+
+def build_host(key: NodeKey) -> IHost:
+    """A host keyed by ``key`` that speaks only Noise and Yamux."""
+    key_pair = create_new_key_pair(key.seed)
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt=create_yamux_muxer_option(),
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
+    )
+
+
+@asynccontextmanager
+async def running_host(key: NodeKey, listen: Sequence[str]) -> AsyncIterator[IHost]:
+    """Start the host listening on ``listen``; stop it on exit."""
+    host = build_host(key)
+    addrs = parse_multiaddrs(listen, "listen")
+    async with AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(host.run(addrs))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {', '.join(listen)}: {exc.strerror or exc}"
+            ) from exc
+        yield host

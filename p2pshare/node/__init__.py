@@ -1,0 +1,1 @@
+"""Daemon lifecycle: one trio nursery owns every service of a running node."""

@@ -1,0 +1,120 @@
+"""``p2pshare daemon``: start every service of a node and stop them cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pshare import __version__
+from p2pshare.config import load_config
+from p2pshare.control.server import ControlServer, Emit, Handler
+from p2pshare.errors import UserError
+from p2pshare.home import MAX_SOCKET_PATH
+from p2pshare.identity import NodeKey
+from p2pshare.net.host import running_host
+from p2pshare.node.init import initialise
+from p2pshare.node.lock import HomeLock
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from libp2p.abc import IHost
+
+    from p2pshare.home import Home
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    """What the control handlers of a running daemon can see."""
+
+    home: Home
+    key: NodeKey
+    host: IHost
+    started: float = field(default_factory=time.monotonic)
+    stop_requested: trio.Event = field(default_factory=trio.Event)
+
+    def listen_addrs(self) -> list[str]:
+        return [str(addr) for addr in self.host.get_addrs()]
+
+    async def rpc_id(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+        return {"peer_id": self.key.peer_id, "addrs": self.listen_addrs()}
+
+    async def rpc_status(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "peer_id": self.key.peer_id,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "peers": len(self.host.get_connected_peers()),
+            "home": str(self.home.root),
+        }
+
+    async def rpc_stop(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+        log.info("stop requested over the control socket")
+        self.stop_requested.set()
+        return {"stopping": True}
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"id": self.rpc_id, "status": self.rpc_status, "stop": self.rpc_stop}
+
+
+@dataclass(frozen=True)
+class ReadyInfo:
+    peer_id: str
+    addrs: list[str]
+    socket_path: str
+
+
+async def _stop_on_signal(node: Node, signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        node.stop_requested.set()
+        return
+
+
+async def serve(home: Home, on_ready: Callable[[ReadyInfo], None]) -> None:
+    """Run the node until SIGINT, SIGTERM or a ``stop`` request."""
+    if len(str(home.socket_path).encode()) > MAX_SOCKET_PATH:
+        raise UserError(
+            f"the home path {home.root} is too long for a unix socket; choose a shorter --home"
+        )
+    if not home.key_path.exists():
+        result = initialise(home)
+        log.info("initialised a new node %s in %s", result.peer_id, home.root)
+    lock = HomeLock(home.lock_path)
+    lock.acquire()
+    server: ControlServer | None = None
+    try:
+        config = load_config(home.config_path)
+        key = NodeKey.load(home.key_path)
+        # We hold the lock, so any socket file left here belongs to a dead daemon.
+        home.socket_path.unlink(missing_ok=True)
+        # Installed before we announce readiness, so no SIGTERM meets the default handler.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with running_host(key, config.network.listen) as host:
+                node = Node(home, key, host)
+                server = ControlServer(node.handlers(), log_hint=str(home.log_path))
+                sock = await ControlServer.bind(home.socket_path)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(server.serve, sock)
+                    nursery.start_soon(_stop_on_signal, node, signals)
+                    addrs = node.listen_addrs()
+                    log.info("node %s listening on %s", key.peer_id, ", ".join(addrs))
+                    on_ready(ReadyInfo(key.peer_id, addrs, str(home.socket_path)))
+                    await node.stop_requested.wait()
+                    server.hold_connections()
+                    nursery.cancel_scope.cancel()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            home.socket_path.unlink()
+        lock.release()
+        if server is not None:
+            server.close_connections()
+    log.info("daemon stopped")

@@ -1,0 +1,43 @@
+"""Shared test set-up: hypothesis profiles and node homes.
+
+Hypothesis profiles, chosen with P2PSHARE_HYPOTHESIS:
+* ``quick`` (default) -- enough examples to catch regressions in CI time;
+* ``thorough`` -- many more examples, for a deliberate long run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from p2pshare.home import Home
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+settings.register_profile("quick", max_examples=60, deadline=None)
+settings.register_profile(
+    "thorough",
+    max_examples=5000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("P2PSHARE_HYPOTHESIS", "quick"))
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path: unix socket paths are capped at 107 bytes."""
+    with tempfile.TemporaryDirectory(prefix="p2ps-") as name:
+        yield Path(name)
+
+
+@pytest.fixture
+def home(short_tmp: Path) -> Home:
+    """An uninitialised node home."""
+    return Home(short_tmp / "home")

@@ -1,0 +1,130 @@
+"""A real ``p2pshare daemon`` process in a temporary home, driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+from typing import TYPE_CHECKING
+
+import pytest
+
+from p2pshare.errors import ExitCode
+from p2pshare.identity import NodeKey
+from p2pshare.launcher import DaemonProcess, DaemonStartError, init_home, run_cli
+from p2pshare.node.lock import is_held
+
+if TYPE_CHECKING:
+    from p2pshare.home import Home
+
+pytestmark = pytest.mark.integration
+
+
+def test_id_and_status_as_json(daemon: DaemonProcess) -> None:
+    key = NodeKey.load(daemon.home.key_path)
+    result = run_cli(daemon.home, "id", "--json")
+    assert result.returncode == 0, result.stderr
+    ident = json.loads(result.stdout)
+    assert ident["peer_id"] == key.peer_id
+    assert ident["addrs"]
+    for addr in ident["addrs"]:
+        assert addr.startswith("/ip4/127.0.0.1/tcp/")
+        assert addr.endswith(f"/p2p/{key.peer_id}")
+    status = json.loads(run_cli(daemon.home, "status", "--json").stdout)
+    assert status["peer_id"] == key.peer_id
+    assert status["peers"] == 0
+    assert status["uptime_s"] >= 0
+    assert status["version"]
+
+
+def test_listen_address_accepts_tcp_connections(daemon: DaemonProcess) -> None:
+    addr = daemon.info["addrs"][0].split("/")
+    with socket.create_connection((addr[2], int(addr[4])), timeout=5):
+        pass
+
+
+def test_control_socket_is_private(daemon: DaemonProcess) -> None:
+    assert stat.S_IMODE(daemon.home.socket_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(daemon.home.root.stat().st_mode) == 0o700
+
+
+def test_second_daemon_is_refused(daemon: DaemonProcess) -> None:
+    with (
+        DaemonProcess(daemon.home) as second,
+        pytest.raises(DaemonStartError, match="already running"),
+    ):
+        second.start()
+    assert run_cli(daemon.home, "id").returncode == 0
+
+
+def test_stop_removes_socket_and_releases_the_home(daemon: DaemonProcess) -> None:
+    result = run_cli(daemon.home, "stop")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "daemon stopped"
+    assert daemon.wait(10) == 0
+    assert not daemon.home.socket_path.exists()
+    assert not is_held(daemon.home.lock_path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_shut_down_cleanly(daemon: DaemonProcess, signum: int) -> None:
+    os.kill(daemon.pid, signum)
+    assert daemon.wait(10) == 0
+    assert not daemon.home.socket_path.exists()
+
+
+def test_restart_after_kill_9(daemon: DaemonProcess) -> None:
+    peer_id = daemon.info["peer_id"]
+    daemon.kill()
+    assert daemon.home.socket_path.exists(), "kill -9 leaves the socket behind"
+    result = run_cli(daemon.home, "id")
+    assert result.returncode == ExitCode.DAEMON_NOT_RUNNING
+    with DaemonProcess(daemon.home) as again:
+        assert again.start()["peer_id"] == peer_id
+        assert json.loads(run_cli(daemon.home, "id", "--json").stdout)["peer_id"] == peer_id
+
+
+def test_garbage_on_the_control_socket(daemon: DaemonProcess) -> None:
+    with socket.socket(socket.AF_UNIX) as vandal:
+        vandal.settimeout(10)
+        vandal.connect(str(daemon.home.socket_path))
+        vandal.sendall(b"\x00\x00\x00\x05hello")
+        reply = vandal.recv(4096)
+        assert b"bad_request" in reply
+        vandal.sendall(b"\xff\xff\xff\xff")
+        while vandal.recv(4096):
+            pass
+    assert run_cli(daemon.home, "status").returncode == 0
+
+
+def test_not_running_gives_one_sentence_and_exit_code(home: Home) -> None:
+    init_home(home)
+    for verb in ("id", "status", "stop"):
+        result = run_cli(home, verb, "--json")
+        assert result.returncode == ExitCode.DAEMON_NOT_RUNNING
+        assert result.stdout == ""
+        assert result.stderr == (
+            f"error: the p2pshare daemon is not running for {home.root}; "
+            "start it with: p2pshare daemon\n"
+        )
+
+
+def test_daemon_initialises_a_fresh_home(home: Home) -> None:
+    home.create()
+    home.config_path.write_text('[network]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n')
+    with DaemonProcess(home) as process:
+        info = process.start()
+        assert info["peer_id"] == NodeKey.load(home.key_path).peer_id
+
+
+def test_bad_config_stops_the_start_with_one_sentence(home: Home) -> None:
+    init_home(home)
+    home.config_path.write_text("[network]\nlisten = 4001\n")
+    with DaemonProcess(home) as process, pytest.raises(DaemonStartError) as info:
+        process.start()
+    assert f"{home.config_path}, line 2, [network] listen: must be a list of strings" in str(
+        info.value
+    )
+    assert "Traceback" not in str(info.value)

@@ -1,0 +1,81 @@
+"""CLI behaviour that needs no daemon."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+from p2pshare.errors import ExitCode
+from p2pshare.launcher import run_cli
+
+if TYPE_CHECKING:
+    from p2pshare.home import Home
+
+
+def test_init_creates_config_and_private_key(home: Home) -> None:
+    result = run_cli(home, "init", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["peer_id"].startswith("12D3KooW")
+    assert stat.S_IMODE(home.key_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(home.root.stat().st_mode) == 0o700
+    assert "[network]" in home.config_path.read_text()
+
+
+def test_init_refuses_to_replace_a_key_without_force(home: Home) -> None:
+    first = json.loads(run_cli(home, "init", "--json").stdout)["peer_id"]
+    again = run_cli(home, "init")
+    assert again.returncode == ExitCode.FAILED
+    assert "use --force" in again.stderr
+    assert first in again.stderr
+    forced = json.loads(run_cli(home, "init", "--force", "--json").stdout)["peer_id"]
+    assert forced != first
+
+
+def test_init_writes_listen_addresses(home: Home) -> None:
+    run_cli(home, "init", "--listen", "/ip4/127.0.0.1/tcp/0")
+    assert 'listen = ["/ip4/127.0.0.1/tcp/0"]' in home.config_path.read_text()
+
+
+def test_home_from_environment(home: Home) -> None:
+    env = {"P2PSHARE_HOME": str(home.root), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "p2pshare_cli", "init", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["home"] == str(home.root)
+
+
+PROBE = """
+import sys
+from p2pshare_cli.main import cli
+try:
+    cli([{args}], prog_name="p2pshare")
+except SystemExit:
+    pass
+heavy = sorted(m for m in ("libp2p", "trio", "multiaddr") if m in sys.modules)
+print("HEAVY=" + ",".join(heavy))
+"""
+
+
+def probe_imports(home: Home, args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.format(args=args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"P2PSHARE_HOME": str(home.root), "PATH": "/usr/bin:/bin"},
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_help_and_queries_do_not_load_libp2p_or_trio(home: Home) -> None:
+    assert probe_imports(home, "'--help'") == "HEAVY="
+    assert probe_imports(home, "'id', '--json'") == "HEAVY="

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from p2pshare.config import Config, load_config, parse_config, reference_rows, render_config
+from p2pshare.errors import ConfigError
+
+PATH = Path("/home/u/.p2pshare/config.toml")
+
+
+def test_missing_file_means_defaults(tmp_path: Path) -> None:
+    assert load_config(tmp_path / "config.toml") == Config()
+
+
+def test_rendered_template_parses_back_to_the_same_config() -> None:
+    config = Config()
+    assert parse_config(render_config(config), PATH) == config
+
+
+def test_every_option_is_documented_in_the_template() -> None:
+    text = render_config(Config())
+    for section, key, _default, doc in reference_rows():
+        assert f"[{section}]" in text
+        assert f"\n{key} = " in text
+        assert doc in text
+
+
+def test_values_are_read() -> None:
+    config = parse_config('[network]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\nbootstrap = []\n', PATH)
+    assert config.network.listen == ("/ip4/127.0.0.1/tcp/0",)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[network]\nlisten = 5\n", f"{PATH}, line 2, [network] listen: must be a list of strings"),
+        ("[network]\n\nlistn = []\n", f"{PATH}, line 3, [network] listn: unknown key"),
+        ("[netwrk]\n", f"{PATH}, line 1, [netwrk]: unknown section"),
+        (
+            '[network]\nlisten = ["tcp:4001"]\n',
+            f"{PATH}, line 2, [network] listen: 'tcp:4001' is not a multiaddr",
+        ),
+        ("[network]\nlisten = [\n", f"{PATH}, line 3"),
+        ("[network]\nbootstrap = nope\n", f"{PATH}, line 2, key bootstrap: invalid TOML"),
+        ("network = 3\n", f"{PATH}, [network]: must be a table"),
+    ],
+)
+def test_errors_name_file_line_and_key(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, PATH)
+    message = str(info.value)
+    assert message.startswith(expected), message
+    assert "\n" not in message
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(path)
