@@ -128,3 +128,11 @@ def test_bad_config_stops_the_start_with_one_sentence(home: Home) -> None:
         info.value
     )
     assert "Traceback" not in str(info.value)
+
+
+def test_demo_runs_and_cleans_up(home: Home) -> None:
+    result = run_cli(home, "demo", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["nodes"]) == 3
+    assert len({n["peer_id"] for n in report["nodes"]}) == 3
