@@ -46,15 +46,10 @@ class NetworkConfig:
         ["/ip4/0.0.0.0/tcp/4001"],
         "Multiaddrs the libp2p host listens on (TCP; port 0 picks a free port).",
     )
-    bootstrap: tuple[str, ...] = _opt(
-        [],
-        "Multiaddrs with /p2p/<peer ID> of peers to join the network through.",
-    )
 
 
 _VALIDATORS: dict[tuple[str, str], typing.Callable[[str], str | None]] = {
     ("network", "listen"): _check_multiaddr,
-    ("network", "bootstrap"): _check_multiaddr,
 }
 
 

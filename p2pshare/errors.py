@@ -27,7 +27,6 @@ class ExitCode:
     USAGE = 2
     DAEMON_NOT_RUNNING = 3
     CONFIG = 4
-    INTERNAL = 70
 
 
 class P2PShareError(Exception):

@@ -28,7 +28,7 @@ def test_every_option_is_documented_in_the_template() -> None:
 
 
 def test_values_are_read() -> None:
-    config = parse_config('[network]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\nbootstrap = []\n', PATH)
+    config = parse_config('[network]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n', PATH)
     assert config.network.listen == ("/ip4/127.0.0.1/tcp/0",)
 
 
@@ -43,7 +43,7 @@ def test_values_are_read() -> None:
             f"{PATH}, line 2, [network] listen: 'tcp:4001' is not a multiaddr",
         ),
         ("[network]\nlisten = [\n", f"{PATH}, line 3"),
-        ("[network]\nbootstrap = nope\n", f"{PATH}, line 2, key bootstrap: invalid TOML"),
+        ("[network]\nlisten = nope\n", f"{PATH}, line 2, key listen: invalid TOML"),
         ("network = 3\n", f"{PATH}, [network]: must be a table"),
     ],
 )
@@ -60,3 +60,9 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(path)
+
+
+def test_reference_doc_lists_every_option() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    for section, key, default, meaning in reference_rows():
+        assert f"| `{section}` | `{key}` | `{default}` | {meaning} |" in doc
