@@ -8,6 +8,7 @@ command imports what it needs inside its function.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -167,6 +168,114 @@ def stop(ctx: click.Context, as_json: bool) -> None:
         client.call("stop")
         client.wait_closed()
     show({"stopped": True}, as_json, lambda _: "daemon stopped")
+
+
+def _share_line(share: dict[str, Any]) -> str:
+    flags = [f for f, on in (("pinned", share["pinned"]), ("stored", share["stored"])) if on]
+    if share["stale"]:
+        flags.append("STALE")
+    size = _size(share["size"])
+    label = share["name"] or share["path"]
+    return f"{share['cid']}  {size:>9}  {share['files']:>5} files  {label}" + (
+        f"  [{', '.join(flags)}]" if flags else ""
+    )
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", help="A human-readable name stored in the manifest.")
+@click.option(
+    "--copy",
+    is_flag=True,
+    help="Keep a pinned snapshot in the node's store instead of serving the files in place.",
+)
+@click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
+@json_option
+@click.pass_context
+def share(
+    ctx: click.Context,
+    path: Path,
+    name: str | None,
+    copy: bool,
+    no_progress: bool,
+    as_json: bool,
+) -> None:
+    """Share a file or directory; print its content ID and a ticket."""
+    from p2pshare.control.client import ControlClient  # noqa: PLC0415
+
+    from .progress import ByteProgress  # noqa: PLC0415
+
+    params: dict[str, Any] = {"path": str(path.absolute()), "copy": copy}
+    if name:
+        params["name"] = name
+    with (
+        ControlClient(_home(ctx), timeout=None) as client,
+        ByteProgress("hashing", enabled=not (no_progress or as_json)) as bar,
+    ):
+        result = client.call("share", params, on_event=bar.on_event)
+
+    def human(r: dict[str, Any]) -> str:
+        lines = [f"content ID: {r['cid']}", f"ticket:     {r['ticket']}"]
+        lines += [f"skipped {s['path']}: {s['reason']}" for s in r["skipped"]]
+        return "\n".join(lines)
+
+    show(result, as_json, human)
+
+
+@cli.command(name="ls")
+@json_option
+@click.pass_context
+def ls_(ctx: click.Context, as_json: bool) -> None:
+    """List this node's shares."""
+    from p2pshare.control.client import call  # noqa: PLC0415
+
+    result = call(_home(ctx), "ls")
+    show(
+        result,
+        as_json,
+        lambda r: "\n".join(_share_line(s) for s in r["shares"]) or "no shares",
+    )
+
+
+def _cid_command(method: str, verb: str, doc: str) -> None:
+    @cli.command(name=method, help=doc)
+    @click.argument("cid")
+    @json_option
+    @click.pass_context
+    def command(ctx: click.Context, cid: str, as_json: bool) -> None:
+        from p2pshare.control.client import call  # noqa: PLC0415
+
+        result = call(_home(ctx), method, {"cid": cid})
+        show(result, as_json, lambda r: f"{verb} {r['cid']}")
+
+
+_cid_command("unshare", "no longer sharing", "Stop sharing CID (stored copies are deleted).")
+_cid_command("pin", "pinned", "Protect CID's stored content from gc.")
+_cid_command("unpin", "unpinned", "Let gc remove CID's stored content.")
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def gc(ctx: click.Context, as_json: bool) -> None:
+    """Delete unpinned stored content now."""
+    from p2pshare.control.client import call  # noqa: PLC0415
+
+    result = call(_home(ctx), "gc")
+    show(
+        result,
+        as_json,
+        lambda r: f"removed {len(r['removed'])} item(s), freed {_size(r['freed_bytes'])}",
+    )
 
 
 @cli.command()

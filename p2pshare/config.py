@@ -48,8 +48,35 @@ class NetworkConfig:
     )
 
 
-_VALIDATORS: dict[tuple[str, str], typing.Callable[[str], str | None]] = {
+@dataclass(frozen=True)
+class StoreConfig:
+    """[store]: how shares are cut into chunks and how much stored content is kept."""
+
+    chunk_size: int = _opt(
+        1 << 20,
+        "Chunk size in bytes for new shares: a power of two from 16384 to 16777216.",
+    )
+    quota_bytes: int = _opt(
+        10 << 30,
+        "Stored content (share --copy) beyond this many bytes is removed by gc, oldest "
+        "unpinned first; pinned content is never removed.",
+    )
+
+
+def _check_chunk_size(value: int) -> str | None:
+    if value < 1 << 14 or value > 1 << 24 or value & (value - 1):
+        return "is not a power of two from 16384 to 16777216"
+    return None
+
+
+def _check_non_negative(value: int) -> str | None:
+    return "must not be negative" if value < 0 else None
+
+
+_VALIDATORS: dict[tuple[str, str], typing.Callable[[typing.Any], str | None]] = {
     ("network", "listen"): _check_multiaddr,
+    ("store", "chunk_size"): _check_chunk_size,
+    ("store", "quota_bytes"): _check_non_negative,
 }
 
 
@@ -58,6 +85,7 @@ class Config:
     """The whole config.toml."""
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -129,7 +157,7 @@ def _load_section(path: Path, text: str, name: str, raw: object, cls: type[Any])
         validator = _VALIDATORS.get((name, key))
         items = coerced if isinstance(coerced, tuple) else (coerced,)
         for item in items:
-            problem = validator(item) if validator and isinstance(item, str) else None
+            problem = validator(item) if validator else None
             if problem:
                 raise ConfigError(f"{_where(path, text, name, key)}: {item!r} {problem}")
         values[key] = coerced

@@ -35,6 +35,14 @@ class Home:
         return self.root / "daemon.lock"
 
     @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.sqlite"
+
+    @property
+    def content_dir(self) -> Path:
+        return self.root / "content"
+
+    @property
     def log_path(self) -> Path:
         return self.root / "daemon.log"
 

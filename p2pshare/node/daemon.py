@@ -20,6 +20,9 @@ from p2pshare.identity import NodeKey
 from p2pshare.net.host import running_host
 from p2pshare.node.init import initialise
 from p2pshare.node.lock import HomeLock
+from p2pshare.node.shares_api import SharesApi
+from p2pshare.store.catalog import Catalog
+from p2pshare.store.shares import ShareStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -91,16 +94,26 @@ async def serve(home: Home, on_ready: Callable[[ReadyInfo], None]) -> None:
     lock = HomeLock(home.lock_path)
     lock.acquire()
     server: ControlServer | None = None
+    catalog: Catalog | None = None
     try:
         config = load_config(home.config_path)
         key = NodeKey.load(home.key_path)
+        catalog = Catalog(home.catalog_path)
         # We hold the lock, so any socket file left here belongs to a dead daemon.
         home.socket_path.unlink(missing_ok=True)
         # Installed before we announce readiness, so no SIGTERM meets the default handler.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with running_host(key, config.network.listen) as host:
                 node = Node(home, key, host)
-                server = ControlServer(node.handlers(), log_hint=str(home.log_path))
+                shares = SharesApi(
+                    ShareStore(catalog, home.content_dir, key, config.store.chunk_size),
+                    key.peer_id,
+                    node.listen_addrs,
+                    config.store.quota_bytes,
+                )
+                server = ControlServer(
+                    node.handlers() | shares.handlers(), log_hint=str(home.log_path)
+                )
                 sock = await ControlServer.bind(home.socket_path)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(server.serve, sock)
@@ -114,6 +127,8 @@ async def serve(home: Home, on_ready: Callable[[ReadyInfo], None]) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             home.socket_path.unlink()
+        if catalog is not None:
+            catalog.close()
         lock.release()
         if server is not None:
             server.close_connections()

@@ -1,0 +1,130 @@
+"""Control methods for shares: share, ls, unshare, pin, unpin, gc."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pshare.control.server import Emit, Handler, InvalidParamsError
+from p2pshare.proto.cid import ContentId
+from p2pshare.proto.ticket import Ticket
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from p2pshare.store.catalog import ShareRow
+    from p2pshare.store.shares import ShareStore
+
+log = logging.getLogger(__name__)
+# At most this many progress events per second reach the CLI, whatever the disk speed.
+PROGRESS_INTERVAL = 0.2
+
+
+def _str_param(params: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = params.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidParamsError(f"parameter {key!r} must be a non-empty string")
+    return value
+
+
+def _cid_param(params: dict[str, Any]) -> str:
+    text = _str_param(params, "cid")
+    assert text is not None
+    return str(ContentId.parse(text))
+
+
+def share_doc(row: ShareRow) -> dict[str, Any]:
+    return {
+        "cid": row.cid,
+        "name": row.name,
+        "kind": row.kind,
+        "path": row.root,
+        "size": row.total_size,
+        "files": row.file_count,
+        "pinned": row.pinned,
+        "stored": row.stored,
+        "stale": row.stale_reason,
+    }
+
+
+@dataclass
+class SharesApi:
+    store: ShareStore
+    peer_id: str
+    addrs: Callable[[], list[str]]
+    quota_bytes: int
+
+    def ticket(self, cid: str) -> str:
+        suffix = f"/p2p/{self.peer_id}"
+        addrs = [a.removesuffix(suffix) for a in self.addrs()]
+        usable = [a for a in addrs if "/ip4/0.0.0.0/" not in a and "/ip6/::/" not in a]
+        return str(Ticket(ContentId.parse(cid), self.peer_id, tuple(usable[:16])))
+
+    async def share(self, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        path_text = _str_param(params, "path")
+        assert path_text is not None
+        path = Path(path_text)
+        if not path.is_absolute():
+            raise InvalidParamsError("parameter 'path' must be an absolute path")
+        name = _str_param(params, "name", required=False)
+        copy = bool(params.get("copy", False))
+        token = trio.lowlevel.current_trio_token()
+        last = 0.0
+
+        def progress(done: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= PROGRESS_INTERVAL or done == total:
+                last = now
+                trio.from_thread.run(
+                    emit, "progress", {"done": done, "total": total}, trio_token=token
+                )
+
+        prepared = await trio.to_thread.run_sync(
+            lambda: self.store.prepare(path, name=name, copy=copy, progress=progress)
+        )
+        row = self.store.commit(prepared)
+        doc = share_doc(row)
+        doc["ticket"] = self.ticket(row.cid)
+        doc["skipped"] = [{"path": p, "reason": r} for p, r in prepared.scan.skipped]
+        if copy:
+            report = self.store.gc(keep_bytes=self.quota_bytes)
+            doc["gc_removed"] = list(report.removed)
+        log.info("shared %s as %s (%d bytes)", path, row.cid, row.total_size)
+        return doc
+
+    async def ls(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+        return {"shares": [share_doc(row) for row in self.store.catalog.shares()]}
+
+    async def unshare(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+        return share_doc(self.store.remove(_cid_param(params)))
+
+    async def pin(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+        return share_doc(self.store.set_pinned(_cid_param(params), pinned=True))
+
+    async def unpin(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+        return share_doc(self.store.set_pinned(_cid_param(params), pinned=False))
+
+    async def gc(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+        keep = params.get("keep_bytes", 0)
+        if type(keep) is not int or keep < 0:
+            raise InvalidParamsError("parameter 'keep_bytes' must be a non-negative integer")
+        report = self.store.gc(keep_bytes=keep)
+        return {"removed": list(report.removed), "freed_bytes": report.freed_bytes}
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "share": self.share,
+            "ls": self.ls,
+            "unshare": self.unshare,
+            "pin": self.pin,
+            "unpin": self.unpin,
+            "gc": self.gc,
+        }

@@ -1,0 +1,105 @@
+"""Signed manifests: the bytes a content ID names, and the publisher's signature in them.
+
+Wire form (docs/protocol.md, "Signature")::
+
+    canonical msgpack {"body": <canonical manifest body bytes>, "sig": <64-byte Ed25519>}
+
+The signature covers ``SIGNATURE_DOMAIN + body``: the body's exact bytes, never a
+re-encoding, and a prefix no other p2pshare signature uses, so a manifest signature
+cannot be replayed as, say, a compute receipt.  The content ID fixes *what* the
+manifest says; the signature fixes *who* published it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from p2pshare.errors import LocalProtocolError, RemoteProtocolError
+from p2pshare.identity import verify_signature
+from p2pshare.proto.canonical import expect_bytes, expect_map, pack, unpack
+from p2pshare.proto.cid import ContentId
+from p2pshare.proto.manifest import (
+    MAX_BODY_SIZE,
+    MAX_MANIFEST_SIZE,
+    Manifest,
+    decode_manifest,
+    encode_manifest,
+)
+
+SIGNATURE_DOMAIN = b"p2pshare-manifest-v1\0"
+SIGNATURE_SIZE = 64
+_WIRE_KEYS = ("body", "sig")
+
+
+class Signer(Protocol):
+    """What signing needs of a key; :class:`p2pshare.identity.NodeKey` is one."""
+
+    @property
+    def public_key(self) -> bytes: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class SignedManifest:
+    """A manifest with its signature, the exact bytes that travel, and their content ID."""
+
+    manifest: Manifest
+    body: bytes
+    signature: bytes
+    data: bytes
+    cid: ContentId
+
+
+def signing_message(body: bytes) -> bytes:
+    return SIGNATURE_DOMAIN + body
+
+
+def _wire(body: bytes, signature: bytes) -> bytes:
+    return pack({"body": body, "sig": signature})
+
+
+def sign_manifest(manifest: Manifest, signer: Signer) -> SignedManifest:
+    """Sign a manifest built by ``build_manifest`` with the publisher's own key."""
+    if signer.public_key != manifest.publisher:
+        raise LocalProtocolError("a manifest must be signed by the key it names as publisher")
+    body = encode_manifest(manifest)
+    signature = signer.sign(signing_message(body))
+    data = _wire(body, signature)
+    return SignedManifest(manifest, body, signature, data, ContentId.of(data))
+
+
+def decode_signed_manifest(data: bytes, expected_cid: ContentId | None = None) -> SignedManifest:
+    """Decode and check untrusted signed-manifest bytes.
+
+    With ``expected_cid`` the bytes are first checked against it, so a provider that
+    sends anything else is caught before any parsing.  Raises IntegrityError for a
+    content ID or signature mismatch, RemoteProtocolError for anything malformed.
+    """
+    if len(data) > MAX_MANIFEST_SIZE:
+        raise RemoteProtocolError(
+            f"signed manifest has {len(data)} bytes, more than the limit {MAX_MANIFEST_SIZE}"
+        )
+    if expected_cid is not None:
+        expected_cid.verify(data)
+    value = unpack(
+        data,
+        what="signed manifest",
+        max_size=MAX_MANIFEST_SIZE,
+        max_str_len=max(len(key) for key in _WIRE_KEYS),
+        max_bin_len=MAX_BODY_SIZE,
+        max_array_len=0,
+        max_map_len=len(_WIRE_KEYS),
+    )
+    body_value, signature_value = expect_map(value, _WIRE_KEYS, what="signed manifest")
+    body = expect_bytes(body_value, what="manifest body", max_len=MAX_BODY_SIZE)
+    signature = expect_bytes(
+        signature_value, what="signature", length=SIGNATURE_SIZE, max_len=SIGNATURE_SIZE
+    )
+    if _wire(body, signature) != data:
+        raise RemoteProtocolError("signed manifest is not canonically encoded")
+    manifest = decode_manifest(body)
+    verify_signature(manifest.publisher, signature, signing_message(body))
+    cid = expected_cid if expected_cid is not None else ContentId.of(data)
+    return SignedManifest(manifest, body, signature, data, cid)

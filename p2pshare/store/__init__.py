@@ -1,0 +1,1 @@
+"""What a node holds: the SQLite catalog and the files behind it."""

@@ -1,0 +1,284 @@
+"""The SQLite catalog of shares, their files, hash pages, pins and downloads.
+
+WAL mode, so readers never wait for a writer; a versioned schema upgraded by
+the ordered MIGRATIONS below (``PRAGMA user_version`` records how far a
+database has come).  A database that cannot be opened or is corrupt gives a
+UserError with the recovery step from docs/store.md.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from p2pshare.errors import UserError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE shares (
+        cid TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT,
+        root TEXT NOT NULL,
+        stored INTEGER NOT NULL,
+        signed_manifest BLOB NOT NULL,
+        total_size INTEGER NOT NULL,
+        file_count INTEGER NOT NULL,
+        pinned INTEGER NOT NULL,
+        stale_reason TEXT,
+        added_at INTEGER NOT NULL  -- Unix time in nanoseconds: orders gc, oldest first
+    );
+    CREATE TABLE share_files (
+        cid TEXT NOT NULL REFERENCES shares(cid) ON DELETE CASCADE,
+        entry_index INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        PRIMARY KEY (cid, entry_index)
+    );
+    CREATE TABLE hash_pages (
+        cid TEXT NOT NULL REFERENCES shares(cid) ON DELETE CASCADE,
+        page_index INTEGER NOT NULL,
+        page BLOB NOT NULL,
+        PRIMARY KEY (cid, page_index)
+    );
+    CREATE TABLE downloads (
+        cid TEXT PRIMARY KEY,
+        destination TEXT NOT NULL,
+        signed_manifest BLOB NOT NULL,
+        verified BLOB NOT NULL,
+        state TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    """,
+)
+
+
+@dataclass(frozen=True)
+class ShareRow:
+    cid: str
+    kind: str
+    name: str | None
+    root: str
+    stored: bool
+    signed_manifest: bytes
+    total_size: int
+    file_count: int
+    pinned: bool
+    stale_reason: str | None
+    added_at: int
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What a shared file looked like when it was hashed."""
+
+    entry_index: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class DownloadRow:
+    cid: str
+    destination: str
+    signed_manifest: bytes
+    verified: bytes
+    state: str
+    updated_at: int
+
+
+_SHARE_COLUMNS = (
+    "cid, kind, name, root, stored, signed_manifest, total_size, file_count, pinned, "
+    "stale_reason, added_at"
+)
+
+
+def _share(row: sqlite3.Row) -> ShareRow:
+    return ShareRow(
+        cid=row["cid"],
+        kind=row["kind"],
+        name=row["name"],
+        root=row["root"],
+        stored=bool(row["stored"]),
+        signed_manifest=row["signed_manifest"],
+        total_size=row["total_size"],
+        file_count=row["file_count"],
+        pinned=bool(row["pinned"]),
+        stale_reason=row["stale_reason"],
+        added_at=row["added_at"],
+    )
+
+
+def _corrupt(path: Path, exc: sqlite3.Error) -> UserError:
+    return UserError(
+        f"the catalog {path} cannot be used ({exc}); stop the daemon, move the file away "
+        "and start it again to rebuild an empty catalog (see docs/store.md)"
+    )
+
+
+class Catalog:
+    """All catalog reads and writes; one connection, used from the daemon's thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+            problem = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise _corrupt(path, exc) from None
+        if problem != "ok":
+            self._db.close()
+            raise _corrupt(path, sqlite3.DatabaseError(problem))
+        path.chmod(0o600)
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise UserError(
+                f"the catalog {self.path} was written by a newer p2pshare (schema {version}); "
+                "upgrade p2pshare"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def add_share(self, row: ShareRow, stamps: Sequence[FileStamp], pages: Sequence[bytes]) -> None:
+        """Record a share, replacing an earlier record of the same content ID."""
+        with self._transaction():
+            self._db.execute("DELETE FROM shares WHERE cid = ?", (row.cid,))
+            self._db.execute(
+                f"INSERT INTO shares ({_SHARE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
+                (
+                    row.cid,
+                    row.kind,
+                    row.name,
+                    row.root,
+                    int(row.stored),
+                    row.signed_manifest,
+                    row.total_size,
+                    row.file_count,
+                    int(row.pinned),
+                    row.stale_reason,
+                    row.added_at,
+                ),
+            )
+            self._db.executemany(
+                "INSERT INTO share_files (cid, entry_index, size, mtime_ns) VALUES (?,?,?,?)",
+                [(row.cid, s.entry_index, s.size, s.mtime_ns) for s in stamps],
+            )
+            self._db.executemany(
+                "INSERT INTO hash_pages (cid, page_index, page) VALUES (?,?,?)",
+                [(row.cid, index, page) for index, page in enumerate(pages)],
+            )
+
+    def share(self, cid: str) -> ShareRow | None:
+        row = self._db.execute(
+            f"SELECT {_SHARE_COLUMNS} FROM shares WHERE cid = ?",  # noqa: S608
+            (cid,),
+        ).fetchone()
+        return _share(row) if row else None
+
+    def shares(self) -> list[ShareRow]:
+        rows = self._db.execute(
+            f"SELECT {_SHARE_COLUMNS} FROM shares ORDER BY added_at, cid"  # noqa: S608
+        )
+        return [_share(row) for row in rows]
+
+    def shares_with_root(self, root: str) -> list[ShareRow]:
+        rows = self._db.execute(
+            f"SELECT {_SHARE_COLUMNS} FROM shares WHERE root = ?",  # noqa: S608
+            (root,),
+        )
+        return [_share(row) for row in rows]
+
+    def stamps(self, cid: str) -> list[FileStamp]:
+        rows = self._db.execute(
+            "SELECT entry_index, size, mtime_ns FROM share_files WHERE cid = ? "
+            "ORDER BY entry_index",
+            (cid,),
+        )
+        return [FileStamp(r["entry_index"], r["size"], r["mtime_ns"]) for r in rows]
+
+    def page(self, cid: str, page_index: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT page FROM hash_pages WHERE cid = ? AND page_index = ?", (cid, page_index)
+        ).fetchone()
+        return bytes(row["page"]) if row else None
+
+    def remove_share(self, cid: str) -> bool:
+        with self._transaction():
+            cursor = self._db.execute("DELETE FROM shares WHERE cid = ?", (cid,))
+        return cursor.rowcount > 0
+
+    def set_pinned(self, cid: str, *, pinned: bool) -> bool:
+        cursor = self._db.execute("UPDATE shares SET pinned = ? WHERE cid = ?", (int(pinned), cid))
+        return cursor.rowcount > 0
+
+    def mark_stale(self, cid: str, reason: str) -> None:
+        self._db.execute(
+            "UPDATE shares SET stale_reason = ? WHERE cid = ? AND stale_reason IS NULL",
+            (reason, cid),
+        )
+
+    def save_download(self, row: DownloadRow) -> None:
+        """Insert or update a download; its ``verified`` bitfield is replaced whole."""
+        self._db.execute(
+            "INSERT INTO downloads (cid, destination, signed_manifest, verified, state, updated_at)"
+            " VALUES (?,?,?,?,?,?) ON CONFLICT(cid) DO UPDATE SET destination=excluded.destination,"
+            " verified=excluded.verified, state=excluded.state, updated_at=excluded.updated_at",
+            (
+                row.cid,
+                row.destination,
+                row.signed_manifest,
+                row.verified,
+                row.state,
+                row.updated_at,
+            ),
+        )
+
+    def download(self, cid: str) -> DownloadRow | None:
+        row = self._db.execute(
+            "SELECT cid, destination, signed_manifest, verified, state, updated_at "
+            "FROM downloads WHERE cid = ?",
+            (cid,),
+        ).fetchone()
+        if row is None:
+            return None
+        return DownloadRow(
+            row["cid"],
+            row["destination"],
+            bytes(row["signed_manifest"]),
+            bytes(row["verified"]),
+            row["state"],
+            row["updated_at"],
+        )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

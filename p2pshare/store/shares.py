@@ -1,0 +1,283 @@
+"""Shares: publishing local files, serving their chunks verified, pins and gc.
+
+A share is served from the user's own files in place.  Before a chunk leaves
+the node it is re-read and checked against the signed manifest; a file whose
+size or mtime changed, or whose bytes no longer match, marks the share stale
+and nothing of it is served again until it is shared anew.
+
+``share --copy`` keeps a snapshot in the home's ``content/`` directory instead
+(pinned); unpinned stored content is what ``gc`` and the quota reclaim.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from p2pshare.errors import IntegrityError, UserError
+from p2pshare.proto.chunks import verify_chunk
+from p2pshare.proto.cid import ContentId
+from p2pshare.proto.manifest import (
+    Manifest,
+    ShareKind,
+    build_manifest,
+    expected_chunk_hash,
+    verify_page,
+)
+from p2pshare.proto.pages import HashPage, page_for_chunk
+from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest, sign_manifest
+from p2pshare.store.catalog import Catalog, FileStamp, ShareRow
+from p2pshare.store.scanner import Scan, ScannedFile, hash_file, scan
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from p2pshare.identity import NodeKey
+
+
+class StaleShareError(UserError):
+    """A shared file changed on disk; its old content can no longer be served."""
+
+
+class UnknownShareError(UserError):
+    """No share with this content ID is in the catalog."""
+
+
+@dataclass(frozen=True)
+class PreparedShare:
+    """A hashed and signed share, ready to be recorded (built off the event loop)."""
+
+    signed: SignedManifest
+    pages: tuple[bytes, ...]
+    scan: Scan
+    stored: bool
+
+
+@dataclass(frozen=True)
+class GcReport:
+    removed: tuple[str, ...]
+    freed_bytes: int
+
+
+class ShareStore:
+    """The node's shares, backed by the catalog and the files it names."""
+
+    def __init__(self, catalog: Catalog, content_dir: Path, key: NodeKey, chunk_size: int) -> None:
+        self.catalog = catalog
+        self._content_dir = content_dir
+        self._key = key
+        self._chunk_size = chunk_size
+        self._manifests: dict[str, SignedManifest] = {}
+        self._pages: dict[tuple[str, int], HashPage] = {}
+
+    # -- publishing (prepare runs in a worker thread: it reads and hashes files)
+
+    def prepare(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        copy: bool = False,
+        progress: Callable[[int, int], None] = lambda _done, _total: None,
+    ) -> PreparedShare:
+        """Scan, (copy,) hash, build and sign; touches no catalog state."""
+        found = scan(path, self._chunk_size, name)
+        if copy:
+            found = self._snapshot(found)
+        total = found.total_size
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            progress(done, total)
+
+        entries = [hash_file(f, self._chunk_size, advance) for f in found.files]
+        # The newest mtime, not the wall clock: sharing unchanged files again yields
+        # the same manifest bytes and so the same content ID.
+        created = max((f.mtime_ns // 1_000_000_000 for f in found.files), default=0)
+        built = build_manifest(
+            entries,
+            kind=found.kind,
+            publisher=self._key.public_key,
+            created=created,
+            chunk_size=self._chunk_size,
+            name=name,
+        )
+        signed = sign_manifest(built.manifest, self._key)
+        if copy:
+            found = self._settle_snapshot(found, signed.cid)
+        return PreparedShare(signed, built.pages, found, stored=copy)
+
+    def _snapshot(self, found: Scan) -> Scan:
+        self._content_dir.mkdir(mode=0o700, exist_ok=True)
+        staging = self._content_dir / f".staging-{os.getpid()}-{time.monotonic_ns()}"
+        staging.mkdir(mode=0o700)
+        root = staging / found.root.name if found.kind is ShareKind.FILE else staging / "tree"
+        copied = []
+        for f in found.files:
+            target = root if found.kind is ShareKind.FILE else root / f.rel_path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f.abs_path, target)
+            st = target.stat()
+            os.utime(target, ns=(st.st_atime_ns, f.mtime_ns))
+            copied.append(ScannedFile(f.rel_path, target, st.st_size, f.mtime_ns))
+        if found.kind is ShareKind.DIRECTORY:
+            root.mkdir(exist_ok=True)
+        return Scan(found.kind, root, tuple(copied), found.skipped)
+
+    def _settle_snapshot(self, found: Scan, cid: ContentId) -> Scan:
+        staging = found.root.parent
+        final = self._content_dir / cid.digest.hex()
+        if final.exists():
+            shutil.rmtree(staging)
+        else:
+            staging.rename(final)
+        root = final / found.root.name
+        files = tuple(
+            ScannedFile(
+                f.rel_path,
+                root if found.kind is ShareKind.FILE else root / f.rel_path,
+                f.size,
+                f.mtime_ns,
+            )
+            for f in found.files
+        )
+        return Scan(found.kind, root, files, found.skipped)
+
+    def commit(self, prepared: PreparedShare) -> ShareRow:
+        """Record a prepared share; sharing the same content again keeps its pin."""
+        cid = str(prepared.signed.cid)
+        existing = self.catalog.share(cid)
+        if existing is not None and existing.stored and not existing.stale_reason:
+            # The node already keeps its own copy of exactly this content; serving
+            # that copy is safer than switching to files the user may edit.
+            return existing
+        manifest = prepared.signed.manifest
+        row = ShareRow(
+            cid=cid,
+            kind=manifest.kind.value,
+            name=manifest.name,
+            root=str(prepared.scan.root),
+            stored=prepared.stored,
+            signed_manifest=prepared.signed.data,
+            total_size=manifest.total_size,
+            file_count=len(manifest.entries),
+            pinned=prepared.stored or (existing.pinned if existing else False),
+            stale_reason=None,
+            added_at=existing.added_at if existing else time.time_ns(),
+        )
+        by_path = {f.rel_path: f for f in prepared.scan.files}
+        stamps = [
+            FileStamp(index, entry.size, by_path[entry.path].mtime_ns)
+            for index, entry in enumerate(manifest.entries)
+        ]
+        self.catalog.add_share(row, stamps, prepared.pages)
+        self._manifests[cid] = prepared.signed
+        return row
+
+    # -- serving
+
+    def signed_manifest(self, cid: str) -> SignedManifest:
+        cached = self._manifests.get(cid)
+        if cached is not None:
+            return cached
+        row = self._require(cid)
+        signed = decode_signed_manifest(row.signed_manifest, ContentId.parse(cid))
+        self._manifests[cid] = signed
+        return signed
+
+    def read_chunk(self, cid: str, global_index: int) -> bytes:
+        """The verified bytes of one chunk, read from the shared files now."""
+        row = self._require(cid)
+        if row.stale_reason:
+            raise StaleShareError(f"share {cid} is stale: {row.stale_reason}")
+        signed = self.signed_manifest(cid)
+        manifest = signed.manifest
+        location = manifest.locate_chunk(global_index)
+        stamp = self.catalog.stamps(cid)[location.entry_index]
+        path = Path(row.root)
+        if manifest.kind is ShareKind.DIRECTORY:
+            path = path / location.path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise self._stale(cid, f"{path} cannot be opened ({exc.strerror})") from None
+        try:
+            st = os.fstat(fd)
+            if st.st_size != stamp.size or st.st_mtime_ns != stamp.mtime_ns:
+                raise self._stale(cid, f"{path} changed on disk since it was shared")
+            data = os.pread(fd, location.length, location.offset)
+        finally:
+            os.close(fd)
+        page = self._page(cid, manifest, global_index) if manifest.paged else None
+        try:
+            verify_chunk(expected_chunk_hash(manifest, global_index, page), data)
+        except IntegrityError:
+            raise self._stale(cid, f"{path} no longer holds the shared bytes") from None
+        return data
+
+    def _page(self, cid: str, manifest: Manifest, global_index: int) -> HashPage:
+        page_index, _slot = page_for_chunk(global_index)
+        cached = self._pages.get((cid, page_index))
+        if cached is None:
+            data = self.catalog.page(cid, page_index)
+            if data is None:
+                raise self._stale(cid, f"hash page {page_index} is missing from the catalog")
+            cached = verify_page(manifest, page_index, data)
+            self._pages[(cid, page_index)] = cached
+        return cached
+
+    def _stale(self, cid: str, reason: str) -> StaleShareError:
+        self.catalog.mark_stale(cid, reason)
+        return StaleShareError(f"share {cid} is stale: {reason}; share the files again")
+
+    def _require(self, cid: str) -> ShareRow:
+        row = self.catalog.share(cid)
+        if row is None:
+            raise UnknownShareError(f"no share with content ID {cid} on this node")
+        return row
+
+    # -- managing
+
+    def remove(self, cid: str) -> ShareRow:
+        row = self._require(cid)
+        self.catalog.remove_share(cid)
+        self._forget(cid)
+        if row.stored:
+            shutil.rmtree(self._content_dir / ContentId.parse(cid).digest.hex(), ignore_errors=True)
+        return row
+
+    def set_pinned(self, cid: str, *, pinned: bool) -> ShareRow:
+        self._require(cid)
+        self.catalog.set_pinned(cid, pinned=pinned)
+        return self._require(cid)
+
+    def stored_bytes(self) -> int:
+        return sum(r.total_size for r in self.catalog.shares() if r.stored)
+
+    def gc(self, keep_bytes: int = 0) -> GcReport:
+        """Delete unpinned stored content, oldest first, until at most ``keep_bytes`` remain.
+
+        Shares served in place from the user's files are never deleted.
+        """
+        stored = self.stored_bytes()
+        removed: list[str] = []
+        freed = 0
+        for row in self.catalog.shares():
+            if stored - freed <= keep_bytes:
+                break
+            if row.stored and not row.pinned:
+                self.remove(row.cid)
+                removed.append(row.cid)
+                freed += row.total_size
+        return GcReport(tuple(removed), freed)
+
+    def _forget(self, cid: str) -> None:
+        self._manifests.pop(cid, None)
+        for key in [k for k in self._pages if k[0] == cid]:
+            del self._pages[key]
