@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
 import multiaddr
+import trio
 from libp2p import create_yamux_muxer_option, new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
@@ -64,4 +65,10 @@ async def running_host(key: NodeKey, listen: Sequence[str]) -> AsyncIterator[IHo
             raise ConfigError(
                 f"cannot listen on {', '.join(listen)}: {exc.strerror or exc}"
             ) from exc
-        yield host
+        try:
+            yield host
+        finally:
+            # Leaving host.run() cancels the connection tasks but leaves their sockets
+            # to the garbage collector; close() shuts every connection down first.
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await host.close()

@@ -1,0 +1,129 @@
+"""libp2p streams behind a small trio-like interface, and handlers that cannot kill the host.
+
+py-libp2p 0.8.1 awaits stream handlers inside the host's own task: an exception
+escaping a handler ends ``host.run`` and with it the whole node (basic_host.py
+around line 1554).  Every handler we register therefore goes through
+:class:`HandlerGuard`, which bounds its time, caps concurrent streams per peer and
+turns any failure into a reset of that one stream and a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
+
+from p2pshare.errors import RemoteError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from libp2p.abc import IHost, INetStream
+
+log = logging.getLogger(__name__)
+
+
+class ByteStream(Protocol):
+    """What protocol code needs of a stream; trio's streams and LibP2PStream both fit."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class StreamBrokenError(RemoteError):
+    """The peer reset the stream or the connection under it failed."""
+
+
+class LibP2PStream:
+    """A libp2p stream as a :class:`ByteStream`; ``b""`` means the peer closed its side."""
+
+    def __init__(self, stream: INetStream) -> None:
+        self._stream = stream
+        self.peer_id = str(stream.muxed_conn.peer_id)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            return await self._stream.read(max_bytes)
+        except StreamEOF:
+            return b""
+        except StreamError as exc:
+            raise StreamBrokenError(f"stream from {self.peer_id} broke: {exc!r}") from exc
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._stream.write(bytes(data))
+        except StreamError as exc:
+            raise StreamBrokenError(f"stream to {self.peer_id} broke: {exc!r}") from exc
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.close()
+        except StreamError:
+            await self.reset()
+
+    async def reset(self) -> None:
+        try:
+            await self._stream.reset()
+        except StreamError:
+            log.debug("reset of a stream from %s failed; it is gone already", self.peer_id)
+
+
+
+@dataclass(frozen=True)
+class HandlerLimits:
+    """Bounds every inbound stream handler runs within."""
+
+    streams_per_peer: int = 32
+    handler_timeout: float = 300.0
+
+
+class HandlerGuard:
+    """Registers stream handlers on a host so that no handler can take the host down."""
+
+    def __init__(self, host: IHost, limits: HandlerLimits) -> None:
+        self._host = host
+        self._limits = limits
+        self._active: Counter[str] = Counter()
+
+    def register(
+        self, protocol: str, handler: Callable[[LibP2PStream], Awaitable[None]]
+    ) -> None:
+        async def guarded(raw: INetStream) -> None:
+            stream = LibP2PStream(raw)
+            peer = stream.peer_id
+            if self._active[peer] >= self._limits.streams_per_peer:
+                log.info("refusing a %s stream: %s has too many open", protocol, peer)
+                await stream.reset()
+                return
+            self._active[peer] += 1
+            try:
+                with trio.fail_after(self._limits.handler_timeout):
+                    await handler(stream)
+            except trio.TooSlowError:
+                log.info("%s handler for %s timed out; stream reset", protocol, peer)
+                await stream.reset()
+            except RemoteError as exc:
+                log.info("%s from %s: %s; stream reset", protocol, peer, exc)
+                await stream.reset()
+            except Exception:
+                log.exception("%s handler failed for %s; stream reset", protocol, peer)
+                await stream.reset()
+            else:
+                await stream.aclose()
+            finally:
+                self._active[peer] -= 1
+                if not self._active[peer]:
+                    del self._active[peer]
+
+        self._host.set_stream_handler(TProtocol(protocol), guarded)
+
+    def active_streams(self, peer: str) -> int:
+        return self._active[peer]
