@@ -32,6 +32,28 @@ _IDENTITY_MULTIHASH_PREFIX = b"\x00\x24"
 KEY_FILE_MODE = 0o600
 
 
+# Ed25519 points of small order (with the sign bit cleared), in canonical and
+# non-canonical encodings; list from libsodium's ge25519_has_small_order.  With such a
+# public key one signature verifies for every message, so anyone could "sign" as it.
+_SMALL_ORDER_KEYS = frozenset(
+    bytes.fromhex(point)
+    for point in (
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    )
+)
+
+
+def is_small_order_key(public_key: bytes) -> bool:
+    """True for the small-order Ed25519 points, which no one holds a private key for."""
+    return public_key[:31] + bytes([public_key[31] & 0x7F]) in _SMALL_ORDER_KEYS
+
+
 def peer_id_from_public_key(public_key: bytes) -> str:
     """The libp2p peer ID (``12D3KooW...``) of a raw 32-byte Ed25519 public key."""
     if len(public_key) != 32:
@@ -43,6 +65,8 @@ def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> Non
     """Raise IntegrityError unless ``signature`` is a valid Ed25519 signature of ``message``."""
     if len(public_key) != 32 or len(signature) != 64:
         raise IntegrityError("malformed Ed25519 key or signature")
+    if is_small_order_key(public_key):
+        raise IntegrityError("the key is a small-order Ed25519 point, which has no owner")
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except InvalidSignature as exc:

@@ -61,3 +61,11 @@ def test_signatures_verify_and_tampering_is_caught() -> None:
 def test_peer_id_needs_a_32_byte_key() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         peer_id_from_public_key(b"short")
+
+
+def test_small_order_keys_never_verify() -> None:
+    # With this key and signature Ed25519 verification accepts every message.
+    weak_key = bytes([1]) + bytes(31)
+    weak_sig = bytes([1]) + bytes(63)
+    with pytest.raises(IntegrityError, match="small-order"):
+        verify_signature(weak_key, weak_sig, b"anything at all")

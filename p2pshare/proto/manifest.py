@@ -23,7 +23,7 @@ from p2pshare.errors import (
     P2PShareError,
     RemoteProtocolError,
 )
-from p2pshare.identity import peer_id_from_public_key
+from p2pshare.identity import is_small_order_key, peer_id_from_public_key
 from p2pshare.proto.canonical import (
     decode_canonical,
     expect_bytes,
@@ -73,6 +73,8 @@ MAX_TOTAL_CHUNKS = MAX_PAGES * HASHES_PER_PAGE
 MAX_FILE_SIZE = (1 << 63) - 1
 MAX_CREATED = (1 << 63) - 1
 PUBLIC_KEY_SIZE = 32
+# Stands in for the publisher when only the size of a manifest matters.
+_PLACEHOLDER_KEY = bytes(range(PUBLIC_KEY_SIZE))
 _BODY_KEYS = (
     "v",
     "kind",
@@ -230,6 +232,8 @@ def _check_header(manifest: Manifest, fail: type[P2PShareError]) -> None:
         )
     if len(manifest.publisher) != PUBLIC_KEY_SIZE:
         raise fail("the publisher key must be a 32-byte Ed25519 public key")
+    if is_small_order_key(manifest.publisher):
+        raise fail("the publisher key is a small-order Ed25519 point, which has no owner")
     if not 0 <= manifest.created <= MAX_CREATED:
         raise fail(f"creation time {manifest.created} is out of range")
     if manifest.name is not None:
@@ -365,7 +369,7 @@ def check_shareable(
         Manifest(
             kind=kind,
             name=name,
-            publisher=bytes(PUBLIC_KEY_SIZE),
+            publisher=_PLACEHOLDER_KEY,
             created=0,
             chunk_size=chunk_size,
             entries=tuple(Entry(path, size) for path, size in files),

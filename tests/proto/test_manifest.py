@@ -214,6 +214,12 @@ def test_any_flipped_bit_in_a_page_is_caught(bit: int) -> None:
         verify_page(built.manifest, page_index, bytes(page))
 
 
+@given(st.integers(0, 1), st.binary(max_size=200))
+def test_arbitrary_page_bytes_are_an_integrity_error(page_index: int, page: bytes) -> None:
+    with pytest.raises(IntegrityError):
+        verify_page(_PAGED_SAMPLE.manifest, page_index, page)
+
+
 def test_short_or_long_page_is_caught() -> None:
     page = _PAGED_SAMPLE.pages[1]
     for damaged in (page[:-1], page[:-HASH_SIZE], page + bytes(HASH_SIZE), b""):

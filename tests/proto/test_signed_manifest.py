@@ -109,6 +109,24 @@ def test_altered_body_with_old_signature_is_an_integrity_error(
         decode_signed_manifest(_wire(_pack(body), signed.signature))
 
 
+@pytest.mark.parametrize(
+    "weak_key",
+    [
+        bytes.fromhex("01" + "00" * 31),
+        bytes.fromhex("01" + "00" * 30 + "80"),
+        bytes(32),
+        bytes.fromhex("ec" + "ff" * 30 + "7f"),
+        bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+    ],
+)
+def test_small_order_publisher_key_is_refused(make_share: MakeShare, weak_key: bytes) -> None:
+    # With the identity point as key, R = identity and S = 0 verify for every message.
+    body = _pack(_body(make_share(FILES)) | {"publisher": weak_key})
+    forged = bytes.fromhex("01" + "00" * 63)
+    with pytest.raises(RemoteProtocolError, match="small-order"):
+        decode_signed_manifest(_wire(body, forged))
+
+
 def test_wrong_content_is_caught_by_the_content_id(make_share: MakeShare) -> None:
     signed, other = make_share(FILES), make_share({"x": b"x"})
     with pytest.raises(IntegrityError, match="content ID"):

@@ -185,6 +185,18 @@ def test_arbitrary_payload_gives_a_typed_error(payload: bytes) -> None:
         assert str(ticket) == text
 
 
+@given(st.one_of(st.text(max_size=120), st.text(BASE32, max_size=80).map("p2ps1".__add__)))
+def test_arbitrary_reference_gives_a_typed_error(text: str) -> None:
+    try:
+        cid, ticket = parse_content_ref(text)
+    except MalformedReferenceError as exc:
+        message = str(exc)
+    else:
+        assert text in (str(cid), str(ticket))
+        return
+    assert message.startswith("this ")
+
+
 def test_content_ref_accepts_a_bare_content_id() -> None:
     assert parse_content_ref(str(CID)) == (CID, None)
     assert parse_content_ref(TEXT) == (CID, TICKET)
