@@ -49,6 +49,11 @@ class LibP2PStream:
         self._stream = stream
         self.peer_id = str(stream.muxed_conn.peer_id)
 
+    @property
+    def raw(self) -> INetStream:
+        """The libp2p stream, for protocol code of libp2p's own (the DHT)."""
+        return self._stream
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         try:
             return await self._stream.read(max_bytes)
@@ -76,7 +81,6 @@ class LibP2PStream:
             log.debug("reset of a stream from %s failed; it is gone already", self.peer_id)
 
 
-
 @dataclass(frozen=True)
 class HandlerLimits:
     """Bounds every inbound stream handler runs within."""
@@ -93,9 +97,7 @@ class HandlerGuard:
         self._limits = limits
         self._active: Counter[str] = Counter()
 
-    def register(
-        self, protocol: str, handler: Callable[[LibP2PStream], Awaitable[None]]
-    ) -> None:
+    def register(self, protocol: str, handler: Callable[[LibP2PStream], Awaitable[None]]) -> None:
         async def guarded(raw: INetStream) -> None:
             stream = LibP2PStream(raw)
             peer = stream.peer_id

@@ -1,0 +1,67 @@
+"""The DHT facade with in-process hosts on 127.0.0.1."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
+
+import trio
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
+from p2pshare.identity import NodeKey
+from p2pshare.net.dht import Dht
+from p2pshare.net.host import running_host
+from p2pshare.net.streams import HandlerGuard, HandlerLimits
+
+if TYPE_CHECKING:
+    from libp2p.abc import IHost
+
+BLAKE3_MULTIHASH = b"\x1e\x20"
+
+
+async def start_line(
+    stack: AsyncExitStack, nursery: trio.Nursery, count: int
+) -> list[tuple[IHost, Dht]]:
+    nodes = []
+    for _ in range(count):
+        host = await stack.enter_async_context(
+            running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        )
+        dht = Dht(host, HandlerGuard(host, HandlerLimits()), requests_per_second=100)
+        await nursery.start(dht.run)
+        nodes.append((host, dht))
+    for (left, _), (right, _) in itertools.pairwise(nodes):
+        with trio.fail_after(10):
+            await left.connect(info_from_p2p_addr(right.get_addrs()[0]))
+    return nodes
+
+
+async def test_a_provider_is_found_across_a_line_of_six_nodes() -> None:
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        nodes = await start_line(stack, nursery, 6)
+        (first, first_dht), (_, last_dht) = nodes[0], nodes[-1]
+        with trio.fail_after(20):
+            accepted = await first_dht.provide(key, first.get_addrs())
+        assert accepted >= 1
+        with trio.fail_after(20):
+            providers = await last_dht.find_providers(key)
+        assert [p.peer_id for p in providers] == [first.get_id().to_base58()]
+        assert providers[0].addrs
+        with trio.fail_after(20):
+            again = await last_dht.find_providers(key)
+        assert len(again) == 1, "providers are merged per peer"
+        with trio.fail_after(20):
+            assert await last_dht.find_providers(BLAKE3_MULTIHASH + os.urandom(32)) == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_routing_table_is_fed_from_connections() -> None:
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (_, a_dht), (_, b_dht) = await start_line(stack, nursery, 2)
+        with trio.fail_after(10):
+            while a_dht.routing_table_size() < 1 or b_dht.routing_table_size() < 1:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
