@@ -17,6 +17,7 @@ from libp2p import create_yamux_muxer_option, new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.swarm import Swarm
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
@@ -82,7 +83,9 @@ async def running_host(key: NodeKey, listen: Sequence[str]) -> AsyncIterator[IHo
             ) from exc
         # The auto-connector dials every peer the peerstore knows until it has 200
         # connections; discovery decides whom we dial.
-        await host.get_network().auto_connector.stop()
+        network = host.get_network()
+        assert isinstance(network, Swarm)
+        await network.auto_connector.stop()
         try:
             yield host
         finally:
