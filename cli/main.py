@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from p2pshare import __version__
-from p2pshare.errors import P2PShareError
+from p2pshare.errors import P2PShareError, UserError
 from p2pshare.home import Home, resolve_home
 
 from .output import kv_lines, show
@@ -142,19 +142,40 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from p2pshare.control.client import call  # noqa: PLC0415
 
     result = call(_home(ctx), "status")
-    show(
-        result,
-        as_json,
-        lambda r: kv_lines(
+
+    def human(r: dict[str, Any]) -> str:
+        lines = kv_lines(
             [
                 ("peer ID", r["peer_id"]),
                 ("version", r["version"]),
                 ("uptime", f"{r['uptime_s']:.0f} s"),
                 ("peers", r["peers"]),
+                ("DHT table", f"{r['routing_table']} peers"),
                 ("home", r["home"]),
             ]
-        ),
-    )
+        )
+        for share in r["shares"]:
+            if share["stale"]:
+                state = "stale, not announced"
+            elif share["provided_at"] is None:
+                state = "not announced yet"
+            else:
+                state = f"announced to {share['provided_to']} peers {_ago(share['provided_at'])}"
+            lines += f"\n  {share['cid']}  {state}"
+        return lines
+
+    show(result, as_json, human)
+
+
+def _ago(timestamp: int) -> str:
+    import time  # noqa: PLC0415
+
+    seconds = max(0, int(time.time()) - timestamp)
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
 
 
 @cli.command()
@@ -276,6 +297,61 @@ def gc(ctx: click.Context, as_json: bool) -> None:
         as_json,
         lambda r: f"removed {len(r['removed'])} item(s), freed {_size(r['freed_bytes'])}",
     )
+
+
+@cli.command()
+@click.argument("cid")
+@click.option("--timeout", type=click.FloatRange(0.1, 120), default=10.0, show_default=True)
+@json_option
+@click.pass_context
+def find(ctx: click.Context, cid: str, timeout: float, as_json: bool) -> None:
+    """List the peers that provide CID, found through the DHT."""
+    from p2pshare.control.client import ControlClient  # noqa: PLC0415
+
+    with ControlClient(_home(ctx), timeout=timeout + 10) as client:
+        result = client.call("find", {"cid": cid, "timeout": timeout})
+    if not result["providers"] and not as_json:
+        raise UserError(f"no providers found for {result['cid']} within {timeout:g} s")
+
+    def human(r: dict[str, Any]) -> str:
+        return "\n".join(
+            f"{p['peer_id']}\n" + "".join(f"  {a}\n" for a in p["addrs"]) for p in r["providers"]
+        ).rstrip()
+
+    show(result, as_json, human)
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def peers(ctx: click.Context, as_json: bool) -> None:
+    """List connected peers with their addresses and ping latency."""
+    from p2pshare.control.client import call  # noqa: PLC0415
+
+    result = call(_home(ctx), "peers")
+
+    def human(r: dict[str, Any]) -> str:
+        if not r["peers"]:
+            return "no connected peers"
+        lines = []
+        for p in r["peers"]:
+            latency = "?" if p["latency_ms"] is None else f"{p['latency_ms']:.1f} ms"
+            lines.append(f"{p['peer_id']}  {latency:>9}  {' '.join(p['addrs'])}")
+        return "\n".join(lines)
+
+    show(result, as_json, human)
+
+
+@cli.command()
+@click.argument("multiaddr")
+@json_option
+@click.pass_context
+def connect(ctx: click.Context, multiaddr: str, as_json: bool) -> None:
+    """Dial a peer given as /ip4/ADDR/tcp/PORT/p2p/PEER_ID and remember it."""
+    from p2pshare.control.client import call  # noqa: PLC0415
+
+    result = call(_home(ctx), "connect", {"addr": multiaddr})
+    show(result, as_json, lambda r: f"connected to {r['peer_id']}")
 
 
 @cli.command()

@@ -46,6 +46,29 @@ class NetworkConfig:
         ["/ip4/0.0.0.0/tcp/4001"],
         "Multiaddrs the libp2p host listens on (TCP; port 0 picks a free port).",
     )
+    announce: tuple[str, ...] = _opt(
+        [],
+        "Addresses to tell peers instead of the listen addresses (e.g. a public IP); "
+        "empty: the listen addresses, with 0.0.0.0 expanded to this machine's interfaces.",
+    )
+    bootstrap: tuple[str, ...] = _opt(
+        [],
+        "Peers to join the network through, as multiaddrs ending in /p2p/<peer ID>.",
+    )
+    mdns: bool = _opt(
+        default=False, doc="Find and connect to peers on the local network with mDNS."
+    )
+    connect_timeout: float = _opt(10.0, "Seconds to wait for one dial to succeed.")
+    max_connections: int = _opt(300, "Most libp2p connections open at once.")
+    streams_per_peer: int = _opt(64, "Most inbound streams one peer may have open at once.")
+    dht_requests_per_second: float = _opt(
+        50.0, "Inbound DHT requests accepted per second from one peer (bursts of 4x)."
+    )
+    reprovide_interval: float = _opt(
+        43200.0,
+        "Seconds between re-announcements of every share; provider records live 48 h.",
+    )
+    refresh_interval: float = _opt(600.0, "Seconds between DHT routing-table refreshes.")
 
 
 @dataclass(frozen=True)
@@ -69,12 +92,31 @@ def _check_chunk_size(value: int) -> str | None:
     return None
 
 
-def _check_non_negative(value: int) -> str | None:
+def _check_non_negative(value: float) -> str | None:
     return "must not be negative" if value < 0 else None
+
+
+def _check_positive(value: float) -> str | None:
+    return "must be greater than zero" if value <= 0 else None
+
+
+def _check_peer_multiaddr(value: str) -> str | None:
+    problem = _check_multiaddr(value)
+    if problem is None and "/p2p/" not in value:
+        return "does not end in /p2p/<peer ID>"
+    return problem
 
 
 _VALIDATORS: dict[tuple[str, str], typing.Callable[[typing.Any], str | None]] = {
     ("network", "listen"): _check_multiaddr,
+    ("network", "announce"): _check_multiaddr,
+    ("network", "bootstrap"): _check_peer_multiaddr,
+    ("network", "connect_timeout"): _check_positive,
+    ("network", "max_connections"): _check_positive,
+    ("network", "streams_per_peer"): _check_positive,
+    ("network", "dht_requests_per_second"): _check_positive,
+    ("network", "reprovide_interval"): _check_positive,
+    ("network", "refresh_interval"): _check_positive,
     ("store", "chunk_size"): _check_chunk_size,
     ("store", "quota_bytes"): _check_non_negative,
 }

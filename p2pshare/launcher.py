@@ -49,6 +49,11 @@ class DaemonProcess:
 
     def start(self, timeout: float = 60.0) -> dict[str, Any]:
         """Spawn the daemon and return its ready announcement."""
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting (start several, then wait_ready each)."""
         self.home.create()
         with open(self.stderr_path, "wb") as stderr:  # noqa: PTH123 - handed to the child
             self._proc = subprocess.Popen(  # noqa: S603 - argv built from our own interpreter
@@ -57,6 +62,9 @@ class DaemonProcess:
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
             )
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait for the ready announcement of a spawned daemon."""
         try:
             line = self._read_line(time.monotonic() + timeout)
             self.info = json.loads(line)
@@ -140,8 +148,21 @@ def run_cli(home: Home, *args: str, timeout: float = 60.0) -> subprocess.Complet
     )
 
 
-def init_home(home: Home, listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",)) -> None:
-    """Initialise ``home`` in-process (no CLI round trip) listening on ``listen``."""
+def init_home(
+    home: Home, listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",), **network: Any
+) -> None:
+    """Initialise ``home`` in-process (no CLI round trip) listening on ``listen``.
+
+    Keyword arguments set other [network] keys, e.g. ``bootstrap=(addr,)``.
+    """
     from p2pshare.node.init import initialise  # noqa: PLC0415
 
-    initialise(home, listen=listen)
+    initialise(home, listen=listen, network=network)
+
+
+def start_all(daemons: Sequence[DaemonProcess], timeout: float = 60.0) -> None:
+    """Spawn every daemon first, then wait for each: start-ups overlap."""
+    for daemon in daemons:
+        daemon.spawn()
+    for daemon in daemons:
+        daemon.wait_ready(timeout)

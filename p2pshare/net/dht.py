@@ -30,7 +30,6 @@ from libp2p.kad_dht.common import ALPHA
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.peerinfo import PeerInfo
-from libp2p.tools.anyio_service import background_trio_service
 
 from p2pshare.proto.ratelimit import PerKeyBuckets
 
@@ -119,22 +118,31 @@ class Dht:
         await self._kad.handle_stream(stream.raw)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the DHT's maintenance and feed its routing table until cancelled."""
-        async with trio.open_nursery() as nursery, background_trio_service(self._kad):
+        """Feed the routing table from connections and ping stale peers until cancelled.
+
+        KadDHT's own service is not started: its loop refreshes the routing table the
+        moment it starts, which dials the closest peers of a node that has only just
+        joined. Discovery calls :meth:`maintain` on its own schedule instead.
+        """
+        async with trio.open_nursery() as nursery:
             self._host.get_network().register_notifee(_RoutingFeeder(self._kad, nursery))
             for peer in self._host.get_connected_peers():
                 nursery.start_soon(self._kad.add_peer, peer)
+            self._kad.routing_table.start_periodic_refresh(nursery)
             task_status.started()
             await trio.sleep_forever()
+
+    async def maintain(self) -> None:
+        """Refresh the routing table and drop expired records."""
+        await self._kad.refresh_routing_table()
+        self._kad.provider_store.cleanup_expired()
+        self._kad.value_store.cleanup_expired()
 
     async def add_peer(self, peer_id: ID) -> bool:
         return bool(await self._kad.add_peer(peer_id))
 
     def routing_table_size(self) -> int:
         return int(self._kad.routing_table.size())
-
-    async def refresh(self) -> None:
-        await self._kad.refresh_routing_table()
 
     async def provide(self, key: bytes, announce: list[Multiaddr]) -> int:
         """Store a provider record for ``key`` on the closest peers; return how many took it.
@@ -201,5 +209,7 @@ class Dht:
                 continue
             if addrs:
                 peerstore.add_addrs(peer, list(addrs), 3600)
-            providers.append(Provider(str(peer), tuple(sorted({str(a) for a in addrs}))))
+            suffix = f"/p2p/{peer}"
+            texts = {str(a).removesuffix(suffix) for a in addrs}
+            providers.append(Provider(str(peer), tuple(sorted(texts))))
         return providers[:limit]

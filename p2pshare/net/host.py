@@ -57,7 +57,7 @@ async def _close(host: IHost) -> None:
         await host.close()
 
 
-def build_host(key: NodeKey) -> IHost:
+def build_host(key: NodeKey, *, max_connections: int = 300, mdns: bool = False) -> IHost:
     """A host keyed by ``key`` that speaks only Noise and Yamux."""
     key_pair = create_new_key_pair(key.seed)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
@@ -65,14 +65,19 @@ def build_host(key: NodeKey) -> IHost:
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt=create_yamux_muxer_option(),
-        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        connection_config=ConnectionConfig(
+            max_connections_per_peer=1, max_connections=max_connections
+        ),
+        enable_mDNS=mdns,
     )
 
 
 @asynccontextmanager
-async def running_host(key: NodeKey, listen: Sequence[str]) -> AsyncIterator[IHost]:
+async def running_host(
+    key: NodeKey, listen: Sequence[str], *, max_connections: int = 300, mdns: bool = False
+) -> AsyncIterator[IHost]:
     """Start the host listening on ``listen``; stop it on exit."""
-    host = build_host(key)
+    host = build_host(key, max_connections=max_connections, mdns=mdns)
     addrs = parse_multiaddrs(listen, "listen")
     async with AsyncExitStack() as stack:
         try:

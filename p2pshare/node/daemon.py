@@ -17,9 +17,13 @@ from p2pshare.control.server import ControlServer, Emit, Handler
 from p2pshare.errors import UserError
 from p2pshare.home import MAX_SOCKET_PATH
 from p2pshare.identity import NodeKey
+from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
+from p2pshare.net.streams import HandlerGuard, HandlerLimits
+from p2pshare.node.discovery import Discovery
 from p2pshare.node.init import initialise
 from p2pshare.node.lock import HomeLock
+from p2pshare.node.network_api import NetworkApi
 from p2pshare.node.shares_api import SharesApi
 from p2pshare.store.catalog import Catalog
 from p2pshare.store.shares import ShareStore
@@ -41,6 +45,7 @@ class Node:
     home: Home
     key: NodeKey
     host: IHost
+    network: NetworkApi
     started: float = field(default_factory=time.monotonic)
     stop_requested: trio.Event = field(default_factory=trio.Event)
 
@@ -57,7 +62,7 @@ class Node:
             "uptime_s": round(time.monotonic() - self.started, 3),
             "peers": len(self.host.get_connected_peers()),
             "home": str(self.home.root),
-        }
+        } | self.network.status()
 
     async def rpc_stop(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         log.info("stop requested over the control socket")
@@ -103,19 +108,30 @@ async def serve(home: Home, on_ready: Callable[[ReadyInfo], None]) -> None:
         home.socket_path.unlink(missing_ok=True)
         # Installed before we announce readiness, so no SIGTERM meets the default handler.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with running_host(key, config.network.listen) as host:
-                node = Node(home, key, host)
+            net = config.network
+            async with running_host(
+                key, net.listen, max_connections=net.max_connections, mdns=net.mdns
+            ) as host:
+                guard = HandlerGuard(host, HandlerLimits(streams_per_peer=net.streams_per_peer))
+                discovery = Discovery(
+                    host, Dht(host, guard, net.dht_requests_per_second), catalog, net
+                )
+                network = NetworkApi(discovery, catalog)
+                node = Node(home, key, host, network)
                 shares = SharesApi(
                     ShareStore(catalog, home.content_dir, key, config.store.chunk_size),
                     key.peer_id,
-                    node.listen_addrs,
+                    lambda: [str(a) for a in discovery.announce()],
                     config.store.quota_bytes,
+                    discovery.provide_soon,
                 )
                 server = ControlServer(
-                    node.handlers() | shares.handlers(), log_hint=str(home.log_path)
+                    node.handlers() | shares.handlers() | network.handlers(),
+                    log_hint=str(home.log_path),
                 )
                 sock = await ControlServer.bind(home.socket_path)
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(discovery.run)
                     await nursery.start(server.serve, sock)
                     nursery.start_soon(_stop_on_signal, node, signals)
                     addrs = node.listen_addrs()

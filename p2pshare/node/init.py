@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from p2pshare.config import load_config, render_config
+from p2pshare.config import load_config, parse_config, render_config
 from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from p2pshare.home import Home
@@ -22,10 +22,17 @@ class InitResult:
     created_config: bool
 
 
-def initialise(home: Home, *, force: bool = False, listen: Sequence[str] = ()) -> InitResult:
+def initialise(
+    home: Home,
+    *,
+    force: bool = False,
+    listen: Sequence[str] = (),
+    network: Mapping[str, Any] | None = None,
+) -> InitResult:
     """Create the home, its config (unless present) and a fresh node key.
 
     An existing key is the node's identity: replacing it needs ``force``.
+    ``listen`` and ``network`` (other [network] keys) are written into config.toml.
     """
     if home.key_path.exists() and not force:
         existing = NodeKey.load(home.key_path)
@@ -35,11 +42,15 @@ def initialise(home: Home, *, force: bool = False, listen: Sequence[str] = ()) -
         )
     home.create()
     created_config = not home.config_path.exists()
-    if created_config or listen:
+    overrides = dict(network or {})
+    if listen:
+        overrides["listen"] = tuple(listen)
+    if created_config or overrides:
         config = load_config(home.config_path)
-        if listen:
-            config = replace(config, network=replace(config.network, listen=tuple(listen)))
-        _write_private(home.config_path, render_config(config))
+        config = replace(config, network=replace(config.network, **overrides))
+        text = render_config(config)
+        parse_config(text, home.config_path)
+        _write_private(home.config_path, text)
     key = NodeKey.generate()
     key.save(home.key_path)
     return InitResult(key.peer_id, created_config)

@@ -60,6 +60,7 @@ class SharesApi:
     peer_id: str
     addrs: Callable[[], list[str]]
     quota_bytes: int
+    on_shared: Callable[[str], None]
 
     def ticket(self, cid: str) -> str:
         suffix = f"/p2p/{self.peer_id}"
@@ -97,6 +98,7 @@ class SharesApi:
         if copy:
             report = self.store.gc(keep_bytes=self.quota_bytes)
             doc["gc_removed"] = list(report.removed)
+        self.on_shared(row.cid)
         log.info("shared %s as %s (%d bytes)", path, row.cid, row.total_size)
         return doc
 

@@ -8,6 +8,7 @@ UserError with the recovery step from docs/store.md.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -55,6 +56,18 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at INTEGER NOT NULL
     );
     """,
+    """
+    CREATE TABLE known_peers (
+        peer_id TEXT PRIMARY KEY,
+        addrs TEXT NOT NULL,  -- JSON list of multiaddr strings
+        last_seen INTEGER NOT NULL
+    );
+    CREATE TABLE provide_status (
+        cid TEXT PRIMARY KEY REFERENCES shares(cid) ON DELETE CASCADE,
+        provided_at INTEGER NOT NULL,
+        provided_to INTEGER NOT NULL
+    );
+    """,
 )
 
 
@@ -80,6 +93,21 @@ class FileStamp:
     entry_index: int
     size: int
     mtime_ns: int
+
+
+@dataclass(frozen=True)
+class KnownPeer:
+    peer_id: str
+    addrs: tuple[str, ...]
+    last_seen: int
+
+
+@dataclass(frozen=True)
+class ProvideStatus:
+    """When a share was last announced on the DHT, and to how many peers."""
+
+    provided_at: int
+    provided_to: int
 
 
 @dataclass(frozen=True)
@@ -268,6 +296,45 @@ class Catalog:
             row["state"],
             row["updated_at"],
         )
+
+    def save_peers(self, peers: Sequence[KnownPeer], keep: int) -> None:
+        """Remember peers (and their addresses) for the next start; keep the newest ``keep``."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO known_peers (peer_id, addrs, last_seen) VALUES (?,?,?) "
+                "ON CONFLICT(peer_id) DO UPDATE SET addrs=excluded.addrs, "
+                "last_seen=excluded.last_seen",
+                [(p.peer_id, json.dumps(list(p.addrs)), p.last_seen) for p in peers],
+            )
+            self._db.execute(
+                "DELETE FROM known_peers WHERE peer_id NOT IN "
+                "(SELECT peer_id FROM known_peers ORDER BY last_seen DESC LIMIT ?)",
+                (keep,),
+            )
+
+    def known_peers(self) -> list[KnownPeer]:
+        rows = self._db.execute(
+            "SELECT peer_id, addrs, last_seen FROM known_peers ORDER BY last_seen DESC"
+        )
+        peers = []
+        for row in rows:
+            addrs = json.loads(row["addrs"])
+            if isinstance(addrs, list) and all(isinstance(a, str) for a in addrs):
+                peers.append(KnownPeer(row["peer_id"], tuple(addrs), row["last_seen"]))
+        return peers
+
+    def set_provided(self, cid: str, status: ProvideStatus) -> None:
+        self._db.execute(
+            "INSERT INTO provide_status (cid, provided_at, provided_to) "
+            "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM shares WHERE cid = ?) "
+            "ON CONFLICT(cid) DO UPDATE SET provided_at=excluded.provided_at, "
+            "provided_to=excluded.provided_to",
+            (cid, status.provided_at, status.provided_to, cid),
+        )
+
+    def provide_status(self) -> dict[str, ProvideStatus]:
+        rows = self._db.execute("SELECT cid, provided_at, provided_to FROM provide_status")
+        return {r["cid"]: ProvideStatus(r["provided_at"], r["provided_to"]) for r in rows}
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

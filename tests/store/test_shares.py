@@ -13,7 +13,13 @@ from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
 from p2pshare.proto.manifest import INLINE_MAX_CHUNKS
-from p2pshare.store.catalog import Catalog, DownloadRow
+from p2pshare.store.catalog import (
+    MIGRATIONS,
+    Catalog,
+    DownloadRow,
+    KnownPeer,
+    ProvideStatus,
+)
 from p2pshare.store.shares import ShareStore, StaleShareError, UnknownShareError
 
 if TYPE_CHECKING:
@@ -212,7 +218,7 @@ def test_case_folded_duplicates_are_refused(store: ShareStore, tmp_path: Path) -
 def test_catalog_is_wal_private_and_versioned(tmp_path: Path) -> None:
     path = tmp_path / "catalog.sqlite"
     catalog = Catalog(path)
-    assert catalog.schema_version == 1
+    assert catalog.schema_version == len(MIGRATIONS)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -223,7 +229,7 @@ def test_catalog_is_wal_private_and_versioned(tmp_path: Path) -> None:
     assert saved is not None
     assert saved.verified == b"\xff\x01"
     catalog.close()
-    assert Catalog(path).schema_version == 1
+    assert Catalog(path).schema_version == len(MIGRATIONS)
 
 
 def test_corrupt_catalog_gives_the_recovery_sentence(tmp_path: Path) -> None:
@@ -239,3 +245,31 @@ def test_catalog_from_a_newer_version_is_refused(tmp_path: Path) -> None:
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(UserError, match="newer p2pshare"):
         Catalog(path)
+
+
+def test_a_version_1_catalog_is_migrated_keeping_its_shares(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(MIGRATIONS[0])
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO shares VALUES ('bafk1', 'file', NULL, '/x', 0, x'00', 1, 1, 0, NULL, 1)"
+        )
+    catalog = Catalog(path)
+    assert catalog.schema_version == len(MIGRATIONS)
+    assert [row.cid for row in catalog.shares()] == ["bafk1"]
+    catalog.set_provided("bafk1", ProvideStatus(10, 3))
+    catalog.set_provided("unknown", ProvideStatus(10, 3))
+    assert catalog.provide_status() == {"bafk1": ProvideStatus(10, 3)}
+    catalog.remove_share("bafk1")
+    assert catalog.provide_status() == {}
+    catalog.close()
+
+
+def test_known_peers_keep_the_newest(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    catalog.save_peers([KnownPeer(f"p{i}", (f"/ip4/127.0.0.1/tcp/{i}",), i) for i in range(5)], 3)
+    assert [p.peer_id for p in catalog.known_peers()] == ["p4", "p3", "p2"]
+    catalog.save_peers([KnownPeer("p2", ("/ip4/127.0.0.1/tcp/9",), 9)], 3)
+    assert catalog.known_peers()[0] == KnownPeer("p2", ("/ip4/127.0.0.1/tcp/9",), 9)
+    catalog.close()

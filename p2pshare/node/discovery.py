@@ -1,0 +1,242 @@
+"""Discovery: joining the network, announcing shares, finding providers, knowing peers.
+
+Runs in the daemon's nursery on top of :class:`p2pshare.net.dht.Dht`:
+
+* at start it dials the configured bootstrap peers and the peers remembered from
+  the last run, then announces every share;
+* it re-announces every share each ``reprovide_interval`` (well inside the 48 h
+  record lifetime) and refreshes the routing table each ``refresh_interval``;
+* it remembers connected peers and their addresses in the catalog, so a restarted
+  daemon rejoins without help.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+
+from p2pshare.net.addrs import announce_addrs
+from p2pshare.net.peers import connect, connected_peers, parse_peer_multiaddr, ping_ms
+from p2pshare.proto.cid import ContentId
+from p2pshare.store.catalog import KnownPeer, ProvideStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from libp2p.abc import IHost
+
+    from p2pshare.config import NetworkConfig
+    from p2pshare.net.dht import Dht, Provider
+    from p2pshare.store.catalog import Catalog
+
+log = logging.getLogger(__name__)
+DIAL_CONCURRENCY = 16
+KNOWN_PEERS_KEPT = 200
+REMEMBER_INTERVAL = 60.0
+PING_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class JoinReport:
+    attempted: int
+    connected: int
+
+
+class Discovery:
+    """The node's place in the DHT."""
+
+    def __init__(self, host: IHost, dht: Dht, catalog: Catalog, config: NetworkConfig) -> None:
+        self._host = host
+        self._dht = dht
+        self._catalog = catalog
+        self._config = config
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self._dht.run)
+            if self._config.mdns:
+                self._watch_mdns(nursery)
+            # Joining is bounded by connect_timeout; the daemon announces readiness
+            # once it has joined, so "ready" means reachable through the network too.
+            report = await self.join()
+            log.info(
+                "joined the network: %d of %d peers reached", report.connected, report.attempted
+            )
+            task_status.started()
+            nursery.start_soon(self._every, self._config.reprovide_interval, self.provide_all)
+            nursery.start_soon(self._every_after, self._config.refresh_interval, self._maintain)
+            nursery.start_soon(self._every_after, REMEMBER_INTERVAL, self.remember_peers)
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.remember_peers_now()
+
+    async def _every(self, interval: float, job: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await job()
+            await trio.sleep(interval)
+
+    async def _every_after(self, interval: float, job: Callable[[], Awaitable[None]]) -> None:
+        await trio.sleep(interval)
+        await self._every(interval, job)
+
+    async def _maintain(self) -> None:
+        try:
+            await self._dht.maintain()
+        except Exception:
+            log.exception("DHT maintenance failed")
+
+    # -- joining
+
+    async def join(self) -> JoinReport:
+        """Dial bootstrap peers and remembered peers, a few at a time."""
+        targets: dict[ID, PeerInfo] = {}
+        for text in self._config.bootstrap:
+            try:
+                info = parse_peer_multiaddr(text)
+            except Exception as exc:  # noqa: BLE001 - a bad entry must not stop the others
+                log.warning("bootstrap entry %r skipped: %s", text, exc)
+                continue
+            targets[info.peer_id] = info
+        for peer in self._catalog.known_peers():
+            remembered = parse_remembered(peer)
+            if remembered is not None and remembered.peer_id not in targets:
+                targets[remembered.peer_id] = remembered
+        targets.pop(self._host.get_id(), None)
+        connected = 0
+        limiter = trio.Semaphore(DIAL_CONCURRENCY)
+
+        async def dial(info: PeerInfo) -> None:
+            nonlocal connected
+            async with limiter:
+                try:
+                    await connect(self._host, info, self._config.connect_timeout)
+                except Exception as exc:  # noqa: BLE001 - unreachable peers are normal
+                    log.info("could not reach %s: %s", info.peer_id, exc)
+                    return
+                await self._dht.add_peer(info.peer_id)
+                connected += 1
+
+        async with trio.open_nursery() as nursery:
+            for info in targets.values():
+                nursery.start_soon(dial, info)
+        return JoinReport(len(targets), connected)
+
+    async def connect(self, text: str) -> str:
+        """``p2pshare connect``: dial a peer, add it to the routing table, remember it."""
+        info = parse_peer_multiaddr(text)
+        await connect(self._host, info, self._config.connect_timeout)
+        await self._dht.add_peer(info.peer_id)
+        self._catalog.save_peers(
+            [KnownPeer(str(info.peer_id), tuple(str(a) for a in info.addrs), int(time.time()))],
+            KNOWN_PEERS_KEPT,
+        )
+        return str(info.peer_id)
+
+    def _watch_mdns(self, nursery: trio.Nursery) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        def found(info: PeerInfo) -> None:
+            # Called from zeroconf's thread.
+            trio.from_thread.run_sync(nursery.start_soon, self._dial_found, info, trio_token=token)
+
+        peerDiscovery.register_peer_discovered_handler(found)
+
+    async def _dial_found(self, info: PeerInfo) -> None:
+        if info.peer_id == self._host.get_id() or info.peer_id in self._host.get_connected_peers():
+            return
+        try:
+            await connect(self._host, info, self._config.connect_timeout)
+            await self._dht.add_peer(info.peer_id)
+            log.info("connected to %s found by mDNS", info.peer_id)
+        except Exception as exc:  # noqa: BLE001
+            log.info("peer %s found by mDNS is unreachable: %s", info.peer_id, exc)
+
+    # -- remembering
+
+    async def remember_peers(self) -> None:
+        self.remember_peers_now()
+
+    def remember_peers_now(self) -> None:
+        now = int(time.time())
+        peers = [KnownPeer(p.peer_id, p.addrs, now) for p in connected_peers(self._host) if p.addrs]
+        if peers:
+            self._catalog.save_peers(peers, KNOWN_PEERS_KEPT)
+
+    # -- announcing
+
+    def announce(self) -> list[Any]:
+        return announce_addrs(self._host, self._config.announce)
+
+    async def provide(self, cid: str) -> ProvideStatus:
+        """Announce one share now and record the outcome."""
+        key = ContentId.parse(cid).multihash
+        try:
+            count = await self._dht.provide(key, self.announce())
+        except Exception:
+            log.exception("providing %s failed", cid)
+            count = 0
+        status = ProvideStatus(int(time.time()), count)
+        self._catalog.set_provided(cid, status)
+        log.info("provided %s to %d peers", cid, count)
+        return status
+
+    def provide_soon(self, cid: str) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self.provide, cid)
+
+    async def provide_all(self) -> None:
+        for row in self._catalog.shares():
+            if not row.stale_reason:
+                await self.provide(row.cid)
+
+    # -- finding
+
+    async def find(self, cid: str, timeout: float) -> list[Provider]:
+        key = ContentId.parse(cid).multihash
+        with trio.move_on_after(timeout):
+            return await self._dht.find_providers(key)
+        return []
+
+    async def peers(self) -> list[dict[str, Any]]:
+        found = connected_peers(self._host)
+        latencies: dict[str, float | None] = {}
+
+        async def measure(peer_id: str) -> None:
+            latencies[peer_id] = await ping_ms(self._host, peer_id, PING_TIMEOUT)
+
+        async with trio.open_nursery() as nursery:
+            for peer in found:
+                nursery.start_soon(measure, peer.peer_id)
+        return [
+            {
+                "peer_id": p.peer_id,
+                "addrs": list(p.addrs),
+                "latency_ms": None
+                if latencies[p.peer_id] is None
+                else round(latencies[p.peer_id] or 0.0, 3),
+            }
+            for p in found
+        ]
+
+    def routing_table_size(self) -> int:
+        return self._dht.routing_table_size()
+
+
+def parse_remembered(peer: KnownPeer) -> PeerInfo | None:
+    """A remembered peer as a PeerInfo; None if what the catalog holds is unusable."""
+    import multiaddr  # noqa: PLC0415
+
+    try:
+        return PeerInfo(ID.from_base58(peer.peer_id), [multiaddr.Multiaddr(a) for a in peer.addrs])
+    except Exception:  # noqa: BLE001 - a damaged row is skipped, not fatal
+        return None

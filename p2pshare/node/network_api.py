@@ -1,0 +1,65 @@
+"""Control methods for the network: find, peers, connect, and the status of announcements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from p2pshare.control.server import Emit, Handler, InvalidParamsError
+from p2pshare.proto.cid import ContentId
+
+if TYPE_CHECKING:
+    from p2pshare.node.discovery import Discovery
+    from p2pshare.store.catalog import Catalog
+
+DEFAULT_FIND_TIMEOUT = 10.0
+MAX_FIND_TIMEOUT = 120.0
+
+
+@dataclass
+class NetworkApi:
+    discovery: Discovery
+    catalog: Catalog
+
+    async def find(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+        text = params.get("cid")
+        if not isinstance(text, str):
+            raise InvalidParamsError("parameter 'cid' must be a content ID")
+        cid = str(ContentId.parse(text))
+        timeout = params.get("timeout", DEFAULT_FIND_TIMEOUT)
+        if not isinstance(timeout, int | float) or not 0 < timeout <= MAX_FIND_TIMEOUT:
+            raise InvalidParamsError(
+                f"parameter 'timeout' must be a number of seconds up to {MAX_FIND_TIMEOUT:g}"
+            )
+        providers = await self.discovery.find(cid, float(timeout))
+        return {
+            "cid": cid,
+            "providers": [{"peer_id": p.peer_id, "addrs": list(p.addrs)} for p in providers],
+        }
+
+    async def peers(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+        return {"peers": await self.discovery.peers()}
+
+    async def connect(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+        addr = params.get("addr")
+        if not isinstance(addr, str) or not addr:
+            raise InvalidParamsError("parameter 'addr' must be a multiaddr")
+        return {"peer_id": await self.discovery.connect(addr)}
+
+    def status(self) -> dict[str, Any]:
+        provided = self.catalog.provide_status()
+        return {
+            "routing_table": self.discovery.routing_table_size(),
+            "shares": [
+                {
+                    "cid": row.cid,
+                    "provided_at": provided[row.cid].provided_at if row.cid in provided else None,
+                    "provided_to": provided[row.cid].provided_to if row.cid in provided else None,
+                    "stale": row.stale_reason,
+                }
+                for row in self.catalog.shares()
+            ],
+        }
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"find": self.find, "peers": self.peers, "connect": self.connect}
