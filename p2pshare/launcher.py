@@ -32,9 +32,13 @@ def cli_command(home: Home, *args: str) -> list[str]:
 class DaemonProcess:
     """One ``p2pshare daemon`` child process."""
 
-    def __init__(self, home: Home, *, log_level: str = "info") -> None:
+    def __init__(
+        self, home: Home, *, log_level: str = "info", wrapper: Sequence[str] = ()
+    ) -> None:
+        """``wrapper`` prefixes the command, e.g. ``ip netns exec NS`` for a namespace."""
         self.home = home
         self._log_level = log_level
+        self._wrapper = list(wrapper)
         self._proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
 
@@ -57,7 +61,10 @@ class DaemonProcess:
         self.home.create()
         with open(self.stderr_path, "wb") as stderr:  # noqa: PTH123 - handed to the child
             self._proc = subprocess.Popen(  # noqa: S603 - argv built from our own interpreter
-                cli_command(self.home, "daemon", "--json", "--log-level", self._log_level),
+                [
+                    *self._wrapper,
+                    *cli_command(self.home, "daemon", "--json", "--log-level", self._log_level),
+                ],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
