@@ -85,9 +85,16 @@ def init(ctx: click.Context, force: bool, listen: tuple[str, ...], as_json: bool
     default="info",
     show_default=True,
 )
+@click.option(
+    "--upload-rate",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="BYTES_PER_S",
+    help="Cap on upload to all peers together (overrides [transfer] upload_rate; 0: none).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Announce readiness as one JSON line.")
 @click.pass_context
-def daemon(ctx: click.Context, log_level: str, as_json: bool) -> None:
+def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json: bool) -> None:
     """Run the node in the foreground until Ctrl-C, SIGTERM or `p2pshare stop`."""
     import json  # noqa: PLC0415
 
@@ -116,7 +123,7 @@ def daemon(ctx: click.Context, log_level: str, as_json: bool) -> None:
             click.echo(f"  control socket {info.socket_path}")
         sys.stdout.flush()
 
-    trio.run(serve, home, on_ready)
+    trio.run(serve, home, on_ready, upload_rate)
 
 
 @cli.command(name="id")
@@ -297,6 +304,54 @@ def gc(ctx: click.Context, as_json: bool) -> None:
         as_json,
         lambda r: f"removed {len(r['removed'])} item(s), freed {_size(r['freed_bytes'])}",
     )
+
+
+@cli.command()
+@click.argument("ref", metavar="CID|TICKET")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Where to put the file or directory.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing destination.")
+@click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
+@json_option
+@click.pass_context
+def get(
+    ctx: click.Context, ref: str, output: Path, force: bool, no_progress: bool, as_json: bool
+) -> None:
+    """Download CID (or a ticket) from every peer that has it, verifying each chunk.
+
+    Ctrl-C stops the download and keeps what was verified: run the same command again
+    to resume.
+    """
+    from p2pshare.control.client import ControlClient  # noqa: PLC0415
+
+    from .progress import ByteProgress  # noqa: PLC0415
+
+    params = {"ref": ref, "dest": str(output.absolute()), "force": force}
+    with (
+        ControlClient(_home(ctx), timeout=None) as client,
+        ByteProgress("downloading", enabled=not (no_progress or as_json), min_bytes=0) as bar,
+    ):
+        result = client.call("get", params, on_event=bar.on_event)
+
+    def human(r: dict[str, Any]) -> str:
+        rate = r["size"] / r["elapsed_s"] / 1e6 if r["elapsed_s"] else 0.0
+        text = (
+            f"saved {r['destination']} ({_size(r['size'])}, {r['files']} files) "
+            f"in {r['elapsed_s']:.2f} s ({rate:.1f} MB/s) from {len(r['peers'])} peer(s)"
+        )
+        if r["resumed_chunks"]:
+            text += f"; resumed with {r['resumed_chunks']} of {r['chunks']} chunks already here"
+        if r["banned"]:
+            text += f"; banned for bad data: {', '.join(r['banned'])}"
+        return text
+
+    show(result, as_json, human)
 
 
 @cli.command()

@@ -19,9 +19,12 @@ MIN_BYTES_FOR_BAR = 64 << 20
 class ByteProgress:
     """A bar driven by ``{"done", "total"}`` events; silent when not wanted or not a TTY."""
 
-    def __init__(self, description: str, *, enabled: bool) -> None:
+    def __init__(
+        self, description: str, *, enabled: bool, min_bytes: int = MIN_BYTES_FOR_BAR
+    ) -> None:
         self._description = description
         self._enabled = enabled and sys.stderr.isatty()
+        self._min_bytes = min_bytes
         self._progress: Progress | None = None
         self._task: TaskID | None = None
 
@@ -32,12 +35,14 @@ class ByteProgress:
         if not isinstance(done, int) or not isinstance(total, int):
             return
         if self._progress is None:
-            if total < MIN_BYTES_FOR_BAR:
+            if total < self._min_bytes:
                 return
             self._start(total)
         assert self._progress is not None
         assert self._task is not None
-        self._progress.update(self._task, completed=done, total=total)
+        peers = event.data.get("peers")
+        description = self._description if peers is None else f"{self._description} ({peers} peers)"
+        self._progress.update(self._task, completed=done, total=total, description=description)
 
     def _start(self, total: int) -> None:
         from rich.console import Console  # noqa: PLC0415 - rich costs ~50 ms to import

@@ -86,6 +86,15 @@ class StoreConfig:
     )
 
 
+@dataclass(frozen=True)
+class TransferConfig:
+    """[transfer]: moving chunks between peers."""
+
+    upload_rate: int = _opt(
+        0, "Most bytes per second sent to all peers together; 0 means no limit."
+    )
+
+
 def _check_chunk_size(value: int) -> str | None:
     if value < 1 << 14 or value > 1 << 24 or value & (value - 1):
         return "is not a power of two from 16384 to 16777216"
@@ -119,6 +128,7 @@ _VALIDATORS: dict[tuple[str, str], typing.Callable[[typing.Any], str | None]] = 
     ("network", "refresh_interval"): _check_positive,
     ("store", "chunk_size"): _check_chunk_size,
     ("store", "quota_bytes"): _check_non_negative,
+    ("transfer", "upload_rate"): _check_non_negative,
 }
 
 
@@ -128,6 +138,7 @@ class Config:
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
 
 _SECTIONS: dict[str, type[Any]] = {

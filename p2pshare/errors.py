@@ -77,3 +77,14 @@ class IntegrityError(RemoteError):
 
 class LocalProtocolError(P2PShareError):
     """We were asked to build a message or object the protocol forbids."""
+
+
+def leaf_errors(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, in order; ``[exc]`` for a plain one.
+
+    trio's nurseries wrap every error in an ExceptionGroup; code that reports an
+    error to the user looks through the wrapping for the sentence to print.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaf_errors(inner)]
+    return [exc]

@@ -33,12 +33,19 @@ class DaemonProcess:
     """One ``p2pshare daemon`` child process."""
 
     def __init__(
-        self, home: Home, *, log_level: str = "info", wrapper: Sequence[str] = ()
+        self,
+        home: Home,
+        *,
+        log_level: str = "info",
+        wrapper: Sequence[str] = (),
+        args: Sequence[str] = (),
     ) -> None:
-        """``wrapper`` prefixes the command, e.g. ``ip netns exec NS`` for a namespace."""
+        """``wrapper`` prefixes the command (e.g. ``ip netns exec NS``); ``args`` are
+        extra ``p2pshare daemon`` options (e.g. ``--upload-rate``)."""
         self.home = home
         self._log_level = log_level
         self._wrapper = list(wrapper)
+        self._args = list(args)
         self._proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
 
@@ -64,6 +71,7 @@ class DaemonProcess:
                 [
                     *self._wrapper,
                     *cli_command(self.home, "daemon", "--json", "--log-level", self._log_level),
+                    *self._args,
                 ],
                 stdout=subprocess.PIPE,
                 stderr=stderr,

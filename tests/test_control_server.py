@@ -46,6 +46,11 @@ async def crash(_params: dict[str, Any], _emit: Emit) -> Any:
     raise RuntimeError("bug")
 
 
+async def fail_in_nursery(_params: dict[str, Any], _emit: Emit) -> Any:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fail_user, {}, _emit)
+
+
 async def unencodable(_params: dict[str, Any], _emit: Emit) -> Any:
     return object()
 
@@ -56,6 +61,7 @@ HANDLERS: dict[str, Handler] = {
     "fail_params": fail_params,
     "crash": crash,
     "unencodable": unencodable,
+    "fail_in_nursery": fail_in_nursery,
 }
 
 
@@ -126,6 +132,7 @@ async def test_reply_and_events(server: Server) -> None:
     [
         ("nope", ErrorCode.UNKNOWN_METHOD, "unknown method 'nope'"),
         ("fail_user", ErrorCode.FAILED, "the share is gone"),
+        ("fail_in_nursery", ErrorCode.FAILED, "the share is gone"),
         ("fail_params", ErrorCode.INVALID_PARAMS, "path must be a string"),
         ("crash", ErrorCode.INTERNAL, "internal error in the daemon; see the log"),
         ("unencodable", ErrorCode.INTERNAL, "internal error in the daemon; see the log"),

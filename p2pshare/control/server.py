@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2pshare.errors import LocalProtocolError, RemoteProtocolError, UserError
+from p2pshare.errors import LocalProtocolError, RemoteProtocolError, UserError, leaf_errors
 from p2pshare.proto.control import (
     MAX_FRAME,
     BadRequestError,
@@ -156,19 +156,8 @@ class ControlServer:
 
         try:
             result = await handler(request.params, emit)
-        except InvalidParamsError as exc:
-            reply: Reply | ErrorReply = ErrorReply(request.id, ErrorCode.INVALID_PARAMS, str(exc))
-        except UserError as exc:
-            reply = ErrorReply(request.id, ErrorCode.FAILED, str(exc))
-        except RemoteProtocolError as exc:
-            reply = ErrorReply(request.id, ErrorCode.FAILED, f"a peer broke the protocol: {exc}")
-        except Exception:
-            log.exception("control method %s failed", request.method)
-            reply = ErrorReply(
-                request.id,
-                ErrorCode.INTERNAL,
-                f"internal error in the daemon; see {self._log_hint}",
-            )
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
+            reply: Reply | ErrorReply = self._error_reply(request.id, request.method, exc)
         else:
             reply = Reply(request.id, result)
         try:
@@ -183,6 +172,24 @@ class ControlServer:
                     f"internal error in the daemon; see {self._log_hint}",
                 ),
             )
+
+    def _error_reply(self, request_id: int, method: str, exc: Exception) -> ErrorReply:
+        """The reply for a failed call: the first error in it that speaks to the user."""
+        leaves = leaf_errors(exc)
+        for leaf in leaves:
+            if isinstance(leaf, InvalidParamsError):
+                return ErrorReply(request_id, ErrorCode.INVALID_PARAMS, str(leaf))
+            if isinstance(leaf, UserError):
+                return ErrorReply(request_id, ErrorCode.FAILED, str(leaf))
+        for leaf in leaves:
+            if isinstance(leaf, RemoteProtocolError):
+                return ErrorReply(
+                    request_id, ErrorCode.FAILED, f"a peer broke the protocol: {leaf}"
+                )
+        log.error("control method %s failed", method, exc_info=exc)
+        return ErrorReply(
+            request_id, ErrorCode.INTERNAL, f"internal error in the daemon; see {self._log_hint}"
+        )
 
     @staticmethod
     async def _send(stream: trio.SocketStream, message: Reply | ErrorReply | Event) -> None:

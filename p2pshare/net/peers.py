@@ -15,8 +15,11 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
 from p2pshare.errors import UserError
+from p2pshare.net.streams import LibP2PStream
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from libp2p.abc import IHost
 
 # The peerstore keeps dialed addresses for this long (seconds); the daemon saves
@@ -77,3 +80,34 @@ async def ping_ms(host: IHost, peer_id: str, timeout: float) -> float | None:
                 await stream.close()
     except Exception:  # noqa: BLE001 - an unreachable peer simply has no latency figure
         return None
+
+
+async def open_stream(
+    host: IHost, peer_id: str, addrs: Sequence[str], protocol: str, timeout: float
+) -> LibP2PStream:
+    """A new stream for ``protocol`` to ``peer_id``, dialing ``addrs`` first if needed."""
+    try:
+        peer = ID.from_base58(peer_id)
+        maddrs = [multiaddr.Multiaddr(a) for a in addrs]
+    except Exception as exc:  # noqa: BLE001 - peer IDs and addresses come from others
+        raise UserError(f"provider {peer_id!r} has an invalid peer ID or address: {exc}") from None
+    if peer not in host.get_connected_peers():
+        if maddrs:
+            host.get_peerstore().add_addrs(peer, maddrs, ADDR_TTL)
+        known = maddrs or _known_addrs(host, peer)
+        await connect(host, PeerInfo(peer, known), timeout)
+    try:
+        with trio.fail_after(timeout):
+            raw = await host.new_stream(peer, [TProtocol(protocol)])
+    except trio.TooSlowError:
+        raise UserError(f"{peer_id} did not open a {protocol} stream in time") from None
+    except Exception as exc:  # noqa: BLE001 - libp2p reports refusals with many types
+        raise UserError(f"{peer_id} refused a {protocol} stream: {exc}") from None
+    return LibP2PStream(raw)
+
+
+def _known_addrs(host: IHost, peer: ID) -> list[multiaddr.Multiaddr]:
+    try:
+        return list(host.get_peerstore().addrs(peer))
+    except Exception:  # noqa: BLE001 - unknown or expired peer: nothing to dial
+        return []

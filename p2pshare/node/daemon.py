@@ -25,8 +25,11 @@ from p2pshare.node.init import initialise
 from p2pshare.node.lock import HomeLock
 from p2pshare.node.network_api import NetworkApi
 from p2pshare.node.shares_api import SharesApi
+from p2pshare.node.transfer_api import TransferApi
 from p2pshare.store.catalog import Catalog
 from p2pshare.store.shares import ShareStore
+from p2pshare.transfer.source import LocalContent
+from p2pshare.transfer.uploader import UploadLimiter
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -87,8 +90,13 @@ async def _stop_on_signal(node: Node, signals: AsyncIterator[int]) -> None:
         return
 
 
-async def serve(home: Home, on_ready: Callable[[ReadyInfo], None]) -> None:
-    """Run the node until SIGINT, SIGTERM or a ``stop`` request."""
+async def serve(
+    home: Home, on_ready: Callable[[ReadyInfo], None], upload_rate: int | None = None
+) -> None:
+    """Run the node until SIGINT, SIGTERM or a ``stop`` request.
+
+    ``upload_rate`` (bytes/s, 0 = unlimited) overrides ``[transfer] upload_rate``.
+    """
     if len(str(home.socket_path).encode()) > MAX_SOCKET_PATH:
         raise UserError(
             f"the home path {home.root} is too long for a unix socket; choose a shorter --home"
@@ -118,15 +126,21 @@ async def serve(home: Home, on_ready: Callable[[ReadyInfo], None]) -> None:
                 )
                 network = NetworkApi(discovery, catalog)
                 node = Node(home, key, host, network)
+                store = ShareStore(catalog, home.content_dir, key, config.store.chunk_size)
+                rate = config.transfer.upload_rate if upload_rate is None else upload_rate
+                transfer = TransferApi(
+                    host, store, LocalContent(store), discovery, UploadLimiter(rate)
+                )
+                transfer.register(guard)
                 shares = SharesApi(
-                    ShareStore(catalog, home.content_dir, key, config.store.chunk_size),
+                    store,
                     key.peer_id,
                     lambda: [str(a) for a in discovery.announce()],
                     config.store.quota_bytes,
                     discovery.provide_soon,
                 )
                 server = ControlServer(
-                    node.handlers() | shares.handlers() | network.handlers(),
+                    node.handlers() | shares.handlers() | network.handlers() | transfer.handlers(),
                     log_hint=str(home.log_path),
                 )
                 sock = await ControlServer.bind(home.socket_path)

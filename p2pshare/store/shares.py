@@ -180,6 +180,34 @@ class ShareStore:
         self._manifests[cid] = prepared.signed
         return row
 
+    def adopt(self, signed: SignedManifest, pages: tuple[bytes, ...], root: Path) -> ShareRow:
+        """Record a completed download at ``root`` as a share served in place."""
+        manifest = signed.manifest
+        stamps = []
+        for index, entry in enumerate(manifest.entries):
+            path = root if manifest.kind is ShareKind.FILE else root / entry.path
+            st = path.stat()
+            stamps.append(FileStamp(index, st.st_size, st.st_mtime_ns))
+        existing = self.catalog.share(str(signed.cid))
+        if existing is not None and not existing.stale_reason:
+            return existing
+        row = ShareRow(
+            cid=str(signed.cid),
+            kind=manifest.kind.value,
+            name=manifest.name,
+            root=str(root),
+            stored=False,
+            signed_manifest=signed.data,
+            total_size=manifest.total_size,
+            file_count=len(manifest.entries),
+            pinned=False,
+            stale_reason=None,
+            added_at=time.time_ns(),
+        )
+        self.catalog.add_share(row, stamps, pages)
+        self._forget(row.cid)
+        return row
+
     # -- serving
 
     def signed_manifest(self, cid: str) -> SignedManifest:

@@ -1,0 +1,112 @@
+"""The transfer service of a node: serving chunks to peers and ``get``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pshare.control.server import Emit, Handler, InvalidParamsError
+from p2pshare.errors import UserError
+from p2pshare.net.peers import open_stream
+from p2pshare.proto.ticket import parse_content_ref
+from p2pshare.proto.transfer import PROTOCOL_ID
+from p2pshare.transfer.downloader import Download, Source
+from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
+
+if TYPE_CHECKING:
+    from libp2p.abc import IHost
+
+    from p2pshare.net.streams import ByteStream, HandlerGuard, LibP2PStream
+    from p2pshare.node.discovery import Discovery
+    from p2pshare.store.shares import ShareStore
+    from p2pshare.transfer.source import LocalContent
+
+log = logging.getLogger(__name__)
+
+
+class ClientGoneError(UserError):
+    """The CLI that asked for a download disconnected (Ctrl-C): stop and keep the progress."""
+
+
+OPEN_TIMEOUT = 15.0
+FIND_TIMEOUT = 10.0
+
+
+@dataclass
+class TransferApi:
+    host: IHost
+    shares: ShareStore
+    local: LocalContent
+    discovery: Discovery
+    limiter: UploadLimiter
+    _active: set[str] = field(default_factory=set)
+
+    def register(self, guard: HandlerGuard) -> None:
+        guard.register(PROTOCOL_ID, self._serve)
+
+    async def _serve(self, stream: LibP2PStream) -> None:
+        await serve_transfer(stream, self.local, limiter=self.limiter, peer=stream.peer_id)
+
+    async def _open(self, source: Source) -> ByteStream:
+        return await open_stream(self.host, source.peer_id, source.addrs, PROTOCOL_ID, OPEN_TIMEOUT)
+
+    async def get(self, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        ref, dest_text = params.get("ref"), params.get("dest")
+        if not isinstance(ref, str) or not isinstance(dest_text, str):
+            raise InvalidParamsError(
+                "parameters 'ref' (content ID or ticket) and 'dest' are needed"
+            )
+        dest = Path(dest_text)
+        if not dest.is_absolute():
+            raise InvalidParamsError("parameter 'dest' must be an absolute path")
+        cid, ticket = parse_content_ref(ref.strip())
+        me = self.host.get_id().to_base58()
+        hints = []
+        if ticket is not None and ticket.peer_id != me:
+            hints.append(Source(ticket.peer_id, ticket.addrs))
+        key = str(cid)
+        if key in self._active:
+            raise UserError(f"{cid} is already being downloaded by this node")
+
+        async def find() -> list[Source]:
+            found = await self.discovery.find(key, FIND_TIMEOUT)
+            return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
+
+        async def progress(data: dict[str, Any]) -> None:
+            try:
+                await emit("progress", data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ClientGoneError(
+                    f"the command that started the download of {key} went away; "
+                    "what was verified is kept for the next get"
+                ) from None
+
+        download = Download(
+            cid=cid,
+            dest=dest,
+            force=bool(params.get("force", False)),
+            catalog=self.shares.catalog,
+            local=self.local,
+            open_stream=self._open,
+            find_sources=find,
+            hints=hints,
+            progress=progress,
+        )
+        self._active.add(key)
+        try:
+            report = await download.run()
+        finally:
+            self._active.discard(key)
+        assert download.signed is not None
+        pages = tuple(download.pages[i].hashes for i in sorted(download.pages))
+        await trio.to_thread.run_sync(self.shares.adopt, download.signed, pages, dest)
+        self.discovery.provide_soon(key)
+        log.info("downloaded %s to %s (%d bytes)", key, dest, report.size)
+        return report.as_dict()
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"get": self.get}

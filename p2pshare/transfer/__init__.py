@@ -1,0 +1,1 @@
+"""Moving content between peers: the uploader, the downloader and what they share."""

@@ -1,0 +1,441 @@
+"""One download: providers -> verified manifest -> chunks from every peer -> the file.
+
+The async shell around :class:`~p2pshare.transfer.picker.Picker` (who is asked
+for what), :class:`~p2pshare.transfer.peer.PeerLink` (one pipelined stream per
+provider) and :class:`~p2pshare.transfer.output.PartialOutput` (where verified
+chunks land).  Every chunk is checked against the signed manifest before it is
+written; a provider that sends one bad chunk is banned for this download and its
+chunks go to the others.  Progress is recorded in the catalog only after the
+chunks it names are on disk (fsync first), so after a crash the download resumes
+without fetching any verified chunk twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pshare.errors import IntegrityError, RemoteError, UserError
+from p2pshare.proto.bitfield import Bitfield
+from p2pshare.proto.chunks import verify_chunk
+from p2pshare.proto.manifest import expected_chunk_hash, verify_page
+from p2pshare.proto.pages import HashPage, page_for_chunk
+from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest
+from p2pshare.store.catalog import DownloadRow
+from p2pshare.transfer.output import PartialOutput, check_destination
+from p2pshare.transfer.peer import PeerLink
+from p2pshare.transfer.picker import Picker
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+    from p2pshare.net.streams import ByteStream
+    from p2pshare.proto.cid import ContentId
+    from p2pshare.store.catalog import Catalog
+    from p2pshare.transfer.source import LocalContent
+
+log = logging.getLogger(__name__)
+PIPELINE = 4
+REQUEST_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 15.0
+PERSIST_EVERY_CHUNKS = 32
+PERSIST_EVERY_S = 1.0
+PROGRESS_EVERY_S = 0.25
+# Requests span about 1 MiB whatever the chunk size, so small chunks do not mean
+# many tiny requests.
+REQUEST_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Source:
+    """A provider to download from."""
+
+    peer_id: str
+    addrs: tuple[str, ...] = ()
+
+
+@dataclass
+class DownloadReport:
+    cid: str
+    destination: str
+    size: int
+    files: int
+    chunks: int
+    resumed_chunks: int = 0
+    requested_bytes: int = 0
+    received_bytes: int = 0
+    elapsed_s: float = 0.0
+    peers: list[str] = field(default_factory=list)
+    banned: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cid": self.cid,
+            "destination": self.destination,
+            "size": self.size,
+            "files": self.files,
+            "chunks": self.chunks,
+            "resumed_chunks": self.resumed_chunks,
+            "requested_bytes": self.requested_bytes,
+            "received_bytes": self.received_bytes,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "peers": self.peers,
+            "banned": self.banned,
+        }
+
+
+class NoProvidersError(UserError):
+    """Nobody could be found, or reached, who holds the content."""
+
+
+class _Partial:
+    """A running download as the uploader sees it: only verified chunks."""
+
+    def __init__(self, job: Download) -> None:
+        self._job = job
+
+    @property
+    def signed_manifest(self) -> bytes:
+        assert self._job.signed is not None
+        return self._job.signed.data
+
+    def page(self, page_index: int) -> bytes | None:
+        page = self._job.pages.get(page_index)
+        return None if page is None else page.hashes
+
+    def has_chunk(self, global_index: int) -> bool:
+        return self._job.durable is not None and self._job.durable[global_index]
+
+    def read_chunk(self, global_index: int) -> bytes:
+        assert self._job.output is not None
+        return self._job.output.read_chunk(global_index)
+
+
+class Download:
+    """Fetch ``cid`` into ``dest``; construct, then ``await run()`` once."""
+
+    def __init__(
+        self,
+        *,
+        cid: ContentId,
+        dest: Path,
+        force: bool,
+        catalog: Catalog,
+        local: LocalContent,
+        open_stream: Callable[[Source], Awaitable[ByteStream]],
+        find_sources: Callable[[], Awaitable[list[Source]]],
+        hints: list[Source],
+        progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        pipeline: int = PIPELINE,
+    ) -> None:
+        self.cid = cid
+        self.dest = dest
+        self._force = force
+        self._catalog = catalog
+        self._local = local
+        self._open_stream = open_stream
+        self._find_sources = find_sources
+        self._hints = hints
+        self._progress = progress
+        self._pipeline = pipeline
+        self.signed: SignedManifest | None = None
+        self.pages: dict[int, HashPage] = {}
+        self.output: PartialOutput | None = None
+        self.durable: Bitfield | None = None
+        self._links: dict[str, PeerLink] = {}
+        self._picker: Picker | None = None
+        self._changed = trio.Event()
+        self._unsynced = 0
+        self._last_persist = 0.0
+        self._persisting = False
+        self._done_bytes = 0
+        self.report = DownloadReport(str(cid), str(dest), 0, 0, 0)
+
+    # -- the whole download
+
+    async def run(self) -> DownloadReport:
+        started = time.monotonic()
+        check_destination(self.dest, force=self._force)
+        async with trio.open_nursery() as nursery:
+            await self._connect(nursery)
+            signed = await self._fetch_manifest()
+            await self._fetch_pages()
+            self._prepare(signed)
+            self._local.register(self.cid, _Partial(self))
+            try:
+                await self._transfer(nursery)
+            finally:
+                self._local.unregister(self.cid)
+                with trio.CancelScope(shield=True):
+                    await self._persist()
+                    for link in list(self._links.values()):
+                        await link.aclose()
+                if self.output is not None:
+                    self.output.close()
+            nursery.cancel_scope.cancel()
+        self._finish()
+        self.report.elapsed_s = time.monotonic() - started
+        return self.report
+
+    async def _connect(self, nursery: trio.Nursery) -> None:
+        sources: dict[str, Source] = {s.peer_id: s for s in self._hints}
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            for found in await self._find_sources():
+                sources.setdefault(found.peer_id, found)
+        if not sources:
+            raise NoProvidersError(
+                f"no providers found for {self.cid}; check that a provider is running "
+                "and reachable, or use its ticket"
+            )
+
+        async def attach(source: Source) -> None:
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    stream = await self._open_stream(source)
+            except (trio.TooSlowError, UserError, RemoteError) as exc:
+                log.info("provider %s unreachable: %s", source.peer_id, exc)
+                return
+            link = PeerLink(stream, source.peer_id, max_chunk_size=1 << 24)
+            await nursery.start(self._run_link, link)
+            self._links[source.peer_id] = link
+
+        async with trio.open_nursery() as dialing:
+            for source in sources.values():
+                dialing.start_soon(attach, source)
+        if not self._links:
+            raise NoProvidersError(
+                f"none of the {len(sources)} providers of {self.cid} could be reached; "
+                "try again later"
+            )
+
+    async def _run_link(
+        self, link: PeerLink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await link.run(task_status=task_status)
+        except trio.BrokenResourceError:
+            log.info("stream to %s broke", link.peer_id)
+
+    def _drop(self, peer: str, reason: str, *, ban: bool = False) -> None:
+        link = self._links.pop(peer, None)
+        if link is None:
+            return
+        log.info("dropping provider %s: %s", peer, reason)
+        if ban:
+            self.report.banned.append(peer)
+        if self._picker is not None:
+            self._picker.remove_peer(peer)
+        self._notify()
+
+    async def _fetch_manifest(self) -> SignedManifest:
+        for peer, link in list(self._links.items()):
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    data = await link.manifest(self.cid)
+                self.signed = decode_signed_manifest(data, self.cid)
+            except IntegrityError as exc:
+                self._drop(peer, f"sent a forged manifest: {exc}", ban=True)
+            except (RemoteError, trio.TooSlowError) as exc:
+                self._drop(peer, f"no manifest: {exc}")
+            else:
+                return self.signed
+        raise NoProvidersError(f"no provider sent a valid manifest for {self.cid}")
+
+    async def _fetch_pages(self) -> None:
+        assert self.signed is not None
+        manifest = self.signed.manifest
+        for page_index in range(len(manifest.page_hashes)):
+            while page_index not in self.pages:
+                if not self._links:
+                    raise NoProvidersError(f"no provider sent hash page {page_index}")
+                peer, link = next(iter(self._links.items()))
+                try:
+                    with trio.fail_after(REQUEST_TIMEOUT):
+                        data = await link.page(self.cid, page_index)
+                    self.pages[page_index] = verify_page(manifest, page_index, data)
+                except IntegrityError as exc:
+                    self._drop(peer, f"sent a forged hash page: {exc}", ban=True)
+                except (RemoteError, trio.TooSlowError) as exc:
+                    self._drop(peer, f"no hash page: {exc}")
+
+    def _prepare(self, signed: SignedManifest) -> None:
+        manifest = signed.manifest
+        total = manifest.total_chunks
+        row = self._catalog.download(str(self.cid))
+        resume = (
+            row is not None
+            and row.destination == str(self.dest)
+            and row.signed_manifest == signed.data
+        )
+        self.output = PartialOutput(self.dest, manifest)
+        reused = self.output.open(resume=resume)
+        verified = Bitfield(total)
+        if reused and row is not None:
+            verified = Bitfield.from_bytes(row.verified, total)
+        self.durable = verified.copy()
+        self.report.size = manifest.total_size
+        self.report.files = len(manifest.entries)
+        self.report.chunks = total
+        self.report.resumed_chunks = verified.count()
+        self._done_bytes = sum(manifest.locate_chunk(i).length for i in verified.iter_set())
+        batch = max(1, REQUEST_BYTES // manifest.chunk_size)
+        self._picker = Picker(verified, batch=batch)
+        self._save_row("running")
+
+    # -- moving chunks
+
+    async def _transfer(self, nursery: trio.Nursery) -> None:
+        assert self._picker is not None
+        picker = self._picker
+        async with trio.open_nursery() as workers:
+            workers.start_soon(self._report_progress)
+            for peer, link in list(self._links.items()):
+                workers.start_soon(self._serve_peer, peer, link)
+            while not picker.done and (self._links or not picker.peers):
+                if not self._links:
+                    break
+                await self._wait_change(1.0)
+            workers.cancel_scope.cancel()
+        if not picker.done:
+            missing = self.report.chunks - picker.verified.count()
+            raise NoProvidersError(
+                f"download of {self.cid} stopped with {missing} chunks missing: no provider "
+                "left could send them; run the same get again to resume"
+            )
+
+    async def _serve_peer(self, peer: str, link: PeerLink) -> None:
+        assert self._picker is not None
+        assert self.signed is not None
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                have = await link.have(self.cid, self.signed.manifest.total_chunks)
+        except (RemoteError, trio.TooSlowError) as exc:
+            self._drop(peer, f"no chunk list: {exc}")
+            return
+        self._picker.add_peer(peer, have)
+        self.report.peers.append(peer)
+        self._notify()
+        async with trio.open_nursery() as pipeline:
+            for _ in range(self._pipeline):
+                pipeline.start_soon(self._fetch_loop, peer, link, pipeline.cancel_scope)
+
+    async def _fetch_loop(self, peer: str, link: PeerLink, scope: trio.CancelScope) -> None:
+        assert self._picker is not None
+        picker = self._picker
+        while not picker.done and peer in self._links:
+            run = picker.next_request(peer)
+            if run is None:
+                await self._wait_change(1.0)
+                continue
+            try:
+                await self._fetch_run(peer, link, run)
+            except IntegrityError as exc:
+                self._drop(peer, f"sent a chunk that fails verification: {exc}", ban=True)
+            except (RemoteError, trio.TooSlowError) as exc:
+                self._drop(peer, f"{type(exc).__name__}: {exc}")
+        scope.cancel()
+
+    async def _fetch_run(self, peer: str, link: PeerLink, run: range) -> None:
+        assert self._picker is not None
+        assert self.signed is not None
+        assert self.output is not None
+        manifest = self.signed.manifest
+
+        def length(index: int) -> int:
+            return manifest.locate_chunk(index).length
+
+        self.report.requested_bytes += sum(length(i) for i in run)
+        pending = set(run)
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                async for index, payload in link.chunks(self.cid, run, length):
+                    pending.discard(index)
+                    self.report.received_bytes += len(payload)
+                    page = self.pages.get(page_for_chunk(index)[0]) if manifest.paged else None
+                    verify_chunk(expected_chunk_hash(manifest, index, page), payload)
+                    new, _others = self._picker.received(peer, index)
+                    if new:
+                        self.output.write_chunk(index, payload)
+                        self._done_bytes += len(payload)
+                        self._unsynced += 1
+                        await self._maybe_persist()
+                    self._notify()
+        finally:
+            if peer in self._links:
+                for index in pending:
+                    self._picker.release(peer, index)
+
+    # -- bookkeeping
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_change(self, timeout: float) -> None:
+        event = self._changed
+        with trio.move_on_after(timeout):
+            await event.wait()
+
+    async def _maybe_persist(self) -> None:
+        now = time.monotonic()
+        if self._persisting:
+            return
+        if self._unsynced >= PERSIST_EVERY_CHUNKS or now - self._last_persist >= PERSIST_EVERY_S:
+            await self._persist()
+
+    async def _persist(self) -> None:
+        """fsync what was written, then record it: never the other way round.
+
+        Chunks are written right after they are marked verified, with no await in
+        between, so the snapshot taken here names only chunks already written.
+        """
+        if self._picker is None or self.output is None or self._persisting:
+            return
+        self._persisting = True
+        try:
+            snapshot = self._picker.verified.copy()
+            self._unsynced = 0
+            self._last_persist = time.monotonic()
+            await trio.to_thread.run_sync(self.output.sync)
+            self.durable = snapshot
+            self._save_row("running", snapshot)
+        finally:
+            self._persisting = False
+
+    def _save_row(self, state: str, verified: Bitfield | None = None) -> None:
+        assert self.signed is not None
+        bits = verified if verified is not None else self.durable
+        assert bits is not None
+        self._catalog.save_download(
+            DownloadRow(
+                str(self.cid),
+                str(self.dest),
+                self.signed.data,
+                bits.to_bytes(),
+                state,
+                int(time.time()),
+            )
+        )
+
+    async def _report_progress(self) -> None:
+        if self._progress is None:
+            return
+        while True:
+            await self._progress(
+                {
+                    "done": self._done_bytes,
+                    "total": self.report.size,
+                    "peers": len(self._links),
+                }
+            )
+            await trio.sleep(PROGRESS_EVERY_S)
+
+    def _finish(self) -> None:
+        assert self.output is not None
+        self.output.finalize(force=self._force)
+        self._save_row("complete")

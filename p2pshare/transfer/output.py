@@ -1,0 +1,205 @@
+"""Where a download's verified chunks go until it is complete.
+
+A file share is written to ``.NAME.p2pshare-partial`` next to the destination, a
+directory share to a directory of that name; each chunk is written at its offset
+(``pwrite``) only after it was verified.  ``sync`` makes everything written so far
+durable, and only then may the caller record those chunks as verified: after a
+crash the record never claims a chunk the disk does not hold.  ``finalize`` syncs,
+renames the partial into place atomically and syncs the parent directory.
+
+Paths inside a directory share were checked by the manifest decoder (relative,
+no ``..``, no duplicates); files are opened with ``O_NOFOLLOW`` and parents must be
+real directories inside the partial directory, so nothing is written elsewhere even
+if someone plants symlinks in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from p2pshare.errors import UserError
+from p2pshare.proto.manifest import ShareKind
+
+if TYPE_CHECKING:
+    from p2pshare.proto.chunks import BytesLike
+    from p2pshare.proto.manifest import Manifest
+
+PARTIAL_SUFFIX = ".p2pshare-partial"
+MAX_OPEN_FILES = 64
+
+
+class DestinationExistsError(UserError):
+    """The destination exists and --force was not given."""
+
+
+def partial_path(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}{PARTIAL_SUFFIX}")
+
+
+def check_destination(dest: Path, *, force: bool) -> None:
+    if (dest.exists() or dest.is_symlink()) and not force:
+        raise DestinationExistsError(f"{dest} already exists; use --force to replace it")
+    if not dest.parent.is_dir():
+        raise UserError(f"cannot write {dest}: {dest.parent} is not a directory")
+
+
+def _disk_error(path: Path, exc: OSError) -> UserError:
+    return UserError(
+        f"cannot write {path}: {exc.strerror}; the download is kept and resumes "
+        "with the same command once this is fixed"
+    )
+
+
+class PartialOutput:
+    """The partial file or directory of one download."""
+
+    def __init__(self, dest: Path, manifest: Manifest) -> None:
+        self.dest = dest
+        self.manifest = manifest
+        self.path = partial_path(dest)
+        self._fds: dict[int, int] = {}
+        self._dirty: set[int] = set()
+
+    def open(self, *, resume: bool) -> bool:
+        """Create the partial, or reopen it when ``resume``; return whether it was reused."""
+        reused = False
+        if resume and self._layout_ok():
+            reused = True
+        else:
+            self.discard()
+            try:
+                if self.manifest.kind is ShareKind.DIRECTORY:
+                    self.path.mkdir(mode=0o700)
+            except OSError as exc:
+                raise _disk_error(self.path, exc) from None
+        return reused
+
+    def _layout_ok(self) -> bool:
+        try:
+            st = self.path.lstat()
+        except FileNotFoundError:
+            return False
+        if self.manifest.kind is ShareKind.DIRECTORY:
+            return stat.S_ISDIR(st.st_mode)
+        return stat.S_ISREG(st.st_mode) and st.st_size <= self.manifest.total_size
+
+    def _file_path(self, entry_index: int) -> Path:
+        if self.manifest.kind is ShareKind.FILE:
+            return self.path
+        return self.path / self.manifest.entries[entry_index].path
+
+    def _fd(self, entry_index: int) -> int:
+        fd = self._fds.get(entry_index)
+        if fd is not None:
+            return fd
+        if len(self._fds) >= MAX_OPEN_FILES:
+            self._close_one()
+        path = self._file_path(entry_index)
+        try:
+            if self.manifest.kind is ShareKind.DIRECTORY:
+                self._make_parents(path)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise _disk_error(path, exc) from None
+        self._fds[entry_index] = fd
+        return fd
+
+    def _make_parents(self, path: Path) -> None:
+        current = self.path
+        for part in path.relative_to(self.path).parts[:-1]:
+            current = current / part
+            try:
+                current.mkdir(mode=0o700)
+            except FileExistsError:
+                if not stat.S_ISDIR(current.lstat().st_mode):
+                    raise UserError(f"{current} is not a directory; remove it and retry") from None
+
+    def _close_one(self) -> None:
+        entry_index, fd = next(iter(self._fds.items()))
+        if entry_index in self._dirty:
+            os.fsync(fd)
+            self._dirty.discard(entry_index)
+        os.close(fd)
+        del self._fds[entry_index]
+
+    def write_chunk(self, global_index: int, data: BytesLike) -> None:
+        location = self.manifest.locate_chunk(global_index)
+        fd = self._fd(location.entry_index)
+        try:
+            written = os.pwrite(fd, data, location.offset)
+        except OSError as exc:
+            raise _disk_error(self._file_path(location.entry_index), exc) from None
+        if written != len(data):
+            raise _disk_error(self._file_path(location.entry_index), OSError(28, "short write"))
+        self._dirty.add(location.entry_index)
+
+    def read_chunk(self, global_index: int) -> bytes:
+        location = self.manifest.locate_chunk(global_index)
+        return os.pread(self._fd(location.entry_index), location.length, location.offset)
+
+    def sync(self) -> None:
+        """Make every chunk written before this call durable (may run in a worker thread).
+
+        The dirty set is swapped out first, so a chunk written while this runs stays
+        dirty for the next sync instead of being forgotten.
+        """
+        dirty, self._dirty = self._dirty, set()
+        for entry_index in dirty:
+            fd = self._fds.get(entry_index)
+            if fd is None:
+                continue  # closed by _close_one, which syncs before closing
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._dirty.add(entry_index)
+                raise _disk_error(self._file_path(entry_index), exc) from None
+
+    def finalize(self, *, force: bool) -> None:
+        """Set sizes, sync, and move the finished partial to the destination."""
+        for index, entry in enumerate(self.manifest.entries):
+            fd = self._fd(index)
+            os.ftruncate(fd, entry.size)
+            self._dirty.add(index)
+        self.sync()
+        self.close()
+        if self.manifest.kind is ShareKind.DIRECTORY:
+            _sync_tree(self.path)
+        check_destination(self.dest, force=force)
+        if force and (self.dest.exists() or self.dest.is_symlink()):
+            if self.dest.is_dir() and not self.dest.is_symlink():
+                shutil.rmtree(self.dest)
+            else:
+                self.dest.unlink()
+        self.path.replace(self.dest)
+        _sync_dir(self.dest.parent)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+    def discard(self) -> None:
+        self.close()
+        if self.path.is_dir() and not self.path.is_symlink():
+            shutil.rmtree(self.path)
+        elif self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    for dirpath, _dirnames, _filenames in os.walk(root):
+        _sync_dir(Path(dirpath))

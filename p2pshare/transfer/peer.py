@@ -1,0 +1,181 @@
+"""The downloader's side of one transfer stream to one provider.
+
+Thin shell over :class:`p2pshare.proto.transfer.ClientSession`: a reader task
+decodes what the provider sends and hands each response to the task that made the
+request, so several requests can be in flight on one stream (pipelining).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+import trio
+
+from p2pshare.errors import RemoteError, RemoteProtocolError
+from p2pshare.proto.bitfield import Bitfield
+from p2pshare.proto.transfer import (
+    MAX_HAVE_CHUNKS,
+    ChunkData,
+    ClientRequest,
+    ClientSession,
+    ErrorReply,
+    HaveReply,
+    ManifestReply,
+    Message,
+    PageReply,
+    Response,
+    Role,
+    TransferDecoder,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from p2pshare.net.streams import ByteStream
+    from p2pshare.proto.cid import ContentId
+
+log = logging.getLogger(__name__)
+RECEIVE_SIZE = 1 << 20
+
+
+class PeerGoneError(RemoteError):
+    """The provider closed the stream or broke the protocol; nothing more will come."""
+
+
+@dataclass
+class _Waiter:
+    send: trio.MemorySendChannel[Response]
+
+
+class PeerLink:
+    """One pipelined transfer stream; use inside ``async with`` or run ``run`` in a nursery."""
+
+    def __init__(self, stream: ByteStream, peer_id: str, *, max_chunk_size: int) -> None:
+        self.peer_id = peer_id
+        self._stream = stream
+        self._session = ClientSession()
+        self._decoder = TransferDecoder(Role.CLIENT, max_chunk_size=max_chunk_size)
+        self._waiters: dict[int, _Waiter] = {}
+        self._send_lock = trio.Lock()
+        self._capacity = trio.Condition()
+        self._failure: RemoteError | None = None
+        self.bytes_received = 0
+
+    async def _send(self, message: Message) -> None:
+        async with self._send_lock:
+            await self._stream.send_all(encode(message))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send HELLO, then route every response until the stream ends."""
+        await self._send(self._session.hello())
+        task_status.started()
+        try:
+            while True:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    raise PeerGoneError(f"{self.peer_id} closed the transfer stream")
+                self._decoder.feed(data)
+                while (message := self._decoder.next_message()) is not None:
+                    response = self._session.receive(message)
+                    if response is not None:
+                        await self._deliver(response)
+        except RemoteError as exc:
+            self._fail(exc if isinstance(exc, PeerGoneError) else PeerGoneError(str(exc)))
+        except trio.BrokenResourceError as exc:
+            self._fail(PeerGoneError(f"{self.peer_id}: {exc}"))
+        finally:
+            self._fail(PeerGoneError(f"{self.peer_id}: the transfer stream ended"))
+
+    def _fail(self, exc: PeerGoneError) -> None:
+        if self._failure is None:
+            self._failure = exc
+        for waiter in self._waiters.values():
+            waiter.send.close()
+        self._waiters.clear()
+
+    async def _deliver(self, response: Response) -> None:
+        waiter = self._waiters.get(response.request.req_id)
+        if waiter is None:
+            return
+        if isinstance(response.message, ChunkData):
+            self.bytes_received += len(response.message.payload)
+        await waiter.send.send(response)
+        if response.finished:
+            waiter.send.close()
+            del self._waiters[response.request.req_id]
+            async with self._capacity:
+                self._capacity.notify_all()
+
+    async def aclose(self) -> None:
+        self._fail(PeerGoneError(f"{self.peer_id}: closed by us"))
+        await self._stream.aclose()
+
+    async def _start(
+        self, make: Callable[[], ClientRequest]
+    ) -> trio.MemoryReceiveChannel[Response]:
+        if self._failure is not None:
+            raise self._failure
+        async with self._capacity:
+            while not self._session.can_request:
+                await self._capacity.wait()
+                if self._failure is not None:
+                    raise self._failure
+        request = make()
+        send, receive = trio.open_memory_channel[Response](64)
+        self._waiters[request.req_id] = _Waiter(send)
+        await self._send(request)
+        return receive
+
+    async def _single(self, make: Callable[[], ClientRequest]) -> Response:
+        receive = await self._start(make)
+        async with receive:
+            async for response in receive:
+                if isinstance(response.message, ErrorReply):
+                    raise response.message.exception()
+                return response
+        raise self._failure or PeerGoneError(f"{self.peer_id} went away")
+
+    async def manifest(self, cid: ContentId) -> bytes:
+        response = await self._single(partial(self._session.get_manifest, cid))
+        assert isinstance(response.message, ManifestReply)
+        return response.message.data
+
+    async def page(self, cid: ContentId, page_index: int) -> bytes:
+        response = await self._single(partial(self._session.get_page, cid, page_index))
+        assert isinstance(response.message, PageReply)
+        return response.message.page
+
+    async def have(self, cid: ContentId, total: int) -> Bitfield:
+        """Which of the ``total`` chunks the provider holds (asked range by range)."""
+        result = Bitfield(total)
+        for first in range(0, total, MAX_HAVE_CHUNKS):
+            count = min(MAX_HAVE_CHUNKS, total - first)
+            response = await self._single(partial(self._session.get_have, cid, first, count))
+            assert isinstance(response.message, HaveReply)
+            for offset in response.message.have.iter_set():
+                result.set(first + offset)
+        return result
+
+    async def chunks(
+        self, cid: ContentId, run: range, chunk_length: Callable[[int], int]
+    ) -> AsyncIterator[tuple[int, memoryview]]:
+        """Yield ``(index, payload)`` for each chunk of ``run`` as it arrives."""
+        receive = await self._start(
+            partial(self._session.get_chunks, cid, run.start, len(run), chunk_length)
+        )
+        delivered = 0
+        async with receive:
+            async for response in receive:
+                message = response.message
+                if isinstance(message, ErrorReply):
+                    raise message.exception()
+                if not isinstance(message, ChunkData):
+                    raise RemoteProtocolError("a chunk request was answered with metadata")
+                delivered += 1
+                yield message.chunk_index, memoryview(message.payload)
+        if delivered != len(run):
+            raise self._failure or PeerGoneError(f"{self.peer_id} went away mid-request")

@@ -1,0 +1,199 @@
+"""get between real daemons on 127.0.0.1: ticket, DHT, multi-source, resume, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from p2pshare.errors import ExitCode
+from p2pshare.home import Home
+from p2pshare.launcher import DaemonProcess, cli_command, init_home, run_cli, start_all
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.integration
+MIB = 1 << 20
+
+
+def cli_json(home: Home, *args: str, timeout: float = 120) -> Any:
+    result = run_cli(home, *args, "--json", timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_file(path: Path, size: int) -> Path:
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+@pytest.fixture
+def nodes(short_tmp: Path) -> Iterator[list[DaemonProcess]]:
+    """Four daemons; node0 is the bootstrap node of the others."""
+    homes = [Home(short_tmp / f"t{i}") for i in range(4)]
+    init_home(homes[0])
+    with ExitStack() as stack:
+        boot = stack.enter_context(DaemonProcess(homes[0]))
+        boot.start()
+        others = []
+        for home in homes[1:]:
+            init_home(home, bootstrap=(boot.info["addrs"][0],))
+            others.append(stack.enter_context(DaemonProcess(home)))
+        start_all(others)
+        yield [boot, *others]
+
+
+def test_get_by_ticket_and_by_cid_through_the_dht(
+    nodes: list[DaemonProcess], tmp_path: Path
+) -> None:
+    seeder, getter, other = nodes[1], nodes[2], nodes[3]
+    data = make_file(tmp_path / "video.bin", 5 * MIB + 123)
+    shared = cli_json(seeder.home, "share", str(data))
+    out = tmp_path / "by-ticket.bin"
+    report = cli_json(getter.home, "get", shared["ticket"], "-o", str(out))
+    assert digest(out) == digest(data)
+    assert report["size"] == data.stat().st_size
+    assert report["peers"] == [seeder.info["peer_id"]]
+    assert not list(tmp_path.glob(".*p2pshare-partial"))
+
+    by_cid = tmp_path / "by-cid.bin"
+    report = cli_json(other.home, "get", shared["cid"], "-o", str(by_cid))
+    assert digest(by_cid) == digest(data)
+    # The getter re-serves what it downloaded: now two sources are known.
+    providers = cli_json(nodes[0].home, "find", shared["cid"])["providers"]
+    assert len(providers) >= 2
+
+
+def test_directory_share_is_materialised(nodes: list[DaemonProcess], tmp_path: Path) -> None:
+    tree = tmp_path / "album"
+    (tree / "disc 1").mkdir(parents=True)
+    make_file(tree / "disc 1" / "track.flac", 3 * MIB)
+    (tree / "notes.txt").write_text("liner notes\n")
+    (tree / "empty").write_bytes(b"")
+    shared = cli_json(nodes[1].home, "share", str(tree))
+    out = tmp_path / "copy"
+    cli_json(nodes[2].home, "get", shared["ticket"], "-o", str(out))
+    for rel in ("disc 1/track.flac", "notes.txt", "empty"):
+        assert digest(out / rel) == digest(tree / rel)
+
+
+def test_multi_source_download(nodes: list[DaemonProcess], tmp_path: Path) -> None:
+    boot, seeder, second, getter = nodes
+    data = make_file(tmp_path / "big.bin", 12 * MIB)
+    shared = cli_json(seeder.home, "share", str(data))
+    cli_json(second.home, "get", shared["ticket"], "-o", str(tmp_path / "second.bin"))
+    cli_json(boot.home, "get", shared["ticket"], "-o", str(tmp_path / "boot.bin"))
+    out = tmp_path / "multi.bin"
+    report = cli_json(getter.home, "get", shared["cid"], "-o", str(out))
+    assert digest(out) == digest(data)
+    assert len(report["peers"]) == 3
+    assert report["requested_bytes"] >= data.stat().st_size
+
+
+def test_existing_destination_is_refused(nodes: list[DaemonProcess], tmp_path: Path) -> None:
+    data = make_file(tmp_path / "a.bin", 1000)
+    shared = cli_json(nodes[1].home, "share", str(data))
+    out = tmp_path / "exists.bin"
+    out.write_bytes(b"precious")
+    result = run_cli(nodes[2].home, "get", shared["ticket"], "-o", str(out))
+    assert result.returncode == ExitCode.FAILED
+    assert result.stderr == f"error: {out} already exists; use --force to replace it\n"
+    assert out.read_bytes() == b"precious"
+    cli_json(nodes[2].home, "get", shared["ticket"], "-o", str(out), "--force")
+    assert out.read_bytes() == data.read_bytes()
+
+
+def test_unknown_content_and_bad_reference(nodes: list[DaemonProcess], tmp_path: Path) -> None:
+    missing = "bafkr4ibiftelhdeaewu7u63wovueotoclzdpker5e7cf4xe2ldkamuu6xa"
+    result = run_cli(nodes[2].home, "get", missing, "-o", str(tmp_path / "x"), timeout=120)
+    assert result.returncode == ExitCode.FAILED
+    assert result.stderr.startswith(f"error: no providers found for {missing}")
+    bad = run_cli(nodes[2].home, "get", "p2ps1garbage", "-o", str(tmp_path / "y"))
+    assert bad.returncode == ExitCode.FAILED
+    assert bad.stderr.startswith("error: this p2pshare ticket is")
+
+
+def verified_chunks(home: Home, cid: str) -> int:
+    with sqlite3.connect(f"file:{home.catalog_path}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT verified FROM downloads WHERE cid = ?", (cid,)).fetchone()
+    if row is None:
+        return 0
+    return sum(bin(b).count("1") for b in row[0])
+
+
+def test_resume_after_kill_9_fetches_no_verified_chunk_twice(
+    short_tmp: Path, tmp_path: Path
+) -> None:
+    seeder_home, getter_home = Home(short_tmp / "s"), Home(short_tmp / "g")
+    init_home(seeder_home)
+    init_home(getter_home)
+    data = make_file(tmp_path / "slow.bin", 24 * MIB)
+    out = tmp_path / "resumed.bin"
+    # 4 MB/s: the download takes about six seconds, time enough to kill it midway.
+    with DaemonProcess(seeder_home, args=["--upload-rate", "4000000"]) as seeder:
+        seeder.start()
+        shared = cli_json(seeder_home, "share", str(data))
+        getter = DaemonProcess(getter_home)
+        getter.start()
+        get = subprocess.Popen(
+            cli_command(getter_home, "get", shared["ticket"], "-o", str(out), "--json"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while verified_chunks(getter_home, shared["cid"]) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        getter.kill()
+        get.communicate(timeout=30)
+        done_before = verified_chunks(getter_home, shared["cid"])
+        assert 4 <= done_before < 24, "killed in the middle"
+        assert not out.exists()
+        with DaemonProcess(getter_home) as again:
+            again.start()
+            report = cli_json(getter_home, "get", shared["ticket"], "-o", str(out))
+        assert digest(out) == digest(data)
+        assert report["resumed_chunks"] == done_before
+        assert report["requested_bytes"] == data.stat().st_size - done_before * MIB
+
+
+def test_ctrl_c_then_get_again_completes(short_tmp: Path, tmp_path: Path) -> None:
+    seeder_home, getter_home = Home(short_tmp / "s"), Home(short_tmp / "g")
+    init_home(seeder_home)
+    init_home(getter_home)
+    data = make_file(tmp_path / "slow.bin", 16 * MIB)
+    out = tmp_path / "after-ctrl-c.bin"
+    with (
+        DaemonProcess(seeder_home, args=["--upload-rate", "4000000"]) as seeder,
+        DaemonProcess(getter_home) as getter,
+    ):
+        start_all([seeder, getter])
+        shared = cli_json(seeder_home, "share", str(data))
+        get = subprocess.Popen(
+            cli_command(getter_home, "get", shared["ticket"], "-o", str(out)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while verified_chunks(getter_home, shared["cid"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        get.send_signal(signal.SIGINT)
+        _, stderr = get.communicate(timeout=30)
+        assert get.returncode == 130, stderr
+        assert not out.exists()
+        report = cli_json(getter_home, "get", shared["ticket"], "-o", str(out))
+        assert digest(out) == digest(data)
+        assert report["resumed_chunks"] >= 2

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2pshare.proto.bitfield import Bitfield
+from p2pshare.transfer.picker import MAX_DUPLICATES, Picker
+
+if TYPE_CHECKING:
+    import random
+
+
+def field(size: int, indices: list[int] | range) -> Bitfield:
+    bits = Bitfield(size)
+    for index in indices:
+        bits.set(index)
+    return bits
+
+
+def test_rarest_first_then_lowest_index() -> None:
+    picker = Picker(Bitfield(6))
+    picker.add_peer("a", Bitfield.full(6))
+    picker.add_peer("b", field(6, [0, 1, 2, 3, 5]))
+    # Chunk 4 is held only by a: a gets it first.
+    assert picker.next_request("a") == range(4, 5)
+    assert picker.next_request("b") == range(1)
+
+
+def test_batches_are_contiguous_free_runs() -> None:
+    picker = Picker(field(8, [2]), batch=4)
+    picker.add_peer("a", Bitfield.full(8))
+    assert picker.next_request("a") == range(2)
+    assert picker.next_request("a") == range(3, 7)
+
+
+def test_endgame_duplicates_and_first_arrival_wins() -> None:
+    picker = Picker(Bitfield(2))
+    picker.add_peer("slow", Bitfield.full(2))
+    picker.add_peer("fast", Bitfield.full(2))
+    assert picker.next_request("slow") == range(1)
+    assert picker.next_request("fast") == range(1, 2)
+    assert picker.received("fast", 1) == (True, set())
+    assert picker.next_request("fast") == range(1), "endgame: duplicate the slow chunk"
+    assert picker.next_request("fast") is None
+    new, others = picker.received("fast", 0)
+    assert new
+    assert others == {"slow"}
+    assert picker.done
+    assert picker.received("slow", 0) == (False, set())
+
+
+def test_a_leaving_peer_gives_its_chunks_back() -> None:
+    picker = Picker(Bitfield(3))
+    picker.add_peer("a", Bitfield.full(3))
+    picker.add_peer("b", Bitfield.full(3))
+    assert picker.next_request("a") == range(1)
+    picker.remove_peer("a")
+    assert picker.next_request("b") == range(1)
+    assert picker.holders(0) == 1
+
+
+@given(
+    st.integers(min_value=1, max_value=40),
+    st.lists(st.sets(st.integers(min_value=0, max_value=39)), min_size=1, max_size=4),
+    st.randoms(use_true_random=False),
+)
+def test_every_held_chunk_is_fetched_exactly_once_unless_duplicated(
+    size: int, holdings: list[set[int]], rng: random.Random
+) -> None:
+    picker = Picker(Bitfield(size), batch=3)
+    peers = {f"p{i}": field(size, sorted(i for i in h if i < size)) for i, h in enumerate(holdings)}
+    for name, have in peers.items():
+        picker.add_peer(name, have)
+    reachable = set().union(*({i for i in h if i < size} for h in holdings))
+    pending: list[tuple[str, int]] = []
+    deliveries: dict[int, int] = {}
+    for _ in range(10 * size + 10):
+        for name in peers:
+            run = picker.next_request(name)
+            if run is not None:
+                assert all(peers[name][i] for i in run)
+                pending += [(name, i) for i in run]
+        if not pending:
+            break
+        name, index = pending.pop(rng.randrange(len(pending)))
+        new, _ = picker.received(name, index)
+        if new:
+            deliveries[index] = deliveries.get(index, 0) + 1
+        in_flight = [i for n in peers for i in picker.in_flight(n)]
+        assert all(in_flight.count(i) <= MAX_DUPLICATES for i in in_flight)
+    assert set(deliveries) == reachable
+    assert all(count == 1 for count in deliveries.values())
