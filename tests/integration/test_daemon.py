@@ -7,6 +7,8 @@ import os
 import signal
 import socket
 import stat
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -134,5 +136,7 @@ def test_demo_runs_and_cleans_up(home: Home) -> None:
     result = run_cli(home, "demo", "--json", timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert len(report["nodes"]) == 3
-    assert len({n["peer_id"] for n in report["nodes"]}) == 3
+    assert report["verified"] is True
+    assert report["fetcher_connected_to_sharer_before_find"] is False
+    assert report["cid"].startswith("bafkr4")
+    assert not list(Path(tempfile.gettempdir()).glob("p2pshare-demo-*"))
