@@ -49,7 +49,7 @@ def run_demo(progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     say = progress or (lambda _msg: None)
     began = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="p2pshare-demo-"))
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"workdir": str(root)}
     try:
         with contextlib.ExitStack() as stack:
             homes = [Home(root / f"node{i}") for i in range(3)]

@@ -57,8 +57,13 @@ async def _close(host: IHost) -> None:
         await host.close()
 
 
-def build_host(key: NodeKey, *, max_connections: int = 300, mdns: bool = False) -> IHost:
-    """A host keyed by ``key`` that speaks only Noise and Yamux."""
+def build_host(key: NodeKey, *, max_connections: int = 300) -> IHost:
+    """A host keyed by ``key`` that speaks only Noise and Yamux.
+
+    py-libp2p's own mDNS stays off: it advertises 0.0.0.0 and loses peers found
+    before a handler is registered; ``[network] mdns`` is p2pshare.net.mdns, run
+    from Discovery.
+    """
     key_pair = create_new_key_pair(key.seed)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     return new_host(
@@ -68,16 +73,16 @@ def build_host(key: NodeKey, *, max_connections: int = 300, mdns: bool = False) 
         connection_config=ConnectionConfig(
             max_connections_per_peer=1, max_connections=max_connections
         ),
-        enable_mDNS=mdns,
+        enable_mDNS=False,
     )
 
 
 @asynccontextmanager
 async def running_host(
-    key: NodeKey, listen: Sequence[str], *, max_connections: int = 300, mdns: bool = False
+    key: NodeKey, listen: Sequence[str], *, max_connections: int = 300
 ) -> AsyncIterator[IHost]:
     """Start the host listening on ``listen``; stop it on exit."""
-    host = build_host(key, max_connections=max_connections, mdns=mdns)
+    host = build_host(key, max_connections=max_connections)
     addrs = parse_multiaddrs(listen, "listen")
     async with AsyncExitStack() as stack:
         try:

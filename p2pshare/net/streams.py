@@ -10,6 +10,7 @@ turns any failure into a reset of that one stream and a log line.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -97,7 +98,17 @@ class HandlerGuard:
         self._limits = limits
         self._active: Counter[str] = Counter()
 
-    def register(self, protocol: str, handler: Callable[[LibP2PStream], Awaitable[None]]) -> None:
+    def register(
+        self,
+        protocol: str,
+        handler: Callable[[LibP2PStream], Awaitable[None]],
+        *,
+        bounded: bool = True,
+    ) -> None:
+        """Guard ``handler``; ``bounded=False`` drops the time bound, for streams that
+        legitimately last as long as a transfer does."""
+        limit = self._limits.handler_timeout if bounded else math.inf
+
         async def guarded(raw: INetStream) -> None:
             stream = LibP2PStream(raw)
             peer = stream.peer_id
@@ -107,7 +118,7 @@ class HandlerGuard:
                 return
             self._active[peer] += 1
             try:
-                with trio.fail_after(self._limits.handler_timeout):
+                with trio.fail_after(limit):
                     await handler(stream)
             except trio.TooSlowError:
                 log.info("%s handler for %s timed out; stream reset", protocol, peer)

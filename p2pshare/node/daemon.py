@@ -117,9 +117,7 @@ async def serve(
         # Installed before we announce readiness, so no SIGTERM meets the default handler.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             net = config.network
-            async with running_host(
-                key, net.listen, max_connections=net.max_connections, mdns=net.mdns
-            ) as host:
+            async with running_host(key, net.listen, max_connections=net.max_connections) as host:
                 guard = HandlerGuard(host, HandlerLimits(streams_per_peer=net.streams_per_peer))
                 discovery = Discovery(
                     host, Dht(host, guard, net.dht_requests_per_second), catalog, net

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
-from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from p2pshare.net.addrs import announce_addrs
+from p2pshare.net.mdns import Mdns, connect_announced
 from p2pshare.net.peers import connect, connected_peers, parse_peer_multiaddr, ping_ms
 from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import KnownPeer, ProvideStatus
@@ -41,6 +41,7 @@ DIAL_CONCURRENCY = 16
 KNOWN_PEERS_KEPT = 200
 REMEMBER_INTERVAL = 60.0
 PING_TIMEOUT = 5.0
+MDNS_BACKLOG = 64
 
 
 @dataclass(frozen=True)
@@ -143,23 +144,42 @@ class Discovery:
         return str(info.peer_id)
 
     def _watch_mdns(self, nursery: trio.Nursery) -> None:
-        token = trio.lowlevel.current_trio_token()
+        """Announce this node by mDNS and dial the peers found that way (``[network] mdns``).
 
-        def found(info: PeerInfo) -> None:
-            # Called from zeroconf's thread.
-            trio.from_thread.run_sync(nursery.start_soon, self._dial_found, info, trio_token=token)
+        LAN peers are told our interface addresses, not ``[network] announce``: a
+        public address behind NAT is usually not reachable from inside the LAN.
+        """
+        mdns = Mdns(self._host.get_id(), announce_addrs(self._host, ()))
+        found, receive = trio.open_memory_channel[PeerInfo](MDNS_BACKLOG)
+        nursery.start_soon(mdns.run, found)
+        nursery.start_soon(self._dial_found, receive)
 
-        peerDiscovery.register_peer_discovered_handler(found)
+    async def _dial_found(self, found: trio.MemoryReceiveChannel[PeerInfo]) -> None:
+        """Dial each peer mDNS reports unless connected or already being dialed."""
+        dialing: set[ID] = set()
+        limiter = trio.Semaphore(DIAL_CONCURRENCY)
 
-    async def _dial_found(self, info: PeerInfo) -> None:
-        if info.peer_id == self._host.get_id() or info.peer_id in self._host.get_connected_peers():
-            return
-        try:
-            await connect(self._host, info, self._config.connect_timeout)
-            await self._dht.add_peer(info.peer_id)
-            log.info("connected to %s found by mDNS", info.peer_id)
-        except Exception as exc:  # noqa: BLE001
-            log.info("peer %s found by mDNS is unreachable: %s", info.peer_id, exc)
+        async def dial(info: PeerInfo) -> None:
+            try:
+                async with limiter:
+                    await connect_announced(self._host, info, self._config.connect_timeout)
+                await self._dht.add_peer(info.peer_id)
+                log.info("connected to %s found by mDNS", info.peer_id)
+            except Exception as exc:  # noqa: BLE001 - unreachable peers are normal
+                log.info("peer %s found by mDNS is unreachable: %s", info.peer_id, exc)
+            finally:
+                dialing.discard(info.peer_id)
+
+        async with found, trio.open_nursery() as nursery:
+            async for info in found:
+                if (
+                    info.peer_id == self._host.get_id()
+                    or info.peer_id in dialing
+                    or info.peer_id in self._host.get_connected_peers()
+                ):
+                    continue
+                dialing.add(info.peer_id)
+                nursery.start_soon(dial, info)
 
     # -- remembering
 
@@ -168,7 +188,13 @@ class Discovery:
 
     def remember_peers_now(self) -> None:
         now = int(time.time())
-        peers = [KnownPeer(p.peer_id, p.addrs, now) for p in connected_peers(self._host) if p.addrs]
+        peers = []
+        for peer in connected_peers(self._host):
+            # Identify reports a peer's listen addresses as given, 0.0.0.0 included;
+            # dialing those after a restart would only fail.
+            addrs = tuple(a for a in peer.addrs if not a.startswith(("/ip4/0.0.0.0/", "/ip6/::/")))
+            if addrs:
+                peers.append(KnownPeer(peer.peer_id, addrs, now))
         if peers:
             self._catalog.save_peers(peers, KNOWN_PEERS_KEPT)
 

@@ -30,4 +30,10 @@ def configure(level: str, log_file: Path) -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("p2pshare").setLevel(numeric)
     # libp2p logs every dial and stream at INFO; keep it quiet unless debugging.
-    logging.getLogger("libp2p").setLevel(numeric if numeric == logging.DEBUG else logging.WARNING)
+    # Importing libp2p turns propagation off unless LIBP2P_DEBUG is set; turn it on so
+    # its warnings (and, at debug level, everything) reach our handlers.
+    import libp2p  # noqa: F401, PLC0415 - imported for its logging side effect first
+
+    libp2p_log = logging.getLogger("libp2p")
+    libp2p_log.propagate = True
+    libp2p_log.setLevel(numeric if numeric == logging.DEBUG else logging.WARNING)

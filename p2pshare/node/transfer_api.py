@@ -34,6 +34,7 @@ class ClientGoneError(UserError):
 
 OPEN_TIMEOUT = 15.0
 FIND_TIMEOUT = 10.0
+TAKEOVER_WAIT = 3.0
 
 
 @dataclass
@@ -43,10 +44,12 @@ class TransferApi:
     local: LocalContent
     discovery: Discovery
     limiter: UploadLimiter
-    _active: set[str] = field(default_factory=set)
+    _active: dict[str, trio.Event] = field(default_factory=dict)
 
     def register(self, guard: HandlerGuard) -> None:
-        guard.register(PROTOCOL_ID, self._serve)
+        # A transfer stream lasts as long as the download it feeds; the per-peer
+        # stream cap, not a deadline, bounds what an idle client can hold.
+        guard.register(PROTOCOL_ID, self._serve, bounded=False)
 
     async def _serve(self, stream: LibP2PStream) -> None:
         await serve_transfer(stream, self.local, limiter=self.limiter, peer=stream.peer_id)
@@ -69,8 +72,14 @@ class TransferApi:
         if ticket is not None and ticket.peer_id != me:
             hints.append(Source(ticket.peer_id, ticket.addrs))
         key = str(cid)
-        if key in self._active:
-            raise UserError(f"{cid} is already being downloaded by this node")
+        running = self._active.get(key)
+        if running is not None:
+            # After Ctrl-C the old download notices its client is gone at its next
+            # progress event (a fraction of a second); a get run again at once waits.
+            with trio.move_on_after(TAKEOVER_WAIT):
+                await running.wait()
+            if key in self._active:
+                raise UserError(f"{cid} is already being downloaded by this node")
 
         async def find() -> list[Source]:
             found = await self.discovery.find(key, FIND_TIMEOUT)
@@ -96,11 +105,12 @@ class TransferApi:
             hints=hints,
             progress=progress,
         )
-        self._active.add(key)
+        finished = self._active[key] = trio.Event()
         try:
             report = await download.run()
         finally:
-            self._active.discard(key)
+            del self._active[key]
+            finished.set()
         assert download.signed is not None
         pages = tuple(download.pages[i].hashes for i in sorted(download.pages))
         await trio.to_thread.run_sync(self.shares.adopt, download.signed, pages, dest)

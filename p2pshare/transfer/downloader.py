@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -353,18 +354,19 @@ class Download:
         pending = set(run)
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
-                async for index, payload in link.chunks(self.cid, run, length):
-                    pending.discard(index)
-                    self.report.received_bytes += len(payload)
-                    page = self.pages.get(page_for_chunk(index)[0]) if manifest.paged else None
-                    verify_chunk(expected_chunk_hash(manifest, index, page), payload)
-                    new, _others = self._picker.received(peer, index)
-                    if new:
-                        self.output.write_chunk(index, payload)
-                        self._done_bytes += len(payload)
-                        self._unsynced += 1
-                        await self._maybe_persist()
-                    self._notify()
+                async with aclosing(link.chunks(self.cid, run, length)) as chunks:
+                    async for index, payload in chunks:
+                        pending.discard(index)
+                        self.report.received_bytes += len(payload)
+                        page = self.pages.get(page_for_chunk(index)[0]) if manifest.paged else None
+                        verify_chunk(expected_chunk_hash(manifest, index, page), payload)
+                        new, _others = self._picker.received(peer, index)
+                        if new:
+                            self.output.write_chunk(index, payload)
+                            self._done_bytes += len(payload)
+                            self._unsynced += 1
+                            await self._maybe_persist()
+                        self._notify()
         finally:
             if peer in self._links:
                 for index in pending:

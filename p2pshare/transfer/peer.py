@@ -33,7 +33,7 @@ from p2pshare.proto.transfer import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncGenerator, Callable
 
     from p2pshare.net.streams import ByteStream
     from p2pshare.proto.cid import ContentId
@@ -85,8 +85,8 @@ class PeerLink:
                         await self._deliver(response)
         except RemoteError as exc:
             self._fail(exc if isinstance(exc, PeerGoneError) else PeerGoneError(str(exc)))
-        except trio.BrokenResourceError as exc:
-            self._fail(PeerGoneError(f"{self.peer_id}: {exc}"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail(PeerGoneError(f"{self.peer_id}: stream closed ({exc!r})"))
         finally:
             self._fail(PeerGoneError(f"{self.peer_id}: the transfer stream ended"))
 
@@ -162,7 +162,7 @@ class PeerLink:
 
     async def chunks(
         self, cid: ContentId, run: range, chunk_length: Callable[[int], int]
-    ) -> AsyncIterator[tuple[int, memoryview]]:
+    ) -> AsyncGenerator[tuple[int, memoryview], None]:
         """Yield ``(index, payload)`` for each chunk of ``run`` as it arrives."""
         receive = await self._start(
             partial(self._session.get_chunks, cid, run.start, len(run), chunk_length)

@@ -11,10 +11,12 @@ Each stream runs two tasks:
   worker thread, then paced by the daemon-wide :class:`UploadLimiter`).
 
 Both send through one lock, so frames never interleave.  Nothing grows without bound:
-the session accepts at most ``max_outstanding`` requests (the queue's capacity) and
-answers the rest with BUSY; ``send_all`` blocks while the client does not read, and
-while a reply is stuck the reader stops reading too, so a client that pipelines
-requests and never reads is left with a stalled stream, not a growing server buffer.
+the session accepts at most ``max_outstanding`` requests (the queue's capacity, so the
+reader never waits for the writer and a CANCEL is always seen at once) and answers the
+rest with BUSY; the decoder holds at most one partial control frame.  ``send_all``
+blocks while the client does not read, and the reader blocks as soon as it has to
+answer something (a BUSY) behind a stuck frame, so a client that pipelines requests
+and never reads gets a stalled stream, not a growing server buffer.
 
 ``serve_transfer`` returns normally once the client has closed its side (EOF) and
 every request it sent has been answered: the stream is then at a frame boundary and
@@ -393,29 +395,32 @@ class TransferServer:
     async def _metadata(self, request: GetManifest | GetPage | GetHave) -> Reply:
         source, cid = self._source, request.cid
         if isinstance(request, GetManifest):
-            data = await self._call(lambda: source.signed_manifest(cid))
+            data = await self._call(lambda: source.signed_manifest(cid), cid)
             return ManifestReply(request.req_id, cid, data)
         shape = await self._shape(cid)
         if isinstance(request, GetPage):
             page_index = request.page_index
             if page_index >= shape.pages:
                 raise BadRequestError(f"{cid} has {shape.pages} hash pages, no page {page_index}")
-            page = await self._call(lambda: source.page(cid, page_index))
+            page = await self._call(lambda: source.page(cid, page_index), cid)
             return PageReply(request.req_id, cid, page_index, page)
         first, count = request.first_chunk, request.count
         _check_range(cid, shape, first, count)
-        have = await self._call(lambda: source.have(cid, first, count))
+        have = await self._call(lambda: source.have(cid, first, count), cid)
         return HaveReply(request.req_id, cid, first, have)
 
     async def _serve_chunks(self, request: ChunkRequest) -> None:
         req_id, cid, source = request.req_id, request.cid, self._source
         sent = 0
         try:
+            if self._session.cancelled(req_id):
+                raise RequestCancelledError("cancelled by the client")
             _check_range(cid, await self._shape(cid), request.first_chunk, request.count)
             for index in request.chunks:
                 if self._session.cancelled(req_id):
                     raise RequestCancelledError("cancelled by the client")
-                payload = await self._call(functools.partial(source.read_chunk, cid, index))
+                read = functools.partial(source.read_chunk, cid, index)
+                payload = await self._call(read, cid)
                 if self._limiter is not None:
                     await self._limiter.acquire(len(payload) + DATA_FRAME_OVERHEAD)
                 frame = self._session.data(req_id, index, payload)
@@ -445,18 +450,19 @@ class TransferServer:
         shape = _SHAPES.get(cid)
         if shape is None:
             source = self._source
-            shape = await self._call(lambda: _read_shape(source, cid))
+            shape = await self._call(lambda: _read_shape(source, cid), cid)
             _SHAPES.put(cid, shape)
         return shape
 
-    async def _call(self, fn: Callable[[], _T]) -> _T:
-        """Run a source call; its failures other than TransferError become ``internal``."""
+    async def _call(self, fn: Callable[[], _T], cid: ContentId) -> _T:
+        """Run a source call; its failures other than TransferError become ``internal``
+        (the details go to our log, not to the peer)."""
         try:
             return await self._run_blocking(fn)
         except TransferError:
             raise
         except Exception as exc:
-            log.exception("transfer to %s: reading the content failed", self._peer)
+            log.exception("transfer to %s: reading %s failed", self._peer, cid)
             raise PeerInternalError("the uploader failed to read this content") from exc
 
 

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import stat
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -139,4 +138,4 @@ def test_demo_runs_and_cleans_up(home: Home) -> None:
     assert report["verified"] is True
     assert report["fetcher_connected_to_sharer_before_find"] is False
     assert report["cid"].startswith("bafkr4")
-    assert not list(Path(tempfile.gettempdir()).glob("p2pshare-demo-*"))
+    assert not Path(report["workdir"]).exists()
