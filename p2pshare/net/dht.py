@@ -28,6 +28,7 @@ from libp2p.abc import INotifee
 from libp2p.kad_dht import DHTMode, KadDHT
 from libp2p.kad_dht.common import ALPHA
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
+from libp2p.kad_dht.utils import sort_peer_ids_by_distance
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.peerinfo import PeerInfo
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PEER_FEED_TIMEOUT = 5.0
 QUERY_TIMEOUT = 10.0
+K_CLOSEST = 20
 # The 10-per-10-s default drops re-provides of a node with more than ten shares.
 PROVIDER_RATE_MAX = 10_000
 
@@ -171,14 +173,23 @@ class Dht:
         return accepted
 
     async def find_providers(self, key: bytes, limit: int = 20) -> list[Provider]:
-        """Ask the network (never only the local cache) who provides ``key``; one entry per peer."""
+        """Ask the network (never only the local cache) who provides ``key``; one entry per peer.
+
+        One iterative GET_PROVIDERS lookup: the closest known peers are asked ALPHA at a
+        time, their answers name closer peers, and the lookup ends at the first round
+        that yields providers, or once the K closest peers known have all answered.
+        (py-libp2p runs a full FIND_NODE lookup first and then keeps asking until it
+        has 20 providers, i.e. the whole network when there is only one.)
+        """
         store = self._kad.provider_store
         me = self._host.get_id()
         found: dict[ID, set[Multiaddr]] = {}
         for info in store.get_providers(key):
             found.setdefault(info.peer_id, set()).update(info.addrs)
-        queried: set[ID] = {me}
-        candidates = list(await self._kad.peer_routing.find_closest_peers_network(key))
+        known = set(self._kad.routing_table.find_local_closest_peers(key, K_CLOSEST))
+        known.update(self._host.get_connected_peers())
+        known.discard(me)
+        queried: set[ID] = set()
 
         async def ask(peer: ID, closer: list[ID]) -> None:
             with trio.move_on_after(QUERY_TIMEOUT):
@@ -193,15 +204,17 @@ class Dht:
                     found.setdefault(info.peer_id, set()).update(info.addrs)
                 closer.extend(more)
 
-        while candidates and len(found.keys() - {me}) < limit:
-            batch = [p for p in candidates[:ALPHA] if p not in queried]
-            candidates = candidates[ALPHA:]
+        while not found.keys() - {me}:
+            nearest = sort_peer_ids_by_distance(key, list(known))[:K_CLOSEST]
+            batch = [p for p in nearest if p not in queried][:ALPHA]
+            if not batch:
+                break
             queried.update(batch)
             closer: list[ID] = []
             async with trio.open_nursery() as nursery:
                 for peer in batch:
                     nursery.start_soon(ask, peer, closer)
-            candidates += [p for p in dict.fromkeys(closer) if p not in queried]
+            known.update(p for p in closer if p != me)
         peerstore = self._host.get_peerstore()
         providers = []
         for peer, addrs in found.items():
