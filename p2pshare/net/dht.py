@@ -177,7 +177,7 @@ class Dht:
 
         One iterative GET_PROVIDERS lookup: the closest known peers are asked ALPHA at a
         time, their answers name closer peers, and the lookup ends at the first round
-        that yields providers, or once the K closest peers known have all answered.
+        that yields providers, or once every peer known has answered.
         (py-libp2p runs a full FIND_NODE lookup first and then keeps asking until it
         has 20 providers, i.e. the whole network when there is only one.)
         """
@@ -204,11 +204,18 @@ class Dht:
                     found.setdefault(info.peer_id, set()).update(info.addrs)
                 closer.extend(more)
 
+        window = K_CLOSEST
         while not found.keys() - {me}:
-            nearest = sort_peer_ids_by_distance(key, list(known))[:K_CLOSEST]
+            nearest = sort_peer_ids_by_distance(key, list(known))[:window]
             batch = [p for p in nearest if p not in queried][:ALPHA]
             if not batch:
-                break
+                if window >= len(known):
+                    break
+                # The K closest we know of have no record: routing tables still
+                # disagree (a young network); widen to every peer known, still ALPHA
+                # at a time and bounded by the caller's timeout.
+                window = len(known)
+                continue
             queried.update(batch)
             closer: list[ID] = []
             async with trio.open_nursery() as nursery:
