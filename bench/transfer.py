@@ -77,6 +77,17 @@ def plain_tcp(path: Path, out: Path) -> float:
     return size / elapsed
 
 
+def wait_announced(home: Home, cid: str, limit: float = 30.0) -> None:
+    """Until the node's status says it announced ``cid`` (it does so right after a get)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        shares = call(home, "status", {})["shares"]
+        if any(s["cid"] == cid and s["provided_at"] for s in shares):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"{home.root} did not announce {cid}")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -126,6 +137,7 @@ def multi(root: Path, size: int, rate: int) -> None:
             call(home, "get", {"ref": shared["ticket"], "dest": str(root / f"seed{index}.bin")})
         for seeder in seeders[1:]:
             call(seeder.home, "connect", {"addr": seeders[0].info["addrs"][0]})
+            wait_announced(seeder.home, shared["cid"])
         call(homes[3], "connect", {"addr": seeders[0].info["addrs"][0]})
         out = root / "multi-got.bin"
         report = call(homes[3], "get", {"ref": shared["cid"], "dest": str(out)})

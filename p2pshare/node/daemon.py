@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare import __version__
-from p2pshare.config import load_config
+from p2pshare.config import Config, load_config
 from p2pshare.control.server import ControlServer, Emit, Handler
 from p2pshare.errors import UserError
 from p2pshare.home import MAX_SOCKET_PATH
 from p2pshare.identity import NodeKey
+from p2pshare.net.datachannel import DataChannelServer, DataChannelSetupError
 from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
@@ -32,7 +33,7 @@ from p2pshare.transfer.source import LocalContent
 from p2pshare.transfer.uploader import UploadLimiter
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from libp2p.abc import IHost
 
@@ -90,6 +91,69 @@ async def _stop_on_signal(node: Node, signals: AsyncIterator[int]) -> None:
         return
 
 
+async def _start_data_channel(
+    nursery: trio.Nursery,
+    host: IHost,
+    guard: HandlerGuard,
+    listen: str,
+    port: int,
+    transfer: TransferApi,
+) -> None:
+    """Offer the encrypted data channel on the IP of the first listen address.
+
+    A node that cannot listen on it still works: peers fall back to libp2p streams.
+    """
+    parts = listen.split("/")
+    server = DataChannelServer(host, guard, parts[2], port, serve=transfer.serve_data_channel)
+    try:
+        data_port = await nursery.start(server.run)
+    except DataChannelSetupError as exc:
+        log.warning("no data channel: %s; peers will use libp2p streams", exc)
+        return
+    log.info("data channel on %s port %s", parts[2], data_port)
+
+
+def _assemble(
+    home: Home,
+    key: NodeKey,
+    config: Config,
+    catalog: Catalog,
+    host: IHost,
+    upload_rate: int | None,
+) -> tuple[Node, ControlServer, Callable[[trio.Nursery], Awaitable[None]]]:
+    """Build every service of the node; return the node, its control server, and a
+    function that starts the background services in a nursery."""
+    net = config.network
+    guard = HandlerGuard(host, HandlerLimits(streams_per_peer=net.streams_per_peer))
+    discovery = Discovery(host, Dht(host, guard, net.dht_requests_per_second), catalog, net)
+    network = NetworkApi(discovery, catalog)
+    node = Node(home, key, host, network)
+    store = ShareStore(catalog, home.content_dir, key, config.store.chunk_size)
+    rate = config.transfer.upload_rate if upload_rate is None else upload_rate
+    transfer = TransferApi(host, store, LocalContent(store), discovery, UploadLimiter(rate))
+    transfer.register(guard)
+    shares = SharesApi(
+        store,
+        key.peer_id,
+        lambda: [str(a) for a in discovery.announce()],
+        config.store.quota_bytes,
+        discovery.provide_soon,
+    )
+    server = ControlServer(
+        node.handlers() | shares.handlers() | network.handlers() | transfer.handlers(),
+        log_hint=str(home.log_path),
+    )
+
+    async def start_services(nursery: trio.Nursery) -> None:
+        if config.transfer.data_channel:
+            await _start_data_channel(
+                nursery, host, guard, net.listen[0], config.transfer.data_port, transfer
+            )
+        await nursery.start(discovery.run)
+
+    return node, server, start_services
+
+
 async def serve(
     home: Home, on_ready: Callable[[ReadyInfo], None], upload_rate: int | None = None
 ) -> None:
@@ -118,32 +182,12 @@ async def serve(
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             net = config.network
             async with running_host(key, net.listen, max_connections=net.max_connections) as host:
-                guard = HandlerGuard(host, HandlerLimits(streams_per_peer=net.streams_per_peer))
-                discovery = Discovery(
-                    host, Dht(host, guard, net.dht_requests_per_second), catalog, net
-                )
-                network = NetworkApi(discovery, catalog)
-                node = Node(home, key, host, network)
-                store = ShareStore(catalog, home.content_dir, key, config.store.chunk_size)
-                rate = config.transfer.upload_rate if upload_rate is None else upload_rate
-                transfer = TransferApi(
-                    host, store, LocalContent(store), discovery, UploadLimiter(rate)
-                )
-                transfer.register(guard)
-                shares = SharesApi(
-                    store,
-                    key.peer_id,
-                    lambda: [str(a) for a in discovery.announce()],
-                    config.store.quota_bytes,
-                    discovery.provide_soon,
-                )
-                server = ControlServer(
-                    node.handlers() | shares.handlers() | network.handlers() | transfer.handlers(),
-                    log_hint=str(home.log_path),
+                node, server, start_services = _assemble(
+                    home, key, config, catalog, host, upload_rate
                 )
                 sock = await ControlServer.bind(home.socket_path)
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(discovery.run)
+                    await start_services(nursery)
                     await nursery.start(server.serve, sock)
                     nursery.start_soon(_stop_on_signal, node, signals)
                     addrs = node.listen_addrs()

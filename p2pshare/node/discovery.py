@@ -41,6 +41,7 @@ DIAL_CONCURRENCY = 16
 KNOWN_PEERS_KEPT = 200
 REMEMBER_INTERVAL = 60.0
 PING_TIMEOUT = 5.0
+FIRST_REFRESH_DELAY = 30.0
 MDNS_BACKLOG = 64
 
 
@@ -74,7 +75,7 @@ class Discovery:
             )
             task_status.started()
             nursery.start_soon(self._every, self._config.reprovide_interval, self.provide_all)
-            nursery.start_soon(self._every_after, self._config.refresh_interval, self._maintain)
+            nursery.start_soon(self._refresh_loop)
             nursery.start_soon(self._every_after, REMEMBER_INTERVAL, self.remember_peers)
             try:
                 await trio.sleep_forever()
@@ -85,6 +86,13 @@ class Discovery:
         while True:
             await job()
             await trio.sleep(interval)
+
+    async def _refresh_loop(self) -> None:
+        # The first refresh comes soon after joining, so the routing table learns the
+        # neighbourhood; not at once, so a node that just joined does not dial all of
+        # it in its first second.
+        await trio.sleep(min(FIRST_REFRESH_DELAY, self._config.refresh_interval))
+        await self._every(self._config.refresh_interval, self._maintain)
 
     async def _every_after(self, interval: float, job: Callable[[], Awaitable[None]]) -> None:
         await trio.sleep(interval)

@@ -11,6 +11,7 @@ import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
 from p2pshare.errors import UserError
+from p2pshare.net.datachannel import DataChannelOpenError, open_data_channel
 from p2pshare.net.peers import open_stream
 from p2pshare.proto.ticket import parse_content_ref
 from p2pshare.proto.transfer import PROTOCOL_ID
@@ -34,6 +35,7 @@ class ClientGoneError(UserError):
 
 OPEN_TIMEOUT = 15.0
 FIND_TIMEOUT = 10.0
+DATA_CHANNEL_TIMEOUT = 5.0
 TAKEOVER_WAIT = 3.0
 
 
@@ -54,8 +56,23 @@ class TransferApi:
     async def _serve(self, stream: LibP2PStream) -> None:
         await serve_transfer(stream, self.local, limiter=self.limiter, peer=stream.peer_id)
 
-    async def _open(self, source: Source) -> ByteStream:
-        return await open_stream(self.host, source.peer_id, source.addrs, PROTOCOL_ID, OPEN_TIMEOUT)
+    async def _open(self, source: Source, paths: dict[str, str]) -> ByteStream:
+        """The encrypted data channel if the provider offers one, else a libp2p stream."""
+        try:
+            stream: ByteStream = await open_data_channel(
+                self.host, source.peer_id, list(source.addrs), timeout=DATA_CHANNEL_TIMEOUT
+            )
+            paths[source.peer_id] = "data-channel"
+        except DataChannelOpenError as exc:
+            log.info("no data channel to %s (%s); using the libp2p stream", source.peer_id, exc)
+            stream = await open_stream(
+                self.host, source.peer_id, source.addrs, PROTOCOL_ID, OPEN_TIMEOUT
+            )
+            paths[source.peer_id] = "libp2p"
+        return stream
+
+    async def serve_data_channel(self, stream: ByteStream, peer: str) -> None:
+        await serve_transfer(stream, self.local, limiter=self.limiter, peer=peer)
 
     async def get(self, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         ref, dest_text = params.get("ref"), params.get("dest")
@@ -94,13 +111,18 @@ class TransferApi:
                     "what was verified is kept for the next get"
                 ) from None
 
+        paths: dict[str, str] = {}
+
+        async def open_(source: Source) -> ByteStream:
+            return await self._open(source, paths)
+
         download = Download(
             cid=cid,
             dest=dest,
             force=bool(params.get("force", False)),
             catalog=self.shares.catalog,
             local=self.local,
-            open_stream=self._open,
+            open_stream=open_,
             find_sources=find,
             hints=hints,
             progress=progress,
@@ -116,7 +138,7 @@ class TransferApi:
         await trio.to_thread.run_sync(self.shares.adopt, download.signed, pages, dest)
         self.discovery.provide_soon(key)
         log.info("downloaded %s to %s (%d bytes)", key, dest, report.size)
-        return report.as_dict()
+        return report.as_dict() | {"paths": {p: paths.get(p, "?") for p in report.peers}}
 
     def handlers(self) -> dict[str, Handler]:
         return {"get": self.get}

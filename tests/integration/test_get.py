@@ -197,3 +197,24 @@ def test_ctrl_c_then_get_again_completes(short_tmp: Path, tmp_path: Path) -> Non
         report = cli_json(getter_home, "get", shared["ticket"], "-o", str(out))
         assert digest(out) == digest(data)
         assert report["resumed_chunks"] >= 2
+
+
+def test_data_channel_is_used_and_libp2p_is_the_fallback(short_tmp: Path, tmp_path: Path) -> None:
+    homes = {name: Home(short_tmp / name) for name in ("fast", "plain", "getter")}
+    for home in homes.values():
+        init_home(home)
+    plain_config = homes["plain"].config_path
+    text = plain_config.read_text()
+    assert "data_channel = true" in text
+    plain_config.write_text(text.replace("data_channel = true", "data_channel = false"))
+    data = make_file(tmp_path / "d.bin", 6 * MIB)
+    with ExitStack() as stack:
+        daemons = {n: stack.enter_context(DaemonProcess(h)) for n, h in homes.items()}
+        start_all(list(daemons.values()))
+        for name in ("fast", "plain"):
+            shared = cli_json(homes[name], "share", str(data))
+            out = tmp_path / f"from-{name}.bin"
+            report = cli_json(homes["getter"], "get", shared["ticket"], "-o", str(out))
+            assert digest(out) == digest(data)
+            path = report["paths"][daemons[name].info["peer_id"]]
+            assert path == ("data-channel" if name == "fast" else "libp2p")

@@ -1,0 +1,769 @@
+"""The data channel: bulk bytes over an AEAD-framed TCP connection, set up over libp2p.
+
+py-libp2p's Noise + Yamux streams carry about 50 MB/s; the transfer protocol runs
+unchanged over an :class:`EncryptedStream` instead, which is a plain trio TCP
+connection carrying 1 MiB AEAD frames (sans-IO part and wire format:
+p2pshare.proto.datachannel; security argument: docs/data-channel.md).
+
+* :class:`DataChannelServer` answers OPEN on ``/p2pshare/data/1.0.0`` with a fresh
+  single-use session (secret, nonce, port), listens on a TCP port, checks each
+  connection's proof of the session key and hands the stream to ``serve``.
+* :func:`open_data_channel` asks a peer for a session and connects; any failure is a
+  :class:`DataChannelOpenError`, and the caller falls back to a libp2p stream.
+
+What keeps it fast: 1 MiB frames, a preallocated receive buffer filled with
+``recv_into`` (no bytes joined or sliced per read), ``encrypt_into`` a preallocated
+send buffer, and the AEAD of large frames inline while it is fast (AES-NI: 0.15 ms per
+MiB) or in a worker thread once it is measured slow (see OFFLOAD_ABOVE).
+
+Typical use::
+
+    server = DataChannelServer(host, guard, "0.0.0.0", serve=serve)
+    port = await nursery.start(server.run)
+    ...
+    try:
+        stream = await open_data_channel(host, peer_id, addrs, timeout=5)
+    except DataChannelOpenError:
+        stream = await open_stream(host, peer_id, addrs, TRANSFER_PROTOCOL, timeout)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, TypeVar
+
+import multiaddr
+import trio
+
+from p2pshare.errors import P2PShareError, RemoteError, RemoteProtocolError, UserError
+from p2pshare.net.peers import open_stream
+from p2pshare.net.streams import StreamBrokenError
+from p2pshare.proto.datachannel import (
+    CLIENT_HELLO_SIZE,
+    DEFAULT_CIPHERS,
+    HEADER_SIZE,
+    MAX_PLAINTEXT,
+    MAX_SETUP_FRAME,
+    MAX_WIRE_FRAME,
+    NONCE_SIZE,
+    PROTOCOL_ID,
+    SECRET_SIZE,
+    SERVER_HELLO_SIZE,
+    SESSION_ID_SIZE,
+    Channel,
+    DataChannelRefusedError,
+    NoCommonCipherError,
+    Offer,
+    Open,
+    PendingSession,
+    Refuse,
+    RefuseCode,
+    Role,
+    SessionKeys,
+    SessionLimitError,
+    SessionTable,
+    TruncatedStreamError,
+    UnsupportedVersionError,
+    client_keys,
+    decode_open,
+    decode_reply,
+    encode_open,
+    encode_reply,
+    refusal_for,
+)
+from p2pshare.proto.framing import FrameDecoder
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from libp2p.abc import IHost
+
+    from p2pshare.net.streams import ByteStream, HandlerGuard, LibP2PStream
+    from p2pshare.proto.datachannel import Cipher
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# Where the AEAD of a frame runs.  Frames below THREAD_THRESHOLD always run inline:
+# the thread hand-off costs more than their AEAD.  Larger frames run inline while
+# this stream has measured its AEAD faster than OFFLOAD_ABOVE seconds per MiB, and in
+# a worker thread otherwise.  With AES-NI (6-8 GiB/s) or a fast ChaCha20 (2 GiB/s)
+# inline measured 25-50 % faster than the thread (the hand-off and a cache-cold
+# buffer on the other core cost more than the 0.15-0.5 ms of AEAD), and it blocks the
+# event loop for well under the 2 ms bound; on a core that needs longer (software
+# AES, small ARM cores) the thread keeps the event loop responsive and uses a second
+# core.  docs/data-channel.md has the figures.
+THREAD_THRESHOLD: Final = 64 * 1024
+OFFLOAD_ABOVE: Final = 0.002
+_MIB: Final = 1 << 20
+# The receive buffer starts small (control streams never need more) and grows to
+# hold a full frame plus what one read brings beyond it.
+_INITIAL_RECEIVE_BUFFER: Final = 64 * 1024
+_RECEIVE_SLACK: Final = 64 * 1024
+# How long aclose() tries to send the FIN before it just closes the socket.
+CLOSE_GRACE: Final = 2.0
+
+
+class DataChannelOpenError(RemoteError):
+    """No data channel to this peer now; use the libp2p stream instead.
+
+    ``__cause__`` holds what went wrong (a refusal, a timeout, a closed port, a
+    failed handshake).
+    """
+
+
+class DataChannelSetupError(UserError):
+    """The data channel listener cannot start (port taken, address not ours)."""
+
+
+@dataclass(frozen=True)
+class DataChannelLimits:
+    """Bounds of a :class:`DataChannelServer`."""
+
+    session_ttl: float = 30.0
+    setup_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    max_pending_sessions: int = 128
+    max_pending_per_peer: int = 8
+    max_handshakes: int = 32
+    max_connections: int = 64
+    max_connections_per_peer: int = 8
+
+
+# --- the encrypted stream ---------------------------------------------------------------
+
+
+def _timed(fn: Callable[[], _T]) -> tuple[_T, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+class _CryptoPlacement:
+    """Runs one direction's AEAD inline or in a worker thread (see OFFLOAD_ABOVE)."""
+
+    def __init__(self, in_thread: bool | None) -> None:
+        self._forced = in_thread
+        self._seconds_per_mib = 0.0
+
+    @property
+    def in_thread(self) -> bool:
+        if self._forced is not None:
+            return self._forced
+        return self._seconds_per_mib > OFFLOAD_ABOVE
+
+    async def run(self, fn: Callable[[], _T], size: int, *, checkpoint: bool) -> _T:
+        """``fn()`` for a frame of ``size`` bytes; ``checkpoint`` if the caller has not yet."""
+        if size < THREAD_THRESHOLD:
+            if checkpoint:
+                await trio.lowlevel.checkpoint()
+            return fn()
+        if self.in_thread:
+            # Not abandoned on cancel: the thread works on our buffers until it ends.
+            result, elapsed = await trio.to_thread.run_sync(_timed, fn)
+        else:
+            if checkpoint:
+                await trio.lowlevel.checkpoint()
+            result, elapsed = _timed(fn)
+        sample = elapsed * _MIB / size
+        self._seconds_per_mib = 0.75 * self._seconds_per_mib + 0.25 * sample
+        return result
+
+
+class EncryptedStream:
+    """A :class:`~p2pshare.net.streams.ByteStream` over one TCP connection of AEAD frames.
+
+    Like trio's streams, it allows one sending and one receiving task at a time
+    (``trio.BusyResourceError`` otherwise), and a cancelled ``send_all`` leaves the
+    sending side broken.  ``receive_some`` returns ``b""`` only after the peer's
+    authenticated FIN; a connection that ends without one raises
+    :class:`~p2pshare.proto.datachannel.TruncatedStreamError`.  ``aclose`` sends our
+    FIN first (best effort), ``reset`` closes without it, so the peer sees a
+    truncation and knows the stream did not end cleanly.
+
+    ``crypto_in_thread`` forces where large frames are sealed and opened (tests); the
+    default, None, decides by measurement (see OFFLOAD_ABOVE).
+    """
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        channel: Channel,
+        *,
+        peer_id: str,
+        crypto_in_thread: bool | None = None,
+    ) -> None:
+        self.peer_id = peer_id
+        self._seal_placement = _CryptoPlacement(crypto_in_thread)
+        self._open_placement = _CryptoPlacement(crypto_in_thread)
+        self._stream = stream
+        self._sealer = channel.sealer
+        self._opener = channel.opener
+        self._receive_buffer = bytearray(_INITIAL_RECEIVE_BUFFER)
+        self._start = 0
+        self._end = 0
+        self._need: int | None = None
+        self._leftover: bytes = b""
+        self._leftover_pos = 0
+        self._send_buffer: bytearray | None = None
+        self._receiving = False
+        self._sending = False
+        self._send_broken = False
+        self._eof = False
+        self._closed = False
+
+    # -- receiving
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """The next plaintext bytes, at most ``max_bytes``; ``b""`` after the peer's FIN."""
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        if self._closed:
+            raise trio.ClosedResourceError("the data channel is closed")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this data channel")
+        self._receiving = True
+        try:
+            if self._leftover_pos < len(self._leftover):
+                await trio.lowlevel.checkpoint()
+                return self._take_leftover(max_bytes)
+            if self._eof:
+                await trio.lowlevel.checkpoint()
+                return b""
+            plaintext = await self._next_plaintext()
+            if not plaintext:
+                if self._end > self._start:
+                    raise RemoteProtocolError(f"{self.peer_id} sent data after its FIN")
+                self._eof = True
+                return b""
+            if max_bytes is None or len(plaintext) <= max_bytes:
+                return plaintext
+            self._leftover, self._leftover_pos = plaintext, 0
+            return self._take_leftover(max_bytes)
+        finally:
+            self._receiving = False
+
+    def _take_leftover(self, max_bytes: int | None) -> bytes:
+        start = self._leftover_pos
+        end = (
+            len(self._leftover)
+            if max_bytes is None
+            else min(len(self._leftover), start + max_bytes)
+        )
+        self._leftover_pos = end
+        piece = self._leftover[start:end]
+        if end == len(self._leftover):
+            self._leftover, self._leftover_pos = b"", 0
+        return piece
+
+    async def _next_plaintext(self) -> bytes:
+        """Read until one whole frame is buffered, then open it."""
+        did_io = False
+        while True:
+            available = self._end - self._start
+            if self._need is None and available >= HEADER_SIZE:
+                header = self._receive_buffer[self._start : self._start + HEADER_SIZE]
+                self._need = self._opener.frame_length(header)
+                self._start += HEADER_SIZE
+                available -= HEADER_SIZE
+            if self._need is not None and available >= self._need:
+                return await self._open_buffered(self._need, did_io=did_io)
+            wanted = (HEADER_SIZE if self._need is None else self._need) - available
+            self._make_room(available, wanted)
+            did_io = True
+            await self._fill()
+
+    async def _open_buffered(self, length: int, *, did_io: bool) -> bytes:
+        start = self._start
+        self._start += length
+        self._need = None
+        with memoryview(self._receive_buffer) as view, view[start : start + length] as ciphertext:
+            plaintext = await self._open_placement.run(
+                functools.partial(self._opener.open, ciphertext), length, checkpoint=not did_io
+            )
+        if self._start == self._end:
+            self._start = self._end = 0
+        return plaintext
+
+    def _make_room(self, available: int, wanted: int) -> None:
+        """Ensure ``wanted`` more bytes fit after the buffered ones."""
+        size = len(self._receive_buffer)
+        if size - self._end >= wanted:
+            return
+        if available + wanted > size:
+            grown = bytearray(max(MAX_WIRE_FRAME + _RECEIVE_SLACK, available + wanted))
+            grown[:available] = self._receive_buffer[self._start : self._end]
+            self._receive_buffer = grown
+        else:
+            self._receive_buffer[:available] = self._receive_buffer[self._start : self._end]
+        self._start, self._end = 0, available
+
+    async def _fill(self) -> None:
+        with memoryview(self._receive_buffer) as view, view[self._end :] as free:
+            try:
+                received = await self._stream.socket.recv_into(free, len(free))
+            except OSError as exc:
+                raise StreamBrokenError(f"data channel from {self.peer_id} broke: {exc!r}") from exc
+        if not received:
+            raise TruncatedStreamError(
+                f"the data channel from {self.peer_id} ended without its FIN"
+                " (the peer failed, or the connection was cut)"
+            )
+        self._end += received
+
+    # -- sending
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send ``data`` as frames of at most 1 MiB."""
+        if self._closed:
+            raise trio.ClosedResourceError("the data channel is closed")
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this data channel")
+        if self._send_broken:
+            raise StreamBrokenError(f"the data channel to {self.peer_id} is broken")
+        if self._sealer.finished:
+            raise trio.ClosedResourceError("send_eof() was called on this data channel")
+        self._sending = True
+        try:
+            view = memoryview(data).cast("B")
+            if not view.nbytes:
+                await trio.lowlevel.checkpoint()
+                return
+            buffer = self._send_view()
+            for offset in range(0, view.nbytes, MAX_PLAINTEXT):
+                piece = view[offset : offset + MAX_PLAINTEXT]
+                seal = functools.partial(self._sealer.seal_into, piece, buffer)
+                size = await self._seal_placement.run(seal, len(piece), checkpoint=False)
+                await self._send_raw(buffer[:size])
+        except BaseException:
+            # A frame may be half out, or its nonce used: nothing after it would open.
+            self._send_broken = True
+            raise
+        finally:
+            self._sending = False
+
+    def _send_view(self) -> memoryview:
+        if self._send_buffer is None:
+            self._send_buffer = bytearray(MAX_WIRE_FRAME)
+        return memoryview(self._send_buffer)
+
+    async def _send_raw(self, data: bytes | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except trio.BrokenResourceError as exc:
+            raise StreamBrokenError(f"data channel to {self.peer_id} broke: {exc!r}") from exc
+
+    async def send_eof(self) -> None:
+        """Send our FIN: the peer reads ``b""`` after everything sent so far."""
+        if self._closed:
+            raise trio.ClosedResourceError("the data channel is closed")
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this data channel")
+        if self._sealer.finished:
+            await trio.lowlevel.checkpoint()
+            return
+        self._sending = True
+        try:
+            await self._send_raw(self._sealer.seal_fin())
+        except BaseException:
+            self._send_broken = True
+            raise
+        finally:
+            self._sending = False
+
+    # -- closing
+
+    async def aclose(self) -> None:
+        """Send the FIN if the sending side is idle and intact, then close the socket."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            if not (self._sending or self._send_broken or self._sealer.finished):
+                with trio.move_on_after(CLOSE_GRACE):
+                    await self._send_raw(self._sealer.seal_fin())
+        except (StreamBrokenError, trio.ClosedResourceError):
+            log.debug("FIN to %s not sent; the connection is gone", self.peer_id)
+        finally:
+            self._closed = True
+            await self._stream.aclose()
+
+    async def reset(self) -> None:
+        """Close without FIN: the peer sees a truncated stream, never a clean end."""
+        self._closed = True
+        await self._stream.aclose()
+
+
+async def _receive_exact(stream: trio.SocketStream, size: int, what: str) -> bytes:
+    """Exactly ``size`` bytes, reading no further (what follows belongs to the channel)."""
+    data = bytearray()
+    while len(data) < size:
+        try:
+            piece = await stream.receive_some(size - len(data))
+        except trio.BrokenResourceError as exc:
+            raise StreamBrokenError(f"the connection broke during the {what}: {exc!r}") from exc
+        if not piece:
+            raise TruncatedStreamError(f"the connection closed during the {what}")
+        data += piece
+    return bytes(data)
+
+
+async def _receive_setup_frame(stream: ByteStream, what: str) -> bytes:
+    """One length-prefixed setup message from a libp2p stream."""
+    decoder = FrameDecoder(MAX_SETUP_FRAME)
+    while (frame := decoder.next_frame()) is None:
+        data = await stream.receive_some(MAX_SETUP_FRAME)
+        if not data:
+            raise RemoteProtocolError(f"the stream closed before the {what}")
+        decoder.feed(bytes(data))
+    return frame
+
+
+# --- the server -------------------------------------------------------------------------
+
+
+class DataChannelServer:
+    """Offers data channels on ``/p2pshare/data/1.0.0`` and serves the TCP connections.
+
+    ``serve(stream, peer_id)`` runs once per authenticated connection, in its own
+    task; ``peer_id`` is the libp2p peer that asked for the session.  When ``serve``
+    returns, the stream is closed with a FIN; when it raises, the error is logged and
+    the connection reset.  Nothing one connection does reaches another or the host.
+
+    Run it in the daemon's nursery: ``port = await nursery.start(server.run)``.
+    ``refused`` counts turned-away OPENs and connections by reason (an exception's
+    class name, or ``handshake_timeout``, ``too_many_handshakes``, ``not_running``,
+    ``bad_open``, ``connection_error``, ``internal``).
+    """
+
+    def __init__(
+        self,
+        host: IHost,
+        guard: HandlerGuard,
+        listen_host: str,
+        port: int = 0,
+        *,
+        serve: Callable[[ByteStream, str], Awaitable[None]],
+        limits: DataChannelLimits | None = None,
+        ciphers: Sequence[Cipher] = DEFAULT_CIPHERS,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self._host = host
+        self._guard = guard
+        self._listen_host = listen_host
+        self._requested_port = port
+        self._serve = serve
+        self._limits = limits or DataChannelLimits()
+        self._ciphers = tuple(ciphers)
+        self._clock = clock
+        self._table = SessionTable(
+            ttl=self._limits.session_ttl,
+            max_pending=self._limits.max_pending_sessions,
+            max_pending_per_peer=self._limits.max_pending_per_peer,
+        )
+        self._port: int | None = None
+        self._handshakes = 0
+        self._active: Counter[str] = Counter()
+        self._registered = False
+        # Why connections or OPENs were turned away, by reason (for status and tests).
+        self.refused: Counter[str] = Counter()
+
+    @property
+    def port(self) -> int | None:
+        """The TCP port offered to peers, or None while not running."""
+        return self._port
+
+    def active_connections(self, peer_id: str | None = None) -> int:
+        return self._active[peer_id] if peer_id is not None else sum(self._active.values())
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, offer sessions and serve connections until cancelled; starts with the port."""
+        try:
+            listeners = await trio.open_tcp_listeners(self._requested_port, host=self._listen_host)
+        except OSError as exc:
+            raise DataChannelSetupError(
+                f"cannot listen for data channels on {self._listen_host}"
+                f" port {self._requested_port}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            self._port = int(listeners[0].socket.getsockname()[1])
+            if not self._registered:
+                self._guard.register(PROTOCOL_ID, self._handle_open)
+                self._registered = True
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener, nursery)
+                log.info("data channels on %s port %d", self._listen_host, self._port)
+                task_status.started(self._port)
+        finally:
+            self._port = None
+            for listener in listeners:
+                await listener.aclose()
+
+    # -- OPEN on libp2p
+
+    async def _handle_open(self, stream: LibP2PStream) -> None:
+        peer = stream.peer_id
+        try:
+            with trio.fail_after(self._limits.setup_timeout):
+                request_bytes = await _receive_setup_frame(stream, "OPEN")
+        except trio.TooSlowError:
+            raise RemoteProtocolError(f"{peer} sent no OPEN in time") from None
+        reply: Offer | Refuse
+        try:
+            request = decode_open(request_bytes)
+            reply = self._offer(request, peer)
+        except (UnsupportedVersionError, NoCommonCipherError, SessionLimitError) as exc:
+            self.refused[type(exc).__name__] += 1
+            reply = refusal_for(exc)
+        except RemoteProtocolError as exc:
+            self.refused["bad_open"] += 1
+            log.info("malformed data channel OPEN from %s: %s", peer, exc)
+            reply = refusal_for(exc)
+        await stream.send_all(encode_reply(reply))
+
+    def _offer(self, request: Open, peer: str) -> Offer | Refuse:
+        port = self._port
+        if port is None:
+            self.refused["not_running"] += 1
+            return Refuse(RefuseCode.UNAVAILABLE, "this node is not accepting data channels now")
+        if self._active[peer] >= self._limits.max_connections_per_peer:
+            raise SessionLimitError(f"{peer} has too many data channels open")
+        return self._table.offer(
+            request,
+            peer_id=peer,
+            server_peer=self._host.get_id().to_base58(),
+            session_id=secrets.token_bytes(SESSION_ID_SIZE),
+            server_nonce=secrets.token_bytes(NONCE_SIZE),
+            secret=secrets.token_bytes(SECRET_SIZE),
+            port=port,
+            now=self._clock(),
+            supported=self._ciphers,
+        )
+
+    # -- TCP
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                conn = await listener.accept()
+            except OSError as exc:
+                # Out of file descriptors and the like: wait a little, keep serving.
+                log.warning("accepting a data connection failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            if self._handshakes >= self._limits.max_handshakes:
+                self.refused["too_many_handshakes"] += 1
+                await conn.aclose()
+                continue
+            self._handshakes += 1
+            nursery.start_soon(self._connection, conn)
+
+    async def _connection(self, conn: trio.SocketStream) -> None:
+        peer: str | None = None
+        stream: EncryptedStream | None = None
+        try:
+            with trio.fail_after(self._limits.handshake_timeout):
+                session = await self._claim(conn)
+                peer = session.peer_id
+                # Counted from the claim on, so concurrent handshakes respect the caps.
+                self._active[peer] += 1
+                stream = await self._prove(conn, session)
+        except Exception as exc:  # noqa: BLE001 - every failure closes this connection only
+            self._note_refusal(exc)
+        finally:
+            self._handshakes -= 1
+            if stream is None:
+                if peer is not None:
+                    self._release(peer)
+                # Closes at once, also when cancelled.
+                await conn.aclose()
+        if stream is None or peer is None:
+            return
+        try:
+            await self._serve_one(stream, peer)
+        finally:
+            self._release(peer)
+
+    async def _serve_one(self, stream: EncryptedStream, peer: str) -> None:
+        clean = False
+        try:
+            await self._serve(stream, peer)
+            clean = True
+        except RemoteError as exc:
+            log.info("data channel from %s: %s; connection reset", peer, exc)
+        except Exception:
+            log.exception("serving a data channel from %s failed; connection reset", peer)
+        finally:
+            if clean:
+                await stream.aclose()
+            else:
+                await stream.reset()
+
+    def _note_refusal(self, exc: Exception) -> None:
+        if isinstance(exc, trio.TooSlowError):
+            self.refused["handshake_timeout"] += 1
+            log.info("a data connection did not complete its handshake in time")
+        elif isinstance(exc, RemoteError):
+            self.refused[type(exc).__name__] += 1
+            log.info("refused a data connection: %s", exc)
+        elif isinstance(exc, (OSError, trio.BrokenResourceError)):
+            self.refused["connection_error"] += 1
+            log.info("a data connection failed during its handshake: %r", exc)
+        else:
+            self.refused["internal"] += 1
+            log.error("a data connection handshake failed", exc_info=exc)
+
+    def _release(self, peer: str) -> None:
+        self._active[peer] -= 1
+        if self._active[peer] <= 0:
+            del self._active[peer]
+
+    async def _claim(self, conn: trio.SocketStream) -> PendingSession:
+        session_id = await _receive_exact(conn, SESSION_ID_SIZE, "handshake")
+        session = self._table.claim(session_id, self._clock())
+        peer = session.peer_id
+        if (
+            self._active[peer] >= self._limits.max_connections_per_peer
+            or self.active_connections() >= self._limits.max_connections
+        ):
+            raise SessionLimitError(f"too many data channels open (now from {peer})")
+        return session
+
+    async def _prove(self, conn: trio.SocketStream, session: PendingSession) -> EncryptedStream:
+        peer = session.peer_id
+        channel = Channel(session.keys, Role.SERVER)
+        hello = await _receive_exact(conn, CLIENT_HELLO_SIZE - SESSION_ID_SIZE, "handshake")
+        channel.accept_client_hello(hello)
+        await conn.send_all(channel.server_hello())
+        return EncryptedStream(conn, channel, peer_id=peer)
+
+
+# --- the client -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataOffer:
+    """A session granted by ``peer_id``: where to connect and the keys to prove it."""
+
+    peer_id: str
+    ip: str
+    port: int
+    keys: SessionKeys
+
+
+async def request_offer(
+    host: IHost,
+    peer_id: str,
+    addrs: Sequence[str],
+    *,
+    timeout: float,
+    ciphers: Sequence[Cipher] = DEFAULT_CIPHERS,
+) -> DataOffer:
+    """Ask ``peer_id`` for a data channel session over a libp2p stream."""
+    try:
+        with trio.fail_after(timeout):
+            return await _request_offer(host, peer_id, addrs, timeout, tuple(ciphers))
+    except trio.TooSlowError:
+        raise DataChannelOpenError(f"{peer_id} made no data channel offer in time") from None
+    except DataChannelOpenError:
+        raise
+    except Exception as exc:  # whatever failed, the caller falls back; the cause is kept
+        raise DataChannelOpenError(f"no data channel offer from {peer_id}: {exc}") from exc
+
+
+async def _request_offer(
+    host: IHost, peer_id: str, addrs: Sequence[str], timeout: float, ciphers: tuple[Cipher, ...]
+) -> DataOffer:
+    request = Open(client_nonce=secrets.token_bytes(NONCE_SIZE), ciphers=ciphers)
+    stream = await open_stream(host, peer_id, addrs, PROTOCOL_ID, timeout)
+    try:
+        ip = _remote_ip(stream, addrs)
+        await stream.send_all(encode_open(request))
+        reply = decode_reply(await _receive_setup_frame(stream, "OFFER"))
+    finally:
+        with trio.move_on_after(CLOSE_GRACE):
+            await stream.aclose()
+    if isinstance(reply, Refuse):
+        raise DataChannelRefusedError(reply.code, reply.reason)
+    keys = client_keys(
+        request, reply, client_peer=host.get_id().to_base58(), server_peer=stream.peer_id
+    )
+    return DataOffer(peer_id=stream.peer_id, ip=ip, port=reply.port, keys=keys)
+
+
+def _remote_ip(stream: LibP2PStream, addrs: Sequence[str]) -> str:
+    """The IP the libp2p connection uses; else the first IP among the peer's addresses."""
+    try:
+        remote = stream.raw.get_remote_address()
+    except Exception:  # noqa: BLE001 - transports without an address raise assorted types
+        remote = None
+    if remote:
+        return str(remote[0])
+    for addr in addrs:
+        try:
+            maddr = multiaddr.Multiaddr(addr)
+        except Exception:  # noqa: BLE001, S112 - multiaddr raises assorted types for bad input
+            continue
+        for proto in ("ip4", "ip6"):
+            try:
+                return str(maddr.value_for_protocol(proto))
+            except Exception:  # noqa: BLE001, S112 - this address has no such component
+                continue
+    raise DataChannelOpenError(f"no IP address known for {stream.peer_id}")
+
+
+async def connect_offer(offer: DataOffer, *, timeout: float) -> EncryptedStream:
+    """Connect to ``offer`` and prove the session key; the authenticated stream."""
+    try:
+        with trio.fail_after(timeout):
+            conn = await trio.open_tcp_stream(offer.ip, offer.port)
+            try:
+                channel = Channel(offer.keys, Role.CLIENT)
+                await conn.send_all(channel.client_hello())
+                hello = await _receive_exact(conn, SERVER_HELLO_SIZE, "handshake")
+                channel.accept_server_hello(hello)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+                raise
+            return EncryptedStream(conn, channel, peer_id=offer.peer_id)
+    except trio.TooSlowError:
+        raise DataChannelOpenError(
+            f"the data connection to {offer.peer_id} at {offer.ip} port {offer.port}"
+            " did not complete in time"
+        ) from None
+    except TruncatedStreamError as exc:
+        raise DataChannelOpenError(
+            f"{offer.peer_id} closed the data connection during the handshake"
+            " (session unknown, used or expired, or the peer is busy)"
+        ) from exc
+    except (P2PShareError, OSError, trio.BrokenResourceError) as exc:
+        raise DataChannelOpenError(
+            f"no data connection to {offer.peer_id} at {offer.ip} port {offer.port}: {exc}"
+        ) from exc
+
+
+async def open_data_channel(
+    host: IHost,
+    peer_id: str,
+    addrs: Sequence[str],
+    *,
+    timeout: float,
+    ciphers: Sequence[Cipher] = DEFAULT_CIPHERS,
+) -> EncryptedStream:
+    """An encrypted data channel to ``peer_id``, within ``timeout`` seconds overall.
+
+    Raises DataChannelOpenError for every failure (the peer lacks the protocol,
+    refuses, its port is closed or filtered, the handshake fails); the caller then
+    opens the libp2p stream instead.
+    """
+    deadline = trio.current_time() + timeout
+    offer = await request_offer(host, peer_id, addrs, timeout=timeout, ciphers=ciphers)
+    return await connect_offer(offer, timeout=max(0.0, deadline - trio.current_time()))

@@ -1,0 +1,545 @@
+"""The data channel between in-process libp2p hosts on 127.0.0.1.
+
+Every test is bounded by trio.fail_after; nothing leaves the loopback interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import random
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+import trio.testing
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
+from p2pshare.identity import NodeKey
+from p2pshare.net.datachannel import (
+    DataChannelLimits,
+    DataChannelOpenError,
+    DataChannelServer,
+    EncryptedStream,
+    connect_offer,
+    open_data_channel,
+    request_offer,
+)
+from p2pshare.net.host import running_host
+from p2pshare.net.streams import HandlerGuard, HandlerLimits
+from p2pshare.proto.datachannel import (
+    CLIENT_HELLO_SIZE,
+    MAX_PLAINTEXT,
+    SESSION_ID_SIZE,
+    Channel,
+    Cipher,
+    DataChannelRefusedError,
+    Role,
+    TruncatedStreamError,
+    derive_keys,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+    from libp2p.abc import IHost
+
+    from p2pshare.net.streams import ByteStream
+
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+
+
+@dataclasses.dataclass
+class Setup:
+    server_host: IHost
+    client_host: IHost
+    server: DataChannelServer
+    port: int = 0
+
+    @property
+    def server_id(self) -> str:
+        return self.server_host.get_id().to_base58()
+
+    @property
+    def client_id(self) -> str:
+        return self.client_host.get_id().to_base58()
+
+    async def open(self, timeout: float = 10) -> EncryptedStream:
+        return await open_data_channel(self.client_host, self.server_id, [], timeout=timeout)
+
+
+async def start(
+    stack: AsyncExitStack,
+    nursery: trio.Nursery,
+    serve: Callable[[ByteStream, str], Awaitable[None]],
+    **kwargs: object,
+) -> Setup:
+    """Two connected hosts, and a data channel server on the first running in ``nursery``."""
+    setup = await prepare(stack, serve, **kwargs)
+    setup.port = await nursery.start(setup.server.run)
+    return setup
+
+
+async def prepare(
+    stack: AsyncExitStack, serve: Callable[[ByteStream, str], Awaitable[None]], **kwargs: object
+) -> Setup:
+    server_host = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
+    client_host = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
+    guard = HandlerGuard(server_host, HandlerLimits())
+    server = DataChannelServer(server_host, guard, "127.0.0.1", serve=serve, **kwargs)  # type: ignore[arg-type]
+    with trio.fail_after(10):
+        await client_host.connect(info_from_p2p_addr(server_host.get_addrs()[0]))
+    return Setup(server_host, client_host, server)
+
+
+async def echo(stream: ByteStream, peer: str) -> None:
+    while data := await stream.receive_some():
+        await stream.send_all(data)
+
+
+async def receive_all(stream: ByteStream) -> bytes:
+    out = bytearray()
+    while data := await stream.receive_some(MAX_PLAINTEXT):
+        out += data
+    return bytes(out)
+
+
+async def exchange(stream: EncryptedStream, payload: bytes, *, seed: int = 1) -> bytes:
+    """Send ``payload`` in random-sized pieces (some above 1 MiB) and collect the echo."""
+    rng = random.Random(seed)
+    received = b""
+
+    async def collect() -> None:
+        nonlocal received
+        received = await receive_all(stream)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect)
+        offset = 0
+        while offset < len(payload):
+            size = rng.choice([1, 100, 65535, 65536, MAX_PLAINTEXT, 3 * MAX_PLAINTEXT + 7])
+            await stream.send_all(payload[offset : offset + size])
+            offset += size
+        await stream.send_eof()
+    return received
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- it works ------------------------------------------------------------------------------
+
+
+async def test_megabytes_arrive_intact_both_ways() -> None:
+    peers: list[str] = []
+
+    async def serve(stream: ByteStream, peer: str) -> None:
+        peers.append(peer)
+        await echo(stream, peer)
+
+    payload = os.urandom(9 * MAX_PLAINTEXT + 12345)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            setup = await start(stack, nursery, serve)
+            stream = await setup.open()
+            assert sha(await exchange(stream, payload)) == sha(payload)
+            await stream.aclose()
+            # Both ciphers, and the other direction first: the server sends, unasked.
+            for cipher in Cipher:
+                offer = await request_offer(
+                    setup.client_host, setup.server_id, [], timeout=10, ciphers=[cipher]
+                )
+                assert offer.keys.cipher is cipher
+                stream = await connect_offer(offer, timeout=10)
+                assert sha(await exchange(stream, payload[:3_000_000], seed=2)) == sha(
+                    payload[:3_000_000]
+                )
+                await stream.aclose()
+            assert peers == [setup.client_id] * 3
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_server_speaks_first_and_ends_with_a_clean_fin() -> None:
+    blob = os.urandom(5 * MAX_PLAINTEXT + 3)
+
+    async def serve(stream: ByteStream, peer: str) -> None:
+        await stream.send_all(blob)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            setup = await start(stack, nursery, serve)
+            stream = await setup.open()
+            assert await receive_all(stream) == blob
+            assert await stream.receive_some() == b"", "EOF stays EOF"
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_transfer_runs_unchanged_over_the_data_channel(tmp_path: Path) -> None:
+    from p2pshare.proto.cid import ContentId
+    from p2pshare.store.catalog import Catalog
+    from p2pshare.store.shares import ShareStore
+    from p2pshare.transfer.downloader import Download, Source
+    from p2pshare.transfer.source import LocalContent
+    from p2pshare.transfer.uploader import serve_transfer
+
+    root = tmp_path
+    seed_catalog, catalog = Catalog(root / "seed.sqlite"), Catalog(root / "get.sqlite")
+    try:
+        seed = ShareStore(seed_catalog, root / "content", NodeKey.generate(), 1 << 20)
+        data = os.urandom(6 * (1 << 20) + 77)
+        (root / "file.bin").write_bytes(data)
+        cid = ContentId.parse(seed.commit(seed.prepare(root / "file.bin")).cid)
+        local = LocalContent(ShareStore(catalog, root / "c2", NodeKey.generate(), 1 << 20))
+        source = LocalContent(seed)
+
+        async def serve(stream: ByteStream, peer: str) -> None:
+            await serve_transfer(stream, source, peer=peer)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+                setup = await start(stack, nursery, serve)
+                opened: list[EncryptedStream] = []
+
+                async def open_stream(src: Source) -> ByteStream:
+                    stream = await open_data_channel(
+                        setup.client_host, src.peer_id, list(src.addrs), timeout=10
+                    )
+                    opened.append(stream)
+                    return stream
+
+                async def no_more() -> list[Source]:
+                    return []
+
+                download = Download(
+                    cid=cid,
+                    dest=root / "out.bin",
+                    force=False,
+                    catalog=catalog,
+                    local=local,
+                    open_stream=open_stream,
+                    find_sources=no_more,
+                    hints=[Source(setup.server_id)],
+                )
+                report = await download.run()
+                nursery.cancel_scope.cancel()
+        assert opened, "the download used the data channel"
+        assert sha((root / "out.bin").read_bytes()) == sha(data)
+        assert report.requested_bytes == len(data)
+    finally:
+        seed_catalog.close()
+        catalog.close()
+
+
+# --- who gets in -----------------------------------------------------------------------------
+
+
+async def raw_attempt(port: int, data: bytes, *, then_close: bool = True) -> bytes:
+    """Connect, send ``data`` (and EOF), and return what the server sends before it closes."""
+    conn = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        try:
+            await conn.send_all(data)
+            if then_close:
+                await conn.send_eof()
+        except trio.BrokenResourceError:
+            pass
+        out = b""
+        try:
+            while chunk := await conn.receive_some():
+                out += chunk
+        except trio.BrokenResourceError:
+            pass
+        return out
+    finally:
+        await conn.aclose()
+
+
+async def test_guessed_ids_garbage_and_stolen_ids_are_refused_and_serving_goes_on() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            setup = await start(
+                stack, nursery, echo, limits=DataChannelLimits(handshake_timeout=0.5)
+            )
+            # A guessed session id, with or without something that looks like a hello.
+            assert await raw_attempt(setup.port, os.urandom(SESSION_ID_SIZE)) == b""
+            assert await raw_attempt(setup.port, os.urandom(SESSION_ID_SIZE + 61)) == b""
+            assert await raw_attempt(setup.port, b"GET / HTTP/1.1\r\n\r\n") == b""
+            # Less than a session id, then close; nothing at all; silence until the timeout.
+            assert await raw_attempt(setup.port, b"hi") == b""
+            assert await raw_attempt(setup.port, b"") == b""
+            assert await raw_attempt(setup.port, b"", then_close=False) == b""
+            # A real session id seen on the wire, with a hello forged without the keys:
+            # refused, and the session is burned for everyone.
+            offer = await request_offer(setup.client_host, setup.server_id, [], timeout=10)
+            forged = derive_keys(
+                secret=os.urandom(32),
+                client_nonce=os.urandom(32),
+                server_nonce=os.urandom(32),
+                session_id=offer.keys.session_id,
+                cipher=offer.keys.cipher,
+                client_peer=setup.client_id,
+                server_peer=setup.server_id,
+            )
+            hello = Channel(forged, Role.CLIENT).client_hello()
+            assert await raw_attempt(setup.port, hello) == b""
+            with pytest.raises(DataChannelOpenError):
+                await connect_offer(offer, timeout=10)
+            assert setup.server.refused["UnknownSessionError"] == 4
+            assert setup.server.refused["FrameAuthenticationError"] == 1
+            assert setup.server.refused["handshake_timeout"] == 1
+            assert setup.server.refused["TruncatedStreamError"] == 2
+            # Everyone else is still served.
+            stream = await setup.open()
+            assert await exchange(stream, b"still here") == b"still here"
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def recording_proxy(
+    target: int, record: bytearray, *, task_status: trio.TaskStatus[int]
+) -> None:
+    """Forward one connection to ``target``, recording what the client sends."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    task_status.started(listener.socket.getsockname()[1])
+    client = await listener.accept()
+    await listener.aclose()
+    upstream = await trio.open_tcp_stream("127.0.0.1", target)
+
+    async def pump(src: trio.SocketStream, dst: trio.SocketStream, keep: bool) -> None:
+        try:
+            while data := await src.receive_some():
+                if keep:
+                    record.extend(data)
+                await dst.send_all(data)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            nursery.cancel_scope.cancel()
+
+    async with client, upstream, trio.open_nursery() as nursery:
+        nursery.start_soon(pump, client, upstream, True)
+        nursery.start_soon(pump, upstream, client, False)
+
+
+async def test_replaying_the_bytes_of_a_finished_session_gets_nothing() -> None:
+    record = bytearray()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            setup = await start(stack, nursery, echo)
+            offer = await request_offer(setup.client_host, setup.server_id, [], timeout=10)
+            proxy_port = await nursery.start(recording_proxy, setup.port, record)
+            stream = await connect_offer(dataclasses.replace(offer, port=proxy_port), timeout=10)
+            secret_text = b"attack at dawn" * 1000
+            assert await exchange(stream, secret_text) == secret_text
+            await stream.aclose()
+            assert secret_text[:14] not in record, "the wire carries ciphertext only"
+            assert record.startswith(offer.keys.session_id)
+            # The attacker replays everything the client sent, then just the hello.
+            assert await raw_attempt(setup.port, bytes(record)) == b""
+            assert await raw_attempt(setup.port, bytes(record[:CLIENT_HELLO_SIZE])) == b""
+            assert setup.server.refused["UnknownSessionError"] == 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_expired_offer_is_refused() -> None:
+    now = [1000.0]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            setup = await start(
+                stack,
+                nursery,
+                echo,
+                limits=DataChannelLimits(session_ttl=30),
+                clock=lambda: now[0],
+            )
+            offer = await request_offer(setup.client_host, setup.server_id, [], timeout=10)
+            now[0] += 30
+            with pytest.raises(DataChannelOpenError, match="handshake"):
+                await connect_offer(offer, timeout=10)
+            assert setup.server.refused["UnknownSessionError"] == 1
+            # An offer used within its time works.
+            offer = await request_offer(setup.client_host, setup.server_id, [], timeout=10)
+            now[0] += 29.9
+            stream = await connect_offer(offer, timeout=10)
+            assert await exchange(stream, b"in time") == b"in time"
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+# --- failing fast, so the caller falls back ------------------------------------------------------
+
+
+async def test_a_closed_data_port_fails_fast() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            setup = await start(stack, nursery, echo)
+            offer = await request_offer(setup.client_host, setup.server_id, [], timeout=10)
+            closed = trio.socket.socket()
+            await closed.bind(("127.0.0.1", 0))
+            closed_port = closed.getsockname()[1]
+            closed.close()
+            started = trio.current_time()
+            with pytest.raises(DataChannelOpenError) as info:
+                await connect_offer(dataclasses.replace(offer, port=closed_port), timeout=10)
+            assert trio.current_time() - started < 2
+            assert isinstance(info.value.__cause__, OSError)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_without_a_data_channel_fails_fast() -> None:
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
+            b = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
+            await a.connect(info_from_p2p_addr(b.get_addrs()[0]))
+            started = trio.current_time()
+            with pytest.raises(DataChannelOpenError):
+                await open_data_channel(a, b.get_id().to_base58(), [], timeout=10)
+            assert trio.current_time() - started < 5
+
+
+async def test_a_busy_server_refuses_and_a_stopped_one_too() -> None:
+    gate = trio.Event()
+
+    async def hold(stream: ByteStream, peer: str) -> None:
+        await gate.wait()
+
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            setup = await prepare(stack, hold, limits=DataChannelLimits(max_connections_per_peer=1))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(setup.server.run)
+                first = await setup.open()
+                with pytest.raises(DataChannelOpenError) as info:
+                    await setup.open()
+                assert isinstance(info.value.__cause__, DataChannelRefusedError)
+                assert info.value.__cause__.code == "busy"
+                gate.set()
+                assert await first.receive_some() == b""
+                await first.aclose()
+                nursery.cancel_scope.cancel()
+            # The handler stays registered on the host; with run() ended it refuses.
+            with pytest.raises(DataChannelOpenError) as info:
+                await setup.open()
+            assert isinstance(info.value.__cause__, DataChannelRefusedError)
+            assert info.value.__cause__.code == "unavailable"
+
+
+async def test_one_failing_connection_leaves_the_others_alone() -> None:
+    async def serve(stream: ByteStream, peer: str) -> None:
+        first = await stream.receive_some()
+        if first == b"boom":
+            await stream.send_all(b"partial answer")
+            raise RuntimeError("a bug while serving one connection")
+        await stream.send_all(first)
+        await echo(stream, peer)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            setup = await start(stack, nursery, serve)
+            good, bad = await setup.open(), await setup.open()
+            await good.send_all(b"hello")
+            assert await good.receive_some() == b"hello"
+            await bad.send_all(b"boom")
+            assert await bad.receive_some() == b"partial answer"
+            with pytest.raises(TruncatedStreamError):
+                await bad.receive_some()
+            await bad.aclose()
+            payload = os.urandom(2 * MAX_PLAINTEXT)
+            assert await exchange(good, payload) == payload
+            await good.aclose()
+            nursery.cancel_scope.cancel()
+
+
+# --- the stream itself, over a socket pair -----------------------------------------------------
+
+
+def stream_pair(*, crypto_in_thread: bool | None) -> tuple[EncryptedStream, EncryptedStream]:
+    keys = derive_keys(
+        secret=b"k" * 32,
+        client_nonce=b"c" * 32,
+        server_nonce=b"n" * 32,
+        session_id=b"s" * 16,
+        cipher=Cipher.AES_256_GCM,
+        client_peer="client",
+        server_peer="server",
+    )
+    a, b = trio.socket.socketpair()
+    return (
+        EncryptedStream(
+            trio.SocketStream(a),
+            Channel(keys, Role.CLIENT),
+            peer_id="server",
+            crypto_in_thread=crypto_in_thread,
+        ),
+        EncryptedStream(
+            trio.SocketStream(b),
+            Channel(keys, Role.SERVER),
+            peer_id="client",
+            crypto_in_thread=crypto_in_thread,
+        ),
+    )
+
+
+@pytest.mark.parametrize("crypto_in_thread", [True, False, None])
+async def test_stream_pair_bulk_and_small_reads(crypto_in_thread: bool | None) -> None:
+    left, right = stream_pair(crypto_in_thread=crypto_in_thread)
+    payload = os.urandom(4 * MAX_PLAINTEXT + 999)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+
+            async def send() -> None:
+                await left.send_all(payload)
+                await left.send_all(memoryview(payload)[:10])
+                await left.aclose()
+
+            nursery.start_soon(send)
+            got = bytearray()
+            while data := await right.receive_some(7777):
+                assert len(data) <= 7777
+                got += data
+        assert bytes(got) == payload + payload[:10]
+        await right.aclose()
+
+
+async def test_stream_rules_of_use() -> None:
+    left, right = stream_pair(crypto_in_thread=None)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(right.receive_some)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await right.receive_some()
+            await left.send_all(b"x")
+        with pytest.raises(ValueError, match="max_bytes"):
+            await right.receive_some(0)
+        await left.send_eof()
+        with pytest.raises(trio.ClosedResourceError):
+            await left.send_all(b"after eof")
+        assert await right.receive_some() == b""
+        await right.send_all(b"the other direction still works")
+        assert await left.receive_some() == b"the other direction still works"
+        await left.aclose()
+        await left.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await left.send_all(b"after close")
+        with pytest.raises(trio.ClosedResourceError):
+            await left.receive_some()
+        # A reset is not a clean end.
+        await right.reset()
+
+
+async def test_a_reset_or_a_cut_connection_is_a_truncation() -> None:
+    left, right = stream_pair(crypto_in_thread=None)
+    with trio.fail_after(10):
+        await left.send_all(b"some data")
+        await left.reset()
+        assert await right.receive_some() == b"some data"
+        with pytest.raises(TruncatedStreamError):
+            await right.receive_some()
+        await right.aclose()
