@@ -176,6 +176,11 @@ class PeerLink:
                 if not isinstance(message, ChunkData):
                     raise RemoteProtocolError("a chunk request was answered with metadata")
                 delivered += 1
-                yield message.chunk_index, memoryview(message.payload)
+                view = memoryview(message.payload)
+                if not isinstance(view.obj, bytes):
+                    # Only immutable memory may cross the awaits between here and the
+                    # write: a reused receive buffer could change under the hash check.
+                    view = memoryview(bytes(view))
+                yield message.chunk_index, view
         if delivered != len(run):
             raise self._failure or PeerGoneError(f"{self.peer_id} went away mid-request")
