@@ -4,7 +4,7 @@ For each network size N (default 10, 25, 50) it starts one bootstrap daemon and
 N-1 daemons that know only the bootstrap node, then:
 * time until findable: a random node shares a new file; another random node asks
   `find` until the provider appears; the time from the share call to that answer.
-* find latency: `find` calls for already-provided content from random nodes,
+* find latency: `find` calls for content whose announcement has gone out, from random nodes,
   timed at the control API (no CLI start-up in the figure); p50 and p95.
 Baseline measured in the same run: one control-API round trip (`id`) on the same
 daemons, the floor under every find. Targets for 50 nodes: findable within 1 s,
@@ -63,6 +63,17 @@ def until_findable(root: Path, sharer: Home, finder: Home, index: int) -> float:
     return float("inf")
 
 
+def wait_announced(home: Home, cid: str, limit: float = 30.0) -> None:
+    """Until the sharer's status says its announcement of ``cid`` went out."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        _, status = timed_call(home, "status", {})
+        assert isinstance(status, dict)
+        if any(s["cid"] == cid and s["provided_at"] for s in status["shares"]):
+            return
+        time.sleep(0.05)
+
+
 def run_size(size: int, rounds: int, rng: random.Random) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="p2ps-dht-") as tmp, ExitStack() as stack:
         root = Path(tmp)
@@ -85,7 +96,9 @@ def run_size(size: int, rounds: int, rng: random.Random) -> dict[str, float]:
             findable.append(until_findable(root, sharer, finder, index))
         for index in range(rounds):
             sharer, finder = rng.sample(homes, 2)
-            cids.append((share_file(root, sharer, rounds + index), finder))
+            cid = share_file(root, sharer, rounds + index)
+            wait_announced(sharer, cid)
+            cids.append((cid, finder))
         lookups = []
         for cid, finder in cids:
             elapsed, result = timed_call(finder, "find", {"cid": cid, "timeout": FIND_TIMEOUT})
