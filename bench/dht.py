@@ -26,7 +26,12 @@ from pathlib import Path
 
 from p2pshare.control.client import ControlClient
 from p2pshare.home import Home
-from p2pshare.launcher import DaemonProcess, init_home, start_all
+from p2pshare.launcher import (
+    DaemonProcess,
+    init_home,
+    start_all,
+    wait_announced,
+)
 
 FIND_TIMEOUT = 10.0
 FINDABLE_DEADLINE = 30.0
@@ -61,17 +66,6 @@ def until_findable(root: Path, sharer: Home, finder: Home, index: int) -> float:
         if result["providers"]:
             return time.perf_counter() - t0
     return float("inf")
-
-
-def wait_announced(home: Home, cid: str, limit: float = 30.0) -> None:
-    """Until the sharer's status says its announcement of ``cid`` went out."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        _, status = timed_call(home, "status", {})
-        assert isinstance(status, dict)
-        if any(s["cid"] == cid and s["provided_at"] for s in status["shares"]):
-            return
-        time.sleep(0.05)
 
 
 def run_size(size: int, rounds: int, rng: random.Random) -> dict[str, float]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,17 +21,15 @@ from pathlib import Path
 import blake3
 
 from p2pshare.home import Home
-from p2pshare.launcher import DaemonProcess, init_home, run_cli
+from p2pshare.launcher import (
+    DaemonProcess,
+    init_home,
+    peak_rss_mb,
+    run_cli,
+    write_varied_file,
+)
 
 MIB = 1 << 20
-
-
-def make_file(path: Path, size: int) -> None:
-    block = os.urandom(MIB)
-    with path.open("wb") as f:
-        for index in range(size // MIB):
-            # Vary each block so no layer can deduplicate or compress it away.
-            f.write(index.to_bytes(8, "little") + block[8:])
 
 
 def blake3_baseline(path: Path) -> float:
@@ -56,13 +53,6 @@ def share_speed(home: Home, path: Path) -> float:
     return path.stat().st_size / elapsed
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc status")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -74,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="p2ps-bench-") as tmp:
         root = Path(tmp)
         data = root / "speed.bin"
-        make_file(data, args.size_mib * MIB)
+        write_varied_file(data, args.size_mib * MIB)
         home = Home(root / "home")
         init_home(home)
         with DaemonProcess(home, log_level="warning") as daemon:
@@ -88,7 +78,7 @@ def main() -> None:
             print(f"  ratio: {speed / baseline:.2f}  (target >= 0.50)")
             data.unlink()
             big = root / "rss.bin"
-            make_file(big, args.rss_size_mib * MIB)
+            write_varied_file(big, args.rss_size_mib * MIB)
             share_speed(home, big)
             print(
                 f"daemon peak RSS after sharing {args.rss_size_mib} MiB: "

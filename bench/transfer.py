@@ -27,16 +27,16 @@ from typing import Any
 
 from p2pshare.control.client import ControlClient
 from p2pshare.home import Home
-from p2pshare.launcher import DaemonProcess, init_home, start_all
+from p2pshare.launcher import (
+    DaemonProcess,
+    init_home,
+    peak_rss_mb,
+    start_all,
+    wait_announced,
+    write_varied_file,
+)
 
 MIB = 1 << 20
-
-
-def make_file(path: Path, size: int) -> None:
-    block = os.urandom(MIB)
-    with path.open("wb") as f:
-        for index in range(size // MIB):
-            f.write(index.to_bytes(8, "little") + block[8:])
 
 
 def call(home: Home, method: str, params: dict[str, Any]) -> Any:
@@ -77,27 +77,9 @@ def plain_tcp(path: Path, out: Path) -> float:
     return size / elapsed
 
 
-def wait_announced(home: Home, cid: str, limit: float = 30.0) -> None:
-    """Until the node's status says it announced ``cid`` (it does so right after a get)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        shares = call(home, "status", {})["shares"]
-        if any(s["cid"] == cid and s["provided_at"] for s in shares):
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"{home.root} did not announce {cid}")
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
-
-
 def single(root: Path, size: int) -> None:
     data = root / "single.bin"
-    make_file(data, size)
+    write_varied_file(data, size)
     homes = [Home(root / "a"), Home(root / "b")]
     for home in homes:
         init_home(home)
@@ -119,7 +101,7 @@ def single(root: Path, size: int) -> None:
 
 def multi(root: Path, size: int, rate: int) -> None:
     data = root / "multi.bin"
-    make_file(data, size)
+    write_varied_file(data, size)
     homes = [Home(root / f"s{i}") for i in range(3)] + [Home(root / "d")]
     for home in homes:
         init_home(home)
@@ -152,7 +134,7 @@ def multi(root: Path, size: int, rate: int) -> None:
 
 def memory(root: Path, size: int) -> None:
     data = root / "rss.bin"
-    make_file(data, size)
+    write_varied_file(data, size)
     homes = [Home(root / "m1"), Home(root / "m2")]
     for home in homes:
         init_home(home)

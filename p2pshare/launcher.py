@@ -181,3 +181,35 @@ def start_all(daemons: Sequence[DaemonProcess], timeout: float = 60.0) -> None:
         daemon.spawn()
     for daemon in daemons:
         daemon.wait_ready(timeout)
+
+
+def wait_announced(home: Home, cid: str, limit: float = 30.0) -> None:
+    """Until the node's status says its announcement of ``cid`` went out (it is sent in
+    the background after a share or a get)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with ControlClient(home) as client:
+            shares = client.call("status")["shares"]
+        if any(s["cid"] == cid and s["provided_at"] for s in shares):
+            return
+        time.sleep(0.05)
+    raise DaemonStartError(f"the daemon of {home.root} did not announce {cid} in {limit:g} s")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident memory of process ``pid`` so far (VmHWM), in MB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:  # noqa: PTH123
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def write_varied_file(path: os.PathLike[str], size: int, block: int = 1 << 20) -> None:
+    """``size`` bytes of random-looking data, cheap to make: one random block, each copy
+    numbered so no layer can deduplicate or compress it away."""
+    data = os.urandom(block)
+    with open(path, "wb") as f:  # noqa: PTH123
+        for index in range(size // block):
+            f.write(index.to_bytes(8, "little") + data[8:])
+        f.write(data[: size % block])
