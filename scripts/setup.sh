@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything p2pshare needs, from this repository's own files:
 # the system packages py-libp2p's build needs (gcc, GMP headers for fastecdsa,
-# Python headers), then a virtualenv in .venv with p2pshare and its test tools.
+# Python headers), iproute2 for the tests, then a virtualenv in .venv with
+# p2pshare and its test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,8 @@ PY=${PYTHON:-$(command -v python3.11 || command -v python3.12 || command -v pyth
 missing=()
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 dpkg -s libgmp-dev >/dev/null 2>&1 || missing+=(libgmp-dev)
+# `ip netns` for the mDNS test, which runs two daemons in network namespaces.
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 "$PY" - <<'PYEOF' || missing+=(python3-dev python3-venv)
 import os, sys, sysconfig
 ok = os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
