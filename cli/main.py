@@ -19,6 +19,10 @@ from p2pshare.home import Home, resolve_home
 
 from .output import kv_lines, show
 
+# Long calls send progress events several times a second; this much silence means the
+# daemon is stuck, and the CLI says so instead of waiting forever.
+LONG_CALL_SILENCE = 300.0
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
 
@@ -246,7 +250,7 @@ def share(
     if name:
         params["name"] = name
     with (
-        ControlClient(_home(ctx), timeout=None) as client,
+        ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,
         ByteProgress("hashing", enabled=not (no_progress or as_json)) as bar,
     ):
         result = client.call("share", params, on_event=bar.on_event)
@@ -334,7 +338,7 @@ def get(
 
     params = {"ref": ref, "dest": str(output.absolute()), "force": force}
     with (
-        ControlClient(_home(ctx), timeout=None) as client,
+        ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,
         ByteProgress("downloading", enabled=not (no_progress or as_json), min_bytes=0) as bar,
     ):
         result = client.call("get", params, on_event=bar.on_event)
