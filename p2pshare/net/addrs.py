@@ -27,13 +27,16 @@ def announce_addrs(host: IHost, configured: Sequence[str]) -> list[multiaddr.Mul
     """``configured`` if given, else the listen addresses with 0.0.0.0 expanded.
 
     A provider record or ticket holding 0.0.0.0 is useless to the peer reading it,
-    so an unspecified listen address becomes one address per local IPv4 interface.
+    so an unspecified IPv4 listen address becomes one address per local interface;
+    an unspecified IPv6 one (not expanded yet) is left out.
     """
     if configured:
         return [multiaddr.Multiaddr(a) for a in configured]
     result: list[multiaddr.Multiaddr] = []
     for addr in host.get_transport_addrs():
         text = str(addr)
+        if text.startswith("/ip6/::/"):
+            continue
         if text.startswith("/ip4/0.0.0.0/"):
             rest = text.removeprefix("/ip4/0.0.0.0")
             result += [multiaddr.Multiaddr(f"/ip4/{ip}{rest}") for ip in _interface_ipv4()]

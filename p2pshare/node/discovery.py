@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import multiaddr
 import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -255,9 +256,7 @@ class Discovery:
             {
                 "peer_id": p.peer_id,
                 "addrs": list(p.addrs),
-                "latency_ms": None
-                if latencies[p.peer_id] is None
-                else round(latencies[p.peer_id] or 0.0, 3),
+                "latency_ms": None if (ms := latencies[p.peer_id]) is None else round(ms, 3),
             }
             for p in found
         ]
@@ -268,8 +267,6 @@ class Discovery:
 
 def parse_remembered(peer: KnownPeer) -> PeerInfo | None:
     """A remembered peer as a PeerInfo; None if what the catalog holds is unusable."""
-    import multiaddr  # noqa: PLC0415
-
     try:
         return PeerInfo(ID.from_base58(peer.peer_id), [multiaddr.Multiaddr(a) for a in peer.addrs])
     except Exception:  # noqa: BLE001 - a damaged row is skipped, not fatal

@@ -12,7 +12,7 @@ import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
 from p2pshare.proto.cid import ContentId
-from p2pshare.proto.ticket import Ticket
+from p2pshare.proto.ticket import MAX_ADDRS, Ticket
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,10 +63,8 @@ class SharesApi:
     on_shared: Callable[[str], None]
 
     def ticket(self, cid: str) -> str:
-        suffix = f"/p2p/{self.peer_id}"
-        addrs = [a.removesuffix(suffix) for a in self.addrs()]
-        usable = [a for a in addrs if "/ip4/0.0.0.0/" not in a and "/ip6/::/" not in a]
-        return str(Ticket(ContentId.parse(cid), self.peer_id, tuple(usable[:16])))
+        addrs = tuple(self.addrs()[:MAX_ADDRS])
+        return str(Ticket(ContentId.parse(cid), self.peer_id, addrs))
 
     async def share(self, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         path_text = _str_param(params, "path")

@@ -297,9 +297,7 @@ class Download:
             workers.start_soon(self._report_progress)
             for peer, link in list(self._links.items()):
                 workers.start_soon(self._serve_peer, peer, link)
-            while not picker.done and (self._links or not picker.peers):
-                if not self._links:
-                    break
+            while not picker.done and self._links:
                 await self._wait_change(1.0)
             workers.cancel_scope.cancel()
         if not picker.done:
