@@ -183,14 +183,15 @@ def start_all(daemons: Sequence[DaemonProcess], timeout: float = 60.0) -> None:
         daemon.wait_ready(timeout)
 
 
-def wait_announced(home: Home, cid: str, limit: float = 30.0) -> None:
-    """Until the node's status says its announcement of ``cid`` went out (it is sent in
-    the background after a share or a get)."""
+def wait_announced(home: Home, cid: str, limit: float = 30.0, since: int = 0) -> None:
+    """Until the node's status says its announcement of ``cid`` went out at or after
+    ``since`` (Unix seconds); announcements are sent in the background after a share,
+    a get or a start."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         with ControlClient(home) as client:
             shares = client.call("status")["shares"]
-        if any(s["cid"] == cid and s["provided_at"] for s in shares):
+        if any(s["cid"] == cid and (s["provided_at"] or -1) >= since for s in shares):
             return
         time.sleep(0.05)
     raise DaemonStartError(f"the daemon of {home.root} did not announce {cid} in {limit:g} s")

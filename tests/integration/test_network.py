@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from p2pshare.home import Home
-from p2pshare.launcher import DaemonProcess, init_home, run_cli, start_all
+from p2pshare.launcher import DaemonProcess, init_home, run_cli, start_all, wait_announced
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -93,6 +93,8 @@ def test_find_through_the_dht_and_reprovide_after_restart(
     restarted = DaemonProcess(sharer.home)
     with restarted:
         restarted.start()
+        # The daemon announces its shares in the background once it has joined.
+        wait_announced(sharer.home, cid, since=restarted_at)
         status = cli_json(sharer.home, "status")
         (entry,) = status["shares"]
         assert entry["provided_at"] >= restarted_at >= first_provided
