@@ -1,9 +1,10 @@
 """The libp2p host: our node key, TCP + Noise + Yamux and nothing else.
 
 py-libp2p 0.8.1 offers plaintext, secio and TLS next to Noise by default, so a
-dialer could negotiate an unencrypted connection; we pass the security and muxer
-options explicitly.  ``max_connections_per_peer=1`` also removes the 250 ms
-happy-eyeballs wait on every dial (measured in ../shared/notes/py-libp2p-0.8.1.md).
+dialer could negotiate an unencrypted connection, and mplex next to Yamux; we pass
+the security and muxer options explicitly.  ``max_connections_per_peer=1`` also
+removes the 250 ms happy-eyeballs wait on every dial (measured in
+../shared/notes/py-libp2p-0.8.1.md).
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from typing import TYPE_CHECKING
 
 import multiaddr
 import trio
-from libp2p import create_yamux_muxer_option, new_host
+from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.swarm import Swarm
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2pshare.errors import ConfigError
 
@@ -69,7 +73,9 @@ def build_host(key: NodeKey, *, max_connections: int = 300) -> IHost:
     return new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
-        muxer_opt=create_yamux_muxer_option(),
+        # Not create_yamux_muxer_option(): it adds mplex as a fallback, which a peer
+        # could then select.
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         connection_config=ConnectionConfig(
             max_connections_per_peer=1, max_connections=max_connections
         ),

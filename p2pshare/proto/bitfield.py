@@ -59,11 +59,11 @@ class Bitfield:
 
         The length is checked before anything is copied.
         """
-        field = cls(size)
-        if len(data) != len(field._bits):
+        if type(size) is int and size >= 0 and len(data) != _byte_length(size):
             raise RemoteProtocolError(
-                f"a bitfield of {size} bits has {len(field._bits)} bytes, not {len(data)}"
+                f"a bitfield of {size} bits has {_byte_length(size)} bytes, not {len(data)}"
             )
+        field = cls(size)
         field._bits[:] = data
         if size % 8 and field._bits[-1] & (0xFF >> (size % 8)):
             raise RemoteProtocolError(f"bits after the last of {size} are set in a bitfield")

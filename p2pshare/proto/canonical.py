@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# Far deeper than any p2pshare message (manifests nest three levels).
+MAX_DEPTH = 16
+
 
 def pack(value: object) -> bytes:
     """Encode with msgpack's ``bin`` type for bytes, so bytes and text never alias."""
@@ -42,6 +45,8 @@ def unpack(
     """Decode untrusted msgpack, refusing before allocating anything beyond the limits."""
     if len(data) > max_size:
         raise RemoteProtocolError(f"{what} has {len(data)} bytes, more than the limit {max_size}")
+    # msgpack allocates a container for the count its header declares; each element
+    # takes at least one byte, so no honest count exceeds the input's length.
     try:
         value: object = msgpack.unpackb(
             data,
@@ -50,8 +55,8 @@ def unpack(
             strict_map_key=True,
             max_str_len=max_str_len,
             max_bin_len=max_bin_len,
-            max_array_len=max_array_len,
-            max_map_len=max_map_len,
+            max_array_len=min(max_array_len, len(data)),
+            max_map_len=min(max_map_len, len(data) // 2),
             max_ext_len=0,
         )
     # msgpack signals every malformation through ValueError (ExtraData, FormatError,
@@ -59,7 +64,28 @@ def unpack(
     # TypeError covers unhashable map keys.
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise RemoteProtocolError(f"{what} is not valid msgpack ({exc})") from exc
+    if nesting_exceeds(value, MAX_DEPTH):
+        raise RemoteProtocolError(f"{what} nests more than {MAX_DEPTH} levels deep")
     return value
+
+
+def nesting_exceeds(value: object, max_depth: int) -> bool:
+    """True if lists and maps in ``value`` nest deeper than ``max_depth``.
+
+    msgpack accepts about a thousand levels, where repr(), comparisons and re-encoding
+    hit Python's recursion limit: an error message quoting a peer's value would raise
+    RecursionError instead of a protocol error.  Walked without recursion.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list | dict):
+            if depth > max_depth:
+                return True
+            stack.extend(
+                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return False
 
 
 def decode_canonical(

@@ -21,12 +21,16 @@ from typing import Any
 import msgpack
 
 from p2pshare.errors import LocalProtocolError, RemoteProtocolError
+from p2pshare.proto.canonical import nesting_exceeds
 from p2pshare.proto.framing import encode_frame
 
 VERSION = 1
 MAX_FRAME = 4 * 1024 * 1024
 MAX_ID = 2**53
 _MAX_NAME = 64
+# Params and results are small documents; deeper nesting only serves to reach
+# Python's recursion limit in whatever walks them.
+_MAX_DEPTH = 32
 
 
 class ErrorCode:
@@ -101,6 +105,8 @@ def _unpack_map(payload: bytes) -> dict[str, Any]:
         raise RemoteProtocolError(f"frame is not valid msgpack: {exc}") from exc
     if not isinstance(obj, dict):
         raise RemoteProtocolError("a control message must be a msgpack map")
+    if nesting_exceeds(obj, _MAX_DEPTH):
+        raise RemoteProtocolError(f"a control message nests more than {_MAX_DEPTH} levels deep")
     return obj
 
 
