@@ -1,8 +1,11 @@
-"""Shared test set-up: hypothesis profiles and node homes.
+"""Shared test set-up: hypothesis profiles, heavy variants and node homes.
 
 Hypothesis profiles, chosen with P2PSHARE_HYPOTHESIS:
 * ``quick`` (default) -- enough examples to catch regressions in CI time;
 * ``thorough`` -- many more examples, for a deliberate long run.
+
+Tests marked ``heavy`` (bigger files, longer runs) are skipped unless
+``P2PSHARE_HEAVY=1``, so the default run stays within its time budget.
 """
 
 from __future__ import annotations
@@ -28,6 +31,16 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("P2PSHARE_HYPOTHESIS", "quick"))
+HEAVY = os.environ.get("P2PSHARE_HEAVY") == "1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if HEAVY:
+        return
+    skip = pytest.mark.skip(reason="heavy variant; set P2PSHARE_HEAVY=1 to run it")
+    for item in items:
+        if "heavy" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

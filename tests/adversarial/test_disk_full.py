@@ -1,0 +1,118 @@
+"""A disk that fills up mid-download, injected at the output layer (no mount needed).
+
+The daemon-level variant on a real, small tmpfs is in test_faults.py; this one runs
+anywhere.  What must hold: a clear error, no file at the destination, a progress
+record that claims only chunks really written, and a resume that finishes the file
+byte for byte without fetching those chunks again.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+import trio.testing
+
+from p2pshare.errors import UserError, leaf_errors
+from p2pshare.identity import NodeKey
+from p2pshare.proto.chunks import MIN_CHUNK_SIZE
+from p2pshare.proto.cid import ContentId
+from p2pshare.store.catalog import Catalog
+from p2pshare.store.shares import ShareStore
+from p2pshare.transfer.downloader import Download, DownloadReport, Source
+from p2pshare.transfer.output import partial_path
+from p2pshare.transfer.source import LocalContent
+from p2pshare.transfer.uploader import serve_transfer
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from p2pshare.net.streams import ByteStream
+    from p2pshare.proto.chunks import BytesLike
+
+CHUNK = MIN_CHUNK_SIZE
+
+
+class Disk:
+    """``os.pwrite`` with ``free`` bytes left: a short write, then ENOSPC, like a real one."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self._pwrite = os.pwrite
+
+    def pwrite(self, fd: int, data: BytesLike, offset: int) -> int:
+        if self.free <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = self._pwrite(fd, memoryview(data)[: self.free], offset)
+        self.free -= written
+        return written
+
+
+async def no_more_sources() -> list[Source]:
+    return []
+
+
+async def download(
+    root: Path, store: ShareStore, catalog: Catalog, cid: ContentId
+) -> DownloadReport:
+    local = LocalContent(ShareStore(catalog, root / "c2", NodeKey.generate(), CHUNK))
+    async with trio.open_nursery() as nursery:
+
+        async def open_stream(_source: Source) -> ByteStream:
+            ours, theirs = trio.testing.memory_stream_pair()
+            nursery.start_soon(serve, theirs)
+            return ours
+
+        async def serve(stream: ByteStream) -> None:
+            try:
+                await serve_transfer(stream, LocalContent(store))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.aclose()
+
+        report = await Download(
+            cid=cid,
+            dest=root / "out" / "file.bin",
+            force=False,
+            catalog=catalog,
+            local=local,
+            open_stream=open_stream,
+            find_sources=no_more_sources,
+            hints=[Source("seeder")],
+        ).run()
+        nursery.cancel_scope.cancel()
+    return report
+
+
+async def test_a_full_disk_fails_clearly_and_resumes_without_refetching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_catalog, catalog = Catalog(tmp_path / "seed.sqlite"), Catalog(tmp_path / "g.sqlite")
+    store = ShareStore(seed_catalog, tmp_path / "content", NodeKey.generate(), CHUNK)
+    data = os.urandom(40 * CHUNK + 77)
+    (tmp_path / "file.bin").write_bytes(data)
+    cid = ContentId.parse(store.commit(store.prepare(tmp_path / "file.bin")).cid)
+    (tmp_path / "out").mkdir()
+    dest = tmp_path / "out" / "file.bin"
+    disk = Disk(free=10 * CHUNK + CHUNK // 2)
+    monkeypatch.setattr(os, "pwrite", disk.pwrite)
+    try:
+        with trio.fail_after(30):
+            with pytest.raises(BaseException) as failure:  # noqa: PT011 - the leaf is checked
+                await download(tmp_path, store, catalog, cid)
+            (error,) = leaf_errors(failure.value)
+            assert isinstance(error, UserError)
+            assert str(error).startswith(f"cannot write {partial_path(dest)}: ")
+            assert "resumes with the same command" in str(error)
+            assert not dest.exists()
+
+            disk.free = len(data)
+            report = await download(tmp_path, store, catalog, cid)
+        assert dest.read_bytes() == data
+        assert 0 < report.resumed_chunks <= 10
+        assert report.requested_bytes == len(data) - report.resumed_chunks * CHUNK
+    finally:
+        seed_catalog.close()
+        catalog.close()
