@@ -11,6 +11,10 @@ p2pshare.proto.datachannel; security argument: docs/data-channel.md).
 * :func:`open_data_channel` asks a peer for a session and connects; any failure is a
   :class:`DataChannelOpenError`, and the caller falls back to a libp2p stream.
 
+A connection on which nothing moves either way for ``idle_timeout`` seconds (the peer
+went silent, vanished without a FIN or RST, or stopped reading) fails with
+:class:`DataChannelIdleError`, so it never holds a task and a connection slot forever.
+
 What keeps it fast: 1 MiB frames, a preallocated receive buffer filled with
 ``recv_into`` (no bytes joined or sliced per read), ``encrypt_into`` a preallocated
 send buffer, and the AEAD of large frames inline while it is fast (AES-NI: 0.15 ms per
@@ -29,8 +33,10 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
 import secrets
 import time
 from collections import Counter
@@ -108,6 +114,13 @@ _INITIAL_RECEIVE_BUFFER: Final = 64 * 1024
 _RECEIVE_SLACK: Final = 64 * 1024
 # How long aclose() tries to send the FIN before it just closes the socket.
 CLOSE_GRACE: Final = 2.0
+# Addresses of one peer tried for its data port: the connection's, then a few it announces.
+MAX_DATA_IPS: Final = 4
+_UNSPECIFIED: Final = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared, never bound
+# Seconds without a byte received or sent before a connection counts as dead.  Well
+# above the downloader's 60 s request timeout, so a slow but live transfer is never cut
+# here, and short enough that a vanished peer frees its slot within minutes.
+IDLE_TIMEOUT: Final = 120.0
 
 
 class DataChannelOpenError(RemoteError):
@@ -122,6 +135,10 @@ class DataChannelSetupError(UserError):
     """The data channel listener cannot start (port taken, address not ours)."""
 
 
+class DataChannelIdleError(StreamBrokenError):
+    """Nothing was received or sent for the idle timeout: the peer is taken to be gone."""
+
+
 @dataclass(frozen=True)
 class DataChannelLimits:
     """Bounds of a :class:`DataChannelServer`."""
@@ -134,6 +151,7 @@ class DataChannelLimits:
     max_handshakes: int = 32
     max_connections: int = 64
     max_connections_per_peer: int = 8
+    idle_timeout: float | None = IDLE_TIMEOUT
 
 
 # --- the encrypted stream ---------------------------------------------------------------
@@ -189,6 +207,11 @@ class EncryptedStream:
 
     ``crypto_in_thread`` forces where large frames are sealed and opened (tests); the
     default, None, decides by measurement (see OFFLOAD_ABOVE).
+
+    ``idle_timeout``: a receive or send that waits on the peer raises
+    :class:`DataChannelIdleError` once nothing was received from the socket and
+    nothing accepted by it for that many seconds, in either direction, so a send that
+    keeps the connection busy also keeps a waiting receive alive.  None: no limit.
     """
 
     def __init__(
@@ -198,11 +221,22 @@ class EncryptedStream:
         *,
         peer_id: str,
         crypto_in_thread: bool | None = None,
+        idle_timeout: float | None = IDLE_TIMEOUT,
     ) -> None:
         self.peer_id = peer_id
+        self._idle_timeout = math.inf if idle_timeout is None else idle_timeout
+        self._last_activity = trio.current_time()
         self._seal_placement = _CryptoPlacement(crypto_in_thread)
         self._open_placement = _CryptoPlacement(crypto_in_thread)
         self._stream = stream
+        if hasattr(trio.socket, "TCP_NOTSENT_LOWAT"):
+            # trio sets 16 KiB, which suits interactive streams; a bulk sender would
+            # wake and call send() for every 16 KiB the peer drains.  With a frame's
+            # worth, a frame goes out in one or two calls.
+            with contextlib.suppress(OSError):
+                stream.setsockopt(
+                    trio.socket.IPPROTO_TCP, trio.socket.TCP_NOTSENT_LOWAT, MAX_WIRE_FRAME
+                )
         self._sealer = channel.sealer
         self._opener = channel.opener
         self._receive_buffer = bytearray(_INITIAL_RECEIVE_BUFFER)
@@ -306,10 +340,18 @@ class EncryptedStream:
 
     async def _fill(self) -> None:
         with memoryview(self._receive_buffer) as view, view[self._end :] as free:
-            try:
-                received = await self._stream.socket.recv_into(free, len(free))
-            except OSError as exc:
-                raise StreamBrokenError(f"data channel from {self.peer_id} broke: {exc!r}") from exc
+            while True:
+                # A trio socket call cancelled while it waits has consumed nothing.
+                with trio.move_on_at(self._last_activity + self._idle_timeout):
+                    try:
+                        received = await self._stream.socket.recv_into(free, len(free))
+                    except OSError as exc:
+                        raise StreamBrokenError(
+                            f"data channel from {self.peer_id} broke: {exc!r}"
+                        ) from exc
+                    break
+                self._check_idle()
+        self._last_activity = trio.current_time()
         if not received:
             raise TruncatedStreamError(
                 f"the data channel from {self.peer_id} ended without its FIN"
@@ -354,10 +396,29 @@ class EncryptedStream:
         return memoryview(self._send_buffer)
 
     async def _send_raw(self, data: bytes | memoryview) -> None:
-        try:
-            await self._stream.send_all(data)
-        except trio.BrokenResourceError as exc:
-            raise StreamBrokenError(f"data channel to {self.peer_id} broke: {exc!r}") from exc
+        # Socket sends rather than SocketStream.send_all: each partial send is
+        # progress, so a slow reader is not mistaken for an idle one.
+        with memoryview(data) as view:
+            sent = 0
+            while sent < len(view):
+                with trio.move_on_at(self._last_activity + self._idle_timeout):
+                    try:
+                        sent += await self._stream.socket.send(view[sent:])
+                    except OSError as exc:
+                        raise StreamBrokenError(
+                            f"data channel to {self.peer_id} broke: {exc!r}"
+                        ) from exc
+                    self._last_activity = trio.current_time()
+                    continue
+                self._check_idle()
+
+    def _check_idle(self) -> None:
+        """After a wait timed out: fail unless the other direction moved meanwhile."""
+        if trio.current_time() >= self._last_activity + self._idle_timeout:
+            raise DataChannelIdleError(
+                f"nothing moved on the data channel with {self.peer_id} for"
+                f" {self._idle_timeout:g} s; the peer is taken to be gone"
+            )
 
     async def send_eof(self) -> None:
         """Send our FIN: the peer reads ``b""`` after everything sent so far."""
@@ -642,7 +703,7 @@ class DataChannelServer:
         hello = await _receive_exact(conn, CLIENT_HELLO_SIZE - SESSION_ID_SIZE, "handshake")
         channel.accept_client_hello(hello)
         await conn.send_all(channel.server_hello())
-        return EncryptedStream(conn, channel, peer_id=peer)
+        return EncryptedStream(conn, channel, peer_id=peer, idle_timeout=self._limits.idle_timeout)
 
 
 # --- the client -------------------------------------------------------------------------
@@ -650,10 +711,13 @@ class DataChannelServer:
 
 @dataclass(frozen=True)
 class DataOffer:
-    """A session granted by ``peer_id``: where to connect and the keys to prove it."""
+    """A session granted by ``peer_id``: where to connect and the keys to prove it.
+
+    ``ips`` are tried in order (see :func:`data_channel_ips`).
+    """
 
     peer_id: str
-    ip: str
+    ips: tuple[str, ...]
     port: int
     keys: SessionKeys
 
@@ -684,7 +748,9 @@ async def _request_offer(
     request = Open(client_nonce=secrets.token_bytes(NONCE_SIZE), ciphers=ciphers)
     stream = await open_stream(host, peer_id, addrs, PROTOCOL_ID, timeout)
     try:
-        ip = _remote_ip(stream, addrs)
+        ips = data_channel_ips(_remote_ip(stream), addrs)
+        if not ips:
+            raise DataChannelOpenError(f"no IP address known for {stream.peer_id}")
         await stream.send_all(encode_open(request))
         reply = decode_reply(await _receive_setup_frame(stream, "OFFER"))
     finally:
@@ -695,17 +761,29 @@ async def _request_offer(
     keys = client_keys(
         request, reply, client_peer=host.get_id().to_base58(), server_peer=stream.peer_id
     )
-    return DataOffer(peer_id=stream.peer_id, ip=ip, port=reply.port, keys=keys)
+    return DataOffer(peer_id=stream.peer_id, ips=ips, port=reply.port, keys=keys)
 
 
-def _remote_ip(stream: LibP2PStream, addrs: Sequence[str]) -> str:
-    """The IP the libp2p connection uses; else the first IP among the peer's addresses."""
+def _remote_ip(stream: LibP2PStream) -> str | None:
+    """The far end's IP of the libp2p connection, if the transport has one."""
     try:
         remote = stream.raw.get_remote_address()
     except Exception:  # noqa: BLE001 - transports without an address raise assorted types
         remote = None
-    if remote:
-        return str(remote[0])
+    return str(remote[0]) if remote else None
+
+
+def data_channel_ips(remote_ip: str | None, addrs: Sequence[str]) -> tuple[str, ...]:
+    """Where to look for a peer's data port, best first.
+
+    First the IP of the libp2p connection (the address we dialed, or the one the peer
+    came from), then the IPs of the addresses the peer announces (``addrs``: from a
+    ticket, a provider record or the peerstore).  A node behind NAT announces its
+    public address (``[network] announce``) and forwards its fixed data port there;
+    when it dialed us, the connection shows its NAT's outgoing address, which need
+    not be the one that forwards the port.
+    """
+    ips = [] if remote_ip is None else [remote_ip]
     for addr in addrs:
         try:
             maddr = multiaddr.Multiaddr(addr)
@@ -713,17 +791,44 @@ def _remote_ip(stream: LibP2PStream, addrs: Sequence[str]) -> str:
             continue
         for proto in ("ip4", "ip6"):
             try:
-                return str(maddr.value_for_protocol(proto))
+                ip = str(maddr.value_for_protocol(proto))
             except Exception:  # noqa: BLE001, S112 - this address has no such component
                 continue
-    raise DataChannelOpenError(f"no IP address known for {stream.peer_id}")
+            if ip not in ips and ip not in _UNSPECIFIED:
+                ips.append(ip)
+    return tuple(ips[:MAX_DATA_IPS])
 
 
-async def connect_offer(offer: DataOffer, *, timeout: float) -> EncryptedStream:
+async def _connect_first(ips: Sequence[str], port: int, deadline: float) -> trio.SocketStream:
+    """A TCP connection to the first of ``ips`` that accepts one on ``port``.
+
+    Each address gets an equal share of the time left, so one that drops packets
+    cannot use it all.  Nothing is sent here: a wrong host costs no session.
+    """
+    failures: list[str] = []
+    last: OSError | None = None
+    for position, ip in enumerate(ips):
+        share = (deadline - trio.current_time()) / (len(ips) - position)
+        with trio.move_on_after(share):
+            try:
+                return await trio.open_tcp_stream(ip, port)
+            except OSError as exc:
+                failures.append(f"{ip}: {exc.strerror or exc}")
+                last = exc
+                continue
+        failures.append(f"{ip}: no answer in {share:.1f} s")
+    raise DataChannelOpenError(
+        f"no data connection on port {port}: {'; '.join(failures)}"
+    ) from last
+
+
+async def connect_offer(
+    offer: DataOffer, *, timeout: float, idle_timeout: float | None = IDLE_TIMEOUT
+) -> EncryptedStream:
     """Connect to ``offer`` and prove the session key; the authenticated stream."""
     try:
         with trio.fail_after(timeout):
-            conn = await trio.open_tcp_stream(offer.ip, offer.port)
+            conn = await _connect_first(offer.ips, offer.port, trio.current_time() + timeout)
             try:
                 channel = Channel(offer.keys, Role.CLIENT)
                 await conn.send_all(channel.client_hello())
@@ -733,11 +838,12 @@ async def connect_offer(offer: DataOffer, *, timeout: float) -> EncryptedStream:
                 with trio.CancelScope(shield=True):
                     await conn.aclose()
                 raise
-            return EncryptedStream(conn, channel, peer_id=offer.peer_id)
+            return EncryptedStream(conn, channel, peer_id=offer.peer_id, idle_timeout=idle_timeout)
+    except DataChannelOpenError:
+        raise
     except trio.TooSlowError:
         raise DataChannelOpenError(
-            f"the data connection to {offer.peer_id} at {offer.ip} port {offer.port}"
-            " did not complete in time"
+            f"the data connection to {offer.peer_id} port {offer.port} did not complete in time"
         ) from None
     except TruncatedStreamError as exc:
         raise DataChannelOpenError(
@@ -746,7 +852,7 @@ async def connect_offer(offer: DataOffer, *, timeout: float) -> EncryptedStream:
         ) from exc
     except (P2PShareError, OSError, trio.BrokenResourceError) as exc:
         raise DataChannelOpenError(
-            f"no data connection to {offer.peer_id} at {offer.ip} port {offer.port}: {exc}"
+            f"no data connection to {offer.peer_id} port {offer.port}: {exc}"
         ) from exc
 
 

@@ -69,6 +69,8 @@ _MAX_ROLE = 16
 _MAX_HELLO_FIELDS = 16
 _CODE_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 _DATA_HEADER = struct.Struct(">BII")
+# A DATA frame up to its chunk: the length prefix and the DATA header.
+_DATA_FRAME_HEAD: Final = HEADER_SIZE + DATA_HEADER_SIZE
 
 
 class Role(StrEnum):
@@ -550,8 +552,10 @@ class TransferDecoder:
     replies, a client's refuses requests.  ``max_chunk_size`` (the largest chunk size
     the client expects, MAX_CHUNK_SIZE by default) bounds DATA frames.
 
-    Frames that arrive whole in one fed ``bytes`` object are sliced, not copied; a
-    frame split across feeds is gathered once.  Every error is final: the decoder
+    Frames that arrive whole in one fed ``bytes`` object are sliced, not copied, and
+    so is a DATA chunk that arrives whole in one feed after its header came in
+    earlier ones (a data channel delivers header and chunk as separate plaintexts);
+    any other frame split across feeds is gathered once.  Every error is final: the decoder
     raises it again on any later call, and the stream should be closed (after an
     ERROR frame, see ``closing_error``).
     """
@@ -592,8 +596,7 @@ class TransferDecoder:
         if self._error is not None:
             raise self._error
         try:
-            frame = self._next_frame()
-            return None if frame is None else self._decode(frame)
+            return self._next()
         except RemoteProtocolError as exc:
             self._error = exc
             raise
@@ -621,18 +624,9 @@ class TransferDecoder:
             )
         return HEADER_SIZE + length
 
-    def _next_frame(self) -> memoryview | None:
+    def _next(self) -> Message | None:
         if not self._buffer:
-            if not self._view:
-                return None
-            size = self._frame_size(self._view[: HEADER_SIZE + 1])
-            if size is not None and len(self._view) >= size:
-                frame = self._view[HEADER_SIZE:size]
-                self._view = self._view[size:]
-                return frame
-            self._buffer += self._view
-            self._view = memoryview(b"")
-            return None
+            return self._next_unbuffered()
         # Complete the frame in _buffer: first its header, then exactly its body.
         size = self._frame_size(self._buffer)
         if size is None:
@@ -640,13 +634,44 @@ class TransferDecoder:
             size = self._frame_size(self._buffer)
             if size is None:
                 return None
+        if self._buffer[HEADER_SIZE] == MessageType.DATA and size > _DATA_FRAME_HEAD:
+            chunk = self._split_chunk(size)
+            if chunk is not None:
+                return chunk
         self._take(size - len(self._buffer))
         if len(self._buffer) < size:
             return None
         # Hand the buffer itself over: no copy, and nobody writes to it again.
         frame = memoryview(self._buffer).toreadonly()[HEADER_SIZE:]
         self._buffer = bytearray()
-        return frame
+        return self._decode(frame)
+
+    def _next_unbuffered(self) -> Message | None:
+        """A frame wholly in _view, sliced; else what there is of it goes to _buffer."""
+        if not self._view:
+            return None
+        size = self._frame_size(self._view[: HEADER_SIZE + 1])
+        if size is not None and len(self._view) >= size:
+            frame = self._view[HEADER_SIZE:size]
+            self._view = self._view[size:]
+            return self._decode(frame)
+        self._buffer += self._view
+        self._view = memoryview(b"")
+        return None
+
+    def _split_chunk(self, size: int) -> Message | None:
+        """The DATA frame in _buffer if its chunk is all in _view: the chunk is sliced."""
+        if len(self._buffer) > _DATA_FRAME_HEAD:
+            return None
+        self._take(_DATA_FRAME_HEAD - len(self._buffer))
+        chunk_size = size - _DATA_FRAME_HEAD
+        if len(self._buffer) < _DATA_FRAME_HEAD or len(self._view) < chunk_size:
+            return None
+        head = memoryview(bytes(self._buffer))[HEADER_SIZE:]
+        self._buffer = bytearray()
+        chunk = self._view[:chunk_size]
+        self._view = self._view[chunk_size:]
+        return self._decode_data(head, chunk)
 
     def _take(self, n: int) -> None:
         self._buffer += self._view[:n]
@@ -657,12 +682,7 @@ class TransferDecoder:
         if kind is MessageType.DATA:
             if len(frame) <= DATA_HEADER_SIZE:
                 raise RemoteProtocolError("a DATA frame carries at least one byte of chunk")
-            _kind, req_id, chunk_index = _DATA_HEADER.unpack(frame[:DATA_HEADER_SIZE])
-            return ChunkData(
-                _req_id(req_id),
-                _int(chunk_index, "chunk index", 0, MAX_TOTAL_CHUNKS - 1),
-                frame[DATA_HEADER_SIZE:],
-            )
+            return self._decode_data(frame[:DATA_HEADER_SIZE], frame[DATA_HEADER_SIZE:])
         limit = self._limits[kind]
         value = unpack(
             bytes(frame[1:]),
@@ -674,6 +694,13 @@ class TransferDecoder:
             max_map_len=_MAX_HELLO_FIELDS,
         )
         return _PARSERS[kind](value)
+
+    @staticmethod
+    def _decode_data(head: memoryview, chunk: memoryview) -> ChunkData:
+        _kind, req_id, chunk_index = _DATA_HEADER.unpack(head)
+        return ChunkData(
+            _req_id(req_id), _int(chunk_index, "chunk index", 0, MAX_TOTAL_CHUNKS - 1), chunk
+        )
 
 
 # --- sessions ------------------------------------------------------------------------

@@ -8,6 +8,11 @@ written; a provider that sends one bad chunk is banned for this download and its
 chunks go to the others.  Progress is recorded in the catalog only after the
 chunks it names are on disk (fsync first), so after a crash the download resumes
 without fetching any verified chunk twice.
+
+The event loop only receives (and, on a data channel, decrypts): every chunk that
+arrives goes to one storing task, which hashes and writes whole batches of them in
+one worker-thread call.  BLAKE3 and ``pwrite`` release the GIL, so that work runs
+on another core meanwhile, and the thread hand-off is paid once per batch.
 """
 
 from __future__ import annotations
@@ -16,13 +21,13 @@ import logging
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from p2pshare.errors import IntegrityError, RemoteError, UserError
 from p2pshare.proto.bitfield import Bitfield
-from p2pshare.proto.chunks import verify_chunk
+from p2pshare.proto.chunks import hash_chunk
 from p2pshare.proto.manifest import expected_chunk_hash, verify_page
 from p2pshare.proto.pages import HashPage, page_for_chunk
 from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest
@@ -36,20 +41,50 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from p2pshare.net.streams import ByteStream
+    from p2pshare.proto.chunks import BytesLike
     from p2pshare.proto.cid import ContentId
-    from p2pshare.store.catalog import Catalog
     from p2pshare.transfer.source import LocalContent
 
 log = logging.getLogger(__name__)
 PIPELINE = 4
 REQUEST_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 15.0
+# How long a download that has a ticket's provider also waits for the DHT's.
+HINTED_LOOKUP_WAIT = 2.0
 PERSIST_EVERY_CHUNKS = 32
 PERSIST_EVERY_S = 1.0
 PROGRESS_EVERY_S = 0.25
 # Requests span about 4 MiB whatever the chunk size: fewer round trips per byte,
 # and small chunks do not mean many tiny requests.
 REQUEST_BYTES = 4 << 20
+# Chunks received and not yet stored (about 16 MiB, at most 64 chunks since a small
+# chunk may keep a whole received buffer alive), and the most one worker-thread call
+# hashes and writes: bounds the memory a fast link can fill while the disk lags.
+STORE_QUEUE_BYTES = 16 << 20
+STORE_QUEUE_CHUNKS = 64
+STORE_BATCH_BYTES = 8 << 20
+
+
+class DownloadRecords(Protocol):
+    """Where a download keeps its verified-chunk record (the catalog, for ``get``)."""
+
+    def download(self, cid: str) -> DownloadRow | None: ...
+
+    def save_download(self, row: DownloadRow) -> None: ...
+
+
+class MemoryRecords:
+    """Records that last as long as the download: for content the node fetches for
+    itself (a compute job's), which is never resumed and must not touch a ``get``'s."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, DownloadRow] = {}
+
+    def download(self, cid: str) -> DownloadRow | None:
+        return self._rows.get(cid)
+
+    def save_download(self, row: DownloadRow) -> None:
+        self._rows[row.cid] = row
 
 
 @dataclass(frozen=True)
@@ -94,6 +129,31 @@ class NoProvidersError(UserError):
     """Nobody could be found, or reached, who holds the content."""
 
 
+@dataclass(frozen=True)
+class _Arrival:
+    """A chunk as received, not yet checked."""
+
+    peer: str
+    index: int
+    expected: bytes
+    payload: BytesLike
+
+
+def _check_and_write(output: PartialOutput, batch: list[_Arrival]) -> list[bool]:
+    """For each chunk: does it match its hash?  Only those that do are written.
+
+    Runs in a worker thread; the caller marks a chunk verified only after this
+    returned, so nothing is recorded before it is on its way to disk.
+    """
+    good = []
+    for arrival in batch:
+        ok = hash_chunk(arrival.payload) == arrival.expected
+        if ok:
+            output.write_chunk(arrival.index, arrival.payload)
+        good.append(ok)
+    return good
+
+
 class _Partial:
     """A running download as the uploader sees it: only verified chunks."""
 
@@ -126,7 +186,7 @@ class Download:
         cid: ContentId,
         dest: Path,
         force: bool,
-        catalog: Catalog,
+        catalog: DownloadRecords,
         local: LocalContent,
         open_stream: Callable[[Source], Awaitable[ByteStream]],
         find_sources: Callable[[], Awaitable[list[Source]]],
@@ -149,8 +209,14 @@ class Download:
         self.output: PartialOutput | None = None
         self.durable: Bitfield | None = None
         self._links: dict[str, PeerLink] = {}
+        self._pipelines: dict[str, trio.CancelScope] = {}
         self._picker: Picker | None = None
         self._changed = trio.Event()
+        # Sized in _prepare, once the chunk size is known.
+        self._arrivals_in, self._arrivals_out = trio.open_memory_channel[_Arrival](0)
+        # Chunks handed to the storing task and not yet stored (checked or refused).
+        self._storing = 0
+        self._persist_wanted = trio.Event()
         self._unsynced = 0
         self._last_persist = 0.0
         self._persisting = False
@@ -184,15 +250,13 @@ class Download:
         return self.report
 
     async def _connect(self, nursery: trio.Nursery) -> None:
-        sources: dict[str, Source] = {s.peer_id: s for s in self._hints}
-        with trio.move_on_after(CONNECT_TIMEOUT):
-            for found in await self._find_sources():
-                sources.setdefault(found.peer_id, found)
-        if not sources:
-            raise NoProvidersError(
-                f"no providers found for {self.cid}; check that a provider is running "
-                "and reachable, or use its ticket"
-            )
+        """Dial the hinted providers at once and those the DHT names as they come.
+
+        With hints (a ticket's provider), the lookup gets only HINTED_LOOKUP_WAIT: the
+        ticket's provider is what the user asked for, and waiting for a slow DHT would
+        only delay it.
+        """
+        sources: dict[str, Source] = {}
 
         async def attach(source: Source) -> None:
             try:
@@ -206,8 +270,22 @@ class Download:
             self._links[source.peer_id] = link
 
         async with trio.open_nursery() as dialing:
-            for source in sources.values():
-                dialing.start_soon(attach, source)
+
+            def dial(source: Source) -> None:
+                if source.peer_id not in sources:
+                    sources[source.peer_id] = source
+                    dialing.start_soon(attach, source)
+
+            for hint in self._hints:
+                dial(hint)
+            with trio.move_on_after(HINTED_LOOKUP_WAIT if self._hints else CONNECT_TIMEOUT):
+                for found in await self._find_sources():
+                    dial(found)
+        if not sources:
+            raise NoProvidersError(
+                f"no providers found for {self.cid}; check that a provider is running "
+                "and reachable, or use its ticket"
+            )
         if not self._links:
             raise NoProvidersError(
                 f"none of the {len(sources)} providers of {self.cid} could be reached; "
@@ -223,12 +301,16 @@ class Download:
             log.info("stream to %s broke", link.peer_id)
 
     def _drop(self, peer: str, reason: str, *, ban: bool = False) -> None:
+        # A bad chunk may be found after its sender was dropped for another reason.
+        if ban and peer not in self.report.banned:
+            self.report.banned.append(peer)
         link = self._links.pop(peer, None)
         if link is None:
             return
         log.info("dropping provider %s: %s", peer, reason)
-        if ban:
-            self.report.banned.append(peer)
+        pipeline = self._pipelines.pop(peer, None)
+        if pipeline is not None:
+            pipeline.cancel()
         if self._picker is not None:
             self._picker.remove_peer(peer)
         self._notify()
@@ -286,6 +368,9 @@ class Download:
         self._done_bytes = sum(manifest.locate_chunk(i).length for i in verified.iter_set())
         batch = max(1, REQUEST_BYTES // manifest.chunk_size)
         self._picker = Picker(verified, batch=batch)
+        self._arrivals_in, self._arrivals_out = trio.open_memory_channel[_Arrival](
+            min(STORE_QUEUE_CHUNKS, max(1, STORE_QUEUE_BYTES // manifest.chunk_size))
+        )
         self._save_row("running")
 
     # -- moving chunks
@@ -295,9 +380,11 @@ class Download:
         picker = self._picker
         async with trio.open_nursery() as workers:
             workers.start_soon(self._report_progress)
+            workers.start_soon(self._store_loop)
+            workers.start_soon(self._persist_loop)
             for peer, link in list(self._links.items()):
                 workers.start_soon(self._serve_peer, peer, link)
-            while not picker.done and self._links:
+            while not picker.done and (self._links or self._storing):
                 await self._wait_change(1.0)
             workers.cancel_scope.cancel()
         if not picker.done:
@@ -320,8 +407,10 @@ class Download:
         self.report.peers.append(peer)
         self._notify()
         async with trio.open_nursery() as pipeline:
+            self._pipelines[peer] = pipeline.cancel_scope
             for _ in range(self._pipeline):
                 pipeline.start_soon(self._fetch_loop, peer, link, pipeline.cancel_scope)
+        self._pipelines.pop(peer, None)
 
     async def _fetch_loop(self, peer: str, link: PeerLink, scope: trio.CancelScope) -> None:
         assert self._picker is not None
@@ -333,8 +422,6 @@ class Download:
                 continue
             try:
                 await self._fetch_run(peer, link, run)
-            except IntegrityError as exc:
-                self._drop(peer, f"sent a chunk that fails verification: {exc}", ban=True)
             except (RemoteError, trio.TooSlowError) as exc:
                 self._drop(peer, f"{type(exc).__name__}: {exc}")
         scope.cancel()
@@ -342,7 +429,6 @@ class Download:
     async def _fetch_run(self, peer: str, link: PeerLink, run: range) -> None:
         assert self._picker is not None
         assert self.signed is not None
-        assert self.output is not None
         manifest = self.signed.manifest
 
         def length(index: int) -> int:
@@ -354,24 +440,66 @@ class Download:
             with trio.fail_after(REQUEST_TIMEOUT):
                 async with aclosing(link.chunks(self.cid, run, length)) as chunks:
                     async for index, payload in chunks:
-                        pending.discard(index)
-                        self.report.received_bytes += len(payload)
                         page = self.pages.get(page_for_chunk(index)[0]) if manifest.paged else None
                         expected = expected_chunk_hash(manifest, index, page)
-                        # BLAKE3 releases the GIL: hashing in a worker thread lets the
-                        # next frame be received and decrypted meanwhile.
-                        await trio.to_thread.run_sync(verify_chunk, expected, payload)
-                        new, _others = self._picker.received(peer, index)
-                        if new:
-                            self.output.write_chunk(index, payload)
-                            self._done_bytes += len(payload)
-                            self._unsynced += 1
-                            await self._maybe_persist()
-                        self._notify()
+                        # Counted before the await, so the download never looks
+                        # finished, or out of providers, while a chunk is on its way.
+                        self._storing += 1
+                        try:
+                            await self._arrivals_in.send(_Arrival(peer, index, expected, payload))
+                        except BaseException:
+                            self._storing -= 1
+                            raise
+                        # Still in flight for this peer until stored.
+                        pending.discard(index)
+                        self.report.received_bytes += len(payload)
         finally:
             if peer in self._links:
                 for index in pending:
                     self._picker.release(peer, index)
+
+    async def _store_loop(self) -> None:
+        """Check and write what arrives, in batches of what has queued up meanwhile."""
+        async for first in self._arrivals_out:
+            batch, size = [first], len(first.payload)
+            while size < STORE_BATCH_BYTES:
+                try:
+                    arrival = self._arrivals_out.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch.append(arrival)
+                size += len(arrival.payload)
+            try:
+                await self._store(batch)
+            finally:
+                self._storing -= len(batch)
+                self._notify()
+
+    async def _store(self, batch: list[_Arrival]) -> None:
+        assert self._picker is not None
+        assert self.output is not None
+        picker = self._picker
+        # A chunk verified since it was asked for (an endgame duplicate) is not
+        # written again.
+        fresh = [arrival for arrival in batch if not picker.verified[arrival.index]]
+        good = await trio.to_thread.run_sync(_check_and_write, self.output, fresh)
+        for arrival, ok in zip(fresh, good, strict=True):
+            if not ok:
+                self._drop(arrival.peer, "sent a chunk that fails verification", ban=True)
+                continue
+            new, _others = picker.received(arrival.peer, arrival.index)
+            if new:
+                self._done_bytes += len(arrival.payload)
+                self._unsynced += 1
+        for arrival in batch:
+            if picker.verified[arrival.index]:
+                # Ends what is still in flight for it (a no-op for what was just stored).
+                picker.received(arrival.peer, arrival.index)
+        if (
+            self._unsynced >= PERSIST_EVERY_CHUNKS
+            or time.monotonic() - self._last_persist >= PERSIST_EVERY_S
+        ):
+            self._persist_wanted.set()
 
     # -- bookkeeping
 
@@ -384,18 +512,18 @@ class Download:
         with trio.move_on_after(timeout):
             await event.wait()
 
-    async def _maybe_persist(self) -> None:
-        now = time.monotonic()
-        if self._persisting:
-            return
-        if self._unsynced >= PERSIST_EVERY_CHUNKS or now - self._last_persist >= PERSIST_EVERY_S:
+    async def _persist_loop(self) -> None:
+        """Persist when the storing task asks: writes go on while a sync runs."""
+        while True:
+            await self._persist_wanted.wait()
+            self._persist_wanted = trio.Event()
             await self._persist()
 
     async def _persist(self) -> None:
         """fsync what was written, then record it: never the other way round.
 
-        Chunks are written right after they are marked verified, with no await in
-        between, so the snapshot taken here names only chunks already written.
+        Chunks are marked verified only after they were written, so the snapshot
+        taken here names only chunks already written.
         """
         if self._picker is None or self.output is None or self._persisting:
             return

@@ -7,6 +7,11 @@ durable, and only then may the caller record those chunks as verified: after a
 crash the record never claims a chunk the disk does not hold.  ``finalize`` syncs,
 renames the partial into place atomically and syncs the parent directory.
 
+``write_chunk``, ``read_chunk`` and ``sync`` may run at the same time in different
+worker threads (the downloader writes, the uploader serves verified chunks, a sync
+runs): one lock guards the table of open files, so no thread can use a descriptor
+another has closed and the OS has reused for a different file.
+
 Paths inside a directory share were checked by the manifest decoder (relative,
 no ``..``, no duplicates); files are opened with ``O_NOFOLLOW`` and parents must be
 real directories inside the partial directory, so nothing is written elsewhere even
@@ -19,6 +24,7 @@ import contextlib
 import os
 import shutil
 import stat
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +70,7 @@ class PartialOutput:
         self.path = partial_path(dest)
         self._fds: dict[int, int] = {}
         self._dirty: set[int] = set()
+        self._lock = threading.Lock()
 
     def open(self, *, resume: bool) -> bool:
         """Create the partial, or reopen it when ``resume``; return whether it was reused."""
@@ -94,6 +101,7 @@ class PartialOutput:
         return self.path / self.manifest.entries[entry_index].path
 
     def _fd(self, entry_index: int) -> int:
+        """The open file of an entry; the caller holds the lock."""
         fd = self._fds.get(entry_index)
         if fd is not None:
             return fd
@@ -129,42 +137,52 @@ class PartialOutput:
 
     def write_chunk(self, global_index: int, data: BytesLike) -> None:
         location = self.manifest.locate_chunk(global_index)
-        fd = self._fd(location.entry_index)
-        try:
-            written = os.pwrite(fd, data, location.offset)
-        except OSError as exc:
-            raise _disk_error(self._file_path(location.entry_index), exc) from None
-        if written != len(data):
-            raise _disk_error(self._file_path(location.entry_index), OSError(28, "short write"))
-        self._dirty.add(location.entry_index)
+        with self._lock:
+            fd = self._fd(location.entry_index)
+            try:
+                written = os.pwrite(fd, data, location.offset)
+            except OSError as exc:
+                raise _disk_error(self._file_path(location.entry_index), exc) from None
+            if written != len(data):
+                raise _disk_error(self._file_path(location.entry_index), OSError(28, "short write"))
+            self._dirty.add(location.entry_index)
 
     def read_chunk(self, global_index: int) -> bytes:
         location = self.manifest.locate_chunk(global_index)
-        return os.pread(self._fd(location.entry_index), location.length, location.offset)
+        with self._lock:
+            return os.pread(self._fd(location.entry_index), location.length, location.offset)
 
     def sync(self) -> None:
         """Make every chunk written before this call durable (may run in a worker thread).
 
         The dirty set is swapped out first, so a chunk written while this runs stays
-        dirty for the next sync instead of being forgotten.
+        dirty for the next sync instead of being forgotten.  The files are synced
+        through duplicated descriptors outside the lock, so writes go on meanwhile
+        and a file closed meanwhile (``_close_one`` syncs it first) stays valid here.
         """
-        dirty, self._dirty = self._dirty, set()
-        for entry_index in dirty:
-            fd = self._fds.get(entry_index)
-            if fd is None:
-                continue  # closed by _close_one, which syncs before closing
-            try:
-                os.fsync(fd)
-            except OSError as exc:
-                self._dirty.add(entry_index)
-                raise _disk_error(self._file_path(entry_index), exc) from None
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            # A file missing here was closed by _close_one, which synced it first.
+            fds = {i: os.dup(self._fds[i]) for i in dirty if i in self._fds}
+        try:
+            for entry_index, fd in fds.items():
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    with self._lock:
+                        self._dirty.add(entry_index)
+                    raise _disk_error(self._file_path(entry_index), exc) from None
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
     def finalize(self, *, force: bool) -> None:
         """Set sizes, sync, and move the finished partial to the destination."""
-        for index, entry in enumerate(self.manifest.entries):
-            fd = self._fd(index)
-            os.ftruncate(fd, entry.size)
-            self._dirty.add(index)
+        with self._lock:
+            for index, entry in enumerate(self.manifest.entries):
+                fd = self._fd(index)
+                os.ftruncate(fd, entry.size)
+                self._dirty.add(index)
         self.sync()
         self.close()
         if self.manifest.kind is ShareKind.DIRECTORY:
@@ -179,10 +197,11 @@ class PartialOutput:
         _sync_dir(self.dest.parent)
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds.clear()
+        with self._lock:
+            for fd in self._fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._fds.clear()
 
     def discard(self) -> None:
         self.close()

@@ -176,11 +176,9 @@ class PeerLink:
                 if not isinstance(message, ChunkData):
                     raise RemoteProtocolError("a chunk request was answered with metadata")
                 delivered += 1
-                view = memoryview(message.payload)
-                if not isinstance(view.obj, bytes):
-                    # Only immutable memory may cross the awaits between here and the
-                    # write: a reused receive buffer could change under the hash check.
-                    view = memoryview(bytes(view))
-                yield message.chunk_index, view
+                # No copy: the decoder's payloads are views of memory nothing writes to
+                # again (the received bytes, or a buffer it handed over), so they stay
+                # unchanged across the awaits between here and the hash check and write.
+                yield message.chunk_index, memoryview(message.payload)
         if delivered != len(run):
             raise self._failure or PeerGoneError(f"{self.peer_id} went away mid-request")

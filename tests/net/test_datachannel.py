@@ -19,11 +19,13 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from p2pshare.identity import NodeKey
 from p2pshare.net.datachannel import (
+    DataChannelIdleError,
     DataChannelLimits,
     DataChannelOpenError,
     DataChannelServer,
     EncryptedStream,
     connect_offer,
+    data_channel_ips,
     open_data_channel,
     request_offer,
 )
@@ -75,21 +77,25 @@ async def start(
     stack: AsyncExitStack,
     nursery: trio.Nursery,
     serve: Callable[[ByteStream, str], Awaitable[None]],
+    data_host: str = "127.0.0.1",
     **kwargs: object,
 ) -> Setup:
     """Two connected hosts, and a data channel server on the first running in ``nursery``."""
-    setup = await prepare(stack, serve, **kwargs)
+    setup = await prepare(stack, serve, data_host, **kwargs)
     setup.port = await nursery.start(setup.server.run)
     return setup
 
 
 async def prepare(
-    stack: AsyncExitStack, serve: Callable[[ByteStream, str], Awaitable[None]], **kwargs: object
+    stack: AsyncExitStack,
+    serve: Callable[[ByteStream, str], Awaitable[None]],
+    data_host: str = "127.0.0.1",
+    **kwargs: object,
 ) -> Setup:
     server_host = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
     client_host = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
     guard = HandlerGuard(server_host, HandlerLimits())
-    server = DataChannelServer(server_host, guard, "127.0.0.1", serve=serve, **kwargs)  # type: ignore[arg-type]
+    server = DataChannelServer(server_host, guard, data_host, serve=serve, **kwargs)  # type: ignore[arg-type]
     with trio.fail_after(10):
         await client_host.connect(info_from_p2p_addr(server_host.get_addrs()[0]))
     return Setup(server_host, client_host, server)
@@ -459,7 +465,33 @@ async def test_one_failing_connection_leaves_the_others_alone() -> None:
 # --- the stream itself, over a socket pair -----------------------------------------------------
 
 
-def stream_pair(*, crypto_in_thread: bool | None) -> tuple[EncryptedStream, EncryptedStream]:
+def stream_pair(
+    *, crypto_in_thread: bool | None, idle_timeout: float | None = None
+) -> tuple[EncryptedStream, EncryptedStream]:
+    a, b = trio.socket.socketpair()
+    return (
+        encrypted(
+            trio.SocketStream(a),
+            Role.CLIENT,
+            crypto_in_thread=crypto_in_thread,
+            idle_timeout=idle_timeout,
+        ),
+        encrypted(
+            trio.SocketStream(b),
+            Role.SERVER,
+            crypto_in_thread=crypto_in_thread,
+            idle_timeout=idle_timeout,
+        ),
+    )
+
+
+def encrypted(
+    stream: trio.SocketStream,
+    role: Role,
+    *,
+    crypto_in_thread: bool | None,
+    idle_timeout: float | None = None,
+) -> EncryptedStream:
     keys = derive_keys(
         secret=b"k" * 32,
         client_nonce=b"c" * 32,
@@ -469,20 +501,12 @@ def stream_pair(*, crypto_in_thread: bool | None) -> tuple[EncryptedStream, Encr
         client_peer="client",
         server_peer="server",
     )
-    a, b = trio.socket.socketpair()
-    return (
-        EncryptedStream(
-            trio.SocketStream(a),
-            Channel(keys, Role.CLIENT),
-            peer_id="server",
-            crypto_in_thread=crypto_in_thread,
-        ),
-        EncryptedStream(
-            trio.SocketStream(b),
-            Channel(keys, Role.SERVER),
-            peer_id="client",
-            crypto_in_thread=crypto_in_thread,
-        ),
+    return EncryptedStream(
+        stream,
+        Channel(keys, role),
+        peer_id="server" if role is Role.CLIENT else "client",
+        crypto_in_thread=crypto_in_thread,
+        idle_timeout=idle_timeout,
     )
 
 
@@ -543,3 +567,157 @@ async def test_a_reset_or_a_cut_connection_is_a_truncation() -> None:
         with pytest.raises(TruncatedStreamError):
             await right.receive_some()
         await right.aclose()
+
+
+# --- idle connections (trio's MockClock: the clock jumps whenever every task waits) ---------
+
+
+async def test_a_silent_peer_is_dropped_after_the_idle_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    left, right = stream_pair(crypto_in_thread=None, idle_timeout=30)
+    await left.send_all(b"hello")
+    assert await right.receive_some() == b"hello"
+    started = trio.current_time()
+    with pytest.raises(DataChannelIdleError):
+        await right.receive_some()
+    assert trio.current_time() - started == pytest.approx(30)
+    await left.reset()
+    await right.reset()
+
+
+async def test_sending_keeps_a_waiting_receive_alive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    left, right = stream_pair(crypto_in_thread=None, idle_timeout=30)
+    started = trio.current_time()
+    failed_at = 0.0
+
+    async def wait_for_data() -> None:
+        nonlocal failed_at
+        with pytest.raises(DataChannelIdleError):
+            await right.receive_some()
+        failed_at = trio.current_time() - started
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait_for_data)
+        # right sends every 20 s for 100 s; left reads it and says nothing back.
+        for _ in range(5):
+            await trio.sleep(20)
+            await right.send_all(b"tick")
+            assert await left.receive_some() == b"tick"
+    assert failed_at == pytest.approx(130)
+    await left.reset()
+    await right.reset()
+
+
+async def test_a_peer_that_stops_reading_is_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    left, right = stream_pair(crypto_in_thread=False, idle_timeout=30)
+    started = trio.current_time()
+    # Far more than the socket buffers hold: the send has to wait for right.
+    with pytest.raises(DataChannelIdleError):
+        await left.send_all(bytes(64 * MAX_PLAINTEXT))
+    assert trio.current_time() - started == pytest.approx(30)
+    await left.reset()
+    await right.reset()
+
+
+async def test_a_slow_reader_is_not_idle(autojump_clock: trio.testing.MockClock) -> None:
+    # TCP, as in use: a unix socket pair frees buffer space only per whole message.
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    connected = await trio.open_tcp_stream("127.0.0.1", listener.socket.getsockname()[1])
+    reader = await listener.accept()
+    left = encrypted(connected, Role.CLIENT, crypto_in_thread=False, idle_timeout=30)
+    wire = 3 * (MAX_PLAINTEXT + 4 + 16)
+    received = 0
+
+    async def read_slowly() -> None:
+        nonlocal received
+        while received < wire:
+            received += len(await reader.receive_some(256 * 1024))
+            await trio.sleep(10)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_slowly)
+        # Each frame takes many reads 10 s apart to drain, far longer than the idle
+        # timeout, but every partial send is progress.
+        await left.send_all(bytes(3 * MAX_PLAINTEXT))
+    assert received == wire
+    assert trio.current_time() > 100
+    await left.reset()
+    await reader.aclose()
+    await listener.aclose()
+
+
+async def test_the_server_drops_a_client_that_goes_silent() -> None:
+    outcome: list[BaseException] = []
+    served = trio.Event()
+
+    async def wait_for_requests(stream: ByteStream, peer: str) -> None:
+        try:
+            await stream.receive_some()
+        except DataChannelIdleError as exc:
+            outcome.append(exc)
+            raise
+        finally:
+            served.set()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            limits = DataChannelLimits(idle_timeout=0.2)
+            setup = await start(stack, nursery, wait_for_requests, limits=limits)
+            client = await setup.open()
+            await served.wait()
+            assert isinstance(outcome[0], DataChannelIdleError)
+            # The server reset the connection: no FIN, so the client sees a truncation.
+            with pytest.raises(TruncatedStreamError):
+                await client.receive_some()
+            assert setup.server.active_connections() == 0
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+# --- which address the data port is looked for at -------------------------------------------
+
+
+def test_the_connection_ip_comes_first_then_the_announced_ones() -> None:
+    announced = [
+        "/ip4/203.0.113.7/tcp/4001",
+        "/ip4/0.0.0.0/tcp/4001",
+        "/dns4/example.org/tcp/4001",
+        "/ip6/2001:db8::1/tcp/4001",
+        "/ip4/198.51.100.1/tcp/4001",
+        "not a multiaddr",
+        "/ip4/203.0.113.7/tcp/4002",
+    ]
+    assert data_channel_ips("192.0.2.1", announced) == (
+        "192.0.2.1",
+        "203.0.113.7",
+        "2001:db8::1",
+        "198.51.100.1",
+    )
+    assert data_channel_ips("203.0.113.7", announced[:1]) == ("203.0.113.7",)
+    assert data_channel_ips(None, announced[3:4]) == ("2001:db8::1",)
+    assert data_channel_ips(None, []) == ()
+
+
+async def test_a_node_behind_nat_is_reached_at_its_announced_address() -> None:
+    # The provider forwards its data port only on its announced "public" address
+    # (127.0.0.2 here); the libp2p connection shows another one (127.0.0.1), where
+    # nothing listens on that port.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            setup = await start(stack, nursery, echo, "127.0.0.2")
+            with pytest.raises(DataChannelOpenError):
+                await setup.open()
+            announced = [f"/ip4/127.0.0.2/tcp/4001/p2p/{setup.server_id}"]
+            stream = await open_data_channel(
+                setup.client_host, setup.server_id, announced, timeout=10
+            )
+            assert await exchange(stream, b"through the forwarded port") == (
+                b"through the forwarded port"
+            )
+            await stream.aclose()
+            nursery.cancel_scope.cancel()

@@ -265,6 +265,24 @@ def test_split_data_payload_is_read_only() -> None:
     assert message.payload == b"x" * 1000
 
 
+@pytest.mark.parametrize("head_cut", [1, 5, 4 + DATA_HEADER_SIZE])
+def test_a_chunk_fed_whole_after_its_header_is_sliced_not_copied(head_cut: int) -> None:
+    frame_bytes = encode(ChunkData(7, 3, b"x" * 1000))
+    chunk = frame_bytes[4 + DATA_HEADER_SIZE :]
+    decoder = TransferDecoder(Role.CLIENT)
+    decoder.feed(frame_bytes[:head_cut])
+    assert decoder.next_message() is None
+    decoder.feed(frame_bytes[head_cut : 4 + DATA_HEADER_SIZE])
+    assert decoder.next_message() is None
+    decoder.feed(chunk)
+    message = decoder.next_message()
+    assert message == ChunkData(7, 3, b"x" * 1000)
+    assert isinstance(message.payload, memoryview)
+    assert message.payload.obj is chunk
+    assert message.payload.readonly
+    assert decoder.buffered == 0
+
+
 def test_data_header_plus_payload_is_the_frame() -> None:
     payload = bytes(range(256)) * 4
     assert encode_data_header(5, 9, len(payload)) + payload == encode(ChunkData(5, 9, payload))

@@ -19,10 +19,11 @@ from p2pshare.identity import NodeKey
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
 from p2pshare.proto.cid import ContentId
-from p2pshare.store.catalog import Catalog
+from p2pshare.store.catalog import Catalog, DownloadRow
 from p2pshare.store.shares import ShareStore
+from p2pshare.transfer import downloader
 from p2pshare.transfer.downloader import Download, NoProvidersError, Source
-from p2pshare.transfer.output import DestinationExistsError, partial_path
+from p2pshare.transfer.output import DestinationExistsError, PartialOutput, partial_path
 from p2pshare.transfer.source import LocalContent
 from p2pshare.transfer.uploader import serve_transfer
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from p2pshare.net.streams import ByteStream
+    from p2pshare.proto.chunks import BytesLike
 
 CHUNK = MIN_CHUNK_SIZE
 
@@ -222,3 +224,39 @@ async def test_an_existing_destination_is_refused(fx: Fixture) -> None:
     error = await failure_of(fx, {"honest": LocalContent(fx.seed)}, dest)
     assert isinstance(error, DestinationExistsError)
     assert dest.read_bytes() == b"keep me"
+
+
+async def test_progress_names_only_chunks_synced_to_disk(
+    fx: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: set[int] = set()
+    synced: set[int] = set()
+    recorded: list[set[int]] = []
+    write_chunk, sync, save = PartialOutput.write_chunk, PartialOutput.sync, Catalog.save_download
+
+    def spy_write(self: PartialOutput, index: int, data: BytesLike) -> None:
+        write_chunk(self, index, data)
+        written.add(index)
+
+    def spy_sync(self: PartialOutput) -> None:
+        before = set(written)
+        sync(self)
+        synced.update(before)
+
+    def spy_save(self: Catalog, row: DownloadRow) -> None:
+        bits = Bitfield.from_bytes(row.verified, 41)
+        recorded.append(set(bits.iter_set()))
+        assert recorded[-1] <= synced, "a chunk was recorded before it was synced"
+        save(self, row)
+
+    monkeypatch.setattr(PartialOutput, "write_chunk", spy_write)
+    monkeypatch.setattr(PartialOutput, "sync", spy_sync)
+    monkeypatch.setattr(Catalog, "save_download", spy_save)
+    monkeypatch.setattr(downloader, "PERSIST_EVERY_CHUNKS", 2)
+    dest = fx.root / "out.bin"
+    async with trio.open_nursery() as nursery:
+        await download(fx, nursery, {"honest": LocalContent(fx.seed)}, dest).run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == fx.data
+    assert recorded[-1] == set(range(41))
+    assert len(recorded) > 3
