@@ -68,6 +68,25 @@ MIGRATIONS: tuple[str, ...] = (
         provided_to INTEGER NOT NULL
     );
     """,
+    # What the user asked for (kept from the moment `get` is accepted, before any
+    # manifest is known), so the daemon can resume it at start; `downloads` keeps
+    # what has been verified.  Downloads left unfinished by an older version are
+    # resumed through the DHT: their tickets were not kept.
+    """
+    CREATE TABLE download_requests (
+        cid TEXT PRIMARY KEY,
+        destination TEXT NOT NULL,
+        sources TEXT NOT NULL,  -- JSON [[peer_id, [multiaddr, ...]], ...] from tickets
+        force INTEGER NOT NULL,
+        state TEXT NOT NULL,  -- active (resumed at start), paused or failed
+        error TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    INSERT INTO download_requests
+        SELECT cid, destination, '[]', 0, 'active', NULL, updated_at, updated_at
+        FROM downloads WHERE state = 'running';
+    """,
 )
 
 
@@ -118,6 +137,36 @@ class DownloadRow:
     verified: bytes
     state: str
     updated_at: int
+
+
+@dataclass(frozen=True)
+class DownloadRequest:
+    """A download the user asked for and that has not completed."""
+
+    cid: str
+    destination: str
+    sources: tuple[tuple[str, tuple[str, ...]], ...]  # (peer ID, multiaddrs) from tickets
+    force: bool
+    state: str
+    error: str | None
+    created_at: int
+    updated_at: int
+
+
+_REQUEST_COLUMNS = "cid, destination, sources, force, state, error, created_at, updated_at"
+
+
+def _request(row: sqlite3.Row) -> DownloadRequest:
+    return DownloadRequest(
+        cid=row["cid"],
+        destination=row["destination"],
+        sources=tuple((peer, tuple(addrs)) for peer, addrs in json.loads(row["sources"])),
+        force=bool(row["force"]),
+        state=row["state"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 _SHARE_COLUMNS = (
@@ -296,6 +345,51 @@ class Catalog:
             row["state"],
             row["updated_at"],
         )
+
+    def save_download_request(self, row: DownloadRequest) -> None:
+        """Insert or replace the request for ``row.cid``."""
+        self._db.execute(
+            f"INSERT OR REPLACE INTO download_requests ({_REQUEST_COLUMNS})"  # noqa: S608
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (
+                row.cid,
+                row.destination,
+                json.dumps([[peer, list(addrs)] for peer, addrs in row.sources]),
+                int(row.force),
+                row.state,
+                row.error,
+                row.created_at,
+                row.updated_at,
+            ),
+        )
+
+    def download_request(self, cid: str) -> DownloadRequest | None:
+        row = self._db.execute(
+            f"SELECT {_REQUEST_COLUMNS} FROM download_requests WHERE cid = ?",  # noqa: S608
+            (cid,),
+        ).fetchone()
+        return _request(row) if row else None
+
+    def download_requests(self) -> list[DownloadRequest]:
+        rows = self._db.execute(
+            f"SELECT {_REQUEST_COLUMNS} FROM download_requests ORDER BY created_at, cid"  # noqa: S608
+        )
+        return [_request(row) for row in rows]
+
+    def set_download_state(self, cid: str, state: str, error: str | None, now: int) -> None:
+        self._db.execute(
+            "UPDATE download_requests SET state = ?, error = ?, updated_at = ? WHERE cid = ?",
+            (state, error, now, cid),
+        )
+
+    def remove_download_request(self, cid: str) -> None:
+        self._db.execute("DELETE FROM download_requests WHERE cid = ?", (cid,))
+
+    def forget_download(self, cid: str) -> None:
+        """Drop the request and the verified-chunk record of ``cid``."""
+        with self._transaction():
+            self._db.execute("DELETE FROM download_requests WHERE cid = ?", (cid,))
+            self._db.execute("DELETE FROM downloads WHERE cid = ?", (cid,))
 
     def save_peers(self, peers: Sequence[KnownPeer], keep: int) -> None:
         """Remember peers (and their addresses) for the next start; keep the newest ``keep``."""

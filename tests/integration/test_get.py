@@ -19,7 +19,7 @@ from p2pshare.home import Home
 from p2pshare.launcher import DaemonProcess, cli_command, init_home, run_cli, start_all
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.integration
@@ -135,7 +135,19 @@ def verified_chunks(home: Home, cid: str) -> int:
     return sum(bin(b).count("1") for b in row[0])
 
 
-def test_resume_after_kill_9_fetches_no_verified_chunk_twice(
+def downloads(home: Home) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = cli_json(home, "downloads")["downloads"]
+    return result
+
+
+def wait_for(condition: Callable[[], bool], what: str, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_daemon_resumes_after_kill_9_without_get_and_fetches_no_chunk_twice(
     short_tmp: Path, tmp_path: Path
 ) -> None:
     seeder_home, getter_home = Home(short_tmp / "s"), Home(short_tmp / "g")
@@ -154,9 +166,7 @@ def test_resume_after_kill_9_fetches_no_verified_chunk_twice(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 60
-        while verified_chunks(getter_home, shared["cid"]) < 4 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: verified_chunks(getter_home, shared["cid"]) >= 4, "4 verified chunks")
         getter.kill()
         get.communicate(timeout=30)
         done_before = verified_chunks(getter_home, shared["cid"])
@@ -164,13 +174,36 @@ def test_resume_after_kill_9_fetches_no_verified_chunk_twice(
         assert not out.exists()
         with DaemonProcess(getter_home) as again:
             again.start()
+            # No get: the daemon resumes the download on its own, from the ticket's
+            # provider (the getter knows no other peer and has no DHT to ask).
+            wait_for(out.exists, "the resumed download to complete")
+            assert digest(out) == digest(data)
+            wait_for(lambda: downloads(getter_home) == [], "the download record to go")
+            # The same get afterwards reports the download the daemon finished.
             report = cli_json(getter_home, "get", shared["ticket"], "-o", str(out))
-        assert digest(out) == digest(data)
         assert report["resumed_chunks"] == done_before
         assert report["requested_bytes"] == data.stat().st_size - done_before * MIB
+        assert not list(tmp_path.glob(".*p2pshare-partial"))
 
 
-def test_ctrl_c_then_get_again_completes(short_tmp: Path, tmp_path: Path) -> None:
+def ctrl_c_get(getter_home: Home, ticket: str, out: Path, cid: str) -> int:
+    """Start a get, Ctrl-C it after two verified chunks; the chunks verified once paused."""
+    get = subprocess.Popen(
+        cli_command(getter_home, "get", ticket, "-o", str(out)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    wait_for(lambda: verified_chunks(getter_home, cid) >= 2, "2 verified chunks")
+    get.send_signal(signal.SIGINT)
+    _, stderr = get.communicate(timeout=30)
+    assert get.returncode == 130, stderr
+    assert b"the download is paused" in stderr
+    wait_for(lambda: downloads(getter_home)[0]["state"] == "paused", "the download to pause")
+    assert not out.exists()
+    return verified_chunks(getter_home, cid)
+
+
+def test_ctrl_c_pauses_then_get_again_completes(short_tmp: Path, tmp_path: Path) -> None:
     seeder_home, getter_home = Home(short_tmp / "s"), Home(short_tmp / "g")
     init_home(seeder_home)
     init_home(getter_home)
@@ -182,21 +215,48 @@ def test_ctrl_c_then_get_again_completes(short_tmp: Path, tmp_path: Path) -> Non
     ):
         start_all([seeder, getter])
         shared = cli_json(seeder_home, "share", str(data))
-        get = subprocess.Popen(
-            cli_command(getter_home, "get", shared["ticket"], "-o", str(out)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 60
-        while verified_chunks(getter_home, shared["cid"]) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        get.send_signal(signal.SIGINT)
-        _, stderr = get.communicate(timeout=30)
-        assert get.returncode == 130, stderr
-        assert not out.exists()
+        paused_at = ctrl_c_get(getter_home, shared["ticket"], out, shared["cid"])
+        [entry] = downloads(getter_home)
+        assert entry["verified_chunks"] == paused_at
+        assert (entry["destination"], entry["chunks"]) == (str(out), 16)
         report = cli_json(getter_home, "get", shared["ticket"], "-o", str(out))
         assert digest(out) == digest(data)
-        assert report["resumed_chunks"] >= 2
+        assert report["resumed_chunks"] == paused_at
+        assert downloads(getter_home) == []
+
+
+def test_paused_download_stays_paused_across_restarts_until_cancelled(
+    short_tmp: Path, tmp_path: Path
+) -> None:
+    seeder_home, getter_home = Home(short_tmp / "s"), Home(short_tmp / "g")
+    init_home(seeder_home)
+    init_home(getter_home)
+    data = make_file(tmp_path / "slow.bin", 16 * MIB)
+    out = tmp_path / "paused.bin"
+    with DaemonProcess(seeder_home, args=["--upload-rate", "4000000"]) as seeder:
+        seeder.start()
+        shared = cli_json(seeder_home, "share", str(data))
+        with DaemonProcess(getter_home) as getter:
+            getter.start()
+            paused_at = ctrl_c_get(getter_home, shared["ticket"], out, shared["cid"])
+        with DaemonProcess(getter_home) as getter:
+            getter.start()
+            [entry] = downloads(getter_home)
+            assert (entry["state"], entry["verified_chunks"]) == ("paused", paused_at)
+            human = run_cli(getter_home, "downloads").stdout
+            assert human.startswith(f"{shared['cid']}  paused ")
+            assert "% of 16.0 MiB" in human
+            assert human.rstrip().endswith(str(out))
+            partial = out.with_name(f".{out.name}.p2pshare-partial")
+            assert partial.exists()
+            cancelled = cli_json(getter_home, "downloads", "cancel", shared["cid"])
+            assert cancelled["removed_partial"] is True
+            assert not partial.exists()
+            assert downloads(getter_home) == []
+            again = run_cli(getter_home, "downloads", "cancel", shared["cid"])
+            assert again.returncode == ExitCode.FAILED
+            assert again.stderr.startswith("error: there is no unfinished download of")
+        assert verified_chunks(getter_home, shared["cid"]) == 0
 
 
 def test_data_channel_is_used_and_libp2p_is_the_fallback(short_tmp: Path, tmp_path: Path) -> None:

@@ -1,0 +1,422 @@
+"""The download manager with a scripted runner: resume at start, attach, pause, retry,
+listing and cancel.  No network; trio's autojump clock makes the backoff instant."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+from p2pshare.errors import UserError
+from p2pshare.identity import NodeKey
+from p2pshare.node.downloads import (
+    ACTIVE,
+    FAILED,
+    PAUSED,
+    ClientGoneError,
+    DownloadManager,
+    DownloadStoppedError,
+    UnknownDownloadError,
+)
+from p2pshare.proto.bitfield import Bitfield
+from p2pshare.proto.chunks import MIN_CHUNK_SIZE
+from p2pshare.store.catalog import MIGRATIONS, Catalog, DownloadRequest, DownloadRow
+from p2pshare.store.shares import ShareStore
+from p2pshare.transfer.downloader import NoProvidersError
+from p2pshare.transfer.output import DestinationExistsError, partial_path
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from pathlib import Path
+
+    from p2pshare.node.downloads import Progress
+
+    Step = Callable[[DownloadRequest, Progress], Awaitable[dict[str, Any]]]
+
+CHUNK = MIN_CHUNK_SIZE
+SUMMARY = {"cid": "done"}
+
+
+class Script:
+    """A runner that plays one step per attempt and records when each attempt began."""
+
+    def __init__(self, *steps: Step) -> None:
+        self.steps = list(steps)
+        self.started: list[float] = []
+        self.requests: list[DownloadRequest] = []
+
+    async def __call__(self, request: DownloadRequest, progress: Progress) -> dict[str, Any]:
+        self.started.append(trio.current_time())
+        self.requests.append(request)
+        return await self.steps.pop(0)(request, progress)
+
+
+async def succeed(_request: DownloadRequest, _progress: Progress) -> dict[str, Any]:
+    return SUMMARY
+
+
+async def no_providers(request: DownloadRequest, _progress: Progress) -> dict[str, Any]:
+    raise NoProvidersError(f"no providers found for {request.cid}")
+
+
+def blocked(release: trio.Event, progress_data: dict[str, Any] | None = None) -> Step:
+    async def step(_request: DownloadRequest, progress: Progress) -> dict[str, Any]:
+        if progress_data is not None:
+            await progress(progress_data)
+        await release.wait()
+        return SUMMARY
+
+    return step
+
+
+class Env:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.catalog = Catalog(root / "catalog.sqlite")
+        store = ShareStore(self.catalog, root / "content", NodeKey.generate(), CHUNK)
+        source = root / "source.bin"
+        source.write_bytes(os.urandom(4 * CHUNK + 5))
+        share = store.commit(store.prepare(source))
+        self.cid, self.signed = share.cid, share.signed_manifest
+        # This node did not download it: only the getter's records matter here.
+        self.catalog.remove_share(self.cid)
+
+    def request(self, name: str, state: str = ACTIVE, **changes: Any) -> DownloadRequest:
+        fields: dict[str, Any] = {
+            "cid": self.cid,
+            "destination": str(self.root / name),
+            "sources": (("peerA", ("/ip4/127.0.0.1/tcp/1",)),),
+            "force": False,
+            "state": state,
+            "error": None,
+            "created_at": 1,
+            "updated_at": 1,
+        } | changes
+        return DownloadRequest(**fields)
+
+    def written(self, request: DownloadRequest, chunks: int) -> None:
+        """Record ``chunks`` verified chunks and a partial file, as the downloader does."""
+        bits = Bitfield(5)
+        for index in range(chunks):
+            bits.set(index)
+        self.catalog.save_download(
+            DownloadRow(
+                request.cid, request.destination, self.signed, bits.to_bytes(), "running", 1
+            )
+        )
+        partial_path(self.root / request.destination).write_bytes(b"x" * CHUNK * chunks)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    environment = Env(tmp_path)
+    yield environment
+    environment.catalog.close()
+
+
+async def started(manager: DownloadManager, nursery: trio.Nursery) -> DownloadManager:
+    await nursery.start(manager.run)
+    return manager
+
+
+async def gone(_name: str, _data: dict[str, Any]) -> None:
+    raise trio.BrokenResourceError
+
+
+async def quiet(_name: str, _data: dict[str, Any]) -> None:
+    return None
+
+
+async def until(condition: Callable[[], bool], limit: float = 5.0) -> None:
+    """Let other tasks run until ``condition`` holds; fail after ``limit`` (virtual) seconds."""
+    with trio.fail_after(limit):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+@pytest.fixture
+async def nursery() -> AsyncIterator[trio.Nursery]:
+    async with trio.open_nursery() as opened:
+        yield opened
+        opened.cancel_scope.cancel()
+
+
+async def test_start_resumes_active_downloads_only_and_forgets_them_when_done(
+    env: Env, nursery: trio.Nursery
+) -> None:
+    active = env.request("active.bin")
+    env.catalog.save_download_request(active)
+    env.written(active, 2)
+    script = Script(succeed)
+    manager = await started(DownloadManager(env.catalog, script), nursery)
+    job = manager.job(env.cid)
+    assert job is not None
+    await job.finished.wait()
+    assert script.requests == [active]
+    assert job.result == SUMMARY
+    assert env.catalog.download_request(env.cid) is None
+
+
+async def test_paused_and_failed_downloads_wait_for_the_user(
+    env: Env, nursery: trio.Nursery
+) -> None:
+    env.catalog.save_download_request(env.request("p.bin", PAUSED))
+    script = Script()
+    manager = await started(DownloadManager(env.catalog, script), nursery)
+    assert manager.job(env.cid) is None
+    assert [d["state"] for d in manager.listing()] == ["paused"]
+    assert script.requests == []
+
+
+async def test_listing_shows_progress_state_and_reason(env: Env, nursery: trio.Nursery) -> None:
+    failed = env.request("f.bin", FAILED, error="f.bin already exists; use --force to replace it")
+    env.catalog.save_download_request(failed)
+    env.written(failed, 3)
+    manager = await started(DownloadManager(env.catalog, Script()), nursery)
+    [entry] = manager.listing()
+    assert entry == {
+        "cid": env.cid,
+        "destination": failed.destination,
+        "state": "failed",
+        "error": "f.bin already exists; use --force to replace it",
+        "retry_in_s": None,
+        "size": 4 * CHUNK + 5,
+        "chunks": 5,
+        "verified_chunks": 3,
+        "created_at": 1,
+        "updated_at": 1,
+    }
+
+
+async def test_a_resume_without_providers_retries_with_backoff(
+    env: Env, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    env.catalog.save_download_request(env.request("r.bin"))
+    script = Script(no_providers, no_providers, succeed)
+    manager = await started(DownloadManager(env.catalog, script, retry_first=10), nursery)
+    job = manager.job(env.cid)
+    assert job is not None
+    await until(lambda: job.retry_at is not None)
+    [entry] = manager.listing()
+    assert entry["state"] == "retrying"
+    assert entry["retry_in_s"] == 10
+    assert entry["error"] == f"no providers found for {env.cid}"
+    await job.finished.wait()
+    begin = script.started[0]
+    assert [round(t - begin) for t in script.started] == [0, 10, 30]
+    assert job.result == SUMMARY
+    assert manager.listing() == []
+
+
+async def test_a_resume_gives_up_after_its_window_and_says_why(
+    env: Env, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    env.catalog.save_download_request(env.request("g.bin"))
+    script = Script(*[no_providers] * 20)
+    manager = DownloadManager(env.catalog, script, retry_first=10, retry_max=40, give_up_after=100)
+    await started(manager, nursery)
+    job = manager.job(env.cid)
+    assert job is not None
+    await job.finished.wait()
+    begin = script.started[0]
+    assert [round(t - begin) for t in script.started] == [0, 10, 30, 70, 110]
+    [entry] = manager.listing()
+    assert entry["state"] == "failed"
+    assert entry["error"].startswith(f"no providers found for {env.cid} (gave up after")
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (DestinationExistsError("out already exists; use --force to replace it"), "out already"),
+        (RuntimeError("a bug"), "failed on an internal error; see daemon.log"),
+    ],
+)
+async def test_other_failures_are_marked_failed_at_once(
+    env: Env, nursery: trio.Nursery, error: Exception, reason: str
+) -> None:
+    async def fail(_request: DownloadRequest, _progress: Progress) -> dict[str, Any]:
+        raise error
+
+    env.catalog.save_download_request(env.request("x.bin"))
+    manager = await started(DownloadManager(env.catalog, Script(fail, succeed)), nursery)
+    job = manager.job(env.cid)
+    assert job is not None
+    await job.finished.wait()
+    [entry] = manager.listing()
+    assert entry["state"] == "failed"
+    assert reason in entry["error"]
+    # The manager survives and the same download can be asked for again.
+    again = await manager.submit(env.request("x.bin"))
+    assert await manager.follow(again, quiet) == SUMMARY
+
+
+async def test_a_get_attaches_to_the_running_download(env: Env, nursery: trio.Nursery) -> None:
+    release = trio.Event()
+    script = Script(blocked(release, {"done": 1, "total": 2, "peers": 1}))
+    manager = await started(DownloadManager(env.catalog, script), nursery)
+    first = await manager.submit(env.request("a.bin"))
+    second = await manager.submit(env.request("a.bin", sources=()))
+    assert second is first
+    with pytest.raises(UserError, match="already being downloaded by this node to"):
+        await manager.submit(env.request("elsewhere.bin"))
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def record(name: str, data: dict[str, Any]) -> None:
+        events.append((name, data))
+        release.set()
+
+    assert await manager.follow(second, record) == SUMMARY
+    assert events[0] == ("progress", {"done": 1, "total": 2, "peers": 1})
+    assert len(script.requests) == 1
+    # Asked for again after it completed: the summary, not "already exists".
+    (env.root / "a.bin").write_bytes(b"done")
+    assert await manager.submit(env.request("a.bin")) is first
+
+
+async def test_ctrl_c_of_the_last_get_pauses_and_keeps_the_progress(
+    env: Env, nursery: trio.Nursery
+) -> None:
+    async def write_then_wait(req: DownloadRequest, progress: Progress) -> dict[str, Any]:
+        env.written(req, 2)
+        await progress({"done": 2, "total": 5, "peers": 1})
+        await trio.sleep_forever()
+        raise AssertionError
+
+    manager = await started(DownloadManager(env.catalog, Script(write_then_wait)), nursery)
+    job = await manager.submit(env.request("c.bin"))
+    leave = trio.Event()
+    left: list[BaseException] = []
+
+    async def interruptible(_name: str, _data: dict[str, Any]) -> None:
+        if leave.is_set():
+            raise trio.BrokenResourceError
+
+    async def last_get() -> None:
+        try:
+            await manager.follow(job, interruptible)
+        except ClientGoneError as exc:
+            left.append(exc)
+
+    nursery.start_soon(last_get)
+    await until(lambda: job.watchers == 1 and job.progress is not None)
+    # One of two gets going away only detaches it...
+    with pytest.raises(ClientGoneError):
+        await manager.follow(job, gone)
+    assert job.stop is None
+    # ...the last one pauses the download.
+    leave.set()
+    await job.finished.wait()
+    await until(lambda: bool(left))
+    [entry] = manager.listing()
+    assert (entry["state"], entry["verified_chunks"]) == ("paused", 2)
+    assert partial_path(env.root / "c.bin").exists()
+
+
+async def test_a_get_that_wrote_nothing_leaves_no_record(env: Env, nursery: trio.Nursery) -> None:
+    manager = await started(DownloadManager(env.catalog, Script(no_providers)), nursery)
+    job = await manager.submit(env.request("n.bin"))
+    with pytest.raises(NoProvidersError):
+        await manager.follow(job, quiet)
+    assert manager.listing() == []
+
+    manager = await started(DownloadManager(env.catalog, Script(blocked(trio.Event()))), nursery)
+    job = await manager.submit(env.request("n.bin"))
+    with pytest.raises(ClientGoneError):
+        await manager.follow(job, gone)
+    await job.finished.wait()
+    assert manager.listing() == []
+
+
+async def test_cancel_removes_the_partial_and_the_records(env: Env, nursery: trio.Nursery) -> None:
+    paused = env.request("file.bin", PAUSED)
+    env.catalog.save_download_request(paused)
+    env.written(paused, 1)
+    manager = await started(DownloadManager(env.catalog, Script()), nursery)
+    result = await manager.cancel(env.cid)
+    assert result == {"cid": env.cid, "destination": paused.destination, "removed_partial": True}
+    assert not partial_path(env.root / "file.bin").exists()
+    assert env.catalog.download(env.cid) is None
+    assert manager.listing() == []
+    with pytest.raises(UnknownDownloadError, match="no unfinished download"):
+        await manager.cancel(env.cid)
+
+
+async def test_cancel_stops_a_running_download_and_its_directory(
+    env: Env, nursery: trio.Nursery
+) -> None:
+    release = trio.Event()
+    manager = await started(DownloadManager(env.catalog, Script(blocked(release))), nursery)
+    job = await manager.submit(env.request("tree"))
+    partial = partial_path(env.root / "tree")
+    (partial / "sub").mkdir(parents=True)
+    (partial / "sub" / "f").write_bytes(b"data")
+    outcome: list[BaseException] = []
+
+    async def follower() -> None:
+        try:
+            await manager.follow(job, quiet)
+        except DownloadStoppedError as exc:
+            outcome.append(exc)
+
+    nursery.start_soon(follower)
+    await until(lambda: job.watchers == 1)
+    await manager.cancel(env.cid)
+    await until(lambda: bool(outcome))
+    assert str(outcome[0]) == f"the download of {env.cid} was cancelled"
+    assert not partial.exists()
+    assert env.catalog.download_request(env.cid) is None
+
+
+async def test_a_different_destination_needs_the_old_one_cancelled(
+    env: Env, nursery: trio.Nursery
+) -> None:
+    env.catalog.save_download_request(env.request("old.bin", PAUSED))
+    manager = await started(DownloadManager(env.catalog, Script(succeed)), nursery)
+    with pytest.raises(UserError, match="p2pshare downloads cancel"):
+        await manager.submit(env.request("new.bin"))
+    resumed = await manager.submit(env.request("old.bin", sources=(("peerB", ()),)))
+    assert [peer for peer, _ in resumed.request.sources] == ["peerB", "peerA"]
+    assert resumed.request.created_at == 1
+
+
+def test_unfinished_downloads_of_a_version_2_catalog_are_resumed(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite"
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS[:2]:
+            db.executescript(script)
+        db.execute("PRAGMA user_version = 2")
+        db.execute("INSERT INTO downloads VALUES ('bafk1', '/d/1', x'00', x'01', 'running', 7)")
+        db.execute("INSERT INTO downloads VALUES ('bafk2', '/d/2', x'00', x'01', 'complete', 8)")
+    catalog = Catalog(path)
+    assert catalog.download_requests() == [
+        DownloadRequest("bafk1", "/d/1", (), False, ACTIVE, None, 7, 7)
+    ]
+    catalog.close()
+
+
+async def test_a_stopping_daemon_leaves_the_download_to_resume(
+    env: Env, nursery: trio.Nursery
+) -> None:
+    outcome: list[BaseException] = []
+    async with trio.open_nursery() as daemon:
+        manager = await started(DownloadManager(env.catalog, Script(blocked(trio.Event()))), daemon)
+        job = await manager.submit(env.request("s.bin"))
+
+        async def follower() -> None:
+            try:
+                await manager.follow(job, quiet)
+            except DownloadStoppedError as exc:
+                outcome.append(exc)
+
+        nursery.start_soon(follower)
+        await until(lambda: job.watchers == 1)
+        daemon.cancel_scope.cancel()
+    await until(lambda: bool(outcome))
+    assert "resumes at its next start" in str(outcome[0])
+    request = env.catalog.download_request(env.cid)
+    assert request is not None
+    assert request.state == ACTIVE
