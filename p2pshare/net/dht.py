@@ -20,24 +20,30 @@ providers and we theirs.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 from libp2p.abc import INotifee
 from libp2p.kad_dht import DHTMode, KadDHT
-from libp2p.kad_dht.common import ALPHA
+from libp2p.kad_dht.common import ALPHA, MAX_DHT_MESSAGE_SIZE
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
-from libp2p.kad_dht.utils import sort_peer_ids_by_distance
+from libp2p.kad_dht.pb.kademlia_pb2 import Message
+from libp2p.kad_dht.utils import maybe_consume_signed_record, sort_peer_ids_by_distance
 from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.peer.peerstore import env_to_send_in_RPC
+from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
+from multiaddr import Multiaddr
 
 from p2pshare.proto.ratelimit import PerKeyBuckets
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from libp2p.abc import IHost, INetConn, INetStream, INetwork
-    from libp2p.peer.id import ID
-    from multiaddr import Multiaddr
 
     from p2pshare.net.streams import HandlerGuard, LibP2PStream
 
@@ -45,6 +51,7 @@ log = logging.getLogger(__name__)
 PEER_FEED_TIMEOUT = 5.0
 QUERY_TIMEOUT = 10.0
 K_CLOSEST = 20
+PEER_ADDR_TTL = 3600
 # The 10-per-10-s default drops re-provides of a node with more than ten shares.
 PROVIDER_RATE_MAX = 10_000
 
@@ -53,6 +60,75 @@ PROVIDER_RATE_MAX = 10_000
 class Provider:
     peer_id: str
     addrs: tuple[str, ...]
+
+
+@dataclass
+class LookupTrace:
+    """How a provider lookup went; filled in as it runs, so a caller that times the
+    lookup out still sees how far it got.
+
+    ``hops`` is the length of the referral chain to the first peer that answered with
+    a provider: 1 when a peer we already knew had the record, 2 when a peer it named
+    had it, ...; 0 when this node held the record itself or nothing was found.
+    """
+
+    hops: int = 0
+    queried: int = 0
+
+
+async def get_providers_and_closers(
+    host: IHost, peer: ID, key: bytes
+) -> tuple[list[PeerInfo], list[ID]]:
+    """One GET_PROVIDERS request: the providers ``peer`` knows and the closer peers it names.
+
+    py-libp2p's own version drops the closer peers' addresses, so an iterative lookup
+    could not dial any peer it learned of ("No known addresses to peer"): it only ever
+    reached peers it knew before. Here their addresses go into the peerstore, as
+    py-libp2p does for FIND_NODE answers.
+    """
+    stream = await host.new_stream(peer, [KAD_PROTOCOL])
+    try:
+        request = Message()
+        request.type = Message.MessageType.GET_PROVIDERS
+        request.key = key
+        request.senderRecord, _ = env_to_send_in_RPC(host)
+        await stream.write(encode_varint_prefixed(request.SerializeToString()))
+        response = Message()
+        response.ParseFromString(
+            await read_varint_prefixed_bytes_limited(stream, MAX_DHT_MESSAGE_SIZE)
+        )
+    finally:
+        await stream.close()
+    if response.type != Message.MessageType.GET_PROVIDERS or not maybe_consume_signed_record(
+        response, host, peer
+    ):
+        return [], []
+    peerstore = host.get_peerstore()
+    providers = []
+    for entry in response.providerPeers:
+        if maybe_consume_signed_record(entry, host):
+            providers.append(PeerInfo(ID(entry.id), _multiaddrs(entry.addrs)))
+    closer = []
+    for entry in response.closerPeers:
+        if not entry.id or not maybe_consume_signed_record(entry, host):
+            continue
+        named = ID(entry.id)
+        if named == host.get_id():
+            continue
+        if addrs := _multiaddrs(entry.addrs):
+            peerstore.add_addrs(named, addrs, PEER_ADDR_TTL)
+        closer.append(named)
+    return providers, closer
+
+
+def _multiaddrs(raw: Iterable[bytes]) -> list[Multiaddr]:
+    addrs = []
+    for item in raw:
+        try:
+            addrs.append(Multiaddr(item))
+        except Exception as exc:  # noqa: BLE001 - a peer's bad address is skipped
+            log.debug("unparsable address in a DHT answer skipped: %s", exc)
+    return addrs
 
 
 class _DropCleanEOF(logging.Filter):
@@ -154,33 +230,52 @@ class Dht:
         """
         store = self._kad.provider_store
         store.add_provider(key, PeerInfo(self._host.get_id(), announce))
-        closest = await self._kad.peer_routing.find_closest_peers_network(key)
         me = self._host.get_id()
-        accepted = 0
+        accepted: set[ID] = set()
+        tried: set[ID] = {me}
         limiter = trio.Semaphore(ALPHA)
 
         async def send(peer: ID) -> None:
-            nonlocal accepted
             async with limiter:
                 with trio.move_on_after(QUERY_TIMEOUT):
                     if await store._send_add_provider(peer, key):  # noqa: SLF001
-                        accepted += 1
+                        accepted.add(peer)
 
-        async with trio.open_nursery() as nursery:
-            for peer in closest:
-                if peer != me:
-                    nursery.start_soon(send, peer)
-        return accepted
+        async def send_all(peers: list[ID]) -> None:
+            async with trio.open_nursery() as nursery:
+                for peer in peers:
+                    if peer not in tried:
+                        tried.add(peer)
+                        nursery.start_soon(send, peer)
 
-    async def find_providers(self, key: bytes, limit: int = 20) -> list[Provider]:
+        # First to the closest peers this node already knows: no lookup, so the record
+        # is out within a round trip. The network lookup below dials peers it has not
+        # met; on a busy network it took over 30 s, and a share was not findable until
+        # it ended (bench/dht.py, 50 nodes; docs/benchmarks.md).
+        await send_all(self._kad.routing_table.find_local_closest_peers(key, K_CLOSEST))
+        # Then to the closest in the whole network, skipping those already sent to.
+        await send_all(await self._kad.peer_routing.find_closest_peers_network(key))
+        return len(accepted)
+
+    async def find_providers(
+        self,
+        key: bytes,
+        limit: int = 20,
+        trace: LookupTrace | None = None,
+        want: int = 1,
+        give_up_at: float = math.inf,
+    ) -> list[Provider]:
         """Ask the network (never only the local cache) who provides ``key``; one entry per peer.
 
-        One iterative GET_PROVIDERS lookup: the closest known peers are asked ALPHA at a
-        time, their answers name closer peers, and the lookup ends at the first round
-        that yields providers, or once every peer known has answered.
+        One iterative GET_PROVIDERS lookup: the closest known peers are asked, ALPHA
+        queries at a time, their answers name closer peers, and the lookup ends once
+        ``want`` providers are known, or once every peer known has answered.
         (py-libp2p runs a full FIND_NODE lookup first and then keeps asking until it
         has 20 providers, i.e. the whole network when there is only one.)
+        ``trace``, if given, is updated as the lookup goes.  At ``give_up_at`` (trio
+        time) the queries still out are abandoned and what was found is returned.
         """
+        trace = trace if trace is not None else LookupTrace()
         store = self._kad.provider_store
         me = self._host.get_id()
         found: dict[ID, set[Multiaddr]] = {}
@@ -190,38 +285,67 @@ class Dht:
         known.update(self._host.get_connected_peers())
         known.discard(me)
         queried: set[ID] = set()
+        # Referral depth of each peer: 1 for those known at the start, d + 1 for a peer
+        # first named by a peer of depth d.
+        depth = dict.fromkeys(known, 1)
 
-        async def ask(peer: ID, closer: list[ID]) -> None:
+        async def ask(peer: ID, answered: trio.MemorySendChannel[None]) -> None:
             with trio.move_on_after(QUERY_TIMEOUT):
                 try:
-                    infos, more = await store._get_providers_from_peer_with_closers(  # noqa: SLF001
-                        peer, key
-                    )
+                    infos, more = await get_providers_and_closers(self._host, peer, key)
                 except Exception as exc:  # noqa: BLE001 - one bad peer must not end the lookup
                     log.debug("GET_PROVIDERS to %s failed: %s", peer, exc)
-                    return
+                    infos, more = [], []
                 for info in infos:
                     found.setdefault(info.peer_id, set()).update(info.addrs)
-                closer.extend(more)
+                if infos and not trace.hops:
+                    trace.hops = depth[peer]
+                for named in more:
+                    depth.setdefault(named, depth[peer] + 1)
+                known.update(p for p in more if p != me)
+            answered.send_nowait(None)
 
         window = K_CLOSEST
-        while not found.keys() - {me}:
-            nearest = sort_peer_ids_by_distance(key, list(known))[:window]
-            batch = [p for p in nearest if p not in queried][:ALPHA]
-            if not batch:
-                if window >= len(known):
-                    break
-                # The K closest we know of have no record: routing tables still
-                # disagree (a young network); widen to every peer known, still ALPHA
-                # at a time and bounded by the caller's timeout.
+
+        def next_peer() -> ID | None:
+            """The closest known peer not asked yet; widening from the K closest to every
+            peer known once those have no record (routing tables still disagree in a
+            young network)."""
+            nonlocal window
+            while True:
+                nearest = sort_peer_ids_by_distance(key, list(known))[:window]
+                peer = next((p for p in nearest if p not in queried), None)
+                if peer is not None or window >= len(known):
+                    return peer
                 window = len(known)
-                continue
-            queried.update(batch)
-            closer: list[ID] = []
+
+        def enough() -> bool:
+            return len(found.keys() - {me}) >= want
+
+        # A sliding window of ALPHA queries: each answer starts the next query at once.
+        # In lock-step rounds one slow peer held up its whole round for the query
+        # timeout, which is also find's default timeout; on a busy 50-node network
+        # finds timed out that way (bench/dht.py; docs/benchmarks.md).
+        answered, answers = trio.open_memory_channel[None](math.inf)
+        in_flight = 0
+        with trio.move_on_at(give_up_at):
             async with trio.open_nursery() as nursery:
-                for peer in batch:
-                    nursery.start_soon(ask, peer, closer)
-            known.update(p for p in closer if p != me)
+                while not enough():
+                    while in_flight < ALPHA and (peer := next_peer()) is not None:
+                        queried.add(peer)
+                        trace.queried = len(queried)
+                        in_flight += 1
+                        nursery.start_soon(ask, peer, answered)
+                    if in_flight == 0:
+                        break
+                    await answers.receive()
+                    in_flight -= 1
+                nursery.cancel_scope.cancel()  # found enough: the rest are not needed
+        return self._as_providers(found)[:limit]
+
+    def _as_providers(self, found: dict[ID, set[Multiaddr]]) -> list[Provider]:
+        """One entry per peer but this node; their addresses kept for dialing them."""
+        me = self._host.get_id()
         peerstore = self._host.get_peerstore()
         providers = []
         for peer, addrs in found.items():
@@ -232,4 +356,4 @@ class Dht:
             suffix = f"/p2p/{peer}"
             texts = {str(a).removesuffix(suffix) for a in addrs}
             providers.append(Provider(str(peer), tuple(sorted(texts))))
-        return providers[:limit]
+        return providers

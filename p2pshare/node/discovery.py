@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from libp2p.abc import IHost
 
     from p2pshare.config import NetworkConfig
-    from p2pshare.net.dht import Dht, Provider
+    from p2pshare.net.dht import Dht, LookupTrace, Provider
     from p2pshare.store.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,10 @@ class Discovery:
         log.info("provided %s to %d peers", cid, count)
         return status
 
+    async def provide_key(self, key: bytes) -> int:
+        """Announce this node under a DHT key that names no share (e.g. compute offers)."""
+        return await self._dht.provide(key, self.announce())
+
     def provide_soon(self, cid: str) -> None:
         if self._nursery is not None:
             self._nursery.start_soon(self.provide, cid)
@@ -236,11 +240,20 @@ class Discovery:
 
     # -- finding
 
-    async def find(self, cid: str, timeout: float) -> list[Provider]:
+    async def find(
+        self, cid: str, timeout: float, trace: LookupTrace | None = None
+    ) -> list[Provider]:
         key = ContentId.parse(cid).multihash
-        with trio.move_on_after(timeout):
-            return await self._dht.find_providers(key)
-        return []
+        give_up_at = trio.current_time() + timeout
+        return await self._dht.find_providers(key, trace=trace, give_up_at=give_up_at)
+
+    async def find_key(self, key: bytes, timeout: float, want: int) -> list[Provider]:
+        """Providers of ``key``, asking on until ``want`` are known or the time is up.
+
+        A lookup that runs out of time returns what it found by then.
+        """
+        give_up_at = trio.current_time() + timeout
+        return await self._dht.find_providers(key, limit=want, want=want, give_up_at=give_up_at)
 
     async def peers(self) -> list[dict[str, Any]]:
         found = connected_peers(self._host)

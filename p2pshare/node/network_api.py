@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
+from p2pshare.net.dht import LookupTrace
 from p2pshare.proto.cid import ContentId
 
 if TYPE_CHECKING:
@@ -31,10 +32,12 @@ class NetworkApi:
             raise InvalidParamsError(
                 f"parameter 'timeout' must be a number of seconds up to {MAX_FIND_TIMEOUT:g}"
             )
-        providers = await self.discovery.find(cid, float(timeout))
+        trace = LookupTrace()
+        providers = await self.discovery.find(cid, float(timeout), trace)
         return {
             "cid": cid,
             "providers": [{"peer_id": p.peer_id, "addrs": list(p.addrs)} for p in providers],
+            "lookup": {"hops": trace.hops, "queried": trace.queried},
         }
 
     async def peers(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:

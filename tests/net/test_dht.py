@@ -8,10 +8,10 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 import trio
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
 from p2pshare.identity import NodeKey
-from p2pshare.net.dht import Dht
+from p2pshare.net.dht import Dht, LookupTrace
 from p2pshare.net.host import running_host
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
 
@@ -64,4 +64,21 @@ async def test_routing_table_is_fed_from_connections() -> None:
         with trio.fail_after(10):
             while a_dht.routing_table_size() < 1 or b_dht.routing_table_size() < 1:
                 await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+
+
+async def test_find_walks_to_peers_it_learns_of_and_counts_hops() -> None:
+    """Node 0 knows only node 1; the record sits only on node 3. The lookup must dial
+    peers named in answers (their addresses come with the answer), three hops away."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        nodes = await start_line(stack, nursery, 4)
+        holder_host, holder_dht = nodes[3]
+        provider = PeerInfo(holder_host.get_id(), holder_host.get_addrs())
+        holder_dht._kad.provider_store.add_provider(key, provider)
+        trace = LookupTrace()
+        with trio.fail_after(20):
+            providers = await nodes[0][1].find_providers(key, trace=trace)
+        assert [p.peer_id for p in providers] == [holder_host.get_id().to_base58()]
+        assert trace.hops == 3
         nursery.cancel_scope.cancel()
