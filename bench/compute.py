@@ -18,17 +18,20 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 import wasmtime
+from rows import Row
 
+from p2pshare.compute.examples import WAT_DIR
 from p2pshare.compute.jobs import SandboxJob
 from p2pshare.compute.pool import PoolConfig, open_worker_pool
 from p2pshare.compute.sandbox import Sandbox
 from p2pshare.proto.job import JobLimits, JobStatus
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "wasm"
+EXAMPLES = WAT_DIR
 SEED = bytes(32)
 LIMITS = JobLimits(fuel=10**11, memory=64 * 1024**2, wall_seconds=60, max_output=1024**2)
 
@@ -45,7 +48,7 @@ def _summary(label: str, samples: list[float], mib: float | None = None) -> str:
     return text
 
 
-def _plain_wasmtime(module: bytes, stdin: Path, runs: int) -> list[float]:
+def plain_wasmtime(module: bytes, stdin: Path, runs: int) -> list[float]:
     """The module under wasmtime's defaults: no fuel, no epoch, real WASI stdout."""
     engine = wasmtime.Engine()
     compiled = wasmtime.Module(engine, module)
@@ -80,13 +83,25 @@ async def _pool_samples(jobs: list[SandboxJob], runs: int) -> list[list[float]]:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--mib", type=int, default=16)
-    args = parser.parse_args()
+@dataclass
+class Samples:
+    """Seconds per run of each variant, from one run of the benchmark."""
+
+    runs: int
+    mib: int
+    pool_trivial: list[float]
+    local_trivial: list[float]
+    pool_file: list[float]
+    pool_bytes: list[float]
+    local_file: list[float]
+    local_run: list[float]
+    plain: list[float]
+    fuel: int
+
+
+def collect(runs: int, mib: int) -> Samples:
     wordcount, fnv1a = _build("wordcount"), _build("fnv1a")
-    data = os.urandom(args.mib * 1024**2)
+    data = os.urandom(mib * 1024**2)
     with tempfile.TemporaryDirectory(prefix="p2ps-bench-") as tmp:
         stdin = Path(tmp) / "stdin"
         stdin.write_bytes(data)
@@ -95,12 +110,12 @@ def main() -> None:
         crunch_bytes = SandboxJob(fnv1a, SEED, LIMITS, stdin=data)
 
         pool_trivial, pool_file, pool_bytes = trio.run(
-            _pool_samples, [trivial, crunch_file, crunch_bytes], args.runs
+            _pool_samples, [trivial, crunch_file, crunch_bytes], runs
         )
         with Sandbox() as sandbox:
             sandbox.run(trivial)
             local_trivial, local_file, local_run = [], [], []
-            for _ in range(args.runs):
+            for _ in range(runs):
                 began = time.perf_counter()
                 sandbox.run(trivial)
                 local_trivial.append(time.perf_counter() - began)
@@ -109,20 +124,61 @@ def main() -> None:
                 local_file.append(time.perf_counter() - began)
                 local_run.append(result.elapsed)
             fuel = result.fuel_used
-        plain = _plain_wasmtime(fnv1a, stdin, args.runs)
+        plain = plain_wasmtime(fnv1a, stdin, runs)
+    return Samples(
+        runs,
+        mib,
+        pool_trivial,
+        local_trivial,
+        pool_file,
+        pool_bytes,
+        local_file,
+        local_run,
+        plain,
+        fuel,
+    )
 
-    print(f"runs: {args.runs}, stdin: {args.mib} MiB, cpus: {os.cpu_count()}")
-    print(_summary("trivial job, pool round trip", pool_trivial))
-    print(_summary("trivial job, in-process Sandbox.run", local_trivial))
-    print(_summary("fnv1a, pool, stdin as a file", pool_file, args.mib))
-    print(_summary("fnv1a, pool, stdin as bytes (spilled)", pool_bytes, args.mib))
-    print(_summary("fnv1a, in-process Sandbox.run (whole job)", local_file, args.mib))
-    print(_summary("fnv1a, in-process, wasm execution only", local_run, args.mib))
-    print(_summary("fnv1a, plain wasmtime (no fuel, no epoch)", plain, args.mib))
-    print(f"fuel used by fnv1a over {args.mib} MiB: {fuel}")
-    ratio = statistics.median(pool_file) / statistics.median(local_file)
+
+def measure(quick: bool, *, runs: int | None = None, mib: int | None = None) -> list[Row]:
+    """Rows for bench/run.py. No targets are set for compute yet: context only."""
+    s = collect(runs or (5 if quick else 20), mib or (4 if quick else 16))
+    ms = statistics.median
+
+    def rate(samples: list[float]) -> str:
+        return f"{s.mib / ms(samples):.1f} MiB/s"
+
+    return [
+        Row(
+            f"compute: trivial job round trip through the worker pool, median of {s.runs}",
+            f"{ms(s.pool_trivial) * 1000:.2f} ms",
+            f"in-process Sandbox.run {ms(s.local_trivial) * 1000:.2f} ms",
+        ),
+        Row(
+            f"compute: fnv1a over {s.mib} MiB through the pool (stdin as a file)",
+            rate(s.pool_file),
+            f"in-process {rate(s.local_file)}; plain wasmtime {rate(s.plain)}",
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--mib", type=int, default=16)
+    args = parser.parse_args()
+    s = collect(args.runs, args.mib)
+    print(f"runs: {s.runs}, stdin: {s.mib} MiB, cpus: {os.cpu_count()}")
+    print(_summary("trivial job, pool round trip", s.pool_trivial))
+    print(_summary("trivial job, in-process Sandbox.run", s.local_trivial))
+    print(_summary("fnv1a, pool, stdin as a file", s.pool_file, s.mib))
+    print(_summary("fnv1a, pool, stdin as bytes (spilled)", s.pool_bytes, s.mib))
+    print(_summary("fnv1a, in-process Sandbox.run (whole job)", s.local_file, s.mib))
+    print(_summary("fnv1a, in-process, wasm execution only", s.local_run, s.mib))
+    print(_summary("fnv1a, plain wasmtime (no fuel, no epoch)", s.plain, s.mib))
+    print(f"fuel used by fnv1a over {s.mib} MiB: {s.fuel}")
+    ratio = statistics.median(s.pool_file) / statistics.median(s.local_file)
     print(f"pool / in-process (same sandbox settings): {ratio:.2f}x the time")
-    ratio = statistics.median(pool_file) / statistics.median(plain)
+    ratio = statistics.median(s.pool_file) / statistics.median(s.plain)
     print(f"pool / plain wasmtime: {ratio:.2f}x the time")
 
 

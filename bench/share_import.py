@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import blake3
+from rows import Row, print_table
 
 from p2pshare.home import Home
 from p2pshare.launcher import (
@@ -53,37 +54,58 @@ def share_speed(home: Home, path: Path) -> float:
     return path.stat().st_size / elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--rss-size-mib", type=int, default=4096)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    if args.quick:
-        args.size_mib, args.rss_size_mib = 256, 512
+RATIO_TARGET = 0.5
+RSS_TARGET_MB = 200.0
+
+
+def measure(
+    quick: bool, *, size_mib: int | None = None, rss_size_mib: int | None = None
+) -> list[Row]:
+    size_mib = size_mib or (256 if quick else 1024)
+    rss_size_mib = rss_size_mib or (512 if quick else 4096)
     with tempfile.TemporaryDirectory(prefix="p2ps-bench-") as tmp:
         root = Path(tmp)
         data = root / "speed.bin"
-        write_varied_file(data, args.size_mib * MIB)
+        write_varied_file(data, size_mib * MIB)
         home = Home(root / "home")
         init_home(home)
         with DaemonProcess(home, log_level="warning") as daemon:
             daemon.start()
+            idle_rss = peak_rss_mb(daemon.pid)
             blake3_baseline(data)  # warm the page cache so both read from memory
             baseline = blake3_baseline(data)
             speed = share_speed(home, data)
-            print(f"share import of {args.size_mib} MiB")
-            print(f"  single-thread BLAKE3 (baseline): {baseline / 1e6:8.1f} MB/s")
-            print(f"  p2pshare share:                  {speed / 1e6:8.1f} MB/s")
-            print(f"  ratio: {speed / baseline:.2f}  (target >= 0.50)")
             data.unlink()
             big = root / "rss.bin"
-            write_varied_file(big, args.rss_size_mib * MIB)
+            write_varied_file(big, rss_size_mib * MIB)
             share_speed(home, big)
-            print(
-                f"daemon peak RSS after sharing {args.rss_size_mib} MiB: "
-                f"{peak_rss_mb(daemon.pid):.1f} MB  (target < 200 MB)"
-            )
+            peak = peak_rss_mb(daemon.pid)
+    ratio = speed / baseline
+    return [
+        Row(
+            f"`share` of {size_mib} MiB",
+            f"{speed / 1e6:.0f} MB/s",
+            f"BLAKE3 single thread {baseline / 1e6:.0f} MB/s (ratio {ratio:.2f})",
+            f">= {RATIO_TARGET:g} x baseline",
+            ratio >= RATIO_TARGET,
+        ),
+        Row(
+            f"daemon peak RSS after sharing {rss_size_mib} MiB",
+            f"{peak:.0f} MB",
+            f"the same daemon before sharing: {idle_rss:.0f} MB",
+            f"< {RSS_TARGET_MB:g} MB",
+            peak < RSS_TARGET_MB,
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mib", type=int, default=None)
+    parser.add_argument("--rss-size-mib", type=int, default=None)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print_table(measure(args.quick, size_mib=args.size_mib, rss_size_mib=args.rss_size_mib))
 
 
 if __name__ == "__main__":

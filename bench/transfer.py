@@ -25,6 +25,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from rows import Row
+
 from p2pshare.control.client import ControlClient
 from p2pshare.home import Home
 from p2pshare.launcher import (
@@ -77,7 +79,8 @@ def plain_tcp(path: Path, out: Path) -> float:
     return size / elapsed
 
 
-def single(root: Path, size: int) -> None:
+def single(root: Path, size: int) -> tuple[float, float]:
+    """(p2pshare get, plain TCP) in bytes/s."""
     data = root / "single.bin"
     write_varied_file(data, size)
     homes = [Home(root / "a"), Home(root / "b")]
@@ -97,9 +100,11 @@ def single(root: Path, size: int) -> None:
     print(f"   plain TCP socket (baseline): {baseline / 1e6:8.1f} MB/s")
     print(f"   p2pshare get:                {speed / 1e6:8.1f} MB/s")
     print(f"   ratio {speed / baseline:.2f} (target >= 0.50)")
+    return speed, baseline
 
 
-def multi(root: Path, size: int, rate: int) -> None:
+def multi(root: Path, size: int, rate: int) -> tuple[float, int]:
+    """(p2pshare get in bytes/s, peers it used)."""
     data = root / "multi.bin"
     write_varied_file(data, size)
     homes = [Home(root / f"s{i}") for i in range(3)] + [Home(root / "d")]
@@ -130,9 +135,11 @@ def multi(root: Path, size: int, rate: int) -> None:
         f"   p2pshare get:                {speed / 1e6:8.1f} MB/s from {len(report['peers'])} peers"
     )
     print(f"   ratio {speed / rate:.2f} R (target >= 2.5 R)")
+    return speed, len(report["peers"])
 
 
-def memory(root: Path, size: int) -> None:
+def memory(root: Path, size: int) -> tuple[float, float]:
+    """(peak RSS after the get, peak RSS before it) in MB."""
     data = root / "rss.bin"
     write_varied_file(data, size)
     homes = [Home(root / "m1"), Home(root / "m2")]
@@ -149,6 +156,50 @@ def memory(root: Path, size: int) -> None:
     print(f"3. downloading daemon while fetching {size // MIB} MiB")
     print(f"   peak RSS before (baseline):  {idle:8.1f} MB")
     print(f"   peak RSS after the get:      {peak:8.1f} MB (target < 200 MB)")
+    return peak, idle
+
+
+def measure(
+    quick: bool,
+    *,
+    size_mib: int | None = None,
+    multi_size_mib: int | None = None,
+    rss_size_mib: int | None = None,
+    rate_mb: float = 10.0,
+) -> list[Row]:
+    """The three figures as rows for bench/run.py (the functions above also print them)."""
+    size_mib = size_mib or (128 if quick else 1024)
+    multi_size_mib = multi_size_mib or (64 if quick else 256)
+    rss_size_mib = rss_size_mib or (256 if quick else 4096)
+    rate = int(rate_mb * 1e6)
+    with tempfile.TemporaryDirectory(prefix="p2ps-xfer-") as tmp:
+        root = Path(tmp)
+        speed, plain = single(root, size_mib * MIB)
+        multi_speed, peers = multi(root, multi_size_mib * MIB, rate)
+        peak, idle = memory(root, rss_size_mib * MIB)
+    return [
+        Row(
+            f"`get` of {size_mib} MiB between two daemons",
+            f"{speed / 1e6:.0f} MB/s",
+            f"plain TCP {plain / 1e6:.0f} MB/s (ratio {speed / plain:.2f})",
+            ">= 0.5 x plain TCP",
+            speed / plain >= 0.5,
+        ),
+        Row(
+            f"multi-source `get` of {multi_size_mib} MiB, 3 seeders capped at R",
+            f"{multi_speed / 1e6:.1f} MB/s from {peers} peers",
+            f"R = {rate / 1e6:g} MB/s ({multi_speed / rate:.2f} R)",
+            ">= 2.5 R",
+            multi_speed / rate >= 2.5,
+        ),
+        Row(
+            f"downloading daemon's peak RSS fetching {rss_size_mib} MiB",
+            f"{peak:.0f} MB",
+            f"{idle:.0f} MB before the get",
+            "< 200 MB",
+            peak < 200,
+        ),
+    ]
 
 
 def main() -> None:

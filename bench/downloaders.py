@@ -1,0 +1,198 @@
+"""Many downloaders: one seeder, N daemon processes fetching the same share at once.
+
+Default: 100 downloaders of a 64 MiB share (--quick: 20). Every downloader gets the
+seeder's ticket and nothing else (no bootstrap), all `get` calls are issued together,
+and each output is compared byte for byte (BLAKE3) with the original here, on top
+of the daemon's own chunk verification.
+
+Prints, each next to its same-run baseline:
+* completed and verified downloads (target: all);
+* total throughput, N x size / time until the last finished, against one downloader
+  fetching a different 64 MiB share from the same seeder alone just before (target:
+  the crowd gets at least as much through as one downloader alone);
+* completion time min / p50 / max from the common start;
+* the seeder's peak RSS (VmHWM), against its peak before the crowd came (target:
+  under 200 MB, as for any daemon).
+
+A downloader that finishes announces the content like any other; the report says how
+many downloads also took chunks from other downloaders.
+
+Run: .venv/bin/python bench/downloaders.py [--count 100] [--size-mib 64] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import blake3
+from rows import Row, median, print_table
+
+from p2pshare.control.client import ControlClient
+from p2pshare.home import Home
+from p2pshare.launcher import (
+    DaemonProcess,
+    init_home,
+    peak_rss_mb,
+    start_all,
+    stop_all,
+    write_varied_file,
+)
+
+MIB = 1 << 20
+START_TIMEOUT = 600.0
+RSS_TARGET_MB = 200.0
+# Each daemon holds a few dozen descriptors; the seeder one or two per downloader.
+FDS_PER_DAEMON = 64
+
+
+def call(home: Home, method: str, params: dict[str, Any]) -> Any:
+    with ControlClient(home, timeout=None) as client:
+        return client.call(method, params)
+
+
+def digest(path: Path) -> bytes:
+    hasher = blake3.blake3()
+    with path.open("rb") as f:
+        while block := f.read(4 * MIB):
+            hasher.update(block)
+    return hasher.digest()
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's soft descriptor limit (inherited by the daemons) if needed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        soft = needed
+    if soft < needed:
+        raise SystemExit(f"needs {needed} file descriptors; `ulimit -n` allows {soft}")
+    return soft
+
+
+def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> list[Row]:
+    count = count or (20 if quick else 100)
+    size = size_mib * MIB
+    raise_fd_limit(FDS_PER_DAEMON * (count + 2))
+    with tempfile.TemporaryDirectory(prefix="p2ps-crowd-") as tmp, ExitStack() as stack:
+        root = Path(tmp)
+        data, solo_data = root / "crowd.bin", root / "solo.bin"
+        write_varied_file(data, size)
+        write_varied_file(solo_data, size)
+        want = digest(data)
+        homes = [Home(root / f"d{i}") for i in range(count + 1)]
+        for home in homes:
+            init_home(home)
+        seeder = stack.enter_context(DaemonProcess(homes[0], log_level="warning"))
+        seeder.start(START_TIMEOUT)
+        crowd_share = call(homes[0], "share", {"path": str(data)})
+        solo_share = call(homes[0], "share", {"path": str(solo_data)})
+        downloaders = [
+            stack.enter_context(DaemonProcess(h, log_level="warning")) for h in homes[1:]
+        ]
+        stack.callback(stop_all, [seeder, *downloaders])
+        t0 = time.perf_counter()
+        start_all(downloaders, timeout=START_TIMEOUT)
+        startup = time.perf_counter() - t0
+        print(f"  {count} downloaders started in {startup:.0f} s", flush=True)
+
+        # Baseline: one downloader alone, another share of the same size, same seeder.
+        solo_out = root / "solo-got.bin"
+        t0 = time.perf_counter()
+        call(homes[1], "get", {"ref": solo_share["ticket"], "dest": str(solo_out)})
+        solo_s = time.perf_counter() - t0
+        solo_out.unlink()
+        seeder_before = peak_rss_mb(seeder.pid)
+
+        outs = [root / f"got-{i}.bin" for i in range(count)]
+        finished: list[float | None] = [None] * count
+        reports: list[dict[str, Any] | None] = [None] * count
+        errors: list[str] = []
+        go = threading.Event()
+
+        def fetch(index: int) -> None:
+            go.wait()
+            try:
+                reports[index] = call(
+                    homes[index + 1],
+                    "get",
+                    {"ref": crowd_share["ticket"], "dest": str(outs[index])},
+                )
+                finished[index] = time.perf_counter() - began
+            except Exception as exc:  # noqa: BLE001 - reported in the figures
+                errors.append(f"downloader {index}: {exc}")
+
+        threads = [threading.Thread(target=fetch, args=(i,)) for i in range(count)]
+        for thread in threads:
+            thread.start()
+        began = time.perf_counter()
+        go.set()
+        for thread in threads:
+            thread.join(timeout=START_TIMEOUT)
+        seeder_peak = peak_rss_mb(seeder.pid)
+        verified = 0
+        for out in outs:
+            if out.exists():
+                verified += digest(out) == want
+                out.unlink()
+        for error in errors[:5]:
+            print(f"  {error}", flush=True)
+
+    times = [t for t in finished if t is not None]
+    helped = sum(1 for r in reports if r is not None and len(r.get("peers", ())) > 1)
+    total = len(times) * size / max(times) if times else 0.0
+    solo_rate = size / solo_s
+    return [
+        Row(
+            f"{count} concurrent downloaders of {size_mib} MiB: completed and verified",
+            f"{verified}/{count}",
+            f"downloaders started in {startup:.0f} s",
+            "all",
+            verified == count,
+        ),
+        Row(
+            f"{count} concurrent downloaders: total throughput",
+            f"{total / 1e6:.0f} MB/s",
+            f"one downloader alone: {solo_rate / 1e6:.0f} MB/s",
+            ">= one downloader alone",
+            total >= solo_rate,
+        ),
+        Row(
+            f"{count} concurrent downloaders: completion time min / p50 / max",
+            (
+                f"{min(times):.1f} / {median(times):.1f} / {max(times):.1f} s; "
+                f"{helped} also fetched from other downloaders"
+                if times
+                else "none finished"
+            ),
+            f"one downloader alone: {solo_s:.2f} s",
+            "-",
+            None,
+        ),
+        Row(
+            f"{count} concurrent downloaders: seeder peak RSS",
+            f"{seeder_peak:.0f} MB",
+            f"seeder before the crowd: {seeder_before:.0f} MB",
+            f"< {RSS_TARGET_MB:.0f} MB",
+            seeder_peak < RSS_TARGET_MB,
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=None)
+    parser.add_argument("--size-mib", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="20 downloaders")
+    args = parser.parse_args()
+    print_table(measure(args.quick, count=args.count, size_mib=args.size_mib))
+
+
+if __name__ == "__main__":
+    main()
