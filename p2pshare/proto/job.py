@@ -9,8 +9,8 @@ streams, the files and the clock.  Normative description: docs/compute.md.
   two requesters asking for the same computation name it identically, and the job
   ID doubles as the seed of the guest's deterministic random numbers.
 * **Messages** travel one per frame (:mod:`p2pshare.proto.framing`) as a canonical
-  msgpack map whose first key ``"t"`` names the type: SUBMIT and CANCEL from the
-  requester, ACCEPT, REJECT, PROGRESS and RESULT from the worker.
+  msgpack map whose first key ``"t"`` names the type: OFFER_REQUEST, SUBMIT and CANCEL
+  from the requester, OFFER, ACCEPT, REJECT, PROGRESS and RESULT from the worker.
 * A **receipt** is the worker's signed statement of the outcome: job ID, worker key,
   status, exit code, fuel used, output content ID and the BLAKE3 digest of stdout.
   Replicas agree when their :attr:`Receipt.outcome` is equal.
@@ -76,6 +76,13 @@ MAX_INPUTS: Final = 1024
 MAX_SPEC_SIZE: Final = 256 * 1024
 MAX_MESSAGE_SIZE: Final = MAX_SPEC_SIZE + 1024
 MAX_REJECT_MESSAGE: Final = 1024
+# RESULT carries stdout up to this size, so small outputs need no download.
+MAX_INLINE_OUTPUT: Final = 64 * 1024
+# A signed offer (p2pshare.proto.offer) travels in OFFER; defined here because that
+# module builds on this one.
+MAX_OFFER_SIZE: Final = 512
+# Bytes a worker fetched for one job: above any module plus inputs it would take.
+MAX_FETCHED: Final = 2**50
 _MAX_CODE: Final = 32
 _CODE_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -189,6 +196,21 @@ class JobLimits:
             )
             if mine > theirs
         ]
+
+
+def encode_limits(limits: JobLimits) -> dict[str, int]:
+    """The wire map of limits, as a job spec and a worker's offer carry it."""
+    return {
+        "fuel": limits.fuel,
+        "memory": limits.memory,
+        "wall": limits.wall_seconds,
+        "output": limits.max_output,
+    }
+
+
+def parse_limits(value: object, *, what: str) -> JobLimits:
+    """Limits from their wire map; RemoteProtocolError unless well formed and in range."""
+    return _check_limit_values(*expect_map(value, _LIMIT_KEYS, what=what))
 
 
 def _check_limit_values(fuel: object, memory: object, wall: object, output: object) -> JobLimits:
@@ -312,12 +334,7 @@ def encode_job_spec(spec: JobSpec) -> bytes:
             "args": list(spec.args),
             "stdin": None if spec.stdin is None else spec.stdin.to_bytes(),
             "inputs": [[entry.path, entry.cid.to_bytes()] for entry in spec.inputs],
-            "limits": {
-                "fuel": spec.limits.fuel,
-                "memory": spec.limits.memory,
-                "wall": spec.limits.wall_seconds,
-                "output": spec.limits.max_output,
-            },
+            "limits": encode_limits(spec.limits),
         }
     )
 
@@ -366,7 +383,7 @@ def _parse_spec(value: object) -> JobSpec:
             _parse_input(entry)
             for entry in expect_list(inputs, what="job inputs", max_len=MAX_INPUTS)
         ),
-        limits=_check_limit_values(*expect_map(limits, _LIMIT_KEYS, what="job limits")),
+        limits=parse_limits(limits, what="job limits"),
     )
     _check_spec(spec, RemoteProtocolError)
     return spec
@@ -610,9 +627,12 @@ class Reject:
 
 @dataclass(frozen=True)
 class Progress:
+    """PROGRESS: ``fetched`` counts the module, stdin and input bytes fetched so far."""
+
     job_id: bytes
     state: JobState
     fuel_used: int | None = None
+    fetched: int | None = None
 
 
 @dataclass(frozen=True)
@@ -621,42 +641,77 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class OfferRequest:
+    """OFFER_REQUEST: the requester asks for the worker's current signed offer."""
+
+
+@dataclass(frozen=True)
+class OfferReply:
+    """OFFER: the worker's signed offer bytes.
+
+    Only their size is checked here; the requester checks them with
+    :func:`p2pshare.proto.offer.verify_offer`, which needs the clock.
+    """
+
+    offer: bytes
+
+
+@dataclass(frozen=True)
 class Result:
-    """RESULT: the signed receipt that ends a job."""
+    """RESULT: the signed receipt that ends a job.
+
+    ``stdout`` carries the output itself when it is at most :data:`MAX_INLINE_OUTPUT`
+    bytes, so a small result needs no download; it must match the receipt's digest.
+    """
 
     receipt: SignedReceipt
+    stdout: bytes | None = None
 
     @property
     def job_id(self) -> bytes:
         return self.receipt.receipt.job_id
 
 
-JobMessage: TypeAlias = Submit | Accept | Reject | Progress | Cancel | Result
+JobMessage: TypeAlias = (
+    OfferRequest | OfferReply | Submit | Accept | Reject | Progress | Cancel | Result
+)
 
 _MESSAGE_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "offer_request": ("t",),
+    "offer": ("t", "offer"),
     "submit": ("t", "spec", "nonce"),
     "accept": ("t", "job"),
     "reject": ("t", "job", "code", "message"),
-    "progress": ("t", "job", "state", "fuel"),
+    "progress": ("t", "job", "state", "fuel", "fetched"),
     "cancel": ("t", "job"),
-    "result": ("t", "receipt"),
+    "result": ("t", "receipt", "stdout"),
 }
 
 
-def _message_map(message: JobMessage) -> dict[str, object]:
+def _message_map(message: JobMessage) -> dict[str, object]:  # noqa: PLR0911 -- one per type
     match message:
+        case OfferRequest():
+            return {"t": "offer_request"}
+        case OfferReply(offer=offer):
+            return {"t": "offer", "offer": offer}
         case Submit(spec=spec, nonce=nonce):
             return {"t": "submit", "spec": encode_job_spec(spec), "nonce": nonce}
         case Accept(job_id=job):
             return {"t": "accept", "job": job}
         case Reject(job_id=job, code=code, message=text):
             return {"t": "reject", "job": job, "code": code, "message": text}
-        case Progress(job_id=job, state=state, fuel_used=fuel):
-            return {"t": "progress", "job": job, "state": state.value, "fuel": fuel}
+        case Progress(job_id=job, state=state, fuel_used=fuel, fetched=fetched):
+            return {
+                "t": "progress",
+                "job": job,
+                "state": state.value,
+                "fuel": fuel,
+                "fetched": fetched,
+            }
         case Cancel(job_id=job):
             return {"t": "cancel", "job": job}
-        case Result(receipt=signed):
-            return {"t": "result", "receipt": signed.data}
+        case Result(receipt=signed, stdout=stdout):
+            return {"t": "result", "receipt": signed.data, "stdout": stdout}
     raise LocalProtocolError(f"{message!r} is not a job message")
 
 
@@ -664,7 +719,7 @@ def encode_job_message(message: JobMessage) -> bytes:
     """The frame payload of ``message``; LocalProtocolError if the protocol forbids it."""
     try:
         _check_message(message)
-    except RemoteProtocolError as exc:
+    except (RemoteProtocolError, IntegrityError) as exc:
         raise LocalProtocolError(f"invalid job message: {exc}") from exc
     return pack(_message_map(message))
 
@@ -672,6 +727,8 @@ def encode_job_message(message: JobMessage) -> bytes:
 def _check_message(message: JobMessage) -> None:
     """Field checks of the encoder; the decoder applies the same while parsing."""
     match message:
+        case OfferReply(offer=offer):
+            _offer(offer)
         case Submit(spec=spec, nonce=nonce):
             _check_spec(spec, RemoteProtocolError)
             expect_bytes(nonce, what="nonce", length=NONCE_SIZE, max_len=NONCE_SIZE)
@@ -681,20 +738,37 @@ def _check_message(message: JobMessage) -> None:
             _job(job)
             _code(code)
             _text(text)
-        case Progress(job_id=job, state=state, fuel_used=fuel):
+        case Progress(job_id=job, state=state, fuel_used=fuel, fetched=fetched):
             _job(job)
             if not isinstance(state, JobState):
                 raise RemoteProtocolError(f"progress state {state!r} is unknown")
-            if fuel is not None:
-                expect_int(fuel, what="fuel used", low=0, high=MAX_FUEL)
+            _fuel(fuel)
+            _fetched(fetched)
         case Accept(job_id=job) | Cancel(job_id=job):
             _job(job)
-        case Result():
-            pass  # A SignedReceipt is checked when built (sign_receipt, decode_receipt).
+        case Result(receipt=signed, stdout=stdout):
+            # The receipt itself is checked when built (sign_receipt, decode_receipt).
+            _check_inline(signed, stdout)
+        case OfferRequest():
+            pass
 
 
 def _job(value: object) -> bytes:
     return expect_bytes(value, what="job ID", length=JOB_ID_SIZE, max_len=JOB_ID_SIZE)
+
+
+def _offer(value: object) -> bytes:
+    return expect_bytes(value, what="signed offer", max_len=MAX_OFFER_SIZE)
+
+
+def _fuel(value: object) -> int | None:
+    return None if value is None else expect_int(value, what="fuel used", low=0, high=MAX_FUEL)
+
+
+def _fetched(value: object) -> int | None:
+    if value is None:
+        return None
+    return expect_int(value, what="fetched bytes", low=0, high=MAX_FETCHED)
 
 
 def _code(value: object) -> str:
@@ -721,23 +795,35 @@ def _parse_submit(spec: object, nonce: object) -> Submit:
     )
 
 
-def _parse_progress(job: object, state: object, fuel: object) -> Progress:
+def _parse_progress(job: object, state: object, fuel: object, fetched: object) -> Progress:
     try:
         job_state = JobState(expect_str(state, what="progress state"))
     except ValueError:
         raise RemoteProtocolError(f"progress state {state!r} is unknown") from None
-    return Progress(
-        _job(job),
-        job_state,
-        None if fuel is None else expect_int(fuel, what="fuel used", low=0, high=MAX_FUEL),
+    return Progress(_job(job), job_state, _fuel(fuel), _fetched(fetched))
+
+
+def _parse_result(receipt: object, stdout: object) -> Result:
+    signed = decode_receipt(expect_bytes(receipt, what="receipt", max_len=_MAX_RECEIPT_SIZE))
+    inline = (
+        None if stdout is None else expect_bytes(stdout, what="stdout", max_len=MAX_INLINE_OUTPUT)
     )
+    _check_inline(signed, inline)
+    return Result(signed, inline)
 
 
-def _parse_result(receipt: object) -> Result:
-    return Result(decode_receipt(expect_bytes(receipt, what="receipt", max_len=_MAX_RECEIPT_SIZE)))
+def _check_inline(signed: SignedReceipt, stdout: bytes | None) -> None:
+    if stdout is None:
+        return
+    if type(stdout) is not bytes or len(stdout) > MAX_INLINE_OUTPUT:
+        raise RemoteProtocolError(f"inline stdout is at most {MAX_INLINE_OUTPUT} bytes")
+    if output_digest(stdout) != signed.receipt.digest:
+        raise IntegrityError("the stdout sent with the receipt does not match its digest")
 
 
 _PARSERS: Final[dict[str, Callable[..., JobMessage]]] = {
+    "offer_request": OfferRequest,
+    "offer": lambda offer: OfferReply(_offer(offer)),
     "submit": _parse_submit,
     "accept": lambda job: Accept(_job(job)),
     "reject": lambda job, code, text: Reject(_job(job), _code(code), _text(text)),

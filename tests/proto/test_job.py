@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import blake3
@@ -20,12 +21,17 @@ from p2pshare.errors import (
 from p2pshare.identity import NodeKey
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.errors import UnsafePathError
+from p2pshare.proto.framing import FrameDecoder, encode_frame
 from p2pshare.proto.job import (
     MAX_ARG_BYTES,
     MAX_ARGS,
     MAX_EXIT_CODE,
+    MAX_FETCHED,
     MAX_FUEL,
+    MAX_INLINE_OUTPUT,
     MAX_MEMORY,
+    MAX_MESSAGE_SIZE,
+    MAX_OFFER_SIZE,
     MAX_OUTPUT_BYTES,
     MAX_REJECT_MESSAGE,
     MAX_WALL_SECONDS,
@@ -40,6 +46,8 @@ from p2pshare.proto.job import (
     JobSpec,
     JobState,
     JobStatus,
+    OfferReply,
+    OfferRequest,
     Progress,
     Receipt,
     Reject,
@@ -150,6 +158,8 @@ receipts = st.builds(
 ) | st.builds(_receipt, status=st.just(JobStatus.EXIT), exit_code=st.integers(1, MAX_EXIT_CODE))
 
 messages: st.SearchStrategy[JobMessage] = st.one_of(
+    st.just(OfferRequest()),
+    st.builds(OfferReply, st.binary(max_size=MAX_OFFER_SIZE)),
     st.builds(Submit, specs(), st.binary(min_size=NONCE_SIZE, max_size=NONCE_SIZE)),
     st.builds(Accept, st.binary(min_size=32, max_size=32)),
     st.builds(
@@ -163,6 +173,7 @@ messages: st.SearchStrategy[JobMessage] = st.one_of(
         st.binary(min_size=32, max_size=32),
         st.sampled_from(JobState),
         st.none() | st.integers(0, MAX_FUEL),
+        st.none() | st.integers(0, MAX_FETCHED),
     ),
     st.builds(Cancel, st.binary(min_size=32, max_size=32)),
     receipts.map(lambda receipt: Result(sign_receipt(receipt, WORKER))),
@@ -323,9 +334,13 @@ def test_arbitrary_bytes_give_only_typed_errors(data: bytes) -> None:
 
 msgpack_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=40)
-    | st.text(max_size=10) | st.sampled_from(["t", "submit", "result", "progress", "job"]),
+    | st.text(max_size=10)
+    | st.sampled_from(["t", "submit", "result", "progress", "job", "offer", "offer_request"]),
     lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(["t", "job", "spec", "nonce", "state", "fuel", "v"]), inner),
+    | st.dictionaries(
+        st.sampled_from(["t", "job", "spec", "nonce", "state", "fuel", "fetched", "offer", "v"]),
+        inner,
+    ),
     max_leaves=12,
 )  # fmt: skip
 
@@ -346,6 +361,38 @@ def test_messages_round_trip(message: JobMessage) -> None:
     assert decode_job_message(encode_job_message(message)) == message
 
 
+@given(st.lists(messages, max_size=4), st.lists(st.integers(min_value=0), max_size=12))
+def test_framed_messages_survive_any_split(batch: list[JobMessage], cuts: list[int]) -> None:
+    stream = b"".join(
+        encode_frame(encode_job_message(message), MAX_MESSAGE_SIZE) for message in batch
+    )
+    points = sorted({cut % (len(stream) + 1) for cut in cuts})
+    decoder = FrameDecoder(MAX_MESSAGE_SIZE)
+    received = []
+    for start, end in itertools.pairwise([0, *points, len(stream)]):
+        decoder.feed(stream[start:end])
+        while (frame := decoder.next_frame()) is not None:
+            received.append(decode_job_message(frame))
+    assert received == batch
+
+
+@given(messages, st.data())
+def test_a_flipped_bit_gives_a_typed_error_or_another_canonical_message(
+    message: JobMessage, data: st.DataObject
+) -> None:
+    encoded = encode_job_message(message)
+    bit = data.draw(st.integers(0, 8 * len(encoded) - 1))
+    damaged = bytearray(encoded)
+    damaged[bit // 8] ^= 1 << (bit % 8)
+    try:
+        decoded = decode_job_message(bytes(damaged))
+    except RemoteError:
+        return
+    # Canonical decoding: whatever is accepted is exactly the encoding of what it means.
+    assert decoded != message
+    assert encode_job_message(decoded) == damaged
+
+
 def test_submit_carries_the_spec_bytes_and_its_job_id() -> None:
     message = Submit(SPEC, NONCE)
     data = encode_job_message(message)
@@ -363,6 +410,9 @@ def test_submit_carries_the_spec_bytes_and_its_job_id() -> None:
         Reject(job_id(SPEC), "Not A Code", "x"),
         Reject(job_id(SPEC), "busy", "x" * (MAX_REJECT_MESSAGE + 1)),
         Progress(job_id(SPEC), JobState.RUNNING, -1),
+        Progress(job_id(SPEC), JobState.FETCHING, None, -1),
+        Progress(job_id(SPEC), JobState.FETCHING, None, MAX_FETCHED + 1),
+        OfferReply(bytes(MAX_OFFER_SIZE + 1)),
         Cancel(b""),
     ],
 )
@@ -375,7 +425,16 @@ NON_CANONICAL_MESSAGES: dict[str, bytes] = {
     "type last": _pack({"job": bytes(32), "t": "accept"}),
     "unknown type": _pack({"t": "hello", "job": bytes(32)}),
     "missing fuel": _pack({"t": "progress", "job": bytes(32), "state": "running"}),
-    "unknown state": _pack({"t": "progress", "job": bytes(32), "state": "paused", "fuel": None}),
+    "missing fetched": _pack({"t": "progress", "job": bytes(32), "state": "running", "fuel": 1}),
+    "unknown state": _pack(
+        {"t": "progress", "job": bytes(32), "state": "paused", "fuel": None, "fetched": None}
+    ),
+    "bool fetched": _pack(
+        {"t": "progress", "job": bytes(32), "state": "fetching", "fuel": None, "fetched": True}
+    ),
+    "oversize offer": _pack({"t": "offer", "offer": bytes(MAX_OFFER_SIZE + 1)}),
+    "offer as text": _pack({"t": "offer", "offer": "x"}),
+    "offer request with a field": _pack({"t": "offer_request", "job": bytes(32)}),
     "spec as map": _pack({"t": "submit", "spec": _unpack(encode_job_spec(SPEC)), "nonce": NONCE}),
     "bad spec bytes": _pack({"t": "submit", "spec": b"\x80", "nonce": NONCE}),
     "extra key": _pack({"t": "cancel", "job": bytes(32), "why": "x"}),
@@ -463,7 +522,25 @@ def test_result_with_a_forged_receipt_is_an_integrity_error() -> None:
     signed = sign_receipt(_receipt(), WORKER)
     forged = signed.body + OTHER.sign(receipt_signing_message(signed.body))
     with pytest.raises(IntegrityError):
-        decode_job_message(_pack({"t": "result", "receipt": forged}))
+        decode_job_message(_pack({"t": "result", "receipt": forged, "stdout": None}))
+
+
+def test_result_carries_small_stdout_checked_against_the_digest() -> None:
+    stdout = b"2 3 14\n"
+    signed = sign_receipt(_receipt(digest=output_digest(stdout)), WORKER)
+    message = Result(signed, stdout)
+    assert decode_job_message(encode_job_message(message)) == message
+    with pytest.raises(IntegrityError, match="does not match"):
+        decode_job_message(_pack({"t": "result", "receipt": signed.data, "stdout": b"42\n"}))
+    with pytest.raises(LocalProtocolError):
+        encode_job_message(Result(signed, b"42\n"))
+
+
+def test_inline_stdout_is_bounded() -> None:
+    stdout = bytes(MAX_INLINE_OUTPUT + 1)
+    signed = sign_receipt(_receipt(digest=output_digest(stdout)), WORKER)
+    with pytest.raises(RemoteProtocolError, match="more than"):
+        decode_job_message(_pack({"t": "result", "receipt": signed.data, "stdout": stdout}))
 
 
 @pytest.mark.parametrize(
