@@ -17,6 +17,8 @@ from p2pshare import __version__
 from p2pshare.errors import P2PShareError, UserError
 from p2pshare.home import Home, resolve_home
 
+from .compute import compute
+from .output import human_size as _size
 from .output import kv_lines, show
 
 # Long calls send progress events several times a second; this much silence means the
@@ -108,7 +110,12 @@ def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json:
     from p2pshare.node.daemon import ReadyInfo, serve  # noqa: PLC0415
 
     home = _home(ctx)
-    home.create()
+    # An existing home keeps its modes and is checked before the log goes into it:
+    # one open to others is refused, not quietly closed after they may have changed
+    # its files.
+    if not home.root.exists():
+        home.create()
+    home.check_private()
     logs.configure(log_level, home.log_path)
 
     def on_ready(info: ReadyInfo) -> None:
@@ -211,15 +218,6 @@ def _share_line(share: dict[str, Any]) -> str:
     return f"{share['cid']}  {size:>9}  {share['files']:>5} files  {label}" + (
         f"  [{', '.join(flags)}]" if flags else ""
     )
-
-
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError
 
 
 @cli.command()
@@ -329,19 +327,28 @@ def get(
 ) -> None:
     """Download CID (or a ticket) from every peer that has it, verifying each chunk.
 
-    Ctrl-C stops the download and keeps what was verified: run the same command again
-    to resume.
+    The daemon does the work and resumes the download at its next start if it stops.
+    Ctrl-C pauses the download, keeping what was verified: run the same command again
+    to resume it; `p2pshare downloads` lists unfinished downloads.
     """
     from p2pshare.control.client import ControlClient  # noqa: PLC0415
 
     from .progress import ByteProgress  # noqa: PLC0415
 
     params = {"ref": ref, "dest": str(output.absolute()), "force": force}
-    with (
-        ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,
-        ByteProgress("downloading", enabled=not (no_progress or as_json), min_bytes=0) as bar,
-    ):
-        result = client.call("get", params, on_event=bar.on_event)
+    try:
+        with (
+            ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,
+            ByteProgress("downloading", enabled=not (no_progress or as_json), min_bytes=0) as bar,
+        ):
+            result = client.call("get", params, on_event=bar.on_event)
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted: the download is paused; run the same command to resume it, "
+            "or see: p2pshare downloads",
+            err=True,
+        )
+        ctx.exit(130)
 
     def human(r: dict[str, Any]) -> str:
         rate = r["size"] / r["elapsed_s"] / 1e6 if r["elapsed_s"] else 0.0
@@ -356,6 +363,48 @@ def get(
         return text
 
     show(result, as_json, human)
+
+
+def _download_line(d: dict[str, Any]) -> str:
+    if d["chunks"]:
+        done = f"{100 * d['verified_chunks'] // d['chunks']:>3}% of {_size(d['size'])}"
+    else:
+        done = "no manifest yet"
+    state = d["state"]
+    if d["retry_in_s"] is not None:
+        state += f" in {d['retry_in_s']:.0f} s"
+    line = f"{d['cid']}  {state:<16}  {done:<18}  {d['destination']}"
+    return line + (f"\n    {d['error']}" if d["error"] else "")
+
+
+@cli.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def downloads(ctx: click.Context, as_json: bool) -> None:
+    """List unfinished downloads (running, retrying, paused or failed)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from p2pshare.control.client import call  # noqa: PLC0415
+
+    result = call(_home(ctx), "downloads")
+    show(
+        result,
+        as_json,
+        lambda r: "\n".join(_download_line(d) for d in r["downloads"]) or "no unfinished downloads",
+    )
+
+
+@downloads.command(name="cancel")
+@click.argument("cid")
+@json_option
+@click.pass_context
+def downloads_cancel(ctx: click.Context, cid: str, as_json: bool) -> None:
+    """Stop the download of CID and delete its partial file and its record."""
+    from p2pshare.control.client import ControlClient  # noqa: PLC0415
+
+    with ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client:
+        result = client.call("cancel_download", {"cid": cid})
+    show(result, as_json, lambda r: f"cancelled the download of {r['cid']} to {r['destination']}")
 
 
 @cli.command()
@@ -422,6 +471,9 @@ def demo(as_json: bool) -> None:
     report = run_demo(progress=None if as_json else click.echo)
     if as_json:
         show(report, as_json, str)
+
+
+cli.add_command(compute)
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from p2pshare.errors import ConfigError
+from p2pshare.errors import ConfigError, UserError
+from p2pshare.proto import job
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -98,7 +99,36 @@ class TransferConfig:
         doc="Offer peers the encrypted TCP data channel for chunks (faster than libp2p).",
     )
     data_port: int = _opt(
-        0, "TCP port of the data channel on the first listen address; 0 picks a free one."
+        0,
+        "TCP port of the data channel on the first listen address; 0 picks a free one. "
+        "Behind NAT, set it and forward the same port on the address in [network] announce.",
+    )
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """[compute]: running peers' WebAssembly jobs on this machine (docs/compute.md)."""
+
+    enabled: bool = _opt(
+        default=False,
+        doc="Offer this machine's spare compute to peers: start sandboxed worker processes "
+        "and announce them in the DHT.",
+    )
+    slots: int = _opt(1, "Jobs run at once, one worker process (and one core) each.")
+    max_fuel: int = _opt(
+        10**12, "Most fuel (about one unit per WebAssembly instruction) one job may use."
+    )
+    max_memory: int = _opt(256 * 1024**2, "Most bytes of linear memory one job may use.")
+    max_wall: int = _opt(300, "Most seconds one job may run.")
+    max_output: int = _opt(64 * 1024**2, "Most bytes of stdout one job may write.")
+    max_input: int = _opt(1024**3, "Most bytes of module, stdin and input files one job may bring.")
+    max_load: float = _opt(
+        0.0,
+        "Take jobs only while the 1-minute load average per CPU is below this "
+        "(e.g. 0.5 for an otherwise idle machine); 0 means always.",
+    )
+    jobs_per_minute: float = _opt(
+        60.0, "Jobs accepted per minute from one peer, in bursts of up to a minute's worth."
     )
 
 
@@ -127,6 +157,19 @@ def _check_peer_multiaddr(value: str) -> str | None:
     return problem
 
 
+def _between(low: int, high: int) -> typing.Callable[[int], str | None]:
+    def check(value: int) -> str | None:
+        return None if low <= value <= high else f"is not between {low} and {high}"
+
+    return check
+
+
+_check_slots = _between(1, 256)
+_check_fuel = _between(job.MIN_FUEL, job.MAX_FUEL)
+_check_memory = _between(job.MIN_MEMORY, job.MAX_MEMORY)
+_check_wall = _between(job.MIN_WALL_SECONDS, job.MAX_WALL_SECONDS)
+_check_output = _between(0, job.MAX_OUTPUT_BYTES)
+
 _VALIDATORS: dict[tuple[str, str], typing.Callable[[typing.Any], str | None]] = {
     ("network", "listen"): _check_multiaddr,
     ("network", "announce"): _check_multiaddr,
@@ -141,6 +184,14 @@ _VALIDATORS: dict[tuple[str, str], typing.Callable[[typing.Any], str | None]] = 
     ("store", "quota_bytes"): _check_non_negative,
     ("transfer", "upload_rate"): _check_non_negative,
     ("transfer", "data_port"): _check_port,
+    ("compute", "slots"): _check_slots,
+    ("compute", "max_fuel"): _check_fuel,
+    ("compute", "max_memory"): _check_memory,
+    ("compute", "max_wall"): _check_wall,
+    ("compute", "max_output"): _check_output,
+    ("compute", "max_input"): _check_non_negative,
+    ("compute", "max_load"): _check_non_negative,
+    ("compute", "jobs_per_minute"): _check_positive,
 }
 
 
@@ -151,6 +202,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -238,6 +290,31 @@ def _describe_toml_error(text: str, path: Path, message: str) -> str:
     if key:
         where += f", key {key.group(1)}"
     return f"{where}: invalid TOML: {_TOML_POS_RE.sub('', message)}"
+
+
+def check_changes(section: str, changes: dict[str, object]) -> dict[str, object]:
+    """Check new values for options of ``section`` as config.toml's would be checked.
+
+    Returns them with their config types; UserError names the first bad one.
+    """
+    cls = _SECTIONS.get(section)
+    if cls is None:
+        raise UserError(f"there is no [{section}] section")
+    hints = typing.get_type_hints(cls)
+    checked: dict[str, object] = {}
+    for key, value in changes.items():
+        if key not in hints:
+            raise UserError(f"[{section}] has no option {key!r}")
+        try:
+            coerced = _coerce(value, hints[key])
+        except TypeError as exc:
+            raise UserError(f"[{section}] {key} must be {exc}") from None
+        validator = _VALIDATORS.get((section, key))
+        problem = validator(coerced) if validator else None
+        if problem:
+            raise UserError(f"[{section}] {key}: {coerced!r} {problem}")
+        checked[key] = coerced
+    return checked
 
 
 def parse_config(text: str, path: Path) -> Config:

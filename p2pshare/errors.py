@@ -27,6 +27,10 @@ class ExitCode:
     USAGE = 2
     DAEMON_NOT_RUNNING = 3
     CONFIG = 4
+    # compute run: the replicas agreed, but the job did not end ok (trap, limit, exit n).
+    JOB_FAILED = 5
+    # compute run: the replicas' receipts disagree, or too few finished to compare.
+    DISAGREEMENT = 6
 
 
 class P2PShareError(Exception):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from p2pshare.errors import UserError
 
 HOME_ENV = "P2PSHARE_HOME"
 HOME_MODE = 0o700
@@ -43,6 +46,11 @@ class Home:
         return self.root / "content"
 
     @property
+    def compute_dir(self) -> Path:
+        """Scratch space of compute jobs (emptied at every start) and built modules."""
+        return self.root / "compute"
+
+    @property
     def log_path(self) -> Path:
         return self.root / "daemon.log"
 
@@ -53,6 +61,26 @@ class Home:
         """Create the directory, private to this user."""
         self.root.mkdir(mode=HOME_MODE, parents=True, exist_ok=True)
         self.root.chmod(HOME_MODE)
+
+    def check_private(self) -> None:
+        """Refuse a home that another user owns or may enter, read or write.
+
+        The home holds the node key and the control socket, which gives full control
+        of the node; a directory open to others would let them swap the key or the
+        config, or read the catalog, whatever the modes of the files inside.
+        """
+        info = self.root.stat()
+        if info.st_uid != os.getuid():
+            raise UserError(
+                f"the node home {self.root} belongs to another user; "
+                "choose a home of your own with --home"
+            )
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise UserError(
+                f"the node home {self.root} is open to other users (mode {mode:o}); "
+                f"fix it with: chmod 700 {self.root}"
+            )
 
 
 def default_home_root() -> Path:

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from p2pshare.errors import ConfigError, IntegrityError, UserError
-from p2pshare.proto.multiformats import b58encode
+from p2pshare.errors import ConfigError, IntegrityError, RemoteProtocolError, UserError
+from p2pshare.proto.multiformats import b58decode, b58encode
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -59,6 +59,18 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     if len(public_key) != 32:
         raise ValueError("an Ed25519 public key has 32 bytes")
     return b58encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTOBUF_PREFIX + public_key)
+
+
+def public_key_from_peer_id(peer_id: str) -> bytes:
+    """The Ed25519 public key inside a ``12D3KooW...`` peer ID; ValueError for any other ID."""
+    try:
+        raw = b58decode(peer_id[:64])
+    except RemoteProtocolError:
+        raise ValueError(f"{peer_id!r} is not a base58 peer ID") from None
+    prefix = _IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTOBUF_PREFIX
+    if len(raw) != len(prefix) + 32 or not raw.startswith(prefix):
+        raise ValueError(f"{peer_id!r} is not the peer ID of an Ed25519 key")
+    return raw[len(prefix) :]
 
 
 def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> None:
@@ -135,8 +147,8 @@ class NodeKey:
             raise ConfigError(f"no node key at {path}; create one with: p2pshare init") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise UserError(
-                f"node key {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
-                f"fix it with: chmod 600 {path}"
+                f"node key {path} can be read or changed by other users "
+                f"(mode {stat.S_IMODE(mode):o}); fix it with: chmod 600 {path}"
             )
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)

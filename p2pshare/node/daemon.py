@@ -21,6 +21,7 @@ from p2pshare.net.datachannel import DataChannelServer, DataChannelSetupError
 from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
+from p2pshare.node.compute_api import ComputeApi
 from p2pshare.node.discovery import Discovery
 from p2pshare.node.init import initialise
 from p2pshare.node.lock import HomeLock
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
     from libp2p.abc import IHost
 
+    from p2pshare.compute.service import ComputeService
     from p2pshare.home import Home
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class Node:
     key: NodeKey
     host: IHost
     network: NetworkApi
+    compute: ComputeService | None = None
     started: float = field(default_factory=time.monotonic)
     stop_requested: trio.Event = field(default_factory=trio.Event)
 
@@ -66,6 +69,7 @@ class Node:
             "uptime_s": round(time.monotonic() - self.started, 3),
             "peers": len(self.host.get_connected_peers()),
             "home": str(self.home.root),
+            "compute": None if self.compute is None else self.compute.status(),
         } | self.network.status()
 
     async def rpc_stop(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
@@ -139,17 +143,47 @@ def _assemble(
         config.store.quota_bytes,
         discovery.provide_soon,
     )
+    # Worker processes start only when [compute] enabled is true, or once
+    # `compute offer --on` makes it so.
+    compute = ComputeApi(
+        host,
+        store,
+        discovery,
+        transfer,
+        key,
+        config.compute,
+        home.compute_dir,
+        config.store.quota_bytes,
+        config.network.reprovide_interval,
+    )
+    compute.register(guard)
+    node.compute = compute.service
     server = ControlServer(
-        node.handlers() | shares.handlers() | network.handlers() | transfer.handlers(),
+        node.handlers()
+        | shares.handlers()
+        | network.handlers()
+        | transfer.handlers()
+        | compute.handlers(),
         log_hint=str(home.log_path),
     )
 
     async def start_services(nursery: trio.Nursery) -> None:
         if config.transfer.data_channel:
+            if net.announce and not config.transfer.data_port:
+                # An announced address usually means a NAT that forwards fixed ports.
+                log.warning(
+                    "[network] announce is set but [transfer] data_port is 0: the data"
+                    " channel port changes at every start and cannot be forwarded; set"
+                    " data_port and forward it, or peers behind other networks use the"
+                    " slower libp2p stream"
+                )
             await _start_data_channel(
                 nursery, host, guard, net.listen[0], config.transfer.data_port, transfer
             )
         await nursery.start(discovery.run)
+        # Before the control socket opens, so a get can attach to a resumed download.
+        await nursery.start(transfer.downloads.run)
+        await nursery.start(compute.service.run)
 
     return node, server, start_services
 
@@ -168,6 +202,7 @@ async def serve(
     if not home.key_path.exists():
         result = initialise(home)
         log.info("initialised a new node %s in %s", result.peer_id, home.root)
+    home.check_private()
     lock = HomeLock(home.lock_path)
     lock.acquire()
     server: ControlServer | None = None

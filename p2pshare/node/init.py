@@ -28,11 +28,13 @@ def initialise(
     force: bool = False,
     listen: Sequence[str] = (),
     network: Mapping[str, Any] | None = None,
+    compute: Mapping[str, Any] | None = None,
 ) -> InitResult:
     """Create the home, its config (unless present) and a fresh node key.
 
     An existing key is the node's identity: replacing it needs ``force``.
-    ``listen`` and ``network`` (other [network] keys) are written into config.toml.
+    ``listen``, ``network`` (other [network] keys) and ``compute`` ([compute] keys)
+    are written into config.toml.
     """
     if home.key_path.exists() and not force:
         existing = NodeKey.load(home.key_path)
@@ -45,9 +47,13 @@ def initialise(
     overrides = dict(network or {})
     if listen:
         overrides["listen"] = tuple(listen)
-    if created_config or overrides:
+    if created_config or overrides or compute:
         config = load_config(home.config_path)
-        config = replace(config, network=replace(config.network, **overrides))
+        config = replace(
+            config,
+            network=replace(config.network, **overrides),
+            compute=replace(config.compute, **(compute or {})),
+        )
         text = render_config(config)
         parse_config(text, home.config_path)
         _write_private(home.config_path, text)

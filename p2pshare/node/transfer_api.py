@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,33 +11,38 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
-from p2pshare.errors import UserError
 from p2pshare.net.datachannel import DataChannelOpenError, open_data_channel
 from p2pshare.net.peers import open_stream
+from p2pshare.node.downloads import ACTIVE, DownloadManager
+from p2pshare.proto.cid import ContentId
+from p2pshare.proto.job import JobRejectedError, RejectCode
 from p2pshare.proto.ticket import parse_content_ref
 from p2pshare.proto.transfer import PROTOCOL_ID
-from p2pshare.transfer.downloader import Download, Source
+from p2pshare.store.catalog import DownloadRequest
+from p2pshare.transfer.downloader import (
+    Download,
+    DownloadReport,
+    MemoryRecords,
+    NoProvidersError,
+    Source,
+)
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from libp2p.abc import IHost
 
     from p2pshare.net.streams import ByteStream, HandlerGuard, LibP2PStream
     from p2pshare.node.discovery import Discovery
+    from p2pshare.node.downloads import Progress
     from p2pshare.store.shares import ShareStore
     from p2pshare.transfer.source import LocalContent
 
 log = logging.getLogger(__name__)
-
-
-class ClientGoneError(UserError):
-    """The CLI that asked for a download disconnected (Ctrl-C): stop and keep the progress."""
-
-
 OPEN_TIMEOUT = 15.0
 FIND_TIMEOUT = 10.0
 DATA_CHANNEL_TIMEOUT = 5.0
-TAKEOVER_WAIT = 3.0
 
 
 @dataclass
@@ -46,7 +52,10 @@ class TransferApi:
     local: LocalContent
     discovery: Discovery
     limiter: UploadLimiter
-    _active: dict[str, trio.Event] = field(default_factory=dict)
+    downloads: DownloadManager = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.downloads = DownloadManager(self.shares.catalog, self._download)
 
     def register(self, guard: HandlerGuard) -> None:
         # A transfer stream lasts as long as the download it feeds; the per-peer
@@ -80,46 +89,44 @@ class TransferApi:
             raise InvalidParamsError(
                 "parameters 'ref' (content ID or ticket) and 'dest' are needed"
             )
-        dest = Path(dest_text)
-        if not dest.is_absolute():
+        if not Path(dest_text).is_absolute():
             raise InvalidParamsError("parameter 'dest' must be an absolute path")
         cid, ticket = parse_content_ref(ref.strip())
+        sources = () if ticket is None else ((ticket.peer_id, ticket.addrs),)
+        now = int(time.time())
+        request = DownloadRequest(
+            cid=str(cid),
+            destination=dest_text,
+            sources=sources,
+            force=bool(params.get("force", False)),
+            state=ACTIVE,
+            error=None,
+            created_at=now,
+            updated_at=now,
+        )
+        job = await self.downloads.submit(request)
+        return await self.downloads.follow(job, emit)
+
+    async def _download(self, request: DownloadRequest, progress: Progress) -> dict[str, Any]:
+        """One attempt at ``request``; a completed download is served from where it lies."""
+        key = request.cid
         me = self.host.get_id().to_base58()
-        hints = []
-        if ticket is not None and ticket.peer_id != me:
-            hints.append(Source(ticket.peer_id, ticket.addrs))
-        key = str(cid)
-        running = self._active.get(key)
-        if running is not None:
-            # After Ctrl-C the old download notices its client is gone at its next
-            # progress event (a fraction of a second); a get run again at once waits.
-            with trio.move_on_after(TAKEOVER_WAIT):
-                await running.wait()
-            if key in self._active:
-                raise UserError(f"{cid} is already being downloaded by this node")
+        hints = [Source(peer, addrs) for peer, addrs in request.sources if peer != me]
 
         async def find() -> list[Source]:
             found = await self.discovery.find(key, FIND_TIMEOUT)
             return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
-
-        async def progress(data: dict[str, Any]) -> None:
-            try:
-                await emit("progress", data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ClientGoneError(
-                    f"the command that started the download of {key} went away; "
-                    "what was verified is kept for the next get"
-                ) from None
 
         paths: dict[str, str] = {}
 
         async def open_(source: Source) -> ByteStream:
             return await self._open(source, paths)
 
+        dest = Path(request.destination)
         download = Download(
-            cid=cid,
+            cid=ContentId.parse(key),
             dest=dest,
-            force=bool(params.get("force", False)),
+            force=request.force,
             catalog=self.shares.catalog,
             local=self.local,
             open_stream=open_,
@@ -127,18 +134,76 @@ class TransferApi:
             hints=hints,
             progress=progress,
         )
-        finished = self._active[key] = trio.Event()
-        try:
-            report = await download.run()
-        finally:
-            del self._active[key]
-            finished.set()
+        report = await download.run()
         assert download.signed is not None
         pages = tuple(download.pages[i].hashes for i in sorted(download.pages))
         await trio.to_thread.run_sync(self.shares.adopt, download.signed, pages, dest)
         self.discovery.provide_soon(key)
-        log.info("downloaded %s to %s (%d bytes)", key, dest, report.size)
+        log.info(
+            "downloaded %s to %s (%d bytes, %d chunks resumed, %d bytes requested)",
+            key,
+            dest,
+            report.size,
+            report.resumed_chunks,
+            report.requested_bytes,
+        )
         return report.as_dict() | {"paths": {p: paths.get(p, "?") for p in report.peers}}
 
+    async def fetch(
+        self, cid: ContentId, dest: Path, *, hints: list[Source], max_bytes: int | None
+    ) -> DownloadReport:
+        """Download ``cid`` to ``dest`` for the node's own use (a compute job's content).
+
+        Unlike ``get`` it is not listed, resumed or shared afterwards, and content larger
+        than ``max_bytes`` is refused (JobRejectedError, code ``oversize``) as soon as
+        its manifest says so.
+        """
+        me = self.host.get_id().to_base58()
+        key = str(cid)
+
+        async def find() -> list[Source]:
+            found = await self.discovery.find(key, FIND_TIMEOUT)
+            return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
+
+        async def check_size(data: dict[str, Any]) -> None:
+            total = data.get("total")
+            if max_bytes is not None and isinstance(total, int) and total > max_bytes:
+                raise JobRejectedError(
+                    RejectCode.OVERSIZE,
+                    f"{key} has {total} bytes, more than the {max_bytes} allowed",
+                )
+
+        async def nobody() -> list[Source]:
+            return []
+
+        paths: dict[str, str] = {}
+
+        async def open_(source: Source) -> ByteStream:
+            return await self._open(source, paths)
+
+        hinted = [h for h in hints if h.peer_id != me]
+
+        async def attempt(find_sources: Callable[[], Awaitable[list[Source]]]) -> DownloadReport:
+            download = Download(
+                cid=cid,
+                dest=dest,
+                force=False,
+                catalog=MemoryRecords(),
+                local=self.local,
+                open_stream=open_,
+                find_sources=find_sources,
+                hints=hinted,
+                progress=check_size,
+            )
+            return await download.run()
+
+        if hinted:
+            # The peer that asked usually holds the content: skip the DHT lookup then.
+            try:
+                return await attempt(nobody)
+            except NoProvidersError as exc:
+                log.info("hinted peers lack %s (%s); asking the DHT", key, exc)
+        return await attempt(find)
+
     def handlers(self) -> dict[str, Handler]:
-        return {"get": self.get}
+        return {"get": self.get} | self.downloads.handlers()

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import wasmtime
 
+from p2pshare.compute.examples import example_module
 from p2pshare.compute.sandbox import Sandbox
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "wasm"
-
 
 @pytest.fixture(scope="session")
 def wasm() -> Callable[[str], bytes]:
-    """Build ``examples/wasm/NAME.wat`` (once per session) into module bytes."""
+    """Build ``p2pshare/compute/wasm/NAME.wat`` (once per session) into module bytes."""
     built: dict[str, bytes] = {}
 
     def build(name: str) -> bytes:
         if name not in built:
-            built[name] = bytes(wasmtime.wat2wasm((EXAMPLES / f"{name}.wat").read_text()))
+            built[name] = example_module(name)
         return built[name]
 
     return build
