@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PIPELINE = 4
+# A provider that sends nothing at all for this long is dropped.
 REQUEST_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 15.0
 # How long a download that has a ticket's provider also waits for the DHT's.
@@ -209,6 +210,7 @@ class Download:
         self.output: PartialOutput | None = None
         self.durable: Bitfield | None = None
         self._links: dict[str, PeerLink] = {}
+        self._waiting: dict[str, set[trio.CancelScope]] = {}
         self._pipelines: dict[str, trio.CancelScope] = {}
         self._picker: Picker | None = None
         self._changed = trio.Event()
@@ -436,8 +438,13 @@ class Download:
 
         self.report.requested_bytes += sum(length(i) for i in run)
         pending = set(run)
+        # A request waits behind this peer's others (and a busy seeder's other
+        # downloaders): it times out only when nothing at all comes from the peer.
+        waiting = trio.CancelScope(deadline=trio.current_time() + REQUEST_TIMEOUT)
+        scopes = self._waiting.setdefault(peer, set())
+        scopes.add(waiting)
         try:
-            with trio.fail_after(REQUEST_TIMEOUT):
+            with waiting:
                 async with aclosing(link.chunks(self.cid, run, length)) as chunks:
                     async for index, payload in chunks:
                         page = self.pages.get(page_for_chunk(index)[0]) if manifest.paged else None
@@ -453,7 +460,13 @@ class Download:
                         # Still in flight for this peer until stored.
                         pending.discard(index)
                         self.report.received_bytes += len(payload)
+                        alive_until = trio.current_time() + REQUEST_TIMEOUT
+                        for scope in scopes:
+                            scope.deadline = alive_until
+            if waiting.cancelled_caught:
+                raise trio.TooSlowError
         finally:
+            scopes.discard(waiting)
             if peer in self._links:
                 for index in pending:
                     self._picker.release(peer, index)
