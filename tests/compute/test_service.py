@@ -34,6 +34,7 @@ from p2pshare.proto.job import (
     Accept,
     JobLimits,
     JobRejectedError,
+    JobSpec,
     JobStatus,
     RejectCode,
     Result,
@@ -298,18 +299,18 @@ async def test_forbidden_import_is_refused_by_name_and_the_worker_serves_on(
     assert replicas[0].receipt is not None
 
 
-async def test_not_webassembly_is_refused(network: Network, tmp_path: Path) -> None:
+async def refusal_of(network: Network, tmp_path: Path, spec: JobSpec) -> JobRejectedError:
+    """The refusal that ends a job on a fresh worker."""
     _, peer = await start_worker(network, tmp_path, "w")
-    spec = build_job_spec(network.content.add(b"#!/bin/sh\nrm -rf /\n"), limits=LIMITS)
+    workers = await workers_of(network, [peer])
     with pytest.raises(JobRejectedError) as caught:
-        await run_replicas(
-            network.open_stream,
-            await workers_of(network, [peer]),
-            Submit(spec, bytes(16)),
-            1,
-            ignore,
-        )
-    assert caught.value.code == RejectCode.INVALID_MODULE
+        await run_replicas(network.open_stream, workers, Submit(spec, bytes(16)), 1, ignore)
+    return caught.value
+
+
+async def test_not_webassembly_is_refused(network: Network, tmp_path: Path) -> None:
+    spec = build_job_spec(network.content.add(b"#!/bin/sh\nrm -rf /\n"), limits=LIMITS)
+    assert (await refusal_of(network, tmp_path, spec)).code == RejectCode.INVALID_MODULE
 
 
 async def test_limits_above_the_offer_are_refused_before_fetching(
@@ -329,18 +330,9 @@ async def test_limits_above_the_offer_are_refused_before_fetching(
 
 
 async def test_oversize_input_is_refused(network: Network, tmp_path: Path, wasm: Build) -> None:
-    _, peer = await start_worker(network, tmp_path, "w")
     big = network.content.add(bytes(SETTINGS.max_input + 1))
     spec = build_job_spec(network.content.add(wasm("wordcount")), stdin=big, limits=LIMITS)
-    with pytest.raises(JobRejectedError) as caught:
-        await run_replicas(
-            network.open_stream,
-            await workers_of(network, [peer]),
-            Submit(spec, bytes(16)),
-            1,
-            ignore,
-        )
-    assert caught.value.code == RejectCode.OVERSIZE
+    assert (await refusal_of(network, tmp_path, spec)).code == RejectCode.OVERSIZE
 
 
 async def test_a_busy_worker_is_replaced_by_the_next(
