@@ -50,8 +50,6 @@ PIPELINE = 4
 # A provider that sends nothing at all for this long is dropped.
 REQUEST_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 15.0
-# How long a download that has a ticket's provider also waits for the DHT's.
-HINTED_LOOKUP_WAIT = 2.0
 PERSIST_EVERY_CHUNKS = 32
 PERSIST_EVERY_S = 1.0
 PROGRESS_EVERY_S = 0.25
@@ -252,13 +250,20 @@ class Download:
         return self.report
 
     async def _connect(self, nursery: trio.Nursery) -> None:
-        """Dial the hinted providers at once and those the DHT names as they come.
+        """Ask the DHT for providers, then dial them and the hinted ones at once.
 
-        With hints (a ticket's provider), the lookup gets only HINTED_LOOKUP_WAIT: the
-        ticket's provider is what the user asked for, and waiting for a slow DHT would
-        only delay it.
+        The lookup is not cut short: it dials peers itself, and a dial cancelled half way
+        leaves py-libp2p unable to dial that peer again at once.
         """
-        sources: dict[str, Source] = {}
+        sources: dict[str, Source] = {s.peer_id: s for s in self._hints}
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            for found in await self._find_sources():
+                sources.setdefault(found.peer_id, found)
+        if not sources:
+            raise NoProvidersError(
+                f"no providers found for {self.cid}; check that a provider is running "
+                "and reachable, or use its ticket"
+            )
 
         async def attach(source: Source) -> None:
             try:
@@ -272,22 +277,8 @@ class Download:
             self._links[source.peer_id] = link
 
         async with trio.open_nursery() as dialing:
-
-            def dial(source: Source) -> None:
-                if source.peer_id not in sources:
-                    sources[source.peer_id] = source
-                    dialing.start_soon(attach, source)
-
-            for hint in self._hints:
-                dial(hint)
-            with trio.move_on_after(HINTED_LOOKUP_WAIT if self._hints else CONNECT_TIMEOUT):
-                for found in await self._find_sources():
-                    dial(found)
-        if not sources:
-            raise NoProvidersError(
-                f"no providers found for {self.cid}; check that a provider is running "
-                "and reachable, or use its ticket"
-            )
+            for source in sources.values():
+                dialing.start_soon(attach, source)
         if not self._links:
             raise NoProvidersError(
                 f"none of the {len(sources)} providers of {self.cid} could be reached; "
