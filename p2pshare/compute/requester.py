@@ -56,6 +56,7 @@ OFFER_TIMEOUT: Final = 5.0
 # that, the job's wall limit, and this margin for compiling and storing the output.
 RESULT_MARGIN: Final = 660.0
 CANCEL_GRACE: Final = 2.0
+OPEN_RETRY_DELAY: Final = 0.2
 # A worker refusing for one of these reasons may take the job another time or
 # another worker may: try the next one.  Any other refusal is about the job itself.
 _TRY_ANOTHER: Final = frozenset(
@@ -292,7 +293,14 @@ async def _run_one(
     started = time.monotonic()
     worker_key = public_key_from_peer_id(worker.peer_id)
     job = submit.job_id
-    channel = JobChannel(await open_stream(worker.peer_id, worker.addrs))
+    try:
+        stream = await open_stream(worker.peer_id, worker.addrs)
+    except UserError:
+        # py-libp2p now and then fails a stream's protocol handshake on a healthy
+        # connection; one more try costs little and saves the replica.
+        await trio.sleep(OPEN_RETRY_DELAY)
+        stream = await open_stream(worker.peer_id, worker.addrs)
+    channel = JobChannel(stream)
     finished = False
     try:
         await channel.send(submit)
