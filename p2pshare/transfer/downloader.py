@@ -266,11 +266,18 @@ class Download:
             )
 
         async def attach(source: Source) -> None:
-            try:
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    stream = await self._open_stream(source)
-            except (trio.TooSlowError, UserError, RemoteError) as exc:
-                log.info("provider %s unreachable: %s", source.peer_id, exc)
+            stream = None
+            # py-libp2p now and then fails a new stream's handshake on a healthy
+            # connection: a second try saves the provider.
+            for attempt in range(2):
+                try:
+                    with trio.fail_after(CONNECT_TIMEOUT):
+                        stream = await self._open_stream(source)
+                    break
+                except (trio.TooSlowError, UserError, RemoteError) as exc:
+                    log.info("provider %s unreachable (try %d): %s", source.peer_id, attempt, exc)
+                    await trio.sleep(0.2)
+            if stream is None:
                 return
             link = PeerLink(stream, source.peer_id, max_chunk_size=1 << 24)
             await nursery.start(self._run_link, link)
