@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 from p2pshare.errors import LocalProtocolError, RemoteProtocolError, UserError
 from p2pshare.proto.chunks import ChunkHasher
 from p2pshare.proto.manifest import FileEntry, ShareKind, check_shareable
+from p2pshare.store.checked import FileIdentity
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,6 +32,15 @@ class ScannedFile:
     abs_path: Path
     size: int
     mtime_ns: int
+
+
+@dataclass(frozen=True)
+class HashedFile:
+    """A file's manifest entry, and the file as it was while it was read."""
+
+    entry: FileEntry
+    identity: FileIdentity
+    read_at_ns: int
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,7 @@ def _rel(root: Path, path: Path) -> str:
     return rel
 
 
-def hash_file(file: ScannedFile, chunk_size: int, progress: Callable[[int], None]) -> FileEntry:
+def hash_file(file: ScannedFile, chunk_size: int, progress: Callable[[int], None]) -> HashedFile:
     """Hash one file in chunks; refuse it if it changes while being read."""
     hasher = ChunkHasher(chunk_size)
     hashes: list[bytes] = []
@@ -117,13 +128,15 @@ def hash_file(file: ScannedFile, chunk_size: int, progress: Callable[[int], None
     view = memoryview(buffer)
     try:
         with file.abs_path.open("rb", buffering=0) as f:
+            before = FileIdentity.of(os.fstat(f.fileno()))
+            read_at_ns = time.time_ns()
             while count := f.readinto(buffer):
                 hashes += hasher.update(view[:count])
                 progress(count)
-            after = os.fstat(f.fileno())
+            after = FileIdentity.of(os.fstat(f.fileno()))
     except OSError as exc:
         raise UserError(f"cannot read {file.abs_path}: {exc.strerror}") from None
     hashes += hasher.finish()
-    if hasher.bytes_hashed != file.size or after.st_mtime_ns != file.mtime_ns:
+    if hasher.bytes_hashed != file.size or after.mtime_ns != file.mtime_ns or after != before:
         raise UserError(f"{file.abs_path} changed while it was being hashed; share it again")
-    return FileEntry(file.rel_path, file.size, b"".join(hashes))
+    return HashedFile(FileEntry(file.rel_path, file.size, b"".join(hashes)), after, read_at_ns)

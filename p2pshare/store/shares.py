@@ -1,9 +1,10 @@
 """Shares: publishing local files, serving their chunks verified, pins and gc.
 
 A share is served from the user's own files in place.  Before a chunk leaves
-the node it is re-read and checked against the signed manifest; a file whose
-size or mtime changed, or whose bytes no longer match, marks the share stale
-and nothing of it is served again until it is shared anew.
+the node it is re-read and checked: a file whose size or mtime changed, or whose
+bytes no longer match the signed manifest, marks the share stale and nothing of it
+is served again until it is shared anew.  A chunk is hashed again unless it was
+hashed since its file last changed (p2pshare.store.checked).
 
 ``share --copy`` keeps a snapshot in the home's ``content/`` directory instead
 (pinned); unpinned stored content is what ``gc`` and the quota reclaim.
@@ -11,6 +12,7 @@ and nothing of it is served again until it is shared anew.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -31,7 +33,8 @@ from p2pshare.proto.manifest import (
 from p2pshare.proto.pages import HashPage, page_for_chunk
 from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest, sign_manifest
 from p2pshare.store.catalog import Catalog, FileStamp, ShareRow
-from p2pshare.store.scanner import Scan, ScannedFile, hash_file, scan
+from p2pshare.store.checked import CheckedChunks, FileIdentity
+from p2pshare.store.scanner import HashedFile, Scan, ScannedFile, hash_file, scan
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,6 +58,7 @@ class PreparedShare:
     pages: tuple[bytes, ...]
     scan: Scan
     stored: bool
+    hashed: tuple[HashedFile, ...]
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,10 @@ class ShareStore:
         self._chunk_size = chunk_size
         self._manifests: dict[str, SignedManifest] = {}
         self._pages: dict[tuple[str, int], HashPage] = {}
+        # What serving a chunk needs from the catalog, kept off SQLite's path per chunk;
+        # every catalog write about a share goes through this class and drops its entry.
+        self._serving: dict[str, tuple[ShareRow, list[FileStamp]]] = {}
+        self._checked = CheckedChunks()
 
     # -- publishing (prepare runs in a worker thread: it reads and hashes files)
 
@@ -96,7 +104,8 @@ class ShareStore:
             done += count
             progress(done, total)
 
-        entries = [hash_file(f, self._chunk_size, advance) for f in found.files]
+        hashed = tuple(hash_file(f, self._chunk_size, advance) for f in found.files)
+        entries = [h.entry for h in hashed]
         # The newest mtime, not the wall clock: sharing unchanged files again yields
         # the same manifest bytes and so the same content ID.
         created = max((f.mtime_ns // 1_000_000_000 for f in found.files), default=0)
@@ -111,7 +120,7 @@ class ShareStore:
         signed = sign_manifest(built.manifest, self._key)
         if copy:
             found = self._settle_snapshot(found, signed.cid)
-        return PreparedShare(signed, built.pages, found, stored=copy)
+        return PreparedShare(signed, built.pages, found, stored=copy, hashed=hashed)
 
     def _snapshot(self, found: Scan) -> Scan:
         self._content_dir.mkdir(mode=0o700, exist_ok=True)
@@ -177,7 +186,18 @@ class ShareStore:
             for index, entry in enumerate(manifest.entries)
         ]
         self.catalog.add_share(row, stamps, prepared.pages)
+        self._forget(cid)
         self._manifests[cid] = prepared.signed
+        hashed = {h.entry.path: h for h in prepared.hashed}
+        for index, entry in enumerate(manifest.entries):
+            file = hashed[entry.path]
+            self._checked.record_file(
+                cid,
+                index,
+                file.identity,
+                math.ceil(entry.size / manifest.chunk_size),
+                read_at_ns=file.read_at_ns,
+            )
         return row
 
     def adopt(self, signed: SignedManifest, pages: tuple[bytes, ...], root: Path) -> ShareRow:
@@ -221,13 +241,12 @@ class ShareStore:
 
     def read_chunk(self, cid: str, global_index: int) -> bytes:
         """The verified bytes of one chunk, read from the shared files now."""
-        row = self._require(cid)
+        row, stamps = self._serving_info(cid)
         if row.stale_reason:
             raise StaleShareError(f"share {cid} is stale: {row.stale_reason}")
-        signed = self.signed_manifest(cid)
-        manifest = signed.manifest
+        manifest = self.signed_manifest(cid).manifest
         location = manifest.locate_chunk(global_index)
-        stamp = self.catalog.stamps(cid)[location.entry_index]
+        stamp = stamps[location.entry_index]
         path = Path(row.root)
         if manifest.kind is ShareKind.DIRECTORY:
             path = path / location.path
@@ -236,18 +255,34 @@ class ShareStore:
         except OSError as exc:
             raise self._stale(cid, f"{path} cannot be opened ({exc.strerror})") from None
         try:
-            st = os.fstat(fd)
-            if st.st_size != stamp.size or st.st_mtime_ns != stamp.mtime_ns:
+            before = os.fstat(fd)
+            if before.st_size != stamp.size or before.st_mtime_ns != stamp.mtime_ns:
                 raise self._stale(cid, f"{path} changed on disk since it was shared")
+            read_at_ns = time.time_ns()
             data = os.pread(fd, location.length, location.offset)
+            # Checked after the read: an edit during it changes the identity.
+            after = FileIdentity.of(os.fstat(fd))
         finally:
             os.close(fd)
+        entry, chunk = location.entry_index, location.chunk_index
+        if self._checked.trusted(cid, entry, after, chunk):
+            return data
         page = self._page(cid, manifest, global_index) if manifest.paged else None
         try:
             verify_chunk(expected_chunk_hash(manifest, global_index, page), data)
         except IntegrityError:
             raise self._stale(cid, f"{path} no longer holds the shared bytes") from None
+        if FileIdentity.of(before) == after:
+            chunk_count = math.ceil(manifest.entries[entry].size / manifest.chunk_size)
+            self._checked.record(cid, entry, after, chunk, chunk_count, read_at_ns=read_at_ns)
         return data
+
+    def _serving_info(self, cid: str) -> tuple[ShareRow, list[FileStamp]]:
+        cached = self._serving.get(cid)
+        if cached is None:
+            cached = (self._require(cid), self.catalog.stamps(cid))
+            self._serving[cid] = cached
+        return cached
 
     def _page(self, cid: str, manifest: Manifest, global_index: int) -> HashPage:
         page_index, _slot = page_for_chunk(global_index)
@@ -262,6 +297,7 @@ class ShareStore:
 
     def _stale(self, cid: str, reason: str) -> StaleShareError:
         self.catalog.mark_stale(cid, reason)
+        self._serving.pop(cid, None)
         return StaleShareError(f"share {cid} is stale: {reason}; share the files again")
 
     def _require(self, cid: str) -> ShareRow:
@@ -283,6 +319,7 @@ class ShareStore:
     def set_pinned(self, cid: str, *, pinned: bool) -> ShareRow:
         self._require(cid)
         self.catalog.set_pinned(cid, pinned=pinned)
+        self._serving.pop(cid, None)
         return self._require(cid)
 
     def stored_bytes(self) -> int:
@@ -307,5 +344,7 @@ class ShareStore:
 
     def _forget(self, cid: str) -> None:
         self._manifests.pop(cid, None)
+        self._serving.pop(cid, None)
+        self._checked.forget(cid)
         for key in [k for k in self._pages if k[0] == cid]:
             del self._pages[key]

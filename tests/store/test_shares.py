@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 
 from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
-from p2pshare.proto.chunks import MIN_CHUNK_SIZE
+from p2pshare.proto.chunks import MIN_CHUNK_SIZE, verify_chunk
 from p2pshare.proto.manifest import INLINE_MAX_CHUNKS
+from p2pshare.store import shares as shares_module
 from p2pshare.store.catalog import (
     MIGRATIONS,
     Catalog,
@@ -20,6 +22,7 @@ from p2pshare.store.catalog import (
     KnownPeer,
     ProvideStatus,
 )
+from p2pshare.store.checked import RACY_NS
 from p2pshare.store.shares import ShareStore, StaleShareError, UnknownShareError
 
 if TYPE_CHECKING:
@@ -126,6 +129,106 @@ def test_content_changed_with_mtime_restored_is_caught_by_the_hash(
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     with pytest.raises(StaleShareError, match="no longer holds"):
         store.read_chunk(cid, 0)
+
+
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The chunk indexes the store hashes while serving, in order."""
+    calls: list[int] = []
+    real = verify_chunk
+
+    def counting(expected: bytes, data: bytes) -> None:
+        calls.append(len(calls))
+        real(expected, data)
+
+    monkeypatch.setattr(shares_module, "verify_chunk", counting)
+    return calls
+
+
+def settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on the clock reads as if every file had been written long ago."""
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() + 10 * RACY_NS)
+
+
+def wait_for_next_ctime(path: Path) -> None:
+    """Return once an edit would give ``path`` a new ctime (the kernel's clock is coarse)."""
+    scratch = path.with_name(path.name + ".tick")
+    for _ in range(1_000_000):
+        scratch.write_bytes(b"")
+        if scratch.stat().st_ctime_ns > path.stat().st_ctime_ns:
+            return
+    raise AssertionError("the file clock did not move")
+
+
+def test_a_settled_share_is_served_without_hashing_again(
+    store: ShareStore, tmp_path: Path, hashed: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "data.bin"
+    data = os.urandom(3 * CHUNK)
+    path.write_bytes(data)
+    settle(monkeypatch)
+    cid = share(store, path)
+    assert all_chunks(store, cid) == data
+    assert hashed == []
+
+
+def test_a_file_changed_just_before_sharing_is_hashed_on_every_read(
+    store: ShareStore, tmp_path: Path, hashed: list[int]
+) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(os.urandom(2 * CHUNK))
+    cid = share(store, path)
+    all_chunks(store, cid)
+    all_chunks(store, cid)
+    assert len(hashed) == 4
+
+
+def test_a_chunk_hashed_once_settled_is_not_hashed_again(
+    store: ShareStore, tmp_path: Path, hashed: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(os.urandom(2 * CHUNK))
+    cid = share(store, path)
+    settle(monkeypatch)
+    store.read_chunk(cid, 1)
+    store.read_chunk(cid, 1)
+    store.read_chunk(cid, 0)
+    assert len(hashed) == 2
+
+
+def test_an_edit_after_settling_is_caught_even_with_its_mtime_restored(
+    store: ShareStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"a" * CHUNK)
+    before = path.stat()
+    settle(monkeypatch)
+    cid = share(store, path)
+    store.read_chunk(cid, 0)
+    wait_for_next_ctime(path)
+    with path.open("r+b") as f:
+        f.write(b"b")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(StaleShareError, match="no longer holds"):
+        store.read_chunk(cid, 0)
+
+
+def test_a_file_replaced_by_a_copy_with_the_same_mtime_is_hashed_again(
+    store: ShareStore, tmp_path: Path, hashed: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "data.bin"
+    data = os.urandom(CHUNK)
+    path.write_bytes(data)
+    before = path.stat()
+    settle(monkeypatch)
+    cid = share(store, path)
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(data)
+    os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns))
+    copy.replace(path)
+    assert store.read_chunk(cid, 0) == data
+    assert len(hashed) == 1
 
 
 def test_truncated_or_deleted_file_marks_the_share_stale(store: ShareStore, tmp_path: Path) -> None:
