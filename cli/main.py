@@ -108,6 +108,7 @@ def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json:
 
     from p2pshare.node import logs  # noqa: PLC0415
     from p2pshare.node.daemon import ReadyInfo, serve  # noqa: PLC0415
+    from p2pshare.node.malloc import keep_freed_buffers  # noqa: PLC0415
 
     home = _home(ctx)
     # An existing home keeps its modes and is checked before the log goes into it:
@@ -134,6 +135,7 @@ def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json:
             click.echo(f"  control socket {info.socket_path}")
         sys.stdout.flush()
 
+    keep_freed_buffers()
     trio.run(serve, home, on_ready, upload_rate)
 
 
