@@ -112,6 +112,9 @@ _MIB: Final = 1 << 20
 # hold a full frame plus what one read brings beyond it.
 _INITIAL_RECEIVE_BUFFER: Final = 64 * 1024
 _RECEIVE_SLACK: Final = 64 * 1024
+# Linux caps SO_RCVLOWAT at half the receive buffer; a quarter of a frame less keeps
+# the wake-up well inside what a small buffer can hold.
+_MAX_RCVLOWAT: Final = 768 * 1024
 # How long aclose() tries to send the FIN before it just closes the socket.
 CLOSE_GRACE: Final = 2.0
 # Addresses of one peer tried for its data port: the connection's, then a few it announces.
@@ -240,6 +243,7 @@ class EncryptedStream:
         self._sealer = channel.sealer
         self._opener = channel.opener
         self._receive_buffer = bytearray(_INITIAL_RECEIVE_BUFFER)
+        self._rcvlowat = 1
         self._start = 0
         self._end = 0
         self._need: int | None = None
@@ -310,6 +314,7 @@ class EncryptedStream:
                 return await self._open_buffered(self._need, did_io=did_io)
             wanted = (HEADER_SIZE if self._need is None else self._need) - available
             self._make_room(available, wanted)
+            self._wake_at(wanted)
             did_io = True
             await self._fill()
 
@@ -324,6 +329,19 @@ class EncryptedStream:
         if self._start == self._end:
             self._start = self._end = 0
         return plaintext
+
+    def _wake_at(self, wanted: int) -> None:
+        """Let the kernel report the socket readable only once ``wanted`` bytes are in.
+
+        The peer has announced them in a frame header (or they are a header), so they
+        come unless it fails, and a FIN or reset still wakes us.  Without this a 1 MiB
+        frame arriving over loopback woke the event loop three or four times.
+        """
+        lowat = min(wanted, _MAX_RCVLOWAT)
+        if lowat != self._rcvlowat:
+            self._rcvlowat = lowat
+            with contextlib.suppress(OSError):
+                self._stream.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVLOWAT, lowat)
 
     def _make_room(self, available: int, wanted: int) -> None:
         """Ensure ``wanted`` more bytes fit after the buffered ones."""

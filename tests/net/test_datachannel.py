@@ -34,6 +34,7 @@ from p2pshare.net.streams import HandlerGuard, HandlerLimits
 from p2pshare.proto.datachannel import (
     CLIENT_HELLO_SIZE,
     MAX_PLAINTEXT,
+    MAX_WIRE_FRAME,
     SESSION_ID_SIZE,
     Channel,
     Cipher,
@@ -485,13 +486,7 @@ def stream_pair(
     )
 
 
-def encrypted(
-    stream: trio.SocketStream,
-    role: Role,
-    *,
-    crypto_in_thread: bool | None,
-    idle_timeout: float | None = None,
-) -> EncryptedStream:
+def channel(role: Role) -> Channel:
     keys = derive_keys(
         secret=b"k" * 32,
         client_nonce=b"c" * 32,
@@ -501,9 +496,19 @@ def encrypted(
         client_peer="client",
         server_peer="server",
     )
+    return Channel(keys, role)
+
+
+def encrypted(
+    stream: trio.SocketStream,
+    role: Role,
+    *,
+    crypto_in_thread: bool | None,
+    idle_timeout: float | None = None,
+) -> EncryptedStream:
     return EncryptedStream(
         stream,
-        Channel(keys, role),
+        channel(role),
         peer_id="server" if role is Role.CLIENT else "client",
         crypto_in_thread=crypto_in_thread,
         idle_timeout=idle_timeout,
@@ -529,6 +534,36 @@ async def test_stream_pair_bulk_and_small_reads(crypto_in_thread: bool | None) -
                 got += data
         assert bytes(got) == payload + payload[:10]
         await right.aclose()
+
+
+async def test_a_frame_that_trickles_in_wakes_the_receiver_once_it_is_whole() -> None:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    sender = await trio.open_tcp_stream("127.0.0.1", port)
+    accepted = await listener.accept()
+    receiver = encrypted(accepted, Role.SERVER, crypto_in_thread=False)
+    payload = os.urandom(MAX_PLAINTEXT)
+    buffer = bytearray(MAX_WIRE_FRAME)
+    frame = bytes(buffer[: channel(Role.CLIENT).sealer.seal_into(payload, buffer)])
+    got: list[bytes] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def receive() -> None:
+                got.append(await receiver.receive_some())
+
+            nursery.start_soon(receive)
+            await sender.send_all(frame[:1000])
+            await trio.testing.wait_all_tasks_blocked()
+            # Waiting for the rest of an announced frame: the kernel holds the wake-up.
+            lowat = accepted.getsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVLOWAT)
+            assert lowat == min(len(frame) - 1000, 768 * 1024)
+            assert got == []
+            await sender.send_all(frame[1000:])
+    assert got == [payload]
+    await sender.aclose()
+    await receiver.aclose()
+    await listener.aclose()
 
 
 async def test_stream_rules_of_use() -> None:
