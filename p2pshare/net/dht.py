@@ -41,7 +41,7 @@ from multiaddr import Multiaddr
 from p2pshare.proto.ratelimit import PerKeyBuckets
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from libp2p.abc import IHost, INetConn, INetStream, INetwork
 
@@ -222,11 +222,18 @@ class Dht:
     def routing_table_size(self) -> int:
         return int(self._kad.routing_table.size())
 
-    async def provide(self, key: bytes, announce: list[Multiaddr]) -> int:
+    async def provide(
+        self,
+        key: bytes,
+        announce: list[Multiaddr],
+        on_known_sent: Callable[[int], None] | None = None,
+    ) -> int:
         """Store a provider record for ``key`` on the closest peers; return how many took it.
 
         "Took it" means the ADD_PROVIDER message was written to the peer's stream: the
         protocol has no acknowledgement (go-libp2p and Kubo send none either).
+        ``on_known_sent`` gets the count so far once the peers already known have it,
+        before the network lookup for closer ones.
         """
         store = self._kad.provider_store
         store.add_provider(key, PeerInfo(self._host.get_id(), announce))
@@ -253,6 +260,8 @@ class Dht:
         # met; on a busy network it took over 30 s, and a share was not findable until
         # it ended (bench/dht.py, 50 nodes; docs/benchmarks.md).
         await send_all(self._kad.routing_table.find_local_closest_peers(key, K_CLOSEST))
+        if on_known_sent is not None:
+            on_known_sent(len(accepted))
         # Then to the closest in the whole network, skipping those already sent to.
         await send_all(await self._kad.peer_routing.find_closest_peers_network(key))
         return len(accepted)

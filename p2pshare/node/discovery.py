@@ -213,14 +213,25 @@ class Discovery:
         return announce_addrs(self._host, self._config.announce)
 
     async def provide(self, cid: str) -> ProvideStatus:
-        """Announce one share now and record the outcome."""
+        """Announce one share now and record the outcome.
+
+        The status is recorded twice: once the peers already known hold the record (the
+        share is findable from then on), and again after the network lookup for closer
+        peers, which took over 30 s with 50 daemons on two cores (docs/benchmarks.md).
+        """
         key = ContentId.parse(cid).multihash
+        started = int(time.time())
+
+        def known_sent(count: int) -> None:
+            if count:
+                self._catalog.set_provided(cid, ProvideStatus(started, count))
+
         try:
-            count = await self._dht.provide(key, self.announce())
+            count = await self._dht.provide(key, self.announce(), known_sent)
         except Exception:
             log.exception("providing %s failed", cid)
             count = 0
-        status = ProvideStatus(int(time.time()), count)
+        status = ProvideStatus(started, count)
         self._catalog.set_provided(cid, status)
         log.info("provided %s to %d peers", cid, count)
         return status

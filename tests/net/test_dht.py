@@ -16,7 +16,9 @@ from p2pshare.net.host import running_host
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
 
 if TYPE_CHECKING:
+    import pytest
     from libp2p.abc import IHost
+    from libp2p.peer.id import ID
 
 BLAKE3_MULTIHASH = b"\x1e\x20"
 
@@ -81,4 +83,34 @@ async def test_find_walks_to_peers_it_learns_of_and_counts_hops() -> None:
             providers = await nodes[0][1].find_providers(key, trace=trace)
         assert [p.peer_id for p in providers] == [holder_host.get_id().to_base58()]
         assert trace.hops == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_provide_reports_once_the_known_peers_hold_the_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        nodes = await start_line(stack, nursery, 3)
+        (first, first_dht), (_, middle_dht) = nodes[0], nodes[1]
+        lookup_started = trio.Event()
+
+        async def endless_lookup(_key: bytes, _count: int = 20) -> list[ID]:
+            lookup_started.set()
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        # The network lookup for closer peers never ends here; the record still goes
+        # out to the one peer `first` knows, and the caller hears of it.
+        monkeypatch.setattr(
+            first_dht._kad.peer_routing, "find_closest_peers_network", endless_lookup
+        )
+        counts: list[int] = []
+        nursery.start_soon(first_dht.provide, key, first.get_addrs(), counts.append)
+        with trio.fail_after(10):
+            await lookup_started.wait()
+        assert counts == [1]
+        with trio.fail_after(10):
+            providers = await middle_dht.find_providers(key)
+        assert [p.peer_id for p in providers] == [first.get_id().to_base58()]
         nursery.cancel_scope.cancel()
