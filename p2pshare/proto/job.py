@@ -15,10 +15,10 @@ streams, the files and the clock.  Normative description: docs/compute.md.
   status, exit code, fuel used, output content ID and the BLAKE3 digest of stdout.
   Replicas agree when their :attr:`Receipt.outcome` is equal.
 
-Wire form of a signed receipt: ``body || signature`` where ``body`` is the
-canonical msgpack receipt and the 64-byte Ed25519 signature covers
-``RECEIPT_DOMAIN + body``.  The signature sits at a fixed place so a requester who
-knows which worker it asked checks it before parsing a single byte
+Wire form of a signed receipt (:mod:`p2pshare.proto.signed`): ``body || signature``
+where ``body`` is the canonical msgpack receipt and the 64-byte Ed25519 signature
+covers ``RECEIPT_DOMAIN + body``.  The signature sits at a fixed place so a requester
+who knows which worker it asked checks it before parsing a single byte
 (:func:`verify_receipt`): any damage to a receipt is then an IntegrityError.
 """
 
@@ -39,7 +39,7 @@ from p2pshare.errors import (
     RemoteError,
     RemoteProtocolError,
 )
-from p2pshare.identity import is_small_order_key, peer_id_from_public_key, verify_signature
+from p2pshare.identity import is_small_order_key, peer_id_from_public_key
 from p2pshare.proto.canonical import (
     decode_canonical,
     expect_bytes,
@@ -52,18 +52,18 @@ from p2pshare.proto.canonical import (
 )
 from p2pshare.proto.cid import CID_BYTES, ContentId
 from p2pshare.proto.paths import MAX_PATH_BYTES, check_tree
+from p2pshare.proto.signed import SIGNATURE_SIZE, SignedKind
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
-    from p2pshare.proto.signed_manifest import Signer
+    from p2pshare.proto.signed import Signer
 
 PROTOCOL_ID: Final = "/p2pshare/compute/1.0.0"
 JOB_VERSION: Final = 1
 JOB_ID_SIZE: Final = 32
 NONCE_SIZE: Final = 16
 PUBLIC_KEY_SIZE: Final = 32
-SIGNATURE_SIZE: Final = 64
 DIGEST_SIZE: Final = 32
 RECEIPT_DOMAIN: Final = b"p2pshare-receipt-v1\0"
 
@@ -487,24 +487,12 @@ def encode_receipt(receipt: Receipt) -> bytes:
 
 
 def receipt_signing_message(body: bytes) -> bytes:
-    return RECEIPT_DOMAIN + body
+    return _RECEIPTS.signing_message(body)
 
 
 def sign_receipt(receipt: Receipt, signer: Signer) -> SignedReceipt:
     """Sign a receipt with the worker's own key (the one it names)."""
-    if signer.public_key != receipt.worker:
-        raise LocalProtocolError("a receipt must be signed by the worker it names")
-    body = encode_receipt(receipt)
-    return SignedReceipt(receipt, body, signer.sign(receipt_signing_message(body)))
-
-
-def _split_receipt(data: bytes) -> tuple[bytes, bytes]:
-    if not SIGNATURE_SIZE < len(data) <= _MAX_RECEIPT_SIZE:
-        raise RemoteProtocolError(
-            f"a signed receipt has {SIGNATURE_SIZE + 1} to {_MAX_RECEIPT_SIZE} bytes, "
-            f"not {len(data)}"
-        )
-    return data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:]
+    return SignedReceipt(receipt, *_RECEIPTS.sign(receipt, signer))
 
 
 def _decode_receipt_body(body: bytes) -> Receipt:
@@ -553,16 +541,23 @@ def _parse_receipt(value: object) -> Receipt:
     return receipt
 
 
+_RECEIPTS: Final = SignedKind(
+    name="receipt",
+    role="worker",
+    domain=RECEIPT_DOMAIN,
+    encode=encode_receipt,
+    decode=_decode_receipt_body,
+    signer=lambda receipt: receipt.worker,
+)
+
+
 def decode_receipt(data: bytes) -> SignedReceipt:
     """Decode a signed receipt and check its signature against the worker key it names.
 
     RemoteProtocolError for malformed bytes, IntegrityError for a bad signature.  A
     requester that knows which worker it asked uses :func:`verify_receipt` instead.
     """
-    body, signature = _split_receipt(data)
-    receipt = _decode_receipt_body(body)
-    verify_signature(receipt.worker, signature, receipt_signing_message(body))
-    return SignedReceipt(receipt, body, signature)
+    return SignedReceipt(*_RECEIPTS.open_trailing(data, max_size=_MAX_RECEIPT_SIZE))
 
 
 def verify_receipt(data: bytes, *, worker: bytes, job: bytes | None = None) -> SignedReceipt:
@@ -571,24 +566,14 @@ def verify_receipt(data: bytes, *, worker: bytes, job: bytes | None = None) -> S
     The signature is checked before the body is parsed, so any alteration of the
     bytes, the length included, raises IntegrityError.
     """
-    if not SIGNATURE_SIZE < len(data) <= _MAX_RECEIPT_SIZE:
-        raise IntegrityError(f"a receipt of {len(data)} bytes cannot be valid")
-    body, signature = data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:]
-    verify_signature(worker, signature, receipt_signing_message(body))
-    try:
-        receipt = _decode_receipt_body(body)
-    except RemoteProtocolError as exc:
-        # Well signed but malformed: the worker itself produced garbage.
-        raise IntegrityError(f"worker signed a malformed receipt ({exc})") from exc
-    signed = SignedReceipt(receipt, body, signature)
+    signed = SignedReceipt(*_RECEIPTS.verify_trailing(data, key=worker, max_size=_MAX_RECEIPT_SIZE))
     check_receipt(signed, worker=worker, job=job)
     return signed
 
 
 def check_receipt(signed: SignedReceipt, *, worker: bytes, job: bytes | None = None) -> None:
     """Raise IntegrityError unless the receipt names this worker (and job)."""
-    if signed.receipt.worker != worker:
-        raise IntegrityError("the receipt names another worker than the one that sent it")
+    _RECEIPTS.check_signer(signed.receipt, worker)
     if job is not None and signed.receipt.job_id != job:
         raise IntegrityError("the receipt is for another job")
 

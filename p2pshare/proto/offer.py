@@ -8,10 +8,10 @@ current signed offer: the largest limits one job may ask, the most input bytes i
 fetches for one job, its slots and how many are free, its measured speed and an
 expiry at most :data:`MAX_OFFER_LIFETIME` seconds ahead.
 
-Wire form, as for receipts: ``body || signature`` where ``body`` is the canonical
-msgpack offer and the 64-byte Ed25519 signature covers ``OFFER_DOMAIN + body``.  A
-requester knows which peer it asked, so it checks the signature before parsing
-(:func:`verify_offer`) and any damage is an IntegrityError.
+Wire form, as for receipts (:mod:`p2pshare.proto.signed`): ``body || signature`` where
+``body`` is the canonical msgpack offer and the 64-byte Ed25519 signature covers
+``OFFER_DOMAIN + body``.  A requester knows which peer it asked, so it checks the
+signature before parsing (:func:`verify_offer`) and any damage is an IntegrityError.
 """
 
 from __future__ import annotations
@@ -21,13 +21,8 @@ from typing import TYPE_CHECKING, Final
 
 import blake3
 
-from p2pshare.errors import (
-    IntegrityError,
-    LocalProtocolError,
-    RemoteError,
-    RemoteProtocolError,
-)
-from p2pshare.identity import is_small_order_key, peer_id_from_public_key, verify_signature
+from p2pshare.errors import LocalProtocolError, RemoteError, RemoteProtocolError
+from p2pshare.identity import is_small_order_key, peer_id_from_public_key
 from p2pshare.proto.canonical import (
     decode_canonical,
     expect_bytes,
@@ -40,17 +35,12 @@ from p2pshare.proto.cid import BLAKE3_MULTIHASH, DIGEST_SIZE
 
 # Re-exported: OFFER bounds its payload with it, and job.py cannot import this module.
 from p2pshare.proto.job import MAX_OFFER_SIZE as MAX_OFFER_SIZE  # noqa: PLC0414
-from p2pshare.proto.job import (
-    PUBLIC_KEY_SIZE,
-    SIGNATURE_SIZE,
-    JobLimits,
-    encode_limits,
-    parse_limits,
-)
+from p2pshare.proto.job import PUBLIC_KEY_SIZE, JobLimits, encode_limits, parse_limits
 from p2pshare.proto.multiformats import encode_varint
+from p2pshare.proto.signed import SIGNATURE_SIZE, SignedKind
 
 if TYPE_CHECKING:
-    from p2pshare.proto.signed_manifest import Signer
+    from p2pshare.proto.signed import Signer
 
 OFFER_VERSION: Final = 1
 OFFER_DOMAIN: Final = b"p2pshare-offer-v1\0"
@@ -155,15 +145,12 @@ def encode_offer(offer: Offer) -> bytes:
 
 
 def offer_signing_message(body: bytes) -> bytes:
-    return OFFER_DOMAIN + body
+    return _OFFERS.signing_message(body)
 
 
 def sign_offer(offer: Offer, signer: Signer) -> SignedOffer:
     """Sign an offer with the worker's own key (the one it names)."""
-    if signer.public_key != offer.worker:
-        raise LocalProtocolError("an offer must be signed by the worker it names")
-    body = encode_offer(offer)
-    return SignedOffer(offer, body, signer.sign(offer_signing_message(body)))
+    return SignedOffer(offer, *_OFFERS.sign(offer, signer))
 
 
 def _parse_offer(value: object) -> Offer:
@@ -197,6 +184,16 @@ def _decode_offer_body(body: bytes) -> Offer:
     )
 
 
+_OFFERS: Final = SignedKind(
+    name="offer",
+    role="worker",
+    domain=OFFER_DOMAIN,
+    encode=encode_offer,
+    decode=_decode_offer_body,
+    signer=lambda offer: offer.worker,
+)
+
+
 def decode_offer(data: bytes) -> SignedOffer:
     """Decode a signed offer and check its signature against the worker key it names.
 
@@ -204,14 +201,7 @@ def decode_offer(data: bytes) -> SignedOffer:
     expiry is not checked.  A requester that knows which worker it asked uses
     :func:`verify_offer` instead.
     """
-    if not SIGNATURE_SIZE < len(data) <= MAX_OFFER_SIZE:
-        raise RemoteProtocolError(
-            f"a signed offer has {SIGNATURE_SIZE + 1} to {MAX_OFFER_SIZE} bytes, not {len(data)}"
-        )
-    body, signature = data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:]
-    offer = _decode_offer_body(body)
-    verify_signature(offer.worker, signature, offer_signing_message(body))
-    return SignedOffer(offer, body, signature)
+    return SignedOffer(*_OFFERS.open_trailing(data, max_size=MAX_OFFER_SIZE))
 
 
 def verify_offer(data: bytes, *, worker: bytes, now: int) -> SignedOffer:
@@ -222,17 +212,9 @@ def verify_offer(data: bytes, *, worker: bytes, now: int) -> SignedOffer:
     raises OfferExpiredError; one expiring further ahead than a worker may promise
     raises RemoteProtocolError.
     """
-    if not SIGNATURE_SIZE < len(data) <= MAX_OFFER_SIZE:
-        raise IntegrityError(f"an offer of {len(data)} bytes cannot be valid")
-    body, signature = data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:]
-    verify_signature(worker, signature, offer_signing_message(body))
-    try:
-        offer = _decode_offer_body(body)
-    except RemoteProtocolError as exc:
-        # Well signed but malformed: the worker itself produced garbage.
-        raise IntegrityError(f"worker signed a malformed offer ({exc})") from exc
-    if offer.worker != worker:
-        raise IntegrityError("the offer names another worker than the one that sent it")
+    signed = SignedOffer(*_OFFERS.verify_trailing(data, key=worker, max_size=MAX_OFFER_SIZE))
+    offer = signed.offer
+    _OFFERS.check_signer(offer, worker)
     if offer.expires < now:
         raise OfferExpiredError(f"the offer expired {now - offer.expires} seconds ago")
     if offer.expires > now + MAX_OFFER_LIFETIME + CLOCK_SKEW:
@@ -240,4 +222,4 @@ def verify_offer(data: bytes, *, worker: bytes, now: int) -> SignedOffer:
             f"the offer expires in {offer.expires - now} seconds, more than the "
             f"{MAX_OFFER_LIFETIME} (+{CLOCK_SKEW} of clock skew) an offer may last"
         )
-    return SignedOffer(offer, body, signature)
+    return signed

@@ -6,17 +6,15 @@ Wire form (docs/protocol.md, "Signature")::
 
 The signature covers ``SIGNATURE_DOMAIN + body``: the body's exact bytes, never a
 re-encoding, and a prefix no other p2pshare signature uses, so a manifest signature
-cannot be replayed as, say, a compute receipt.  The content ID fixes *what* the
-manifest says; the signature fixes *who* published it.
+cannot be replayed as, say, a compute receipt (:mod:`p2pshare.proto.signed`).  The
+content ID fixes *what* the manifest says; the signature fixes *who* published it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
-from p2pshare.errors import LocalProtocolError, RemoteProtocolError
-from p2pshare.identity import verify_signature
+from p2pshare.errors import RemoteProtocolError
 from p2pshare.proto.canonical import expect_bytes, expect_map, pack, unpack
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.manifest import (
@@ -26,19 +24,21 @@ from p2pshare.proto.manifest import (
     decode_manifest,
     encode_manifest,
 )
+from p2pshare.proto.signed import SIGNATURE_SIZE, SignedKind
+
+# Re-exported: callers typed their signing keys with it when it lived here.
+from p2pshare.proto.signed import Signer as Signer  # noqa: PLC0414
 
 SIGNATURE_DOMAIN = b"p2pshare-manifest-v1\0"
-SIGNATURE_SIZE = 64
 _WIRE_KEYS = ("body", "sig")
-
-
-class Signer(Protocol):
-    """What signing needs of a key; :class:`p2pshare.identity.NodeKey` is one."""
-
-    @property
-    def public_key(self) -> bytes: ...
-
-    def sign(self, message: bytes) -> bytes: ...
+_MANIFESTS = SignedKind(
+    name="manifest",
+    role="publisher",
+    domain=SIGNATURE_DOMAIN,
+    encode=encode_manifest,
+    decode=decode_manifest,
+    signer=lambda manifest: manifest.publisher,
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class SignedManifest:
 
 
 def signing_message(body: bytes) -> bytes:
-    return SIGNATURE_DOMAIN + body
+    return _MANIFESTS.signing_message(body)
 
 
 def _wire(body: bytes, signature: bytes) -> bytes:
@@ -62,10 +62,7 @@ def _wire(body: bytes, signature: bytes) -> bytes:
 
 def sign_manifest(manifest: Manifest, signer: Signer) -> SignedManifest:
     """Sign a manifest built by ``build_manifest`` with the publisher's own key."""
-    if signer.public_key != manifest.publisher:
-        raise LocalProtocolError("a manifest must be signed by the key it names as publisher")
-    body = encode_manifest(manifest)
-    signature = signer.sign(signing_message(body))
+    body, signature = _MANIFESTS.sign(manifest, signer)
     data = _wire(body, signature)
     return SignedManifest(manifest, body, signature, data, ContentId.of(data))
 
@@ -99,7 +96,6 @@ def decode_signed_manifest(data: bytes, expected_cid: ContentId | None = None) -
     )
     if _wire(body, signature) != data:
         raise RemoteProtocolError("signed manifest is not canonically encoded")
-    manifest = decode_manifest(body)
-    verify_signature(manifest.publisher, signature, signing_message(body))
+    manifest = _MANIFESTS.open(body, signature)
     cid = expected_cid if expected_cid is not None else ContentId.of(data)
     return SignedManifest(manifest, body, signature, data, cid)
