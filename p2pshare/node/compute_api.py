@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
     from libp2p.abc import IHost
 
+    from p2pshare.compute.requester import OpenStream
     from p2pshare.config import ComputeConfig
     from p2pshare.identity import NodeKey
     from p2pshare.net.streams import ByteStream, HandlerGuard, LibP2PStream
@@ -67,7 +68,7 @@ MAX_REPLICAS: Final = 16
 # Workers asked for an offer per job: enough to replace a few busy ones.
 CANDIDATES_PER_REPLICA: Final = 4
 WASM_MAGIC: Final = b"\0asm"
-# Seconds between progress events while replicas run (see heartbeat in ComputeApi.run).
+# Seconds between progress events while replicas run (see _JobWatch.heartbeat).
 HEARTBEAT_INTERVAL: Final = 1.0
 
 
@@ -194,45 +195,8 @@ class ComputeApi:
             await emit("progress", {"phase": "finding", "job_id": spec.job_id.hex()})
             workers = await self._choose(spec, request.replicas, created)
             submit = Submit(spec, secrets.token_bytes(NONCE_SIZE))
-            # Replicas report at once; the control stream takes one event at a time.
-            emitting = trio.Lock()
-
-            async def on_update(replica: Replica) -> None:
-                async with emitting:
-                    await emit(
-                        "progress",
-                        {
-                            "phase": "running",
-                            "job_id": spec.job_id.hex(),
-                            "worker": replica.as_dict(),
-                        },
-                    )
-
-            async def heartbeat() -> None:
-                # The control server sees its client go away (Ctrl-C) only when it sends:
-                # a word every second ends the job, and CANCELs it on the workers, at once.
-                while True:
-                    await trio.sleep(HEARTBEAT_INTERVAL)
-                    try:
-                        async with emitting:
-                            await emit(
-                                "progress", {"phase": "running", "job_id": spec.job_id.hex()}
-                            )
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        raise JobFailedError("the client went away; job cancelled") from None
-
-            refused: JobRejectedError | None = None
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(heartbeat)
-                try:
-                    replicas = await run_replicas(
-                        self._open, workers, submit, request.replicas, on_update
-                    )
-                except JobRejectedError as exc:
-                    refused = exc
-                nursery.cancel_scope.cancel()
-            if refused is not None:
-                raise JobFailedError(f"the job was refused: {refused}")
+            watch = _JobWatch(emit, spec.job_id)
+            replicas = await watch.run_replicas(self._open, workers, submit, request.replicas)
             doc = await self._conclude(spec.job_id, replicas, request, emit)
         finally:
             with trio.CancelScope(shield=True):
@@ -391,6 +355,53 @@ class ComputeApi:
 
     def handlers(self) -> dict[str, Handler]:
         return {"compute_offer": self.offer, "compute_peers": self.peers, "compute_run": self.run}
+
+
+@dataclass
+class _JobWatch:
+    """What compute_run tells its client while the replicas run.
+
+    Each replica's changes, and a heartbeat, go out as ``running`` progress events;
+    replicas report at once, but the control stream takes one event at a time.
+    """
+
+    emit: Emit
+    job: bytes
+    _emitting: trio.Lock = field(default_factory=trio.Lock, init=False)
+
+    async def run_replicas(
+        self, open_stream: OpenStream, workers: Sequence[Worker], submit: Submit, replicas: int
+    ) -> list[Replica]:
+        """:func:`run_replicas`, watched; a refusal of the job itself is a JobFailedError."""
+        refused: JobRejectedError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.heartbeat)
+            try:
+                done = await run_replicas(open_stream, workers, submit, replicas, self.on_update)
+            except JobRejectedError as exc:
+                # Raised inside the nursery it would come out wrapped in an ExceptionGroup.
+                refused = exc
+            nursery.cancel_scope.cancel()
+        if refused is not None:
+            raise JobFailedError(f"the job was refused: {refused}")
+        return done
+
+    async def on_update(self, replica: Replica) -> None:
+        await self._running({"worker": replica.as_dict()})
+
+    async def heartbeat(self) -> None:
+        # The control server sees its client go away (Ctrl-C) only when it sends:
+        # a word every second ends the job, and CANCELs it on the workers, at once.
+        while True:
+            await trio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self._running({})
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise JobFailedError("the client went away; job cancelled") from None
+
+    async def _running(self, extra: dict[str, Any]) -> None:
+        async with self._emitting:
+            await self.emit("progress", {"phase": "running", "job_id": self.job.hex()} | extra)
 
 
 @dataclass(frozen=True)
