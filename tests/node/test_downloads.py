@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
     from pathlib import Path
 
-    from p2pshare.node.downloads import Progress
+    from p2pshare.node.downloads import Job, Progress
 
     Step = Callable[[DownloadRequest, Progress], Awaitable[dict[str, Any]]]
 
@@ -97,6 +97,16 @@ class Env:
         } | changes
         return DownloadRequest(**fields)
 
+    def saved(
+        self, name: str, state: str = ACTIVE, *, chunks: int = 0, **changes: Any
+    ) -> DownloadRequest:
+        """A request as an earlier daemon run left it in the catalog, ``chunks`` written."""
+        request = self.request(name, state, **changes)
+        self.catalog.save_download_request(request)
+        if chunks:
+            self.written(request, chunks)
+        return request
+
     def written(self, request: DownloadRequest, chunks: int) -> None:
         """Record ``chunks`` verified chunks and a partial file, as the downloader does."""
         bits = Bitfield(5)
@@ -144,16 +154,41 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
         opened.cancel_scope.cancel()
 
 
+def job_of(manager: DownloadManager, cid: str) -> Job:
+    """The job the manager runs for ``cid``, which the test expects there to be."""
+    job = manager.job(cid)
+    assert job is not None
+    return job
+
+
+def follow_in(
+    nursery: trio.Nursery,
+    manager: DownloadManager,
+    job: Job,
+    *,
+    emit: Callable[[str, dict[str, Any]], Awaitable[None]] = quiet,
+    catch: type[Exception] = DownloadStoppedError,
+) -> list[Exception]:
+    """Follow ``job`` in a task of ``nursery``; the list gets the ``catch`` error ending it."""
+    caught: list[Exception] = []
+
+    async def follower() -> None:
+        try:
+            await manager.follow(job, emit)
+        except catch as exc:
+            caught.append(exc)
+
+    nursery.start_soon(follower)
+    return caught
+
+
 async def test_start_resumes_active_downloads_only_and_forgets_them_when_done(
     env: Env, nursery: trio.Nursery
 ) -> None:
-    active = env.request("active.bin")
-    env.catalog.save_download_request(active)
-    env.written(active, 2)
+    active = env.saved("active.bin", chunks=2)
     script = Script(succeed)
     manager = await started(DownloadManager(env.catalog, script), nursery)
-    job = manager.job(env.cid)
-    assert job is not None
+    job = job_of(manager, env.cid)
     await job.finished.wait()
     assert script.requests == [active]
     assert job.result == SUMMARY
@@ -163,7 +198,7 @@ async def test_start_resumes_active_downloads_only_and_forgets_them_when_done(
 async def test_paused_and_failed_downloads_wait_for_the_user(
     env: Env, nursery: trio.Nursery
 ) -> None:
-    env.catalog.save_download_request(env.request("p.bin", PAUSED))
+    env.saved("p.bin", PAUSED)
     script = Script()
     manager = await started(DownloadManager(env.catalog, script), nursery)
     assert manager.job(env.cid) is None
@@ -172,9 +207,8 @@ async def test_paused_and_failed_downloads_wait_for_the_user(
 
 
 async def test_listing_shows_progress_state_and_reason(env: Env, nursery: trio.Nursery) -> None:
-    failed = env.request("f.bin", FAILED, error="f.bin already exists; use --force to replace it")
-    env.catalog.save_download_request(failed)
-    env.written(failed, 3)
+    error = "f.bin already exists; use --force to replace it"
+    failed = env.saved("f.bin", FAILED, chunks=3, error=error)
     manager = await started(DownloadManager(env.catalog, Script()), nursery)
     [entry] = manager.listing()
     assert entry == {
@@ -194,11 +228,10 @@ async def test_listing_shows_progress_state_and_reason(env: Env, nursery: trio.N
 async def test_a_resume_without_providers_retries_with_backoff(
     env: Env, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    env.catalog.save_download_request(env.request("r.bin"))
+    env.saved("r.bin")
     script = Script(no_providers, no_providers, succeed)
     manager = await started(DownloadManager(env.catalog, script, retry_first=10), nursery)
-    job = manager.job(env.cid)
-    assert job is not None
+    job = job_of(manager, env.cid)
     await until(lambda: job.retry_at is not None)
     [entry] = manager.listing()
     assert entry["state"] == "retrying"
@@ -214,12 +247,11 @@ async def test_a_resume_without_providers_retries_with_backoff(
 async def test_a_resume_gives_up_after_its_window_and_says_why(
     env: Env, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    env.catalog.save_download_request(env.request("g.bin"))
+    env.saved("g.bin")
     script = Script(*[no_providers] * 20)
     manager = DownloadManager(env.catalog, script, retry_first=10, retry_max=40, give_up_after=100)
     await started(manager, nursery)
-    job = manager.job(env.cid)
-    assert job is not None
+    job = job_of(manager, env.cid)
     await job.finished.wait()
     begin = script.started[0]
     assert [round(t - begin) for t in script.started] == [0, 10, 30, 70, 110]
@@ -241,10 +273,9 @@ async def test_other_failures_are_marked_failed_at_once(
     async def fail(_request: DownloadRequest, _progress: Progress) -> dict[str, Any]:
         raise error
 
-    env.catalog.save_download_request(env.request("x.bin"))
+    env.saved("x.bin")
     manager = await started(DownloadManager(env.catalog, Script(fail, succeed)), nursery)
-    job = manager.job(env.cid)
-    assert job is not None
+    job = job_of(manager, env.cid)
     await job.finished.wait()
     [entry] = manager.listing()
     assert entry["state"] == "failed"
@@ -289,19 +320,12 @@ async def test_ctrl_c_of_the_last_get_pauses_and_keeps_the_progress(
     manager = await started(DownloadManager(env.catalog, Script(write_then_wait)), nursery)
     job = await manager.submit(env.request("c.bin"))
     leave = trio.Event()
-    left: list[BaseException] = []
 
     async def interruptible(_name: str, _data: dict[str, Any]) -> None:
         if leave.is_set():
             raise trio.BrokenResourceError
 
-    async def last_get() -> None:
-        try:
-            await manager.follow(job, interruptible)
-        except ClientGoneError as exc:
-            left.append(exc)
-
-    nursery.start_soon(last_get)
+    left = follow_in(nursery, manager, job, emit=interruptible, catch=ClientGoneError)
     await until(lambda: job.watchers == 1 and job.progress is not None)
     # One of two gets going away only detaches it...
     with pytest.raises(ClientGoneError):
@@ -332,9 +356,7 @@ async def test_a_get_that_wrote_nothing_leaves_no_record(env: Env, nursery: trio
 
 
 async def test_cancel_removes_the_partial_and_the_records(env: Env, nursery: trio.Nursery) -> None:
-    paused = env.request("file.bin", PAUSED)
-    env.catalog.save_download_request(paused)
-    env.written(paused, 1)
+    paused = env.saved("file.bin", PAUSED, chunks=1)
     manager = await started(DownloadManager(env.catalog, Script()), nursery)
     result = await manager.cancel(env.cid)
     assert result == {"cid": env.cid, "destination": paused.destination, "removed_partial": True}
@@ -354,15 +376,7 @@ async def test_cancel_stops_a_running_download_and_its_directory(
     partial = partial_path(env.root / "tree")
     (partial / "sub").mkdir(parents=True)
     (partial / "sub" / "f").write_bytes(b"data")
-    outcome: list[BaseException] = []
-
-    async def follower() -> None:
-        try:
-            await manager.follow(job, quiet)
-        except DownloadStoppedError as exc:
-            outcome.append(exc)
-
-    nursery.start_soon(follower)
+    outcome = follow_in(nursery, manager, job)
     await until(lambda: job.watchers == 1)
     await manager.cancel(env.cid)
     await until(lambda: bool(outcome))
@@ -374,7 +388,7 @@ async def test_cancel_stops_a_running_download_and_its_directory(
 async def test_a_different_destination_needs_the_old_one_cancelled(
     env: Env, nursery: trio.Nursery
 ) -> None:
-    env.catalog.save_download_request(env.request("old.bin", PAUSED))
+    env.saved("old.bin", PAUSED)
     manager = await started(DownloadManager(env.catalog, Script(succeed)), nursery)
     with pytest.raises(UserError, match="p2pshare downloads cancel"):
         await manager.submit(env.request("new.bin"))
@@ -401,18 +415,10 @@ def test_unfinished_downloads_of_a_version_2_catalog_are_resumed(tmp_path: Path)
 async def test_a_stopping_daemon_leaves_the_download_to_resume(
     env: Env, nursery: trio.Nursery
 ) -> None:
-    outcome: list[BaseException] = []
     async with trio.open_nursery() as daemon:
         manager = await started(DownloadManager(env.catalog, Script(blocked(trio.Event()))), daemon)
         job = await manager.submit(env.request("s.bin"))
-
-        async def follower() -> None:
-            try:
-                await manager.follow(job, quiet)
-            except DownloadStoppedError as exc:
-                outcome.append(exc)
-
-        nursery.start_soon(follower)
+        outcome = follow_in(nursery, manager, job)
         await until(lambda: job.watchers == 1)
         daemon.cancel_scope.cancel()
     await until(lambda: bool(outcome))
