@@ -145,7 +145,11 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
             print(f"  {error}", flush=True)
 
     times = [t for t in finished if t is not None]
-    helped = sum(1 for r in reports if r is not None and len(r.get("peers", ())) > 1)
+    # Chunks actually received from a peer other than the seeder, not merely a link.
+    seeder_id = seeder.info["peer_id"]
+    helped = sum(
+        1 for r in reports if r is not None and set(r.get("chunks_from", {})) - {seeder_id}
+    )
     total = len(times) * size / max(times) if times else 0.0
     solo_rate = size / solo_s
     return [

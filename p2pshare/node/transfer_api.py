@@ -133,6 +133,9 @@ class TransferApi:
             find_sources=find,
             hints=hints,
             progress=progress,
+            # Announced while still partial, so other downloaders' lookups find it
+            # and fetch the chunks it already holds (the seeder is not the only source).
+            announce=lambda: self.discovery.provide_soon(key),
         )
         report = await download.run()
         assert download.signed is not None

@@ -114,6 +114,34 @@ class Bitfield:
             self._bits[byte] &= ~mask & 0xFF
             self._count -= 1
 
+    def slice(self, first: int, count: int) -> Bitfield:
+        """Bits ``first`` .. ``first + count - 1`` as a bitfield of ``count`` (a HAVE range).
+
+        Shifted as one integer rather than bit by bit: a range may hold millions of bits.
+        """
+        if type(first) is not int or type(count) is not int or first < 0 or count < 0:
+            raise LocalProtocolError(f"bits {first!r} + {count!r} are not a range")
+        if first + count > self._size:
+            raise LocalProtocolError(
+                f"bits {first} to {first + count - 1} are outside a bitfield of {self._size}"
+            )
+        start, end = first >> 3, _byte_length(first + count)
+        window = int.from_bytes(self._bits[start:end], "big")
+        # Drop the bits after the range, keep ``count`` bits, then pad the last byte.
+        window >>= (end - start) * 8 - (first - start * 8) - count
+        window &= (1 << count) - 1
+        window <<= _byte_length(count) * 8 - count
+        return Bitfield.from_bytes(window.to_bytes(_byte_length(count), "big"), count)
+
+    def difference(self, other: Bitfield) -> Bitfield:
+        """The bits set here and clear in ``other``, a bitfield of the same size."""
+        if other._size != self._size:
+            raise LocalProtocolError(
+                f"bitfields of {self._size} and {other._size} bits cannot be compared"
+            )
+        mine, theirs = int.from_bytes(self._bits, "big"), int.from_bytes(other._bits, "big")
+        return Bitfield.from_bytes((mine & ~theirs).to_bytes(len(self._bits), "big"), self._size)
+
     def iter_set(self, start: int = 0) -> Iterator[int]:
         """Indices of set bits from ``start`` on, ascending."""
         return self._scan(_NOT_EMPTY, start, want=True)

@@ -9,6 +9,13 @@ chunks go to the others.  Progress is recorded in the catalog only after the
 chunks it names are on disk (fsync first), so after a crash the download resumes
 without fetching any verified chunk twice.
 
+Providers come and go while it runs: one whose stream breaks is dialed again after
+a short backoff, the provider lookup runs again every ``LOOKUP_INTERVAL`` (and at
+once when no link is left) so downloaders that announce their partial content are
+found, and a partial provider's chunk list is asked again when we have nothing left
+to ask it for.  A download fails only once no provider that could send a missing
+chunk has been left, or found, for ``CONNECT_TIMEOUT``.
+
 The event loop only receives (and, on a data channel, decrypts): every chunk that
 arrives goes to one storing task, which hashes and writes whole batches of them in
 one worker-thread call.  BLAKE3 and ``pwrite`` release the GIL, so that work runs
@@ -19,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +38,7 @@ from p2pshare.proto.chunks import hash_chunk
 from p2pshare.proto.manifest import expected_chunk_hash, verify_page
 from p2pshare.proto.pages import HashPage, page_for_chunk
 from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest
+from p2pshare.proto.transfer import MAX_CHUNKS_PER_REQUEST, UnknownContentError
 from p2pshare.store.catalog import DownloadRow
 from p2pshare.transfer.output import PartialOutput, check_destination
 from p2pshare.transfer.peer import PeerLink
@@ -50,11 +58,25 @@ PIPELINE = 4
 # A provider that sends nothing at all for this long is dropped.
 REQUEST_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 15.0
+# Delays before dialing a provider again after its stream broke or stalled, one per
+# failure in a row: an overloaded seeder gets time to recover, and a peer that is
+# gone costs a few dials.  A stream that then brings a verified chunk starts over.
+REATTACH_DELAYS = (1.0, 4.0, 10.0)
+# Downloaders announce their partial content as they go: a running download asks the
+# lookup again this often, so load spreads over them instead of staying on the seeder.
+LOOKUP_INTERVAL = 15.0
+# Providers linked, being dialed or waiting to be dialed again, at most.
+MAX_PROVIDERS = 32
+# A partial provider verifies more chunks as it downloads: its chunk list is asked
+# again this often, while we have nothing in flight with it (one small request).
+HAVE_REFRESH_S = 5.0
+# A discarded stream gets this long to close before it is left to the peer.
+CLOSE_TIMEOUT = 5.0
 PERSIST_EVERY_CHUNKS = 32
 PERSIST_EVERY_S = 1.0
 PROGRESS_EVERY_S = 0.25
-# Requests span about 4 MiB whatever the chunk size: fewer round trips per byte,
-# and small chunks do not mean many tiny requests.
+# Requests span about 4 MiB whatever the chunk size (within the protocol's 64 chunks):
+# fewer round trips per byte, and small chunks do not mean many tiny requests.
 REQUEST_BYTES = 4 << 20
 # Chunks received and not yet stored (about 16 MiB, at most 64 chunks since a small
 # chunk may keep a whole received buffer alive), and the most one worker-thread call
@@ -107,6 +129,7 @@ class DownloadReport:
     elapsed_s: float = 0.0
     peers: list[str] = field(default_factory=list)
     banned: list[str] = field(default_factory=list)
+    chunks_from: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +144,7 @@ class DownloadReport:
             "elapsed_s": round(self.elapsed_s, 3),
             "peers": self.peers,
             "banned": self.banned,
+            "chunks_from": self.chunks_from,
         }
 
 
@@ -171,6 +195,13 @@ class _Partial:
     def has_chunk(self, global_index: int) -> bool:
         return self._job.durable is not None and self._job.durable[global_index]
 
+    def have(self, first_chunk: int, count: int) -> Bitfield:
+        # ``durable`` is replaced at each persist, never changed in place, so this
+        # worker-thread read sees one consistent snapshot.
+        durable = self._job.durable
+        assert durable is not None
+        return durable.slice(first_chunk, count)
+
     def read_chunk(self, global_index: int) -> bytes:
         assert self._job.output is not None
         return self._job.output.read_chunk(global_index)
@@ -192,7 +223,10 @@ class Download:
         hints: list[Source],
         progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
         pipeline: int = PIPELINE,
+        announce: Callable[[], None] | None = None,
     ) -> None:
+        """``announce`` is called once, when the first verified chunks are on disk and
+        served to other peers (``get`` announces the content in the DHT then)."""
         self.cid = cid
         self.dest = dest
         self._force = force
@@ -203,6 +237,8 @@ class Download:
         self._hints = hints
         self._progress = progress
         self._pipeline = pipeline
+        self._announce = announce
+        self._announced = False
         self.signed: SignedManifest | None = None
         self.pages: dict[int, HashPage] = {}
         self.output: PartialOutput | None = None
@@ -212,6 +248,16 @@ class Download:
         self._pipelines: dict[str, trio.CancelScope] = {}
         self._picker: Picker | None = None
         self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._workers: trio.Nursery | None = None
+        # Every provider seen, with the addresses it was last seen with.
+        self._sources: dict[str, Source] = {}
+        # Providers with a task of their own: linked, being dialed or waiting to be.
+        self._active: set[str] = set()
+        # Providers that refused the content or failed too often: never asked again.
+        self._given_up: set[str] = set()
+        self._lookup_now = trio.Event()
+        self._looking = False
         # Sized in _prepare, once the chunk size is known.
         self._arrivals_in, self._arrivals_out = trio.open_memory_channel[_Arrival](0)
         # Chunks handed to the storing task and not yet stored (checked or refused).
@@ -229,13 +275,15 @@ class Download:
         started = time.monotonic()
         check_destination(self.dest, force=self._force)
         async with trio.open_nursery() as nursery:
-            await self._connect(nursery)
+            self._nursery = nursery
+            await self._connect()
             signed = await self._fetch_manifest()
             await self._fetch_pages()
             self._prepare(signed)
             self._local.register(self.cid, _Partial(self))
             try:
-                await self._transfer(nursery)
+                self._announce_partial()
+                await self._transfer()
             finally:
                 self._local.unregister(self.cid)
                 with trio.CancelScope(shield=True):
@@ -249,7 +297,7 @@ class Download:
         self.report.elapsed_s = time.monotonic() - started
         return self.report
 
-    async def _connect(self, nursery: trio.Nursery) -> None:
+    async def _connect(self) -> None:
         """Ask the DHT for providers, then dial them and the hinted ones at once.
 
         The lookup is not cut short: it dials peers itself, and a dial cancelled half way
@@ -264,33 +312,40 @@ class Download:
                 f"no providers found for {self.cid}; check that a provider is running "
                 "and reachable, or use its ticket"
             )
-
-        async def attach(source: Source) -> None:
-            stream = None
-            # py-libp2p now and then fails a new stream's handshake on a healthy
-            # connection: a second try saves the provider.
-            for attempt in range(2):
-                try:
-                    with trio.fail_after(CONNECT_TIMEOUT):
-                        stream = await self._open_stream(source)
-                    break
-                except (trio.TooSlowError, UserError, RemoteError) as exc:
-                    log.info("provider %s unreachable (try %d): %s", source.peer_id, attempt, exc)
-                    await trio.sleep(0.2)
-            if stream is None:
-                return
-            link = PeerLink(stream, source.peer_id, max_chunk_size=1 << 24)
-            await nursery.start(self._run_link, link)
-            self._links[source.peer_id] = link
-
+        self._sources.update(sources)
         async with trio.open_nursery() as dialing:
-            for source in sources.values():
-                dialing.start_soon(attach, source)
+            for source in list(sources.values())[:MAX_PROVIDERS]:
+                dialing.start_soon(self._attach, source)
         if not self._links:
             raise NoProvidersError(
                 f"none of the {len(sources)} providers of {self.cid} could be reached; "
                 "try again later"
             )
+
+    async def _attach(self, source: Source) -> PeerLink | None:
+        """Open a stream to ``source`` and run its link; None if it cannot be reached."""
+        assert self._nursery is not None
+        stream = None
+        # py-libp2p now and then fails a new stream's handshake on a healthy
+        # connection: a second try saves the provider.
+        for attempt in range(2):
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    stream = await self._open_stream(source)
+                break
+            except (trio.TooSlowError, UserError, RemoteError) as exc:
+                log.info("provider %s unreachable (try %d): %s", source.peer_id, attempt, exc)
+                await trio.sleep(0.2)
+        if stream is None:
+            return None
+        link = PeerLink(stream, source.peer_id, max_chunk_size=1 << 24)
+        try:
+            await self._nursery.start(self._run_link, link)
+        except BaseException:
+            await self._close_link(link)
+            raise
+        self._links[source.peer_id] = link
+        return link
 
     async def _run_link(
         self, link: PeerLink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -300,10 +355,14 @@ class Download:
         except trio.BrokenResourceError:
             log.info("stream to %s broke", link.peer_id)
 
-    def _drop(self, peer: str, reason: str, *, ban: bool = False) -> None:
+    def _drop(self, peer: str, reason: str, *, ban: bool = False, refused: bool = False) -> None:
+        """Stop using ``peer``'s link; a banned peer, or one that refused the content, is
+        never asked again, any other may be dialed again (see ``_keep_peer``)."""
         # A bad chunk may be found after its sender was dropped for another reason.
         if ban and peer not in self.report.banned:
             self.report.banned.append(peer)
+        if refused:
+            self._given_up.add(peer)
         link = self._links.pop(peer, None)
         if link is None:
             return
@@ -313,7 +372,20 @@ class Download:
             pipeline.cancel()
         if self._picker is not None:
             self._picker.remove_peer(peer)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._close_link, link)
+        if not self._links:
+            self._lookup_now.set()
         self._notify()
+
+    async def _close_link(self, link: PeerLink) -> None:
+        # The stream is discarded: failing to close it cleanly changes nothing.
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(CLOSE_TIMEOUT),
+            suppress(RemoteError, trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await link.aclose()
 
     async def _fetch_manifest(self) -> SignedManifest:
         for peer, link in list(self._links.items()):
@@ -323,6 +395,8 @@ class Download:
                 self.signed = decode_signed_manifest(data, self.cid)
             except IntegrityError as exc:
                 self._drop(peer, f"sent a forged manifest: {exc}", ban=True)
+            except UnknownContentError as exc:
+                self._drop(peer, f"does not hold it: {exc}", refused=True)
             except (RemoteError, trio.TooSlowError) as exc:
                 self._drop(peer, f"no manifest: {exc}")
             else:
@@ -366,7 +440,7 @@ class Download:
         self.report.chunks = total
         self.report.resumed_chunks = verified.count()
         self._done_bytes = sum(manifest.locate_chunk(i).length for i in verified.iter_set())
-        batch = max(1, REQUEST_BYTES // manifest.chunk_size)
+        batch = max(1, min(MAX_CHUNKS_PER_REQUEST, REQUEST_BYTES // manifest.chunk_size))
         self._picker = Picker(verified, batch=batch)
         self._arrivals_in, self._arrivals_out = trio.open_memory_channel[_Arrival](
             min(STORE_QUEUE_CHUNKS, max(1, STORE_QUEUE_BYTES // manifest.chunk_size))
@@ -375,16 +449,31 @@ class Download:
 
     # -- moving chunks
 
-    async def _transfer(self, nursery: trio.Nursery) -> None:
+    async def _transfer(self) -> None:
+        """Fetch every missing chunk; give up once no provider that could send one was
+        left, or found, for ``CONNECT_TIMEOUT`` (and no lookup is still under way)."""
         assert self._picker is not None
         picker = self._picker
+        # _connect has just looked: a link lost before now needs no second lookup yet.
+        self._lookup_now = trio.Event()
         async with trio.open_nursery() as workers:
+            self._workers = workers
             workers.start_soon(self._report_progress)
             workers.start_soon(self._store_loop)
             workers.start_soon(self._persist_loop)
             for peer, link in list(self._links.items()):
-                workers.start_soon(self._serve_peer, peer, link)
-            while not picker.done and (self._links or self._storing):
+                self._keep(self._sources[peer], link)
+            workers.start_soon(self._lookup_loop)
+            alone_since: float | None = None
+            while not picker.done:
+                now = trio.current_time()
+                if self._storing or self._hopeful():
+                    alone_since = None
+                elif alone_since is None:
+                    alone_since = now
+                    self._lookup_now.set()
+                elif not self._looking and now - alone_since >= CONNECT_TIMEOUT:
+                    break
                 await self._wait_change(1.0)
             workers.cancel_scope.cancel()
         if not picker.done:
@@ -394,23 +483,142 @@ class Download:
                 "left could send them; run the same get again to resume"
             )
 
+    def _hopeful(self) -> bool:
+        """Whether a provider may still send a missing chunk: one being dialed, waiting to
+        be dialed again or asked for its chunk list, or holding a chunk we lack.  A
+        provider holding none (a seeder whose file went stale) does not keep the
+        download waiting; a partial one that grows counts again once it says so."""
+        assert self._picker is not None
+        verified = self._picker.verified
+        for peer in self._active:
+            have = self._picker.have(peer)
+            if have is None or have.complete or have.difference(verified).count():
+                return True
+        return False
+
+    # -- providers during the transfer
+
+    def _keep(self, source: Source, link: PeerLink | None) -> None:
+        assert self._workers is not None
+        self._active.add(source.peer_id)
+        self._workers.start_soon(self._keep_peer, source, link)
+
+    async def _keep_peer(self, source: Source, link: PeerLink | None) -> None:
+        """Fetch from one provider until the download ends, dialing it again (after
+        ``REATTACH_DELAYS``) when its stream breaks, stalls or it fails a request."""
+        assert self._picker is not None
+        peer = source.peer_id
+        failures = 0
+        try:
+            while True:
+                if link is None:
+                    link = await self._attach(self._sources.get(peer, source))
+                if link is not None:
+                    if peer in self.report.banned:
+                        # Its last stream's bad chunk was found while this one opened.
+                        self._drop(peer, "banned for a bad chunk", ban=True)
+                        return
+                    served = self.report.chunks_from.get(peer, 0)
+                    await self._serve_peer(peer, link)
+                    link = None
+                    if self.report.chunks_from.get(peer, 0) > served:
+                        failures = 0
+                if self._picker.done or peer in self.report.banned or peer in self._given_up:
+                    return
+                if failures == len(REATTACH_DELAYS):
+                    log.info("giving up on provider %s: %d failures in a row", peer, failures)
+                    self._given_up.add(peer)
+                    return
+                await trio.sleep(REATTACH_DELAYS[failures])
+                failures += 1
+                log.info("dialing provider %s again (%d)", peer, failures)
+        finally:
+            self._active.discard(peer)
+            self._notify()
+
+    async def _lookup_loop(self) -> None:
+        """Ask for providers every ``LOOKUP_INTERVAL``, and at once when no link is left."""
+        while True:
+            with trio.move_on_after(LOOKUP_INTERVAL):
+                await self._lookup_now.wait()
+            self._lookup_now = trio.Event()
+            self._looking = True
+            try:
+                found = await self._lookup()
+            finally:
+                self._looking = False
+            for source in found:
+                peer = source.peer_id
+                if peer in self._given_up or peer in self.report.banned:
+                    continue
+                if peer in self._active:
+                    self._sources[peer] = source
+                elif len(self._active) < MAX_PROVIDERS:
+                    log.info("provider %s found during the download of %s", peer, self.cid)
+                    self._sources[peer] = source
+                    self._keep(source, None)
+            self._notify()
+
+    async def _lookup(self) -> list[Source]:
+        """The providers found now, and the hinted ones (a ticket's provider that could
+        not be reached at first is tried again)."""
+        found = list(self._hints)
+        # Bounded as in _connect.  A failing lookup must not end a download that runs.
+        try:
+            with trio.move_on_after(CONNECT_TIMEOUT):
+                found += await self._find_sources()
+        except Exception:
+            log.warning("provider lookup for %s failed", self.cid, exc_info=True)
+        return found
+
     async def _serve_peer(self, peer: str, link: PeerLink) -> None:
+        """Fetch from ``link`` until the download is done or the link is dropped."""
         assert self._picker is not None
         assert self.signed is not None
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
                 have = await link.have(self.cid, self.signed.manifest.total_chunks)
+        except UnknownContentError as exc:
+            self._drop(peer, f"does not hold it: {exc}", refused=True)
+            return
         except (RemoteError, trio.TooSlowError) as exc:
             self._drop(peer, f"no chunk list: {exc}")
             return
         self._picker.add_peer(peer, have)
-        self.report.peers.append(peer)
+        if peer not in self.report.peers:
+            self.report.peers.append(peer)
         self._notify()
         async with trio.open_nursery() as pipeline:
             self._pipelines[peer] = pipeline.cancel_scope
             for _ in range(self._pipeline):
                 pipeline.start_soon(self._fetch_loop, peer, link, pipeline.cancel_scope)
+            if not have.complete:
+                pipeline.start_soon(self._refresh_have, peer, link)
         self._pipelines.pop(peer, None)
+
+    async def _refresh_have(self, peer: str, link: PeerLink) -> None:
+        """Ask a partial provider for its chunk list again while we have nothing in
+        flight with it, until it holds everything."""
+        assert self._picker is not None
+        assert self.signed is not None
+        picker, total = self._picker, self.signed.manifest.total_chunks
+        while True:
+            await trio.sleep(HAVE_REFRESH_S)
+            have = picker.have(peer)
+            if have is None or have.complete:
+                return
+            if picker.in_flight(peer):
+                continue
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    have = await link.have(self.cid, total)
+            except (RemoteError, trio.TooSlowError) as exc:
+                # A partial provider that finished or stopped says so here: dialed again,
+                # it may serve the whole share.
+                self._drop(peer, f"no chunk list: {exc}")
+                return
+            picker.update_have(peer, have)
+            self._notify()
 
     async def _fetch_loop(self, peer: str, link: PeerLink, scope: trio.CancelScope) -> None:
         assert self._picker is not None
@@ -502,6 +710,8 @@ class Download:
             if new:
                 self._done_bytes += len(arrival.payload)
                 self._unsynced += 1
+                served = self.report.chunks_from
+                served[arrival.peer] = served.get(arrival.peer, 0) + 1
         for arrival in batch:
             if picker.verified[arrival.index]:
                 # Ends what is still in flight for it (a no-op for what was just stored).
@@ -529,6 +739,15 @@ class Download:
             await self._persist_wanted.wait()
             self._persist_wanted = trio.Event()
             await self._persist()
+            self._announce_partial()
+
+    def _announce_partial(self) -> None:
+        """Tell ``announce`` once there is something to serve (only while registered)."""
+        if self._announced or self._announce is None:
+            return
+        if self.durable is not None and self.durable.count() > 0:
+            self._announced = True
+            self._announce()
 
     async def _persist(self) -> None:
         """fsync what was written, then record it: never the other way round.

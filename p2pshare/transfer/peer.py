@@ -106,7 +106,8 @@ class PeerLink:
         await waiter.send.send(response)
         if response.finished:
             waiter.send.close()
-            del self._waiters[response.request.req_id]
+            # Closing the link while the send above waited has dropped every waiter.
+            self._waiters.pop(response.request.req_id, None)
             async with self._capacity:
                 self._capacity.notify_all()
 

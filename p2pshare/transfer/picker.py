@@ -8,7 +8,8 @@ Pure bookkeeping, no I/O, so every rule is tested directly:
 * endgame: once nothing unassigned is left, idle peers duplicate chunks still in
   flight elsewhere (at most ``MAX_DUPLICATES`` copies), so one slow peer cannot
   hold back the end of a download;
-* a peer that leaves or fails gives its chunks back.
+* a peer that leaves or fails gives its chunks back;
+* a partial peer's chunk list may be replaced as it grows, without losing its requests.
 """
 
 from __future__ import annotations
@@ -57,6 +58,22 @@ class Picker:
         self._haves[peer] = have
         for index in have.iter_set():
             self._availability[index] += 1
+
+    def have(self, peer: str) -> Bitfield | None:
+        """What ``peer`` last said it holds; None for a peer not (or no longer) added."""
+        return self._haves.get(peer)
+
+    def update_have(self, peer: str, have: Bitfield) -> None:
+        """``peer`` holds ``have`` now (a partial provider's grows); what it has in flight
+        stays assigned to it.  Only the bits that changed are counted again."""
+        old = self._haves.get(peer)
+        if old is None:
+            return
+        self._haves[peer] = have
+        for index in have.difference(old).iter_set():
+            self._availability[index] += 1
+        for index in old.difference(have).iter_set():
+            self._availability[index] -= 1
 
     def remove_peer(self, peer: str) -> None:
         have = self._haves.pop(peer, None)

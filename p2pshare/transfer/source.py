@@ -23,6 +23,8 @@ class PartialContent(Protocol):
 
     def has_chunk(self, global_index: int) -> bool: ...
 
+    def have(self, first_chunk: int, count: int) -> Bitfield: ...
+
     def read_chunk(self, global_index: int) -> bytes: ...
 
 
@@ -82,11 +84,7 @@ class LocalContent:
     def have(self, cid: ContentId, first_chunk: int, count: int) -> Bitfield:
         partial = self._partial.get(str(cid))
         if partial is not None:
-            have = Bitfield(count)
-            for offset in range(count):
-                if partial.has_chunk(first_chunk + offset):
-                    have.set(offset)
-            return have
+            return partial.have(first_chunk, count)
         row = self._shares.catalog.share(str(cid))
         if row is None:
             raise self._unknown(cid)

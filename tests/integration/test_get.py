@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 MIB = 1 << 20
+# 4 MB/s: a get of a few MiB takes seconds, time enough to interrupt it midway.
+SLOW_UPLOAD = ("--upload-rate", "4000000")
 
 
 def cli_json(home: Home, *args: str, timeout: float = 120) -> Any:
@@ -147,18 +149,30 @@ def wait_for(condition: Callable[[], bool], what: str, limit: float = 60) -> Non
         time.sleep(0.1)
 
 
+def init_homes(root: Path, *names: str) -> list[Home]:
+    """Initialised homes under ``root`` that know no other node."""
+    homes = [Home(root / name) for name in names]
+    for home in homes:
+        init_home(home)
+    return homes
+
+
+@contextmanager
+def slow_seeder(home: Home, data: Path) -> Iterator[dict[str, Any]]:
+    """A daemon sharing ``data`` at the SLOW_UPLOAD rate; yields the share's JSON."""
+    with DaemonProcess(home, args=SLOW_UPLOAD) as seeder:
+        seeder.start()
+        yield cli_json(home, "share", str(data))
+
+
 def test_daemon_resumes_after_kill_9_without_get_and_fetches_no_chunk_twice(
     short_tmp: Path, tmp_path: Path
 ) -> None:
-    seeder_home, getter_home = Home(short_tmp / "s"), Home(short_tmp / "g")
-    init_home(seeder_home)
-    init_home(getter_home)
+    seeder_home, getter_home = init_homes(short_tmp, "s", "g")
     data = make_file(tmp_path / "slow.bin", 24 * MIB)
     out = tmp_path / "resumed.bin"
-    # 4 MB/s: the download takes about six seconds, time enough to kill it midway.
-    with DaemonProcess(seeder_home, args=["--upload-rate", "4000000"]) as seeder:
-        seeder.start()
-        shared = cli_json(seeder_home, "share", str(data))
+    # The download takes about six seconds, time enough to kill it midway.
+    with slow_seeder(seeder_home, data) as shared:
         getter = DaemonProcess(getter_home)
         getter.start()
         get = subprocess.Popen(
@@ -204,13 +218,11 @@ def ctrl_c_get(getter_home: Home, ticket: str, out: Path, cid: str) -> int:
 
 
 def test_ctrl_c_pauses_then_get_again_completes(short_tmp: Path, tmp_path: Path) -> None:
-    seeder_home, getter_home = Home(short_tmp / "s"), Home(short_tmp / "g")
-    init_home(seeder_home)
-    init_home(getter_home)
+    seeder_home, getter_home = init_homes(short_tmp, "s", "g")
     data = make_file(tmp_path / "slow.bin", 16 * MIB)
     out = tmp_path / "after-ctrl-c.bin"
     with (
-        DaemonProcess(seeder_home, args=["--upload-rate", "4000000"]) as seeder,
+        DaemonProcess(seeder_home, args=SLOW_UPLOAD) as seeder,
         DaemonProcess(getter_home) as getter,
     ):
         start_all([seeder, getter])
@@ -228,14 +240,10 @@ def test_ctrl_c_pauses_then_get_again_completes(short_tmp: Path, tmp_path: Path)
 def test_paused_download_stays_paused_across_restarts_until_cancelled(
     short_tmp: Path, tmp_path: Path
 ) -> None:
-    seeder_home, getter_home = Home(short_tmp / "s"), Home(short_tmp / "g")
-    init_home(seeder_home)
-    init_home(getter_home)
+    seeder_home, getter_home = init_homes(short_tmp, "s", "g")
     data = make_file(tmp_path / "slow.bin", 16 * MIB)
     out = tmp_path / "paused.bin"
-    with DaemonProcess(seeder_home, args=["--upload-rate", "4000000"]) as seeder:
-        seeder.start()
-        shared = cli_json(seeder_home, "share", str(data))
+    with slow_seeder(seeder_home, data) as shared:
         with DaemonProcess(getter_home) as getter:
             getter.start()
             paused_at = ctrl_c_get(getter_home, shared["ticket"], out, shared["cid"])
@@ -260,9 +268,8 @@ def test_paused_download_stays_paused_across_restarts_until_cancelled(
 
 
 def test_data_channel_is_used_and_libp2p_is_the_fallback(short_tmp: Path, tmp_path: Path) -> None:
-    homes = {name: Home(short_tmp / name) for name in ("fast", "plain", "getter")}
-    for home in homes.values():
-        init_home(home)
+    names = ("fast", "plain", "getter")
+    homes = dict(zip(names, init_homes(short_tmp, *names), strict=True))
     plain_config = homes["plain"].config_path
     text = plain_config.read_text()
     assert "data_channel = true" in text
@@ -278,3 +285,42 @@ def test_data_channel_is_used_and_libp2p_is_the_fallback(short_tmp: Path, tmp_pa
             assert digest(out) == digest(data)
             path = report["paths"][daemons[name].info["peer_id"]]
             assert path == ("data-channel" if name == "fast" else "libp2p")
+
+
+def test_a_partial_downloader_serves_a_third_peer(short_tmp: Path, tmp_path: Path) -> None:
+    """A seeds slowly; B, still downloading, announces the chunks it holds; C, started by
+    content ID while B is partial, gets chunks from B as well as from A."""
+    homes = {name: Home(short_tmp / name) for name in ("a", "b", "c")}
+    init_home(homes["a"])
+    data = make_file(tmp_path / "slow.bin", 24 * MIB)
+    out_b, out_c = tmp_path / "b.bin", tmp_path / "c.bin"
+    # 2 MB/s: B alone needs about twelve seconds, time enough for C to find it partial.
+    with ExitStack() as stack:
+        seeder = stack.enter_context(DaemonProcess(homes["a"], args=["--upload-rate", "2000000"]))
+        seeder.start()
+        for name in ("b", "c"):
+            init_home(homes[name], bootstrap=(seeder.info["addrs"][0],))
+        partial = stack.enter_context(DaemonProcess(homes["b"]))
+        third = stack.enter_context(DaemonProcess(homes["c"]))
+        start_all([partial, third])
+        shared = cli_json(homes["a"], "share", str(data))
+        get_b = subprocess.Popen(
+            cli_command(homes["b"], "get", shared["ticket"], "-o", str(out_b), "--json"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        b_id = partial.info["peer_id"]
+
+        def b_is_found() -> bool:
+            found = cli_json(homes["c"], "find", shared["cid"], "--timeout", "2")
+            return b_id in {p["peer_id"] for p in found["providers"]}
+
+        wait_for(b_is_found, "B's partial download to be announced")
+        assert not out_b.exists(), "B announced while still downloading"
+        report = cli_json(homes["c"], "get", shared["cid"], "-o", str(out_c))
+        assert digest(out_c) == digest(data)
+        assert b_id in report["peers"]
+        assert report["chunks_from"][b_id] > 0, report
+        _, stderr = get_b.communicate(timeout=120)
+        assert get_b.returncode == 0, stderr
+        assert digest(out_b) == digest(data)

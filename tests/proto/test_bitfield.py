@@ -113,3 +113,35 @@ def test_copy_is_independent_and_scans_tolerate_mutation() -> None:
     for index in field.iter_missing():
         field.set(index)
     assert field.complete
+
+
+@given(bitfields(), st.data())
+def test_slice_is_the_range_as_its_own_bitfield(
+    case: tuple[Bitfield, set[int]], data: st.DataObject
+) -> None:
+    field, indices = case
+    first = data.draw(st.integers(0, field.size))
+    count = data.draw(st.integers(0, field.size - first))
+    part = field.slice(first, count)
+    assert part.size == count
+    assert set(part.iter_set()) == {i - first for i in indices if first <= i < first + count}
+    assert Bitfield.from_bytes(part.to_bytes(), count) == part
+
+
+def test_slice_out_of_range_is_a_caller_bug() -> None:
+    field = Bitfield.full(10)
+    for first, count in [(0, 11), (5, 6), (-1, 2), (11, 0)]:
+        with pytest.raises(LocalProtocolError):
+            field.slice(first, count)
+
+
+@given(bitfields(), st.data())
+def test_difference_is_set_difference(case: tuple[Bitfield, set[int]], data: st.DataObject) -> None:
+    field, indices = case
+    others = data.draw(st.sets(st.integers(0, field.size - 1))) if field.size else set()
+    other = Bitfield(field.size)
+    for index in others:
+        other.set(index)
+    assert set(field.difference(other).iter_set()) == indices - others
+    with pytest.raises(LocalProtocolError):
+        field.difference(Bitfield(field.size + 1))

@@ -2,6 +2,11 @@
 
 Honest providers serve a real share from a ShareStore; a lying one flips bytes in
 some chunks; a stalling one stops after a few chunks. No sockets, no libp2p.
+
+Tests of timing (re-dials, lookups, refreshes) run on trio's MockClock with autojump
+and the worker-thread calls inline (``inline_threads``), so the clock cannot jump
+while a thread is busy; providers that must be slow are paced by an UploadLimiter,
+which runs on that clock.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2pshare.errors import leaf_errors
+from p2pshare.errors import UserError, leaf_errors
 from p2pshare.identity import NodeKey
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
@@ -22,17 +27,26 @@ from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import Catalog, DownloadRow
 from p2pshare.store.shares import ShareStore
 from p2pshare.transfer import downloader
-from p2pshare.transfer.downloader import Download, NoProvidersError, Source
+from p2pshare.transfer.downloader import (
+    CONNECT_TIMEOUT,
+    LOOKUP_INTERVAL,
+    REATTACH_DELAYS,
+    Download,
+    NoProvidersError,
+    Source,
+)
 from p2pshare.transfer.output import DestinationExistsError, PartialOutput, partial_path
 from p2pshare.transfer.source import LocalContent
-from p2pshare.transfer.uploader import serve_transfer
+from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
     from p2pshare.net.streams import ByteStream
     from p2pshare.proto.chunks import BytesLike
+
+    Behaviour = Callable[[ByteStream], Awaitable[None]]
 
 CHUNK = MIN_CHUNK_SIZE
 
@@ -80,10 +94,16 @@ class Fixture:
         self.cid = ContentId.parse(self.seed.commit(self.seed.prepare(root / "file.bin")).cid)
         self.catalog = Catalog(root / "getter.sqlite")
         self.local = LocalContent(ShareStore(self.catalog, root / "c2", NodeKey.generate(), CHUNK))
+        # A third node: it holds nothing of the share unless it downloads it too.
+        self.third_catalog = Catalog(root / "third.sqlite")
+        self.third = LocalContent(
+            ShareStore(self.third_catalog, root / "c3", NodeKey.generate(), CHUNK)
+        )
 
     def close(self) -> None:
         self.seed_catalog.close()
         self.catalog.close()
+        self.third_catalog.close()
 
 
 @pytest.fixture
@@ -106,9 +126,11 @@ def serving(nursery: trio.Nursery, sources: dict[str, LocalContent]) -> Callable
     return open_stream
 
 
-async def _serve(stream: ByteStream, source: LocalContent) -> None:
+async def _serve(
+    stream: ByteStream, source: LocalContent, limiter: UploadLimiter | None = None
+) -> None:
     try:
-        await serve_transfer(stream, source, run_blocking=inline)  # type: ignore[arg-type]
+        await serve_transfer(stream, source, limiter=limiter, run_blocking=inline)  # type: ignore[arg-type]
     except Exception:  # noqa: BLE001 - a provider failing is part of these tests
         await stream.aclose()
 
@@ -130,6 +152,17 @@ def download(
         find_sources=no_more_sources,
         hints=[Source(name) for name in sources],
     )
+
+
+@pytest.fixture
+def inline_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run trio.to_thread work (chunk hashing, writes, fsync) on the event loop."""
+
+    async def run_sync(fn: Callable[..., object], *args: object, **_kwargs: object) -> object:
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
 
 
 def sha(data: bytes) -> str:
@@ -180,12 +213,17 @@ async def failure_of(fx: Fixture, sources: dict[str, LocalContent], dest: Path) 
     raise AssertionError("the download did not fail")
 
 
-async def test_only_liars_means_no_file_and_a_clear_error(fx: Fixture) -> None:
+async def test_only_liars_means_no_file_and_a_clear_error(
+    fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
     dest = fx.root / "out.bin"
+    started = trio.current_time()
     error = await failure_of(fx, {"liar": LyingSource(fx.seed, bad={0})}, dest)
     assert isinstance(error, NoProvidersError)
     assert "run the same get again to resume" in str(error)
     assert not dest.exists()
+    # No provider left, and the lookups find none: it ends, after CONNECT_TIMEOUT.
+    assert CONNECT_TIMEOUT <= trio.current_time() - started <= CONNECT_TIMEOUT + 2
 
 
 async def test_resume_fetches_no_verified_chunk_twice(fx: Fixture) -> None:
@@ -260,3 +298,399 @@ async def test_progress_names_only_chunks_synced_to_disk(
     assert dest.read_bytes() == fx.data
     assert recorded[-1] == set(range(41))
     assert len(recorded) > 3
+
+
+# --- providers that come and go during a download ---------------------------------------
+
+
+class Net:
+    """Providers by name as a downloader's ``open_stream`` reaches them; every dial is
+    recorded, and a name in ``down`` cannot be reached."""
+
+    def __init__(self, nursery: trio.Nursery, providers: dict[str, Behaviour]) -> None:
+        self.nursery = nursery
+        self.providers = providers
+        self.down: set[str] = set()
+        self.dials: list[tuple[str, float]] = []
+
+    def dials_of(self, peer: str) -> list[float]:
+        return [at for name, at in self.dials if name == peer]
+
+    async def open_stream(self, source: Source) -> ByteStream:
+        self.dials.append((source.peer_id, trio.current_time()))
+        if source.peer_id in self.down:
+            raise UserError(f"{source.peer_id} cannot be reached")
+        client, server = trio.testing.memory_stream_pair()
+        self.nursery.start_soon(self.providers[source.peer_id], server)
+        return client
+
+
+def honest(source: LocalContent, rate: float | None = None) -> Behaviour:
+    """Serves ``source`` on every stream, at ``rate`` bytes per (virtual) second if given."""
+
+    async def behave(stream: ByteStream) -> None:
+        await _serve(stream, source, None if rate is None else UploadLimiter(rate))
+
+    return behave
+
+
+class Counting(LocalContent):
+    """Serves the share; ``reached`` is set as chunk number ``limit`` is read."""
+
+    def __init__(self, shares: ShareStore, limit: int) -> None:
+        super().__init__(shares)
+        self.limit = limit
+        self.read = 0
+        self.reached = trio.Event()
+
+    def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
+        self.read += 1
+        if self.read >= self.limit:
+            self.reached.set()
+        return super().read_chunk(cid, global_index)
+
+
+def first_stream_fails(fx: Fixture, after: int, *, stall: bool = False) -> Behaviour:
+    """The seed, whose first stream breaks (or, with ``stall``, goes silent for good)
+    once ``after`` chunks were read for it; later streams are served normally."""
+    streams = 0
+
+    async def behave(stream: ByteStream) -> None:
+        nonlocal streams
+        streams += 1
+        if streams > 1:
+            await _serve(stream, LocalContent(fx.seed))
+            return
+        source = Counting(fx.seed, after)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_serve, stream, source)
+            await source.reached.wait()
+            nursery.cancel_scope.cancel()
+        if stall:
+            await trio.sleep_forever()
+        await stream.aclose()
+
+    return behave
+
+
+def finder(*peers: str) -> Callable[[], Awaitable[list[Source]]]:
+    async def find() -> list[Source]:
+        return [Source(peer) for peer in peers]
+
+    return find
+
+
+def swarm_download(
+    fx: Fixture,
+    net: Net,
+    dest: Path,
+    hints: list[str],
+    find: Callable[[], Awaitable[list[Source]]] = no_more_sources,
+    announce: Callable[[], None] | None = None,
+) -> Download:
+    return Download(
+        cid=fx.cid,
+        dest=dest,
+        force=False,
+        catalog=fx.catalog,
+        local=fx.local,
+        open_stream=net.open_stream,
+        find_sources=find,
+        hints=[Source(name) for name in hints],
+        announce=announce,
+    )
+
+
+async def test_a_provider_whose_stream_breaks_is_dialed_again_and_finishes(
+    fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    dest = fx.root / "out.bin"
+    async with trio.open_nursery() as nursery:
+        net = Net(nursery, {"seed": first_stream_fails(fx, after=10)})
+        report = await swarm_download(fx, net, dest, ["seed"]).run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == fx.data
+    first, again = net.dials_of("seed")
+    assert again - first >= REATTACH_DELAYS[0]
+    assert report.peers == ["seed"]
+    assert report.chunks_from == {"seed": 41}
+    assert report.banned == []
+
+
+async def test_a_stalled_provider_is_dialed_again_while_another_takes_its_chunks(
+    fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    """The stalled stream is dropped after REQUEST_TIMEOUT (its chunks go to the other
+    provider) and, dialed again, serves again."""
+    dest = fx.root / "out.bin"
+    async with trio.open_nursery() as nursery:
+        net = Net(
+            nursery,
+            {
+                "flaky": first_stream_fails(fx, after=3, stall=True),
+                # Half a chunk a second: still running when flaky is back.
+                "slow": honest(LocalContent(fx.seed), rate=CHUNK / 2),
+            },
+        )
+        report = await swarm_download(fx, net, dest, ["flaky", "slow"]).run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == fx.data
+    assert len(net.dials_of("flaky")) == 2
+    assert report.chunks_from["flaky"] > 3, "it served again once dialed again"
+    assert report.chunks_from["slow"] > 0
+    assert sorted(report.peers) == ["flaky", "slow"]
+
+
+async def test_a_provider_that_stays_away_is_dialed_a_bounded_number_of_times(
+    fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    dest = fx.root / "out.bin"
+    started = trio.current_time()
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            net = Net(nursery, {})
+            breaks = first_stream_fails(fx, after=10)
+
+            async def then_gone(stream: ByteStream) -> None:
+                net.down.add("seed")
+                await breaks(stream)
+
+            net.providers["seed"] = then_gone
+            await swarm_download(fx, net, dest, ["seed"]).run()
+    except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        (error,) = leaf_errors(exc)
+    assert isinstance(error, NoProvidersError), error
+    assert "chunks missing" in str(error)
+    # One stream, then three re-dials of two tries each.
+    assert len(net.dials_of("seed")) == 1 + 2 * len(REATTACH_DELAYS)
+    elapsed = trio.current_time() - started
+    assert sum(REATTACH_DELAYS) + CONNECT_TIMEOUT <= elapsed <= sum(REATTACH_DELAYS) + 20
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("bad", ["liar", "stranger"])
+async def test_a_banned_or_refusing_provider_is_never_dialed_again(
+    fx: Fixture, bad: str, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    """Even though every lookup names it again."""
+    source = LyingSource(fx.seed, bad=set(range(41))) if bad == "liar" else fx.third
+    lookups = 0
+
+    async def find() -> list[Source]:
+        nonlocal lookups
+        lookups += 1
+        return [Source(bad), Source("slow")]
+
+    dest = fx.root / "out.bin"
+    async with trio.open_nursery() as nursery:
+        net = Net(nursery, {bad: honest(source), "slow": honest(LocalContent(fx.seed), CHUNK)})
+        report = await swarm_download(fx, net, dest, [], find).run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == fx.data
+    assert lookups >= 3, "the download outlived two periodic lookups"
+    assert len(net.dials_of(bad)) == 1
+    assert report.banned == (["liar"] if bad == "liar" else [])
+    assert bad not in report.chunks_from
+
+
+async def test_the_periodic_lookup_attaches_a_provider_found_mid_download(
+    fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    started = trio.current_time()
+
+    async def find() -> list[Source]:
+        return [Source("late")] if trio.current_time() - started >= 5 else []
+
+    dest = fx.root / "out.bin"
+    async with trio.open_nursery() as nursery:
+        net = Net(
+            nursery,
+            {"slow": honest(LocalContent(fx.seed), CHUNK), "late": honest(LocalContent(fx.seed))},
+        )
+        report = await swarm_download(fx, net, dest, ["slow"], find).run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == fx.data
+    [dialed] = net.dials_of("late")
+    assert LOOKUP_INTERVAL <= dialed - started <= LOOKUP_INTERVAL + 1
+    assert report.chunks_from["late"] > 0
+    assert trio.current_time() - started < 41, "faster than the slow provider alone"
+
+
+async def test_when_no_link_is_left_the_lookup_runs_at_once(
+    fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    started = trio.current_time()
+    lookups = 0
+
+    async def find() -> list[Source]:
+        nonlocal lookups
+        lookups += 1
+        return [] if lookups == 1 else [Source("rescuer")]
+
+    dest = fx.root / "out.bin"
+    liar = LyingSource(fx.seed, bad=set(range(41)))
+    async with trio.open_nursery() as nursery:
+        net = Net(nursery, {"liar": honest(liar), "rescuer": honest(LocalContent(fx.seed))})
+        report = await swarm_download(fx, net, dest, ["liar"], find).run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == fx.data
+    assert report.banned == ["liar"]
+    [dialed] = net.dials_of("rescuer")
+    assert dialed - started < 1, "not at the next periodic lookup"
+
+
+async def test_a_partial_download_serves_its_verified_chunks_to_a_third_peer(
+    fx: Fixture,
+    autojump_clock: trio.testing.MockClock,
+    inline_threads: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """B's only stream stalls after 12 chunks, so B stays partial; C gets those from B."""
+    monkeypatch.setattr(downloader, "PERSIST_EVERY_CHUNKS", 2)
+    announced: list[int] = []
+    b_announced, b_finished = trio.Event(), trio.Event()
+
+    def announce() -> None:
+        announced.append(b.durable.count() if b.durable else 0)
+        b_announced.set()
+
+    third = fx.third_catalog
+    async with trio.open_nursery() as nursery:
+        b_net = Net(nursery, {"A": first_stream_fails(fx, after=12, stall=True)})
+        b = swarm_download(
+            fx,
+            b_net,
+            fx.root / "b.bin",
+            ["A"],
+            announce=announce,
+        )
+
+        async def run_b() -> None:
+            with trio.move_on_after(downloader.REQUEST_TIMEOUT - 1):
+                await b.run()
+            b_finished.set()
+
+        nursery.start_soon(run_b)
+        with trio.fail_after(30):
+            await b_announced.wait()
+        assert b.durable is not None
+        held = set(b.durable.iter_set())
+        c_net = Net(nursery, {"A": honest(LocalContent(fx.seed), CHUNK), "B": honest(fx.local)})
+        c = Download(
+            cid=fx.cid,
+            dest=fx.root / "c.bin",
+            force=False,
+            catalog=third,
+            local=fx.third,
+            open_stream=c_net.open_stream,
+            find_sources=finder("B"),
+            hints=[Source("A")],
+        )
+        report = await c.run()
+        assert not b_finished.is_set(), "B was still downloading, and partial"
+        nursery.cancel_scope.cancel()
+    assert (fx.root / "c.bin").read_bytes() == fx.data
+    assert len(announced) == 1
+    assert announced[0] > 0, "announced only once it held verified chunks"
+    assert 0 < len(held) < 41
+    assert "B" in report.peers
+    assert report.chunks_from["B"] >= len(held)
+
+
+class GrowingPartial:
+    """A download in progress as the uploader sees it, holding the first ``held`` chunks."""
+
+    def __init__(self, fx: Fixture, held: int) -> None:
+        self.shares = fx.seed
+        self.cid = str(fx.cid)
+        self.held = held
+
+    @property
+    def signed_manifest(self) -> bytes:
+        return self.shares.signed_manifest(self.cid).data
+
+    def page(self, page_index: int) -> bytes | None:
+        return None
+
+    def has_chunk(self, global_index: int) -> bool:
+        return global_index < self.held
+
+    def have(self, first_chunk: int, count: int) -> Bitfield:
+        have = Bitfield(count)
+        for offset in range(min(count, max(0, self.held - first_chunk))):
+            have.set(offset)
+        return have
+
+    def read_chunk(self, global_index: int) -> bytes:
+        return self.shares.read_chunk(self.cid, global_index)
+
+
+async def test_a_partial_providers_new_chunks_are_asked_for(
+    fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    """Its chunk list is asked again once we have nothing to ask it for."""
+    partial = GrowingPartial(fx, held=10)
+    fx.third.register(fx.cid, partial)
+    dest = fx.root / "out.bin"
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        net = Net(
+            nursery, {"partial": honest(fx.third), "slow": honest(LocalContent(fx.seed), CHUNK)}
+        )
+
+        async def grow() -> None:
+            await trio.sleep(1)
+            partial.held = 41
+
+        nursery.start_soon(grow)
+        report = await swarm_download(fx, net, dest, ["partial", "slow"]).run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == fx.data
+    assert report.chunks_from["partial"] > 10
+    assert trio.current_time() - started < 15, "not at the slow provider's pace"
+
+
+async def test_a_partial_provider_with_nothing_more_to_give_does_not_keep_it_waiting(
+    fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    """Linked, but holding nothing we lack (nor does a stale seeder): the download ends
+    as with no provider at all, rather than waiting on it for ever."""
+    fx.third.register(fx.cid, GrowingPartial(fx, held=10))
+    dest = fx.root / "out.bin"
+    started = trio.current_time()
+    error: BaseException | None = None
+    try:
+        with trio.fail_after(10 * CONNECT_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                net = Net(nursery, {"partial": honest(fx.third)})
+                download = swarm_download(fx, net, dest, ["partial"])
+                await download.run()
+    except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        (error,) = leaf_errors(exc)
+    assert isinstance(error, NoProvidersError), error
+    assert "31 chunks missing" in str(error)
+    assert download.report.chunks_from == {"partial": 10}
+    assert CONNECT_TIMEOUT <= trio.current_time() - started <= CONNECT_TIMEOUT + 2
+
+
+async def test_small_chunks_are_asked_for_at_most_64_at_a_time(fx: Fixture) -> None:
+    """4 MiB of 16 KiB chunks would be 256: more than one REQUEST may carry."""
+    data = os.urandom(100 * CHUNK)
+    (fx.root / "many.bin").write_bytes(data)
+    cid = ContentId.parse(fx.seed.commit(fx.seed.prepare(fx.root / "many.bin")).cid)
+    dest = fx.root / "out.bin"
+    async with trio.open_nursery() as nursery:
+        report = await Download(
+            cid=cid,
+            dest=dest,
+            force=False,
+            catalog=fx.catalog,
+            local=fx.local,
+            open_stream=serving(nursery, {"seed": LocalContent(fx.seed)}),  # type: ignore[arg-type]
+            find_sources=no_more_sources,
+            hints=[Source("seed")],
+        ).run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == data
+    assert report.chunks_from == {"seed": 100}

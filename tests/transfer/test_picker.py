@@ -92,3 +92,22 @@ def test_every_held_chunk_is_fetched_exactly_once_unless_duplicated(
         assert all(in_flight.count(i) <= MAX_DUPLICATES for i in in_flight)
     assert set(deliveries) == reachable
     assert all(count == 1 for count in deliveries.values())
+
+
+def test_a_partial_peers_growing_list_is_used_and_its_requests_stay_its_own() -> None:
+    picker = Picker(Bitfield(4))
+    picker.add_peer("seed", Bitfield.full(4))
+    picker.add_peer("partial", field(4, [0]))
+    assert picker.next_request("partial") == range(1)
+    assert picker.next_request("partial") is None
+    picker.update_have("partial", field(4, [0, 2]))
+    assert picker.in_flight("partial") == {0}, "the request in flight is kept"
+    assert picker.holders(2) == 2
+    assert picker.holders(0) == 2
+    assert picker.next_request("partial") == range(2, 3)
+    picker.update_have("partial", field(4, [2]))
+    assert picker.holders(0) == 1
+    picker.remove_peer("partial")
+    picker.update_have("partial", Bitfield.full(4))
+    assert picker.have("partial") is None, "a peer that left is not added back"
+    assert picker.holders(3) == 1
