@@ -258,6 +258,8 @@ class Download:
         self._given_up: set[str] = set()
         self._lookup_now = trio.Event()
         self._looking = False
+        # Whether _connect ran the first lookup (else the lookup loop runs it at once).
+        self._looked_up = False
         # Sized in _prepare, once the chunk size is known.
         self._arrivals_in, self._arrivals_out = trio.open_memory_channel[_Arrival](0)
         # Chunks handed to the storing task and not yet stored (checked or refused).
@@ -298,29 +300,52 @@ class Download:
         return self.report
 
     async def _connect(self) -> None:
-        """Ask the DHT for providers, then dial them and the hinted ones at once.
+        """Dial the hinted providers (a ticket's) at once; look the others up.
 
-        The lookup is not cut short: it dials peers itself, and a dial cancelled half way
-        leaves py-libp2p unable to dial that peer again at once.
+        When a hinted provider answers, the lookup is left to the lookup loop, which
+        runs its first round at once, in the background: a ticket `get` starts within
+        a round trip even when the DHT takes seconds (unless no hinted provider sends
+        the manifest: see _fetch_manifest).  Otherwise the lookup runs first.
         """
-        sources: dict[str, Source] = {s.peer_id: s for s in self._hints}
+        hints = {s.peer_id: s for s in self._hints}
+        if hints:
+            self._sources.update(hints)
+            await self._dial(list(hints.values()))
+            if self._links:
+                return
+        await self._look_up_and_dial()
+
+    async def _look_up_and_dial(self) -> None:
+        """Look providers up, then dial them and the hinted ones not linked yet.
+
+        The lookup is never cut short but by CONNECT_TIMEOUT: it dials peers itself,
+        and a dial cancelled half way leaves py-libp2p unable to dial that peer again
+        at once.
+        """
+        sources = {s.peer_id: s for s in self._hints}
         with trio.move_on_after(CONNECT_TIMEOUT):
             for found in await self._find_sources():
                 sources.setdefault(found.peer_id, found)
-        if not sources:
+        self._looked_up = True
+        for peer in (*self._given_up, *self.report.banned, *self._links):
+            sources.pop(peer, None)
+        if not sources and not self._links:
             raise NoProvidersError(
                 f"no providers found for {self.cid}; check that a provider is running "
                 "and reachable, or use its ticket"
             )
         self._sources.update(sources)
-        async with trio.open_nursery() as dialing:
-            for source in list(sources.values())[:MAX_PROVIDERS]:
-                dialing.start_soon(self._attach, source)
+        await self._dial(list(sources.values()))
         if not self._links:
             raise NoProvidersError(
                 f"none of the {len(sources)} providers of {self.cid} could be reached; "
                 "try again later"
             )
+
+    async def _dial(self, sources: list[Source]) -> None:
+        async with trio.open_nursery() as dialing:
+            for source in sources[:MAX_PROVIDERS]:
+                dialing.start_soon(self._attach, source)
 
     async def _attach(self, source: Source) -> PeerLink | None:
         """Open a stream to ``source`` and run its link; None if it cannot be reached."""
@@ -401,6 +426,10 @@ class Download:
                 self._drop(peer, f"no manifest: {exc}")
             else:
                 return self.signed
+        if not self._looked_up:
+            # Only hinted providers were asked, and none sent it: look for others.
+            await self._look_up_and_dial()
+            return await self._fetch_manifest()
         raise NoProvidersError(f"no provider sent a valid manifest for {self.cid}")
 
     async def _fetch_pages(self) -> None:
@@ -454,8 +483,11 @@ class Download:
         left, or found, for ``CONNECT_TIMEOUT`` (and no lookup is still under way)."""
         assert self._picker is not None
         picker = self._picker
-        # _connect has just looked: a link lost before now needs no second lookup yet.
+        # _connect has either just looked (a link lost since needs no second lookup
+        # yet) or left the first lookup to the loop, which then runs it at once.
         self._lookup_now = trio.Event()
+        if not self._looked_up:
+            self._lookup_now.set()
         async with trio.open_nursery() as workers:
             self._workers = workers
             workers.start_soon(self._report_progress)

@@ -494,6 +494,41 @@ async def test_a_banned_or_refusing_provider_is_never_dialed_again(
     assert bad not in report.chunks_from
 
 
+async def test_a_ticket_get_does_not_wait_for_a_slow_lookup(
+    fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    started = trio.current_time()
+    lookups: list[float] = []
+
+    async def slow_find() -> list[Source]:
+        lookups.append(trio.current_time() - started)
+        await trio.sleep(10)
+        return []
+
+    dest = fx.root / "out.bin"
+    async with trio.open_nursery() as nursery:
+        net = Net(nursery, {"seed": honest(LocalContent(fx.seed))})
+        report = await swarm_download(fx, net, dest, ["seed"], slow_find).run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == fx.data
+    assert trio.current_time() - started < 1
+    assert lookups == [0], "the lookup still ran, in the background"
+    assert report.chunks_from == {"seed": 41}
+
+
+async def test_a_hinted_provider_without_the_content_leads_to_a_lookup(
+    fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    dest = fx.root / "out.bin"
+    async with trio.open_nursery() as nursery:
+        net = Net(nursery, {"gone": honest(fx.third), "other": honest(LocalContent(fx.seed))})
+        report = await swarm_download(fx, net, dest, ["gone"], finder("gone", "other")).run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == fx.data
+    assert len(net.dials_of("gone")) == 1
+    assert report.chunks_from == {"other": 41}
+
+
 async def test_the_periodic_lookup_attaches_a_provider_found_mid_download(
     fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
 ) -> None:
