@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -350,7 +351,11 @@ class Dht:
                     await answers.receive()
                     in_flight -= 1
                 nursery.cancel_scope.cancel()  # found enough: the rest are not needed
-        return self._as_providers(found)[:limit]
+        providers = self._as_providers(found)
+        # A node answers with every provider it stores, in the order it learnt them: the
+        # first ``limit`` would send every downloader of a popular share to the same few
+        # peers (bench/downloaders.py), so a random ``limit`` of them are returned.
+        return providers if len(providers) <= limit else random.sample(providers, limit)
 
     def _as_providers(self, found: dict[ID, set[Multiaddr]]) -> list[Provider]:
         """One entry per peer but this node; their addresses kept for dialing them."""

@@ -8,7 +8,9 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 import trio
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from multiaddr import Multiaddr
 
 from p2pshare.identity import NodeKey
 from p2pshare.net.dht import Dht, LookupTrace
@@ -18,7 +20,6 @@ from p2pshare.net.streams import HandlerGuard, HandlerLimits
 if TYPE_CHECKING:
     import pytest
     from libp2p.abc import IHost
-    from libp2p.peer.id import ID
 
 BLAKE3_MULTIHASH = b"\x1e\x20"
 
@@ -113,4 +114,27 @@ async def test_provide_reports_once_the_known_peers_hold_the_record(
         with trio.fail_after(10):
             providers = await middle_dht.find_providers(key)
         assert [p.peer_id for p in providers] == [first.get_id().to_base58()]
+        nursery.cancel_scope.cancel()
+
+
+async def test_many_providers_are_handed_out_at_random_not_first_come() -> None:
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (_, asker), (_, holder) = await start_line(stack, nursery, 2)
+        stored = []
+        for port in range(20):
+            peer = ID.from_base58(NodeKey.generate().peer_id)
+            stored.append(peer.to_base58())
+            addr = Multiaddr(f"/ip4/127.0.0.1/tcp/{40000 + port}")
+            holder._kad.provider_store.add_provider(key, PeerInfo(peer, [addr]))
+        seen: set[str] = set()
+        for _ in range(20):
+            with trio.fail_after(10):
+                providers = await asker.find_providers(key, limit=15)
+            assert len(providers) == 15
+            assert {p.peer_id for p in providers} <= set(stored)
+            seen.update(p.peer_id for p in providers)
+        # The first 15 stored every time would leave 5 never named; with random draws the
+        # chance that some peer is missed by all 20 (15 of 20 each) is below 1e-10.
+        assert seen == set(stored)
         nursery.cancel_scope.cancel()
