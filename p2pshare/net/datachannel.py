@@ -826,7 +826,8 @@ async def _connect_first(ips: Sequence[str], port: int, deadline: float) -> trio
     failures: list[str] = []
     last: OSError | None = None
     for position, ip in enumerate(ips):
-        share = (deadline - trio.current_time()) / (len(ips) - position)
+        # Past the deadline (the offer took all the time) every address gets none.
+        share = max(0.0, deadline - trio.current_time()) / (len(ips) - position)
         with trio.move_on_after(share):
             try:
                 return await trio.open_tcp_stream(ip, port)

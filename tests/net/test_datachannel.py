@@ -398,6 +398,20 @@ async def test_a_closed_data_port_fails_fast() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_an_offer_with_no_time_left_fails_as_an_open_error() -> None:
+    """The caller's deadline may pass before the connection is tried (a busy node): the
+    download then falls back to libp2p, it does not fail on an internal error."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            setup = await start(stack, nursery, echo)
+            offer = await request_offer(setup.client_host, setup.server_id, [], timeout=10)
+            two_ips = dataclasses.replace(offer, ips=("127.0.0.1", "127.0.0.2"))
+            for _ in range(20):
+                with pytest.raises(DataChannelOpenError):
+                    await connect_offer(two_ips, timeout=0)
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_peer_without_a_data_channel_fails_fast() -> None:
     with trio.fail_after(30):
         async with AsyncExitStack() as stack:
