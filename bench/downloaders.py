@@ -65,6 +65,16 @@ def digest(path: Path) -> bytes:
     return hasher.digest()
 
 
+def log_tail(home: Home, lines: int = 30) -> str:
+    """The end of a daemon's log: the traceback of a failed download, before the
+    temporary homes are gone."""
+    try:
+        text = home.log_path.read_text(errors="replace")
+    except OSError as exc:
+        return f"    (no log: {exc})"
+    return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
+
+
 def raise_fd_limit(needed: int) -> int:
     """Raise this process's soft descriptor limit (inherited by the daemons) if needed."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -126,7 +136,7 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
                 )
                 finished[index] = time.perf_counter() - began
             except Exception as exc:  # noqa: BLE001 - reported in the figures
-                errors.append(f"downloader {index}: {exc}")
+                errors.append(f"downloader {index}: {exc}\n{log_tail(homes[index + 1])}")
 
         threads = [threading.Thread(target=fetch, args=(i,)) for i in range(count)]
         for thread in threads:
