@@ -260,6 +260,8 @@ class Download:
         self._looking = False
         # Whether _connect ran the first lookup (else the lookup loop runs it at once).
         self._looked_up = False
+        # Providers asked for the manifest that did not send it: not asked again.
+        self._no_manifest: set[str] = set()
         # Sized in _prepare, once the chunk size is known.
         self._arrivals_in, self._arrivals_out = trio.open_memory_channel[_Arrival](0)
         # Chunks handed to the storing task and not yet stored (checked or refused).
@@ -327,7 +329,7 @@ class Download:
             for found in await self._find_sources():
                 sources.setdefault(found.peer_id, found)
         self._looked_up = True
-        for peer in (*self._given_up, *self.report.banned, *self._links):
+        for peer in (*self._given_up, *self.report.banned, *self._links, *self._no_manifest):
             sources.pop(peer, None)
         if not sources and not self._links:
             raise NoProvidersError(
@@ -414,6 +416,7 @@ class Download:
 
     async def _fetch_manifest(self) -> SignedManifest:
         for peer, link in list(self._links.items()):
+            self._no_manifest.add(peer)
             try:
                 with trio.fail_after(REQUEST_TIMEOUT):
                     data = await link.manifest(self.cid)
