@@ -368,6 +368,11 @@ class Download:
         link = PeerLink(stream, source.peer_id, max_chunk_size=1 << 24)
         try:
             await self._nursery.start(self._run_link, link)
+        except (RemoteError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The stream broke before our HELLO was out (an overloaded peer resets it).
+            log.info("provider %s reset the new stream: %s", source.peer_id, exc)
+            await self._close_link(link)
+            return None
         except BaseException:
             await self._close_link(link)
             raise

@@ -21,6 +21,7 @@ import trio.testing
 
 from p2pshare.errors import UserError, leaf_errors
 from p2pshare.identity import NodeKey
+from p2pshare.net.streams import StreamBrokenError
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
 from p2pshare.proto.cid import ContentId
@@ -492,6 +493,45 @@ async def test_a_banned_or_refusing_provider_is_never_dialed_again(
     assert len(net.dials_of(bad)) == 1
     assert report.banned == (["liar"] if bad == "liar" else [])
     assert bad not in report.chunks_from
+
+
+class ResetAtOnce:
+    """A stream the peer resets before anything is sent on it."""
+
+    async def send_all(self, data: BytesLike) -> None:
+        await trio.lowlevel.checkpoint()
+        raise StreamBrokenError("stream to seed broke: StreamReset()")
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_stream_reset_before_hello_is_an_unreachable_provider_not_a_crash(
+    fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    dest = fx.root / "out.bin"
+    async with trio.open_nursery() as nursery:
+        net = Net(nursery, {"seed": honest(LocalContent(fx.seed))})
+        dials = 0
+
+        async def open_stream(source: Source) -> ByteStream:
+            nonlocal dials
+            dials += 1
+            if dials == 1:
+                return ResetAtOnce()
+            return await net.open_stream(source)
+
+        download = swarm_download(fx, net, dest, ["seed"], finder("seed"))
+        download._open_stream = open_stream
+        report = await download.run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == fx.data
+    assert dials == 2
+    assert report.chunks_from == {"seed": 41}
 
 
 async def test_a_ticket_get_does_not_wait_for_a_slow_lookup(
