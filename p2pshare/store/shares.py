@@ -12,7 +12,6 @@ hashed since its file last changed (p2pshare.store.checked).
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2pshare.errors import IntegrityError, UserError
-from p2pshare.proto.chunks import verify_chunk
+from p2pshare.proto.chunks import chunk_count, verify_chunk
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.manifest import (
     Manifest,
@@ -195,7 +194,7 @@ class ShareStore:
                 cid,
                 index,
                 file.identity,
-                math.ceil(entry.size / manifest.chunk_size),
+                chunk_count(entry.size, manifest.chunk_size),
                 read_at_ns=file.read_at_ns,
             )
         return row
@@ -273,8 +272,8 @@ class ShareStore:
         except IntegrityError:
             raise self._stale(cid, f"{path} no longer holds the shared bytes") from None
         if FileIdentity.of(before) == after:
-            chunk_count = math.ceil(manifest.entries[entry].size / manifest.chunk_size)
-            self._checked.record(cid, entry, after, chunk, chunk_count, read_at_ns=read_at_ns)
+            count = chunk_count(manifest.entries[entry].size, manifest.chunk_size)
+            self._checked.record(cid, entry, after, chunk, count, read_at_ns=read_at_ns)
         return data
 
     def _serving_info(self, cid: str) -> tuple[ShareRow, list[FileStamp]]:
