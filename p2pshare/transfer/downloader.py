@@ -318,20 +318,15 @@ class Download:
         await self._look_up_and_dial()
 
     async def _look_up_and_dial(self) -> None:
-        """Look providers up, then dial them and the hinted ones not linked yet.
-
-        The lookup is never cut short but by CONNECT_TIMEOUT: it dials peers itself,
-        and a dial cancelled half way leaves py-libp2p unable to dial that peer again
-        at once.
-        """
-        sources = {s.peer_id: s for s in self._hints}
-        with trio.move_on_after(CONNECT_TIMEOUT):
-            for found in await self._find_sources():
-                sources.setdefault(found.peer_id, found)
+        """Look providers up, then dial them and the hinted ones; called when no link
+        is left (none made yet, or none sent the manifest)."""
+        sources: dict[str, Source] = {}
+        for source in await self._lookup():
+            sources.setdefault(source.peer_id, source)
         self._looked_up = True
-        for peer in (*self._given_up, *self.report.banned, *self._links, *self._no_manifest):
+        for peer in (*self._given_up, *self.report.banned, *self._no_manifest):
             sources.pop(peer, None)
-        if not sources and not self._links:
+        if not sources:
             raise NoProvidersError(
                 f"no providers found for {self.cid}; check that a provider is running "
                 "and reachable, or use its ticket"
@@ -600,10 +595,14 @@ class Download:
             self._notify()
 
     async def _lookup(self) -> list[Source]:
-        """The providers found now, and the hinted ones (a ticket's provider that could
-        not be reached at first is tried again)."""
+        """The hinted providers (a ticket's provider that could not be reached at first is
+        tried again), then those found now.
+
+        The lookup is never cut short but by CONNECT_TIMEOUT: it dials peers itself,
+        and a dial cancelled half way leaves py-libp2p unable to dial that peer again
+        at once.  A failing lookup finds nothing; it must not end a download that runs.
+        """
         found = list(self._hints)
-        # Bounded as in _connect.  A failing lookup must not end a download that runs.
         try:
             with trio.move_on_after(CONNECT_TIMEOUT):
                 found += await self._find_sources()
