@@ -1,4 +1,4 @@
-"""Shared test set-up: hypothesis profiles, heavy variants and node homes.
+"""Shared test set-up: hypothesis profiles, heavy variants, node homes and daemons.
 
 Hypothesis profiles, chosen with P2PSHARE_HYPOTHESIS:
 * ``quick`` (default) -- enough examples to catch regressions in CI time;
@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from p2pshare.home import Home
+from p2pshare.launcher import DaemonProcess, init_home
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -54,3 +55,12 @@ def short_tmp() -> Iterator[Path]:
 def home(short_tmp: Path) -> Home:
     """An uninitialised node home."""
     return Home(short_tmp / "home")
+
+
+@pytest.fixture
+def daemon(home: Home) -> Iterator[DaemonProcess]:
+    """A running daemon in a fresh home listening on 127.0.0.1."""
+    init_home(home)
+    with DaemonProcess(home) as process:
+        process.start()
+        yield process

@@ -1,4 +1,4 @@
-"""Running daemons for the security tests that need a real process."""
+"""A compute daemon for the security tests (the plain ``daemon`` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from p2pshare.home import Home
-
-
-@pytest.fixture
-def daemon(home: Home) -> Iterator[DaemonProcess]:
-    """A running daemon on 127.0.0.1."""
-    init_home(home)
-    with DaemonProcess(home) as process:
-        process.start()
-        yield process
 
 
 @pytest.fixture
