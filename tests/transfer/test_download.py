@@ -118,15 +118,6 @@ async def inline(fn: Callable[[], object]) -> object:
     return fn()
 
 
-def serving(nursery: trio.Nursery, sources: dict[str, LocalContent]) -> Callable[[Source], object]:
-    async def open_stream(source: Source) -> ByteStream:
-        client, server = trio.testing.memory_stream_pair()
-        nursery.start_soon(_serve, server, sources[source.peer_id])
-        return client
-
-    return open_stream
-
-
 async def _serve(
     stream: ByteStream, source: LocalContent, limiter: UploadLimiter | None = None
 ) -> None:
@@ -143,16 +134,9 @@ async def no_more_sources() -> list[Source]:
 def download(
     fx: Fixture, nursery: trio.Nursery, sources: dict[str, LocalContent], dest: Path
 ) -> Download:
-    return Download(
-        cid=fx.cid,
-        dest=dest,
-        force=False,
-        catalog=fx.catalog,
-        local=fx.local,
-        open_stream=serving(nursery, sources),  # type: ignore[arg-type]
-        find_sources=no_more_sources,
-        hints=[Source(name) for name in sources],
-    )
+    """Providers by name, each serving its source honestly; all of them hinted."""
+    net = Net(nursery, {name: honest(source) for name, source in sources.items()})
+    return swarm_download(fx, net, dest, list(sources))
 
 
 @pytest.fixture
@@ -762,7 +746,7 @@ async def test_small_chunks_are_asked_for_at_most_64_at_a_time(fx: Fixture) -> N
             force=False,
             catalog=fx.catalog,
             local=fx.local,
-            open_stream=serving(nursery, {"seed": LocalContent(fx.seed)}),  # type: ignore[arg-type]
+            open_stream=Net(nursery, {"seed": honest(LocalContent(fx.seed))}).open_stream,
             find_sources=no_more_sources,
             hints=[Source("seed")],
         ).run()
