@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
-from p2pshare.modes import PRIVATE_UMASK, read_umask
+from p2pshare.modes import read_umask
 from p2pshare.net.datachannel import DataChannelOpenError, open_data_channel
 from p2pshare.net.peers import open_stream
 from p2pshare.node.downloads import ACTIVE, DownloadManager
@@ -158,20 +158,13 @@ class TransferApi:
         return report.as_dict() | {"paths": {p: paths.get(p, "?") for p in report.peers}}
 
     async def fetch(
-        self,
-        cid: ContentId,
-        dest: Path,
-        *,
-        hints: list[Source],
-        max_bytes: int | None,
-        umask: int = PRIVATE_UMASK,
+        self, cid: ContentId, dest: Path, *, hints: list[Source], max_bytes: int | None
     ) -> DownloadReport:
         """Download ``cid`` to ``dest`` for the node's own use (a compute job's content).
 
         Unlike ``get`` it is not listed, resumed or shared afterwards, and content larger
         than ``max_bytes`` is refused (JobRejectedError, code ``oversize``) as soon as
-        its manifest says so.  What it writes is private unless ``umask`` says otherwise
-        (a job's output handed to the user).
+        its manifest says so.  What it writes is private (0600/0700).
         """
         me = self.host.get_id().to_base58()
         key = str(cid)
@@ -209,7 +202,6 @@ class TransferApi:
                 find_sources=find_sources,
                 hints=hinted,
                 progress=check_size,
-                umask=umask,
             )
             return await download.run()
 

@@ -128,3 +128,17 @@ def test_default_umask_keeps_a_download_private(tmp_path: Path) -> None:
     modes = _modes(tmp_path / "tree")
     assert modes["docs/readme"] == 0o600
     assert modes["bin/run"] == modes["logs"] == modes["."] == 0o700
+
+
+def test_tree_of_empty_directories_only_arrives(tmp_path: Path) -> None:
+    manifest = build_manifest(
+        [],
+        kind=ShareKind.DIRECTORY,
+        publisher=PUBLISHER,
+        created=0,
+        directories=["x/y", "z"],
+    ).manifest
+    output = PartialOutput(tmp_path / "tree", manifest, umask=0o022)
+    output.open(resume=False)
+    output.finalize(force=False)
+    assert _modes(tmp_path / "tree") == {".": 0o755, "x": 0o755, "x/y": 0o755, "z": 0o755}
