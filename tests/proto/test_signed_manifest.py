@@ -304,3 +304,20 @@ def test_random_entries_give_a_typed_error_or_a_canonical_manifest(
 def test_random_structures_give_a_typed_error(value: object) -> None:
     with pytest.raises(RemoteProtocolError):
         decode_manifest(_pack(value))
+
+
+@given(
+    st.dictionaries(st.sampled_from(["exec", "mode", "x"]), msgpack_values, max_size=3)
+    | msgpack_values
+)
+def test_random_entry_attributes_decode_only_as_the_exec_flag(
+    make_share: MakeShare, attributes: object
+) -> None:
+    body = _one_entry(_body(make_share(FILES)), ["a", 0, attributes])
+    try:
+        manifest = decode_manifest(body)
+    except RemoteProtocolError:
+        return
+    assert attributes == {"exec": True}
+    assert manifest.entries[0].executable
+    assert encode_manifest(manifest) == body
