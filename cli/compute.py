@@ -189,6 +189,7 @@ def run(
     5 the job failed (trap, limit, non-zero exit), 6 the replicas disagreed.
     """
     from p2pshare.control.client import ControlClient  # noqa: PLC0415
+    from p2pshare.modes import read_umask  # noqa: PLC0415
 
     limits = {
         key: value
@@ -209,6 +210,8 @@ def run(
         "replicas": replicas,
         "dest": str(output.absolute()),
         "force": force,
+        # The daemon writes the output, but with the mode this user's umask gives.
+        "umask": read_umask(),
     }
     progress = _JobProgress(enabled=not (no_progress or as_json))
     try:

@@ -334,10 +334,17 @@ def get(
     to resume it; `p2pshare downloads` lists unfinished downloads.
     """
     from p2pshare.control.client import ControlClient  # noqa: PLC0415
+    from p2pshare.modes import read_umask  # noqa: PLC0415
 
     from .progress import ByteProgress  # noqa: PLC0415
 
-    params = {"ref": ref, "dest": str(output.absolute()), "force": force}
+    # The daemon creates the files, but with the modes this user's umask gives.
+    params = {
+        "ref": ref,
+        "dest": str(output.absolute()),
+        "force": force,
+        "umask": read_umask(),
+    }
     try:
         with (
             ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,

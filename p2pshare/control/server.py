@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.errors import LocalProtocolError, RemoteProtocolError, UserError, leaf_errors
+from p2pshare.modes import MAX_UMASK
 from p2pshare.proto.control import (
     MAX_FRAME,
     BadRequestError,
@@ -41,6 +42,19 @@ MAX_CLIENTS = 64
 
 class InvalidParamsError(UserError):
     """A handler rejects the params of a request; the message says which and why."""
+
+
+def umask_param(params: Mapping[str, Any], default: int) -> int:
+    """The ``umask`` a client sent (its user's, which sets the modes of what it gets),
+    else ``default``, the daemon's: clients from before the parameter send none."""
+    value = params.get("umask")
+    if value is None:
+        return default
+    if type(value) is not int or not 0 <= value <= MAX_UMASK:
+        raise InvalidParamsError(
+            f"parameter 'umask' must be an integer from 0 to 0o777, not {value!r}"
+        )
+    return value
 
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]

@@ -29,8 +29,9 @@ from p2pshare.compute.requester import (
 )
 from p2pshare.compute.service import ComputeService, Fetched
 from p2pshare.config import check_changes
-from p2pshare.control.server import Emit, Handler, InvalidParamsError
+from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
 from p2pshare.errors import P2PShareError, RemoteError, UserError
+from p2pshare.modes import file_mode
 from p2pshare.net.peers import open_stream
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.job import (
@@ -177,7 +178,7 @@ class ComputeApi:
         return await collect_offers(self._open, candidates)
 
     async def run(self, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        request = _RunRequest.parse(params)
+        request = _RunRequest.parse(params, self.transfer.daemon_umask)
         started = time.monotonic()
         created: list[str] = []
         try:
@@ -332,7 +333,7 @@ class ComputeApi:
         assert receipt is not None
         if replica.stdout is not None:
             # Sent with the receipt and checked against its digest when decoded.
-            await trio.to_thread.run_sync(_write_new, request.dest, replica.stdout)
+            await trio.to_thread.run_sync(_write_new, request.dest, replica.stdout, request.umask)
             return True
         if receipt.output is None:
             return False
@@ -345,7 +346,7 @@ class ComputeApi:
             if data_digest != digest:
                 log.warning("%s stored an output that differs from its receipt", replica.peer_id)
                 return False
-            await trio.to_thread.run_sync(partial.replace, request.dest)
+            await trio.to_thread.run_sync(_place, partial, request.dest, request.umask)
             return True
         except (UserError, RemoteError) as exc:
             log.info("output of %s could not be fetched: %s", replica.peer_id, exc)
@@ -413,9 +414,11 @@ class _RunRequest:
     limits: JobLimits
     replicas: int
     dest: Path
+    # The requesting user's: the output gets 0666 & ~umask, whatever the worker sent.
+    umask: int
 
     @classmethod
-    def parse(cls, params: dict[str, Any]) -> _RunRequest:
+    def parse(cls, params: dict[str, Any], default_umask: int) -> _RunRequest:
         module, dest = _abs_path(params, "module"), _abs_path(params, "dest")
         if dest.exists() and not params.get("force"):
             raise UserError(f"{dest} exists; choose another -o or pass --force to replace it")
@@ -441,6 +444,7 @@ class _RunRequest:
             limits=_limits(params.get("limits") or {}),
             replicas=int(_number(params, "replicas", 1, 1, MAX_REPLICAS)),
             dest=dest,
+            umask=umask_param(params, default_umask),
         )
 
 
@@ -491,9 +495,15 @@ def _prepare_file(store: ShareStore, path: Path) -> PreparedShare:
     return store.prepare(path)
 
 
-def _write_new(dest: Path, data: bytes) -> None:
+def _write_new(dest: Path, data: bytes, umask: int) -> None:
     partial = dest.with_name(f".{dest.name}.job")
     partial.write_bytes(data)
+    _place(partial, dest, umask)
+
+
+def _place(partial: Path, dest: Path, umask: int) -> None:
+    """Give a finished output the user's mode, then move it into place."""
+    partial.chmod(file_mode(umask))
     partial.replace(dest)
 
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2pshare.control.server import Emit, Handler, InvalidParamsError
+from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
+from p2pshare.modes import read_umask
 from p2pshare.net.datachannel import DataChannelOpenError, open_data_channel
 from p2pshare.net.peers import open_stream
 from p2pshare.node.downloads import ACTIVE, DownloadManager
@@ -53,6 +54,8 @@ class TransferApi:
     discovery: Discovery
     limiter: UploadLimiter
     downloads: DownloadManager = field(init=False)
+    # For a client that sends no umask (older ones), and for requests kept from then.
+    daemon_umask: int = field(default_factory=read_umask)
 
     def __post_init__(self) -> None:
         self.downloads = DownloadManager(self.shares.catalog, self._download)
@@ -103,6 +106,7 @@ class TransferApi:
             error=None,
             created_at=now,
             updated_at=now,
+            umask=umask_param(params, self.daemon_umask),
         )
         job = await self.downloads.submit(request)
         return await self.downloads.follow(job, emit)
@@ -136,6 +140,7 @@ class TransferApi:
             # Announced while still partial, so other downloaders' lookups find it
             # and fetch the chunks it already holds (the seeder is not the only source).
             announce=lambda: self.discovery.provide_soon(key),
+            umask=self.daemon_umask if request.umask is None else request.umask,
         )
         report = await download.run()
         assert download.signed is not None
@@ -159,7 +164,7 @@ class TransferApi:
 
         Unlike ``get`` it is not listed, resumed or shared afterwards, and content larger
         than ``max_bytes`` is refused (JobRejectedError, code ``oversize``) as soon as
-        its manifest says so.
+        its manifest says so.  What it writes is private (0600/0700).
         """
         me = self.host.get_id().to_base58()
         key = str(cid)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Far deeper than any p2pshare message (manifests nest three levels).
+# Far deeper than any p2pshare message (manifests nest four levels).
 MAX_DEPTH = 16
 
 

@@ -1,11 +1,17 @@
 """Manifests: what a share holds, and the hashes every chunk is checked against.
 
-A manifest lists the files of a share (sorted by path bytes) with their sizes; the
-chunk hashes of all files, in that order, form one sequence indexed by a *global
-chunk index*.  Small shares carry that sequence inline, large ones carry the hashes
-of its pages (see :mod:`p2pshare.proto.pages`), so the encoded manifest stays under
+A manifest lists the files of a share (sorted by path bytes) with their sizes and
+whether they are executable, and the empty directories of the share; the chunk
+hashes of all files, in that order, form one sequence indexed by a *global chunk
+index*.  Small shares carry that sequence inline, large ones carry the hashes of
+its pages (see :mod:`p2pshare.proto.pages`), so the encoded manifest stays under
 :data:`MAX_MANIFEST_SIZE` whatever the share's size.  Normative description:
 docs/protocol.md, "Manifest".
+
+The executable flag and the empty directories were added to format 1 as optional
+parts, present only when set: a share without them encodes exactly as before, so
+its content ID did not change.  Of a file's mode only the executable bit travels;
+the receiver derives every other bit from its own umask.
 """
 
 from __future__ import annotations
@@ -86,6 +92,10 @@ _BODY_KEYS = (
     "hashes",
     "pages",
 )
+# Present only when the share has empty directories, after every other key.
+_DIRS_KEY = "dirs"
+# The per-entry attribute map, present only when it holds something.
+_EXEC_KEY = "exec"
 
 
 class ShareKind(StrEnum):
@@ -107,6 +117,7 @@ class FileEntry:
     path: str
     size: int
     hashes: bytes
+    executable: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,7 @@ class Entry:
 
     path: str
     size: int
+    executable: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,9 @@ class Manifest:
     entries: tuple[Entry, ...]
     inline_hashes: bytes
     page_hashes: tuple[bytes, ...]
+    # Directories holding nothing, sorted by path bytes; ones that hold a file or
+    # another listed directory are implied by those paths and never listed.
+    directories: tuple[str, ...] = ()
 
     @cached_property
     def _chunk_starts(self) -> tuple[int, ...]:
@@ -243,16 +258,23 @@ def _check_header(manifest: Manifest, fail: type[P2PShareError]) -> None:
 def _check_entries(
     manifest: Manifest, fail: type[P2PShareError], too_large: type[P2PShareError]
 ) -> None:
-    if len(manifest.entries) > MAX_ENTRIES:
-        raise too_large(f"a manifest lists at most {MAX_ENTRIES} files")
+    if len(manifest.entries) + len(manifest.directories) > MAX_ENTRIES:
+        raise too_large(f"a manifest lists at most {MAX_ENTRIES} files and empty directories")
     if manifest.kind is ShareKind.FILE and (
-        len(manifest.entries) != 1 or "/" in manifest.entries[0].path
+        len(manifest.entries) != 1 or "/" in manifest.entries[0].path or manifest.directories
     ):
-        raise fail("a single-file share has exactly one entry, named without a directory")
-    check_tree(entry.path for entry in manifest.entries)
-    encoded = [entry.path.encode("utf-8") for entry in manifest.entries]
-    if any(a >= b for a, b in itertools.pairwise(encoded)):
-        raise fail("manifest entries must be sorted by path bytes")
+        raise fail(
+            "a single-file share has exactly one entry, named without a directory, "
+            "and no directories"
+        )
+    check_tree((entry.path for entry in manifest.entries), manifest.directories)
+    for paths, what in (
+        ([entry.path for entry in manifest.entries], "manifest entries"),
+        (list(manifest.directories), "empty directories"),
+    ):
+        encoded = [path.encode("utf-8") for path in paths]
+        if any(a >= b for a, b in itertools.pairwise(encoded)):
+            raise fail(f"{what} must be sorted by path bytes")
     for entry in manifest.entries:
         if not 0 <= entry.size <= MAX_FILE_SIZE:
             raise fail(f"size {entry.size} of {entry.path!r} is out of range")
@@ -273,12 +295,12 @@ def _check_hash_layout(
         raise fail("every page hash has 32 bytes")
 
 
-def _count_chunks(files: list[tuple[str, int]], chunk_size: int) -> int:
+def _count_chunks(files: list[tuple[str, int]], chunk_size: int, directories: int = 0) -> int:
     """The checks that need only sizes, so a share is refused before anyone hashes it."""
-    if len(files) > MAX_ENTRIES:
+    if len(files) + directories > MAX_ENTRIES:
         raise ManifestTooLargeError(
-            f"this share has {len(files)} files, more than the {MAX_ENTRIES} a manifest can "
-            "list; share its subdirectories separately"
+            f"this share has {len(files)} files and {directories} empty directories, more "
+            f"than the {MAX_ENTRIES} a manifest can list; share its subdirectories separately"
         )
     if not is_valid_chunk_size(chunk_size):
         raise LocalProtocolError(f"chunk size {chunk_size} is not allowed")
@@ -320,14 +342,18 @@ def build_manifest(
     created: int,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     name: str | None = None,
+    directories: Iterable[str] = (),
 ) -> BuiltManifest:
     """Describe a share; ``created`` is the caller's clock in whole Unix seconds.
 
-    Raises UnsafePathError for a path the receivers would refuse, ManifestTooLargeError
-    when the share does not fit the limits, LocalProtocolError for inconsistent input.
+    ``directories`` are the share's empty directories (none of them may hold a file
+    or another of them).  Raises UnsafePathError for a path the receivers would
+    refuse, ManifestTooLargeError when the share does not fit the limits,
+    LocalProtocolError for inconsistent input.
     """
     files = sorted(files, key=lambda file: _path_order(file.path))
-    _count_chunks([(file.path, file.size) for file in files], chunk_size)
+    empty = tuple(sorted(directories, key=_path_order))
+    _count_chunks([(file.path, file.size) for file in files], chunk_size, len(empty))
     for file in files:
         expected = chunk_count(file.size, chunk_size)
         if len(file.hashes) != expected * HASH_SIZE:
@@ -343,9 +369,10 @@ def build_manifest(
         publisher=publisher,
         created=created,
         chunk_size=chunk_size,
-        entries=tuple(Entry(file.path, file.size) for file in files),
+        entries=tuple(Entry(file.path, file.size, file.executable) for file in files),
         inline_hashes=b"" if pages else hashes,
         page_hashes=tuple(hash_page(page) for page in pages),
+        directories=empty,
     )
     return BuiltManifest(_assemble(manifest), tuple(pages))
 
@@ -356,14 +383,19 @@ def check_shareable(
     kind: ShareKind,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     name: str | None = None,
+    directories: Iterable[str] = (),
+    executable: Iterable[str] = (),
 ) -> None:
     """Raise what :func:`build_manifest` would for these (path, size) pairs, before hashing.
 
     Lets the share scanner refuse a tree at once instead of after reading terabytes.
-    Hashes have a fixed size, so placeholders give the real manifest size.
+    Hashes have a fixed size, so placeholders give the real manifest size; the paths
+    in ``executable`` are flagged, since each flag takes room too.
     """
     files = sorted(files, key=lambda file: _path_order(file[0]))
-    total = _count_chunks(files, chunk_size)
+    empty = tuple(sorted(directories, key=_path_order))
+    total = _count_chunks(files, chunk_size, len(empty))
+    flagged = frozenset(executable)
     paged = total > INLINE_MAX_CHUNKS
     _assemble(
         Manifest(
@@ -372,28 +404,37 @@ def check_shareable(
             publisher=_PLACEHOLDER_KEY,
             created=0,
             chunk_size=chunk_size,
-            entries=tuple(Entry(path, size) for path, size in files),
+            entries=tuple(Entry(path, size, path in flagged) for path, size in files),
             inline_hashes=b"" if paged else bytes(total * HASH_SIZE),
             page_hashes=(bytes(HASH_SIZE),) * page_count(total) if paged else (),
+            directories=empty,
         )
     )
 
 
+def _encode_entry(entry: Entry) -> list[object]:
+    if entry.executable:
+        return [entry.path, entry.size, {_EXEC_KEY: True}]
+    return [entry.path, entry.size]
+
+
 def encode_manifest(manifest: Manifest) -> bytes:
-    """The canonical body bytes: a map with the keys of ``_BODY_KEYS`` in that order."""
-    return pack(
-        {
-            "v": MANIFEST_VERSION,
-            "kind": manifest.kind.value,
-            "name": manifest.name,
-            "publisher": manifest.publisher,
-            "created": manifest.created,
-            "chunk_size": manifest.chunk_size,
-            "entries": [[entry.path, entry.size] for entry in manifest.entries],
-            "hashes": manifest.inline_hashes,
-            "pages": list(manifest.page_hashes),
-        }
-    )
+    """The canonical body bytes: a map with the keys of ``_BODY_KEYS`` in that order,
+    then ``dirs`` when there are empty directories."""
+    body: dict[str, object] = {
+        "v": MANIFEST_VERSION,
+        "kind": manifest.kind.value,
+        "name": manifest.name,
+        "publisher": manifest.publisher,
+        "created": manifest.created,
+        "chunk_size": manifest.chunk_size,
+        "entries": [_encode_entry(entry) for entry in manifest.entries],
+        "hashes": manifest.inline_hashes,
+        "pages": list(manifest.page_hashes),
+    }
+    if manifest.directories:
+        body[_DIRS_KEY] = list(manifest.directories)
+    return pack(body)
 
 
 def decode_manifest(data: bytes) -> Manifest:
@@ -405,7 +446,7 @@ def decode_manifest(data: bytes) -> Manifest:
         max_str_len=MAX_PATH_BYTES,
         max_bin_len=INLINE_MAX_CHUNKS * HASH_SIZE,
         max_array_len=MAX_ENTRIES,
-        max_map_len=len(_BODY_KEYS),
+        max_map_len=len(_BODY_KEYS) + 1,
     )
     return decode_canonical(
         data, what="manifest", value=value, parse=_parse_manifest, encode=encode_manifest
@@ -418,8 +459,15 @@ def _parse_manifest(value: object) -> Manifest:
             f"manifest version {value['v']!r} is not supported "
             f"(this p2pshare reads version {MANIFEST_VERSION})"
         )
-    fields = expect_map(value, _BODY_KEYS, what="manifest")
-    version, kind, name, publisher, created, chunk_size, entries, hashes, pages = fields
+    with_dirs = isinstance(value, dict) and _DIRS_KEY in value
+    keys = (*_BODY_KEYS, _DIRS_KEY) if with_dirs else _BODY_KEYS
+    fields = expect_map(value, keys, what="manifest")
+    version, kind, name, publisher, created, chunk_size, entries, hashes, pages = fields[:9]
+    dirs = (
+        expect_list(fields[9], what="empty directories", max_len=MAX_ENTRIES) if with_dirs else []
+    )
+    if with_dirs and not dirs:
+        raise RemoteProtocolError("manifest key 'dirs' is present but empty; omit it instead")
     expect_int(version, what="manifest version", low=MANIFEST_VERSION, high=MANIFEST_VERSION)
     try:
         share_kind = ShareKind(expect_str(kind, what="manifest kind"))
@@ -446,16 +494,27 @@ def _parse_manifest(value: object) -> Manifest:
             expect_bytes(page, what="page hash", length=HASH_SIZE, max_len=HASH_SIZE)
             for page in expect_list(pages, what="page hashes", max_len=MAX_PAGES)
         ),
+        directories=tuple(expect_str(path, what="empty directory path") for path in dirs),
     )
     _check_manifest(manifest, RemoteProtocolError, RemoteProtocolError)
     return manifest
 
 
 def _parse_entry(value: object) -> Entry:
-    path, size = expect_list(value, what="manifest entry", length=2, max_len=2)
+    fields = expect_list(value, what="manifest entry", max_len=3)
+    if len(fields) not in (2, 3):
+        raise RemoteProtocolError(f"manifest entry must have 2 or 3 elements, not {len(fields)}")
+    path, size = fields[:2]
+    if len(fields) == 3:
+        # The attribute map exists only to say "executable": anything else in it
+        # (false, an unknown key, nothing at all) is a second encoding of a plain file.
+        (flag,) = expect_map(fields[2], (_EXEC_KEY,), what="manifest entry attributes")
+        if flag is not True:
+            raise RemoteProtocolError("entry attribute 'exec' must be true; omit it otherwise")
     return Entry(
         path=expect_str(path, what="entry path"),
         size=expect_int(size, what="entry size", low=0, high=MAX_FILE_SIZE),
+        executable=len(fields) == 3,
     )
 
 

@@ -91,32 +91,47 @@ def fold_path(path: str) -> str:
     )
 
 
-def check_tree(paths: Iterable[str]) -> None:
+def check_tree(paths: Iterable[str], empty_directories: Iterable[str] = ()) -> None:
     """Raise UnsafePathError unless every path is safe and the set makes one clear tree.
 
-    Refused beyond :func:`check_path`: duplicates, paths equal after NFC normalisation
-    and case folding, and a file path that is also a directory of another entry.
+    ``paths`` are files, ``empty_directories`` directories that hold nothing.  Refused
+    beyond :func:`check_path`: duplicates, paths equal after NFC normalisation and case
+    folding (a file and a directory included), a file path that is also a directory
+    of another entry, and an "empty" directory that holds a file or another directory.
     """
-    files: dict[str, str] = {}
-    directories: dict[str, str] = {}
-    for path in paths:
+    leaves: dict[str, str] = {}
+    empty: set[str] = set()
+    parents: dict[str, str] = {}
+    listed = [(path, False) for path in paths] + [(path, True) for path in empty_directories]
+    for path, is_directory in listed:
         check_path(path)
         key = fold_path(path)
-        other = files.get(key)
+        other = leaves.get(key)
         if other is not None:
+            if other == path and (is_directory or key in empty):
+                raise UnsafePathError(
+                    f"path {_show(path)} is listed both as a file and as an empty directory"
+                )
             if other == path:
                 raise UnsafePathError(f"path {_show(path)} appears twice")
             raise UnsafePathError(
                 f"paths {_show(other)} and {_show(path)} differ only in letter case or "
                 "Unicode normalisation, so they would collide on some file systems"
             )
-        files[key] = path
+        leaves[key] = path
+        if is_directory:
+            empty.add(key)
         parts = key.split("/")
         for depth in range(1, len(parts)):
-            directories.setdefault("/".join(parts[:depth]), path)
-    for key, path in files.items():
-        child = directories.get(key)
-        if child is not None:
+            parents.setdefault("/".join(parts[:depth]), path)
+    for key, path in leaves.items():
+        child = parents.get(key)
+        if child is None:
+            continue
+        if key in empty:
             raise UnsafePathError(
-                f"path {_show(path)} is a file but also a directory holding {_show(child)}"
+                f"directory {_show(path)} is listed as empty but holds {_show(child)}"
             )
+        raise UnsafePathError(
+            f"path {_show(path)} is a file but also a directory holding {_show(child)}"
+        )

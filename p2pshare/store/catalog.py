@@ -87,6 +87,11 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT cid, destination, '[]', 0, 'active', NULL, updated_at, updated_at
         FROM downloads WHERE state = 'running';
     """,
+    # The umask of the command that asked for a download: a resumed download's files
+    # get the modes that user expects, not the daemon's.  NULL: the daemon's umask.
+    """
+    ALTER TABLE download_requests ADD COLUMN umask INTEGER;
+    """,
 )
 
 
@@ -151,9 +156,11 @@ class DownloadRequest:
     error: str | None
     created_at: int
     updated_at: int
+    # The requesting command's umask; None: the daemon's.
+    umask: int | None = None
 
 
-_REQUEST_COLUMNS = "cid, destination, sources, force, state, error, created_at, updated_at"
+_REQUEST_COLUMNS = "cid, destination, sources, force, state, error, created_at, updated_at, umask"
 
 
 def _request(row: sqlite3.Row) -> DownloadRequest:
@@ -166,6 +173,7 @@ def _request(row: sqlite3.Row) -> DownloadRequest:
         error=row["error"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        umask=row["umask"],
     )
 
 
@@ -350,7 +358,7 @@ class Catalog:
         """Insert or replace the request for ``row.cid``."""
         self._db.execute(
             f"INSERT OR REPLACE INTO download_requests ({_REQUEST_COLUMNS})"  # noqa: S608
-            " VALUES (?,?,?,?,?,?,?,?)",
+            " VALUES (?,?,?,?,?,?,?,?,?)",
             (
                 row.cid,
                 row.destination,
@@ -360,6 +368,7 @@ class Catalog:
                 row.error,
                 row.created_at,
                 row.updated_at,
+                row.umask,
             ),
         )
 

@@ -4,6 +4,10 @@ Symlinks are never followed inside a shared directory: a link could point
 anywhere on the machine, so it is skipped and reported (docs/store.md).  The
 path given by the user may itself be a symlink; that one is resolved, since the
 user named it.
+
+Of a file's mode only the owner's executable bit is shared (as git does); empty
+directories are shared too, and a directory whose only contents were skipped
+(symlinks, FIFOs) counts as empty, so the tree keeps its shape.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class ScannedFile:
     abs_path: Path
     size: int
     mtime_ns: int
+    executable: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class Scan:
     root: Path
     files: tuple[ScannedFile, ...]
     skipped: tuple[tuple[str, str], ...]
+    # Directories that hold no shared file and no other listed directory.
+    empty_dirs: tuple[str, ...] = ()
 
     @property
     def total_size(self) -> int:
@@ -56,7 +63,8 @@ class Scan:
 
 
 def _scanned(abs_path: Path, rel_path: str, st: os.stat_result) -> ScannedFile:
-    return ScannedFile(rel_path, abs_path, st.st_size, st.st_mtime_ns)
+    executable = bool(st.st_mode & stat.S_IXUSR)
+    return ScannedFile(rel_path, abs_path, st.st_size, st.st_mtime_ns, executable)
 
 
 def scan(path: Path, chunk_size: int, name: str | None = None) -> Scan:
@@ -69,24 +77,41 @@ def scan(path: Path, chunk_size: int, name: str | None = None) -> Scan:
     except OSError as exc:
         raise UserError(f"cannot share {path}: {exc.strerror}") from None
     skipped: list[tuple[str, str]] = []
+    directories: list[str] = []
     if stat.S_ISREG(st.st_mode):
         kind = ShareKind.FILE
         files = [_scanned(root, root.name, st)]
     elif stat.S_ISDIR(st.st_mode):
         kind = ShareKind.DIRECTORY
-        files = _walk(root, skipped)
+        files = _walk(root, skipped, directories)
     else:
         raise UserError(f"cannot share {path}: only regular files and directories can be shared")
+    empty = empty_directories(directories, [f.rel_path for f in files])
     try:
         check_shareable(
-            [(f.rel_path, f.size) for f in files], kind=kind, chunk_size=chunk_size, name=name
+            [(f.rel_path, f.size) for f in files],
+            kind=kind,
+            chunk_size=chunk_size,
+            name=name,
+            directories=empty,
+            executable=[f.rel_path for f in files if f.executable],
         )
     except (RemoteProtocolError, LocalProtocolError) as exc:
         raise UserError(f"cannot share {path}: {exc}") from None
-    return Scan(kind, root, tuple(files), tuple(skipped))
+    return Scan(kind, root, tuple(files), tuple(skipped), empty)
 
 
-def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[ScannedFile]:
+def empty_directories(directories: list[str], files: list[str]) -> tuple[str, ...]:
+    """The ``directories`` that hold none of ``files`` and none of the other directories."""
+    occupied: set[str] = set()
+    for path in [*directories, *files]:
+        parts = path.split("/")
+        occupied.update("/".join(parts[:depth]) for depth in range(1, len(parts)))
+    return tuple(sorted(d for d in directories if d not in occupied))
+
+
+def _walk(root: Path, skipped: list[tuple[str, str]], directories: list[str]) -> list[ScannedFile]:
+    """The regular files under ``root``; every directory walked goes to ``directories``."""
     files: list[ScannedFile] = []
 
     def on_error(exc: OSError) -> None:
@@ -94,6 +119,8 @@ def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[ScannedFile]:
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=False):
         base = Path(dirpath)
+        if base != root:
+            directories.append(_rel(root, base))
         for dirname in list(dirnames):
             if (base / dirname).is_symlink():
                 dirnames.remove(dirname)
@@ -139,4 +166,5 @@ def hash_file(file: ScannedFile, chunk_size: int, progress: Callable[[int], None
     hashes += hasher.finish()
     if hasher.bytes_hashed != file.size or after.mtime_ns != file.mtime_ns or after != before:
         raise UserError(f"{file.abs_path} changed while it was being hashed; share it again")
-    return HashedFile(FileEntry(file.rel_path, file.size, b"".join(hashes)), after, read_at_ns)
+    entry = FileEntry(file.rel_path, file.size, b"".join(hashes), file.executable)
+    return HashedFile(entry, after, read_at_ns)

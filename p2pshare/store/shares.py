@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +33,7 @@ from p2pshare.proto.pages import HashPage, page_for_chunk
 from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest, sign_manifest
 from p2pshare.store.catalog import Catalog, FileStamp, ShareRow
 from p2pshare.store.checked import CheckedChunks, FileIdentity
-from p2pshare.store.scanner import HashedFile, Scan, ScannedFile, hash_file, scan
+from p2pshare.store.scanner import HashedFile, Scan, hash_file, scan
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -115,6 +115,7 @@ class ShareStore:
             created=created,
             chunk_size=self._chunk_size,
             name=name,
+            directories=found.empty_dirs,
         )
         signed = sign_manifest(built.manifest, self._key)
         if copy:
@@ -133,10 +134,10 @@ class ShareStore:
             shutil.copy2(f.abs_path, target)
             st = target.stat()
             os.utime(target, ns=(st.st_atime_ns, f.mtime_ns))
-            copied.append(ScannedFile(f.rel_path, target, st.st_size, f.mtime_ns))
+            copied.append(replace(f, abs_path=target, size=st.st_size))
         if found.kind is ShareKind.DIRECTORY:
             root.mkdir(exist_ok=True)
-        return Scan(found.kind, root, tuple(copied), found.skipped)
+        return replace(found, root=root, files=tuple(copied))
 
     def _settle_snapshot(self, found: Scan, cid: ContentId) -> Scan:
         staging = found.root.parent
@@ -147,15 +148,10 @@ class ShareStore:
             staging.rename(final)
         root = final / found.root.name
         files = tuple(
-            ScannedFile(
-                f.rel_path,
-                root if found.kind is ShareKind.FILE else root / f.rel_path,
-                f.size,
-                f.mtime_ns,
-            )
+            replace(f, abs_path=root if found.kind is ShareKind.FILE else root / f.rel_path)
             for f in found.files
         )
-        return Scan(found.kind, root, files, found.skipped)
+        return replace(found, root=root, files=files)
 
     def commit(self, prepared: PreparedShare) -> ShareRow:
         """Record a prepared share; sharing the same content again keeps its pin."""

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from p2pshare.errors import IntegrityError, RemoteError, UserError
+from p2pshare.modes import PRIVATE_UMASK
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.chunks import hash_chunk
 from p2pshare.proto.manifest import expected_chunk_hash, verify_page
@@ -224,9 +225,11 @@ class Download:
         progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
         pipeline: int = PIPELINE,
         announce: Callable[[], None] | None = None,
+        umask: int = PRIVATE_UMASK,
     ) -> None:
         """``announce`` is called once, when the first verified chunks are on disk and
-        served to other peers (``get`` announces the content in the DHT then)."""
+        served to other peers (``get`` announces the content in the DHT then).
+        ``umask`` sets the final modes of what is written (p2pshare.modes)."""
         self.cid = cid
         self.dest = dest
         self._force = force
@@ -239,6 +242,7 @@ class Download:
         self._pipeline = pipeline
         self._announce = announce
         self._announced = False
+        self._umask = umask
         self.signed: SignedManifest | None = None
         self.pages: dict[int, HashPage] = {}
         self.output: PartialOutput | None = None
@@ -461,7 +465,7 @@ class Download:
             and row.destination == str(self.dest)
             and row.signed_manifest == signed.data
         )
-        self.output = PartialOutput(self.dest, manifest)
+        self.output = PartialOutput(self.dest, manifest, umask=self._umask)
         reused = self.output.open(resume=resume)
         verified = Bitfield(total)
         if reused and row is not None:

@@ -15,7 +15,13 @@ another has closed and the OS has reused for a different file.
 Paths inside a directory share were checked by the manifest decoder (relative,
 no ``..``, no duplicates); files are opened with ``O_NOFOLLOW`` and parents must be
 real directories inside the partial directory, so nothing is written elsewhere even
-if someone plants symlinks in it.
+if someone plants symlinks in it.  The share's empty directories are created the
+same way when the partial is opened.
+
+While partial, everything is private (files 0600, directories 0700); ``finalize``
+gives the modes of :mod:`p2pshare.modes` (from the requesting user's umask and the
+manifest's executable flags) just before the rename, through descriptors, so a
+path swapped meanwhile cannot redirect a chmod.
 """
 
 from __future__ import annotations
@@ -29,9 +35,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2pshare.errors import UserError
+from p2pshare.modes import PRIVATE_UMASK, dir_mode, file_mode
 from p2pshare.proto.manifest import ShareKind
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from p2pshare.proto.chunks import BytesLike
     from p2pshare.proto.manifest import Manifest
 
@@ -62,11 +71,12 @@ def _disk_error(path: Path, exc: OSError) -> UserError:
 
 
 class PartialOutput:
-    """The partial file or directory of one download."""
+    """The partial file or directory of one download; ``umask`` sets its final modes."""
 
-    def __init__(self, dest: Path, manifest: Manifest) -> None:
+    def __init__(self, dest: Path, manifest: Manifest, *, umask: int = PRIVATE_UMASK) -> None:
         self.dest = dest
         self.manifest = manifest
+        self.umask = umask
         self.path = partial_path(dest)
         self._fds: dict[int, int] = {}
         self._dirty: set[int] = set()
@@ -84,6 +94,8 @@ class PartialOutput:
                     self.path.mkdir(mode=0o700)
             except OSError as exc:
                 raise _disk_error(self.path, exc) from None
+        for directory in self.manifest.directories:
+            self._make_directories(directory.split("/"))
         return reused
 
     def _layout_ok(self) -> bool:
@@ -118,14 +130,20 @@ class PartialOutput:
         return fd
 
     def _make_parents(self, path: Path) -> None:
+        self._make_directories(path.relative_to(self.path).parts[:-1])
+
+    def _make_directories(self, parts: Sequence[str]) -> None:
+        """Create ``parts`` under the partial directory, each a real directory (0700)."""
         current = self.path
-        for part in path.relative_to(self.path).parts[:-1]:
+        for part in parts:
             current = current / part
             try:
                 current.mkdir(mode=0o700)
             except FileExistsError:
                 if not stat.S_ISDIR(current.lstat().st_mode):
                     raise UserError(f"{current} is not a directory; remove it and retry") from None
+            except OSError as exc:
+                raise _disk_error(current, exc) from None
 
     def _close_one(self) -> None:
         entry_index, fd = next(iter(self._fds.items()))
@@ -193,8 +211,28 @@ class PartialOutput:
                 shutil.rmtree(self.dest)
             else:
                 self.dest.unlink()
+        self._set_final_modes()
         self.path.replace(self.dest)
         _sync_dir(self.dest.parent)
+
+    def _set_final_modes(self) -> None:
+        """Give the files, then the directories, of the share their final modes.
+
+        Directories go deepest first and the top one last, so each is opened while
+        its parent is still the private 0700, whatever the umask takes away.
+        """
+        for index, entry in enumerate(self.manifest.entries):
+            _chmod(self._file_path(index), file_mode(self.umask, executable=entry.executable))
+        if self.manifest.kind is not ShareKind.DIRECTORY:
+            return
+        directories = set(self.manifest.directories)
+        for path in [*(entry.path for entry in self.manifest.entries), *directories]:
+            parts = path.split("/")
+            directories.update("/".join(parts[:depth]) for depth in range(1, len(parts)))
+        mode = dir_mode(self.umask)
+        for directory in sorted(directories, key=lambda d: d.count("/"), reverse=True):
+            _chmod(self.path / directory, mode)
+        _chmod(self.path, mode)
 
     def close(self) -> None:
         with self._lock:
@@ -217,6 +255,19 @@ def _sync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _chmod(path: Path, mode: int) -> None:
+    """chmod through a descriptor opened without following a final symlink (and
+    without blocking, should something have put a FIFO there)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _disk_error(path, exc) from None
 
 
 def _sync_tree(root: Path) -> None:

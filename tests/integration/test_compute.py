@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -209,6 +210,25 @@ def test_replicated_run_agrees(cluster: Cluster, tmp_path: Path) -> None:
     assert len({w["digest"] for w in report["workers"]}) == 1
     # The job's module and stdin were shared for the job's duration only.
     assert shares(cluster.requester.home) == before
+
+
+def test_output_gets_the_mode_of_the_commands_umask(cluster: Cluster, tmp_path: Path) -> None:
+    """Field test #14: 0666 & ~umask of the command, not of the daemon (the test's umask)."""
+    stdin = tmp_path / "in.txt"
+    stdin.write_text(TEXT)
+    out = tmp_path / "wc.txt"
+    command = ("compute", "run", wat("wordcount"), "--stdin", str(stdin), "-o", str(out), "--json")
+    result = subprocess.run(
+        cli_command(cluster.requester.home, *command),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        umask=0o007,
+    )
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert out.read_text() == EXPECTED_WC
+    assert stat.S_IMODE(out.stat().st_mode) == 0o660
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 WORKER = NodeKey.from_seed(bytes(range(32)))
 # Paths that never clash with one another ("a" and "a/b" would not be a tree).
 _PATHS = ("docs/readme.txt", "empty", "data.bin", "a", "b/c", "Ünïcode ✓.txt")
+# Empty directories that clash with none of _PATHS nor with one another.
+_EMPTY_DIRS = ("void", "docs/old", "x/y/z", "Ñ")
 
 cids = st.binary(min_size=32, max_size=32).map(ContentId)
 limits = st.builds(
@@ -100,7 +102,8 @@ def _file_entry(draw: st.DrawFn, path: str) -> FileEntry:
     # Only the number of chunk hashes is checked when signing, not what they hash.
     size = draw(st.integers(0, 3 * MIN_CHUNK_SIZE))
     count = chunk_count(size, MIN_CHUNK_SIZE)
-    return FileEntry(path, size, draw(st.binary(min_size=32 * count, max_size=32 * count)))
+    hashes = draw(st.binary(min_size=32 * count, max_size=32 * count))
+    return FileEntry(path, size, hashes, executable=draw(st.booleans()))
 
 
 @st.composite
@@ -137,6 +140,7 @@ def _manifest_samples(draw: st.DrawFn) -> Sample:
         created=draw(st.integers(0, 2**32)),
         chunk_size=MIN_CHUNK_SIZE,
         name=draw(st.sampled_from([None, "album"])),
+        directories=draw(st.sets(st.sampled_from(_EMPTY_DIRS))),
     )
     signed = sign_manifest(built.manifest, WORKER)
     return Sample(
@@ -232,6 +236,8 @@ KINDS = (
                 "entries",
                 "hashes",
                 "pages",
+                "dirs",
+                "exec",
             ]
         ),
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,6 +31,8 @@ from p2pshare.proto.pages import HASHES_PER_PAGE, PAGE_SIZE, page_for_chunk
 from p2pshare.proto.signed_manifest import decode_signed_manifest, sign_manifest
 
 if TYPE_CHECKING:
+    from collections.abc import Set
+
     from p2pshare.identity import NodeKey
     from p2pshare.proto.manifest import BuiltManifest
 
@@ -49,19 +52,31 @@ shares = st.lists(st.tuples(_directories, _sizes, st.integers(0, 2**32)), max_si
 )
 
 
-def _entries(files: dict[str, bytes]) -> list[FileEntry]:
+# Empty directories that hold none of the generated files and none of one another.
+empty_dirs = st.sets(st.sampled_from(["e", "a/e", "a/c/e/f", "Z/g", "new/deep/dir"]))
+
+
+def _entries(files: dict[str, bytes], executable: Set[str] = frozenset()) -> list[FileEntry]:
     return [
-        FileEntry(path, len(data), b"".join(hash_chunks(data, CS))) for path, data in files.items()
+        FileEntry(path, len(data), b"".join(hash_chunks(data, CS)), path in executable)
+        for path, data in files.items()
     ]
 
 
-def _build(files: dict[str, bytes], publisher: bytes = PUBLISHER) -> BuiltManifest:
+def _build(
+    files: dict[str, bytes],
+    publisher: bytes = PUBLISHER,
+    *,
+    executable: Set[str] = frozenset(),
+    directories: Set[str] = frozenset(),
+) -> BuiltManifest:
     return build_manifest(
-        _entries(files),
+        _entries(files, executable),
         kind=ShareKind.DIRECTORY,
         publisher=publisher,
         created=1_700_000_000,
         chunk_size=CS,
+        directories=directories,
     )
 
 
@@ -96,6 +111,74 @@ def test_walk_order_does_not_change_the_bytes(files: dict[str, bytes], rnd: rand
     rnd.shuffle(shuffled)
     expected = encode_manifest(_build(files).manifest)
     assert encode_manifest(_build(dict(shuffled)).manifest) == expected
+
+
+@given(shares, st.data(), empty_dirs)
+def test_manifest_with_exec_flags_and_empty_directories_round_trips(
+    files: dict[str, bytes], data: st.DataObject, directories: set[str]
+) -> None:
+    executable = data.draw(st.sets(st.sampled_from(sorted(files))) if files else st.just(set()))
+    manifest = _build(files, executable=executable, directories=directories).manifest
+    decoded = decode_manifest(encode_manifest(manifest))
+    assert decoded == manifest
+    assert {entry.path for entry in decoded.entries if entry.executable} == executable
+    assert set(decoded.directories) == directories
+
+
+@given(shares)
+def test_share_without_exec_or_empty_directories_encodes_as_before(
+    files: dict[str, bytes],
+) -> None:
+    # The layout of format 1 before the optional parts existed, written out by hand.
+    manifest = _build(files).manifest
+    before = msgpack.packb(
+        {
+            "v": 1,
+            "kind": "dir",
+            "name": None,
+            "publisher": PUBLISHER,
+            "created": 1_700_000_000,
+            "chunk_size": CS,
+            "entries": [[entry.path, entry.size] for entry in manifest.entries],
+            "hashes": manifest.inline_hashes,
+            "pages": [],
+        },
+        use_bin_type=True,
+    )
+    assert encode_manifest(manifest) == before
+
+
+def test_exec_flag_and_empty_directory_change_the_content_id(node_key: NodeKey) -> None:
+    files = {"run.sh": b"#!/bin/sh\n", "data": b"x"}
+    variants = [
+        _build(files, node_key.public_key),
+        _build(files, node_key.public_key, executable={"run.sh"}),
+        _build(files, node_key.public_key, directories={"empty"}),
+    ]
+    cids = {sign_manifest(built.manifest, node_key).cid for built in variants}
+    assert len(cids) == 3
+
+
+@pytest.mark.parametrize(
+    "directories",
+    [["a"], ["a/b/c"], ["x", "x/y"], ["X", "x"], ["d/../e"], ["z/a"]],
+    ids=["a file", "under a file", "holds a listed one", "case twin", "dot-dot", "holds a file"],
+)
+def test_unsafe_or_non_empty_directory_is_refused(directories: list[str]) -> None:
+    with pytest.raises(UnsafePathError):
+        _build({"a": b"", "z/a/b/f": b""}, directories=set(directories))
+    assert _build({"a": b"", "z/a/b/f": b""}, directories={"z/a/c", "x"}).manifest.directories
+
+
+def test_single_file_share_has_no_directories() -> None:
+    with pytest.raises(LocalProtocolError, match="no directories"):
+        build_manifest(
+            [FileEntry("one", 0, b"")],
+            kind=ShareKind.FILE,
+            publisher=PUBLISHER,
+            created=0,
+            directories=["d"],
+        )
 
 
 def test_walk_order_does_not_change_the_content_id(node_key: NodeKey) -> None:

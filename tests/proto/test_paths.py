@@ -109,6 +109,37 @@ def test_clear_tree_is_accepted() -> None:
     check_tree(["a/b", "a/c", "ab", "a.b", "b/a/b", "B2", "empty-dir-sibling"])
 
 
+# (files, empty directories)
+TREES_WITH_DIRECTORIES_REFUSED = {
+    "directory is a file": (["a"], ["a"]),
+    "directory is a file after folding": (["A"], ["a"]),
+    "directory under a file": (["a"], ["a/b"]),
+    "directory holding a file": (["a/b"], ["a"]),
+    "directory holding a file after folding": (["A/b"], ["a"]),
+    "directory holding a directory": ([], ["a", "a/b"]),
+    "directory twice": ([], ["d", "d"]),
+    "directory case twins": ([], ["D", "d"]),
+    "unsafe directory": ([], ["../d"]),
+    "absolute directory": ([], ["/d"]),
+}
+
+
+@pytest.mark.parametrize(
+    ("files", "directories"),
+    TREES_WITH_DIRECTORIES_REFUSED.values(),
+    ids=TREES_WITH_DIRECTORIES_REFUSED.keys(),
+)
+def test_empty_directory_that_collides_or_holds_something_is_refused(
+    files: list[str], directories: list[str]
+) -> None:
+    with pytest.raises(UnsafePathError):
+        check_tree(files, directories)
+
+
+def test_empty_directories_beside_and_under_files_are_accepted() -> None:
+    check_tree(["a/b", "c"], ["a/d", "e/f/g", "ab", "c2"])
+
+
 def test_file_name_is_one_component() -> None:
     check_file_name("share.tar")
     with pytest.raises(UnsafePathError):

@@ -116,6 +116,17 @@ def _replace_once(data: bytes, old: bytes, new: bytes) -> bytes:
     return data.replace(old, new)
 
 
+def _one_entry(body: dict[str, Any], entry: list[object]) -> bytes:
+    """The body with ``entry`` as its only file, of size 0 so no hash is needed."""
+    return _pack(body | {"entries": [entry], "hashes": b""})
+
+
+def test_one_executable_entry_is_valid(make_share: MakeShare) -> None:
+    # The base of the attribute cases below: only their attribute makes them invalid.
+    manifest = decode_manifest(_one_entry(_body(make_share(FILES)), ["a", 0, {"exec": True}]))
+    assert manifest.entries[0].executable
+
+
 NON_CANONICAL_BODIES: dict[str, Callable[[dict[str, Any], bytes], bytes]] = {
     "keys reordered": lambda body, raw: _pack(dict(reversed(body.items()))),
     "extra key": lambda body, raw: _pack(body | {"extra": 1}),
@@ -141,6 +152,25 @@ NON_CANONICAL_BODIES: dict[str, Callable[[dict[str, Any], bytes], bytes]] = {
     "duplicate key": lambda body, raw: bytes([raw[0] + 1]) + raw[1:] + _pack("v") + _pack(1),
     "trailing byte": lambda body, raw: raw + b"\xc0",
     "timestamp extension": lambda body, raw: _pack(body | {"created": msgpack.Timestamp(1, 0)}),
+    "exec flag false": lambda body, raw: _one_entry(body, ["a", 0, {"exec": False}]),
+    "exec flag as 1": lambda body, raw: _one_entry(body, ["a", 0, {"exec": 1}]),
+    "empty attributes": lambda body, raw: _one_entry(body, ["a", 0, {}]),
+    "unknown attribute": lambda body, raw: _one_entry(
+        body, ["a", 0, {"exec": True, "mode": 0o4755}]
+    ),
+    "attribute not a map": lambda body, raw: _one_entry(body, ["a", 0, True]),
+    "four-element entry": lambda body, raw: _one_entry(body, ["a", 0, {"exec": True}, None]),
+    "empty dirs key": lambda body, raw: _pack(body | {"dirs": []}),
+    "dirs before pages": lambda body, raw: _pack(
+        {k: v for k, v in body.items() if k != "pages"} | {"dirs": ["x"], "pages": []}
+    ),
+    "unsorted dirs": lambda body, raw: _pack(body | {"dirs": ["y", "x"]}),
+    "dir holding a file": lambda body, raw: _pack(body | {"dirs": ["docs"]}),
+    "dir equal to a file": lambda body, raw: _pack(body | {"dirs": ["empty"]}),
+    "dir under a file": lambda body, raw: _pack(body | {"dirs": ["empty/x"]}),
+    "dir holding a dir": lambda body, raw: _pack(body | {"dirs": ["x", "x/y"]}),
+    "unsafe dir": lambda body, raw: _pack(body | {"dirs": ["../x"]}),
+    "dir as bytes": lambda body, raw: _pack(body | {"dirs": [b"x"]}),
 }
 
 
@@ -232,7 +262,18 @@ def test_arbitrary_bytes_give_a_typed_error(data: bytes) -> None:
 
 @given(
     st.sampled_from(
-        ["v", "kind", "name", "publisher", "created", "chunk_size", "entries", "hashes", "pages"]
+        [
+            "v",
+            "kind",
+            "name",
+            "publisher",
+            "created",
+            "chunk_size",
+            "entries",
+            "hashes",
+            "pages",
+            "dirs",
+        ]
     ),
     msgpack_values,
 )
@@ -263,3 +304,20 @@ def test_random_entries_give_a_typed_error_or_a_canonical_manifest(
 def test_random_structures_give_a_typed_error(value: object) -> None:
     with pytest.raises(RemoteProtocolError):
         decode_manifest(_pack(value))
+
+
+@given(
+    st.dictionaries(st.sampled_from(["exec", "mode", "x"]), msgpack_values, max_size=3)
+    | msgpack_values
+)
+def test_random_entry_attributes_decode_only_as_the_exec_flag(
+    make_share: MakeShare, attributes: object
+) -> None:
+    body = _one_entry(_body(make_share(FILES)), ["a", 0, attributes])
+    try:
+        manifest = decode_manifest(body)
+    except RemoteProtocolError:
+        return
+    assert attributes == {"exec": True}
+    assert manifest.entries[0].executable
+    assert encode_manifest(manifest) == body
