@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -207,7 +208,9 @@ def run(
         "args": list(args),
         "limits": limits,
         "replicas": replicas,
-        "dest": str(output.absolute()),
+        # Normalised ("-o .." names the parent directory); resolve() would follow a
+        # link named by -o, and --force must replace the link, not its target.
+        "dest": os.path.abspath(output),  # noqa: PTH100
         "force": force,
     }
     progress = _JobProgress(enabled=not (no_progress or as_json))

@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -45,6 +46,14 @@ from p2pshare.proto.job import (
 )
 from p2pshare.proto.offer import COMPUTE_KEY
 from p2pshare.proto.ticket import parse_content_ref
+from p2pshare.transfer.destination import (
+    DestinationExistsError,
+    NoSpaceError,
+    check_destination,
+    place,
+    staging_path,
+    write_file,
+)
 from p2pshare.transfer.downloader import Source
 
 if TYPE_CHECKING:
@@ -327,31 +336,41 @@ class ComputeApi:
         return doc
 
     async def _fetch_output(self, replica: Replica, digest: bytes, request: _RunRequest) -> bool:
-        """Fetch a replica's stored stdout to the destination; False if it does not match."""
+        """Fetch a replica's stored stdout to the destination; False if it does not match.
+
+        The output is staged under a fresh hidden name next to the destination and put
+        in place by the rules of ``-o`` (transfer/destination.py); whatever fails, the
+        staged file is removed.  A destination refused, or a disk too small, is the
+        user's to fix, not the replica's fault: that error ends the run.
+        """
         receipt = replica.receipt
         assert receipt is not None
         if replica.stdout is not None:
             # Sent with the receipt and checked against its digest when decoded.
-            await trio.to_thread.run_sync(_write_new, request.dest, replica.stdout)
+            write = partial(write_file, request.dest, replica.stdout, force=request.force)
+            await trio.to_thread.run_sync(write)
             return True
         if receipt.output is None:
             return False
-        partial = request.dest.with_name(f".{request.dest.name}.{replica.peer_id[-8:]}.job")
+        staged = staging_path(request.dest)
         try:
             await self.transfer.fetch(
-                receipt.output, partial, hints=[Source(replica.peer_id)], max_bytes=None
+                receipt.output, staged, hints=[Source(replica.peer_id)], max_bytes=None
             )
-            data_digest = await trio.to_thread.run_sync(_file_digest, partial)
+            data_digest = await trio.to_thread.run_sync(_file_digest, staged)
             if data_digest != digest:
                 log.warning("%s stored an output that differs from its receipt", replica.peer_id)
                 return False
-            await trio.to_thread.run_sync(partial.replace, request.dest)
+            move = partial(place, staged, request.dest, force=request.force)
+            await trio.to_thread.run_sync(move)
             return True
+        except (DestinationExistsError, NoSpaceError):
+            raise
         except (UserError, RemoteError) as exc:
             log.info("output of %s could not be fetched: %s", replica.peer_id, exc)
             return False
         finally:
-            partial.unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)
 
     def handlers(self) -> dict[str, Handler]:
         return {"compute_offer": self.offer, "compute_peers": self.peers, "compute_run": self.run}
@@ -413,14 +432,15 @@ class _RunRequest:
     limits: JobLimits
     replicas: int
     dest: Path
+    force: bool
 
     @classmethod
     def parse(cls, params: dict[str, Any]) -> _RunRequest:
         module, dest = _abs_path(params, "module"), _abs_path(params, "dest")
-        if dest.exists() and not params.get("force"):
-            raise UserError(f"{dest} exists; choose another -o or pass --force to replace it")
-        if not dest.parent.is_dir():
-            raise UserError(f"the directory of {dest} does not exist")
+        force = params.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidParamsError("parameter 'force' must be true or false")
+        check_destination(dest, force=force)
         stdin = params.get("stdin")
         if stdin is not None and not isinstance(stdin, str):
             raise InvalidParamsError("parameter 'stdin' must be a path or a content ID")
@@ -441,6 +461,7 @@ class _RunRequest:
             limits=_limits(params.get("limits") or {}),
             replicas=int(_number(params, "replicas", 1, 1, MAX_REPLICAS)),
             dest=dest,
+            force=force,
         )
 
 
@@ -489,12 +510,6 @@ def _prepare_file(store: ShareStore, path: Path) -> PreparedShare:
     if not path.is_file():
         raise UserError(f"{path} is not a regular file; jobs take single files")
     return store.prepare(path)
-
-
-def _write_new(dest: Path, data: bytes) -> None:
-    partial = dest.with_name(f".{dest.name}.job")
-    partial.write_bytes(data)
-    partial.replace(dest)
 
 
 def _file_digest(path: Path) -> bytes:

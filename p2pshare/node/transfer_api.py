@@ -13,7 +13,7 @@ import trio
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
 from p2pshare.net.datachannel import DataChannelOpenError, open_data_channel
 from p2pshare.net.peers import open_stream
-from p2pshare.node.downloads import ACTIVE, DownloadManager
+from p2pshare.node.downloads import ACTIVE, DownloadManager, remove_partial
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.job import JobRejectedError, RejectCode
 from p2pshare.proto.ticket import parse_content_ref
@@ -159,7 +159,8 @@ class TransferApi:
 
         Unlike ``get`` it is not listed, resumed or shared afterwards, and content larger
         than ``max_bytes`` is refused (JobRejectedError, code ``oversize``) as soon as
-        its manifest says so.
+        its manifest says so.  Since it is never resumed, an attempt that fails removes
+        the partial it made.
         """
         me = self.host.get_id().to_base58()
         key = str(cid)
@@ -198,7 +199,12 @@ class TransferApi:
                 hints=hinted,
                 progress=check_size,
             )
-            return await download.run()
+            try:
+                return await download.run()
+            except BaseException:
+                if download.output is not None:
+                    remove_partial(dest)
+                raise
 
         if hinted:
             # The peer that asked usually holds the content: skip the DHT lookup then.

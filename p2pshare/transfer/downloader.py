@@ -40,7 +40,8 @@ from p2pshare.proto.pages import HashPage, page_for_chunk
 from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest
 from p2pshare.proto.transfer import MAX_CHUNKS_PER_REQUEST, UnknownContentError
 from p2pshare.store.catalog import DownloadRow
-from p2pshare.transfer.output import PartialOutput, check_destination
+from p2pshare.transfer.destination import NoSpaceError, check_destination, free_bytes
+from p2pshare.transfer.output import PartialOutput
 from p2pshare.transfer.peer import PeerLink
 from p2pshare.transfer.picker import Picker
 
@@ -148,6 +149,10 @@ class DownloadReport:
         }
 
 
+def _mb(size: int) -> str:
+    return f"{size} bytes" if size < 1_000_000 else f"{size / 1e6:.1f} MB"
+
+
 class NoProvidersError(UserError):
     """Nobody could be found, or reached, who holds the content."""
 
@@ -224,9 +229,11 @@ class Download:
         progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
         pipeline: int = PIPELINE,
         announce: Callable[[], None] | None = None,
+        free_space: Callable[[Path], int] = free_bytes,
     ) -> None:
         """``announce`` is called once, when the first verified chunks are on disk and
-        served to other peers (``get`` announces the content in the DHT then)."""
+        served to other peers (``get`` announces the content in the DHT then).
+        ``free_space`` tells the bytes free in a directory (tests fake a small disk)."""
         self.cid = cid
         self.dest = dest
         self._force = force
@@ -239,6 +246,7 @@ class Download:
         self._pipeline = pipeline
         self._announce = announce
         self._announced = False
+        self._free_space = free_space
         self.signed: SignedManifest | None = None
         self.pages: dict[int, HashPage] = {}
         self.output: PartialOutput | None = None
@@ -458,14 +466,19 @@ class Download:
         row = self._catalog.download(str(self.cid))
         resume = (
             row is not None
+            and row.state == "running"
             and row.destination == str(self.dest)
             and row.signed_manifest == signed.data
         )
-        self.output = PartialOutput(self.dest, manifest)
-        reused = self.output.open(resume=resume)
         verified = Bitfield(total)
-        if reused and row is not None:
+        if resume and row is not None:
             verified = Bitfield.from_bytes(row.verified, total)
+        self._check_space(signed, verified)
+        output = PartialOutput(self.dest, manifest)
+        if not output.open(resume=resume):
+            verified = Bitfield(total)
+        # Set once the partial is this download's: a caller removes it on failure then.
+        self.output = output
         self.durable = verified.copy()
         self.report.size = manifest.total_size
         self.report.files = len(manifest.entries)
@@ -478,6 +491,21 @@ class Download:
             min(STORE_QUEUE_CHUNKS, max(1, STORE_QUEUE_BYTES // manifest.chunk_size))
         )
         self._save_row("running")
+
+    def _check_space(self, signed: SignedManifest, verified: Bitfield) -> None:
+        """Refuse, before writing, content the destination's disk cannot hold: the
+        chunks verified before (a resume) are on disk already.  Nothing is written or
+        recorded, so the same get resumes as before once there is room."""
+        manifest = signed.manifest
+        have = sum(manifest.locate_chunk(i).length for i in verified.iter_set())
+        needed = manifest.total_size - have
+        free = self._free_space(self.dest.parent)
+        if needed > free:
+            raise NoSpaceError(
+                f"not enough free space for {self.cid} in {self.dest.parent}: it needs "
+                f"{_mb(needed)} more and {_mb(free)} are free; free some space or choose "
+                "another -o, then run the same command again"
+            )
 
     # -- moving chunks
 
