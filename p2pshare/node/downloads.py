@@ -31,7 +31,7 @@ from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.signed_manifest import decode_signed_manifest
 from p2pshare.transfer.destination import check_destination
-from p2pshare.transfer.downloader import NoProvidersError
+from p2pshare.transfer.failures import NoProvidersError
 from p2pshare.transfer.output import partial_path
 
 if TYPE_CHECKING:

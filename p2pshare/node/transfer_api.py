@@ -19,13 +19,8 @@ from p2pshare.proto.job import JobRejectedError, RejectCode
 from p2pshare.proto.ticket import parse_content_ref
 from p2pshare.proto.transfer import PROTOCOL_ID
 from p2pshare.store.catalog import DownloadRequest
-from p2pshare.transfer.downloader import (
-    Download,
-    DownloadReport,
-    MemoryRecords,
-    NoProvidersError,
-    Source,
-)
+from p2pshare.transfer.downloader import Download, DownloadReport, MemoryRecords, Source
+from p2pshare.transfer.failures import NoProvidersError
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
 if TYPE_CHECKING:

@@ -38,9 +38,15 @@ from p2pshare.proto.chunks import hash_chunk
 from p2pshare.proto.manifest import expected_chunk_hash, verify_page
 from p2pshare.proto.pages import HashPage, page_for_chunk
 from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest
-from p2pshare.proto.transfer import MAX_CHUNKS_PER_REQUEST, UnknownContentError
+from p2pshare.proto.transfer import (
+    MAX_CHUNKS_PER_REQUEST,
+    NotAvailableError,
+    UnknownContentError,
+)
 from p2pshare.store.catalog import DownloadRow
+from p2pshare.transfer import failures
 from p2pshare.transfer.destination import NoSpaceError, check_destination, free_bytes
+from p2pshare.transfer.failures import NoProvidersError
 from p2pshare.transfer.output import PartialOutput
 from p2pshare.transfer.peer import PeerLink
 from p2pshare.transfer.picker import Picker
@@ -151,10 +157,6 @@ class DownloadReport:
 
 def _mb(size: int) -> str:
     return f"{size} bytes" if size < 1_000_000 else f"{size / 1e6:.1f} MB"
-
-
-class NoProvidersError(UserError):
-    """Nobody could be found, or reached, who holds the content."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,8 @@ class Download:
         self._looked_up = False
         # Providers asked for the manifest that did not send it: not asked again.
         self._no_manifest: set[str] = set()
+        # Why each provider could not help, last reason first (a failures.* phrase).
+        self._why: dict[str, str] = {}
         # Sized in _prepare, once the chunk size is known.
         self._arrivals_in, self._arrivals_out = trio.open_memory_channel[_Arrival](0)
         # Chunks handed to the storing task and not yet stored (checked or refused).
@@ -334,6 +338,8 @@ class Download:
         self._looked_up = True
         for peer in (*self._given_up, *self.report.banned, *self._no_manifest):
             sources.pop(peer, None)
+        if not sources and self._why:
+            raise failures.no_manifest(self.cid, self._why)
         if not sources:
             raise NoProvidersError(
                 f"no providers found for {self.cid}; check that a provider is running "
@@ -367,6 +373,7 @@ class Download:
                 log.info("provider %s unreachable (try %d): %s", source.peer_id, attempt, exc)
                 await trio.sleep(0.2)
         if stream is None:
+            self._why[source.peer_id] = failures.UNREACHABLE
             return None
         link = PeerLink(stream, source.peer_id, max_chunk_size=1 << 24)
         try:
@@ -390,9 +397,15 @@ class Download:
         except trio.BrokenResourceError:
             log.info("stream to %s broke", link.peer_id)
 
-    def _drop(self, peer: str, reason: str, *, ban: bool = False, refused: bool = False) -> None:
+    def _drop(
+        self, peer: str, reason: str, why: str, *, ban: bool = False, refused: bool = False
+    ) -> None:
         """Stop using ``peer``'s link; a banned peer, or one that refused the content, is
-        never asked again, any other may be dialed again (see ``_keep_peer``)."""
+        never asked again, any other may be dialed again (see ``_keep_peer``).  ``reason``
+        goes to the log, ``why`` (a failures.* phrase) into the error the download may
+        end with."""
+        if self._why.get(peer) not in (failures.FORGED, failures.BAD_CHUNK):
+            self._why[peer] = why
         # A bad chunk may be found after its sender was dropped for another reason.
         if ban and peer not in self.report.banned:
             self.report.banned.append(peer)
@@ -430,18 +443,18 @@ class Download:
                     data = await link.manifest(self.cid)
                 self.signed = decode_signed_manifest(data, self.cid)
             except IntegrityError as exc:
-                self._drop(peer, f"sent a forged manifest: {exc}", ban=True)
+                self._drop(peer, f"sent a forged manifest: {exc}", failures.FORGED, ban=True)
             except UnknownContentError as exc:
-                self._drop(peer, f"does not hold it: {exc}", refused=True)
+                self._drop(peer, f"does not hold it: {exc}", failures.UNSHARED, refused=True)
             except (RemoteError, trio.TooSlowError) as exc:
-                self._drop(peer, f"no manifest: {exc}")
+                self._drop(peer, f"no manifest: {exc}", failures.NO_MANIFEST)
             else:
                 return self.signed
         if not self._looked_up:
             # Only hinted providers were asked, and none sent it: look for others.
             await self._look_up_and_dial()
             return await self._fetch_manifest()
-        raise NoProvidersError(f"no provider sent a valid manifest for {self.cid}")
+        raise failures.no_manifest(self.cid, self._why)
 
     async def _fetch_pages(self) -> None:
         assert self.signed is not None
@@ -456,9 +469,9 @@ class Download:
                         data = await link.page(self.cid, page_index)
                     self.pages[page_index] = verify_page(manifest, page_index, data)
                 except IntegrityError as exc:
-                    self._drop(peer, f"sent a forged hash page: {exc}", ban=True)
+                    self._drop(peer, f"sent a forged hash page: {exc}", failures.FORGED, ban=True)
                 except (RemoteError, trio.TooSlowError) as exc:
-                    self._drop(peer, f"no hash page: {exc}")
+                    self._drop(peer, f"no hash page: {exc}", failures.NO_MANIFEST)
 
     def _prepare(self, signed: SignedManifest) -> None:
         manifest = signed.manifest
@@ -541,10 +554,21 @@ class Download:
             workers.cancel_scope.cancel()
         if not picker.done:
             missing = self.report.chunks - picker.verified.count()
-            raise NoProvidersError(
-                f"download of {self.cid} stopped with {missing} chunks missing: no provider "
-                "left could send them; run the same get again to resume"
-            )
+            raise failures.stalled(self.cid, missing, self._stall_reasons())
+
+    def _stall_reasons(self) -> dict[str, str]:
+        """Why each provider seen could not send the missing chunks."""
+        assert self._picker is not None
+        reasons = {}
+        for peer in self._sources:
+            why = self._why.get(peer)
+            have = self._picker.have(peer)
+            if peer in self._active and have is not None:
+                # Linked to the end: the last thing it said was its chunk list.
+                why = why if why == failures.STALE else failures.HOLDS_NONE
+            if why is not None:
+                reasons[peer] = why
+        return reasons
 
     def _hopeful(self) -> bool:
         """Whether a provider may still send a missing chunk: one being dialed, waiting to
@@ -579,7 +603,7 @@ class Download:
                 if link is not None:
                     if peer in self.report.banned:
                         # Its last stream's bad chunk was found while this one opened.
-                        self._drop(peer, "banned for a bad chunk", ban=True)
+                        self._drop(peer, "banned for a bad chunk", failures.BAD_CHUNK, ban=True)
                         return
                     served = self.report.chunks_from.get(peer, 0)
                     await self._serve_peer(peer, link)
@@ -646,10 +670,13 @@ class Download:
             with trio.fail_after(REQUEST_TIMEOUT):
                 have = await link.have(self.cid, self.signed.manifest.total_chunks)
         except UnknownContentError as exc:
-            self._drop(peer, f"does not hold it: {exc}", refused=True)
+            self._drop(peer, f"does not hold it: {exc}", failures.UNSHARED, refused=True)
+            return
+        except NotAvailableError as exc:
+            self._drop(peer, f"cannot serve it: {exc}", failures.STALE, refused=True)
             return
         except (RemoteError, trio.TooSlowError) as exc:
-            self._drop(peer, f"no chunk list: {exc}")
+            self._drop(peer, f"no chunk list: {exc}", failures.GONE)
             return
         self._picker.add_peer(peer, have)
         if peer not in self.report.peers:
@@ -682,7 +709,7 @@ class Download:
             except (RemoteError, trio.TooSlowError) as exc:
                 # A partial provider that finished or stopped says so here: dialed again,
                 # it may serve the whole share.
-                self._drop(peer, f"no chunk list: {exc}")
+                self._drop(peer, f"no chunk list: {exc}", failures.GONE)
                 return
             picker.update_have(peer, have)
             self._notify()
@@ -697,8 +724,13 @@ class Download:
                 continue
             try:
                 await self._fetch_run(peer, link, run)
+            except NotAvailableError as exc:
+                have = picker.have(peer)
+                # A seeder's copy changed on disk; a partial provider lacks them still.
+                why = failures.STALE if have is not None and have.complete else failures.NOT_YET
+                self._drop(peer, f"{type(exc).__name__}: {exc}", why)
             except (RemoteError, trio.TooSlowError) as exc:
-                self._drop(peer, f"{type(exc).__name__}: {exc}")
+                self._drop(peer, f"{type(exc).__name__}: {exc}", failures.GONE)
         scope.cancel()
 
     async def _fetch_run(self, peer: str, link: PeerLink, run: range) -> None:
@@ -771,7 +803,12 @@ class Download:
         good = await trio.to_thread.run_sync(_check_and_write, self.output, fresh)
         for arrival, ok in zip(fresh, good, strict=True):
             if not ok:
-                self._drop(arrival.peer, "sent a chunk that fails verification", ban=True)
+                self._drop(
+                    arrival.peer,
+                    "sent a chunk that fails verification",
+                    failures.BAD_CHUNK,
+                    ban=True,
+                )
                 continue
             new, _others = picker.received(arrival.peer, arrival.index)
             if new:

@@ -26,7 +26,7 @@ from p2pshare.proto.chunks import MIN_CHUNK_SIZE
 from p2pshare.store.catalog import MIGRATIONS, Catalog, DownloadRequest, DownloadRow
 from p2pshare.store.shares import ShareStore
 from p2pshare.transfer.destination import DestinationExistsError
-from p2pshare.transfer.downloader import NoProvidersError
+from p2pshare.transfer.failures import NoProvidersError
 from p2pshare.transfer.output import partial_path
 
 if TYPE_CHECKING:
