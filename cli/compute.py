@@ -162,7 +162,9 @@ class _JobProgress:
 @click.option(
     "-o", "--output", required=True, type=click.Path(path_type=Path), help="Where stdout goes."
 )
-@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option(
+    "--force", is_flag=True, help="Replace an existing file or link at -o (never a directory)."
+)
 @click.option("--no-progress", is_flag=True, help="Do not show the workers' progress.")
 @json_option
 @click.pass_context

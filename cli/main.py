@@ -321,7 +321,9 @@ def gc(ctx: click.Context, as_json: bool) -> None:
     type=click.Path(path_type=Path),
     help="Where to put the file or directory.",
 )
-@click.option("--force", is_flag=True, help="Replace an existing destination.")
+@click.option(
+    "--force", is_flag=True, help="Replace an existing file or link at -o (never a directory)."
+)
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @json_option
 @click.pass_context

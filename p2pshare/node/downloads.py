@@ -377,7 +377,11 @@ class DownloadManager:
             raise UnknownDownloadError(
                 f"there is no unfinished download of {cid}; p2pshare downloads lists them"
             )
-        removed = await trio.to_thread.run_sync(remove_partial, Path(request.destination))
+        # Only a partial this node's record says it wrote: something else found at that
+        # name (a download refused it as in the way) is not ours to delete.
+        removed = self._progress_row(request) is not None and await trio.to_thread.run_sync(
+            remove_partial, Path(request.destination)
+        )
         self._catalog.forget_download(cid)
         log.info("download of %s to %s cancelled", cid, request.destination)
         return {"cid": cid, "destination": request.destination, "removed_partial": removed}

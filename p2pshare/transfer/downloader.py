@@ -483,13 +483,16 @@ class Download:
             and row.destination == str(self.dest)
             and row.signed_manifest == signed.data
         )
+        output = PartialOutput(self.dest, manifest)
+        reuse = resume and output.reusable()
         verified = Bitfield(total)
-        if resume and row is not None:
+        if reuse and row is not None:
             verified = Bitfield.from_bytes(row.verified, total)
         self._check_space(signed, verified)
-        output = PartialOutput(self.dest, manifest)
-        if not output.open(resume=resume):
-            verified = Bitfield(total)
+        if resume and not reuse:
+            # The record must never describe a partial made after it: reset it first.
+            self._save_row("running", verified)
+        output.open(resume=reuse)
         # Set once the partial is this download's: a caller removes it on failure then.
         self.output = output
         self.durable = verified.copy()
@@ -595,7 +598,7 @@ class Download:
         ``REATTACH_DELAYS``) when its stream breaks, stalls or it fails a request."""
         assert self._picker is not None
         peer = source.peer_id
-        failures = 0
+        in_a_row = 0
         try:
             while True:
                 if link is None:
@@ -609,16 +612,16 @@ class Download:
                     await self._serve_peer(peer, link)
                     link = None
                     if self.report.chunks_from.get(peer, 0) > served:
-                        failures = 0
+                        in_a_row = 0
                 if self._picker.done or peer in self.report.banned or peer in self._given_up:
                     return
-                if failures == len(REATTACH_DELAYS):
-                    log.info("giving up on provider %s: %d failures in a row", peer, failures)
+                if in_a_row == len(REATTACH_DELAYS):
+                    log.info("giving up on provider %s: %d failures in a row", peer, in_a_row)
                     self._given_up.add(peer)
                     return
-                await trio.sleep(REATTACH_DELAYS[failures])
-                failures += 1
-                log.info("dialing provider %s again (%d)", peer, failures)
+                await trio.sleep(REATTACH_DELAYS[in_a_row])
+                in_a_row += 1
+                log.info("dialing provider %s again (%d)", peer, in_a_row)
         finally:
             self._active.discard(peer)
             self._notify()

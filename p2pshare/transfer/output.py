@@ -70,7 +70,7 @@ class PartialOutput:
     def open(self, *, resume: bool) -> bool:
         """Create the partial, or reopen it when ``resume`` (the caller's record says this
         download wrote it); return whether it was reused."""
-        if resume and self._layout_ok():
+        if resume and self.reusable():
             return True
         try:
             if self.manifest.kind is ShareKind.DIRECTORY:
@@ -86,7 +86,8 @@ class PartialOutput:
             raise _disk_error(self.path, exc) from None
         return False
 
-    def _layout_ok(self) -> bool:
+    def reusable(self) -> bool:
+        """Whether a partial of the right shape is there to resume."""
         try:
             st = self.path.lstat()
         except FileNotFoundError:

@@ -24,7 +24,7 @@ from p2pshare.store.catalog import Catalog
 from p2pshare.store.shares import ShareStore
 from p2pshare.transfer.destination import NoSpaceError
 from p2pshare.transfer.downloader import Download, DownloadReport, Source
-from p2pshare.transfer.output import partial_path
+from p2pshare.transfer.output import PartialOutput, partial_path
 from p2pshare.transfer.source import LocalContent
 from p2pshare.transfer.uploader import serve_transfer
 
@@ -195,6 +195,40 @@ async def test_a_resume_needs_room_only_for_the_chunks_still_missing(
             report = await download(tmp_path, store, catalog, cid, lambda _d: missing)
         assert report.resumed_chunks == verified
         assert (tmp_path / "out" / "file.bin").read_bytes() == data
+    finally:
+        seed_catalog.close()
+        catalog.close()
+
+
+async def test_a_record_never_claims_chunks_of_a_partial_made_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The partial was deleted; the new one is made only once the record says 0 chunks,
+    so a crash in between cannot leave a record claiming chunks an empty file lacks."""
+    seed_catalog, catalog = Catalog(tmp_path / "seed.sqlite"), Catalog(tmp_path / "g.sqlite")
+    store = ShareStore(seed_catalog, tmp_path / "content", NodeKey.generate(), CHUNK)
+    (tmp_path / "file.bin").write_bytes(os.urandom(20 * CHUNK))
+    cid = ContentId.parse(store.commit(store.prepare(tmp_path / "file.bin")).cid)
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(os, "pwrite", Disk(free=5 * CHUNK).pwrite)
+    try:
+        with trio.fail_after(30):
+            with pytest.raises(BaseException):  # noqa: B017, PT011 - the disk filled up
+                await download(tmp_path, store, catalog, cid)
+            row = catalog.download(str(cid))
+            assert row is not None
+            assert any(row.verified)
+            partial_path(tmp_path / "out" / "file.bin").unlink()
+
+            def crash(_self: PartialOutput, *, resume: bool) -> bool:
+                raise OSError(errno.EIO, f"crashed (resume={resume})")
+
+            monkeypatch.setattr(PartialOutput, "open", crash)
+            with pytest.raises(BaseException):  # noqa: B017, PT011 - the crash above
+                await download(tmp_path, store, catalog, cid)
+        row = catalog.download(str(cid))
+        assert row is not None
+        assert not any(row.verified)
     finally:
         seed_catalog.close()
         catalog.close()

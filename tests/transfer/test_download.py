@@ -34,9 +34,9 @@ from p2pshare.transfer.downloader import (
     LOOKUP_INTERVAL,
     REATTACH_DELAYS,
     Download,
-    NoProvidersError,
     Source,
 )
+from p2pshare.transfer.failures import NoProvidersError
 from p2pshare.transfer.output import PartialOutput, partial_path
 from p2pshare.transfer.source import LocalContent
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
