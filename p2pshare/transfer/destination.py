@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from p2pshare.errors import UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 
@@ -179,6 +180,25 @@ def write_file(dest: Path, data: bytes, *, force: bool) -> None:
 def staging_path(dest: Path) -> Path:
     """A fresh hidden name next to ``dest`` (same file system, so the rename is atomic)."""
     return dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.job")
+
+
+def check_space(what: object, dest: Path, needed: int, free_space: Callable[[Path], int]) -> None:
+    """Refuse to start writing ``needed`` bytes next to ``dest`` where they cannot fit.
+
+    Nothing is written or recorded before this, so the same command resumes as
+    before once there is room.
+    """
+    free = free_space(dest.parent)
+    if needed > free:
+        raise NoSpaceError(
+            f"not enough free space for {what} in {dest.parent}: it needs {_size(needed)} "
+            f"more and {_size(free)} are free; free some space or choose another -o, then "
+            "run the same command again"
+        )
+
+
+def _size(size: int) -> str:
+    return f"{size} bytes" if size < 1_000_000 else f"{size / 1e6:.1f} MB"
 
 
 def free_bytes(directory: Path) -> int:

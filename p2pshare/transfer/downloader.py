@@ -45,7 +45,7 @@ from p2pshare.proto.transfer import (
 )
 from p2pshare.store.catalog import DownloadRow
 from p2pshare.transfer import failures
-from p2pshare.transfer.destination import NoSpaceError, check_destination, free_bytes
+from p2pshare.transfer.destination import check_destination, check_space, free_bytes
 from p2pshare.transfer.failures import NoProvidersError
 from p2pshare.transfer.output import PartialOutput
 from p2pshare.transfer.peer import PeerLink
@@ -153,10 +153,6 @@ class DownloadReport:
             "banned": self.banned,
             "chunks_from": self.chunks_from,
         }
-
-
-def _mb(size: int) -> str:
-    return f"{size} bytes" if size < 1_000_000 else f"{size / 1e6:.1f} MB"
 
 
 @dataclass(frozen=True)
@@ -509,19 +505,11 @@ class Download:
         self._save_row("running")
 
     def _check_space(self, signed: SignedManifest, verified: Bitfield) -> None:
-        """Refuse, before writing, content the destination's disk cannot hold: the
-        chunks verified before (a resume) are on disk already.  Nothing is written or
-        recorded, so the same get resumes as before once there is room."""
+        """Refuse, before writing, content the disk cannot hold; the chunks verified
+        before (a resume) are on disk already."""
         manifest = signed.manifest
         have = sum(manifest.locate_chunk(i).length for i in verified.iter_set())
-        needed = manifest.total_size - have
-        free = self._free_space(self.dest.parent)
-        if needed > free:
-            raise NoSpaceError(
-                f"not enough free space for {self.cid} in {self.dest.parent}: it needs "
-                f"{_mb(needed)} more and {_mb(free)} are free; free some space or choose "
-                "another -o, then run the same command again"
-            )
+        check_space(self.cid, self.dest, manifest.total_size - have, self._free_space)
 
     # -- moving chunks
 
