@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,7 +162,9 @@ class _JobProgress:
 @click.option(
     "-o", "--output", required=True, type=click.Path(path_type=Path), help="Where stdout goes."
 )
-@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option(
+    "--force", is_flag=True, help="Replace an existing file or link at -o (never a directory)."
+)
 @click.option("--no-progress", is_flag=True, help="Do not show the workers' progress.")
 @json_option
 @click.pass_context
@@ -208,7 +211,9 @@ def run(
         "args": list(args),
         "limits": limits,
         "replicas": replicas,
-        "dest": str(output.absolute()),
+        # Normalised ("-o .." names the parent directory); resolve() would follow a
+        # link named by -o, and --force must replace the link, not its target.
+        "dest": os.path.abspath(output),  # noqa: PTH100
         "force": force,
         # The daemon writes the output, but with the mode this user's umask gives.
         "umask": read_umask(),

@@ -7,6 +7,7 @@ command imports what it needs inside its function.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -320,7 +321,9 @@ def gc(ctx: click.Context, as_json: bool) -> None:
     type=click.Path(path_type=Path),
     help="Where to put the file or directory.",
 )
-@click.option("--force", is_flag=True, help="Replace an existing destination.")
+@click.option(
+    "--force", is_flag=True, help="Replace an existing file or link at -o (never a directory)."
+)
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @json_option
 @click.pass_context
@@ -334,23 +337,31 @@ def get(
     to resume it; `p2pshare downloads` lists unfinished downloads.
     """
     from p2pshare.control.client import ControlClient  # noqa: PLC0415
+    from p2pshare.errors import ControlCallError  # noqa: PLC0415
     from p2pshare.modes import read_umask  # noqa: PLC0415
 
     from .progress import ByteProgress  # noqa: PLC0415
 
-    # The daemon creates the files, but with the modes this user's umask gives.
-    params = {
-        "ref": ref,
-        "dest": str(output.absolute()),
-        "force": force,
-        "umask": read_umask(),
-    }
+    # Normalised ("-o .." names the parent directory); resolve() would follow a link
+    # named by -o, and --force must replace the link, not its target.  The daemon
+    # creates the files, but with the modes this user's umask gives.
+    dest = os.path.abspath(output)  # noqa: PTH100
+    params = {"ref": ref, "dest": dest, "force": force, "umask": read_umask()}
     try:
         with (
             ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,
             ByteProgress("downloading", enabled=not (no_progress or as_json), min_bytes=0) as bar,
         ):
             result = client.call("get", params, on_event=bar.on_event)
+    except ControlCallError as exc:
+        # The daemon answers every get it keeps running; a connection closed without
+        # an answer means it stopped (or crashed) and kept the download for its restart.
+        if exc.code == "closed":
+            raise UserError(
+                "the daemon stopped before the download finished; it resumes when the "
+                "daemon starts again (p2pshare daemon), and the same get then follows it"
+            ) from None
+        raise
     except KeyboardInterrupt:
         click.echo(
             "interrupted: the download is paused; run the same command to resume it, "

@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -46,6 +47,14 @@ from p2pshare.proto.job import (
 )
 from p2pshare.proto.offer import COMPUTE_KEY
 from p2pshare.proto.ticket import parse_content_ref
+from p2pshare.transfer.destination import (
+    DestinationExistsError,
+    NoSpaceError,
+    check_destination,
+    place,
+    staging_path,
+    write_file,
+)
 from p2pshare.transfer.downloader import Source
 
 if TYPE_CHECKING:
@@ -328,31 +337,48 @@ class ComputeApi:
         return doc
 
     async def _fetch_output(self, replica: Replica, digest: bytes, request: _RunRequest) -> bool:
-        """Fetch a replica's stored stdout to the destination; False if it does not match."""
+        """Fetch a replica's stored stdout to the destination; False if it does not match.
+
+        The output is staged under a fresh hidden name next to the destination and put
+        in place by the rules of ``-o`` (transfer/destination.py); whatever fails, the
+        staged file is removed.  A destination refused, or a disk too small, is the
+        user's to fix, not the replica's fault: that error ends the run.
+        """
         receipt = replica.receipt
         assert receipt is not None
         if replica.stdout is not None:
             # Sent with the receipt and checked against its digest when decoded.
-            await trio.to_thread.run_sync(_write_new, request.dest, replica.stdout, request.umask)
+            write = partial(
+                write_file,
+                request.dest,
+                replica.stdout,
+                force=request.force,
+                mode=file_mode(request.umask),
+            )
+            await trio.to_thread.run_sync(write)
             return True
         if receipt.output is None:
             return False
-        partial = request.dest.with_name(f".{request.dest.name}.{replica.peer_id[-8:]}.job")
+        staged = staging_path(request.dest)
         try:
             await self.transfer.fetch(
-                receipt.output, partial, hints=[Source(replica.peer_id)], max_bytes=None
+                receipt.output, staged, hints=[Source(replica.peer_id)], max_bytes=None
             )
-            data_digest = await trio.to_thread.run_sync(_file_digest, partial)
+            data_digest = await trio.to_thread.run_sync(_file_digest, staged)
             if data_digest != digest:
                 log.warning("%s stored an output that differs from its receipt", replica.peer_id)
                 return False
-            await trio.to_thread.run_sync(_place, partial, request.dest, request.umask)
+            await trio.to_thread.run_sync(staged.chmod, file_mode(request.umask))
+            move = partial(place, staged, request.dest, force=request.force)
+            await trio.to_thread.run_sync(move)
             return True
+        except (DestinationExistsError, NoSpaceError):
+            raise
         except (UserError, RemoteError) as exc:
             log.info("output of %s could not be fetched: %s", replica.peer_id, exc)
             return False
         finally:
-            partial.unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)
 
     def handlers(self) -> dict[str, Handler]:
         return {"compute_offer": self.offer, "compute_peers": self.peers, "compute_run": self.run}
@@ -416,14 +442,15 @@ class _RunRequest:
     dest: Path
     # The requesting user's: the output gets 0666 & ~umask, whatever the worker sent.
     umask: int
+    force: bool
 
     @classmethod
     def parse(cls, params: dict[str, Any], default_umask: int) -> _RunRequest:
         module, dest = _abs_path(params, "module"), _abs_path(params, "dest")
-        if dest.exists() and not params.get("force"):
-            raise UserError(f"{dest} exists; choose another -o or pass --force to replace it")
-        if not dest.parent.is_dir():
-            raise UserError(f"the directory of {dest} does not exist")
+        force = params.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidParamsError("parameter 'force' must be true or false")
+        check_destination(dest, force=force)
         stdin = params.get("stdin")
         if stdin is not None and not isinstance(stdin, str):
             raise InvalidParamsError("parameter 'stdin' must be a path or a content ID")
@@ -445,6 +472,7 @@ class _RunRequest:
             replicas=int(_number(params, "replicas", 1, 1, MAX_REPLICAS)),
             dest=dest,
             umask=umask_param(params, default_umask),
+            force=force,
         )
 
 
@@ -493,18 +521,6 @@ def _prepare_file(store: ShareStore, path: Path) -> PreparedShare:
     if not path.is_file():
         raise UserError(f"{path} is not a regular file; jobs take single files")
     return store.prepare(path)
-
-
-def _write_new(dest: Path, data: bytes, umask: int) -> None:
-    partial = dest.with_name(f".{dest.name}.job")
-    partial.write_bytes(data)
-    _place(partial, dest, umask)
-
-
-def _place(partial: Path, dest: Path, umask: int) -> None:
-    """Give a finished output the user's mode, then move it into place."""
-    partial.chmod(file_mode(umask))
-    partial.replace(dest)
 
 
 def _file_digest(path: Path) -> bytes:

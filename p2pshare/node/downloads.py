@@ -30,8 +30,9 @@ from p2pshare.errors import IntegrityError, UserError, leaf_errors
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.signed_manifest import decode_signed_manifest
-from p2pshare.transfer.downloader import NoProvidersError
-from p2pshare.transfer.output import check_destination, partial_path
+from p2pshare.transfer.destination import check_destination
+from p2pshare.transfer.failures import NoProvidersError
+from p2pshare.transfer.output import partial_path
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -188,6 +189,13 @@ class DownloadManager:
                 f"resume it with that destination or discard it with: "
                 f"p2pshare downloads cancel {cid}"
             )
+        for other in self._catalog.download_requests():
+            if other.destination == dest and other.cid != cid:
+                # Its partial lies where this one's would: neither may take the other's.
+                raise UserError(
+                    f"an unfinished download of {other.cid} goes to {dest}; resume it, or "
+                    f"discard it first with: p2pshare downloads cancel {other.cid}"
+                )
         check_destination(Path(dest), force=request.force)
         if stored is not None:
             known = {peer for peer, _ in request.sources}
@@ -369,7 +377,11 @@ class DownloadManager:
             raise UnknownDownloadError(
                 f"there is no unfinished download of {cid}; p2pshare downloads lists them"
             )
-        removed = await trio.to_thread.run_sync(remove_partial, Path(request.destination))
+        # Only a partial this node's record says it wrote: something else found at that
+        # name (a download refused it as in the way) is not ours to delete.
+        removed = self._progress_row(request) is not None and await trio.to_thread.run_sync(
+            remove_partial, Path(request.destination)
+        )
         self._catalog.forget_download(cid)
         log.info("download of %s to %s cancelled", cid, request.destination)
         return {"cid": cid, "destination": request.destination, "removed_partial": removed}

@@ -14,19 +14,14 @@ from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_par
 from p2pshare.modes import read_umask
 from p2pshare.net.datachannel import DataChannelOpenError, open_data_channel
 from p2pshare.net.peers import open_stream
-from p2pshare.node.downloads import ACTIVE, DownloadManager
+from p2pshare.node.downloads import ACTIVE, DownloadManager, remove_partial
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.job import JobRejectedError, RejectCode
 from p2pshare.proto.ticket import parse_content_ref
 from p2pshare.proto.transfer import PROTOCOL_ID
 from p2pshare.store.catalog import DownloadRequest
-from p2pshare.transfer.downloader import (
-    Download,
-    DownloadReport,
-    MemoryRecords,
-    NoProvidersError,
-    Source,
-)
+from p2pshare.transfer.downloader import Download, DownloadReport, MemoryRecords, Source
+from p2pshare.transfer.failures import NoProvidersError
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
 if TYPE_CHECKING:
@@ -164,7 +159,8 @@ class TransferApi:
 
         Unlike ``get`` it is not listed, resumed or shared afterwards, and content larger
         than ``max_bytes`` is refused (JobRejectedError, code ``oversize``) as soon as
-        its manifest says so.  What it writes is private (0600/0700).
+        its manifest says so.  Since it is never resumed, an attempt that fails removes
+        the partial it made.  What it writes is private (0600/0700).
         """
         me = self.host.get_id().to_base58()
         key = str(cid)
@@ -203,7 +199,12 @@ class TransferApi:
                 hints=hinted,
                 progress=check_size,
             )
-            return await download.run()
+            try:
+                return await download.run()
+            except BaseException:
+                if download.output is not None:
+                    remove_partial(dest)
+                raise
 
         if hinted:
             # The peer that asked usually holds the content: skip the DHT lookup then.

@@ -39,9 +39,16 @@ from p2pshare.proto.chunks import hash_chunk
 from p2pshare.proto.manifest import expected_chunk_hash, verify_page
 from p2pshare.proto.pages import HashPage, page_for_chunk
 from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest
-from p2pshare.proto.transfer import MAX_CHUNKS_PER_REQUEST, UnknownContentError
+from p2pshare.proto.transfer import (
+    MAX_CHUNKS_PER_REQUEST,
+    NotAvailableError,
+    UnknownContentError,
+)
 from p2pshare.store.catalog import DownloadRow
-from p2pshare.transfer.output import PartialOutput, check_destination
+from p2pshare.transfer import failures
+from p2pshare.transfer.destination import check_destination, check_space, free_bytes
+from p2pshare.transfer.failures import NoProvidersError
+from p2pshare.transfer.output import PartialOutput
 from p2pshare.transfer.peer import PeerLink
 from p2pshare.transfer.picker import Picker
 
@@ -149,10 +156,6 @@ class DownloadReport:
         }
 
 
-class NoProvidersError(UserError):
-    """Nobody could be found, or reached, who holds the content."""
-
-
 @dataclass(frozen=True)
 class _Arrival:
     """A chunk as received, not yet checked."""
@@ -226,10 +229,12 @@ class Download:
         pipeline: int = PIPELINE,
         announce: Callable[[], None] | None = None,
         umask: int = PRIVATE_UMASK,
+        free_space: Callable[[Path], int] = free_bytes,
     ) -> None:
         """``announce`` is called once, when the first verified chunks are on disk and
         served to other peers (``get`` announces the content in the DHT then).
-        ``umask`` sets the final modes of what is written (p2pshare.modes)."""
+        ``umask`` sets the final modes of what is written (p2pshare.modes).
+        ``free_space`` tells the bytes free in a directory (tests fake a small disk)."""
         self.cid = cid
         self.dest = dest
         self._force = force
@@ -243,6 +248,7 @@ class Download:
         self._announce = announce
         self._announced = False
         self._umask = umask
+        self._free_space = free_space
         self.signed: SignedManifest | None = None
         self.pages: dict[int, HashPage] = {}
         self.output: PartialOutput | None = None
@@ -266,6 +272,8 @@ class Download:
         self._looked_up = False
         # Providers asked for the manifest that did not send it: not asked again.
         self._no_manifest: set[str] = set()
+        # Why each provider could not help, last reason first (a failures.* phrase).
+        self._why: dict[str, str] = {}
         # Sized in _prepare, once the chunk size is known.
         self._arrivals_in, self._arrivals_out = trio.open_memory_channel[_Arrival](0)
         # Chunks handed to the storing task and not yet stored (checked or refused).
@@ -330,6 +338,8 @@ class Download:
         self._looked_up = True
         for peer in (*self._given_up, *self.report.banned, *self._no_manifest):
             sources.pop(peer, None)
+        if not sources and self._why:
+            raise failures.no_manifest(self.cid, self._why)
         if not sources:
             raise NoProvidersError(
                 f"no providers found for {self.cid}; check that a provider is running "
@@ -363,6 +373,7 @@ class Download:
                 log.info("provider %s unreachable (try %d): %s", source.peer_id, attempt, exc)
                 await trio.sleep(0.2)
         if stream is None:
+            self._why[source.peer_id] = failures.UNREACHABLE
             return None
         link = PeerLink(stream, source.peer_id, max_chunk_size=1 << 24)
         try:
@@ -386,9 +397,15 @@ class Download:
         except trio.BrokenResourceError:
             log.info("stream to %s broke", link.peer_id)
 
-    def _drop(self, peer: str, reason: str, *, ban: bool = False, refused: bool = False) -> None:
+    def _drop(
+        self, peer: str, reason: str, why: str, *, ban: bool = False, refused: bool = False
+    ) -> None:
         """Stop using ``peer``'s link; a banned peer, or one that refused the content, is
-        never asked again, any other may be dialed again (see ``_keep_peer``)."""
+        never asked again, any other may be dialed again (see ``_keep_peer``).  ``reason``
+        goes to the log, ``why`` (a failures.* phrase) into the error the download may
+        end with."""
+        if self._why.get(peer) not in (failures.FORGED, failures.BAD_CHUNK):
+            self._why[peer] = why
         # A bad chunk may be found after its sender was dropped for another reason.
         if ban and peer not in self.report.banned:
             self.report.banned.append(peer)
@@ -426,18 +443,18 @@ class Download:
                     data = await link.manifest(self.cid)
                 self.signed = decode_signed_manifest(data, self.cid)
             except IntegrityError as exc:
-                self._drop(peer, f"sent a forged manifest: {exc}", ban=True)
+                self._drop(peer, f"sent a forged manifest: {exc}", failures.FORGED, ban=True)
             except UnknownContentError as exc:
-                self._drop(peer, f"does not hold it: {exc}", refused=True)
+                self._drop(peer, f"does not hold it: {exc}", failures.UNSHARED, refused=True)
             except (RemoteError, trio.TooSlowError) as exc:
-                self._drop(peer, f"no manifest: {exc}")
+                self._drop(peer, f"no manifest: {exc}", failures.NO_MANIFEST)
             else:
                 return self.signed
         if not self._looked_up:
             # Only hinted providers were asked, and none sent it: look for others.
             await self._look_up_and_dial()
             return await self._fetch_manifest()
-        raise NoProvidersError(f"no provider sent a valid manifest for {self.cid}")
+        raise failures.no_manifest(self.cid, self._why)
 
     async def _fetch_pages(self) -> None:
         assert self.signed is not None
@@ -452,9 +469,9 @@ class Download:
                         data = await link.page(self.cid, page_index)
                     self.pages[page_index] = verify_page(manifest, page_index, data)
                 except IntegrityError as exc:
-                    self._drop(peer, f"sent a forged hash page: {exc}", ban=True)
+                    self._drop(peer, f"sent a forged hash page: {exc}", failures.FORGED, ban=True)
                 except (RemoteError, trio.TooSlowError) as exc:
-                    self._drop(peer, f"no hash page: {exc}")
+                    self._drop(peer, f"no hash page: {exc}", failures.NO_MANIFEST)
 
     def _prepare(self, signed: SignedManifest) -> None:
         manifest = signed.manifest
@@ -462,14 +479,22 @@ class Download:
         row = self._catalog.download(str(self.cid))
         resume = (
             row is not None
+            and row.state == "running"
             and row.destination == str(self.dest)
             and row.signed_manifest == signed.data
         )
-        self.output = PartialOutput(self.dest, manifest, umask=self._umask)
-        reused = self.output.open(resume=resume)
+        output = PartialOutput(self.dest, manifest, umask=self._umask)
+        reuse = resume and output.reusable()
         verified = Bitfield(total)
-        if reused and row is not None:
+        if reuse and row is not None:
             verified = Bitfield.from_bytes(row.verified, total)
+        self._check_space(signed, verified)
+        if resume and not reuse:
+            # The record must never describe a partial made after it: reset it first.
+            self._save_row("running", verified)
+        output.open(resume=reuse)
+        # Set once the partial is this download's: a caller removes it on failure then.
+        self.output = output
         self.durable = verified.copy()
         self.report.size = manifest.total_size
         self.report.files = len(manifest.entries)
@@ -482,6 +507,13 @@ class Download:
             min(STORE_QUEUE_CHUNKS, max(1, STORE_QUEUE_BYTES // manifest.chunk_size))
         )
         self._save_row("running")
+
+    def _check_space(self, signed: SignedManifest, verified: Bitfield) -> None:
+        """Refuse, before writing, content the disk cannot hold; the chunks verified
+        before (a resume) are on disk already."""
+        manifest = signed.manifest
+        have = sum(manifest.locate_chunk(i).length for i in verified.iter_set())
+        check_space(self.cid, self.dest, manifest.total_size - have, self._free_space)
 
     # -- moving chunks
 
@@ -517,10 +549,21 @@ class Download:
             workers.cancel_scope.cancel()
         if not picker.done:
             missing = self.report.chunks - picker.verified.count()
-            raise NoProvidersError(
-                f"download of {self.cid} stopped with {missing} chunks missing: no provider "
-                "left could send them; run the same get again to resume"
-            )
+            raise failures.stalled(self.cid, missing, self._stall_reasons())
+
+    def _stall_reasons(self) -> dict[str, str]:
+        """Why each provider seen could not send the missing chunks."""
+        assert self._picker is not None
+        reasons = {}
+        for peer in self._sources:
+            why = self._why.get(peer)
+            have = self._picker.have(peer)
+            if peer in self._active and have is not None:
+                # Linked to the end: the last thing it said was its chunk list.
+                why = why if why == failures.STALE else failures.HOLDS_NONE
+            if why is not None:
+                reasons[peer] = why
+        return reasons
 
     def _hopeful(self) -> bool:
         """Whether a provider may still send a missing chunk: one being dialed, waiting to
@@ -547,7 +590,7 @@ class Download:
         ``REATTACH_DELAYS``) when its stream breaks, stalls or it fails a request."""
         assert self._picker is not None
         peer = source.peer_id
-        failures = 0
+        in_a_row = 0
         try:
             while True:
                 if link is None:
@@ -555,22 +598,22 @@ class Download:
                 if link is not None:
                     if peer in self.report.banned:
                         # Its last stream's bad chunk was found while this one opened.
-                        self._drop(peer, "banned for a bad chunk", ban=True)
+                        self._drop(peer, "banned for a bad chunk", failures.BAD_CHUNK, ban=True)
                         return
                     served = self.report.chunks_from.get(peer, 0)
                     await self._serve_peer(peer, link)
                     link = None
                     if self.report.chunks_from.get(peer, 0) > served:
-                        failures = 0
+                        in_a_row = 0
                 if self._picker.done or peer in self.report.banned or peer in self._given_up:
                     return
-                if failures == len(REATTACH_DELAYS):
-                    log.info("giving up on provider %s: %d failures in a row", peer, failures)
+                if in_a_row == len(REATTACH_DELAYS):
+                    log.info("giving up on provider %s: %d failures in a row", peer, in_a_row)
                     self._given_up.add(peer)
                     return
-                await trio.sleep(REATTACH_DELAYS[failures])
-                failures += 1
-                log.info("dialing provider %s again (%d)", peer, failures)
+                await trio.sleep(REATTACH_DELAYS[in_a_row])
+                in_a_row += 1
+                log.info("dialing provider %s again (%d)", peer, in_a_row)
         finally:
             self._active.discard(peer)
             self._notify()
@@ -622,10 +665,13 @@ class Download:
             with trio.fail_after(REQUEST_TIMEOUT):
                 have = await link.have(self.cid, self.signed.manifest.total_chunks)
         except UnknownContentError as exc:
-            self._drop(peer, f"does not hold it: {exc}", refused=True)
+            self._drop(peer, f"does not hold it: {exc}", failures.UNSHARED, refused=True)
+            return
+        except NotAvailableError as exc:
+            self._drop(peer, f"cannot serve it: {exc}", failures.STALE, refused=True)
             return
         except (RemoteError, trio.TooSlowError) as exc:
-            self._drop(peer, f"no chunk list: {exc}")
+            self._drop(peer, f"no chunk list: {exc}", failures.GONE)
             return
         self._picker.add_peer(peer, have)
         if peer not in self.report.peers:
@@ -658,7 +704,7 @@ class Download:
             except (RemoteError, trio.TooSlowError) as exc:
                 # A partial provider that finished or stopped says so here: dialed again,
                 # it may serve the whole share.
-                self._drop(peer, f"no chunk list: {exc}")
+                self._drop(peer, f"no chunk list: {exc}", failures.GONE)
                 return
             picker.update_have(peer, have)
             self._notify()
@@ -673,8 +719,13 @@ class Download:
                 continue
             try:
                 await self._fetch_run(peer, link, run)
+            except NotAvailableError as exc:
+                have = picker.have(peer)
+                # A seeder's copy changed on disk; a partial provider lacks them still.
+                why = failures.STALE if have is not None and have.complete else failures.NOT_YET
+                self._drop(peer, f"{type(exc).__name__}: {exc}", why)
             except (RemoteError, trio.TooSlowError) as exc:
-                self._drop(peer, f"{type(exc).__name__}: {exc}")
+                self._drop(peer, f"{type(exc).__name__}: {exc}", failures.GONE)
         scope.cancel()
 
     async def _fetch_run(self, peer: str, link: PeerLink, run: range) -> None:
@@ -747,7 +798,12 @@ class Download:
         good = await trio.to_thread.run_sync(_check_and_write, self.output, fresh)
         for arrival, ok in zip(fresh, good, strict=True):
             if not ok:
-                self._drop(arrival.peer, "sent a chunk that fails verification", ban=True)
+                self._drop(
+                    arrival.peer,
+                    "sent a chunk that fails verification",
+                    failures.BAD_CHUNK,
+                    ban=True,
+                )
                 continue
             new, _others = picker.received(arrival.peer, arrival.index)
             if new:

@@ -5,7 +5,13 @@ directory share to a directory of that name; each chunk is written at its offset
 (``pwrite``) only after it was verified.  ``sync`` makes everything written so far
 durable, and only then may the caller record those chunks as verified: after a
 crash the record never claims a chunk the disk does not hold.  ``finalize`` syncs,
-renames the partial into place atomically and syncs the parent directory.
+then moves the partial into place by the rules of
+:mod:`~p2pshare.transfer.destination` (checked again then: the destination may have
+appeared meanwhile).
+
+The partial is this node's own: it is created new (``O_EXCL``, ``mkdir``), reopened
+only to resume a download the caller's record says wrote it, and something else
+found at its path is never reused nor removed: the download refuses instead.
 
 ``write_chunk``, ``read_chunk`` and ``sync`` may run at the same time in different
 worker threads (the downloader writes, the uploader serves verified chunks, a sync
@@ -28,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import threading
 from pathlib import Path
@@ -37,6 +42,7 @@ from typing import TYPE_CHECKING
 from p2pshare.errors import UserError
 from p2pshare.modes import PRIVATE_UMASK, dir_mode, file_mode
 from p2pshare.proto.manifest import ShareKind
+from p2pshare.transfer.destination import place, sync_dir
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -48,19 +54,8 @@ PARTIAL_SUFFIX = ".p2pshare-partial"
 MAX_OPEN_FILES = 64
 
 
-class DestinationExistsError(UserError):
-    """The destination exists and --force was not given."""
-
-
 def partial_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}{PARTIAL_SUFFIX}")
-
-
-def check_destination(dest: Path, *, force: bool) -> None:
-    if (dest.exists() or dest.is_symlink()) and not force:
-        raise DestinationExistsError(f"{dest} already exists; use --force to replace it")
-    if not dest.parent.is_dir():
-        raise UserError(f"cannot write {dest}: {dest.parent} is not a directory")
 
 
 def _disk_error(path: Path, exc: OSError) -> UserError:
@@ -83,22 +78,31 @@ class PartialOutput:
         self._lock = threading.Lock()
 
     def open(self, *, resume: bool) -> bool:
-        """Create the partial, or reopen it when ``resume``; return whether it was reused."""
-        reused = False
-        if resume and self._layout_ok():
-            reused = True
-        else:
-            self.discard()
-            try:
-                if self.manifest.kind is ShareKind.DIRECTORY:
-                    self.path.mkdir(mode=0o700)
-            except OSError as exc:
-                raise _disk_error(self.path, exc) from None
+        """Create the partial, or reopen it when ``resume`` (the caller's record says this
+        download wrote it); return whether it was reused."""
+        reused = resume and self.reusable()
+        if not reused:
+            self._create()
         for directory in self.manifest.directories:
             self._make_directories(directory.split("/"))
         return reused
 
-    def _layout_ok(self) -> bool:
+    def _create(self) -> None:
+        try:
+            if self.manifest.kind is ShareKind.DIRECTORY:
+                self.path.mkdir(mode=0o700)
+            else:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            raise UserError(
+                f"{self.path} is in the way of the download to {self.dest}: this node has "
+                "no record of writing it; move it away and run the same command again"
+            ) from None
+        except OSError as exc:
+            raise _disk_error(self.path, exc) from None
+
+    def reusable(self) -> bool:
+        """Whether a partial of the right shape is there to resume."""
         try:
             st = self.path.lstat()
         except FileNotFoundError:
@@ -205,15 +209,8 @@ class PartialOutput:
         self.close()
         if self.manifest.kind is ShareKind.DIRECTORY:
             _sync_tree(self.path)
-        check_destination(self.dest, force=force)
-        if force and (self.dest.exists() or self.dest.is_symlink()):
-            if self.dest.is_dir() and not self.dest.is_symlink():
-                shutil.rmtree(self.dest)
-            else:
-                self.dest.unlink()
         self._set_final_modes()
-        self.path.replace(self.dest)
-        _sync_dir(self.dest.parent)
+        place(self.path, self.dest, force=force)
 
     def _set_final_modes(self) -> None:
         """Give the files, then the directories, of the share their final modes.
@@ -241,21 +238,6 @@ class PartialOutput:
                     os.close(fd)
             self._fds.clear()
 
-    def discard(self) -> None:
-        self.close()
-        if self.path.is_dir() and not self.path.is_symlink():
-            shutil.rmtree(self.path)
-        elif self.path.exists() or self.path.is_symlink():
-            self.path.unlink()
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _chmod(path: Path, mode: int) -> None:
     """chmod through a descriptor opened without following a final symlink (and
@@ -272,4 +254,4 @@ def _chmod(path: Path, mode: int) -> None:
 
 def _sync_tree(root: Path) -> None:
     for dirpath, _dirnames, _filenames in os.walk(root):
-        _sync_dir(Path(dirpath))
+        sync_dir(Path(dirpath))

@@ -89,7 +89,8 @@ class LocalContent:
         if row is None:
             raise self._unknown(cid)
         if row.stale_reason:
-            return Bitfield(count)
+            # Said, not an empty list: the downloader tells its user why it got nothing.
+            raise NotAvailableError(f"{cid} cannot be served now: it changed on disk")
         total = self._shares.signed_manifest(str(cid)).manifest.total_chunks
         have = Bitfield(count)
         for offset in range(max(0, min(count, total - first_chunk))):

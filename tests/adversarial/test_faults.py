@@ -206,6 +206,8 @@ def test_a_shared_file_changed_on_disk_is_never_served_as_the_old_content(
             result = run_cli(getter_home, "get", shared["ticket"], "-o", str(out), timeout=120)
             assert result.returncode == ExitCode.FAILED, result.stdout
             assert result.stderr.startswith(f"error: download of {shared['cid']} stopped with")
+            # Field test #18: the cause was only in the log.
+            assert "its shared copy changed on disk since it was shared" in result.stderr
             assert not out.exists()
             (row,) = [s for s in cli_json(seeder_home, "ls")["shares"] if s["cid"] == shared["cid"]]
             assert row["stale"], f"the {name} share is marked stale"

@@ -47,7 +47,8 @@ from p2pshare.proto.transfer import (
 )
 from p2pshare.store.catalog import Catalog
 from p2pshare.store.shares import ShareStore
-from p2pshare.transfer.downloader import REQUEST_TIMEOUT, Download, NoProvidersError, Source
+from p2pshare.transfer.downloader import REQUEST_TIMEOUT, Download, Source
+from p2pshare.transfer.failures import NoProvidersError
 from p2pshare.transfer.output import PartialOutput
 from p2pshare.transfer.source import LocalContent
 from p2pshare.transfer.uploader import serve_transfer

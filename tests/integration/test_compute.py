@@ -356,6 +356,33 @@ def test_refusals_are_errors_and_leave_nothing_behind(cluster: Cluster, tmp_path
     assert all(offer_status(w)["running"] == 0 for w in cluster.workers)
 
 
+def test_an_output_onto_a_directory_is_refused_and_nothing_is_left_behind(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Field test #13: `-o EXISTING_DIR --force` gave `internal error in the daemon` and
+    left a stray `.NAME.job` file; a file is replaced only with --force, and atomically."""
+    stdin = tmp_path / "notes.txt"
+    stdin.write_text(TEXT)
+    victim = tmp_path / "victim2"
+    (victim / "sub").mkdir(parents=True)
+    for force in ((), ("--force",)):
+        result = run_job(cluster, wat("wordcount"), "--stdin", str(stdin), *force, out=victim)
+        assert result.returncode == ExitCode.FAILED, result.stdout + result.stderr
+        assert result.stderr == (
+            f"error: {victim} is an existing directory, which p2pshare never replaces or "
+            f"writes into (not even with --force); choose a new path for -o, such as "
+            f"{victim}/NAME\n"
+        )
+    assert [p.name for p in victim.iterdir()] == ["sub"]
+
+    out = tmp_path / "counts.txt"
+    out.write_text("old")
+    result = run_job(cluster, wat("wordcount"), "--stdin", str(stdin), "--force", out=out)
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert out.read_text() == EXPECTED_WC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counts.txt", "notes.txt", "victim2"]
+
+
 def test_peers_and_switching_an_offer_off_and_on(cluster: Cluster, tmp_path: Path) -> None:
     found = peers(cluster)
     assert set(found) == cluster.worker_ids

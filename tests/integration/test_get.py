@@ -324,3 +324,89 @@ def test_a_partial_downloader_serves_a_third_peer(short_tmp: Path, tmp_path: Pat
         _, stderr = get_b.communicate(timeout=120)
         assert get_b.returncode == 0, stderr
         assert digest(out_b) == digest(data)
+
+
+def test_get_never_replaces_an_existing_directory(short_tmp: Path, tmp_path: Path) -> None:
+    """Field test #1: the old hint said to use --force, which then deleted the whole tree;
+    `-o . --force` deleted the working directory."""
+    seeder_home, getter_home = init_homes(short_tmp, "s", "g")
+    data = make_file(tmp_path / "small.bin", 30)
+    with DaemonProcess(seeder_home) as seeder, DaemonProcess(getter_home) as getter:
+        start_all([seeder, getter])
+        shared = cli_json(seeder_home, "share", str(data))
+        victim = tmp_path / "victim"
+        (victim / "sub").mkdir(parents=True)
+        (victim / "important.doc").write_text("precious\n")
+        refusal = (
+            f"error: {victim} is an existing directory, which p2pshare never replaces or "
+            f"writes into (not even with --force); choose a new path for -o, such as "
+            f"{victim}/NAME\n"
+        )
+        for force in ((), ("--force",)):
+            result = run_cli(getter_home, "get", shared["ticket"], "-o", str(victim), *force)
+            assert (result.returncode, result.stderr) == (ExitCode.FAILED, refusal)
+        assert (victim / "important.doc").read_text() == "precious\n"
+
+        inner = tmp_path / "scratch1" / "inner"
+        inner.mkdir(parents=True)
+        (inner / "keep").write_text("keep")
+        here = subprocess.run(
+            cli_command(getter_home, "get", shared["ticket"], "-o", ".", "--force"),
+            cwd=inner,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert here.returncode == ExitCode.FAILED
+        assert here.stderr.startswith(f"error: {inner} is an existing directory")
+        assert (inner / "keep").read_text() == "keep"
+
+        # Following the hint loses nothing.
+        cli_json(getter_home, "get", shared["ticket"], "-o", str(victim / "small.bin"))
+        assert (victim / "small.bin").read_bytes() == data.read_bytes()
+        assert sorted(p.name for p in victim.iterdir()) == ["important.doc", "small.bin", "sub"]
+        assert downloads(getter_home) == []
+
+
+def test_a_get_whose_daemon_stops_says_the_download_resumes_at_its_next_start(
+    short_tmp: Path, tmp_path: Path
+) -> None:
+    """Field test #18: it said `the daemon closed the connection before answering`."""
+    seeder_home, getter_home = init_homes(short_tmp, "s", "g")
+    data = make_file(tmp_path / "slow.bin", 16 * MIB)
+    out = tmp_path / "out.bin"
+    with slow_seeder(seeder_home, data) as shared, DaemonProcess(getter_home) as getter:
+        getter.start()
+        get = subprocess.Popen(
+            cli_command(getter_home, "get", shared["ticket"], "-o", str(out)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: verified_chunks(getter_home, shared["cid"]) >= 2, "2 verified chunks")
+        getter.stop()
+        _, stderr = get.communicate(timeout=30)
+    assert get.returncode == ExitCode.FAILED
+    assert stderr.endswith(
+        "error: the daemon stopped before the download finished; it resumes when the daemon "
+        "starts again (p2pshare daemon), and the same get then follows it\n"
+    )
+
+
+def test_a_get_of_unshared_content_says_it_is_no_longer_shared(
+    short_tmp: Path, tmp_path: Path
+) -> None:
+    """Field test #18: it said `no provider sent a valid manifest`, which hints at an attack."""
+    seeder_home, getter_home = init_homes(short_tmp, "s", "g")
+    data = make_file(tmp_path / "gone.bin", 1000)
+    with DaemonProcess(seeder_home) as seeder, DaemonProcess(getter_home) as getter:
+        start_all([seeder, getter])
+        shared = cli_json(seeder_home, "share", str(data))
+        cli_json(seeder_home, "unshare", shared["cid"])
+        result = run_cli(getter_home, "get", shared["ticket"], "-o", str(tmp_path / "x"))
+    assert result.returncode == ExitCode.FAILED
+    assert result.stderr == (
+        f"error: the 1 provider(s) found for {shared['cid']} no longer share it; it can be "
+        "fetched again once a node shares it\n"
+    )

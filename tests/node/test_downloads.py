@@ -25,8 +25,9 @@ from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
 from p2pshare.store.catalog import MIGRATIONS, Catalog, DownloadRequest, DownloadRow
 from p2pshare.store.shares import ShareStore
-from p2pshare.transfer.downloader import NoProvidersError
-from p2pshare.transfer.output import DestinationExistsError, partial_path
+from p2pshare.transfer.destination import DestinationExistsError
+from p2pshare.transfer.failures import NoProvidersError
+from p2pshare.transfer.output import partial_path
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -109,6 +110,11 @@ class Env:
 
     def written(self, request: DownloadRequest, chunks: int) -> None:
         """Record ``chunks`` verified chunks and a partial file, as the downloader does."""
+        self.record(request, chunks)
+        partial_path(self.root / request.destination).write_bytes(b"x" * CHUNK * chunks)
+
+    def record(self, request: DownloadRequest, chunks: int) -> None:
+        """Record ``chunks`` verified chunks, as the downloader does once its partial exists."""
         bits = Bitfield(5)
         for index in range(chunks):
             bits.set(index)
@@ -117,7 +123,6 @@ class Env:
                 request.cid, request.destination, self.signed, bits.to_bytes(), "running", 1
             )
         )
-        partial_path(self.root / request.destination).write_bytes(b"x" * CHUNK * chunks)
 
 
 @pytest.fixture
@@ -375,6 +380,7 @@ async def test_cancel_stops_a_running_download_and_its_directory(
     job = await manager.submit(env.request("tree"))
     partial = partial_path(env.root / "tree")
     (partial / "sub").mkdir(parents=True)
+    env.record(job.request, chunks=1)
     (partial / "sub" / "f").write_bytes(b"data")
     outcome = follow_in(nursery, manager, job)
     await until(lambda: job.watchers == 1)
@@ -395,6 +401,31 @@ async def test_a_different_destination_needs_the_old_one_cancelled(
     resumed = await manager.submit(env.request("old.bin", sources=(("peerB", ()),)))
     assert [peer for peer, _ in resumed.request.sources] == ["peerB", "peerA"]
     assert resumed.request.created_at == 1
+
+
+async def test_other_content_to_the_same_destination_waits_for_the_unfinished_one(
+    env: Env, nursery: trio.Nursery
+) -> None:
+    """Both partials would have the same name: neither download may take the other's."""
+    env.saved("same.bin", PAUSED, chunks=1)
+    manager = await started(DownloadManager(env.catalog, Script(succeed)), nursery)
+    other = "bafkr4ibiftelhdeaewu7u63wovueotoclzdpker5e7cf4xe2ldkamuu6xa"
+    with pytest.raises(UserError, match=f"downloads cancel {env.cid}"):
+        await manager.submit(env.request("same.bin", cid=other))
+    assert partial_path(env.root / "same.bin").exists()
+
+
+async def test_cancel_never_deletes_a_partial_this_node_did_not_write(
+    env: Env, nursery: trio.Nursery
+) -> None:
+    env.saved("theirs.bin", PAUSED)
+    planted = partial_path(env.root / "theirs.bin")
+    planted.mkdir()
+    (planted / "theirs").write_bytes(b"theirs")
+    manager = await started(DownloadManager(env.catalog, Script()), nursery)
+    result = await manager.cancel(env.cid)
+    assert result["removed_partial"] is False
+    assert (planted / "theirs").read_bytes() == b"theirs"
 
 
 def test_unfinished_downloads_of_a_version_2_catalog_are_resumed(tmp_path: Path) -> None:

@@ -28,15 +28,16 @@ from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import Catalog, DownloadRow
 from p2pshare.store.shares import ShareStore
 from p2pshare.transfer import downloader
+from p2pshare.transfer.destination import DestinationExistsError
 from p2pshare.transfer.downloader import (
     CONNECT_TIMEOUT,
     LOOKUP_INTERVAL,
     REATTACH_DELAYS,
     Download,
-    NoProvidersError,
     Source,
 )
-from p2pshare.transfer.output import DestinationExistsError, PartialOutput, partial_path
+from p2pshare.transfer.failures import NoProvidersError
+from p2pshare.transfer.output import PartialOutput, partial_path
 from p2pshare.transfer.source import LocalContent
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
