@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 # A job reports progress as its workers move on; a job's own wall limit is the bound.
 RUN_SILENCE = 900.0
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, which compare as inside any range."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def _home(ctx: click.Context) -> Home:
@@ -42,7 +53,7 @@ def compute() -> None:
 @click.option("--max-output", type=click.IntRange(0), help="Most bytes of stdout per job.")
 @click.option("--max-input", type=click.IntRange(0), help="Most input bytes per job.")
 @click.option(
-    "--max-load", type=click.FloatRange(0), help="Take jobs only below this load per CPU."
+    "--max-load", type=FiniteFloatRange(0), help="Take jobs only below this load per CPU."
 )
 @json_option
 @click.pass_context
@@ -82,7 +93,7 @@ def offer(ctx: click.Context, /, as_json: bool, enabled: bool | None, **limits: 
 
 
 @compute.command()
-@click.option("--timeout", type=click.FloatRange(0.1, 60), default=5.0, show_default=True)
+@click.option("--timeout", type=FiniteFloatRange(0.1, 60), default=5.0, show_default=True)
 @json_option
 @click.pass_context
 def peers(ctx: click.Context, timeout: float, as_json: bool) -> None:

@@ -7,6 +7,7 @@ are generated from these classes, so code, defaults and docs cannot drift apart.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 import typing
@@ -241,8 +242,11 @@ def _coerce(value: object, hint: object) -> object:
             return value
         raise TypeError("an integer")
     if hint is float:
+        # TOML and msgpack both carry nan and inf; no option means anything by them.
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            if math.isfinite(value):
+                return float(value)
+            raise TypeError("a finite number")
         raise TypeError("a number")
     if hint is str:
         if isinstance(value, str):

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+import pytest
+from click.testing import CliRunner
+
 from p2pshare.errors import ExitCode
 from p2pshare.launcher import run_cli
 
@@ -79,3 +82,13 @@ def probe_imports(home: Home, args: str) -> str:
 def test_help_and_queries_do_not_load_libp2p_or_trio(home: Home) -> None:
     assert probe_imports(home, "'--help'") == "HEAVY="
     assert probe_imports(home, "'id', '--json'") == "HEAVY="
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "-1"])
+def test_compute_offer_refuses_non_finite_or_negative_max_load(value: str) -> None:
+    from p2pshare_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["compute", "offer", "--max-load", value])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "--max-load" in result.output
+    assert "Traceback" not in result.output
