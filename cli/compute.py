@@ -239,10 +239,14 @@ def _describe(r: dict[str, Any]) -> str:
         lines[0] += f" (exit {r['exit_code']})"
     if r["verified"]:
         lines.append(f"verified: {agreeing} of {r['replicas']} workers agree")
+    elif r["dissenters"]:
+        lines.append("NOT verified: workers disagree: " + ", ".join(r["dissenters"]))
     else:
-        lines.append(
-            "NOT verified: workers disagree: " + (", ".join(r["dissenters"]) or "none finished")
-        )
+        timeouts = sum(1 for w in r["workers"] if w["status"] == "timeout")
+        line = f"NOT verified: {agreeing} of {r['replicas']} workers gave a result that counts"
+        if timeouts:
+            line += f"; {timeouts} timed out, and a timeout is never evidence"
+        lines.append(line)
     if r["output"]:
         lines.append(f"output: {r['output']} ({_size(r['output_size'])})")
     lines.append(
@@ -252,8 +256,9 @@ def _describe(r: dict[str, Any]) -> str:
 
 
 def _exit_status(result: dict[str, Any]) -> int:
-    if not result["verified"]:
+    if result["dissenters"] or result["status"] is None:
         return ExitCode.DISAGREEMENT
     if result["status"] != "ok":
+        # Failed, whether verified or not (a timeout never is): no worker contradicted it.
         return ExitCode.JOB_FAILED
-    return ExitCode.OK
+    return ExitCode.OK if result["verified"] else ExitCode.DISAGREEMENT

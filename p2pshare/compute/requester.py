@@ -204,8 +204,12 @@ def rank_workers(
 
 
 def compare(replicas: Sequence[Replica]) -> Verdict:
-    """Group the replicas with a receipt by outcome (status, exit code, stdout digest)."""
-    done = [r for r in replicas if r.receipt is not None]
+    """Group the replicas with a receipt by outcome (status, exit code, stdout digest).
+
+    Only receipts that are evidence count (not a timeout): a timed-out replica neither
+    confirms nor contradicts the others.
+    """
+    done = [r for r in replicas if r.receipt is not None and r.receipt.status.is_evidence]
     groups = Counter(r.receipt.outcome for r in done if r.receipt is not None)
     if not groups:
         return Verdict(agreed=False, majority=(), dissenters=(), outcome=None)

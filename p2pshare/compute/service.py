@@ -41,6 +41,7 @@ from p2pshare.proto.job import (
     JobRejectedError,
     JobSpec,
     JobState,
+    JobStatus,
     OfferReply,
     OfferRequest,
     Progress,
@@ -74,6 +75,11 @@ FETCH_TIMEOUT: Final = 600.0
 _SPEED_PROBE_BYTES: Final = 1 << 20
 # Verified modules kept in memory by content ID: a module run again is not fetched again.
 MODULE_CACHE_BYTES: Final = 32 * 1024 * 1024
+# Outcomes of modules the sandbox refused to start, and the refusal each becomes.
+_NEVER_RAN: Final = {
+    JobStatus.INVALID_MODULE: RejectCode.INVALID_MODULE,
+    JobStatus.FORBIDDEN_IMPORT: RejectCode.FORBIDDEN_IMPORT,
+}
 
 
 @dataclass(frozen=True)
@@ -432,6 +438,10 @@ class ComputeService:
             raise _refusal(RejectCode.INVALID_MODULE, str(exc)) from None
         await channel.send(Progress(job, JobState.RUNNING, None, network))
         result = await pool.run_job(sandbox_job(spec, module=module, stdin=stdin, inputs=inputs))
+        if result.status in _NEVER_RAN:
+            # About the module itself, with its reason (no _start...), which a receipt
+            # cannot carry: every worker would say the same.
+            raise _refusal(_NEVER_RAN[result.status], result.detail)
         log.info(
             "job %s from %s: %s, %d fuel, %d bytes out",
             job.hex()[:16],

@@ -39,9 +39,11 @@ from p2pshare.proto.job import (
     JobLimits,
     JobRejectedError,
     JobSpec,
+    JobStatus,
     RejectCode,
     Submit,
     build_job_spec,
+    output_digest,
 )
 from p2pshare.proto.offer import COMPUTE_KEY
 from p2pshare.proto.ticket import parse_content_ref
@@ -299,7 +301,8 @@ class ComputeApi:
         doc: dict[str, Any] = {
             "job_id": job.hex(),
             "replicas": request.replicas,
-            "verified": verdict.agreed and len(done) >= request.replicas,
+            # Every replica asked must agree, and timeouts do not count (JobStatus.is_evidence).
+            "verified": verdict.agreed and len(verdict.majority) >= request.replicas,
             "dissenters": list(verdict.dissenters),
             "input_bytes_moved": sum(r.fetched_bytes for r in done),
             "workers": [r.as_dict() | {"agrees": r.peer_id in verdict.majority} for r in replicas],
@@ -309,10 +312,16 @@ class ComputeApi:
             reasons = "; ".join(f"{r.peer_id}: {r.refused}" for r in replicas)
             raise JobFailedError(f"no worker finished the job ({reasons or 'none tried'})")
         if verdict.outcome is None:
-            doc["status"] = None
+            # No dissent and no outcome: every receipt was a timeout, which says so.
+            statuses = {r.receipt.status.value for r in done if r.receipt is not None}
+            single = len(statuses) == 1 and not verdict.dissenters
+            doc["status"] = statuses.pop() if single else None
             return doc
         status, exit_code, digest = verdict.outcome
         doc |= {"status": status.value, "exit_code": exit_code, "digest": digest.hex()}
+        if status is not JobStatus.OK and digest == output_digest(b""):
+            # A failed job that printed nothing leaves no empty file behind.
+            return doc
         await emit("progress", {"phase": "fetching_output", "job_id": job.hex()})
         for replica in done:
             if replica.peer_id not in verdict.majority:

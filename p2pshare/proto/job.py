@@ -128,6 +128,15 @@ class JobStatus(StrEnum):
     INVALID_MODULE = "invalid_module"
     EXIT = "exit"
 
+    @property
+    def is_evidence(self) -> bool:
+        """Whether replicas ending this way can confirm each other.
+
+        Where a timeout stopped a run (and its fuel count) depends on the machine,
+        so two timeouts agreeing says nothing (docs/compute.md, "Deterministic profile").
+        """
+        return self is not JobStatus.TIMEOUT
+
 
 class JobState(StrEnum):
     """Where an accepted job is, as PROGRESS reports it."""

@@ -88,3 +88,17 @@ def test_majority_and_dissenters_split_the_finished_replicas(digests: list[int])
     assert verdict.agreed == (len(set(digests)) == 1)
     if verdict.majority:
         assert len(verdict.majority) * 2 > len(replicas)
+
+
+def test_timeouts_are_never_evidence() -> None:
+    verdict = compare([replica(0, 1, JobStatus.TIMEOUT), replica(1, 1, JobStatus.TIMEOUT)])
+    assert (verdict.agreed, verdict.majority, verdict.dissenters) == (False, (), ())
+    assert verdict.outcome is None
+
+
+def test_a_timed_out_replica_neither_confirms_nor_contradicts() -> None:
+    verdict = compare([replica(0, 1), replica(1, 2, JobStatus.TIMEOUT)])
+    assert verdict.majority == (KEYS[0].peer_id,)
+    assert verdict.dissenters == ()
+    assert verdict.outcome is not None
+    assert verdict.outcome[0] is JobStatus.OK

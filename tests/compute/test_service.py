@@ -313,6 +313,16 @@ async def test_not_webassembly_is_refused(network: Network, tmp_path: Path) -> N
     assert (await refusal_of(network, tmp_path, spec)).code == RejectCode.INVALID_MODULE
 
 
+async def test_a_module_without_start_is_refused_with_its_reason(
+    network: Network, tmp_path: Path
+) -> None:
+    # Valid WebAssembly, imports nothing, but no _start: the sandbox refuses to start it.
+    spec = build_job_spec(network.content.add(b"\0asm\x01\0\0\0"), limits=LIMITS)
+    refusal = await refusal_of(network, tmp_path, spec)
+    assert refusal.code == RejectCode.INVALID_MODULE
+    assert "no _start function" in str(refusal)
+
+
 async def test_limits_above_the_offer_are_refused_before_fetching(
     network: Network, tmp_path: Path, wasm: Build
 ) -> None:
