@@ -203,6 +203,23 @@ def rank_workers(
     return able, unable
 
 
+def too_few_workers(
+    replicas: int, able: int, unable: dict[str, str], failures: dict[str, str]
+) -> str:
+    """Why fewer than ``replicas`` workers can take a job, as one sentence."""
+    found = able + len(unable) + len(failures)
+    reasons = [f"{p} {why}" for p, why in sorted(unable.items())]
+    reasons += [f"{p} unreachable ({why})" for p, why in sorted(failures.items())]
+    if found == 0:
+        reasons = ["no worker announced itself in the DHT"]
+    elif found < replicas:
+        reasons.insert(0, f"only {found} worker(s) announced themselves in the DHT")
+    return (
+        f"found {able} worker(s) able to take the job, {replicas} needed "
+        f"({'; '.join(reasons)}); lower --replicas or the limits, or try again later"
+    )
+
+
 def compare(replicas: Sequence[Replica]) -> Verdict:
     """Group the replicas with a receipt by outcome (status, exit code, stdout digest).
 

@@ -26,6 +26,7 @@ from p2pshare.compute.requester import (
     compare,
     rank_workers,
     run_replicas,
+    too_few_workers,
 )
 from p2pshare.compute.service import ComputeService, Fetched
 from p2pshare.config import check_changes
@@ -262,13 +263,7 @@ class ComputeApi:
         input_bytes = await self._input_bytes(spec)
         able, unable = rank_workers(workers, spec.limits, input_bytes, holdings)
         if len(able) < replicas:
-            reasons = [f"{p} {why}" for p, why in sorted(unable.items())]
-            reasons += [f"{p} unreachable ({why})" for p, why in sorted(failures.items())]
-            detail = "; ".join(reasons) if reasons else "no worker announced itself in the DHT"
-            raise JobFailedError(
-                f"found {len(able)} worker(s) able to take the job, {replicas} needed "
-                f"({detail}); lower --replicas or the limits, or try again later"
-            )
+            raise JobFailedError(too_few_workers(replicas, len(able), unable, failures))
         return able
 
     async def _holdings(self, spec: JobSpec, created: list[str]) -> dict[str, int]:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pshare.compute.requester import Replica, Worker, compare, rank_workers
+from p2pshare.compute.requester import Replica, Worker, compare, rank_workers, too_few_workers
 from p2pshare.identity import NodeKey
 from p2pshare.proto.job import JobLimits, JobStatus, Receipt
 from p2pshare.proto.offer import Offer
@@ -102,3 +102,20 @@ def test_a_timed_out_replica_neither_confirms_nor_contradicts() -> None:
     assert verdict.dissenters == ()
     assert verdict.outcome is not None
     assert verdict.outcome[0] is JobStatus.OK
+
+
+def test_too_few_workers_says_how_many_were_found() -> None:
+    text = too_few_workers(3, 2, {}, {})
+    assert text.startswith("found 2 worker(s) able to take the job, 3 needed")
+    assert "only 2 worker(s) announced themselves in the DHT" in text
+    assert "no worker announced" not in text
+
+
+def test_no_worker_at_all_is_said_so() -> None:
+    assert "(no worker announced itself in the DHT)" in too_few_workers(1, 0, {}, {})
+
+
+def test_workers_that_cannot_take_the_job_are_named() -> None:
+    text = too_few_workers(2, 1, {"P": "has no free slot"}, {"Q": "timed out"})
+    assert "P has no free slot; Q unreachable (timed out)" in text
+    assert "only" not in text
