@@ -116,6 +116,30 @@ def peers(ctx: click.Context, timeout: float, as_json: bool) -> None:
     show(result, as_json, human)
 
 
+@compute.command()
+@json_option
+@click.pass_context
+def outputs(ctx: click.Context, as_json: bool) -> None:
+    """List the job outputs this worker keeps for requesters (not shown by `ls`).
+
+    Each is served only to the peer that ran the job, and gc reclaims it once that
+    peer fetched it or after [compute] output_keep_seconds.
+    """
+    from p2pshare.control.client import call  # noqa: PLC0415
+
+    result = call(_home(ctx), "compute_outputs")
+
+    def human(r: dict[str, Any]) -> str:
+        lines = [
+            f"{o['cid']}  {_size(o['size'])}  for {', '.join(o['requesters'])}  "
+            + ("fetched" if o["keep_until"] is None else f"kept until {o['keep_until']}")
+            for o in r["outputs"]
+        ]
+        return "\n".join(lines) or "no job outputs"
+
+    show(result, as_json, human)
+
+
 def _input(text: str) -> list[str]:
     """``FILE``, ``GUEST=FILE`` or ``GUEST=CID`` as [guest path, absolute path or CID]."""
     from p2pshare.proto.ticket import TICKET_PREFIX  # noqa: PLC0415 - 100+ ms to import

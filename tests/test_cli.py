@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import stat
 import subprocess
@@ -86,8 +87,7 @@ def test_help_and_queries_do_not_load_libp2p_or_trio(home: Home) -> None:
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "-1"])
 def test_compute_offer_refuses_non_finite_or_negative_max_load(value: str) -> None:
-    from p2pshare_cli.main import cli
-
+    cli = importlib.import_module("p2pshare_cli.main").cli
     result = CliRunner().invoke(cli, ["compute", "offer", "--max-load", value])
     assert result.exit_code == ExitCode.USAGE, result.output
     assert "--max-load" in result.output
@@ -114,8 +114,8 @@ def _summary(status: str | None, *, verified: bool, dissenters: list[str]) -> di
 
 
 def test_a_timeout_summary_never_says_verified() -> None:
-    from p2pshare_cli.compute import _describe, _exit_status
-
+    compute = importlib.import_module("p2pshare_cli.compute")
+    _describe, _exit_status = compute._describe, compute._exit_status
     result = _summary("timeout", verified=False, dissenters=[])
     text = _describe(result)
     assert "verified:" not in text.replace("NOT verified:", "")
@@ -125,8 +125,7 @@ def test_a_timeout_summary_never_says_verified() -> None:
 
 
 def test_exit_status_separates_failure_from_disagreement() -> None:
-    from p2pshare_cli.compute import _exit_status
-
+    _exit_status = importlib.import_module("p2pshare_cli.compute")._exit_status
     assert _exit_status(_summary("ok", verified=True, dissenters=[])) == ExitCode.OK
     assert _exit_status(_summary("trap", verified=True, dissenters=[])) == ExitCode.JOB_FAILED
     assert _exit_status(_summary("ok", verified=False, dissenters=["b"])) == ExitCode.DISAGREEMENT

@@ -60,7 +60,13 @@ OPEN_RETRY_DELAY: Final = 0.2
 # A worker refusing for one of these reasons may take the job another time or
 # another worker may: try the next one.  Any other refusal is about the job itself.
 _TRY_ANOTHER: Final = frozenset(
-    {RejectCode.BUSY, RejectCode.RATE_LIMITED, RejectCode.LIMIT_EXCEEDS_OFFER, RejectCode.INTERNAL}
+    {
+        RejectCode.BUSY,
+        RejectCode.RATE_LIMITED,
+        RejectCode.LIMIT_EXCEEDS_OFFER,
+        RejectCode.NO_SPACE,
+        RejectCode.INTERNAL,
+    }
 )
 
 

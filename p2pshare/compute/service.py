@@ -126,6 +126,26 @@ class ModuleCache:
             self._size -= len(evicted)
 
 
+class OutputStore(Protocol):
+    """Where a worker keeps job outputs: the node's store, under its quota.
+
+    ``keep`` hashes the output and runs in a worker thread, one at a time; the others
+    are quick and run on the event loop.
+    """
+
+    def make_room(self, nbytes: int) -> bool:
+        """Reclaim what may be reclaimed; whether ``nbytes`` more now fit in the quota."""
+        ...
+
+    def keep(self, path: Path, requester: str) -> ContentId:
+        """Store the output at ``path``, for ``requester`` alone."""
+        ...
+
+    def delivered(self, cid: ContentId, requester: str) -> None:
+        """``requester`` has the output (it came with the receipt): it may be reclaimed."""
+        ...
+
+
 def load_per_cpu() -> float:
     """The 1-minute load average divided by the number of CPUs."""
     return os.getloadavg()[0] / (os.cpu_count() or 1)
@@ -144,7 +164,7 @@ class ComputeService:
         key: NodeKey,
         *,
         fetch: Fetch,
-        store_output: Callable[[Path], ContentId],
+        outputs: OutputStore,
         work_dir: Path,
         announce: Callable[[], Awaitable[None]],
         load: Callable[[], float] = load_per_cpu,
@@ -153,7 +173,10 @@ class ComputeService:
         self.settings = settings
         self._key = key
         self._fetch = fetch
-        self._store_output = store_output
+        self._outputs = outputs
+        # Output bytes promised to admitted jobs (their max_output), not stored yet.
+        self._reserved = 0
+        self._store_lock = trio.Lock()
         self._work_dir = work_dir
         self._announce = announce
         self._load = load
@@ -332,19 +355,42 @@ class ComputeService:
         self._running += 1
         self._idle = trio.Event()
         directory = self._work_dir / f"{job.hex()[:16]}-{submit.nonce.hex()}"
+        max_output = submit.spec.limits.max_output
+        self._reserved += max_output
         try:
+            if not self._room_for_outputs():
+                message = (
+                    f"this worker has no room for {max_output} bytes of output within its "
+                    "store quota; ask for a smaller --max-output or another worker"
+                )
+                await channel.send(Reject(job, RejectCode.NO_SPACE, message))
+                return
             await channel.send(Accept(job))
             outcome = await self._run_cancellable(channel, peer, submit, pool, directory)
             if isinstance(outcome, Result):
                 self.jobs_done += 1
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await channel.send(outcome)
+                self._note_delivered(outcome, peer)
         finally:
+            self._reserved -= max_output
             self._running -= 1
             if self._running == 0:
                 self._idle.set()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(directory, ignore_errors=True))
+
+    def _room_for_outputs(self) -> bool:
+        # Checked before anything is fetched, for every job running at once: a
+        # requester cannot fill the worker's disk with outputs.  On the event loop, as
+        # every gc is, so no two reclaim at once.
+        return self._outputs.make_room(self._reserved)
+
+    def _note_delivered(self, outcome: Result | Reject, peer: str) -> None:
+        if isinstance(outcome, Result) and outcome.stdout is not None:
+            output = outcome.receipt.receipt.output
+            if output is not None:
+                self._outputs.delivered(output, peer)
 
     async def _run_cancellable(
         self,
@@ -450,14 +496,17 @@ class ComputeService:
             result.fuel_used,
             len(result.stdout),
         )
-        output = await self._keep_output(directory, job, result)
+        output = await self._keep_output(directory, job, result, peer)
         inline = result.stdout if len(result.stdout) <= MAX_INLINE_OUTPUT else None
         return Result(sign_result(spec, result, self._key, output), inline)
 
-    async def _keep_output(self, directory: Path, job: bytes, result: SandboxResult) -> ContentId:
+    async def _keep_output(
+        self, directory: Path, job: bytes, result: SandboxResult, requester: str
+    ) -> ContentId:
         path = directory / f"job-{job.hex()[:16]}.out"
         await trio.to_thread.run_sync(path.write_bytes, result.stdout)
-        return await trio.to_thread.run_sync(self._store_output, path)
+        async with self._store_lock:
+            return await trio.to_thread.run_sync(self._outputs.keep, path, requester)
 
 
 def _job_rates(per_minute: float) -> PerKeyBuckets:

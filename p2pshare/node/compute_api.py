@@ -73,6 +73,8 @@ CANDIDATES_PER_REPLICA: Final = 4
 WASM_MAGIC: Final = b"\0asm"
 # Seconds between progress events while replicas run (see _JobWatch.heartbeat).
 HEARTBEAT_INTERVAL: Final = 1.0
+# Seconds between sweeps of job outputs that were fetched or outlived output_keep_seconds.
+OUTPUT_SWEEP_INTERVAL: Final = 300.0
 
 
 class JobFailedError(UserError):
@@ -99,7 +101,7 @@ class ComputeApi:
             self.settings,
             self.key,
             fetch=self.fetch,
-            store_output=self.store_output,
+            outputs=self,
             work_dir=self.compute_dir / "jobs",
             announce=self.advertise,
         )
@@ -145,12 +147,35 @@ class ComputeApi:
             for index in range(chunks):
                 out.write(self.store.read_chunk(cid, index))
 
-    def store_output(self, path: Path) -> ContentId:
-        """Keep a job's stdout as a stored share (``share --copy``), under the store quota."""
+    # -- job outputs (the service's OutputStore)
+
+    def make_room(self, nbytes: int) -> bool:
+        """Reclaim fetched and expired job outputs, then what the quota needs for ``nbytes``."""
+        self.store.gc_job_outputs()
+        keep = self.quota_bytes - nbytes
+        if keep < 0:
+            return False
+        self.store.gc(keep_bytes=keep)
+        return self.store.stored_bytes() <= keep
+
+    def keep(self, path: Path, requester: str) -> ContentId:
+        """Keep a job's stdout as unpinned stored content that only ``requester`` can fetch."""
         prepared = self.store.prepare(path, copy=True, name=path.name)
-        row = self.store.commit(prepared)
-        self.store.gc(keep_bytes=self.quota_bytes)
+        keep_until = int(time.time()) + self.service.settings.output_keep_seconds
+        row = self.store.commit_job_output(prepared, requester, keep_until)
         return ContentId.parse(row.cid)
+
+    def delivered(self, cid: ContentId, requester: str) -> None:
+        self.store.catalog.set_job_output_fetched(str(cid), requester)
+
+    async def sweep_outputs(self) -> None:
+        """Remove fetched and expired job outputs now and then, jobs or not."""
+        while True:
+            # On the event loop, like every other gc, so no two run at once.
+            removed = self.store.gc_job_outputs()
+            if removed.removed:
+                log.info("removed %d job output(s) no longer needed", len(removed.removed))
+            await trio.sleep(OUTPUT_SWEEP_INTERVAL)
 
     async def _open(self, peer_id: str, addrs: Sequence[str]) -> ByteStream:
         return await open_stream(self.host, peer_id, addrs, PROTOCOL_ID, OPEN_TIMEOUT)
@@ -357,8 +382,31 @@ class ComputeApi:
         finally:
             partial.unlink(missing_ok=True)
 
+    async def outputs(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+        """The job outputs this worker keeps for requesters."""
+        docs = []
+        for cid, output in sorted(self.store.catalog.job_outputs().items()):
+            row = self.store.catalog.share(cid)
+            if row is not None:
+                docs.append(
+                    {
+                        "cid": cid,
+                        "name": row.name,
+                        "size": row.total_size,
+                        "requesters": list(output.requesters),
+                        "keep_until": output.keep_until or None,
+                        "pinned": row.pinned,
+                    }
+                )
+        return {"outputs": docs, "stored_bytes": self.store.stored_bytes()}
+
     def handlers(self) -> dict[str, Handler]:
-        return {"compute_offer": self.offer, "compute_peers": self.peers, "compute_run": self.run}
+        return {
+            "compute_offer": self.offer,
+            "compute_peers": self.peers,
+            "compute_run": self.run,
+            "compute_outputs": self.outputs,
+        }
 
 
 @dataclass

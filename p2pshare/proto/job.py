@@ -162,6 +162,7 @@ class RejectCode:
     FORBIDDEN_IMPORT = "forbidden_import"
     BUSY = "busy"
     RATE_LIMITED = "rate_limited"
+    NO_SPACE = "no_space"
     CANCELLED = "cancelled"
     UNSUPPORTED_VERSION = "unsupported_version"
     INTERNAL = "internal"

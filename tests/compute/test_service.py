@@ -112,23 +112,42 @@ async def _no_announce() -> None:
     await trio.sleep_forever()
 
 
-async def start_worker(
-    network: Network, tmp_path: Path, name: str, settings: ComputeConfig = SETTINGS
-) -> tuple[ComputeService, str]:
-    key = NodeKey.generate()
-    outputs = tmp_path / f"{name}-outputs"
-    outputs.mkdir()
+class FakeOutputs:
+    """Job outputs kept as files, under a quota of ``room`` bytes."""
 
-    def store_output(path: Path) -> ContentId:
+    def __init__(self, directory: Path, room: int = 1 << 40) -> None:
+        directory.mkdir()
+        self.directory = directory
+        self.room = room
+        self.asked: list[int] = []
+        self.delivered_to: list[tuple[ContentId, str]] = []
+
+    def make_room(self, nbytes: int) -> bool:
+        self.asked.append(nbytes)
+        return nbytes <= self.room
+
+    def keep(self, path: Path, requester: str) -> ContentId:
         data = path.read_bytes()
-        (outputs / path.name).write_bytes(data)
+        (self.directory / path.name).write_bytes(data)
         return cid_of(data)
 
+    def delivered(self, cid: ContentId, requester: str) -> None:
+        self.delivered_to.append((cid, requester))
+
+
+async def start_worker(
+    network: Network,
+    tmp_path: Path,
+    name: str,
+    settings: ComputeConfig = SETTINGS,
+    outputs: FakeOutputs | None = None,
+) -> tuple[ComputeService, str]:
+    key = NodeKey.generate()
     service = ComputeService(
         settings,
         key,
         fetch=network.content.fetch,
-        store_output=store_output,
+        outputs=outputs or FakeOutputs(tmp_path / f"{name}-outputs"),
         work_dir=tmp_path / f"{name}-jobs",
         announce=_no_announce,
     )
@@ -311,6 +330,37 @@ async def refusal_of(network: Network, tmp_path: Path, spec: JobSpec) -> JobReje
 async def test_not_webassembly_is_refused(network: Network, tmp_path: Path) -> None:
     spec = build_job_spec(network.content.add(b"#!/bin/sh\nrm -rf /\n"), limits=LIMITS)
     assert (await refusal_of(network, tmp_path, spec)).code == RejectCode.INVALID_MODULE
+
+
+async def test_a_job_whose_output_would_not_fit_the_quota_is_refused_before_fetching(
+    network: Network, tmp_path: Path, wasm: Build
+) -> None:
+    outputs = FakeOutputs(tmp_path / "outputs", room=LIMITS.max_output - 1)
+    _, peer = await start_worker(network, tmp_path, "w", outputs=outputs)
+    workers = await workers_of(network, [peer])
+    submit = wordcount_submit(network, wasm, b"x\n")
+    replicas = await run_replicas(network.open_stream, workers, submit, 1, ignore)
+    assert replicas[0].refusal_code == RejectCode.NO_SPACE
+    assert "no room for 1048576 bytes of output" in (replicas[0].refused or "")
+    assert outputs.asked == [LIMITS.max_output]
+    assert network.content.fetches == []
+    assert list(outputs.directory.iterdir()) == []
+
+
+async def test_an_output_sent_with_the_receipt_is_delivered_to_its_requester(
+    network: Network, tmp_path: Path, wasm: Build
+) -> None:
+    outputs = FakeOutputs(tmp_path / "outputs")
+    _, peer = await start_worker(network, tmp_path, "w", outputs=outputs)
+    submit = wordcount_submit(network, wasm, b"one two\n")
+    replicas = await run_replicas(
+        network.open_stream, await workers_of(network, [peer]), submit, 1, ignore
+    )
+    assert replicas[0].stdout == b"1 2 8\n"
+    with trio.fail_after(5):
+        while not outputs.delivered_to:
+            await trio.sleep(0.01)
+    assert outputs.delivered_to == [(cid_of(b"1 2 8\n"), network.requester)]
 
 
 async def test_a_module_without_start_is_refused_with_its_reason(
