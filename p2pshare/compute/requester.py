@@ -65,6 +65,7 @@ _TRY_ANOTHER: Final = frozenset(
         RejectCode.RATE_LIMITED,
         RejectCode.LIMIT_EXCEEDS_OFFER,
         RejectCode.NO_SPACE,
+        RejectCode.NOT_OFFERING,
         RejectCode.INTERNAL,
     }
 )
@@ -130,6 +131,10 @@ class WorkerOfferError(RemoteError):
     """A worker's offer could not be had or did not verify."""
 
 
+class NotOfferingError(WorkerOfferError):
+    """The peer has turned compute off: it is no worker now."""
+
+
 async def ask_offer(
     open_stream: OpenStream,
     peer_id: str,
@@ -150,6 +155,8 @@ async def ask_offer(
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await channel.aclose()
+    if isinstance(reply, Reject) and reply.code == RejectCode.NOT_OFFERING:
+        raise NotOfferingError(f"{peer_id} does not offer compute now")
     if not isinstance(reply, OfferReply):
         raise WorkerOfferError(f"{peer_id} answered an offer request with {reply!r}")
     return verify_offer(reply.offer, worker=worker_key, now=int(now())).offer
@@ -161,13 +168,19 @@ async def collect_offers(
     *,
     now: Callable[[], float] = time.time,
 ) -> tuple[list[Worker], dict[str, str]]:
-    """Ask every candidate for its offer at once; the workers and why the others failed."""
+    """Ask every candidate for its offer at once; the workers and why the others failed.
+
+    A candidate that answers it does not offer compute (turned off) is in neither.
+    """
     workers: list[Worker] = []
     failures: dict[str, str] = {}
 
     async def ask(peer_id: str, addrs: Sequence[str]) -> None:
         try:
             offer = await ask_offer(open_stream, peer_id, addrs, now=now)
+        except NotOfferingError:
+            # Its DHT record outlives its offer; it is simply not a worker any more.
+            return
         except (trio.TooSlowError, UserError, RemoteError) as exc:
             failures[peer_id] = str(exc) or type(exc).__name__
             return
@@ -219,7 +232,7 @@ def too_few_workers(
     if found == 0:
         reasons = ["no worker announced itself in the DHT"]
     elif found < replicas:
-        reasons.insert(0, f"only {found} worker(s) announced themselves in the DHT")
+        reasons.insert(0, f"only {found} worker(s) found offering compute")
     return (
         f"found {able} worker(s) able to take the job, {replicas} needed "
         f"({'; '.join(reasons)}); lower --replicas or the limits, or try again later"

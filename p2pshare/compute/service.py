@@ -75,6 +75,8 @@ FETCH_TIMEOUT: Final = 600.0
 _SPEED_PROBE_BYTES: Final = 1 << 20
 # Verified modules kept in memory by content ID: a module run again is not fetched again.
 MODULE_CACHE_BYTES: Final = 32 * 1024 * 1024
+# The job ID of a REJECT that answers an OFFER_REQUEST, which names no job.
+NO_JOB: Final = bytes(32)
 # Outcomes of modules the sandbox refused to start, and the refusal each becomes.
 _NEVER_RAN: Final = {
     JobStatus.INVALID_MODULE: RejectCode.INVALID_MODULE,
@@ -311,7 +313,7 @@ class ComputeService:
             with trio.fail_after(FIRST_MESSAGE_TIMEOUT):
                 first = await channel.receive()
             if isinstance(first, OfferRequest):
-                await channel.send(OfferReply(self.offer().data))
+                await channel.send(self._offer_reply())
             elif isinstance(first, Submit):
                 await self._serve_job(channel, peer, first)
             elif first is not None:
@@ -324,9 +326,22 @@ class ComputeService:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await channel.aclose()
 
+    def _offer_reply(self) -> OfferReply | Reject:
+        if not self.settings.enabled:
+            # Withdrawn: requesters drop this node rather than list it with 0 free slots.
+            return Reject(NO_JOB, RejectCode.NOT_OFFERING, "this node does not offer compute")
+        return OfferReply(self.offer().data)
+
+    def _unavailable(self) -> JobRejectedError | None:
+        if not self.settings.enabled:
+            return _refusal(RejectCode.NOT_OFFERING, "this node does not offer compute")
+        if self._pool is None:
+            return _refusal(RejectCode.BUSY, "this node's worker processes are starting")
+        return None
+
     def _admit(self, peer: str, spec: JobSpec) -> JobRejectedError | None:
-        if self._pool is None or not self.settings.enabled:
-            return _refusal(RejectCode.BUSY, "this node does not take compute jobs now")
+        if (refusal := self._unavailable()) is not None:
+            return refusal
         if not self._rates.take(peer, trio.current_time()):
             return _refusal(
                 RejectCode.RATE_LIMITED,

@@ -163,6 +163,8 @@ class RejectCode:
     BUSY = "busy"
     RATE_LIMITED = "rate_limited"
     NO_SPACE = "no_space"
+    # Also the answer to OFFER_REQUEST (with an all-zero job ID) of a node with compute off.
+    NOT_OFFERING = "not_offering"
     CANCELLED = "cancelled"
     UNSUPPORTED_VERSION = "unsupported_version"
     INTERNAL = "internal"

@@ -107,7 +107,7 @@ def test_a_timed_out_replica_neither_confirms_nor_contradicts() -> None:
 def test_too_few_workers_says_how_many_were_found() -> None:
     text = too_few_workers(3, 2, {}, {})
     assert text.startswith("found 2 worker(s) able to take the job, 3 needed")
-    assert "only 2 worker(s) announced themselves in the DHT" in text
+    assert "only 2 worker(s) found offering compute" in text
     assert "no worker announced" not in text
 
 

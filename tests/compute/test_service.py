@@ -17,6 +17,7 @@ import trio.testing
 
 from p2pshare.compute.channel import JobChannel
 from p2pshare.compute.requester import (
+    NotOfferingError,
     Replica,
     Worker,
     ask_offer,
@@ -395,7 +396,7 @@ async def test_oversize_input_is_refused(network: Network, tmp_path: Path, wasm:
     assert (await refusal_of(network, tmp_path, spec)).code == RejectCode.OVERSIZE
 
 
-async def test_a_busy_worker_is_replaced_by_the_next(
+async def test_a_worker_that_stopped_offering_is_replaced_by_the_next(
     network: Network, tmp_path: Path, wasm: Build
 ) -> None:
     busy, busy_peer = await start_worker(network, tmp_path, "busy")
@@ -405,7 +406,7 @@ async def test_a_busy_worker_is_replaced_by_the_next(
     replicas = await run_replicas(
         network.open_stream, workers, wordcount_submit(network, wasm, b"x\n"), 1, ignore
     )
-    assert [r.refusal_code for r in replicas] == [RejectCode.BUSY, None]
+    assert [r.refusal_code for r in replicas] == [RejectCode.NOT_OFFERING, None]
     assert replicas[1].peer_id == free_peer
     assert replicas[1].receipt is not None
 
@@ -482,3 +483,22 @@ async def test_a_stream_cut_inside_a_message_is_a_protocol_error() -> None:
     await theirs.aclose()
     with pytest.raises(RemoteProtocolError, match="inside a job message"):
         await JobChannel(mine).receive()
+
+
+async def test_a_worker_that_turned_compute_off_is_no_longer_listed(
+    network: Network, tmp_path: Path, wasm: Build
+) -> None:
+    service, off = await start_worker(network, tmp_path, "off")
+    _, on = await start_worker(network, tmp_path, "on")
+    service.configure(enabled=False)
+    found, failures = await collect_offers(network.open_stream, [(off, ()), (on, ())])
+    assert [w.peer_id for w in found] == [on]
+    assert failures == {}
+    with pytest.raises(NotOfferingError):
+        await ask_offer(network.open_stream, off, ())
+    # A requester that still submits (an offer it had before) is told, and moves on.
+    old = Worker(off, (), (await workers_of(network, [on]))[0].offer)
+    replicas = await run_replicas(
+        network.open_stream, [old], wordcount_submit(network, wasm, b"x\n"), 1, ignore
+    )
+    assert replicas[0].refusal_code == RejectCode.NOT_OFFERING

@@ -364,15 +364,17 @@ def test_peers_and_switching_an_offer_off_and_on(cluster: Cluster, tmp_path: Pat
         shown = cli_json(off_worker.home, "compute", "offer", "--off")
         assert shown["enabled"] is False
         assert shown["free"] == 0
-        found = peers(cluster)
-        assert found[off_worker.info["peer_id"]]["free"] == 0
-        assert found[on_worker.info["peer_id"]]["free"] == 1
+        # Withdrawn: no longer listed (not even as "0/1 free" or unreachable).
+        listed = cli_json(cluster.requester.home, "compute", "peers", "--timeout", "2")
+        assert [w["peer_id"] for w in listed["workers"]] == [on_worker.info["peer_id"]]
+        assert listed["unreachable"] == []
         result = run_job(
             cluster, wat("wordcount"), "--stdin", str(stdin), "--replicas", "2", out=tmp_path / "o"
         )
         assert result.returncode == ExitCode.FAILED
         assert "found 1 worker(s) able to take the job, 2 needed" in result.stderr
-        assert f"{off_worker.info['peer_id']} has no free slot" in result.stderr
+        assert "only 1 worker(s) found offering compute" in result.stderr
+        assert off_worker.info["peer_id"] not in result.stderr
     finally:
         # On again, with limits below a job's defaults: the pool restarts within them.
         shown = cli_json(off_worker.home, "compute", "offer", "--on", *SMALL_OFFER)
