@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,12 +133,16 @@ def outputs(ctx: click.Context, as_json: bool) -> None:
     def human(r: dict[str, Any]) -> str:
         lines = [
             f"{o['cid']}  {_size(o['size'])}  for {', '.join(o['requesters'])}  "
-            + ("fetched" if o["keep_until"] is None else f"kept until {o['keep_until']}")
+            + ("fetched" if o["keep_until"] is None else f"kept until {_utc(o['keep_until'])}")
             for o in r["outputs"]
         ]
         return "\n".join(lines) or "no job outputs"
 
     show(result, as_json, human)
+
+
+def _utc(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def _input(text: str) -> list[str]:
