@@ -100,6 +100,7 @@ def test_job_outputs_stay_under_the_quota_and_gc_reclaims_fetched_ones(
     assert outputs[0]["requesters"] == [requester.info["peer_id"]]
     assert outputs[0]["keep_until"] is None, "the requester fetched it"
     assert cli_json(worker.home, "ls")["shares"] == []
+    assert cli_json(worker.home, "status")["shares"] == [], "not the user's, never announced"
     assert cli_json(worker.home, "gc")["removed"] == [outputs[0]["cid"]]
     assert content_bytes(worker.home) == 0
     assert cli_json(worker.home, "compute", "outputs")["outputs"] == []
