@@ -16,12 +16,33 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import multiaddr
 import pytest
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from p2pshare.compute.examples import WAT_DIR
 from p2pshare.errors import ExitCode
 from p2pshare.home import Home
+from p2pshare.identity import NodeKey
 from p2pshare.launcher import DaemonProcess, init_home, run_cli
+from p2pshare.net.host import running_host
+from p2pshare.net.streams import LibP2PStream
+from p2pshare.proto.cid import ContentId
+from p2pshare.proto.transfer import (
+    PROTOCOL_ID,
+    ErrorCode,
+    ErrorReply,
+    GetHave,
+    GetManifest,
+    Hello,
+    Message,
+    Role,
+    TransferDecoder,
+    encode,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -69,6 +90,37 @@ def pair() -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
         assert codes == [0, 0]
 
 
+def stranger_asks(worker: DaemonProcess, cid: str) -> list[Message]:
+    """What a fresh identity gets over a raw transfer stream when it asks for ``cid``."""
+
+    async def ask() -> list[Message]:
+        async with running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"]) as host:
+            with trio.fail_after(20):
+                await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(worker.info["addrs"][0])))
+                raw = await host.new_stream(
+                    ID.from_base58(worker.info["peer_id"]), [TProtocol(PROTOCOL_ID)]
+                )
+                stream = LibP2PStream(raw)
+                wanted = ContentId.parse(cid)
+                requests = [GetManifest(1, wanted), GetHave(2, wanted, 0, 1)]
+                await stream.send_all(
+                    encode(Hello(1, Role.CLIENT)) + b"".join(map(encode, requests))
+                )
+                decoder = TransferDecoder(Role.CLIENT)
+                replies: list[Message] = []
+                while len(replies) < 1 + len(requests):
+                    data = await stream.receive_some()
+                    if not data:
+                        break
+                    decoder.feed(data)
+                    while (message := decoder.next_message()) is not None:
+                        replies.append(message)
+                await stream.reset()
+                return replies
+
+    return trio.run(ask)
+
+
 def flood(requester: DaemonProcess, out: Path, max_output: int) -> Any:
     return run_cli(
         requester.home,
@@ -101,6 +153,13 @@ def test_job_outputs_stay_under_the_quota_and_gc_reclaims_fetched_ones(
     assert outputs[0]["keep_until"] is None, "the requester fetched it"
     assert cli_json(worker.home, "ls")["shares"] == []
     assert cli_json(worker.home, "status")["shares"] == [], "not the user's, never announced"
+    # Field test 2, row 28: a stranger's raw client got the output's manifest.
+    replies = stranger_asks(worker, outputs[0]["cid"])
+    assert replies[0] == Hello(1, Role.SERVER)
+    assert [(r.req_id, r.code) for r in replies[1:] if isinstance(r, ErrorReply)] == [
+        (1, ErrorCode.UNKNOWN_CONTENT),
+        (2, ErrorCode.UNKNOWN_CONTENT),
+    ]
     assert cli_json(worker.home, "gc")["removed"] == [outputs[0]["cid"]]
     assert content_bytes(worker.home) == 0
     assert cli_json(worker.home, "compute", "outputs")["outputs"] == []
