@@ -292,6 +292,19 @@ def test_limit_holds_and_worker_serves_next_job(
     assert_workers_serve(cluster, tmp_path / "wc.txt")
 
 
+def test_a_module_without_start_is_refused_with_its_reason_and_writes_no_output(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    module = tmp_path / "nostart.wasm"
+    module.write_bytes(b"\0asm\1\0\0\0")
+    out = tmp_path / "out"
+    result = run_job(cluster, str(module), "--replicas", "2", out=out)
+    assert result.returncode == ExitCode.FAILED, result.stdout + result.stderr
+    assert "(invalid_module): the module has no _start function" in result.stderr
+    assert not out.exists()
+    assert_workers_serve(cluster, tmp_path / "wc.txt")
+
+
 def test_forbidden_import_is_refused_by_name(cluster: Cluster, tmp_path: Path) -> None:
     out = tmp_path / "out"
     done_before = [offer_status(w)["jobs_done"] for w in cluster.workers]
