@@ -33,7 +33,7 @@ from p2pshare.config import check_changes
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
 from p2pshare.errors import P2PShareError, RemoteError, UserError
 from p2pshare.net.peers import open_stream
-from p2pshare.proto.cid import ContentId
+from p2pshare.node.job_outputs import JobOutputs
 from p2pshare.proto.job import (
     NONCE_SIZE,
     PROTOCOL_ID,
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from p2pshare.net.streams import ByteStream, HandlerGuard, LibP2PStream
     from p2pshare.node.discovery import Discovery
     from p2pshare.node.transfer_api import TransferApi
+    from p2pshare.proto.cid import ContentId
     from p2pshare.store.shares import PreparedShare, ShareStore
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,6 @@ CANDIDATES_PER_REPLICA: Final = 4
 WASM_MAGIC: Final = b"\0asm"
 # Seconds between progress events while replicas run (see _JobWatch.heartbeat).
 HEARTBEAT_INTERVAL: Final = 1.0
-# Seconds between sweeps of job outputs that were fetched or outlived output_keep_seconds.
-OUTPUT_SWEEP_INTERVAL: Final = 300.0
 
 
 class JobFailedError(UserError):
@@ -93,15 +92,19 @@ class ComputeApi:
     quota_bytes: int
     reprovide_interval: float
     service: ComputeService = field(init=False)
+    outputs: JobOutputs = field(init=False)
     _me: str = field(init=False)
 
     def __post_init__(self) -> None:
         self._me = self.host.get_id().to_base58()
+        self.outputs = JobOutputs(
+            self.store, self.quota_bytes, lambda: self.service.settings.output_keep_seconds
+        )
         self.service = ComputeService(
             self.settings,
             self.key,
             fetch=self.fetch,
-            outputs=self,
+            outputs=self.outputs,
             work_dir=self.compute_dir / "jobs",
             announce=self.advertise,
         )
@@ -146,36 +149,6 @@ class ComputeApi:
         with dest.open("xb") as out:
             for index in range(chunks):
                 out.write(self.store.read_chunk(cid, index))
-
-    # -- job outputs (the service's OutputStore)
-
-    def make_room(self, nbytes: int) -> bool:
-        """Reclaim fetched and expired job outputs, then what the quota needs for ``nbytes``."""
-        self.store.gc_job_outputs()
-        keep = self.quota_bytes - nbytes
-        if keep < 0:
-            return False
-        self.store.gc(keep_bytes=keep)
-        return self.store.stored_bytes() <= keep
-
-    def keep(self, path: Path, requester: str) -> ContentId:
-        """Keep a job's stdout as unpinned stored content that only ``requester`` can fetch."""
-        prepared = self.store.prepare(path, copy=True, name=path.name)
-        keep_until = int(time.time()) + self.service.settings.output_keep_seconds
-        row = self.store.commit_job_output(prepared, requester, keep_until)
-        return ContentId.parse(row.cid)
-
-    def delivered(self, cid: ContentId, requester: str) -> None:
-        self.store.catalog.set_job_output_fetched(str(cid), requester)
-
-    async def sweep_outputs(self) -> None:
-        """Remove fetched and expired job outputs now and then, jobs or not."""
-        while True:
-            # On the event loop, like every other gc, so no two run at once.
-            removed = self.store.gc_job_outputs()
-            if removed.removed:
-                log.info("removed %d job output(s) no longer needed", len(removed.removed))
-            await trio.sleep(OUTPUT_SWEEP_INTERVAL)
 
     async def _open(self, peer_id: str, addrs: Sequence[str]) -> ByteStream:
         return await open_stream(self.host, peer_id, addrs, PROTOCOL_ID, OPEN_TIMEOUT)
@@ -382,30 +355,12 @@ class ComputeApi:
         finally:
             partial.unlink(missing_ok=True)
 
-    async def outputs(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
-        """The job outputs this worker keeps for requesters."""
-        docs = []
-        for cid, output in sorted(self.store.catalog.job_outputs().items()):
-            row = self.store.catalog.share(cid)
-            if row is not None:
-                docs.append(
-                    {
-                        "cid": cid,
-                        "name": row.name,
-                        "size": row.total_size,
-                        "requesters": list(output.requesters),
-                        "keep_until": output.keep_until or None,
-                        "pinned": row.pinned,
-                    }
-                )
-        return {"outputs": docs, "stored_bytes": self.store.stored_bytes()}
-
     def handlers(self) -> dict[str, Handler]:
         return {
             "compute_offer": self.offer,
             "compute_peers": self.peers,
             "compute_run": self.run,
-            "compute_outputs": self.outputs,
+            "compute_outputs": self.outputs.list,
         }
 
 

@@ -102,9 +102,9 @@ def stranger_asks(worker: DaemonProcess, cid: str) -> list[Message]:
                 )
                 stream = LibP2PStream(raw)
                 wanted = ContentId.parse(cid)
-                requests = [GetManifest(1, wanted), GetHave(2, wanted, 0, 1)]
+                requests: list[Message] = [GetManifest(1, wanted), GetHave(2, wanted, 0, 1)]
                 await stream.send_all(
-                    encode(Hello(1, Role.CLIENT)) + b"".join(map(encode, requests))
+                    encode(Hello(1, Role.CLIENT)) + b"".join(encode(r) for r in requests)
                 )
                 decoder = TransferDecoder(Role.CLIENT)
                 replies: list[Message] = []
