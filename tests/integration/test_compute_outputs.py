@@ -151,6 +151,9 @@ def test_job_outputs_stay_under_the_quota_and_gc_reclaims_fetched_ones(
     assert len(outputs) == 1, "the fetched outputs of earlier jobs were reclaimed"
     assert outputs[0]["requesters"] == [requester.info["peer_id"]]
     assert outputs[0]["keep_until"] is None, "the requester fetched it"
+    shown = run_cli(worker.home, "compute", "outputs")
+    assert shown.stdout.startswith(outputs[0]["cid"]), shown.stderr
+    assert f"for {requester.info['peer_id']}  fetched" in shown.stdout
     assert cli_json(worker.home, "ls")["shares"] == []
     assert cli_json(worker.home, "status")["shares"] == [], "not the user's, never announced"
     # Field test 2, row 28: a stranger's raw client got the output's manifest.
