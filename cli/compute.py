@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,16 @@ if TYPE_CHECKING:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 # A job reports progress as its workers move on; a job's own wall limit is the bound.
 RUN_SILENCE = 900.0
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, which compare as inside any range."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def _home(ctx: click.Context) -> Home:
@@ -43,7 +55,7 @@ def compute() -> None:
 @click.option("--max-output", type=click.IntRange(0), help="Most bytes of stdout per job.")
 @click.option("--max-input", type=click.IntRange(0), help="Most input bytes per job.")
 @click.option(
-    "--max-load", type=click.FloatRange(0), help="Take jobs only below this load per CPU."
+    "--max-load", type=FiniteFloatRange(0), help="Take jobs only below this load per CPU."
 )
 @json_option
 @click.pass_context
@@ -83,7 +95,7 @@ def offer(ctx: click.Context, /, as_json: bool, enabled: bool | None, **limits: 
 
 
 @compute.command()
-@click.option("--timeout", type=click.FloatRange(0.1, 60), default=5.0, show_default=True)
+@click.option("--timeout", type=FiniteFloatRange(0.1, 60), default=5.0, show_default=True)
 @json_option
 @click.pass_context
 def peers(ctx: click.Context, timeout: float, as_json: bool) -> None:
@@ -104,6 +116,34 @@ def peers(ctx: click.Context, timeout: float, as_json: bool) -> None:
         )
 
     show(result, as_json, human)
+
+
+@compute.command()
+@json_option
+@click.pass_context
+def outputs(ctx: click.Context, as_json: bool) -> None:
+    """List the job outputs this worker keeps for requesters (not shown by `ls`).
+
+    Each is served only to the peer that ran the job, and gc reclaims it once that
+    peer fetched it or after [compute] output_keep_seconds.
+    """
+    from p2pshare.control.client import call  # noqa: PLC0415
+
+    result = call(_home(ctx), "compute_outputs")
+
+    def human(r: dict[str, Any]) -> str:
+        lines = [
+            f"{o['cid']}  {_size(o['size'])}  for {', '.join(o['requesters'])}  "
+            + ("fetched" if o["keep_until"] is None else f"kept until {_utc(o['keep_until'])}")
+            for o in r["outputs"]
+        ]
+        return "\n".join(lines) or "no job outputs"
+
+    show(result, as_json, human)
+
+
+def _utc(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def _input(text: str) -> list[str]:
@@ -236,10 +276,14 @@ def _describe(r: dict[str, Any]) -> str:
         lines[0] += f" (exit {r['exit_code']})"
     if r["verified"]:
         lines.append(f"verified: {agreeing} of {r['replicas']} workers agree")
+    elif r["dissenters"]:
+        lines.append("NOT verified: workers disagree: " + ", ".join(r["dissenters"]))
     else:
-        lines.append(
-            "NOT verified: workers disagree: " + (", ".join(r["dissenters"]) or "none finished")
-        )
+        timeouts = sum(1 for w in r["workers"] if w["status"] == "timeout")
+        line = f"NOT verified: {agreeing} of {r['replicas']} workers gave a result that counts"
+        if timeouts:
+            line += f"; {timeouts} timed out, and a timeout is never evidence"
+        lines.append(line)
     if r["output"]:
         lines.append(f"output: {r['output']} ({_size(r['output_size'])})")
     lines.append(
@@ -249,8 +293,9 @@ def _describe(r: dict[str, Any]) -> str:
 
 
 def _exit_status(result: dict[str, Any]) -> int:
-    if not result["verified"]:
+    if result["dissenters"] or result["status"] is None:
         return ExitCode.DISAGREEMENT
     if result["status"] != "ok":
+        # Failed, whether verified or not (a timeout never is): no worker contradicted it.
         return ExitCode.JOB_FAILED
-    return ExitCode.OK
+    return ExitCode.OK if result["verified"] else ExitCode.DISAGREEMENT

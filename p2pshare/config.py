@@ -7,6 +7,7 @@ are generated from these classes, so code, defaults and docs cannot drift apart.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 import typing
@@ -82,8 +83,9 @@ class StoreConfig:
     )
     quota_bytes: int = _opt(
         10 << 30,
-        "Stored content (share --copy) beyond this many bytes is removed by gc, oldest "
-        "unpinned first; pinned content is never removed.",
+        "Stored content (share --copy snapshots and compute job outputs) beyond this many "
+        "bytes is removed by gc, oldest unpinned first; pinned content is never removed, "
+        "and a worker refuses a job whose max output would not fit.",
     )
 
 
@@ -129,6 +131,11 @@ class ComputeConfig:
     )
     jobs_per_minute: float = _opt(
         60.0, "Jobs accepted per minute from one peer, in bursts of up to a minute's worth."
+    )
+    output_keep_seconds: int = _opt(
+        3600,
+        "Seconds a job's stored output is kept for its requester to fetch; once fetched, "
+        "or after this, gc and the store quota reclaim it.",
     )
 
 
@@ -192,6 +199,7 @@ _VALIDATORS: dict[tuple[str, str], typing.Callable[[typing.Any], str | None]] = 
     ("compute", "max_input"): _check_non_negative,
     ("compute", "max_load"): _check_non_negative,
     ("compute", "jobs_per_minute"): _check_positive,
+    ("compute", "output_keep_seconds"): _check_positive,
 }
 
 
@@ -241,8 +249,11 @@ def _coerce(value: object, hint: object) -> object:
             return value
         raise TypeError("an integer")
     if hint is float:
+        # TOML and msgpack both carry nan and inf; no option means anything by them.
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            if math.isfinite(value):
+                return float(value)
+            raise TypeError("a finite number")
         raise TypeError("a number")
     if hint is str:
         if isinstance(value, str):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import stat
 import subprocess
 import sys
 from typing import TYPE_CHECKING
+
+import pytest
+from click.testing import CliRunner
 
 from p2pshare.errors import ExitCode
 from p2pshare.launcher import run_cli
@@ -79,3 +83,50 @@ def probe_imports(home: Home, args: str) -> str:
 def test_help_and_queries_do_not_load_libp2p_or_trio(home: Home) -> None:
     assert probe_imports(home, "'--help'") == "HEAVY="
     assert probe_imports(home, "'id', '--json'") == "HEAVY="
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "-1"])
+def test_compute_offer_refuses_non_finite_or_negative_max_load(value: str) -> None:
+    cli = importlib.import_module("p2pshare_cli.main").cli
+    result = CliRunner().invoke(cli, ["compute", "offer", "--max-load", value])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "--max-load" in result.output
+    assert "Traceback" not in result.output
+
+
+def _summary(status: str | None, *, verified: bool, dissenters: list[str]) -> dict[str, object]:
+    workers = [
+        {"peer_id": "a", "status": status, "agrees": status != "timeout" and not dissenters},
+        {"peer_id": "b", "status": status, "agrees": status != "timeout" and not dissenters},
+    ]
+    return {
+        "job_id": "00" * 32,
+        "replicas": 2,
+        "verified": verified,
+        "status": status,
+        "exit_code": 0,
+        "dissenters": dissenters,
+        "workers": workers,
+        "output": None,
+        "input_bytes_moved": 0,
+        "elapsed_s": 1.0,
+    }
+
+
+def test_a_timeout_summary_never_says_verified() -> None:
+    compute = importlib.import_module("p2pshare_cli.compute")
+    _describe, _exit_status = compute._describe, compute._exit_status
+    result = _summary("timeout", verified=False, dissenters=[])
+    text = _describe(result)
+    assert "verified:" not in text.replace("NOT verified:", "")
+    assert "timed out, and a timeout is never evidence" in text
+    assert "disagree" not in text
+    assert _exit_status(result) == ExitCode.JOB_FAILED
+
+
+def test_exit_status_separates_failure_from_disagreement() -> None:
+    _exit_status = importlib.import_module("p2pshare_cli.compute")._exit_status
+    assert _exit_status(_summary("ok", verified=True, dissenters=[])) == ExitCode.OK
+    assert _exit_status(_summary("trap", verified=True, dissenters=[])) == ExitCode.JOB_FAILED
+    assert _exit_status(_summary("ok", verified=False, dissenters=["b"])) == ExitCode.DISAGREEMENT
+    assert _exit_status(_summary(None, verified=False, dissenters=["a"])) == ExitCode.DISAGREEMENT

@@ -1,11 +1,24 @@
 from __future__ import annotations
 
+import math
+import typing
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from p2pshare.config import Config, load_config, parse_config, reference_rows, render_config
-from p2pshare.errors import ConfigError
+from p2pshare.config import (
+    _SECTIONS,
+    _VALIDATORS,
+    Config,
+    check_changes,
+    load_config,
+    parse_config,
+    reference_rows,
+    render_config,
+)
+from p2pshare.errors import ConfigError, UserError
 
 PATH = Path("/home/u/.p2pshare/config.toml")
 
@@ -66,3 +79,50 @@ def test_reference_doc_lists_every_option() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     for section, key, default, meaning in reference_rows():
         assert f"| `{section}` | `{key}` | `{default}` | {meaning} |" in doc
+
+
+_FLOAT_KEYS = [
+    (section, key)
+    for section, cls in _SECTIONS.items()
+    for key, hint in typing.get_type_hints(cls).items()
+    if hint is float
+]
+
+
+@given(
+    option=st.sampled_from(_FLOAT_KEYS),
+    value=st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([-0.0, 0.0]),
+)
+def test_float_options_refuse_nan_infinity_and_out_of_range(
+    option: tuple[str, str], value: float
+) -> None:
+    section, key = option
+    validator = _VALIDATORS.get(option)
+    in_range = math.isfinite(value) and (validator is None or validator(value) is None)
+    if in_range:
+        assert check_changes(section, {key: value}) == {key: value}
+    else:
+        with pytest.raises(UserError, match=f"^\\[{section}\\] {key}[^\n]*$"):
+            check_changes(section, {key: value})
+    text = f"[{section}]\n{key} = {_toml_float(value)}\n"
+    if in_range:
+        assert getattr(getattr(parse_config(text, PATH), section), key) == value
+    else:
+        with pytest.raises(ConfigError, match=f"line 2, \\[{section}\\] {key}"):
+            parse_config(text, PATH)
+
+
+def _toml_float(value: float) -> str:
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return repr(value)
+
+
+def test_compute_rates_refuse_nan_and_infinity_over_the_control_socket() -> None:
+    for key, value in [("max_load", math.nan), ("jobs_per_minute", math.inf)]:
+        with pytest.raises(UserError, match="must be a finite number"):
+            check_changes("compute", {key: value})
+    with pytest.raises(UserError, match="must not be negative"):
+        check_changes("compute", {"max_load": -0.5})

@@ -6,10 +6,12 @@ wasmtime, so only callers that need module bytes pay for it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Final
 
 WAT_DIR: Final = Path(__file__).resolve().parent / "wasm"
+_WHERE: Final = re.compile(r"\s*-->\s*.*:(\d+):(\d+)\s*$")
 
 
 def example_names() -> list[str]:
@@ -27,7 +29,18 @@ def wat_to_wasm(text: str) -> bytes:
     try:
         return bytes(wasmtime.wat2wasm(text))
     except wasmtime.WasmtimeError as exc:
-        raise ValueError(str(exc).splitlines()[0]) from None
+        raise ValueError(wat_error(str(exc))) from None
+
+
+def wat_error(text: str) -> str:
+    """wasmtime's multi-line WAT error as one sentence that keeps its line and column.
+
+    The error reads ``MESSAGE\n --> <anon>:LINE:COLUMN\n | ...`` (a rustc-style snippet).
+    """
+    lines = text.splitlines()
+    message = lines[0] if lines else "cannot be assembled"
+    where = next((m for line in lines[1:] if (m := _WHERE.match(line))), None)
+    return f"line {where[1]}, column {where[2]}: {message}" if where else message
 
 
 def example_module(name: str) -> bytes:

@@ -60,7 +60,14 @@ OPEN_RETRY_DELAY: Final = 0.2
 # A worker refusing for one of these reasons may take the job another time or
 # another worker may: try the next one.  Any other refusal is about the job itself.
 _TRY_ANOTHER: Final = frozenset(
-    {RejectCode.BUSY, RejectCode.RATE_LIMITED, RejectCode.LIMIT_EXCEEDS_OFFER, RejectCode.INTERNAL}
+    {
+        RejectCode.BUSY,
+        RejectCode.RATE_LIMITED,
+        RejectCode.LIMIT_EXCEEDS_OFFER,
+        RejectCode.NO_SPACE,
+        RejectCode.NOT_OFFERING,
+        RejectCode.INTERNAL,
+    }
 )
 
 
@@ -124,6 +131,10 @@ class WorkerOfferError(RemoteError):
     """A worker's offer could not be had or did not verify."""
 
 
+class NotOfferingError(WorkerOfferError):
+    """The peer has turned compute off: it is no worker now."""
+
+
 async def ask_offer(
     open_stream: OpenStream,
     peer_id: str,
@@ -144,6 +155,8 @@ async def ask_offer(
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await channel.aclose()
+    if isinstance(reply, Reject) and reply.code == RejectCode.NOT_OFFERING:
+        raise NotOfferingError(f"{peer_id} does not offer compute now")
     if not isinstance(reply, OfferReply):
         raise WorkerOfferError(f"{peer_id} answered an offer request with {reply!r}")
     return verify_offer(reply.offer, worker=worker_key, now=int(now())).offer
@@ -155,13 +168,19 @@ async def collect_offers(
     *,
     now: Callable[[], float] = time.time,
 ) -> tuple[list[Worker], dict[str, str]]:
-    """Ask every candidate for its offer at once; the workers and why the others failed."""
+    """Ask every candidate for its offer at once; the workers and why the others failed.
+
+    A candidate that answers it does not offer compute (turned off) is in neither.
+    """
     workers: list[Worker] = []
     failures: dict[str, str] = {}
 
     async def ask(peer_id: str, addrs: Sequence[str]) -> None:
         try:
             offer = await ask_offer(open_stream, peer_id, addrs, now=now)
+        except NotOfferingError:
+            # Its DHT record outlives its offer; it is simply not a worker any more.
+            return
         except (trio.TooSlowError, UserError, RemoteError) as exc:
             failures[peer_id] = str(exc) or type(exc).__name__
             return
@@ -203,9 +222,30 @@ def rank_workers(
     return able, unable
 
 
+def too_few_workers(
+    replicas: int, able: int, unable: dict[str, str], failures: dict[str, str]
+) -> str:
+    """Why fewer than ``replicas`` workers can take a job, as one sentence."""
+    found = able + len(unable) + len(failures)
+    reasons = [f"{p} {why}" for p, why in sorted(unable.items())]
+    reasons += [f"{p} unreachable ({why})" for p, why in sorted(failures.items())]
+    if found == 0:
+        reasons = ["no worker announced itself in the DHT"]
+    elif found < replicas:
+        reasons.insert(0, f"only {found} worker(s) found offering compute")
+    return (
+        f"found {able} worker(s) able to take the job, {replicas} needed "
+        f"({'; '.join(reasons)}); lower --replicas or the limits, or try again later"
+    )
+
+
 def compare(replicas: Sequence[Replica]) -> Verdict:
-    """Group the replicas with a receipt by outcome (status, exit code, stdout digest)."""
-    done = [r for r in replicas if r.receipt is not None]
+    """Group the replicas with a receipt by outcome (status, exit code, stdout digest).
+
+    Only receipts that are evidence count (not a timeout): a timed-out replica neither
+    confirms nor contradicts the others.
+    """
+    done = [r for r in replicas if r.receipt is not None and r.receipt.status.is_evidence]
     groups = Counter(r.receipt.outcome for r in done if r.receipt is not None)
     if not groups:
         return Verdict(agreed=False, majority=(), dissenters=(), outcome=None)

@@ -41,6 +41,7 @@ from p2pshare.proto.job import (
     JobRejectedError,
     JobSpec,
     JobState,
+    JobStatus,
     OfferReply,
     OfferRequest,
     Progress,
@@ -74,6 +75,13 @@ FETCH_TIMEOUT: Final = 600.0
 _SPEED_PROBE_BYTES: Final = 1 << 20
 # Verified modules kept in memory by content ID: a module run again is not fetched again.
 MODULE_CACHE_BYTES: Final = 32 * 1024 * 1024
+# The job ID of a REJECT that answers an OFFER_REQUEST, which names no job.
+NO_JOB: Final = bytes(32)
+# Outcomes of modules the sandbox refused to start, and the refusal each becomes.
+_NEVER_RAN: Final = {
+    JobStatus.INVALID_MODULE: RejectCode.INVALID_MODULE,
+    JobStatus.FORBIDDEN_IMPORT: RejectCode.FORBIDDEN_IMPORT,
+}
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,26 @@ class ModuleCache:
             self._size -= len(evicted)
 
 
+class OutputStore(Protocol):
+    """Where a worker keeps job outputs: the node's store, under its quota.
+
+    ``keep`` hashes the output and runs in a worker thread, one at a time; the others
+    are quick and run on the event loop.
+    """
+
+    def make_room(self, nbytes: int) -> bool:
+        """Reclaim what may be reclaimed; whether ``nbytes`` more now fit in the quota."""
+        ...
+
+    def keep(self, path: Path, requester: str) -> ContentId:
+        """Store the output at ``path``, for ``requester`` alone."""
+        ...
+
+    def delivered(self, cid: ContentId, requester: str) -> None:
+        """``requester`` has the output (it came with the receipt): it may be reclaimed."""
+        ...
+
+
 def load_per_cpu() -> float:
     """The 1-minute load average divided by the number of CPUs."""
     return os.getloadavg()[0] / (os.cpu_count() or 1)
@@ -138,7 +166,7 @@ class ComputeService:
         key: NodeKey,
         *,
         fetch: Fetch,
-        store_output: Callable[[Path], ContentId],
+        outputs: OutputStore,
         work_dir: Path,
         announce: Callable[[], Awaitable[None]],
         load: Callable[[], float] = load_per_cpu,
@@ -147,7 +175,10 @@ class ComputeService:
         self.settings = settings
         self._key = key
         self._fetch = fetch
-        self._store_output = store_output
+        self._outputs = outputs
+        # Output bytes promised to admitted jobs (their max_output), not stored yet.
+        self._reserved = 0
+        self._store_lock = trio.Lock()
         self._work_dir = work_dir
         self._announce = announce
         self._load = load
@@ -282,7 +313,7 @@ class ComputeService:
             with trio.fail_after(FIRST_MESSAGE_TIMEOUT):
                 first = await channel.receive()
             if isinstance(first, OfferRequest):
-                await channel.send(OfferReply(self.offer().data))
+                await channel.send(self._offer_reply())
             elif isinstance(first, Submit):
                 await self._serve_job(channel, peer, first)
             elif first is not None:
@@ -295,9 +326,22 @@ class ComputeService:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await channel.aclose()
 
+    def _offer_reply(self) -> OfferReply | Reject:
+        if not self.settings.enabled:
+            # Withdrawn: requesters drop this node rather than list it with 0 free slots.
+            return Reject(NO_JOB, RejectCode.NOT_OFFERING, "this node does not offer compute")
+        return OfferReply(self.offer().data)
+
+    def _unavailable(self) -> JobRejectedError | None:
+        if not self.settings.enabled:
+            return _refusal(RejectCode.NOT_OFFERING, "this node does not offer compute")
+        if self._pool is None:
+            return _refusal(RejectCode.BUSY, "this node's worker processes are starting")
+        return None
+
     def _admit(self, peer: str, spec: JobSpec) -> JobRejectedError | None:
-        if self._pool is None or not self.settings.enabled:
-            return _refusal(RejectCode.BUSY, "this node does not take compute jobs now")
+        if (refusal := self._unavailable()) is not None:
+            return refusal
         if not self._rates.take(peer, trio.current_time()):
             return _refusal(
                 RejectCode.RATE_LIMITED,
@@ -326,19 +370,42 @@ class ComputeService:
         self._running += 1
         self._idle = trio.Event()
         directory = self._work_dir / f"{job.hex()[:16]}-{submit.nonce.hex()}"
+        max_output = submit.spec.limits.max_output
+        self._reserved += max_output
         try:
+            if not self._room_for_outputs():
+                message = (
+                    f"this worker has no room for {max_output} bytes of output within its "
+                    "store quota; ask for a smaller --max-output or another worker"
+                )
+                await channel.send(Reject(job, RejectCode.NO_SPACE, message))
+                return
             await channel.send(Accept(job))
             outcome = await self._run_cancellable(channel, peer, submit, pool, directory)
             if isinstance(outcome, Result):
                 self.jobs_done += 1
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await channel.send(outcome)
+                self._note_delivered(outcome, peer)
         finally:
+            self._reserved -= max_output
             self._running -= 1
             if self._running == 0:
                 self._idle.set()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(directory, ignore_errors=True))
+
+    def _room_for_outputs(self) -> bool:
+        # Checked before anything is fetched, for every job running at once: a
+        # requester cannot fill the worker's disk with outputs.  On the event loop, as
+        # every gc is, so no two reclaim at once.
+        return self._outputs.make_room(self._reserved)
+
+    def _note_delivered(self, outcome: Result | Reject, peer: str) -> None:
+        if isinstance(outcome, Result) and outcome.stdout is not None:
+            output = outcome.receipt.receipt.output
+            if output is not None:
+                self._outputs.delivered(output, peer)
 
     async def _run_cancellable(
         self,
@@ -432,6 +499,10 @@ class ComputeService:
             raise _refusal(RejectCode.INVALID_MODULE, str(exc)) from None
         await channel.send(Progress(job, JobState.RUNNING, None, network))
         result = await pool.run_job(sandbox_job(spec, module=module, stdin=stdin, inputs=inputs))
+        if result.status in _NEVER_RAN:
+            # About the module itself, with its reason (no _start...), which a receipt
+            # cannot carry: every worker would say the same.
+            raise _refusal(_NEVER_RAN[result.status], result.detail)
         log.info(
             "job %s from %s: %s, %d fuel, %d bytes out",
             job.hex()[:16],
@@ -440,14 +511,17 @@ class ComputeService:
             result.fuel_used,
             len(result.stdout),
         )
-        output = await self._keep_output(directory, job, result)
+        output = await self._keep_output(directory, job, result, peer)
         inline = result.stdout if len(result.stdout) <= MAX_INLINE_OUTPUT else None
         return Result(sign_result(spec, result, self._key, output), inline)
 
-    async def _keep_output(self, directory: Path, job: bytes, result: SandboxResult) -> ContentId:
+    async def _keep_output(
+        self, directory: Path, job: bytes, result: SandboxResult, requester: str
+    ) -> ContentId:
         path = directory / f"job-{job.hex()[:16]}.out"
         await trio.to_thread.run_sync(path.write_bytes, result.stdout)
-        return await trio.to_thread.run_sync(self._store_output, path)
+        async with self._store_lock:
+            return await trio.to_thread.run_sync(self._outputs.keep, path, requester)
 
 
 def _job_rates(per_minute: float) -> PerKeyBuckets:

@@ -5,6 +5,10 @@ escaping a handler ends ``host.run`` and with it the whole node (basic_host.py
 around line 1554).  Every handler we register therefore goes through
 :class:`HandlerGuard`, which bounds its time, caps concurrent streams per peer and
 turns any failure into a reset of that one stream and a log line.
+
+Cancelling a py-libp2p write at the wrong moment kills the whole connection (see
+:meth:`LibP2PStream.send_all`), so :class:`LibP2PStream` writes, closes and resets
+shielded; a cancellation takes effect once the frame in flight is out.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ if TYPE_CHECKING:
     from libp2p.abc import IHost, INetStream
 
 log = logging.getLogger(__name__)
+
+# Bytes written per shielded step: one yamux frame's payload (py-libp2p's MAX_MESSAGE_SIZE).
+_SEND_PIECE = 64 * 1024
+# Seconds one shielded write, close or reset may take before the stream counts as broken.
+SEND_STALL_LIMIT = 30.0
 
 
 class ByteStream(Protocol):
@@ -64,22 +73,41 @@ class LibP2PStream:
             raise StreamBrokenError(f"stream from {self.peer_id} broke: {exc!r}") from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            await self._stream.write(bytes(data))
-        except StreamError as exc:
-            raise StreamBrokenError(f"stream to {self.peer_id} broke: {exc!r}") from exc
+        """Send ``data``; a cancellation takes effect between pieces, never inside one.
+
+        py-libp2p encrypts a frame (advancing the Noise nonce) before it hands it to the
+        socket, with checkpoints in between: a write cancelled there leaves the two ends'
+        nonces apart and the whole connection dies ("No valid connections available for
+        peer"), not just this stream.  So each piece is written shielded.
+        """
+        view = memoryview(data)
+        for start in range(0, len(view), _SEND_PIECE):
+            await self._shielded(self._stream.write, bytes(view[start : start + _SEND_PIECE]))
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def aclose(self) -> None:
         try:
-            await self._stream.close()
-        except StreamError:
+            await self._shielded(self._stream.close)
+        except StreamBrokenError:
             await self.reset()
 
     async def reset(self) -> None:
         try:
-            await self._stream.reset()
-        except StreamError:
+            await self._shielded(self._stream.reset)
+        except StreamBrokenError:
             log.debug("reset of a stream from %s failed; it is gone already", self.peer_id)
+
+    async def _shielded(self, operation: Callable[..., Awaitable[None]], *args: bytes) -> None:
+        # yamux gives up on a zero send window after 5 s; a socket that accepts nothing
+        # for SEND_STALL_LIMIT means the connection is dead anyway.
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.fail_after(SEND_STALL_LIMIT):
+                    await operation(*args)
+            except StreamError as exc:
+                raise StreamBrokenError(f"stream to {self.peer_id} broke: {exc!r}") from exc
+            except trio.TooSlowError:
+                raise StreamBrokenError(f"stream to {self.peer_id} stalled") from None
 
 
 @dataclass(frozen=True)

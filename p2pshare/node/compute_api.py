@@ -27,6 +27,7 @@ from p2pshare.compute.requester import (
     compare,
     rank_workers,
     run_replicas,
+    too_few_workers,
 )
 from p2pshare.compute.service import ComputeService, Fetched
 from p2pshare.config import check_changes
@@ -34,16 +35,18 @@ from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_par
 from p2pshare.errors import P2PShareError, RemoteError, UserError
 from p2pshare.modes import file_mode
 from p2pshare.net.peers import open_stream
-from p2pshare.proto.cid import ContentId
+from p2pshare.node.job_outputs import JobOutputs
 from p2pshare.proto.job import (
     NONCE_SIZE,
     PROTOCOL_ID,
     JobLimits,
     JobRejectedError,
     JobSpec,
+    JobStatus,
     RejectCode,
     Submit,
     build_job_spec,
+    output_digest,
 )
 from p2pshare.proto.offer import COMPUTE_KEY
 from p2pshare.proto.ticket import parse_content_ref
@@ -68,6 +71,7 @@ if TYPE_CHECKING:
     from p2pshare.net.streams import ByteStream, HandlerGuard, LibP2PStream
     from p2pshare.node.discovery import Discovery
     from p2pshare.node.transfer_api import TransferApi
+    from p2pshare.proto.cid import ContentId
     from p2pshare.store.shares import PreparedShare, ShareStore
 
 log = logging.getLogger(__name__)
@@ -98,15 +102,19 @@ class ComputeApi:
     quota_bytes: int
     reprovide_interval: float
     service: ComputeService = field(init=False)
+    outputs: JobOutputs = field(init=False)
     _me: str = field(init=False)
 
     def __post_init__(self) -> None:
         self._me = self.host.get_id().to_base58()
+        self.outputs = JobOutputs(
+            self.store, self.quota_bytes, lambda: self.service.settings.output_keep_seconds
+        )
         self.service = ComputeService(
             self.settings,
             self.key,
             fetch=self.fetch,
-            store_output=self.store_output,
+            outputs=self.outputs,
             work_dir=self.compute_dir / "jobs",
             announce=self.advertise,
         )
@@ -151,13 +159,6 @@ class ComputeApi:
         with dest.open("xb") as out:
             for index in range(chunks):
                 out.write(self.store.read_chunk(cid, index))
-
-    def store_output(self, path: Path) -> ContentId:
-        """Keep a job's stdout as a stored share (``share --copy``), under the store quota."""
-        prepared = self.store.prepare(path, copy=True, name=path.name)
-        row = self.store.commit(prepared)
-        self.store.gc(keep_bytes=self.quota_bytes)
-        return ContentId.parse(row.cid)
 
     async def _open(self, peer_id: str, addrs: Sequence[str]) -> ByteStream:
         return await open_stream(self.host, peer_id, addrs, PROTOCOL_ID, OPEN_TIMEOUT)
@@ -270,13 +271,7 @@ class ComputeApi:
         input_bytes = await self._input_bytes(spec)
         able, unable = rank_workers(workers, spec.limits, input_bytes, holdings)
         if len(able) < replicas:
-            reasons = [f"{p} {why}" for p, why in sorted(unable.items())]
-            reasons += [f"{p} unreachable ({why})" for p, why in sorted(failures.items())]
-            detail = "; ".join(reasons) if reasons else "no worker announced itself in the DHT"
-            raise JobFailedError(
-                f"found {len(able)} worker(s) able to take the job, {replicas} needed "
-                f"({detail}); lower --replicas or the limits, or try again later"
-            )
+            raise JobFailedError(too_few_workers(replicas, len(able), unable, failures))
         return able
 
     async def _holdings(self, spec: JobSpec, created: list[str]) -> dict[str, int]:
@@ -309,7 +304,8 @@ class ComputeApi:
         doc: dict[str, Any] = {
             "job_id": job.hex(),
             "replicas": request.replicas,
-            "verified": verdict.agreed and len(done) >= request.replicas,
+            # Every replica asked must agree, and timeouts do not count (JobStatus.is_evidence).
+            "verified": verdict.agreed and len(verdict.majority) >= request.replicas,
             "dissenters": list(verdict.dissenters),
             "input_bytes_moved": sum(r.fetched_bytes for r in done),
             "workers": [r.as_dict() | {"agrees": r.peer_id in verdict.majority} for r in replicas],
@@ -319,10 +315,16 @@ class ComputeApi:
             reasons = "; ".join(f"{r.peer_id}: {r.refused}" for r in replicas)
             raise JobFailedError(f"no worker finished the job ({reasons or 'none tried'})")
         if verdict.outcome is None:
-            doc["status"] = None
+            # No dissent and no outcome: every receipt was a timeout, which says so.
+            statuses = {r.receipt.status.value for r in done if r.receipt is not None}
+            single = len(statuses) == 1 and not verdict.dissenters
+            doc["status"] = statuses.pop() if single else None
             return doc
         status, exit_code, digest = verdict.outcome
         doc |= {"status": status.value, "exit_code": exit_code, "digest": digest.hex()}
+        if status is not JobStatus.OK and digest == output_digest(b""):
+            # A failed job that printed nothing leaves no empty file behind.
+            return doc
         await emit("progress", {"phase": "fetching_output", "job_id": job.hex()})
         for replica in done:
             if replica.peer_id not in verdict.majority:
@@ -381,7 +383,12 @@ class ComputeApi:
             staged.unlink(missing_ok=True)
 
     def handlers(self) -> dict[str, Handler]:
-        return {"compute_offer": self.offer, "compute_peers": self.peers, "compute_run": self.run}
+        return {
+            "compute_offer": self.offer,
+            "compute_peers": self.peers,
+            "compute_run": self.run,
+            "compute_outputs": self.outputs.list,
+        }
 
 
 @dataclass

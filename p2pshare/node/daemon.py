@@ -184,6 +184,7 @@ def _assemble(
         # Before the control socket opens, so a get can attach to a resumed download.
         await nursery.start(transfer.downloads.run)
         await nursery.start(compute.service.run)
+        nursery.start_soon(compute.outputs.sweep)
 
     return node, server, start_services
 

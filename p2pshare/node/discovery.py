@@ -245,8 +245,10 @@ class Discovery:
             self._nursery.start_soon(self.provide, cid)
 
     async def provide_all(self) -> None:
+        # Job outputs are their requester's alone and never announced.
+        private = self._catalog.job_outputs()
         for row in self._catalog.shares():
-            if not row.stale_reason:
+            if not row.stale_reason and row.cid not in private:
                 await self.provide(row.cid)
 
     # -- finding

@@ -51,6 +51,8 @@ class NetworkApi:
 
     def status(self) -> dict[str, Any]:
         provided = self.catalog.provide_status()
+        # Job outputs are never announced, and not the user's shares (compute outputs).
+        outputs = self.catalog.job_outputs()
         return {
             "routing_table": self.discovery.routing_table_size(),
             "shares": [
@@ -61,6 +63,7 @@ class NetworkApi:
                     "stale": row.stale_reason,
                 }
                 for row in self.catalog.shares()
+                if row.cid not in outputs
             ],
         }
 

@@ -101,7 +101,10 @@ class SharesApi:
         return doc
 
     async def ls(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
-        return {"shares": [share_doc(row) for row in self.store.catalog.shares()]}
+        # Compute job outputs are the requesters', not the user's: `compute outputs`.
+        outputs = self.store.catalog.job_outputs()
+        rows = [row for row in self.store.catalog.shares() if row.cid not in outputs]
+        return {"shares": [share_doc(row) for row in rows]}
 
     async def unshare(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         return share_doc(self.store.remove(_cid_param(params)))

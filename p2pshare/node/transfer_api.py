@@ -61,7 +61,9 @@ class TransferApi:
         guard.register(PROTOCOL_ID, self._serve, bounded=False)
 
     async def _serve(self, stream: LibP2PStream) -> None:
-        await serve_transfer(stream, self.local, limiter=self.limiter, peer=stream.peer_id)
+        await serve_transfer(
+            stream, self.local.for_peer(stream.peer_id), limiter=self.limiter, peer=stream.peer_id
+        )
 
     async def _open(self, source: Source, paths: dict[str, str]) -> ByteStream:
         """The encrypted data channel if the provider offers one, else a libp2p stream."""
@@ -79,7 +81,7 @@ class TransferApi:
         return stream
 
     async def serve_data_channel(self, stream: ByteStream, peer: str) -> None:
-        await serve_transfer(stream, self.local, limiter=self.limiter, peer=peer)
+        await serve_transfer(stream, self.local.for_peer(peer), limiter=self.limiter, peer=peer)
 
     async def get(self, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         ref, dest_text = params.get("ref"), params.get("dest")

@@ -128,6 +128,15 @@ class JobStatus(StrEnum):
     INVALID_MODULE = "invalid_module"
     EXIT = "exit"
 
+    @property
+    def is_evidence(self) -> bool:
+        """Whether replicas ending this way can confirm each other.
+
+        Where a timeout stopped a run (and its fuel count) depends on the machine,
+        so two timeouts agreeing says nothing (docs/compute.md, "Deterministic profile").
+        """
+        return self is not JobStatus.TIMEOUT
+
 
 class JobState(StrEnum):
     """Where an accepted job is, as PROGRESS reports it."""
@@ -153,6 +162,9 @@ class RejectCode:
     FORBIDDEN_IMPORT = "forbidden_import"
     BUSY = "busy"
     RATE_LIMITED = "rate_limited"
+    NO_SPACE = "no_space"
+    # Also the answer to OFFER_REQUEST (with an all-zero job ID) of a node with compute off.
+    NOT_OFFERING = "not_offering"
     CANCELLED = "cancelled"
     UNSUPPORTED_VERSION = "unsupported_version"
     INTERNAL = "internal"

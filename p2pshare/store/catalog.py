@@ -92,6 +92,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE download_requests ADD COLUMN umask INTEGER;
     """,
+    # Compute job outputs (stored shares): served only to the requester that ran the
+    # job, never announced, and reclaimable once fetched or past keep_until.
+    """
+    CREATE TABLE job_outputs (
+        cid TEXT NOT NULL REFERENCES shares(cid) ON DELETE CASCADE,
+        requester TEXT NOT NULL,  -- peer ID, the only peer it is served to
+        keep_until INTEGER NOT NULL,  -- Unix seconds; 0 once the requester fetched it
+        PRIMARY KEY (cid, requester)
+    );
+    """,
 )
 
 
@@ -108,6 +118,14 @@ class ShareRow:
     pinned: bool
     stale_reason: str | None
     added_at: int
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """A stored share holding a compute job's stdout (docs/compute.md, "Job outputs")."""
+
+    requesters: tuple[str, ...]
+    keep_until: int  # Unix seconds; 0 once every requester fetched it
 
 
 @dataclass(frozen=True)
@@ -438,6 +456,35 @@ class Catalog:
     def provide_status(self) -> dict[str, ProvideStatus]:
         rows = self._db.execute("SELECT cid, provided_at, provided_to FROM provide_status")
         return {r["cid"]: ProvideStatus(r["provided_at"], r["provided_to"]) for r in rows}
+
+    def add_job_output(self, cid: str, requester: str, keep_until: int) -> None:
+        self._db.execute(
+            "INSERT INTO job_outputs (cid, requester, keep_until) VALUES (?,?,?) "
+            "ON CONFLICT(cid, requester) DO UPDATE SET keep_until=excluded.keep_until",
+            (cid, requester, keep_until),
+        )
+
+    def job_output_requesters(self, cid: str) -> frozenset[str]:
+        """The peers a job output may be served to; empty for content that is not one."""
+        rows = self._db.execute("SELECT requester FROM job_outputs WHERE cid = ?", (cid,))
+        return frozenset(r["requester"] for r in rows)
+
+    def set_job_output_fetched(self, cid: str, requester: str) -> None:
+        self._db.execute(
+            "UPDATE job_outputs SET keep_until = 0 WHERE cid = ? AND requester = ?",
+            (cid, requester),
+        )
+
+    def job_outputs(self) -> dict[str, JobOutput]:
+        """Every job output by content ID: its requesters and until when it is kept."""
+        outputs: dict[str, JobOutput] = {}
+        rows = self._db.execute("SELECT cid, requester, keep_until FROM job_outputs")
+        for r in rows:
+            seen = outputs.get(r["cid"])
+            requesters = (seen.requesters if seen else ()) + (r["requester"],)
+            keep_until = max(seen.keep_until if seen else 0, r["keep_until"])
+            outputs[r["cid"]] = JobOutput(tuple(sorted(requesters)), keep_until)
+        return outputs
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

@@ -320,20 +320,50 @@ class ShareStore:
     def stored_bytes(self) -> int:
         return sum(r.total_size for r in self.catalog.shares() if r.stored)
 
-    def gc(self, keep_bytes: int = 0) -> GcReport:
+    def commit_job_output(
+        self, prepared: PreparedShare, requester: str, keep_until: int
+    ) -> ShareRow:
+        """Record a compute job's stored stdout: unpinned, and served only to ``requester``."""
+        row = self.commit(prepared)
+        self.catalog.add_job_output(row.cid, requester, keep_until)
+        if row.pinned:
+            self.catalog.set_pinned(row.cid, pinned=False)
+            self._serving.pop(row.cid, None)
+        return self._require(row.cid)
+
+    def gc(self, keep_bytes: int = 0, now: float | None = None) -> GcReport:
         """Delete unpinned stored content, oldest first, until at most ``keep_bytes`` remain.
 
-        Shares served in place from the user's files are never deleted.
+        Shares served in place from the user's files are never deleted, nor is a job
+        output its requester may still fetch (not fetched and before its keep_until).
         """
+        now = time.time() if now is None else now
+        outputs = self.catalog.job_outputs()
         stored = self.stored_bytes()
         removed: list[str] = []
         freed = 0
         for row in self.catalog.shares():
             if stored - freed <= keep_bytes:
                 break
+            output = outputs.get(row.cid)
+            if output is not None and output.keep_until > now:
+                continue
             if row.stored and not row.pinned:
                 self.remove(row.cid)
                 removed.append(row.cid)
+                freed += row.total_size
+        return GcReport(tuple(removed), freed)
+
+    def gc_job_outputs(self, now: float | None = None) -> GcReport:
+        """Delete every job output fetched by its requesters or past its keep_until."""
+        now = time.time() if now is None else now
+        removed: list[str] = []
+        freed = 0
+        for cid, output in self.catalog.job_outputs().items():
+            row = self.catalog.share(cid)
+            if output.keep_until <= now and row is not None and not row.pinned:
+                self.remove(cid)
+                removed.append(cid)
                 freed += row.total_size
         return GcReport(tuple(removed), freed)
 

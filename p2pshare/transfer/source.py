@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Protocol
 
 from p2pshare.proto.bitfield import Bitfield
@@ -51,15 +52,16 @@ class LocalContent:
     def __init__(self, shares: ShareStore) -> None:
         self._shares = shares
         self._partial: dict[str, PartialContent] = {}
+        # Chunks of job outputs sent to their requester, until all of them were; the
+        # uploader reads chunks in worker threads.
+        self._sending: dict[tuple[str, str], set[int]] = {}
+        self._sending_lock = threading.Lock()
 
     def register(self, cid: ContentId, partial: PartialContent) -> None:
         self._partial[str(cid)] = partial
 
     def unregister(self, cid: ContentId) -> None:
         self._partial.pop(str(cid), None)
-
-    def _unknown(self, cid: ContentId) -> UnknownContentError:
-        return UnknownContentError(f"this node does not hold {cid}")
 
     def signed_manifest(self, cid: ContentId) -> bytes:
         partial = self._partial.get(str(cid))
@@ -68,7 +70,7 @@ class LocalContent:
         try:
             return self._shares.signed_manifest(str(cid)).data
         except UnknownShareError:
-            raise self._unknown(cid) from None
+            raise _unknown(cid) from None
 
     def page(self, cid: ContentId, page_index: int) -> bytes:
         partial = self._partial.get(str(cid))
@@ -87,7 +89,7 @@ class LocalContent:
             return partial.have(first_chunk, count)
         row = self._shares.catalog.share(str(cid))
         if row is None:
-            raise self._unknown(cid)
+            raise _unknown(cid)
         if row.stale_reason:
             # Said, not an empty list: the downloader tells its user why it got nothing.
             raise NotAvailableError(f"{cid} cannot be served now: it changed on disk")
@@ -96,6 +98,28 @@ class LocalContent:
         for offset in range(max(0, min(count, total - first_chunk))):
             have.set(offset)
         return have
+
+    def for_peer(self, peer: str) -> PeerContent:
+        """What ``peer`` may read: everything but the job outputs of other requesters."""
+        return PeerContent(self, peer)
+
+    def requesters(self, cid: ContentId) -> frozenset[str]:
+        """The only peers ``cid`` may be served to; empty when anyone may have it."""
+        if str(cid) in self._partial:
+            return frozenset()
+        return self._shares.catalog.job_output_requesters(str(cid))
+
+    def record_sent(self, cid: ContentId, global_index: int, requester: str) -> None:
+        """Note a chunk of a job output sent to its requester; all of them = fetched."""
+        key = (str(cid), requester)
+        total = self._shares.signed_manifest(str(cid)).manifest.total_chunks
+        with self._sending_lock:
+            sent = self._sending.setdefault(key, set())
+            sent.add(global_index)
+            if len(sent) < total:
+                return
+            del self._sending[key]
+        self._shares.catalog.set_job_output_fetched(str(cid), requester)
 
     def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
         partial = self._partial.get(str(cid))
@@ -106,6 +130,49 @@ class LocalContent:
         try:
             return self._shares.read_chunk(str(cid), global_index)
         except UnknownShareError:
-            raise self._unknown(cid) from None
+            raise _unknown(cid) from None
         except StaleShareError as exc:
             raise NotAvailableError(f"{cid} cannot be served now: it changed on disk") from exc
+
+
+class PeerContent:
+    """LocalContent as one peer may see it (a ContentSource for that peer's streams).
+
+    A job output asked for by anyone but its requester is answered exactly as content
+    this node does not hold, so a stranger cannot even learn that it exists.
+    """
+
+    def __init__(self, local: LocalContent, peer: str) -> None:
+        self._local = local
+        self._peer = peer
+
+    def _check(self, cid: ContentId) -> bool:
+        """Raise as for unknown content if the peer may not have ``cid``; True for a job
+        output (of this peer)."""
+        requesters = self._local.requesters(cid)
+        if requesters and self._peer not in requesters:
+            raise _unknown(cid)
+        return bool(requesters)
+
+    def signed_manifest(self, cid: ContentId) -> bytes:
+        self._check(cid)
+        return self._local.signed_manifest(cid)
+
+    def page(self, cid: ContentId, page_index: int) -> bytes:
+        self._check(cid)
+        return self._local.page(cid, page_index)
+
+    def have(self, cid: ContentId, first_chunk: int, count: int) -> Bitfield:
+        self._check(cid)
+        return self._local.have(cid, first_chunk, count)
+
+    def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
+        job_output = self._check(cid)
+        data = self._local.read_chunk(cid, global_index)
+        if job_output:
+            self._local.record_sent(cid, global_index, self._peer)
+        return data
+
+
+def _unknown(cid: ContentId) -> UnknownContentError:
+    return UnknownContentError(f"this node does not hold {cid}")

@@ -94,8 +94,10 @@ DATA_FRAME_OVERHEAD: Final = HEADER_SIZE + DATA_HEADER_SIZE
 # its closing ERROR 0 can follow it; past that the stream is reset without one.
 CLOSE_GRACE: Final = 5.0
 # Share shapes (chunk and page counts) kept for range checks: a content ID names the
-# exact bytes of its manifest, so an entry never goes stale.
-_SHAPE_CACHE_SIZE: Final = 1024
+# exact bytes of its manifest, so an entry never goes stale.  Kept per stream: a shape
+# comes from the source, whose access check (a job output is its requester's only)
+# depends on the peer, and a range error must not reveal it to anyone else.
+_SHAPE_CACHE_SIZE: Final = 64
 # The shortest wait of UploadLimiter, so float rounding cannot make it spin.
 _MIN_WAIT: Final = 0.001
 
@@ -199,9 +201,6 @@ class _ShapeCache:
             self._entries.popitem(last=False)
 
 
-_SHAPES = _ShapeCache(_SHAPE_CACHE_SIZE)
-
-
 def _read_shape(source: ContentSource, cid: ContentId) -> _Shape:
     manifest = decode_signed_manifest(source.signed_manifest(cid), cid).manifest
     return _Shape(manifest.total_chunks, len(manifest.page_hashes))
@@ -270,6 +269,7 @@ class TransferServer:
         # A closing ERROR 0 went out (or is going out): nothing may follow it.
         self._closed = False
         self._ran = False
+        self._shapes = _ShapeCache(_SHAPE_CACHE_SIZE)
 
     async def run(self) -> None:
         if self._ran:
@@ -447,11 +447,11 @@ class TransferServer:
         await self._send_frame(encode(frame))
 
     async def _shape(self, cid: ContentId) -> _Shape:
-        shape = _SHAPES.get(cid)
+        shape = self._shapes.get(cid)
         if shape is None:
             source = self._source
             shape = await self._call(lambda: _read_shape(source, cid), cid)
-            _SHAPES.put(cid, shape)
+            self._shapes.put(cid, shape)
         return shape
 
     async def _call(self, fn: Callable[[], _T], cid: ContentId) -> _T:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pshare.compute.requester import Replica, Worker, compare, rank_workers
+from p2pshare.compute.requester import Replica, Worker, compare, rank_workers, too_few_workers
 from p2pshare.identity import NodeKey
 from p2pshare.proto.job import JobLimits, JobStatus, Receipt
 from p2pshare.proto.offer import Offer
@@ -88,3 +88,34 @@ def test_majority_and_dissenters_split_the_finished_replicas(digests: list[int])
     assert verdict.agreed == (len(set(digests)) == 1)
     if verdict.majority:
         assert len(verdict.majority) * 2 > len(replicas)
+
+
+def test_timeouts_are_never_evidence() -> None:
+    verdict = compare([replica(0, 1, JobStatus.TIMEOUT), replica(1, 1, JobStatus.TIMEOUT)])
+    assert (verdict.agreed, verdict.majority, verdict.dissenters) == (False, (), ())
+    assert verdict.outcome is None
+
+
+def test_a_timed_out_replica_neither_confirms_nor_contradicts() -> None:
+    verdict = compare([replica(0, 1), replica(1, 2, JobStatus.TIMEOUT)])
+    assert verdict.majority == (KEYS[0].peer_id,)
+    assert verdict.dissenters == ()
+    assert verdict.outcome is not None
+    assert verdict.outcome[0] is JobStatus.OK
+
+
+def test_too_few_workers_says_how_many_were_found() -> None:
+    text = too_few_workers(3, 2, {}, {})
+    assert text.startswith("found 2 worker(s) able to take the job, 3 needed")
+    assert "only 2 worker(s) found offering compute" in text
+    assert "no worker announced" not in text
+
+
+def test_no_worker_at_all_is_said_so() -> None:
+    assert "(no worker announced itself in the DHT)" in too_few_workers(1, 0, {}, {})
+
+
+def test_workers_that_cannot_take_the_job_are_named() -> None:
+    text = too_few_workers(2, 1, {"P": "has no free slot"}, {"Q": "timed out"})
+    assert "P has no free slot; Q unreachable (timed out)" in text
+    assert "only" not in text

@@ -17,6 +17,7 @@ import trio.testing
 
 from p2pshare.compute.channel import JobChannel
 from p2pshare.compute.requester import (
+    NotOfferingError,
     Replica,
     Worker,
     ask_offer,
@@ -112,23 +113,42 @@ async def _no_announce() -> None:
     await trio.sleep_forever()
 
 
-async def start_worker(
-    network: Network, tmp_path: Path, name: str, settings: ComputeConfig = SETTINGS
-) -> tuple[ComputeService, str]:
-    key = NodeKey.generate()
-    outputs = tmp_path / f"{name}-outputs"
-    outputs.mkdir()
+class FakeOutputs:
+    """Job outputs kept as files, under a quota of ``room`` bytes."""
 
-    def store_output(path: Path) -> ContentId:
+    def __init__(self, directory: Path, room: int = 1 << 40) -> None:
+        directory.mkdir()
+        self.directory = directory
+        self.room = room
+        self.asked: list[int] = []
+        self.delivered_to: list[tuple[ContentId, str]] = []
+
+    def make_room(self, nbytes: int) -> bool:
+        self.asked.append(nbytes)
+        return nbytes <= self.room
+
+    def keep(self, path: Path, requester: str) -> ContentId:
         data = path.read_bytes()
-        (outputs / path.name).write_bytes(data)
+        (self.directory / path.name).write_bytes(data)
         return cid_of(data)
 
+    def delivered(self, cid: ContentId, requester: str) -> None:
+        self.delivered_to.append((cid, requester))
+
+
+async def start_worker(
+    network: Network,
+    tmp_path: Path,
+    name: str,
+    settings: ComputeConfig = SETTINGS,
+    outputs: FakeOutputs | None = None,
+) -> tuple[ComputeService, str]:
+    key = NodeKey.generate()
     service = ComputeService(
         settings,
         key,
         fetch=network.content.fetch,
-        store_output=store_output,
+        outputs=outputs or FakeOutputs(tmp_path / f"{name}-outputs"),
         work_dir=tmp_path / f"{name}-jobs",
         announce=_no_announce,
     )
@@ -313,6 +333,47 @@ async def test_not_webassembly_is_refused(network: Network, tmp_path: Path) -> N
     assert (await refusal_of(network, tmp_path, spec)).code == RejectCode.INVALID_MODULE
 
 
+async def test_a_job_whose_output_would_not_fit_the_quota_is_refused_before_fetching(
+    network: Network, tmp_path: Path, wasm: Build
+) -> None:
+    outputs = FakeOutputs(tmp_path / "outputs", room=LIMITS.max_output - 1)
+    _, peer = await start_worker(network, tmp_path, "w", outputs=outputs)
+    workers = await workers_of(network, [peer])
+    submit = wordcount_submit(network, wasm, b"x\n")
+    replicas = await run_replicas(network.open_stream, workers, submit, 1, ignore)
+    assert replicas[0].refusal_code == RejectCode.NO_SPACE
+    assert "no room for 1048576 bytes of output" in (replicas[0].refused or "")
+    assert outputs.asked == [LIMITS.max_output]
+    assert network.content.fetches == []
+    assert list(outputs.directory.iterdir()) == []
+
+
+async def test_an_output_sent_with_the_receipt_is_delivered_to_its_requester(
+    network: Network, tmp_path: Path, wasm: Build
+) -> None:
+    outputs = FakeOutputs(tmp_path / "outputs")
+    _, peer = await start_worker(network, tmp_path, "w", outputs=outputs)
+    submit = wordcount_submit(network, wasm, b"one two\n")
+    replicas = await run_replicas(
+        network.open_stream, await workers_of(network, [peer]), submit, 1, ignore
+    )
+    assert replicas[0].stdout == b"1 2 8\n"
+    with trio.fail_after(5):
+        while not outputs.delivered_to:
+            await trio.sleep(0.01)
+    assert outputs.delivered_to == [(cid_of(b"1 2 8\n"), network.requester)]
+
+
+async def test_a_module_without_start_is_refused_with_its_reason(
+    network: Network, tmp_path: Path
+) -> None:
+    # Valid WebAssembly, imports nothing, but no _start: the sandbox refuses to start it.
+    spec = build_job_spec(network.content.add(b"\0asm\x01\0\0\0"), limits=LIMITS)
+    refusal = await refusal_of(network, tmp_path, spec)
+    assert refusal.code == RejectCode.INVALID_MODULE
+    assert "no _start function" in str(refusal)
+
+
 async def test_limits_above_the_offer_are_refused_before_fetching(
     network: Network, tmp_path: Path, wasm: Build
 ) -> None:
@@ -335,7 +396,7 @@ async def test_oversize_input_is_refused(network: Network, tmp_path: Path, wasm:
     assert (await refusal_of(network, tmp_path, spec)).code == RejectCode.OVERSIZE
 
 
-async def test_a_busy_worker_is_replaced_by_the_next(
+async def test_a_worker_that_stopped_offering_is_replaced_by_the_next(
     network: Network, tmp_path: Path, wasm: Build
 ) -> None:
     busy, busy_peer = await start_worker(network, tmp_path, "busy")
@@ -345,7 +406,7 @@ async def test_a_busy_worker_is_replaced_by_the_next(
     replicas = await run_replicas(
         network.open_stream, workers, wordcount_submit(network, wasm, b"x\n"), 1, ignore
     )
-    assert [r.refusal_code for r in replicas] == [RejectCode.BUSY, None]
+    assert [r.refusal_code for r in replicas] == [RejectCode.NOT_OFFERING, None]
     assert replicas[1].peer_id == free_peer
     assert replicas[1].receipt is not None
 
@@ -422,3 +483,22 @@ async def test_a_stream_cut_inside_a_message_is_a_protocol_error() -> None:
     await theirs.aclose()
     with pytest.raises(RemoteProtocolError, match="inside a job message"):
         await JobChannel(mine).receive()
+
+
+async def test_a_worker_that_turned_compute_off_is_no_longer_listed(
+    network: Network, tmp_path: Path, wasm: Build
+) -> None:
+    service, off = await start_worker(network, tmp_path, "off")
+    _, on = await start_worker(network, tmp_path, "on")
+    service.configure(enabled=False)
+    found, failures = await collect_offers(network.open_stream, [(off, ()), (on, ())])
+    assert [w.peer_id for w in found] == [on]
+    assert failures == {}
+    with pytest.raises(NotOfferingError):
+        await ask_offer(network.open_stream, off, ())
+    # A requester that still submits (an offer it had before) is told, and moves on.
+    old = Worker(off, (), (await workers_of(network, [on]))[0].offer)
+    replicas = await run_replicas(
+        network.open_stream, [old], wordcount_submit(network, wasm, b"x\n"), 1, ignore
+    )
+    assert replicas[0].refusal_code == RejectCode.NOT_OFFERING

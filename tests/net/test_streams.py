@@ -124,3 +124,38 @@ async def test_a_plaintext_only_dialer_is_refused() -> None:
                 with trio.fail_after(15):
                     await plaintext.connect(info_from_p2p_addr(server.get_addrs()[0]))
             assert server.get_connected_peers() == []
+
+
+async def test_a_cancelled_write_ends_only_itself_and_the_connection_lives_on() -> None:
+    """A write cancelled at any point must not kill the connection (field test #10).
+
+    py-libp2p advances the Noise nonce before the frame reaches the socket; a write
+    cancelled in between left the ends' nonces apart, and every later stream to that
+    peer failed with "No valid connections available for peer".
+    """
+    async with node() as server, node() as client:
+        guard = HandlerGuard(server, HandlerLimits(streams_per_peer=64, handler_timeout=30))
+        guard.register("/t/echo/1", echo)
+        guard.register("/t/drain/1", drain)
+        await dial(client, server)
+        for checkpoints in range(40):
+            with trio.fail_after(10):
+                raw = await client.new_stream(server.get_id(), [TProtocol("/t/drain/1")])
+            stream = LibP2PStream(raw)
+            with trio.CancelScope() as writing:
+                async with trio.open_nursery() as nursery:
+
+                    async def write_forever(stream: LibP2PStream = stream) -> None:
+                        while True:
+                            await stream.send_all(b"x" * 100)
+
+                    async def cancel_after(count: int, scope: trio.CancelScope = writing) -> None:
+                        for _ in range(count):
+                            await trio.lowlevel.checkpoint()
+                        scope.cancel()
+
+                    nursery.start_soon(write_forever)
+                    nursery.start_soon(cancel_after, checkpoints)
+            await stream.reset()
+            reply = await call(client, server, "/t/echo/1", b"still connected")
+            assert reply == b"still connected", f"cancelled after {checkpoints} checkpoints"

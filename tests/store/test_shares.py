@@ -287,6 +287,50 @@ def test_gc_keeps_up_to_the_quota_removing_oldest_first(store: ShareStore, tmp_p
     assert store.gc(keep_bytes=150).removed == tuple(cids[:2])
 
 
+def job_output(store: ShareStore, tmp_path: Path, index: int, keep_until: int) -> str:
+    path = tmp_path / f"job-{index}.out"
+    path.write_bytes(bytes([index]) * 100)
+    prepared = store.prepare(path, copy=True, name=path.name)
+    return store.commit_job_output(prepared, "requester", keep_until).cid
+
+
+def test_job_outputs_are_unpinned_stored_content_under_the_quota(
+    store: ShareStore, tmp_path: Path
+) -> None:
+    cid = job_output(store, tmp_path, 1, keep_until=1000)
+    row = store.catalog.share(cid)
+    assert row is not None
+    assert (row.stored, row.pinned) == (True, False)
+    assert store.stored_bytes() == 100
+    assert store.catalog.job_output_requesters(cid) == {"requester"}
+
+
+def test_gc_keeps_a_job_output_its_requester_has_not_fetched_until_it_expires(
+    store: ShareStore, tmp_path: Path
+) -> None:
+    waiting = job_output(store, tmp_path, 1, keep_until=1000)
+    fetched = job_output(store, tmp_path, 2, keep_until=1000)
+    store.catalog.set_job_output_fetched(fetched, "requester")
+    assert store.gc(now=999).removed == (fetched,)
+    assert store.gc(now=999).removed == ()
+    assert store.gc(now=1000).removed == (waiting,)
+    assert not list((tmp_path / "content").iterdir())
+    assert store.catalog.job_outputs() == {}
+
+
+def test_the_job_output_sweep_removes_only_fetched_or_expired_outputs(
+    store: ShareStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "mine"
+    path.write_bytes(b"the user's own snapshot")
+    mine = share(store, path, copy=True)
+    store.set_pinned(mine, pinned=False)
+    waiting = job_output(store, tmp_path, 1, keep_until=1000)
+    expired = job_output(store, tmp_path, 2, keep_until=10)
+    assert store.gc_job_outputs(now=500).removed == (expired,)
+    assert {r.cid for r in store.catalog.shares()} == {mine, waiting}
+
+
 def test_unknown_cid_and_unshare(store: ShareStore, tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x")
