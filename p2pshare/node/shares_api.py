@@ -48,7 +48,9 @@ def _cid_param(params: dict[str, Any]) -> str:
 
 async def checked_shares(store: ShareStore) -> list[ShareRow]:
     """Every share, after marking stale those whose files changed (stat only, in a thread)."""
-    todo = [(row.cid, store.file_stamps(row)) for row in store.catalog.shares()]
+    todo = [
+        (row.cid, store.share_files(row)) for row in store.catalog.shares() if not row.stale_reason
+    ]
     changed = await trio.to_thread.run_sync(
         lambda: [(cid, changed_file(files)) for cid, files in todo]
     )

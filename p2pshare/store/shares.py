@@ -37,7 +37,7 @@ from p2pshare.store.checked import CheckedChunks, FileIdentity
 from p2pshare.store.scanner import HashedFile, Scan, hash_file, scan
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     from p2pshare.identity import NodeKey
     from p2pshare.store.guard import HomeGuard
@@ -291,19 +291,11 @@ class ShareStore:
 
     # -- checking shares cheaply, for ls, status and reprovide
 
-    def file_stamps(self, row: ShareRow) -> list[tuple[Path, FileStamp]]:
-        """Each file of a share and its size and mtime when it was shared (no disk access)."""
+    def share_files(self, row: ShareRow) -> ShareFiles:
+        """What :func:`changed_file` needs to check a share, from memory and the catalog."""
         manifest = self.signed_manifest(row.cid).manifest
-        root = Path(row.root)
-        return [
-            (
-                root
-                if manifest.kind is ShareKind.FILE
-                else root / manifest.entries[stamp.entry_index].path,
-                stamp,
-            )
-            for stamp in self.catalog.stamps(row.cid)
-        ]
+        paths = None if manifest.kind is ShareKind.FILE else [e.path for e in manifest.entries]
+        return ShareFiles(row.root, paths, self.catalog.stamps(row.cid))
 
     def mark_stale(self, cid: str, reason: str) -> None:
         self._stale(cid, reason)
@@ -381,15 +373,30 @@ class ShareStore:
             del self._pages[key]
 
 
-def changed_file(files: Sequence[tuple[Path, FileStamp]]) -> str | None:
+@dataclass(frozen=True)
+class ShareFiles:
+    """A share's files as the catalog recorded them when it was shared."""
+
+    root: str
+    paths: list[str] | None  # each manifest entry's path; None: the root is the one file
+    stamps: list[FileStamp]
+
+
+def changed_file(files: ShareFiles) -> str | None:
     """Why a share is stale, judged by ``lstat`` alone as serving would; None if it looks fine.
 
-    Only sizes and mtimes are compared, never bytes: cheap enough for every ``ls``.  A
+    Only sizes and mtimes are compared, never bytes: cheap enough for every ``ls`` (it
+    runs in a worker thread, so paths are joined here too, off the event loop).  A
     change that keeps both is still caught when a chunk is served.
     """
-    for path, stamp in files:
+    for stamp in files.stamps:
+        path = (
+            files.root
+            if files.paths is None
+            else os.path.join(files.root, files.paths[stamp.entry_index])  # noqa: PTH118
+        )
         try:
-            st = path.lstat()
+            st = os.lstat(path)
         except OSError as exc:
             return f"{path} cannot be opened ({exc.strerror})"
         if (

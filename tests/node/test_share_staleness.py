@@ -38,7 +38,7 @@ def share(store: ShareStore, path: Path, **kwargs: Any) -> str:
 def reason_now(store: ShareStore, cid: str) -> str | None:
     row = store.catalog.share(cid)
     assert row is not None
-    return changed_file(store.file_stamps(row))
+    return changed_file(store.share_files(row))
 
 
 def test_stat_check_sees_an_overwritten_replaced_or_missing_file(

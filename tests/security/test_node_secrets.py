@@ -54,9 +54,7 @@ def test_a_hand_edited_catalog_row_pointing_at_the_key_is_not_served(
     init_home(thief)
     # The share an older p2pshare made of the key (or a catalog row added by hand).
     catalog = Catalog(victim.catalog_path)
-    store = ShareStore(
-        catalog, victim.content_dir, NodeKey.load(victim.key_path), MIN_CHUNK_SIZE
-    )
+    store = ShareStore(catalog, victim.content_dir, NodeKey.load(victim.key_path), MIN_CHUNK_SIZE)
     cid = store.commit(store.prepare(victim.key_path)).cid
     catalog.close()
     with DaemonProcess(victim) as seeder, DaemonProcess(thief) as getter:
