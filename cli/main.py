@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from p2pshare import __version__
-from p2pshare.errors import P2PShareError, UserError
+from p2pshare.errors import ExitCode, P2PShareError, UserError
 from p2pshare.home import Home, resolve_home
 from p2pshare.proto.paths import printable
 
@@ -25,6 +25,13 @@ from .output import human_size as _size
 # Long calls send progress events several times a second; this much silence means the
 # daemon is stuck, and the CLI says so instead of waiting forever.
 LONG_CALL_SILENCE = 300.0
+
+
+class _UsageError(UserError):
+    """A bad argument that click's own checks cannot see; exit 2 as docs/cli.md says."""
+
+    exit_code = ExitCode.USAGE
+
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
@@ -272,7 +279,9 @@ def share(
     params: dict[str, Any] = {"path": text, "copy": copy}
     if name is not None:
         if not name.strip():
-            raise click.BadParameter("a share's name cannot be empty", param_hint="'--name'")
+            raise _UsageError(
+                "a share's name cannot be empty; leave out --name to use the file's own name"
+            )
         params["name"] = name
     with (
         ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,

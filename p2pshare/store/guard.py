@@ -119,15 +119,15 @@ class HomeGuard:
 
     def key_refusal(self, path: Path) -> UserError:
         return UserError(
-            f"cannot share {path}: it is this node's private key (a link to "
-            f"{self.key_path}), which would let anyone impersonate the node; share your own "
-            "files instead"
+            f"cannot share {path}: it is this node's private key (the file {self.key_path}), "
+            "which would let anyone impersonate the node; share your own files instead"
         )
 
     def contains_refusal(self, path: Path) -> UserError:
         return UserError(
             f"cannot share {path}: it contains the node home {self.root}, whose private key "
-            "would be shared with it; share a directory that does not contain the home instead"
+            "would be shared with it; share a directory that does not contain the home instead "
+            "(its other subdirectories), or keep the home elsewhere with --home"
         )
 
     # -- serve

@@ -145,5 +145,6 @@ def test_an_empty_share_name_is_refused(daemon: DaemonProcess, tmp_path: Path) -
     data.write_text("a")
     result = run_cli(daemon.home, "share", str(data), "--name", "")
     assert result.returncode == ExitCode.USAGE
-    assert "a share's name cannot be empty" in result.stderr
+    assert result.stderr.startswith("error: a share's name cannot be empty; ")
+    assert result.stderr.count("\n") == 1
     assert cli_json(daemon, "ls")["shares"] == []
