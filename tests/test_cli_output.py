@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from p2pshare_cli.main import _compute_line, _share_line
-from p2pshare_cli.output import count, human_rate
+# cli/ installs as p2pshare_cli (pyproject.toml), a name mypy cannot map back to cli/.
+_main = importlib.import_module("p2pshare_cli.main")
+_output = importlib.import_module("p2pshare_cli.output")
+_compute_line = _main._compute_line
+_share_line = _main._share_line
+count = _output.count
+human_rate = _output.human_rate
 
 CID = "bafkr4ibiftelhdeaewu7u63wovueotoclzdpker5e7cf4xe2ldkamuu6xa"
 
