@@ -134,6 +134,13 @@ def test_names_that_are_not_utf8_are_skipped_not_an_internal_error(
     assert "skipped bad\\xff: its name is not valid UTF-8" in human.stdout
     direct = run_cli(daemon.home, "share", os.fsdecode(bad))
     assert direct.returncode == ExitCode.FAILED
+    cid = shared["cid"]
+    to_bad = run_cli(daemon.home, "get", cid, "-o", os.fsdecode(bad) + "-copy")
+    assert to_bad.returncode == ExitCode.FAILED
+    assert to_bad.stderr == (
+        f"error: {weird}/bad\\xff-copy is not valid UTF-8, which p2pshare cannot pass to its "
+        "daemon; rename it first\n"
+    )
     assert (
         direct.stderr
         == f"error: cannot share {weird}/bad\\xff: its name is not valid UTF-8; rename it first\n"

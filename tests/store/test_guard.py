@@ -185,3 +185,21 @@ def test_stored_copies_in_the_home_are_still_served(guarded: ShareStore, tmp_pat
     assert row.root.startswith(f"{guarded.guard.root}/content/")
     assert guarded.read_chunk(row.cid, 1) == b"rrr"
     assert row.origin == str(data)
+
+
+def test_what_a_share_skipped_and_where_a_copy_came_from_survive_a_restart(
+    guarded: ShareStore, node_home: Home, tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a").write_text("a")
+    (tree / "link").symlink_to(tree / "a")
+    row = guarded.commit(guarded.prepare(tree, copy=True))
+    guarded.catalog.close()
+    reopened = Catalog(node_home.catalog_path)
+    again = reopened.share(row.cid)
+    reopened.close()
+    assert again is not None
+    assert again.skipped == (("link", "symlink"),)
+    assert again.origin == str(tree)
+    assert again.root != again.origin
