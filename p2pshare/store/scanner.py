@@ -98,7 +98,7 @@ def scan(
     skipped: list[tuple[str, str]] = []
     directories: list[str] = []
     if stat.S_ISREG(st.st_mode):
-        if guard is not None and file_id(st) == guard.key_id():
+        if guard is not None and file_id(st) == guard.key_id:
             raise guard.key_refusal(path)
         kind = ShareKind.FILE
         files = [_scanned(root, root.name, st)]
@@ -146,7 +146,7 @@ class _Walk:
         self._root = root
         self._named = named
         self._guard = guard
-        self._key_id = guard.key_id() if guard is not None else None
+        self._key_id = guard.key_id if guard is not None else None
 
     def run(self, skipped: list[tuple[str, str]], directories: list[str]) -> list[ScannedFile]:
         """The regular files under the root; every directory walked goes to ``directories``."""

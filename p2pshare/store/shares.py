@@ -265,9 +265,9 @@ class ShareStore:
         except OSError as exc:
             raise self._stale(cid, f"{path} cannot be opened ({exc.strerror})") from None
         try:
-            if self.guard is not None and not self.guard.may_serve(fd, path):
-                raise self._stale(cid, f"{path} is in the node home or is its key: never served")
             before = os.fstat(fd)
+            if self.guard is not None and not self.guard.may_serve(fd, path, before):
+                raise self._stale(cid, f"{path} is in the node home or is its key: never served")
             if before.st_size != stamp.size or before.st_mtime_ns != stamp.mtime_ns:
                 raise self._stale(cid, f"{path} changed on disk since it was shared")
             read_at_ns = time.time_ns()

@@ -89,7 +89,7 @@ def test_walk_refuses_a_directory_that_is_the_home_under_another_path(
     (tree / "mnt").mkdir(parents=True)
     guard = guarded.guard
     assert guard is not None
-    bind_mounted = HomeGuard(guard.root, guard.key_path, _file_id(tree / "mnt"))
+    bind_mounted = HomeGuard(guard.root, guard.key_path, _file_id(tree / "mnt"), guard.key_id)
     store = ShareStore(guarded.catalog, node_home.content_dir, NodeKey.generate(), CHUNK)
     store.guard = bind_mounted
     with pytest.raises(UserError, match="contains the node home"):
