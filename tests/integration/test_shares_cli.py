@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from p2pshare.errors import ExitCode
-from p2pshare.launcher import DaemonProcess, run_cli
+from p2pshare.home import Home
+from p2pshare.launcher import DaemonProcess, init_home, run_cli
 from p2pshare.proto.ticket import Ticket
 
 if TYPE_CHECKING:
@@ -155,3 +156,28 @@ def test_an_empty_share_name_is_refused(daemon: DaemonProcess, tmp_path: Path) -
     assert result.stderr.startswith("error: a share's name cannot be empty; ")
     assert result.stderr.count("\n") == 1
     assert cli_json(daemon, "ls")["shares"] == []
+
+
+def test_a_finished_download_is_listed_fresh_until_overwritten(
+    short_tmp: Path, tmp_path: Path
+) -> None:
+    """Field test 2 #17: `get --force` over a download left it listed as a fresh share."""
+    seeder_home, getter_home = Home(short_tmp / "seeder"), Home(short_tmp / "getter")
+    init_home(seeder_home)
+    init_home(getter_home)
+    big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+    big.write_bytes(os.urandom(300_000))
+    small.write_bytes(b"small")
+    with DaemonProcess(seeder_home) as seeder, DaemonProcess(getter_home) as getter:
+        seeder.start()
+        getter.start()
+        big_ticket = cli_json(seeder, "share", str(big))["ticket"]
+        small_ticket = cli_json(seeder, "share", str(small))["ticket"]
+        out = tmp_path / "out.bin"
+        big_cid = cli_json(getter, "get", big_ticket, "-o", str(out))["cid"]
+        [listed] = cli_json(getter, "ls")["shares"]
+        assert (listed["cid"], listed["stale"]) == (big_cid, None)
+        small_cid = cli_json(getter, "get", small_ticket, "-o", str(out), "--force")["cid"]
+        stale = {s["cid"]: s["stale"] for s in cli_json(getter, "ls")["shares"]}
+        assert "changed on disk" in stale[big_cid]
+        assert stale[small_cid] is None, "the new download is fresh"
