@@ -15,16 +15,24 @@ from typing import Any
 import click
 
 from p2pshare import __version__
-from p2pshare.errors import P2PShareError, UserError
+from p2pshare.errors import ExitCode, P2PShareError, UserError
 from p2pshare.home import Home, resolve_home
+from p2pshare.proto.paths import printable
 
 from .compute import compute
+from .output import count, human_rate, kv_lines, show
 from .output import human_size as _size
-from .output import kv_lines, show
 
 # Long calls send progress events several times a second; this much silence means the
 # daemon is stuck, and the CLI says so instead of waiting forever.
 LONG_CALL_SILENCE = 300.0
+
+
+class _UsageError(UserError):
+    """A bad argument that click's own checks cannot see; exit 2 as docs/cli.md says."""
+
+    exit_code = ExitCode.USAGE
+
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
@@ -175,6 +183,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 ("home", r["home"]),
             ]
         )
+        lines += f"\n{'compute:':<{_STATUS_WIDTH}} {_compute_line(r['compute'])}"
         for share in r["shares"]:
             if share["stale"]:
                 state = "stale, not announced"
@@ -186,6 +195,20 @@ def status(ctx: click.Context, as_json: bool) -> None:
         return lines
 
     show(result, as_json, human)
+
+
+# The width of the longest label above ("DHT table:"), so the compute line lines up.
+_STATUS_WIDTH = len("DHT table:")
+
+
+def _compute_line(offer: dict[str, Any] | None) -> str:
+    if offer is None or not offer["enabled"]:
+        return "off (turn it on with: p2pshare compute offer --on)"
+    state = "on" if offer["ready"] else "on, starting workers"
+    return (
+        f"{state}, {count(offer['slots'], 'slot')} ({offer['running']} running, "
+        f"{offer['free']} free), {count(offer['jobs_done'], 'job')} done"
+    )
 
 
 def _ago(timestamp: int) -> str:
@@ -218,7 +241,9 @@ def _share_line(share: dict[str, Any]) -> str:
         flags.append("STALE")
     size = _size(share["size"])
     label = share["name"] or share["path"]
-    return f"{share['cid']}  {size:>9}  {share['files']:>5} files  {label}" + (
+    if share["name"] is None and share["stored"]:
+        label += " (stored copy)"
+    return f"{share['cid']}  {size:>9}  {count(share['files'], 'file'):>11}  {label}" + (
         f"  [{', '.join(flags)}]" if flags else ""
     )
 
@@ -247,8 +272,17 @@ def share(
 
     from .progress import ByteProgress  # noqa: PLC0415
 
-    params: dict[str, Any] = {"path": str(path.absolute()), "copy": copy}
-    if name:
+    text = str(path.absolute())
+    if printable(text) != text:
+        raise UserError(
+            f"cannot share {printable(text)}: its name is not valid UTF-8; rename it first"
+        )
+    params: dict[str, Any] = {"path": text, "copy": copy}
+    if name is not None:
+        if not name.strip():
+            raise _UsageError(
+                "a share's name cannot be empty; leave out --name to use the file's own name"
+            )
         params["name"] = name
     with (
         ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,
@@ -371,10 +405,10 @@ def get(
         ctx.exit(130)
 
     def human(r: dict[str, Any]) -> str:
-        rate = r["size"] / r["elapsed_s"] / 1e6 if r["elapsed_s"] else 0.0
         text = (
-            f"saved {r['destination']} ({_size(r['size'])}, {r['files']} files) "
-            f"in {r['elapsed_s']:.2f} s ({rate:.1f} MB/s) from {len(r['peers'])} peer(s)"
+            f"saved {r['destination']} ({_size(r['size'])}, {count(r['files'], 'file')}) "
+            f"in {r['elapsed_s']:.2f} s ({human_rate(r['size'], r['elapsed_s'])}) "
+            f"from {count(len(r['peers']), 'peer')}"
         )
         if r["resumed_chunks"]:
             text += f"; resumed with {r['resumed_chunks']} of {r['chunks']} chunks already here"
@@ -439,7 +473,10 @@ def find(ctx: click.Context, cid: str, timeout: float, as_json: bool) -> None:
     with ControlClient(_home(ctx), timeout=timeout + 10) as client:
         result = client.call("find", {"cid": cid, "timeout": timeout})
     if not result["providers"] and not as_json:
-        raise UserError(f"no providers found for {result['cid']} within {timeout:g} s")
+        raise UserError(
+            f"no providers found for {result['cid']} within {timeout:g} s; check the content "
+            "ID for a typo (content IDs carry no checksum; tickets do)"
+        )
 
     def human(r: dict[str, Any]) -> str:
         return "\n".join(

@@ -30,3 +30,15 @@ def human_size(count: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError
+
+
+def count(number: int, noun: str) -> str:
+    """``1 file``, ``2 files``: ``noun`` is singular and takes an ``s``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def human_rate(size: int, seconds: float) -> str:
+    """A transfer rate in the units of :func:`human_size`, so small files do not show 0.0."""
+    if seconds <= 0:
+        return "instantly"
+    return f"{human_size(round(size / seconds))}/s"

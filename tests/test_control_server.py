@@ -55,6 +55,19 @@ async def unencodable(_params: dict[str, Any], _emit: Emit) -> Any:
     return object()
 
 
+# How Python names a file whose name holds the byte 0xff (PEP 383): a lone surrogate.
+NOT_UTF8 = "src/weird/bad\udcff"
+
+
+async def odd_name_reply(_params: dict[str, Any], emit: Emit) -> Any:
+    await emit("progress", {"file": NOT_UTF8})
+    return {"skipped": [{"path": NOT_UTF8, "reason": "x"}], NOT_UTF8: ["\ud800"]}
+
+
+async def odd_name_error(_params: dict[str, Any], _emit: Emit) -> Any:
+    raise UserError(f"cannot share {NOT_UTF8}: its name is not valid UTF-8")
+
+
 HANDLERS: dict[str, Handler] = {
     "echo": echo,
     "fail_user": fail_user,
@@ -62,6 +75,8 @@ HANDLERS: dict[str, Handler] = {
     "crash": crash,
     "unencodable": unencodable,
     "fail_in_nursery": fail_in_nursery,
+    "odd_name_reply": odd_name_reply,
+    "odd_name_error": odd_name_error,
 }
 
 
@@ -180,3 +195,15 @@ async def test_client_vanishing_mid_request_does_not_stop_the_server(server: Ser
     await vandal.stream.aclose()
     client = await server.connect()
     assert await client.call(Request(2, "echo", {})) == [Reply(2, {})]
+
+
+async def test_a_name_that_is_not_utf8_never_crashes_a_reply(server: Server) -> None:
+    client = await server.connect()
+    shown = "src/weird/bad\\xff"
+    assert await client.call(Request(1, "odd_name_reply", {})) == [
+        Event(1, "progress", {"file": shown}),
+        Reply(1, {"skipped": [{"path": shown, "reason": "x"}], shown: ["\\ud800"]}),
+    ]
+    assert await client.call(Request(2, "odd_name_error", {})) == [
+        ErrorReply(2, ErrorCode.FAILED, f"cannot share {shown}: its name is not valid UTF-8")
+    ]

@@ -11,7 +11,12 @@ import itertools
 import socket
 from typing import TYPE_CHECKING, Any
 
-from p2pshare.errors import ControlCallError, DaemonNotRunningError, RemoteProtocolError
+from p2pshare.errors import (
+    ControlCallError,
+    DaemonNotRunningError,
+    RemoteProtocolError,
+    UserError,
+)
 from p2pshare.proto.control import (
     MAX_FRAME,
     ErrorReply,
@@ -22,6 +27,7 @@ from p2pshare.proto.control import (
     encode_request,
 )
 from p2pshare.proto.framing import FrameDecoder
+from p2pshare.proto.paths import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -89,6 +95,7 @@ class ControlClient:
         on_event: Callable[[Event], None] | None = None,
     ) -> Any:
         """Send one request and return its result; events go to ``on_event``."""
+        _refuse_undecodable(params)
         request = Request(next(self._ids), method, params or {})
         self._sock.sendall(encode_request(request))
         while True:
@@ -126,3 +133,21 @@ def call(home: Home, method: str, params: dict[str, Any] | None = None) -> Any:
     """Connect, make one call, disconnect."""
     with ControlClient(home) as client:
         return client.call(method, params)
+
+
+def _refuse_undecodable(value: object) -> None:
+    """A path given on the command line that is not UTF-8 cannot be sent; say which.
+
+    Escaping it would name another file, so the user is asked to rename it.
+    """
+    if isinstance(value, str) and printable(value) != value:
+        raise UserError(
+            f"{printable(value)} is not valid UTF-8, which p2pshare cannot pass to its daemon; "
+            "rename it first"
+        )
+    if isinstance(value, dict):
+        for item in value.values():
+            _refuse_undecodable(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _refuse_undecodable(item)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -26,9 +27,10 @@ from p2pshare.node.discovery import Discovery
 from p2pshare.node.init import initialise
 from p2pshare.node.lock import HomeLock
 from p2pshare.node.network_api import NetworkApi
-from p2pshare.node.shares_api import SharesApi
+from p2pshare.node.shares_api import SharesApi, checked_shares
 from p2pshare.node.transfer_api import TransferApi
 from p2pshare.store.catalog import Catalog
+from p2pshare.store.guard import HomeGuard
 from p2pshare.store.shares import ShareStore
 from p2pshare.transfer.source import LocalContent
 from p2pshare.transfer.uploader import UploadLimiter
@@ -70,7 +72,7 @@ class Node:
             "peers": len(self.host.get_connected_peers()),
             "home": str(self.home.root),
             "compute": None if self.compute is None else self.compute.status(),
-        } | self.network.status()
+        } | await self.network.status()
 
     async def rpc_stop(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         log.info("stop requested over the control socket")
@@ -129,10 +131,12 @@ def _assemble(
     function that starts the background services in a nursery."""
     net = config.network
     guard = HandlerGuard(host, HandlerLimits(streams_per_peer=net.streams_per_peer))
-    discovery = Discovery(host, Dht(host, guard, net.dht_requests_per_second), catalog, net)
-    network = NetworkApi(discovery, catalog)
+    store = ShareStore(catalog, home.content_dir, key, config.store.chunk_size, HomeGuard.of(home))
+    shares_now = functools.partial(checked_shares, store)
+    dht = Dht(host, guard, net.dht_requests_per_second)
+    discovery = Discovery(host, dht, catalog, net, shares=shares_now)
+    network = NetworkApi(discovery, catalog, shares_now)
     node = Node(home, key, host, network)
-    store = ShareStore(catalog, home.content_dir, key, config.store.chunk_size)
     rate = config.transfer.upload_rate if upload_rate is None else upload_rate
     transfer = TransferApi(host, store, LocalContent(store), discovery, UploadLimiter(rate))
     transfer.register(guard)

@@ -29,13 +29,13 @@ from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import KnownPeer, ProvideStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from libp2p.abc import IHost
 
     from p2pshare.config import NetworkConfig
     from p2pshare.net.dht import Dht, LookupTrace, Provider
-    from p2pshare.store.catalog import Catalog
+    from p2pshare.store.catalog import Catalog, ShareRow
 
 log = logging.getLogger(__name__)
 DIAL_CONCURRENCY = 16
@@ -55,12 +55,26 @@ class JoinReport:
 class Discovery:
     """The node's place in the DHT."""
 
-    def __init__(self, host: IHost, dht: Dht, catalog: Catalog, config: NetworkConfig) -> None:
+    def __init__(
+        self,
+        host: IHost,
+        dht: Dht,
+        catalog: Catalog,
+        config: NetworkConfig,
+        *,
+        shares: Callable[[], Awaitable[Sequence[ShareRow]]] | None = None,
+    ) -> None:
         self._host = host
         self._dht = dht
         self._catalog = catalog
         self._config = config
+        # What to re-announce: the daemon passes shares checked against their files, so
+        # one changed on disk stops being announced.
+        self._shares = shares or self._catalog_shares
         self._nursery: trio.Nursery | None = None
+
+    async def _catalog_shares(self) -> Sequence[ShareRow]:
+        return self._catalog.shares()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -247,7 +261,7 @@ class Discovery:
     async def provide_all(self) -> None:
         # Job outputs are their requester's alone and never announced.
         private = self._catalog.job_outputs()
-        for row in self._catalog.shares():
+        for row in await self._shares():
             if not row.stale_reason and row.cid not in private:
                 await self.provide(row.cid)
 

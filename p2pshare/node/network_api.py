@@ -10,8 +10,10 @@ from p2pshare.net.dht import LookupTrace
 from p2pshare.proto.cid import ContentId
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from p2pshare.node.discovery import Discovery
-    from p2pshare.store.catalog import Catalog
+    from p2pshare.store.catalog import Catalog, ShareRow
 
 DEFAULT_FIND_TIMEOUT = 10.0
 MAX_FIND_TIMEOUT = 120.0
@@ -21,6 +23,8 @@ MAX_FIND_TIMEOUT = 120.0
 class NetworkApi:
     discovery: Discovery
     catalog: Catalog
+    # Shares after a cheap check of their files (p2pshare.node.shares_api.checked_shares).
+    shares: Callable[[], Awaitable[list[ShareRow]]]
 
     async def find(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         text = params.get("cid")
@@ -49,7 +53,8 @@ class NetworkApi:
             raise InvalidParamsError("parameter 'addr' must be a multiaddr")
         return {"peer_id": await self.discovery.connect(addr)}
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
+        rows = await self.shares()
         provided = self.catalog.provide_status()
         # Job outputs are never announced, and not the user's shares (compute outputs).
         outputs = self.catalog.job_outputs()
@@ -62,7 +67,7 @@ class NetworkApi:
                     "provided_to": provided[row.cid].provided_to if row.cid in provided else None,
                     "stale": row.stale_reason,
                 }
-                for row in self.catalog.shares()
+                for row in rows
                 if row.cid not in outputs
             ],
         }

@@ -1,4 +1,9 @@
-"""Control methods for shares: share, ls, unshare, pin, unpin, gc."""
+"""Control methods for shares: share, ls, unshare, pin, unpin, gc.
+
+``ls`` (and ``status``, and each reprovide) first checks every share's files with
+``lstat`` (p2pshare.store.shares.changed_file), so a file changed since it was shared
+shows as stale there and stops being announced, not only once a chunk is asked for.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import trio
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.ticket import MAX_ADDRS, Ticket
+from p2pshare.store.shares import changed_file
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,12 +46,27 @@ def _cid_param(params: dict[str, Any]) -> str:
     return str(ContentId.parse(text))
 
 
+async def checked_shares(store: ShareStore) -> list[ShareRow]:
+    """Every share, after marking stale those whose files changed (stat only, in a thread)."""
+    todo = [
+        (row.cid, store.share_files(row)) for row in store.catalog.shares() if not row.stale_reason
+    ]
+    changed = await trio.to_thread.run_sync(
+        lambda: [(cid, changed_file(files)) for cid, files in todo]
+    )
+    for cid, reason in changed:
+        if reason is not None:
+            store.mark_stale(cid, reason)
+    return store.catalog.shares()
+
+
 def share_doc(row: ShareRow) -> dict[str, Any]:
     return {
         "cid": row.cid,
         "name": row.name,
         "kind": row.kind,
-        "path": row.root,
+        # What the user shared; a stored copy's own root is an internal path in the home.
+        "path": row.origin or row.root,
         "size": row.total_size,
         "files": row.file_count,
         "pinned": row.pinned,
@@ -74,6 +95,9 @@ class SharesApi:
             raise InvalidParamsError("parameter 'path' must be an absolute path")
         name = _str_param(params, "name", required=False)
         copy = bool(params.get("copy", False))
+        guard = self.store.guard
+        if guard is not None:
+            await trio.to_thread.run_sync(guard.check_share_path, path)
         token = trio.lowlevel.current_trio_token()
         last = 0.0
 
@@ -90,9 +114,7 @@ class SharesApi:
             lambda: self.store.prepare(path, name=name, copy=copy, progress=progress)
         )
         row = self.store.commit(prepared)
-        doc = share_doc(row)
-        doc["ticket"] = self.ticket(row.cid)
-        doc["skipped"] = [{"path": p, "reason": r} for p, r in prepared.scan.skipped]
+        doc = self._full_doc(row)
         if copy:
             report = self.store.gc(keep_bytes=self.quota_bytes)
             doc["gc_removed"] = list(report.removed)
@@ -100,11 +122,17 @@ class SharesApi:
         log.info("shared %s as %s (%d bytes)", path, row.cid, row.total_size)
         return doc
 
+    def _full_doc(self, row: ShareRow) -> dict[str, Any]:
+        doc = share_doc(row)
+        doc["ticket"] = self.ticket(row.cid)
+        doc["skipped"] = [{"path": p, "reason": r} for p, r in row.skipped]
+        return doc
+
     async def ls(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         # Compute job outputs are the requesters', not the user's: `compute outputs`.
         outputs = self.store.catalog.job_outputs()
-        rows = [row for row in self.store.catalog.shares() if row.cid not in outputs]
-        return {"shares": [share_doc(row) for row in rows]}
+        rows = [row for row in await checked_shares(self.store) if row.cid not in outputs]
+        return {"shares": [self._full_doc(row) for row in rows]}
 
     async def unshare(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         return share_doc(self.store.remove(_cid_param(params)))

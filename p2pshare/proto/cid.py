@@ -26,6 +26,10 @@ BLAKE3_MULTIHASH = 0x1E
 SHA2_256_MULTIHASH = 0x12
 DIGEST_SIZE = 32
 MULTIBASE_BASE32 = "b"
+# Multibase base32upper: the same RFC 4648 alphabet in upper case.  Accepted as the
+# multibase spec asks, so a CID that went through an upper-casing tool still works;
+# p2pshare always writes the lower-case form.
+MULTIBASE_BASE32_UPPER = "B"
 _MULTIHASH_PREFIX = encode_varint(BLAKE3_MULTIHASH) + encode_varint(DIGEST_SIZE)
 _CID_PREFIX = encode_varint(CID_VERSION) + encode_varint(RAW_CODEC) + _MULTIHASH_PREFIX
 CID_BYTES = len(_CID_PREFIX) + DIGEST_SIZE
@@ -87,12 +91,16 @@ class ContentId:
             raise MalformedReferenceError(
                 f"{_NOT_A_CID}: it looks like an IPFS CIDv0; p2pshare content IDs start with 'b'"
             )
-        if not text.startswith(MULTIBASE_BASE32):
+        body = text[1:]
+        if text.startswith(MULTIBASE_BASE32_UPPER) and body == body.upper():
+            body = body.lower()
+        elif not text.startswith(MULTIBASE_BASE32):
             raise MalformedReferenceError(
-                f"{_NOT_A_CID}: it must start with 'b' (CIDv1 in base32 lower case)"
+                f"{_NOT_A_CID}: it must start with 'b' (CIDv1 in base32 lower case) "
+                "or 'B' (the same in upper case)"
             )
         try:
-            return cls.from_bytes(b32decode(text[1:]))
+            return cls.from_bytes(b32decode(body))
         except RemoteProtocolError as exc:
             raise MalformedReferenceError(
                 f"{_NOT_A_CID}: {exc}; check that it was copied in full"

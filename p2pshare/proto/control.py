@@ -23,6 +23,7 @@ import msgpack
 from p2pshare.errors import LocalProtocolError, RemoteProtocolError
 from p2pshare.proto.canonical import nesting_exceeds
 from p2pshare.proto.framing import encode_frame
+from p2pshare.proto.paths import printable
 
 VERSION = 1
 MAX_FRAME = 4 * 1024 * 1024
@@ -85,9 +86,26 @@ class BadRequestError(RemoteProtocolError):
         self.code = code
 
 
-def _pack(obj: object) -> bytes:
+def _printable_strings(obj: object) -> object:
+    if isinstance(obj, str):
+        return printable(obj)
+    if isinstance(obj, dict):
+        return {_printable_strings(k): _printable_strings(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_printable_strings(item) for item in obj]
+    return obj
+
+
+def _pack(obj: object, *, escape: bool = False) -> bytes:
     try:
-        payload: bytes = msgpack.packb(obj, use_bin_type=True)
+        try:
+            payload: bytes = msgpack.packb(obj, use_bin_type=True)
+        except UnicodeEncodeError:
+            if not escape:
+                raise
+            # A file name that is not UTF-8 reached a reply or a message: show it
+            # escaped rather than fail the whole reply.
+            payload = msgpack.packb(_printable_strings(obj), use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"value cannot be encoded as msgpack: {exc}") from exc
     return encode_frame(payload, MAX_FRAME)
@@ -164,13 +182,13 @@ def encode_server_message(message: ServerMessage) -> bytes:
         raise LocalProtocolError(f"invalid message id in {message!r}")
     match message:
         case Reply(id=mid, result=result):
-            return _pack({"id": mid, "result": result})
+            return _pack({"id": mid, "result": result}, escape=True)
         case ErrorReply(id=mid, code=code, message=text):
-            return _pack({"id": mid, "error": {"code": code, "message": text}})
+            return _pack({"id": mid, "error": {"code": code, "message": text}}, escape=True)
         case Event(id=mid, event=name, data=data):
             if not _valid_name(name):
                 raise LocalProtocolError(f"invalid event name {name!r}")
-            return _pack({"id": mid, "event": name, "data": data})
+            return _pack({"id": mid, "event": name, "data": data}, escape=True)
 
 
 def decode_server_message(payload: bytes) -> ServerMessage:

@@ -30,6 +30,18 @@ def _show(path: str) -> str:
     return repr(shown)
 
 
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8, its undecodable bytes shown as escapes (``bad\\xff``).
+
+    Python gives a file name that is not UTF-8 lone surrogates (PEP 383), which no
+    UTF-8 encoder accepts; this is the form such a name takes in messages and replies.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def has_control_character(text: str) -> bool:
     """True if ``text`` holds a C0, DEL or C1 control character.
 

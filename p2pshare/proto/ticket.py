@@ -28,7 +28,7 @@ from p2pshare.proto.canonical import (
     pack,
     unpack,
 )
-from p2pshare.proto.cid import CID_BYTES, MULTIBASE_BASE32, ContentId
+from p2pshare.proto.cid import CID_BYTES, MULTIBASE_BASE32, MULTIBASE_BASE32_UPPER, ContentId
 from p2pshare.proto.errors import MalformedReferenceError
 from p2pshare.proto.multiformats import (
     b32decode,
@@ -204,7 +204,7 @@ def parse_content_ref(text: str) -> tuple[ContentId, Ticket | None]:
     if text.startswith(TICKET_PREFIX):
         ticket = Ticket.parse(text)
         return ticket.cid, ticket
-    if text.startswith((MULTIBASE_BASE32, "Qm")):
+    if text.startswith((MULTIBASE_BASE32, MULTIBASE_BASE32_UPPER, "Qm")):
         return ContentId.parse(text), None
     raise MalformedReferenceError(
         "this is neither a p2pshare content ID (starting with 'b') nor a ticket "

@@ -102,6 +102,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (cid, requester)
     );
     """,
+    # What `ls` shows of a share besides its manifest: the path the user shared (a
+    # stored copy's root is inside the home) and what the scan skipped.
+    """
+    ALTER TABLE shares ADD COLUMN origin TEXT;
+    ALTER TABLE shares ADD COLUMN skipped TEXT NOT NULL DEFAULT '[]';  -- JSON [[path, reason]]
+    """,
 )
 
 
@@ -118,6 +124,9 @@ class ShareRow:
     pinned: bool
     stale_reason: str | None
     added_at: int
+    # The path the user shared, when ``root`` is a stored copy inside the home.
+    origin: str | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,7 +206,7 @@ def _request(row: sqlite3.Row) -> DownloadRequest:
 
 _SHARE_COLUMNS = (
     "cid, kind, name, root, stored, signed_manifest, total_size, file_count, pinned, "
-    "stale_reason, added_at"
+    "stale_reason, added_at, origin, skipped"
 )
 
 
@@ -214,6 +223,8 @@ def _share(row: sqlite3.Row) -> ShareRow:
         pinned=bool(row["pinned"]),
         stale_reason=row["stale_reason"],
         added_at=row["added_at"],
+        origin=row["origin"],
+        skipped=tuple((path, reason) for path, reason in json.loads(row["skipped"])),
     )
 
 
@@ -266,7 +277,7 @@ class Catalog:
         with self._transaction():
             self._db.execute("DELETE FROM shares WHERE cid = ?", (row.cid,))
             self._db.execute(
-                f"INSERT INTO shares ({_SHARE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
+                f"INSERT INTO shares ({_SHARE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
                 (
                     row.cid,
                     row.kind,
@@ -279,6 +290,8 @@ class Catalog:
                     int(row.pinned),
                     row.stale_reason,
                     row.added_at,
+                    row.origin,
+                    json.dumps([list(item) for item in row.skipped]),
                 ),
             )
             self._db.executemany(

@@ -3,7 +3,9 @@
 Symlinks are never followed inside a shared directory: a link could point
 anywhere on the machine, so it is skipped and reported (docs/store.md).  The
 path given by the user may itself be a symlink; that one is resolved, since the
-user named it.
+user named it.  Names that are not UTF-8 cannot be carried in a manifest; they are
+skipped and reported in escaped form, as are other p2pshare homes and well-known
+secret stores (p2pshare.store.guard).  Dotfiles are shared otherwise.
 
 Of a file's mode only the owner's executable bit is shared (as git does); empty
 directories are shared too, and a directory whose only contents were skipped
@@ -22,10 +24,21 @@ from typing import TYPE_CHECKING
 from p2pshare.errors import LocalProtocolError, RemoteProtocolError, UserError
 from p2pshare.proto.chunks import ChunkHasher
 from p2pshare.proto.manifest import FileEntry, ShareKind, check_shareable
+from p2pshare.proto.paths import printable
 from p2pshare.store.checked import FileIdentity
+from p2pshare.store.guard import (
+    OTHER_HOME,
+    SECRET_DIRS,
+    SECRET_FILES,
+    SECRET_STORE,
+    file_id,
+    is_home_listing,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from p2pshare.store.guard import HomeGuard
 
 READ_SIZE = 4 << 20
 
@@ -67,8 +80,14 @@ def _scanned(abs_path: Path, rel_path: str, st: os.stat_result) -> ScannedFile:
     return ScannedFile(rel_path, abs_path, st.st_size, st.st_mtime_ns, executable)
 
 
-def scan(path: Path, chunk_size: int, name: str | None = None) -> Scan:
-    """List what sharing ``path`` would publish; refuse what receivers would refuse."""
+def scan(
+    path: Path, chunk_size: int, name: str | None = None, guard: HomeGuard | None = None
+) -> Scan:
+    """List what sharing ``path`` would publish; refuse what receivers would refuse.
+
+    With ``guard``, the node's home and key are refused wherever the walk meets them,
+    and other homes and secret stores are skipped (p2pshare.store.guard).
+    """
     try:
         root = path.resolve(strict=True)
         st = root.stat()
@@ -79,11 +98,13 @@ def scan(path: Path, chunk_size: int, name: str | None = None) -> Scan:
     skipped: list[tuple[str, str]] = []
     directories: list[str] = []
     if stat.S_ISREG(st.st_mode):
+        if guard is not None and file_id(st) == guard.key_id:
+            raise guard.key_refusal(path)
         kind = ShareKind.FILE
         files = [_scanned(root, root.name, st)]
     elif stat.S_ISDIR(st.st_mode):
         kind = ShareKind.DIRECTORY
-        files = _walk(root, skipped, directories)
+        files = _Walk(root, path, guard).run(skipped, directories)
     else:
         raise UserError(f"cannot share {path}: only regular files and directories can be shared")
     empty = empty_directories(directories, [f.rel_path for f in files])
@@ -110,41 +131,83 @@ def empty_directories(directories: list[str], files: list[str]) -> tuple[str, ..
     return tuple(sorted(d for d in directories if d not in occupied))
 
 
-def _walk(root: Path, skipped: list[tuple[str, str]], directories: list[str]) -> list[ScannedFile]:
-    """The regular files under ``root``; every directory walked goes to ``directories``."""
-    files: list[ScannedFile] = []
-
-    def on_error(exc: OSError) -> None:
-        raise UserError(f"cannot read {exc.filename}: {exc.strerror}")
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=False):
-        base = Path(dirpath)
-        if base != root:
-            directories.append(_rel(root, base))
-        for dirname in list(dirnames):
-            if (base / dirname).is_symlink():
-                dirnames.remove(dirname)
-                skipped.append((_rel(root, base / dirname), "symlink"))
-        for filename in filenames:
-            abs_path = base / filename
-            rel = _rel(root, abs_path)
-            st = abs_path.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                skipped.append((rel, "symlink"))
-            elif not stat.S_ISREG(st.st_mode):
-                skipped.append((rel, "not a regular file"))
-            else:
-                files.append(_scanned(abs_path, rel, st))
-    return files
-
-
-def _rel(root: Path, path: Path) -> str:
-    rel = path.relative_to(root).as_posix()
+def _is_utf8(name: str) -> bool:
     try:
-        rel.encode("utf-8")
+        name.encode("utf-8")
     except UnicodeEncodeError:
-        raise UserError(f"cannot share {path}: its name is not valid UTF-8") from None
-    return rel
+        return False
+    return True
+
+
+class _Walk:
+    """One walk of a shared directory, never following symlinks."""
+
+    def __init__(self, root: Path, named: Path, guard: HomeGuard | None) -> None:
+        self._root = root
+        self._named = named
+        self._guard = guard
+        self._key_id = guard.key_id if guard is not None else None
+
+    def run(self, skipped: list[tuple[str, str]], directories: list[str]) -> list[ScannedFile]:
+        """The regular files under the root; every directory walked goes to ``directories``."""
+        files: list[ScannedFile] = []
+
+        def on_error(exc: OSError) -> None:
+            raise UserError(f"cannot read {printable(str(exc.filename))}: {exc.strerror}")
+
+        for dirpath, dirnames, filenames in os.walk(self._root, onerror=on_error):
+            base = Path(dirpath)
+            if self._skip_directory(base, set(filenames), skipped):
+                dirnames.clear()
+                continue
+            if base != self._root:
+                directories.append(self._rel(base))
+            for dirname in list(dirnames):
+                reason = self._skip_reason(base / dirname, dirname, is_dir=True)
+                if reason is not None:
+                    dirnames.remove(dirname)
+                    skipped.append((self._rel(base / dirname), reason))
+            for filename in filenames:
+                abs_path = base / filename
+                reason = self._skip_reason(abs_path, filename, is_dir=False)
+                if reason is not None:
+                    skipped.append((self._rel(abs_path), reason))
+                    continue
+                st = abs_path.lstat()
+                if stat.S_ISLNK(st.st_mode):
+                    skipped.append((self._rel(abs_path), "symlink"))
+                elif not stat.S_ISREG(st.st_mode):
+                    skipped.append((self._rel(abs_path), "not a regular file"))
+                elif self._guard is not None and file_id(st) == self._key_id:
+                    raise self._guard.key_refusal(abs_path)
+                else:
+                    files.append(_scanned(abs_path, self._rel(abs_path), st))
+        return files
+
+    def _skip_directory(
+        self, base: Path, filenames: set[str], skipped: list[tuple[str, str]]
+    ) -> bool:
+        """Refuse the walk if ``base`` is the node home; say whether to skip it whole."""
+        if self._guard is None:
+            return False
+        if file_id(base.lstat()) == self._guard.root_id:
+            raise self._guard.contains_refusal(self._named)
+        if base != self._root and is_home_listing(filenames):
+            skipped.append((self._rel(base), OTHER_HOME))
+            return True
+        return False
+
+    def _skip_reason(self, path: Path, name: str, *, is_dir: bool) -> str | None:
+        if not _is_utf8(name):
+            return "its name is not valid UTF-8"
+        if is_dir and path.is_symlink():
+            return "symlink"
+        if self._guard is not None and name in (SECRET_DIRS if is_dir else SECRET_FILES):
+            return SECRET_STORE
+        return None
+
+    def _rel(self, path: Path) -> str:
+        return printable(path.relative_to(self._root).as_posix())
 
 
 def hash_file(file: ScannedFile, chunk_size: int, progress: Callable[[int], None]) -> HashedFile:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from p2pshare.identity import NodeKey
+    from p2pshare.store.guard import HomeGuard
 
 
 class StaleShareError(UserError):
@@ -58,6 +60,7 @@ class PreparedShare:
     scan: Scan
     stored: bool
     hashed: tuple[HashedFile, ...]
+    origin: Path
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,17 @@ class GcReport:
 class ShareStore:
     """The node's shares, backed by the catalog and the files it names."""
 
-    def __init__(self, catalog: Catalog, content_dir: Path, key: NodeKey, chunk_size: int) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        content_dir: Path,
+        key: NodeKey,
+        chunk_size: int,
+        guard: HomeGuard | None = None,
+    ) -> None:
         self.catalog = catalog
+        # The daemon always passes its home's guard; without one nothing is refused.
+        self.guard = guard
         self._content_dir = content_dir
         self._key = key
         self._chunk_size = chunk_size
@@ -92,7 +104,8 @@ class ShareStore:
         progress: Callable[[int, int], None] = lambda _done, _total: None,
     ) -> PreparedShare:
         """Scan, (copy,) hash, build and sign; touches no catalog state."""
-        found = scan(path, self._chunk_size, name)
+        found = scan(path, self._chunk_size, name, self.guard)
+        origin = found.root
         if copy:
             found = self._snapshot(found)
         total = found.total_size
@@ -120,7 +133,7 @@ class ShareStore:
         signed = sign_manifest(built.manifest, self._key)
         if copy:
             found = self._settle_snapshot(found, signed.cid)
-        return PreparedShare(signed, built.pages, found, stored=copy, hashed=hashed)
+        return PreparedShare(signed, built.pages, found, stored=copy, hashed=hashed, origin=origin)
 
     def _snapshot(self, found: Scan) -> Scan:
         self._content_dir.mkdir(mode=0o700, exist_ok=True)
@@ -174,6 +187,8 @@ class ShareStore:
             pinned=prepared.stored or (existing.pinned if existing else False),
             stale_reason=None,
             added_at=existing.added_at if existing else time.time_ns(),
+            origin=str(prepared.origin) if prepared.stored else None,
+            skipped=prepared.scan.skipped,
         )
         by_path = {f.rel_path: f for f in prepared.scan.files}
         stamps = [
@@ -251,6 +266,8 @@ class ShareStore:
             raise self._stale(cid, f"{path} cannot be opened ({exc.strerror})") from None
         try:
             before = os.fstat(fd)
+            if self.guard is not None and not self.guard.may_serve(fd, path, before):
+                raise self._stale(cid, f"{path} is in the node home or is its key: never served")
             if before.st_size != stamp.size or before.st_mtime_ns != stamp.mtime_ns:
                 raise self._stale(cid, f"{path} changed on disk since it was shared")
             read_at_ns = time.time_ns()
@@ -271,6 +288,17 @@ class ShareStore:
             count = chunk_count(manifest.entries[entry].size, manifest.chunk_size)
             self._checked.record(cid, entry, after, chunk, count, read_at_ns=read_at_ns)
         return data
+
+    # -- checking shares cheaply, for ls, status and reprovide
+
+    def share_files(self, row: ShareRow) -> ShareFiles:
+        """What :func:`changed_file` needs to check a share, from memory and the catalog."""
+        manifest = self.signed_manifest(row.cid).manifest
+        paths = None if manifest.kind is ShareKind.FILE else [e.path for e in manifest.entries]
+        return ShareFiles(row.root, paths, self.catalog.stamps(row.cid))
+
+    def mark_stale(self, cid: str, reason: str) -> None:
+        self._stale(cid, reason)
 
     def _serving_info(self, cid: str) -> tuple[ShareRow, list[FileStamp]]:
         cached = self._serving.get(cid)
@@ -373,3 +401,38 @@ class ShareStore:
         self._checked.forget(cid)
         for key in [k for k in self._pages if k[0] == cid]:
             del self._pages[key]
+
+
+@dataclass(frozen=True)
+class ShareFiles:
+    """A share's files as the catalog recorded them when it was shared."""
+
+    root: str
+    paths: list[str] | None  # each manifest entry's path; None: the root is the one file
+    stamps: list[FileStamp]
+
+
+def changed_file(files: ShareFiles) -> str | None:
+    """Why a share is stale, judged by ``lstat`` alone as serving would; None if it looks fine.
+
+    Only sizes and mtimes are compared, never bytes: cheap enough for every ``ls`` (it
+    runs in a worker thread, so paths are joined here too, off the event loop).  A
+    change that keeps both is still caught when a chunk is served.
+    """
+    for stamp in files.stamps:
+        path = (
+            files.root
+            if files.paths is None
+            else os.path.join(files.root, files.paths[stamp.entry_index])  # noqa: PTH118
+        )
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            return f"{path} cannot be opened ({exc.strerror})"
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_size != stamp.size
+            or st.st_mtime_ns != stamp.mtime_ns
+        ):
+            return f"{path} changed on disk since it was shared"
+    return None

@@ -343,7 +343,8 @@ class Download:
         if not sources:
             raise NoProvidersError(
                 f"no providers found for {self.cid}; check that a provider is running "
-                "and reachable, or use its ticket"
+                "and reachable and that the content ID has no typo (content IDs carry no "
+                "checksum), or use its ticket, which does"
             )
         self._sources.update(sources)
         await self._dial(list(sources.values()))

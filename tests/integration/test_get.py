@@ -124,6 +124,10 @@ def test_unknown_content_and_bad_reference(nodes: list[DaemonProcess], tmp_path:
     result = run_cli(nodes[2].home, "get", missing, "-o", str(tmp_path / "x"), timeout=120)
     assert result.returncode == ExitCode.FAILED
     assert result.stderr.startswith(f"error: no providers found for {missing}")
+    assert "typo (content IDs carry no checksum)" in result.stderr
+    assert result.stderr.count("\n") == 1
+    upper = run_cli(nodes[2].home, "get", missing.upper(), "-o", str(tmp_path / "x"))
+    assert upper.stderr.startswith(f"error: no providers found for {missing}"), "B is base32upper"
     bad = run_cli(nodes[2].home, "get", "p2ps1garbage", "-o", str(tmp_path / "y"))
     assert bad.returncode == ExitCode.FAILED
     assert bad.stderr.startswith("error: this p2pshare ticket is")

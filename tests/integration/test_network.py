@@ -108,7 +108,9 @@ def test_no_providers_is_one_sentence(network: list[DaemonProcess]) -> None:
     missing = "bafkr4ibiftelhdeaewu7u63wovueotoclzdpker5e7cf4xe2ldkamuu6xa"
     result = run_cli(network[2].home, "find", missing, "--timeout", "2")
     assert result.returncode == 1
-    assert result.stderr == f"error: no providers found for {missing} within 2 s\n"
+    assert result.stderr.startswith(f"error: no providers found for {missing} within 2 s; ")
+    assert "typo" in result.stderr
+    assert result.stderr.count("\n") == 1
     assert cli_json(network[2].home, "find", missing, "--timeout", "2")["providers"] == []
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from p2pshare.errors import ExitCode
-from p2pshare.launcher import DaemonProcess, run_cli
+from p2pshare.home import Home
+from p2pshare.launcher import DaemonProcess, init_home, run_cli
 from p2pshare.proto.ticket import Ticket
 
 if TYPE_CHECKING:
@@ -72,3 +74,110 @@ def test_share_errors_are_one_sentence(daemon: DaemonProcess, tmp_path: Path) ->
     )
     assert missing.returncode == ExitCode.FAILED
     assert "no share with content ID" in missing.stderr
+
+
+def test_ls_gives_ticket_skipped_and_the_path_shared_for_a_copy(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("a")
+    (tree / "link").symlink_to(tree / "a.txt")
+    shared = cli_json(daemon, "share", str(tree))
+    copied = cli_json(daemon, "share", "--copy", str(tree / "a.txt"))
+    listed = {s["cid"]: s for s in cli_json(daemon, "ls")["shares"]}
+    copied.pop("gc_removed")
+    for doc in (shared, copied):
+        assert listed[doc["cid"]] == doc
+    assert listed[shared["cid"]]["skipped"] == [{"path": "link", "reason": "symlink"}]
+    assert Ticket.parse(listed[shared["cid"]]["ticket"]).addrs
+    assert listed[copied["cid"]]["path"] == str(tree / "a.txt")
+    human = run_cli(daemon.home, "ls").stdout
+    assert f"1 file  {tree / 'a.txt'} (stored copy)" in human
+    assert "/content/" not in human
+
+
+def test_a_share_overwritten_on_disk_is_stale_in_ls_and_status(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    data = tmp_path / "big.bin"
+    data.write_bytes(bytes(100_000))
+    cid = cli_json(daemon, "share", str(data))["cid"]
+    data.write_bytes(b"small")
+    [listed] = cli_json(daemon, "ls")["shares"]
+    assert "changed on disk" in listed["stale"]
+    [status] = cli_json(daemon, "status")["shares"]
+    assert status["cid"] == cid
+    assert status["stale"] == listed["stale"]
+    assert f"{cid}  stale, not announced" in run_cli(daemon.home, "status").stdout
+
+
+def test_status_shows_the_compute_offer(daemon: DaemonProcess) -> None:
+    human = run_cli(daemon.home, "status").stdout
+    assert "compute:" in human
+    assert "off (turn it on with: p2pshare compute offer --on)" in human
+
+
+def test_names_that_are_not_utf8_are_skipped_not_an_internal_error(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """Field test 2 #11: `share src/weird` with a file named bad\\xff crashed the reply."""
+    weird = tmp_path / "weird"
+    weird.mkdir()
+    (weird / "fine.txt").write_text("ok")
+    bad = os.fsencode(weird) + b"/bad\xff"
+    with open(bad, "wb") as f:  # noqa: PTH123 - a bytes path on purpose
+        f.write(b"x")
+    shared = cli_json(daemon, "share", str(weird))
+    assert shared["skipped"] == [{"path": "bad\\xff", "reason": "its name is not valid UTF-8"}]
+    assert shared["files"] == 1
+    human = run_cli(daemon.home, "share", str(weird))
+    assert "skipped bad\\xff: its name is not valid UTF-8" in human.stdout
+    direct = run_cli(daemon.home, "share", os.fsdecode(bad))
+    assert direct.returncode == ExitCode.FAILED
+    cid = shared["cid"]
+    to_bad = run_cli(daemon.home, "get", cid, "-o", os.fsdecode(bad) + "-copy")
+    assert to_bad.returncode == ExitCode.FAILED
+    assert to_bad.stderr == (
+        f"error: {weird}/bad\\xff-copy is not valid UTF-8, which p2pshare cannot pass to its "
+        "daemon; rename it first\n"
+    )
+    assert (
+        direct.stderr
+        == f"error: cannot share {weird}/bad\\xff: its name is not valid UTF-8; rename it first\n"
+    )
+
+
+def test_an_empty_share_name_is_refused(daemon: DaemonProcess, tmp_path: Path) -> None:
+    data = tmp_path / "a.txt"
+    data.write_text("a")
+    result = run_cli(daemon.home, "share", str(data), "--name", "")
+    assert result.returncode == ExitCode.USAGE
+    assert result.stderr.startswith("error: a share's name cannot be empty; ")
+    assert result.stderr.count("\n") == 1
+    assert cli_json(daemon, "ls")["shares"] == []
+
+
+def test_a_finished_download_is_listed_fresh_until_overwritten(
+    short_tmp: Path, tmp_path: Path
+) -> None:
+    """Field test 2 #17: `get --force` over a download left it listed as a fresh share."""
+    seeder_home, getter_home = Home(short_tmp / "seeder"), Home(short_tmp / "getter")
+    init_home(seeder_home)
+    init_home(getter_home)
+    big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+    big.write_bytes(os.urandom(300_000))
+    small.write_bytes(b"small")
+    with DaemonProcess(seeder_home) as seeder, DaemonProcess(getter_home) as getter:
+        seeder.start()
+        getter.start()
+        big_ticket = cli_json(seeder, "share", str(big))["ticket"]
+        small_ticket = cli_json(seeder, "share", str(small))["ticket"]
+        out = tmp_path / "out.bin"
+        big_cid = cli_json(getter, "get", big_ticket, "-o", str(out))["cid"]
+        [listed] = cli_json(getter, "ls")["shares"]
+        assert (listed["cid"], listed["stale"]) == (big_cid, None)
+        small_cid = cli_json(getter, "get", small_ticket, "-o", str(out), "--force")["cid"]
+        stale = {s["cid"]: s["stale"] for s in cli_json(getter, "ls")["shares"]}
+        assert "changed on disk" in stale[big_cid]
+        assert stale[small_cid] is None, "the new download is fresh"

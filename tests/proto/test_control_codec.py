@@ -130,3 +130,9 @@ def test_malformed_requests_are_refused(obj: object) -> None:
 def test_unencodable_reply_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError):
         encode_server_message(Reply(1, object()))
+
+
+def test_a_request_with_a_name_that_is_not_utf8_is_refused_not_escaped() -> None:
+    """Escaping a path sent to the daemon would name another file; the CLI must say so."""
+    with pytest.raises(LocalProtocolError):
+        encode_request(Request(1, "share", {"path": "/tmp/bad\udcff"}))

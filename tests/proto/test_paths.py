@@ -18,6 +18,7 @@ from p2pshare.proto.paths import (
     check_path,
     check_tree,
     fold_path,
+    printable,
 )
 
 UNSAFE = {
@@ -183,3 +184,21 @@ def test_fuzzed_tree_is_refused_or_unambiguous(tree: list[str]) -> None:
         "/".join(key.split("/")[:n]) for key in keys for n in range(1, key.count("/") + 1)
     }
     assert not directories & set(keys)
+
+
+@given(st.binary(max_size=64))
+def test_printable_names_are_utf8_and_keep_every_utf8_name(raw: bytes) -> None:
+    name = raw.decode("utf-8", "surrogateescape")
+    shown = printable(name)
+    shown.encode("utf-8")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        assert "\\x" in shown
+    else:
+        assert shown == name
+
+
+def test_printable_escapes_stray_surrogates_too() -> None:
+    assert printable("bad\udcff") == "bad\\xff"
+    assert printable("a\ud800\udcff") == "a\\ud800\\udcff"

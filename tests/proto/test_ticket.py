@@ -51,6 +51,7 @@ def test_round_trips(digest: bytes, seed: bytes, addresses: list[str]) -> None:
     text = format_ticket(ticket)
     assert parse_ticket(text) == ticket
     assert parse_content_ref(text) == (ticket.cid, ticket)
+    assert parse_content_ref(str(ticket.cid).upper()) == (ticket.cid, None), "multibase 'B'"
     assert text.startswith("p2ps1")
     assert len(text) <= MAX_TICKET_CHARS
     assert set(text) <= set(BASE32 + "p1")

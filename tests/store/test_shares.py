@@ -405,6 +405,8 @@ def test_a_version_1_catalog_is_migrated_keeping_its_shares(tmp_path: Path) -> N
     catalog = Catalog(path)
     assert catalog.schema_version == len(MIGRATIONS)
     assert [row.cid for row in catalog.shares()] == ["bafk1"]
+    assert catalog.shares()[0].origin is None, "old shares have no recorded origin"
+    assert catalog.shares()[0].skipped == ()
     catalog.set_provided("bafk1", ProvideStatus(10, 3))
     catalog.set_provided("unknown", ProvideStatus(10, 3))
     assert catalog.provide_status() == {"bafk1": ProvideStatus(10, 3)}
