@@ -22,7 +22,7 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from p2pshare.net.addrs import announce_addrs
+from p2pshare.net.addrs import announce_addrs, local_addrs
 from p2pshare.net.mdns import Mdns, connect_announced
 from p2pshare.net.peers import connect, connected_peers, parse_peer_multiaddr, ping_ms
 from p2pshare.proto.cid import ContentId
@@ -158,7 +158,7 @@ class Discovery:
         LAN peers are told our interface addresses, not ``[network] announce``: a
         public address behind NAT is usually not reachable from inside the LAN.
         """
-        mdns = Mdns(self._host.get_id(), announce_addrs(self._host, ()))
+        mdns = Mdns(self._host.get_id(), local_addrs(self._host))
         found, receive = trio.open_memory_channel[PeerInfo](MDNS_BACKLOG)
         nursery.start_soon(mdns.run, found)
         nursery.start_soon(self._dial_found, receive)
@@ -210,7 +210,7 @@ class Discovery:
     # -- announcing
 
     def announce(self) -> list[Any]:
-        return announce_addrs(self._host, self._config.announce)
+        return announce_addrs(self._host)
 
     async def provide(self, cid: str) -> ProvideStatus:
         """Announce one share now and record the outcome.
