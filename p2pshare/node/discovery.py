@@ -23,7 +23,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from p2pshare.errors import UserError
-from p2pshare.net.addrs import announce_addrs, local_addrs
+from p2pshare.net.addrs import announce_addrs, local_addrs, observed_addrs
 from p2pshare.net.mdns import Mdns, connect_announced
 from p2pshare.net.peers import (
     connect,
@@ -303,6 +303,9 @@ class Discovery:
             }
             for p in found
         ]
+
+    def observed_addrs(self) -> list[str]:
+        return observed_addrs(self._host)
 
     def routing_table_size(self) -> int:
         return self._dht.routing_table_size()

@@ -53,6 +53,7 @@ class NetworkApi:
         provided = self.catalog.provide_status()
         return {
             "routing_table": self.discovery.routing_table_size(),
+            "observed_addrs": self.discovery.observed_addrs(),
             "shares": [
                 {
                     "cid": row.cid,

@@ -69,6 +69,8 @@ def test_id_ready_line_and_tickets_announce_the_same_addresses_never_the_wildcar
         data = tmp_path / "f.txt"
         data.write_text("x")
         ticket = parse_ticket(cli_json(home, "share", str(data))["ticket"])
+        # No peer has told this node how it sees it (loopback observations are dropped).
+        assert cli_json(home, "status")["observed_addrs"] == []
     assert ready == shown
     assert ready
     assert not any("/ip4/0.0.0.0/" in a for a in ready)

@@ -15,7 +15,13 @@ from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.peerinfo import PeerInfo
 
 from p2pshare.identity import NodeKey
-from p2pshare.net.addrs import addrs_factory, announce_addrs, announced, interface_ips
+from p2pshare.net.addrs import (
+    addrs_factory,
+    announce_addrs,
+    announced,
+    interface_ips,
+    observed_addrs,
+)
 from p2pshare.net.host import build_host, running_host
 
 if TYPE_CHECKING:
@@ -130,3 +136,24 @@ async def test_identify_tells_a_peer_the_announced_addresses() -> None:
         ) as theirs,
     ):
         assert await identify_listen_addrs(ours, theirs) == ["/ip4/198.51.100.7/tcp/9"]
+
+
+class FakeMuxedConn:
+    def get_remote_address(self) -> tuple[str, int]:
+        return ("198.51.100.20", 5555)
+
+
+class FakeConn:
+    is_closed = False
+    muxed_conn = FakeMuxedConn()
+
+
+def test_an_address_one_peer_observed_is_reported_before_libp2p_confirms_it() -> None:
+    host = build_host(NodeKey.generate())
+    assert observed_addrs(host) == []
+    manager = host._observed_addr_manager  # type: ignore[attr-defined]
+    manager.record_observation(
+        FakeConn(), multiaddr.Multiaddr("/ip4/203.0.113.5/tcp/4001"), addrs("/ip4/0.0.0.0/tcp/4001")
+    )
+    assert observed_addrs(host) == ["/ip4/203.0.113.5/tcp/4001"]
+    assert "/ip4/203.0.113.5/tcp/4001" not in texts(announce_addrs(host)), "one peer is not enough"
