@@ -138,3 +138,21 @@ async def test_many_providers_are_handed_out_at_random_not_first_come() -> None:
         # chance that some peer is missed by all 20 (15 of 20 each) is below 1e-10.
         assert seen == set(stored)
         nursery.cancel_scope.cancel()
+
+
+async def test_lookup_trace_tells_a_finished_lookup_from_one_that_timed_out() -> None:
+    """`find` said "within 10 s" after 0.77 s (field test #20): the trace must say
+    whether the lookup ran out of peers to ask or out of time."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (_, asker), _ = await start_line(stack, nursery, 2)
+        finished = LookupTrace()
+        with trio.fail_after(20):
+            assert await asker.find_providers(key, trace=finished) == []
+        assert (finished.queried, finished.timed_out) == (1, False)
+        cut_short = LookupTrace()
+        assert (
+            await asker.find_providers(key, trace=cut_short, give_up_at=trio.current_time()) == []
+        )
+        assert cut_short.timed_out
+        nursery.cancel_scope.cancel()
