@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import multiaddr
 import trio
+from libp2p.abc import INotifee
 from libp2p.custom_types import TProtocol
 from libp2p.host.ping import ID as PING_PROTOCOL
 from libp2p.host.ping import perform_ping_roundtrip
@@ -22,9 +23,9 @@ from p2pshare.net.addrs import is_wildcard, without_peer_id
 from p2pshare.net.streams import LibP2PStream
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
-    from libp2p.abc import IHost
+    from libp2p.abc import IHost, INetConn, INetStream, INetwork
 
 # The peerstore keeps dialed addresses for this long (seconds); the daemon saves
 # them in the catalog too, so they outlive a restart.
@@ -216,6 +217,36 @@ async def connect_exactly(host: IHost, peer: ID, addr: multiaddr.Multiaddr, time
             f"could not connect to {peer} at {addr}: {_reason(exc)}{still_up}"
         ) from None
     replace_addrs(host, peer, [addr, *_known_addrs(host, peer)] if connected else [addr])
+
+
+class _OnConnected(INotifee):
+    def __init__(self, callback: Callable[[str], None]) -> None:
+        self._callback = callback
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        peer = getattr(conn.muxed_conn, "peer_id", None)
+        if peer is not None:
+            self._callback(str(peer))
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        return None
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+def on_connected(host: IHost, callback: Callable[[str], None]) -> None:
+    """Call ``callback(peer ID)`` whenever a connection to a peer opens, either way."""
+    host.get_network().register_notifee(_OnConnected(callback))
 
 
 def connected_peers(host: IHost) -> list[PeerAddrs]:

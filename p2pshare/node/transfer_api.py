@@ -12,7 +12,7 @@ import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
 from p2pshare.net.datachannel import DataChannelOpenError, open_data_channel
-from p2pshare.net.peers import open_stream
+from p2pshare.net.peers import on_connected, open_stream
 from p2pshare.node.downloads import ACTIVE, DownloadManager
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.job import JobRejectedError, RejectCode
@@ -56,6 +56,7 @@ class TransferApi:
 
     def __post_init__(self) -> None:
         self.downloads = DownloadManager(self.shares.catalog, self._download)
+        on_connected(self.host, self.downloads.peer_connected)
 
     def register(self, guard: HandlerGuard) -> None:
         # A transfer stream lasts as long as the download it feeds; the per-peer

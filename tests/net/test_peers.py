@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trio
+from libp2p.host.ping import ID as PING_PROTOCOL
 from libp2p.peer.peerinfo import PeerInfo
 from multiaddr import Multiaddr
 
 from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
 from p2pshare.net.host import running_host
-from p2pshare.net.peers import ADDR_TTL, connect, connect_exactly
+from p2pshare.net.peers import ADDR_TTL, connect, connect_exactly, open_stream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -83,6 +84,25 @@ async def test_a_stale_remembered_address_is_replaced_by_the_new_one_that_works(
         used = await connect(ours, PeerInfo(theirs.get_id(), [stale, new]), TIMEOUT)
     assert used == new
     assert stored(ours, theirs)[0] == str(new)
+
+
+@pytest.mark.trio
+async def test_a_provider_that_moved_is_reached_at_the_address_learnt_since(
+    hosts: tuple[IHost, IHost],
+) -> None:
+    """A resumed download dials its ticket's stale address; the provider's new one came
+    from a DHT record (the facade puts it in the peerstore) and must be tried too
+    (field test #27)."""
+    ours, theirs = hosts
+    stale = closed_port_addr()
+    await forget_after_failure(ours, theirs, stale)
+    ours.get_peerstore().add_addrs(theirs.get_id(), theirs.get_transport_addrs(), 3600)
+    with trio.fail_after(TIMEOUT):
+        stream = await open_stream(
+            ours, theirs.get_id().to_base58(), [str(stale)], PING_PROTOCOL, TIMEOUT
+        )
+    await stream.reset()
+    assert stored(ours, theirs)[0] == str(theirs.get_transport_addrs()[0])
 
 
 @pytest.mark.trio
