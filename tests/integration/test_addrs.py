@@ -15,7 +15,7 @@ from p2pshare.home import Home
 from p2pshare.launcher import DaemonProcess, init_home, run_cli, start_all
 from p2pshare.net.addrs import interface_ips
 from p2pshare.proto.ticket import parse_ticket
-from p2pshare.store.catalog import Catalog
+from p2pshare.store.catalog import Catalog, DownloadRequest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 CONNECT_AT_ONCE_S = 5.0
+FIRST_RETRY_S = 10.0
 
 
 def cli_json(home: Home, *args: str) -> Any:
@@ -126,3 +127,65 @@ def test_connect_at_a_wrong_address_to_a_connected_peer_says_so_and_is_not_remem
     b.stop()
     assert wrong not in remembered(b.home, peer)
     assert remembered(b.home, peer)[0] == good.split("/p2p/")[0]
+
+
+def wait_for_retry(home: Home, longer_than: float, limit: float = 60.0) -> dict[str, Any]:
+    """The only unfinished download of ``home`` once it waits more than ``longer_than``
+    seconds to retry."""
+    deadline = time.monotonic() + limit
+    while True:
+        (download,) = cli_json(home, "downloads")["downloads"]
+        if (download["retry_in_s"] or 0) > longer_than:
+            return download  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, download
+        time.sleep(0.2)
+
+
+# About 45 s (two retry waits and four daemon starts): run with P2PSHARE_HEAVY=1.
+# tests/node/test_downloads.py and tests/net/test_peers.py cover its parts quickly.
+@pytest.mark.heavy
+def test_a_resumed_download_retries_as_soon_as_its_provider_comes_back_on_a_new_port(
+    short_tmp: Path, tmp_path: Path
+) -> None:
+    """Field test #27: the download waited its whole backoff (and then dialed the
+    provider's old port) although the provider was back."""
+    provider_home, getter_home = Home(short_tmp / "p"), Home(short_tmp / "g")
+    init_home(provider_home)
+    # The getter keeps its port, so the restarted provider finds it again.
+    init_home(getter_home, listen=[f"/ip4/127.0.0.1/tcp/{closed_port()}"])
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"moved provider " * 50_000)
+    # The provider stops first, so it remembers the getter.
+    with DaemonProcess(getter_home) as getter, DaemonProcess(provider_home) as provider:
+        start_all([provider, getter])
+        cli_json(getter_home, "connect", provider.info["addrs"][0])
+        shared = cli_json(provider_home, "share", str(data))
+    ticket = parse_ticket(shared["ticket"])
+    dest = tmp_path / "out.bin"
+    # As a getter stopped mid-download leaves it: resumed at its next start.
+    catalog = Catalog(getter_home.catalog_path)
+    now = int(time.time())
+    catalog.save_download_request(
+        DownloadRequest(
+            shared["cid"],
+            str(dest),
+            ((ticket.peer_id, ticket.addrs),),
+            False,
+            "active",
+            None,
+            now,
+            now,
+        )
+    )
+    catalog.close()
+    with DaemonProcess(getter_home) as getter, DaemonProcess(provider_home) as provider:
+        getter.start()
+        # The second wait (20 s) leaves time to start the provider well before it ends.
+        waiting = wait_for_retry(getter_home, longer_than=FIRST_RETRY_S * 1.5)
+        scheduled = time.monotonic() + waiting["retry_in_s"]
+        provider.start()
+        assert provider.info["addrs"] != [f"{a}/p2p/{ticket.peer_id}" for a in ticket.addrs]
+        while cli_json(getter_home, "downloads")["downloads"]:
+            assert time.monotonic() < scheduled - 1, "waited for the scheduled retry"
+            time.sleep(0.2)
+    assert dest.read_bytes() == data.read_bytes()

@@ -15,7 +15,7 @@ from multiaddr import Multiaddr
 from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
 from p2pshare.net.host import running_host
-from p2pshare.net.peers import ADDR_TTL, connect, connect_exactly, open_stream
+from p2pshare.net.peers import ADDR_TTL, connect, connect_exactly, on_connected, open_stream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -148,3 +148,21 @@ async def test_unsupported_transports_are_refused_before_dialing(
     ours, theirs = hosts
     with pytest.raises(UserError, match="speaks only TCP"):
         await connect_exactly(ours, theirs.get_id(), Multiaddr(addr), TIMEOUT)
+
+
+@pytest.mark.trio
+async def test_on_connected_reports_inbound_connections(hosts: tuple[IHost, IHost]) -> None:
+    """How a resumed download hears that its provider came back (it dials us)."""
+    ours, theirs = hosts
+    arrived: list[str] = []
+    seen = trio.Event()
+
+    def record(peer: str) -> None:
+        arrived.append(peer)
+        seen.set()
+
+    on_connected(ours, record)
+    await connect(theirs, PeerInfo(ours.get_id(), ours.get_transport_addrs()), TIMEOUT)
+    with trio.fail_after(TIMEOUT):
+        await seen.wait()
+    assert arrived == [theirs.get_id().to_base58()]
