@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from p2pshare_cli.main import no_providers_sentence
+import importlib
+
+# Installed as p2pshare_cli (pyproject: package-dir), which mypy, reading cli/, cannot
+# resolve by that name.
+no_providers_sentence = importlib.import_module("p2pshare_cli.main").no_providers_sentence
 
 CID = "bafkr4ibiftelhdeaewu7u63wovueotoclzdpker5e7cf4xe2ldkamuu6xa"
 

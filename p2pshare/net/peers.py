@@ -25,7 +25,7 @@ from p2pshare.net.streams import LibP2PStream
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from libp2p.abc import IHost, INetConn, INetStream, INetwork
+    from libp2p.abc import IHost, INetConn, INetStream, INetwork, ISecureConn
 
 # The peerstore keeps dialed addresses for this long (seconds); the daemon saves
 # them in the catalog too, so they outlive a restart.
@@ -183,12 +183,16 @@ async def _probe(host: IHost, peer: ID, addr: multiaddr.Multiaddr) -> None:
     if transport is None:
         raise UserError(f"no transport can dial {addr}")
     raw = await transport.dial(addr)
+    secured: ISecureConn | None = None
     try:
         secured = await swarm.upgrader.upgrade_security(raw, is_initiator=True, peer_id=peer)
-    except BaseException:
-        await raw.close()
-        raise
-    await secured.close()
+    finally:
+        # Shielded: a probe cut short by its deadline must still release the socket.
+        with trio.CancelScope(shield=True):
+            if secured is None:
+                await raw.close()
+            else:
+                await secured.close()
 
 
 async def connect_exactly(host: IHost, peer: ID, addr: multiaddr.Multiaddr, timeout: float) -> None:

@@ -24,7 +24,7 @@ from libp2p.peer.peerinfo import PeerInfo
 
 from p2pshare.errors import UserError
 from p2pshare.net.addrs import announce_addrs, local_addrs, observed_addrs
-from p2pshare.net.mdns import Mdns, connect_announced
+from p2pshare.net.mdns import Mdns
 from p2pshare.net.peers import (
     connect,
     connect_exactly,
@@ -187,7 +187,7 @@ class Discovery:
         async def dial(info: PeerInfo) -> None:
             try:
                 async with limiter:
-                    await connect_announced(self._host, info, self._config.connect_timeout)
+                    await connect(self._host, info, self._config.connect_timeout)
                 await self._dht.add_peer(info.peer_id)
                 log.info("connected to %s found by mDNS", info.peer_id)
             except Exception as exc:  # noqa: BLE001 - unreachable peers are normal
