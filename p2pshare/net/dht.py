@@ -39,6 +39,8 @@ from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 from multiaddr import Multiaddr
 
+from p2pshare.errors import UserError
+from p2pshare.net.peers import connect
 from p2pshare.proto.ratelimit import PerKeyBuckets
 
 if TYPE_CHECKING:
@@ -90,6 +92,8 @@ async def get_providers_and_closers(
     reached peers it knew before. Here their addresses go into the peerstore, as
     py-libp2p does for FIND_NODE answers.
     """
+    # Dialed here, not by new_stream: py-libp2p would try one, possibly stale, address.
+    await connect(host, PeerInfo(peer, []), QUERY_TIMEOUT)
     stream = await host.new_stream(peer, [KAD_PROTOCOL])
     try:
         request = Message()
@@ -249,6 +253,11 @@ class Dht:
         async def send(peer: ID) -> None:
             async with limiter:
                 with trio.move_on_after(QUERY_TIMEOUT):
+                    try:
+                        await connect(self._host, PeerInfo(peer, []), QUERY_TIMEOUT)
+                    except UserError as exc:
+                        log.debug("not providing to %s: %s", peer, exc)
+                        return
                     if await store._send_add_provider(peer, key):  # noqa: SLF001
                         accepted.add(peer)
 
