@@ -461,6 +461,23 @@ def downloads_cancel(ctx: click.Context, cid: str, as_json: bool) -> None:
     show(result, as_json, lambda r: f"cancelled the download of {r['cid']} to {r['destination']}")
 
 
+def no_providers_sentence(cid: str, lookup: dict[str, Any], timeout: float) -> str:
+    """What an empty `find` did: ran out of time, or asked every peer it could find."""
+    asked = lookup["queried"]
+    peers = f"{asked} peer{'' if asked == 1 else 's'}"
+    if lookup.get("timed_out"):
+        return f"no providers found for {cid} within {timeout:g} s ({peers} asked by then)"
+    if not asked:
+        return (
+            f"no providers found for {cid}: this node knows no peers to ask; join the "
+            "network first (p2pshare connect, or [network] bootstrap)"
+        )
+    return (
+        f"no providers found for {cid}: the lookup asked {peers} and none knows a provider; "
+        "check the content ID for a typo (content IDs carry no checksum; tickets do)"
+    )
+
+
 @cli.command()
 @click.argument("cid")
 @click.option("--timeout", type=click.FloatRange(0.1, 120), default=10.0, show_default=True)
@@ -473,10 +490,7 @@ def find(ctx: click.Context, cid: str, timeout: float, as_json: bool) -> None:
     with ControlClient(_home(ctx), timeout=timeout + 10) as client:
         result = client.call("find", {"cid": cid, "timeout": timeout})
     if not result["providers"] and not as_json:
-        raise UserError(
-            f"no providers found for {result['cid']} within {timeout:g} s; check the content "
-            "ID for a typo (content IDs carry no checksum; tickets do)"
-        )
+        raise UserError(no_providers_sentence(result["cid"], result["lookup"], timeout))
 
     def human(r: dict[str, Any]) -> str:
         return "\n".join(

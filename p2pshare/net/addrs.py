@@ -1,4 +1,22 @@
-"""Which addresses a node tells others: listen addresses made dialable."""
+"""Which addresses a node tells others: its listen addresses made true.
+
+:func:`announced` is the one rule.  The host applies it as py-libp2p's address
+factory (:func:`addrs_factory`), so ``host.get_addrs()`` -- what identify sends,
+what ``p2pshare id`` and the daemon's ready line print -- and the addresses in
+tickets and DHT provider records (:func:`announce_addrs`) are the same list.
+
+* ``[network] announce``, if set, is announced as given (a NAT that forwards a
+  port is something only the user knows);
+* a wildcard listen address (``0.0.0.0``, ``::``) is never announced: it becomes
+  one address per interface address of that family, so a peer on another machine
+  stores something it can dial;
+* loopback addresses are announced only when there is nothing else, i.e. when
+  the node listens only on loopback: a peer on another machine that dials
+  127.0.0.1 reaches itself, not us, and a peer on this machine can dial the
+  interface addresses too;
+* addresses py-libp2p confirmed from identify's observed address (several
+  peers saw us there) are kept.
+"""
 
 from __future__ import annotations
 
@@ -9,37 +27,126 @@ import ifaddr
 import multiaddr
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from libp2p.abc import IHost
 
+_WILDCARDS = {"/ip4/0.0.0.0": 4, "/ip6/::": 6}
 
-def _interface_ipv4() -> list[str]:
+
+def interface_ips() -> list[str]:
+    """This machine's interface addresses (IPv4 and IPv6), link-local ones left out.
+
+    ifaddr (already installed with py-libp2p's zeroconf) calls getifaddrs(3) through
+    ctypes: no subprocess, no parsing of another program's output.
+    """
     found = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
-            if isinstance(ip.ip, str) and not ipaddress.ip_address(ip.ip).is_link_local:
-                found.append(ip.ip)
-    return sorted(set(found)) or ["127.0.0.1"]
+            # ifaddr gives IPv6 addresses as (address, flowinfo, scope_id).
+            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            try:
+                if not ipaddress.ip_address(text).is_link_local:
+                    found.append(text)
+            except ValueError:
+                continue
+    return sorted(set(found))
 
 
-def announce_addrs(host: IHost, configured: Sequence[str]) -> list[multiaddr.Multiaddr]:
-    """``configured`` if given, else the listen addresses with 0.0.0.0 expanded.
+def _ip_of(addr: multiaddr.Multiaddr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    parts = str(addr).split("/")
+    if len(parts) < 3 or parts[1] not in ("ip4", "ip6"):
+        return None
+    try:
+        return ipaddress.ip_address(parts[2])
+    except ValueError:
+        return None
 
-    A provider record or ticket holding 0.0.0.0 is useless to the peer reading it,
-    so an unspecified IPv4 listen address becomes one address per local interface;
-    an unspecified IPv6 one (not expanded yet) is left out.
+
+def is_loopback(addr: multiaddr.Multiaddr) -> bool:
+    ip = _ip_of(addr)
+    return ip is not None and ip.is_loopback
+
+
+def is_wildcard(addr: multiaddr.Multiaddr) -> bool:
+    ip = _ip_of(addr)
+    return ip is not None and ip.is_unspecified
+
+
+def _expand(addr: multiaddr.Multiaddr, ips: Sequence[str]) -> list[multiaddr.Multiaddr]:
+    text = str(addr)
+    for prefix, version in _WILDCARDS.items():
+        if text.startswith(prefix + "/"):
+            rest = text.removeprefix(prefix)
+            family = [
+                ip
+                for ip in ips
+                if (parsed := ipaddress.ip_address(ip)).version == version
+                and not parsed.is_unspecified
+            ]
+            return [multiaddr.Multiaddr(f"/ip{version}/{ip}{rest}") for ip in family]
+    return [] if is_wildcard(addr) else [addr]
+
+
+def announced(
+    candidates: Iterable[multiaddr.Multiaddr],
+    configured: Sequence[str],
+    ips: Sequence[str],
+) -> list[multiaddr.Multiaddr]:
+    """The addresses this node announces.
+
+    ``candidates`` are py-libp2p's (listen addresses, then confirmed observed ones),
+    ``configured`` is ``[network] announce``, ``ips`` the interface addresses.
     """
     if configured:
         return [multiaddr.Multiaddr(a) for a in configured]
     result: list[multiaddr.Multiaddr] = []
-    for addr in host.get_transport_addrs():
-        text = str(addr)
-        if text.startswith("/ip6/::/"):
-            continue
-        if text.startswith("/ip4/0.0.0.0/"):
-            rest = text.removeprefix("/ip4/0.0.0.0")
-            result += [multiaddr.Multiaddr(f"/ip4/{ip}{rest}") for ip in _interface_ipv4()]
-        else:
-            result.append(addr)
-    return result
+    for addr in candidates:
+        for expanded in _expand(addr, ips):
+            if expanded not in result:
+                result.append(expanded)
+    routable = [a for a in result if not is_loopback(a)]
+    return routable or result
+
+
+def addrs_factory(
+    configured: Sequence[str], ips: Callable[[], Sequence[str]] = interface_ips
+) -> Callable[[list[multiaddr.Multiaddr]], list[multiaddr.Multiaddr]]:
+    """:func:`announced` as py-libp2p's ``addrs_factory``; interfaces are read at each
+    call, so an address that appears after start (DHCP, a new VPN) is announced."""
+
+    def factory(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+        return announced(candidates, configured, ips())
+
+    return factory
+
+
+def without_peer_id(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
+    text = str(addr)
+    return multiaddr.Multiaddr(text.split("/p2p/", maxsplit=1)[0]) if "/p2p/" in text else addr
+
+
+def announce_addrs(host: IHost) -> list[multiaddr.Multiaddr]:
+    """What tickets and DHT records carry: the host's announced addresses, without
+    the ``/p2p/<peer ID>`` that ``get_addrs`` appends."""
+    return [without_peer_id(a) for a in host.get_addrs()]
+
+
+def local_addrs(host: IHost, ips: Sequence[str] | None = None) -> list[multiaddr.Multiaddr]:
+    """The listen addresses made true but not ``[network] announce``: for peers on the
+    same LAN (mDNS), to whom a NAT's public address is usually no use."""
+    return announced(host.get_transport_addrs(), (), interface_ips() if ips is None else ips)
+
+
+def observed_addrs(host: IHost) -> list[str]:
+    """Addresses at which peers told us (identify's observed address) they see us.
+
+    py-libp2p 0.8.1 keeps them in the host's ObservedAddrManager, which has no public
+    accessor; it announces one itself only once four peer groups agree.  Loopback
+    observations are dropped there.  Every address at least one peer reported is
+    listed.
+    """
+    manager = getattr(host, "_observed_addr_manager", None)
+    if manager is None:
+        return []
+    return sorted({str(a) for a in manager.addrs(min_observers=1)})

@@ -39,6 +39,8 @@ from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 from multiaddr import Multiaddr
 
+from p2pshare.errors import UserError
+from p2pshare.net.peers import connect
 from p2pshare.proto.ratelimit import PerKeyBuckets
 
 if TYPE_CHECKING:
@@ -71,10 +73,13 @@ class LookupTrace:
     ``hops`` is the length of the referral chain to the first peer that answered with
     a provider: 1 when a peer we already knew had the record, 2 when a peer it named
     had it, ...; 0 when this node held the record itself or nothing was found.
+    ``timed_out`` tells a lookup cut short at its deadline from one that ran out of
+    peers to ask.
     """
 
     hops: int = 0
     queried: int = 0
+    timed_out: bool = False
 
 
 async def get_providers_and_closers(
@@ -87,6 +92,8 @@ async def get_providers_and_closers(
     reached peers it knew before. Here their addresses go into the peerstore, as
     py-libp2p does for FIND_NODE answers.
     """
+    # Dialed here, not by new_stream: py-libp2p would try one, possibly stale, address.
+    await connect(host, PeerInfo(peer, []), QUERY_TIMEOUT)
     stream = await host.new_stream(peer, [KAD_PROTOCOL])
     try:
         request = Message()
@@ -246,6 +253,11 @@ class Dht:
         async def send(peer: ID) -> None:
             async with limiter:
                 with trio.move_on_after(QUERY_TIMEOUT):
+                    try:
+                        await connect(self._host, PeerInfo(peer, []), QUERY_TIMEOUT)
+                    except UserError as exc:
+                        log.debug("not providing to %s: %s", peer, exc)
+                        return
                     if await store._send_add_provider(peer, key):  # noqa: SLF001
                         accepted.add(peer)
 
@@ -338,7 +350,7 @@ class Dht:
         # finds timed out that way (bench/dht.py; docs/benchmarks.md).
         answered, answers = trio.open_memory_channel[None](math.inf)
         in_flight = 0
-        with trio.move_on_at(give_up_at):
+        with trio.move_on_at(give_up_at) as deadline:
             async with trio.open_nursery() as nursery:
                 while not enough():
                     while in_flight < ALPHA and (peer := next_peer()) is not None:
@@ -351,11 +363,8 @@ class Dht:
                     await answers.receive()
                     in_flight -= 1
                 nursery.cancel_scope.cancel()  # found enough: the rest are not needed
-        providers = self._as_providers(found)
-        # A node answers with every provider it stores, in the order it learnt them: the
-        # first ``limit`` would send every downloader of a popular share to the same few
-        # peers (bench/downloaders.py), so a random ``limit`` of them are returned.
-        return providers if len(providers) <= limit else random.sample(providers, limit)
+        trace.timed_out = deadline.cancelled_caught
+        return _at_most(self._as_providers(found), limit)
 
     def _as_providers(self, found: dict[ID, set[Multiaddr]]) -> list[Provider]:
         """One entry per peer but this node; their addresses kept for dialing them."""
@@ -371,3 +380,10 @@ class Dht:
             texts = {str(a).removesuffix(suffix) for a in addrs}
             providers.append(Provider(str(peer), tuple(sorted(texts))))
         return providers
+
+
+def _at_most(providers: list[Provider], limit: int) -> list[Provider]:
+    """A node answers with every provider it stores, in the order it learnt them: the
+    first ``limit`` would send every downloader of a popular share to the same few
+    peers (bench/downloaders.py), so a random ``limit`` of them are returned."""
+    return providers if len(providers) <= limit else random.sample(providers, limit)

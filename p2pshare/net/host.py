@@ -26,6 +26,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2pshare.errors import ConfigError
+from p2pshare.net.addrs import addrs_factory
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -61,8 +62,11 @@ async def _close(host: IHost) -> None:
         await host.close()
 
 
-def build_host(key: NodeKey, *, max_connections: int = 300) -> IHost:
+def build_host(key: NodeKey, *, max_connections: int = 300, announce: Sequence[str] = ()) -> IHost:
     """A host keyed by ``key`` that speaks only Noise and Yamux.
+
+    Its ``get_addrs()`` (identify, ``p2pshare id``) are the addresses of
+    p2pshare.net.addrs.announced: ``announce`` if given, never 0.0.0.0.
 
     py-libp2p's own mDNS stays off: it advertises 0.0.0.0 and loses peers found
     before a handler is registered; ``[network] mdns`` is p2pshare.net.mdns, run
@@ -80,15 +84,20 @@ def build_host(key: NodeKey, *, max_connections: int = 300) -> IHost:
             max_connections_per_peer=1, max_connections=max_connections
         ),
         enable_mDNS=False,
+        addrs_factory=addrs_factory(announce),
     )
 
 
 @asynccontextmanager
 async def running_host(
-    key: NodeKey, listen: Sequence[str], *, max_connections: int = 300
+    key: NodeKey,
+    listen: Sequence[str],
+    *,
+    max_connections: int = 300,
+    announce: Sequence[str] = (),
 ) -> AsyncIterator[IHost]:
     """Start the host listening on ``listen``; stop it on exit."""
-    host = build_host(key, max_connections=max_connections)
+    host = build_host(key, max_connections=max_connections, announce=announce)
     addrs = parse_multiaddrs(listen, "listen")
     async with AsyncExitStack() as stack:
         try:

@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import multiaddr
 import trio
-from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from zeroconf import (
@@ -52,13 +51,8 @@ from zeroconf import (
     Zeroconf,
 )
 
-from p2pshare.errors import UserError
-from p2pshare.net.peers import ADDR_TTL
-
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
-
-    from libp2p.abc import IHost
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -165,33 +159,6 @@ def decode_txt(rdata: bytes) -> PeerInfo | None:
         return None
     addrs.sort(key=_is_loopback)  # loopback last: it only helps a peer on this machine
     return PeerInfo(peer_id, addrs[:MAX_ADDRS])
-
-
-async def connect_announced(host: IHost, info: PeerInfo, timeout: float) -> None:
-    """Connect to ``info`` at the addresses it announced, best first, within ``timeout``.
-
-    ``host.connect`` would dial only one TCP address of all the peerstore holds for the
-    peer (py-libp2p picks one per transport), possibly a stale one such as the 0.0.0.0
-    a peer reports through identify, and after a failure refuses the peer for 60 s. An
-    announcement just heard on the link is better evidence than either.
-    """
-    network = host.get_network()
-    assert isinstance(network, Swarm)
-    host.get_peerstore().add_addrs(info.peer_id, info.addrs, ADDR_TTL)
-    failures: list[str] = []
-    with trio.move_on_after(timeout):
-        for addr in info.addrs:
-            try:
-                conn = await network.dial_addr(addr, info.peer_id)
-            except Exception as exc:  # noqa: BLE001 - libp2p reports dial failures with many types
-                failures.append(f"{addr}: {exc}")
-                continue
-            started = getattr(conn, "event_started", None)
-            if started is not None:
-                await started.wait()
-            return
-        raise UserError(f"could not connect to {info.peer_id}: {'; '.join(failures)}")
-    raise UserError(f"could not reach {info.peer_id} within {timeout:g} s")
 
 
 async def _in_zeroconf_loop(zc: Zeroconf, coro: Coroutine[Any, Any, T]) -> T:

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import multiaddr
 import trio
+from libp2p.abc import INotifee
 from libp2p.custom_types import TProtocol
 from libp2p.host.ping import ID as PING_PROTOCOL
 from libp2p.host.ping import perform_ping_roundtrip
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 
 from p2pshare.errors import UserError
+from p2pshare.net.addrs import is_wildcard, without_peer_id
 from p2pshare.net.streams import LibP2PStream
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
-    from libp2p.abc import IHost
+    from libp2p.abc import IHost, INetConn, INetStream, INetwork, ISecureConn
 
 # The peerstore keeps dialed addresses for this long (seconds); the daemon saves
 # them in the catalog too, so they outlive a restart.
 ADDR_TTL = 24 * 3600
+# Happy eyeballs between the addresses of one peer: the next is dialed this long
+# (seconds) after the previous one unless that failed sooner.
+DIAL_STAGGER = 0.25
+_IP_PROTOCOLS = ("ip4", "ip6", "dns", "dns4", "dns6")
 
 
 @dataclass(frozen=True)
@@ -43,17 +52,205 @@ def parse_peer_multiaddr(text: str) -> PeerInfo:
         ) from None
 
 
-async def connect(host: IHost, info: PeerInfo, timeout: float) -> None:
-    """Dial ``info``; a failure is a UserError naming the peer."""
+def check_dialable(addr: multiaddr.Multiaddr) -> None:
+    """A UserError, before any dial, for an address this node has no transport for.
+
+    The host speaks TCP only (QUIC is unreliable in py-libp2p 0.8.1, see host.py).
+    """
+    names = [p.name for p in addr.protocols()]
+    if names and names[-1] == "p2p":
+        names.pop()
+    if len(names) != 2 or names[0] not in _IP_PROTOCOLS or names[1] != "tcp":
+        raise UserError(
+            f"{addr} is not an address this node can dial: it speaks only TCP, "
+            "as in /ip4/192.0.2.1/tcp/4001/p2p/12D3KooW..."
+        )
+
+
+def _swarm(host: IHost) -> Swarm:
+    network = host.get_network()
+    assert isinstance(network, Swarm)
+    return network
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a dial failed, in words: the innermost cause of a py-libp2p dial error
+    (its outer messages only repeat the peer ID)."""
+    while True:
+        if isinstance(exc, PeerIDMismatchesPubkey):
+            return "another node answers at that address"
+        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            break
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+def replace_addrs(host: IHost, peer: ID, addrs: Sequence[multiaddr.Multiaddr]) -> None:
+    """Make ``addrs`` (best first) the addresses the peerstore knows for ``peer``.
+
+    py-libp2p dials only the first TCP address it knows for a peer and after a
+    failure refuses the peer for 60 s (its negative dial cache), so a stale address
+    left first would be all it ever tried (field test #7); the cache is lifted too.
+    """
+    store = host.get_peerstore()
+    store.clear_addrs(peer)
+    store.add_addrs(peer, list(dict.fromkeys(addrs)), ADDR_TTL)
+    _swarm(host).unblock_peer(peer)
+
+
+async def _dial_addr(host: IHost, peer: ID, addr: multiaddr.Multiaddr) -> None:
+    conn = await _swarm(host).dial_addr(addr, peer)
+    started = getattr(conn, "event_started", None)
+    if started is not None:
+        await started.wait()
+
+
+async def _dial_first(
+    host: IHost, peer: ID, addrs: Sequence[multiaddr.Multiaddr]
+) -> multiaddr.Multiaddr:
+    """Dial ``addrs`` in order, each DIAL_STAGGER after the previous one or at once
+    when it failed; the first that connects wins and the others are cancelled."""
+    won: list[multiaddr.Multiaddr] = []
+    failures: list[str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def attempt(addr: multiaddr.Multiaddr, failed: trio.Event) -> None:
+            try:
+                await _dial_addr(host, peer, addr)
+            except Exception as exc:  # noqa: BLE001 - libp2p reports dial failures with many types
+                failures.append(f"{addr}: {_reason(exc)}")
+                failed.set()
+                return
+            won.append(addr)
+            nursery.cancel_scope.cancel()
+
+        for addr in addrs:
+            failed = trio.Event()
+            nursery.start_soon(attempt, addr, failed)
+            with trio.move_on_after(DIAL_STAGGER):
+                await failed.wait()
+    if not won:
+        raise UserError(f"could not connect to {peer}: {'; '.join(failures)}")
+    return won[0]
+
+
+def _dialable(addrs: Sequence[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    result = []
+    for addr in dict.fromkeys(without_peer_id(a) for a in addrs):
+        try:
+            check_dialable(addr)
+        except UserError:
+            continue
+        if not is_wildcard(addr):
+            result.append(addr)
+    return result
+
+
+async def connect(host: IHost, info: PeerInfo, timeout: float) -> multiaddr.Multiaddr | None:
+    """Connect to ``info`` unless connected; return the address that worked (None if
+    a connection was there).
+
+    Every address is tried: those in ``info`` first (the newest news: a record, a
+    ticket, an mDNS announcement), then the others the peerstore knows.  py-libp2p's
+    own dial would try one of them, possibly a stale one.
+    """
     if info.peer_id == host.get_id():
         raise UserError("that address is this node itself")
+    if info.peer_id in host.get_connected_peers():
+        return None
+    candidates = _dialable([*info.addrs, *_known_addrs(host, info.peer_id)])
+    if not candidates:
+        raise UserError(f"no address to dial {info.peer_id} at is known")
     try:
         with trio.fail_after(timeout):
-            await host.connect(info)
+            addr = await _dial_first(host, info.peer_id, candidates)
     except trio.TooSlowError:
         raise UserError(f"could not reach {info.peer_id} within {timeout:g} s") from None
+    replace_addrs(host, info.peer_id, [addr, *candidates])
+    return addr
+
+
+async def _probe(host: IHost, peer: ID, addr: multiaddr.Multiaddr) -> None:
+    """Dial ``addr`` and prove that ``peer`` answers there (Noise authenticates its
+    key), then hang up: the connection already up carries on undisturbed."""
+    swarm = _swarm(host)
+    transport = swarm.transport_manager.transport_for_dialing(addr)
+    if transport is None:
+        raise UserError(f"no transport can dial {addr}")
+    raw = await transport.dial(addr)
+    secured: ISecureConn | None = None
+    try:
+        secured = await swarm.upgrader.upgrade_security(raw, is_initiator=True, peer_id=peer)
+    finally:
+        # Shielded: a probe cut short by its deadline must still release the socket.
+        with trio.CancelScope(shield=True):
+            if secured is None:
+                await raw.close()
+            else:
+                await secured.close()
+
+
+async def connect_exactly(host: IHost, peer: ID, addr: multiaddr.Multiaddr, timeout: float) -> None:
+    """``p2pshare connect ADDR``: dial ``addr`` itself, even when ``peer`` is
+    connected through another address; on success it becomes the peer's first
+    known address, on failure nothing is changed (a wrong address is not learnt).
+    """
+    if peer == host.get_id():
+        raise UserError("that address is this node itself")
+    check_dialable(addr)
+    connected = peer in host.get_connected_peers()
+    still_up = "; the existing connection to it is still up" if connected else ""
+    try:
+        with trio.fail_after(timeout):
+            if connected:
+                await _probe(host, peer, addr)
+            else:
+                _swarm(host).unblock_peer(peer)
+                await _dial_addr(host, peer, addr)
+    except trio.TooSlowError:
+        raise UserError(
+            f"could not reach {peer} at {addr} within {timeout:g} s{still_up}"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - libp2p reports dial failures with many types
-        raise UserError(f"could not connect to {info.peer_id}: {exc}") from None
+        raise UserError(
+            f"could not connect to {peer} at {addr}: {_reason(exc)}{still_up}"
+        ) from None
+    replace_addrs(host, peer, [addr, *_known_addrs(host, peer)] if connected else [addr])
+
+
+class _OnConnected(INotifee):
+    def __init__(self, callback: Callable[[str], None]) -> None:
+        self._callback = callback
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        peer = getattr(conn.muxed_conn, "peer_id", None)
+        if peer is not None:
+            self._callback(str(peer))
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        return None
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+def on_connected(host: IHost, callback: Callable[[str], None]) -> None:
+    """Call ``callback(peer ID)`` whenever a connection to a peer opens, either way."""
+    host.get_network().register_notifee(_OnConnected(callback))
 
 
 def connected_peers(host: IHost) -> list[PeerAddrs]:
@@ -91,11 +288,7 @@ async def open_stream(
         maddrs = [multiaddr.Multiaddr(a) for a in addrs]
     except Exception as exc:  # noqa: BLE001 - peer IDs and addresses come from others
         raise UserError(f"provider {peer_id!r} has an invalid peer ID or address: {exc}") from None
-    if peer not in host.get_connected_peers():
-        if maddrs:
-            host.get_peerstore().add_addrs(peer, maddrs, ADDR_TTL)
-        known = maddrs or _known_addrs(host, peer)
-        await connect(host, PeerInfo(peer, known), timeout)
+    await connect(host, PeerInfo(peer, maddrs), timeout)
     try:
         with trio.fail_after(timeout):
             raw = await host.new_stream(peer, [TProtocol(protocol)])

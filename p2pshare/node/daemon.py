@@ -59,6 +59,7 @@ class Node:
     stop_requested: trio.Event = field(default_factory=trio.Event)
 
     def listen_addrs(self) -> list[str]:
+        """The announced addresses (p2pshare.net.addrs), as identify sends them."""
         return [str(addr) for addr in self.host.get_addrs()]
 
     async def rpc_id(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
@@ -221,7 +222,9 @@ async def serve(
         # Installed before we announce readiness, so no SIGTERM meets the default handler.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             net = config.network
-            async with running_host(key, net.listen, max_connections=net.max_connections) as host:
+            async with running_host(
+                key, net.listen, max_connections=net.max_connections, announce=net.announce
+            ) as host:
                 node, server, start_services = _assemble(
                     home, key, config, catalog, host, upload_rate
                 )

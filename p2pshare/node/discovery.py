@@ -22,9 +22,16 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from p2pshare.net.addrs import announce_addrs
-from p2pshare.net.mdns import Mdns, connect_announced
-from p2pshare.net.peers import connect, connected_peers, parse_peer_multiaddr, ping_ms
+from p2pshare.errors import UserError
+from p2pshare.net.addrs import announce_addrs, local_addrs, observed_addrs
+from p2pshare.net.mdns import Mdns
+from p2pshare.net.peers import (
+    connect,
+    connect_exactly,
+    connected_peers,
+    parse_peer_multiaddr,
+    ping_ms,
+)
 from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import KnownPeer, ProvideStatus
 
@@ -72,6 +79,8 @@ class Discovery:
         # one changed on disk stops being announced.
         self._shares = shares or self._catalog_shares
         self._nursery: trio.Nursery | None = None
+        # The address each peer was last reached at by dialing it, remembered first.
+        self._dialed: dict[str, str] = {}
 
     async def _catalog_shares(self) -> Sequence[ShareRow]:
         return self._catalog.shares()
@@ -143,10 +152,12 @@ class Discovery:
             nonlocal connected
             async with limiter:
                 try:
-                    await connect(self._host, info, self._config.connect_timeout)
+                    addr = await connect(self._host, info, self._config.connect_timeout)
                 except Exception as exc:  # noqa: BLE001 - unreachable peers are normal
                     log.info("could not reach %s: %s", info.peer_id, exc)
                     return
+                if addr is not None:
+                    self._dialed[str(info.peer_id)] = str(addr)
                 await self._dht.add_peer(info.peer_id)
                 connected += 1
 
@@ -156,13 +167,18 @@ class Discovery:
         return JoinReport(len(targets), connected)
 
     async def connect(self, text: str) -> str:
-        """``p2pshare connect``: dial a peer, add it to the routing table, remember it."""
+        """``p2pshare connect``: dial the peer at exactly that address (even when it is
+        connected through another), add it to the routing table, remember the address.
+        """
         info = parse_peer_multiaddr(text)
-        await connect(self._host, info, self._config.connect_timeout)
+        if len(info.addrs) != 1:
+            raise UserError(f"{text!r} names no address to dial {info.peer_id} at")
+        addr = info.addrs[0]
+        await connect_exactly(self._host, info.peer_id, addr, self._config.connect_timeout)
         await self._dht.add_peer(info.peer_id)
+        self._dialed[str(info.peer_id)] = str(addr)
         self._catalog.save_peers(
-            [KnownPeer(str(info.peer_id), tuple(str(a) for a in info.addrs), int(time.time()))],
-            KNOWN_PEERS_KEPT,
+            [KnownPeer(str(info.peer_id), (str(addr),), int(time.time()))], KNOWN_PEERS_KEPT
         )
         return str(info.peer_id)
 
@@ -172,7 +188,7 @@ class Discovery:
         LAN peers are told our interface addresses, not ``[network] announce``: a
         public address behind NAT is usually not reachable from inside the LAN.
         """
-        mdns = Mdns(self._host.get_id(), announce_addrs(self._host, ()))
+        mdns = Mdns(self._host.get_id(), local_addrs(self._host))
         found, receive = trio.open_memory_channel[PeerInfo](MDNS_BACKLOG)
         nursery.start_soon(mdns.run, found)
         nursery.start_soon(self._dial_found, receive)
@@ -185,7 +201,7 @@ class Discovery:
         async def dial(info: PeerInfo) -> None:
             try:
                 async with limiter:
-                    await connect_announced(self._host, info, self._config.connect_timeout)
+                    await connect(self._host, info, self._config.connect_timeout)
                 await self._dht.add_peer(info.peer_id)
                 log.info("connected to %s found by mDNS", info.peer_id)
             except Exception as exc:  # noqa: BLE001 - unreachable peers are normal
@@ -213,9 +229,12 @@ class Discovery:
         now = int(time.time())
         peers = []
         for peer in connected_peers(self._host):
-            # Identify reports a peer's listen addresses as given, 0.0.0.0 included;
-            # dialing those after a restart would only fail.
-            addrs = tuple(a for a in peer.addrs if not a.startswith(("/ip4/0.0.0.0/", "/ip6/::/")))
+            # Older nodes announce 0.0.0.0 through identify; dialing that after a
+            # restart would only fail.  The address we last reached the peer at comes
+            # first: a NAT's forwarded address is not among those it announces.
+            dialed = self._dialed.get(peer.peer_id)
+            announced = (a for a in peer.addrs if not a.startswith(("/ip4/0.0.0.0/", "/ip6/::/")))
+            addrs = tuple(dict.fromkeys([*([dialed] if dialed else []), *announced]))
             if addrs:
                 peers.append(KnownPeer(peer.peer_id, addrs, now))
         if peers:
@@ -224,7 +243,7 @@ class Discovery:
     # -- announcing
 
     def announce(self) -> list[Any]:
-        return announce_addrs(self._host, self._config.announce)
+        return announce_addrs(self._host)
 
     async def provide(self, cid: str) -> ProvideStatus:
         """Announce one share now and record the outcome.
@@ -300,6 +319,9 @@ class Discovery:
             }
             for p in found
         ]
+
+    def observed_addrs(self) -> list[str]:
+        return observed_addrs(self._host)
 
     def routing_table_size(self) -> int:
         return self._dht.routing_table_size()

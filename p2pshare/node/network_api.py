@@ -41,7 +41,11 @@ class NetworkApi:
         return {
             "cid": cid,
             "providers": [{"peer_id": p.peer_id, "addrs": list(p.addrs)} for p in providers],
-            "lookup": {"hops": trace.hops, "queried": trace.queried},
+            "lookup": {
+                "hops": trace.hops,
+                "queried": trace.queried,
+                "timed_out": trace.timed_out,
+            },
         }
 
     async def peers(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
@@ -60,6 +64,7 @@ class NetworkApi:
         outputs = self.catalog.job_outputs()
         return {
             "routing_table": self.discovery.routing_table_size(),
+            "observed_addrs": self.discovery.observed_addrs(),
             "shares": [
                 {
                     "cid": row.cid,

@@ -13,7 +13,7 @@ import trio
 from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
 from p2pshare.modes import read_umask
 from p2pshare.net.datachannel import DataChannelOpenError, open_data_channel
-from p2pshare.net.peers import open_stream
+from p2pshare.net.peers import on_connected, open_stream
 from p2pshare.node.downloads import ACTIVE, DownloadManager, remove_partial
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.job import JobRejectedError, RejectCode
@@ -54,6 +54,7 @@ class TransferApi:
 
     def __post_init__(self) -> None:
         self.downloads = DownloadManager(self.shares.catalog, self._download)
+        on_connected(self.host, self.downloads.peer_connected)
 
     def register(self, guard: HandlerGuard) -> None:
         # A transfer stream lasts as long as the download it feeds; the per-peer

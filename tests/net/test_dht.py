@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
@@ -137,4 +138,47 @@ async def test_many_providers_are_handed_out_at_random_not_first_come() -> None:
         # The first 15 stored every time would leave 5 never named; with random draws the
         # chance that some peer is missed by all 20 (15 of 20 each) is below 1e-10.
         assert seen == set(stored)
+        nursery.cancel_scope.cancel()
+
+
+async def test_lookup_trace_tells_a_finished_lookup_from_one_that_timed_out() -> None:
+    """`find` said "within 10 s" after 0.77 s (field test #20): the trace must say
+    whether the lookup ran out of peers to ask or out of time."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (_, asker), _ = await start_line(stack, nursery, 2)
+        finished = LookupTrace()
+        with trio.fail_after(20):
+            assert await asker.find_providers(key, trace=finished) == []
+        assert (finished.queried, finished.timed_out) == (1, False)
+        cut_short = LookupTrace()
+        assert (
+            await asker.find_providers(key, trace=cut_short, give_up_at=trio.current_time()) == []
+        )
+        assert cut_short.timed_out
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lookup_reaches_a_peer_whose_first_known_address_is_stale() -> None:
+    """py-libp2p dials one TCP address per peer, the first it knows: a peer that moved
+    (remembered address first, new one learnt since) was never asked again."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (asker_host, asker), (holder_host, holder) = await start_line(stack, nursery, 2)
+        holder._kad.provider_store.add_provider(
+            key, PeerInfo(holder_host.get_id(), holder_host.get_transport_addrs())
+        )
+        with trio.fail_after(10):
+            while asker.routing_table_size() < 1:
+                await trio.sleep(0.05)
+        await asker_host.disconnect(holder_host.get_id())
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            stale = Multiaddr(f"/ip4/127.0.0.1/tcp/{sock.getsockname()[1]}")
+        store = asker_host.get_peerstore()
+        store.clear_addrs(holder_host.get_id())
+        store.add_addrs(holder_host.get_id(), [stale, *holder_host.get_transport_addrs()], 3600)
+        with trio.fail_after(20):
+            providers = await asker.find_providers(key)
+        assert [p.peer_id for p in providers] == [holder_host.get_id().to_base58()]
         nursery.cancel_scope.cancel()

@@ -249,6 +249,29 @@ async def test_a_resume_without_providers_retries_with_backoff(
     assert manager.listing() == []
 
 
+async def test_a_provider_that_connects_ends_the_wait_and_restarts_the_backoff(
+    env: Env, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """A resumed download waited its full backoff although its provider was back
+    (field test #27): the provider connecting is the signal to retry."""
+    env.saved("p.bin")
+    script = Script(no_providers, no_providers, succeed)
+    manager = await started(DownloadManager(env.catalog, script, retry_first=10), nursery)
+    job = job_of(manager, env.cid)
+    await until(lambda: job.retry_at is not None)
+    begin = script.started[0]
+    await trio.sleep(3)
+    manager.peer_connected("someone-else")
+    await trio.sleep(0.5)
+    assert len(script.started) == 1, "a peer the request does not name changes nothing"
+    manager.peer_connected("peerA")
+    await until(lambda: len(script.started) == 2)
+    await job.finished.wait()
+    # Retried on arrival; the next wait is the first step (10 s) again, not 20 s.
+    assert [round(t - begin, 1) for t in script.started] == [0, 3.5, 13.5]
+    assert job.result == SUMMARY
+
+
 async def test_a_resume_gives_up_after_its_window_and_says_why(
     env: Env, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:

@@ -99,7 +99,7 @@ class _Dht:
 
 
 class _Host:
-    def get_transport_addrs(self) -> list[object]:
+    def get_addrs(self) -> list[object]:
         return []
 
 

@@ -1,0 +1,168 @@
+"""Dialing a peer: the address given is the address dialed (field test #7, #19)."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.peer.peerinfo import PeerInfo
+from multiaddr import Multiaddr
+
+from p2pshare.errors import UserError
+from p2pshare.identity import NodeKey
+from p2pshare.net.host import running_host
+from p2pshare.net.peers import ADDR_TTL, connect, connect_exactly, on_connected, open_stream
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from libp2p.abc import IHost
+
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+TIMEOUT = 10.0
+
+
+def closed_port_addr() -> Multiaddr:
+    """A loopback address nobody listens on: dials to it are refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")
+
+
+def stored(host: IHost, other: IHost) -> list[str]:
+    return [str(a) for a in host.get_peerstore().addrs(other.get_id())]
+
+
+async def two_hosts(stack: AsyncExitStack) -> tuple[IHost, IHost]:
+    ours = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
+    theirs = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
+    return ours, theirs
+
+
+async def forget_after_failure(ours: IHost, theirs: IHost, stale: Multiaddr) -> None:
+    """``ours`` remembers ``theirs`` at ``stale`` and has failed to dial it there, as a
+    node does after a peer restarted on a new port."""
+    ours.get_peerstore().add_addrs(theirs.get_id(), [stale], ADDR_TTL)
+    with pytest.raises(Exception, match="no addresses established"):
+        await ours.connect(PeerInfo(theirs.get_id(), [stale]))
+
+
+@pytest.fixture
+async def hosts() -> AsyncIterator[tuple[IHost, IHost]]:
+    async with AsyncExitStack() as stack:
+        yield await two_hosts(stack)
+
+
+@pytest.mark.trio
+async def test_connect_to_a_moved_peer_dials_the_new_address_despite_the_negative_cache(
+    hosts: tuple[IHost, IHost],
+) -> None:
+    ours, theirs = hosts
+    await forget_after_failure(ours, theirs, closed_port_addr())
+    new = theirs.get_transport_addrs()[0]
+    with trio.fail_after(TIMEOUT):
+        await connect_exactly(ours, theirs.get_id(), new, TIMEOUT)
+    assert theirs.get_id() in ours.get_connected_peers()
+    assert stored(ours, theirs)[0] == str(new)
+
+
+@pytest.mark.trio
+async def test_a_stale_remembered_address_is_replaced_by_the_new_one_that_works(
+    hosts: tuple[IHost, IHost],
+) -> None:
+    ours, theirs = hosts
+    stale = closed_port_addr()
+    await forget_after_failure(ours, theirs, stale)
+    new = theirs.get_transport_addrs()[0]
+    # The new address arrives second, as a DHT record's does after a remembered one.
+    with trio.fail_after(TIMEOUT):
+        used = await connect(ours, PeerInfo(theirs.get_id(), [stale, new]), TIMEOUT)
+    assert used == new
+    assert stored(ours, theirs)[0] == str(new)
+
+
+@pytest.mark.trio
+async def test_a_provider_that_moved_is_reached_at_the_address_learnt_since(
+    hosts: tuple[IHost, IHost],
+) -> None:
+    """A resumed download dials its ticket's stale address; the provider's new one came
+    from a DHT record (the facade puts it in the peerstore) and must be tried too
+    (field test #27)."""
+    ours, theirs = hosts
+    stale = closed_port_addr()
+    await forget_after_failure(ours, theirs, stale)
+    ours.get_peerstore().add_addrs(theirs.get_id(), theirs.get_transport_addrs(), 3600)
+    with trio.fail_after(TIMEOUT):
+        stream = await open_stream(
+            ours, theirs.get_id().to_base58(), [str(stale)], PING_PROTOCOL, TIMEOUT
+        )
+    await stream.reset()
+    assert stored(ours, theirs)[0] == str(theirs.get_transport_addrs()[0])
+
+
+@pytest.mark.trio
+async def test_connect_to_a_connected_peer_at_a_wrong_address_fails_and_keeps_the_connection(
+    hosts: tuple[IHost, IHost],
+) -> None:
+    ours, theirs = hosts
+    good = theirs.get_transport_addrs()[0]
+    await connect_exactly(ours, theirs.get_id(), good, TIMEOUT)
+    wrong = closed_port_addr()
+    with pytest.raises(UserError) as caught:
+        await connect_exactly(ours, theirs.get_id(), wrong, TIMEOUT)
+    message = str(caught.value)
+    assert message.startswith(f"could not connect to {theirs.get_id()} at {wrong}: ")
+    assert message.endswith("; the existing connection to it is still up")
+    assert "\n" not in message
+    assert theirs.get_id() in ours.get_connected_peers()
+    assert str(wrong) not in stored(ours, theirs)
+
+
+@pytest.mark.trio
+async def test_connect_to_a_connected_peer_dials_the_address_given(
+    hosts: tuple[IHost, IHost],
+) -> None:
+    ours, theirs = hosts
+    async with AsyncExitStack() as stack:
+        impostor = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
+        await connect_exactly(ours, theirs.get_id(), theirs.get_transport_addrs()[0], TIMEOUT)
+        # Another node answers there: Noise proves it is not the peer named.
+        with pytest.raises(UserError, match="another node answers at that address; the existing"):
+            await connect_exactly(ours, theirs.get_id(), impostor.get_transport_addrs()[0], TIMEOUT)
+    assert theirs.get_id() in ours.get_connected_peers()
+
+
+@pytest.mark.parametrize(
+    "addr",
+    ["/ip4/127.0.0.1/udp/4001/quic-v1", "/ip4/127.0.0.1/udp/4001/quic", "/ip4/127.0.0.1/tcp/1/ws"],
+)
+@pytest.mark.trio
+async def test_unsupported_transports_are_refused_before_dialing(
+    hosts: tuple[IHost, IHost], addr: str
+) -> None:
+    ours, theirs = hosts
+    with pytest.raises(UserError, match="speaks only TCP"):
+        await connect_exactly(ours, theirs.get_id(), Multiaddr(addr), TIMEOUT)
+
+
+@pytest.mark.trio
+async def test_on_connected_reports_inbound_connections(hosts: tuple[IHost, IHost]) -> None:
+    """How a resumed download hears that its provider came back (it dials us)."""
+    ours, theirs = hosts
+    arrived: list[str] = []
+    seen = trio.Event()
+
+    def record(peer: str) -> None:
+        arrived.append(peer)
+        seen.set()
+
+    on_connected(ours, record)
+    await connect(theirs, PeerInfo(ours.get_id(), ours.get_transport_addrs()), TIMEOUT)
+    with trio.fail_after(TIMEOUT):
+        await seen.wait()
+    assert arrived == [theirs.get_id().to_base58()]
