@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from p2pshare import __version__
-from p2pshare.errors import P2PShareError, UserError
+from p2pshare.errors import P2PShareError, UserError, leaf_errors
 from p2pshare.home import Home, resolve_home
 
 from .compute import compute
@@ -136,7 +136,15 @@ def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json:
         sys.stdout.flush()
 
     keep_freed_buffers()
-    trio.run(serve, home, on_ready, upload_rate)
+    try:
+        trio.run(serve, home, on_ready, upload_rate)
+    except BaseExceptionGroup as group:
+        # trio's nurseries wrap a start-up error (a port in use...) in an
+        # ExceptionGroup: the user gets its sentence, not the group's traceback.
+        ours = [e for e in leaf_errors(group) if isinstance(e, P2PShareError)]
+        if ours:
+            raise ours[0] from None
+        raise
 
 
 @cli.command(name="id")

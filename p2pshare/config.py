@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from p2pshare.errors import ConfigError, UserError
+from p2pshare.net.listen import parse_listen_addr
 from p2pshare.proto import job
 
 if TYPE_CHECKING:
@@ -150,6 +151,14 @@ def _check_positive(value: float) -> str | None:
     return "must be greater than zero" if value <= 0 else None
 
 
+def _check_listen(value: str) -> str | None:
+    try:
+        parse_listen_addr(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _check_peer_multiaddr(value: str) -> str | None:
     problem = _check_multiaddr(value)
     if problem is None and "/p2p/" not in value:
@@ -170,8 +179,11 @@ _check_memory = _between(job.MIN_MEMORY, job.MAX_MEMORY)
 _check_wall = _between(job.MIN_WALL_SECONDS, job.MAX_WALL_SECONDS)
 _check_output = _between(0, job.MAX_OUTPUT_BYTES)
 
+# Lists that must not be empty: a daemon that listens nowhere is unreachable.
+_NON_EMPTY = {("network", "listen")}
+
 _VALIDATORS: dict[tuple[str, str], typing.Callable[[typing.Any], str | None]] = {
-    ("network", "listen"): _check_multiaddr,
+    ("network", "listen"): _check_listen,
     ("network", "announce"): _check_multiaddr,
     ("network", "bootstrap"): _check_peer_multiaddr,
     ("network", "connect_timeout"): _check_positive,
@@ -271,6 +283,11 @@ def _load_section(path: Path, text: str, name: str, raw: object, cls: type[Any])
             coerced = _coerce(value, hints[key])
         except TypeError as exc:
             raise ConfigError(f"{_where(path, text, name, key)}: must be {exc}") from None
+        if coerced == () and (name, key) in _NON_EMPTY:
+            raise ConfigError(
+                f"{_where(path, text, name, key)}: must list at least one address, "
+                'e.g. ["/ip4/0.0.0.0/tcp/4001"]'
+            )
         validator = _VALIDATORS.get((name, key))
         items = coerced if isinstance(coerced, tuple) else (coerced,)
         for item in items:
