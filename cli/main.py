@@ -7,6 +7,7 @@ command imports what it needs inside its function.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from p2pshare import __version__
 from p2pshare.errors import P2PShareError, UserError, leaf_errors
 from p2pshare.home import Home, resolve_home
 
+from . import args
 from .compute import compute
 from .output import human_size as _size
 from .output import kv_lines, show
@@ -110,6 +112,10 @@ def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json:
     from p2pshare.node.daemon import ReadyInfo, serve  # noqa: PLC0415
     from p2pshare.node.malloc import keep_freed_buffers  # noqa: PLC0415
 
+    # Everything the daemon creates in the home (SQLite's -wal and -shm, compute/,
+    # job outputs, rotated logs) is private from its first instant. Files it writes
+    # for the user (downloads, compute run -o) get their modes explicitly.
+    os.umask(0o077)
     home = _home(ctx)
     # An existing home keeps its modes and is checked before the log goes into it:
     # one open to others is refused, not quietly closed after they may have changed
@@ -294,7 +300,7 @@ def _cid_command(method: str, verb: str, doc: str) -> None:
     def command(ctx: click.Context, cid: str, as_json: bool) -> None:
         from p2pshare.control.client import call  # noqa: PLC0415
 
-        result = call(_home(ctx), method, {"cid": cid})
+        result = call(_home(ctx), method, {"cid": args.content_id(cid)})
         show(result, as_json, lambda r: f"{verb} {r['cid']}")
 
 
@@ -345,7 +351,7 @@ def get(
 
     from .progress import ByteProgress  # noqa: PLC0415
 
-    params = {"ref": ref, "dest": str(output.absolute()), "force": force}
+    params = {"ref": args.content_ref(ref), "dest": str(output.absolute()), "force": force}
     try:
         with (
             ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,
@@ -412,8 +418,9 @@ def downloads_cancel(ctx: click.Context, cid: str, as_json: bool) -> None:
     """Stop the download of CID and delete its partial file and its record."""
     from p2pshare.control.client import ControlClient  # noqa: PLC0415
 
+    params = {"cid": args.content_id(cid)}
     with ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client:
-        result = client.call("cancel_download", {"cid": cid})
+        result = client.call("cancel_download", params)
     show(result, as_json, lambda r: f"cancelled the download of {r['cid']} to {r['destination']}")
 
 
@@ -426,8 +433,9 @@ def find(ctx: click.Context, cid: str, timeout: float, as_json: bool) -> None:
     """List the peers that provide CID, found through the DHT."""
     from p2pshare.control.client import ControlClient  # noqa: PLC0415
 
+    params = {"cid": args.content_id(cid), "timeout": timeout}
     with ControlClient(_home(ctx), timeout=timeout + 10) as client:
-        result = client.call("find", {"cid": cid, "timeout": timeout})
+        result = client.call("find", params)
     if not result["providers"] and not as_json:
         raise UserError(f"no providers found for {result['cid']} within {timeout:g} s")
 
@@ -468,7 +476,7 @@ def connect(ctx: click.Context, multiaddr: str, as_json: bool) -> None:
     """Dial a peer given as /ip4/ADDR/tcp/PORT/p2p/PEER_ID and remember it."""
     from p2pshare.control.client import call  # noqa: PLC0415
 
-    result = call(_home(ctx), "connect", {"addr": multiaddr})
+    result = call(_home(ctx), "connect", {"addr": args.peer_addr(multiaddr)})
     show(result, as_json, lambda r: f"connected to {r['peer_id']}")
 
 

@@ -11,7 +11,12 @@ import itertools
 import socket
 from typing import TYPE_CHECKING, Any
 
-from p2pshare.errors import ControlCallError, DaemonNotRunningError, RemoteProtocolError
+from p2pshare.errors import (
+    ConfigError,
+    ControlCallError,
+    DaemonNotRunningError,
+    RemoteProtocolError,
+)
 from p2pshare.proto.control import (
     MAX_FRAME,
     ErrorReply,
@@ -50,6 +55,11 @@ class ControlClient:
             self._sock.connect(str(home.socket_path))
         except OSError as exc:
             self._sock.close()
+            if exc.errno == errno.ENOENT and not home.root.is_dir():
+                raise ConfigError(
+                    f"there is no p2pshare home at {home.root}; create one with: "
+                    "p2pshare init, or check --home and $P2PSHARE_HOME"
+                ) from None
             if exc.errno in _NOT_RUNNING_ERRNOS:
                 raise not_running(home) from None
             raise DaemonNotRunningError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,8 @@ class ShareStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f.abs_path, target)
             st = target.stat()
+            # copy2 keeps the user's mode bits; the home keeps only the owner's.
+            target.chmod(stat.S_IMODE(st.st_mode) & stat.S_IRWXU)
             os.utime(target, ns=(st.st_atime_ns, f.mtime_ns))
             copied.append(ScannedFile(f.rel_path, target, st.st_size, f.mtime_ns))
         if found.kind is ShareKind.DIRECTORY:
