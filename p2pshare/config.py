@@ -46,7 +46,8 @@ class NetworkConfig:
 
     listen: tuple[str, ...] = _opt(
         ["/ip4/0.0.0.0/tcp/4001"],
-        "Multiaddrs the libp2p host listens on (TCP; port 0 picks a free port).",
+        "Multiaddrs the libp2p host listens on: /ip4/IP/tcp/PORT or /ip6/IP/tcp/PORT, at "
+        "least one; port 0 picks a free port. The daemon exits if any cannot be bound.",
     )
     announce: tuple[str, ...] = _opt(
         [],
@@ -102,7 +103,8 @@ class TransferConfig:
     data_port: int = _opt(
         0,
         "TCP port of the data channel on the first listen address; 0 picks a free one. "
-        "Behind NAT, set it and forward the same port on the address in [network] announce.",
+        "Behind NAT, set it and forward the same port on the address in [network] announce. "
+        "A fixed port that cannot be bound stops the daemon.",
     )
 
 

@@ -22,6 +22,7 @@ from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
 from p2pshare.net.listen import ListenAddr, check_can_listen, parse_listen_addr
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
+from p2pshare.node import logs
 from p2pshare.node.compute_api import ComputeApi
 from p2pshare.node.discovery import Discovery
 from p2pshare.node.init import initialise
@@ -239,6 +240,7 @@ async def serve(
                     await start_services(nursery)
                     await nursery.start(server.serve, sock)
                     nursery.start_soon(_stop_on_signal, node, signals)
+                    nursery.start_soon(logs.flush_summaries)
                     addrs = node.listen_addrs()
                     log.info("node %s listening on %s", key.peer_id, ", ".join(addrs))
                     on_ready(ReadyInfo(key.peer_id, addrs, str(home.socket_path)))
