@@ -62,7 +62,7 @@ def test_lines_logged_never_exceed_two_per_interval_and_every_event_is_counted(
         if summary is not None:
             lines.append(now)
             counted += summary.count
-    final = summariser.flush(now + interval)
+    final = summariser.flush(now + 2 * interval)
     counted += final.count if final else 0
     assert counted == len(gaps) == summariser.total
     for start in lines:
