@@ -72,6 +72,23 @@ def build_host(key: NodeKey, *, max_connections: int = 300) -> IHost:
     )
 
 
+async def _listen(network: Swarm, addr: ListenAddr, where: str) -> ListenError | None:
+    """Listen on ``addr``, or say why not.
+
+    The exclusive bind of check_can_listen is released just before py-libp2p binds
+    with SO_REUSEPORT, with no wait in between, so another node can take the same
+    port only in those few milliseconds.  host.run() ignores whether listening
+    worked, hence one address at a time and the result checked.
+    """
+    try:
+        check_can_listen(addr, where)
+    except ListenError as exc:
+        return exc
+    if not await network.listen(multiaddr.Multiaddr(addr.text)):
+        return ListenError(addr.text, "py-libp2p could not listen (the log may say why)", where)
+    return None
+
+
 @asynccontextmanager
 async def running_host(
     key: NodeKey,
@@ -86,17 +103,14 @@ async def running_host(
     configured: the host listens on all of them or does not start.
     """
     addrs = parse_listen_addrs(list(listen), where)
-    for addr in addrs:
-        check_can_listen(addr, where)
     host = build_host(key, max_connections=max_connections)
     network = host.get_network()
     assert isinstance(network, Swarm)
-    failed: ListenAddr | None = None
-    # host.run() ignores whether listening worked, so we listen one address at a time.
+    error: ListenError | None = None
     async with host.run([]):
         for addr in addrs:
-            if not await network.listen(multiaddr.Multiaddr(addr.text)):
-                failed = addr
+            error = await _listen(network, addr, where)
+            if error is not None:
                 break
         else:
             # The auto-connector dials every peer the peerstore knows until it has 200
@@ -108,5 +122,5 @@ async def running_host(
                 with trio.CancelScope(shield=True):
                     await _close(host)
     # Raised outside host.run(), whose nurseries would wrap it in an ExceptionGroup.
-    if failed is not None:
-        raise ListenError(failed.text, "py-libp2p could not listen (the log may say why)", where)
+    if error is not None:
+        raise error

@@ -6,9 +6,10 @@ readiness while listening on nothing.  Its TCP listener also sets SO_REUSEPORT, 
 second node of the same user binds the same port without error and the kernel
 splits inbound connections between the two.  We keep SO_REUSEPORT (DCUtR hole
 punching dials from the listen port and needs it) and instead bind each address
-once ourselves, without SO_REUSEPORT, just before libp2p does: that bind fails
-while any other socket listens on the port, with or without SO_REUSEPORT.  Two
-daemons started within the same few milliseconds can still both pass this check.
+once ourselves, without SO_REUSEPORT, immediately before libp2p does
+(p2pshare.net.host): that bind fails while any other socket listens on the port,
+with or without SO_REUSEPORT.  Two daemons whose binds fall within the same few
+milliseconds can still both pass this check.
 
 This module does not import libp2p: config.py validates listen addresses with it.
 """

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2pshare.identity import NodeKey
+from p2pshare.net.host import running_host
 from p2pshare.net.listen import (
     ListenError,
     check_can_listen,
@@ -88,3 +90,15 @@ def test_ip_that_is_not_ours_is_refused() -> None:
 
 def test_free_port_passes_the_check() -> None:
     check_can_listen(parse_listen_addr("/ip4/127.0.0.1/tcp/0"))
+
+
+async def test_second_host_on_a_port_in_use_raises_instead_of_sharing_it() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    addr = f"/ip4/127.0.0.1/tcp/{port}"
+    async with running_host(NodeKey.generate(), [addr]) as first:
+        assert any(str(a).startswith(addr) for a in first.get_addrs())
+        with pytest.raises(ListenError, match="the port is in use"):
+            async with running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0", addr]):
+                pytest.fail("the second host started")
