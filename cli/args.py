@@ -51,3 +51,14 @@ def peer_addr(text: str) -> str:
             f"a peer address looks like {PEER_ADDR_EXAMPLE}"
         )
     return text
+
+
+def listen_addr(text: str) -> str:
+    """A listen address for ``init --listen``; UsageError says what is wrong with it."""
+    from p2pshare.net.listen import parse_listen_addr  # noqa: PLC0415
+
+    try:
+        parse_listen_addr(text)
+    except ValueError as exc:
+        raise UsageError(f"--listen {text!r} {exc}") from None
+    return text

@@ -78,6 +78,7 @@ def init(ctx: click.Context, force: bool, listen: tuple[str, ...], as_json: bool
     from p2pshare.node.init import initialise  # noqa: PLC0415
 
     home = _home(ctx)
+    listen = tuple(args.listen_addr(addr) for addr in listen)
     result = initialise(home, force=force, listen=listen)
     show(
         {"peer_id": result.peer_id, "home": str(home.root), "config": str(home.config_path)},

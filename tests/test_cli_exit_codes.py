@@ -28,6 +28,7 @@ USAGE_ERRORS = [
     (["pin", "bafkgarbage"], "not a p2pshare content ID"),
     (["unpin", "garbage"], "not a p2pshare content ID"),
     (["downloads", "cancel", "garbage"], "not a p2pshare content ID"),
+    (["init", "--listen", "/ip4/127.0.0.1/udp/4001/quic-v1"], "p2pshare listens on TCP only"),
     (["no-such-verb"], "No such command"),
     (["find"], "Missing argument"),
 ]
