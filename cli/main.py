@@ -15,10 +15,11 @@ from typing import Any
 import click
 
 from p2pshare import __version__
-from p2pshare.errors import ExitCode, P2PShareError, UserError
+from p2pshare.errors import ExitCode, P2PShareError, UserError, leaf_errors
 from p2pshare.home import Home, resolve_home
 from p2pshare.proto.paths import printable
 
+from . import args
 from .compute import compute
 from .output import count, human_rate, kv_lines, show
 from .output import human_size as _size
@@ -85,6 +86,7 @@ def init(ctx: click.Context, force: bool, listen: tuple[str, ...], as_json: bool
     from p2pshare.node.init import initialise  # noqa: PLC0415
 
     home = _home(ctx)
+    listen = tuple(args.listen_addr(addr) for addr in listen)
     result = initialise(home, force=force, listen=listen)
     show(
         {"peer_id": result.peer_id, "home": str(home.root), "config": str(home.config_path)},
@@ -119,6 +121,10 @@ def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json:
     from p2pshare.node.daemon import ReadyInfo, serve  # noqa: PLC0415
     from p2pshare.node.malloc import keep_freed_buffers  # noqa: PLC0415
 
+    # Everything the daemon creates in the home (SQLite's -wal and -shm, compute/,
+    # job outputs, rotated logs) is private from its first instant. Files it writes
+    # for the user (downloads, compute run -o) get their modes explicitly.
+    os.umask(0o077)
     home = _home(ctx)
     # An existing home keeps its modes and is checked before the log goes into it:
     # one open to others is refused, not quietly closed after they may have changed
@@ -145,7 +151,15 @@ def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json:
         sys.stdout.flush()
 
     keep_freed_buffers()
-    trio.run(serve, home, on_ready, upload_rate)
+    try:
+        trio.run(serve, home, on_ready, upload_rate)
+    except BaseExceptionGroup as group:
+        # trio's nurseries wrap a start-up error (a port in use...) in an
+        # ExceptionGroup: the user gets its sentence, not the group's traceback.
+        ours = [e for e in leaf_errors(group) if isinstance(e, P2PShareError)]
+        if ours:
+            raise ours[0] from None
+        raise
 
 
 @cli.command(name="id")
@@ -321,7 +335,7 @@ def _cid_command(method: str, verb: str, doc: str) -> None:
     def command(ctx: click.Context, cid: str, as_json: bool) -> None:
         from p2pshare.control.client import call  # noqa: PLC0415
 
-        result = call(_home(ctx), method, {"cid": cid})
+        result = call(_home(ctx), method, {"cid": args.content_id(cid)})
         show(result, as_json, lambda r: f"{verb} {r['cid']}")
 
 
@@ -380,7 +394,7 @@ def get(
     # named by -o, and --force must replace the link, not its target.  The daemon
     # creates the files, but with the modes this user's umask gives.
     dest = os.path.abspath(output)  # noqa: PTH100
-    params = {"ref": ref, "dest": dest, "force": force, "umask": read_umask()}
+    params = {"ref": args.content_ref(ref), "dest": dest, "force": force, "umask": read_umask()}
     try:
         with (
             ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,
@@ -456,8 +470,9 @@ def downloads_cancel(ctx: click.Context, cid: str, as_json: bool) -> None:
     """Stop the download of CID and delete its partial file and its record."""
     from p2pshare.control.client import ControlClient  # noqa: PLC0415
 
+    params = {"cid": args.content_id(cid)}
     with ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client:
-        result = client.call("cancel_download", {"cid": cid})
+        result = client.call("cancel_download", params)
     show(result, as_json, lambda r: f"cancelled the download of {r['cid']} to {r['destination']}")
 
 
@@ -487,8 +502,9 @@ def find(ctx: click.Context, cid: str, timeout: float, as_json: bool) -> None:
     """List the peers that provide CID, found through the DHT."""
     from p2pshare.control.client import ControlClient  # noqa: PLC0415
 
+    params = {"cid": args.content_id(cid), "timeout": timeout}
     with ControlClient(_home(ctx), timeout=timeout + 10) as client:
-        result = client.call("find", {"cid": cid, "timeout": timeout})
+        result = client.call("find", params)
     if not result["providers"] and not as_json:
         raise UserError(no_providers_sentence(result["cid"], result["lookup"], timeout))
 
@@ -529,7 +545,7 @@ def connect(ctx: click.Context, multiaddr: str, as_json: bool) -> None:
     """Dial a peer given as /ip4/ADDR/tcp/PORT/p2p/PEER_ID and remember it."""
     from p2pshare.control.client import call  # noqa: PLC0415
 
-    result = call(_home(ctx), "connect", {"addr": multiaddr})
+    result = call(_home(ctx), "connect", {"addr": args.peer_addr(multiaddr)})
     show(result, as_json, lambda r: f"connected to {r['peer_id']}")
 
 

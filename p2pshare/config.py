@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from p2pshare.errors import ConfigError, UserError
+from p2pshare.net.listen import parse_listen_addr
 from p2pshare.proto import job
 
 if TYPE_CHECKING:
@@ -46,12 +47,15 @@ class NetworkConfig:
 
     listen: tuple[str, ...] = _opt(
         ["/ip4/0.0.0.0/tcp/4001"],
-        "Multiaddrs the libp2p host listens on (TCP; port 0 picks a free port).",
+        "Multiaddrs the libp2p host listens on: /ip4/IP/tcp/PORT or /ip6/IP/tcp/PORT, at "
+        "least one; port 0 picks a free port. The daemon exits if any cannot be bound.",
     )
     announce: tuple[str, ...] = _opt(
         [],
-        "Addresses to tell peers instead of the listen addresses (e.g. a public IP); "
-        "empty: the listen addresses, with 0.0.0.0 expanded to this machine's interfaces.",
+        "Addresses to tell peers instead of the listen addresses (e.g. a public IP), in "
+        "identify, `p2pshare id`, tickets and DHT records alike; empty: the listen "
+        "addresses, with 0.0.0.0 expanded to this machine's interfaces and loopback left "
+        "out unless nothing else is there.",
     )
     bootstrap: tuple[str, ...] = _opt(
         [],
@@ -103,7 +107,8 @@ class TransferConfig:
     data_port: int = _opt(
         0,
         "TCP port of the data channel on the first listen address; 0 picks a free one. "
-        "Behind NAT, set it and forward the same port on the address in [network] announce.",
+        "Behind NAT, set it and forward the same port on the address in [network] announce. "
+        "A fixed port that cannot be bound stops the daemon.",
     )
 
 
@@ -157,6 +162,14 @@ def _check_positive(value: float) -> str | None:
     return "must be greater than zero" if value <= 0 else None
 
 
+def _check_listen(value: str) -> str | None:
+    try:
+        parse_listen_addr(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _check_peer_multiaddr(value: str) -> str | None:
     problem = _check_multiaddr(value)
     if problem is None and "/p2p/" not in value:
@@ -177,8 +190,11 @@ _check_memory = _between(job.MIN_MEMORY, job.MAX_MEMORY)
 _check_wall = _between(job.MIN_WALL_SECONDS, job.MAX_WALL_SECONDS)
 _check_output = _between(0, job.MAX_OUTPUT_BYTES)
 
+# Lists that must not be empty: a daemon that listens nowhere is unreachable.
+_NON_EMPTY = {("network", "listen")}
+
 _VALIDATORS: dict[tuple[str, str], typing.Callable[[typing.Any], str | None]] = {
-    ("network", "listen"): _check_multiaddr,
+    ("network", "listen"): _check_listen,
     ("network", "announce"): _check_multiaddr,
     ("network", "bootstrap"): _check_peer_multiaddr,
     ("network", "connect_timeout"): _check_positive,
@@ -282,6 +298,11 @@ def _load_section(path: Path, text: str, name: str, raw: object, cls: type[Any])
             coerced = _coerce(value, hints[key])
         except TypeError as exc:
             raise ConfigError(f"{_where(path, text, name, key)}: must be {exc}") from None
+        if coerced == () and (name, key) in _NON_EMPTY:
+            raise ConfigError(
+                f"{_where(path, text, name, key)}: must list at least one address, "
+                'e.g. ["/ip4/0.0.0.0/tcp/4001"]'
+            )
         validator = _VALIDATORS.get((name, key))
         items = coerced if isinstance(coerced, tuple) else (coerced,)
         for item in items:

@@ -43,6 +43,12 @@ class UserError(P2PShareError):
     """An error the user can act on; the message is the sentence the CLI prints."""
 
 
+class UsageError(UserError):
+    """A command-line argument is malformed (a CID, ticket or multiaddr that cannot parse)."""
+
+    exit_code = ExitCode.USAGE
+
+
 class ConfigError(UserError):
     """The node's home or its config.toml is missing, malformed or unusable."""
 

@@ -7,7 +7,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2pshare.errors import UserError
+from p2pshare.errors import ConfigError
 
 HOME_ENV = "P2PSHARE_HOME"
 HOME_MODE = 0o700
@@ -71,15 +71,33 @@ class Home:
         """
         info = self.root.stat()
         if info.st_uid != os.getuid():
-            raise UserError(
+            raise ConfigError(
                 f"the node home {self.root} belongs to another user; "
                 "choose a home of your own with --home"
             )
         mode = stat.S_IMODE(info.st_mode)
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise UserError(
+            raise ConfigError(
                 f"the node home {self.root} is open to other users (mode {mode:o}); "
                 f"fix it with: chmod 700 {self.root}"
+            )
+        self._check_config_private()
+
+    def _check_config_private(self) -> None:
+        """Refuse a config.toml that group or others may read or write, as node.key is.
+
+        Whoever can change it picks the node's bootstrap peers, listen addresses and
+        compute offer; docs/configuration.md promises mode 0600.
+        """
+        try:
+            info = self.config_path.lstat()
+        except FileNotFoundError:
+            return
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"the config {self.config_path} can be read or changed by other users "
+                f"(mode {mode:o}); fix it with: chmod 600 {self.config_path}"
             )
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from p2pshare.errors import ConfigError, IntegrityError, RemoteProtocolError, UserError
+from p2pshare.errors import ConfigError, IntegrityError, RemoteProtocolError
 from p2pshare.proto.multiformats import b58decode, b58encode
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class NodeKey:
         except FileNotFoundError:
             raise ConfigError(f"no node key at {path}; create one with: p2pshare init") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise UserError(
+            raise ConfigError(
                 f"node key {path} can be read or changed by other users "
                 f"(mode {stat.S_IMODE(mode):o}); fix it with: chmod 600 {path}"
             )

@@ -66,7 +66,9 @@ class DaemonProcess:
     def spawn(self) -> None:
         """Start the process without waiting (start several, then wait_ready each)."""
         self.home.create()
-        with open(self.stderr_path, "wb") as stderr:  # noqa: PTH123 - handed to the child
+        # In the home, so private like everything else there.
+        fd = os.open(self.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as stderr:  # noqa: PTH123 - handed to the child
             self._proc = subprocess.Popen(  # noqa: S603 - argv built from our own interpreter
                 [
                     *self._wrapper,

@@ -55,6 +55,14 @@ def test_values_are_read() -> None:
             '[network]\nlisten = ["tcp:4001"]\n',
             f"{PATH}, line 2, [network] listen: 'tcp:4001' is not a multiaddr",
         ),
+        (
+            "[network]\nlisten = []\n",
+            f"{PATH}, line 2, [network] listen: must list at least one address",
+        ),
+        (
+            '[network]\nlisten = ["/ip4/127.0.0.1/udp/4001/quic-v1"]\n',
+            f"{PATH}, line 2, [network] listen: '/ip4/127.0.0.1/udp/4001/quic-v1' uses transport",
+        ),
         ("[network]\nlisten = [\n", f"{PATH}, line 3"),
         ("[network]\nlisten = nope\n", f"{PATH}, line 2, key listen: invalid TOML"),
         ("network = 3\n", f"{PATH}, [network]: must be a table"),

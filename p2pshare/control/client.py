@@ -12,6 +12,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from p2pshare.errors import (
+    ConfigError,
     ControlCallError,
     DaemonNotRunningError,
     RemoteProtocolError,
@@ -56,6 +57,11 @@ class ControlClient:
             self._sock.connect(str(home.socket_path))
         except OSError as exc:
             self._sock.close()
+            if exc.errno == errno.ENOENT and not home.root.is_dir():
+                raise ConfigError(
+                    f"there is no p2pshare home at {home.root}; create one with: "
+                    "p2pshare init, or check --home and $P2PSHARE_HOME"
+                ) from None
             if exc.errno in _NOT_RUNNING_ERRNOS:
                 raise not_running(home) from None
             raise DaemonNotRunningError(

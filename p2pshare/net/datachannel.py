@@ -47,6 +47,7 @@ import multiaddr
 import trio
 
 from p2pshare.errors import P2PShareError, RemoteError, RemoteProtocolError, UserError
+from p2pshare.net.logsummary import DEFAULT_INTERVAL, LogSummariser
 from p2pshare.net.peers import open_stream
 from p2pshare.net.streams import StreamBrokenError
 from p2pshare.proto.datachannel import (
@@ -93,6 +94,8 @@ if TYPE_CHECKING:
     from p2pshare.proto.datachannel import Cipher
 
 log = logging.getLogger(__name__)
+
+REFUSALS_SUMMARY = "data connections refused during the handshake"
 
 _T = TypeVar("_T")
 
@@ -532,6 +535,7 @@ class DataChannelServer:
         limits: DataChannelLimits | None = None,
         ciphers: Sequence[Cipher] = DEFAULT_CIPHERS,
         clock: Callable[[], float] = trio.current_time,
+        refusal_log_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self._host = host
         self._guard = guard
@@ -552,6 +556,8 @@ class DataChannelServer:
         self._registered = False
         # Why connections or OPENs were turned away, by reason (for status and tests).
         self.refused: Counter[str] = Counter()
+        # One line per refused connection would let anyone flood the log.
+        self._refusal_log = LogSummariser(refusal_log_interval)
 
     @property
     def port(self) -> int | None:
@@ -578,6 +584,7 @@ class DataChannelServer:
             async with trio.open_nursery() as nursery:
                 for listener in listeners:
                     nursery.start_soon(self._accept_loop, listener, nursery)
+                nursery.start_soon(self._flush_refusal_log)
                 log.info("data channels on %s port %d", self._listen_host, self._port)
                 task_status.started(self._port)
         finally:
@@ -686,18 +693,33 @@ class DataChannelServer:
                 await stream.reset()
 
     def _note_refusal(self, exc: Exception) -> None:
+        """Count a failed handshake; log it through the summariser (anyone can cause one)."""
+        level = logging.INFO
         if isinstance(exc, trio.TooSlowError):
-            self.refused["handshake_timeout"] += 1
-            log.info("a data connection did not complete its handshake in time")
+            reason, message = (
+                "handshake_timeout",
+                "a data connection did not complete its handshake in time",
+            )
         elif isinstance(exc, RemoteError):
-            self.refused[type(exc).__name__] += 1
-            log.info("refused a data connection: %s", exc)
+            reason, message = type(exc).__name__, f"refused a data connection: {exc}"
         elif isinstance(exc, (OSError, trio.BrokenResourceError)):
-            self.refused["connection_error"] += 1
-            log.info("a data connection failed during its handshake: %r", exc)
+            reason = "connection_error"
+            message = f"a data connection failed during its handshake: {exc!r}"
         else:
-            self.refused["internal"] += 1
-            log.error("a data connection handshake failed", exc_info=exc)
+            reason, message, level = "internal", "a data connection handshake failed", logging.ERROR
+        self.refused[reason] += 1
+        full, summary = self._refusal_log.record(message, self._clock())
+        if summary is not None:
+            log.info("%s", summary.sentence(REFUSALS_SUMMARY))
+        if full:
+            log.log(level, "%s", message, exc_info=exc if level >= logging.ERROR else None)
+
+    async def _flush_refusal_log(self) -> None:
+        while True:
+            await trio.sleep(self._refusal_log.interval)
+            summary = self._refusal_log.flush(self._clock())
+            if summary is not None:
+                log.info("%s", summary.sentence(REFUSALS_SUMMARY))
 
     def _release(self, peer: str) -> None:
         self._active[peer] -= 1

@@ -9,7 +9,7 @@ removes the 250 ms happy-eyeballs wait on every dial (measured in
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import multiaddr
@@ -25,8 +25,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from p2pshare.errors import ConfigError
 from p2pshare.net.addrs import addrs_factory
+from p2pshare.net.listen import ListenAddr, ListenError, check_can_listen, parse_listen_addrs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -34,17 +34,6 @@ if TYPE_CHECKING:
     from libp2p.abc import IHost
 
     from p2pshare.identity import NodeKey
-
-
-def parse_multiaddrs(addrs: Sequence[str], what: str) -> list[multiaddr.Multiaddr]:
-    """Parse config multiaddrs; a bad one is a ConfigError naming it."""
-    parsed = []
-    for addr in addrs:
-        try:
-            parsed.append(multiaddr.Multiaddr(addr))
-        except Exception as exc:  # noqa: BLE001 - multiaddr raises assorted types for bad input
-            raise ConfigError(f"{what} address {addr!r} is not a valid multiaddr: {exc}") from None
-    return parsed
 
 
 async def _close(host: IHost) -> None:
@@ -88,6 +77,23 @@ def build_host(key: NodeKey, *, max_connections: int = 300, announce: Sequence[s
     )
 
 
+async def _listen(network: Swarm, addr: ListenAddr, where: str) -> ListenError | None:
+    """Listen on ``addr``, or say why not.
+
+    The exclusive bind of check_can_listen is released just before py-libp2p binds
+    with SO_REUSEPORT, with no wait in between, so another node can take the same
+    port only in those few milliseconds.  host.run() ignores whether listening
+    worked, hence one address at a time and the result checked.
+    """
+    try:
+        check_can_listen(addr, where)
+    except ListenError as exc:
+        return exc
+    if not await network.listen(multiaddr.Multiaddr(addr.text)):
+        return ListenError(addr.text, "py-libp2p could not listen (the log may say why)", where)
+    return None
+
+
 @asynccontextmanager
 async def running_host(
     key: NodeKey,
@@ -95,24 +101,32 @@ async def running_host(
     *,
     max_connections: int = 300,
     announce: Sequence[str] = (),
+    where: str = "[network] listen",
 ) -> AsyncIterator[IHost]:
-    """Start the host listening on ``listen``; stop it on exit."""
+    """Start the host listening on every address of ``listen``; stop it on exit.
+
+    An address that cannot be bound is a ListenError naming it and ``where`` it was
+    configured: the host listens on all of them or does not start.
+    """
+    addrs = parse_listen_addrs(list(listen), where)
     host = build_host(key, max_connections=max_connections, announce=announce)
-    addrs = parse_multiaddrs(listen, "listen")
-    async with AsyncExitStack() as stack:
-        try:
-            await stack.enter_async_context(host.run(addrs))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {', '.join(listen)}: {exc.strerror or exc}"
-            ) from exc
-        # The auto-connector dials every peer the peerstore knows until it has 200
-        # connections; discovery decides whom we dial.
-        network = host.get_network()
-        assert isinstance(network, Swarm)
-        await network.auto_connector.stop()
-        try:
-            yield host
-        finally:
-            with trio.CancelScope(shield=True):
-                await _close(host)
+    network = host.get_network()
+    assert isinstance(network, Swarm)
+    error: ListenError | None = None
+    async with host.run([]):
+        for addr in addrs:
+            error = await _listen(network, addr, where)
+            if error is not None:
+                break
+        else:
+            # The auto-connector dials every peer the peerstore knows until it has 200
+            # connections; discovery decides whom we dial.
+            await network.auto_connector.stop()
+            try:
+                yield host
+            finally:
+                with trio.CancelScope(shield=True):
+                    await _close(host)
+    # Raised outside host.run(), whose nurseries would wrap it in an ExceptionGroup.
+    if error is not None:
+        raise error

@@ -21,7 +21,9 @@ from p2pshare.identity import NodeKey
 from p2pshare.net.datachannel import DataChannelServer, DataChannelSetupError
 from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
+from p2pshare.net.listen import ListenAddr, check_can_listen, parse_listen_addr
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
+from p2pshare.node import logs
 from p2pshare.node.compute_api import ComputeApi
 from p2pshare.node.discovery import Discovery
 from p2pshare.node.init import initialise
@@ -102,22 +104,24 @@ async def _start_data_channel(
     nursery: trio.Nursery,
     host: IHost,
     guard: HandlerGuard,
-    listen: str,
+    listen: ListenAddr,
     port: int,
     transfer: TransferApi,
+    where: str,
 ) -> None:
     """Offer the encrypted data channel on the IP of the first listen address.
 
-    A node that cannot listen on it still works: peers fall back to libp2p streams.
+    A node that cannot listen on a free port there still works: peers fall back to
+    libp2p streams.  A port fixed by config that cannot be bound is an error, as a
+    listen address is: it is forwarded or announced, and another process holds it.
     """
-    parts = listen.split("/")
-    server = DataChannelServer(host, guard, parts[2], port, serve=transfer.serve_data_channel)
+    if port:
+        check_can_listen(ListenAddr(f"{listen.host} port {port}", listen.host, port), where)
+    server = DataChannelServer(host, guard, listen.host, port, serve=transfer.serve_data_channel)
     try:
-        data_port = await nursery.start(server.run)
+        await nursery.start(server.run)
     except DataChannelSetupError as exc:
         log.warning("no data channel: %s; peers will use libp2p streams", exc)
-        return
-    log.info("data channel on %s port %s", parts[2], data_port)
 
 
 def _assemble(
@@ -183,7 +187,13 @@ def _assemble(
                     " slower libp2p stream"
                 )
             await _start_data_channel(
-                nursery, host, guard, net.listen[0], config.transfer.data_port, transfer
+                nursery,
+                host,
+                guard,
+                parse_listen_addr(net.listen[0]),
+                config.transfer.data_port,
+                transfer,
+                f"[transfer] data_port in {home.config_path}",
             )
         await nursery.start(discovery.run)
         # Before the control socket opens, so a get can attach to a resumed download.
@@ -223,7 +233,11 @@ async def serve(
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             net = config.network
             async with running_host(
-                key, net.listen, max_connections=net.max_connections, announce=net.announce
+                key,
+                net.listen,
+                max_connections=net.max_connections,
+                announce=net.announce,
+                where=f"[network] listen in {home.config_path}",
             ) as host:
                 node, server, start_services = _assemble(
                     home, key, config, catalog, host, upload_rate
@@ -233,6 +247,7 @@ async def serve(
                     await start_services(nursery)
                     await nursery.start(server.serve, sock)
                     nursery.start_soon(_stop_on_signal, node, signals)
+                    nursery.start_soon(logs.flush_summaries)
                     addrs = node.listen_addrs()
                     log.info("node %s listening on %s", key.peer_id, ", ".join(addrs))
                     on_ready(ReadyInfo(key.peer_id, addrs, str(home.socket_path)))

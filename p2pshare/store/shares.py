@@ -146,6 +146,8 @@ class ShareStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f.abs_path, target)
             st = target.stat()
+            # copy2 keeps the user's mode bits; the home keeps only the owner's.
+            target.chmod(stat.S_IMODE(st.st_mode) & stat.S_IRWXU)
             os.utime(target, ns=(st.st_atime_ns, f.mtime_ns))
             copied.append(replace(f, abs_path=target, size=st.st_size))
         if found.kind is ShareKind.DIRECTORY:

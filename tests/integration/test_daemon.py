@@ -115,6 +115,7 @@ def test_not_running_gives_one_sentence_and_exit_code(home: Home) -> None:
 def test_daemon_initialises_a_fresh_home(home: Home) -> None:
     home.create()
     home.config_path.write_text('[network]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n')
+    home.config_path.chmod(0o600)
     with DaemonProcess(home) as process:
         info = process.start()
         assert info["peer_id"] == NodeKey.load(home.key_path).peer_id

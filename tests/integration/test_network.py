@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from p2pshare.errors import ExitCode
 from p2pshare.home import Home
 from p2pshare.launcher import DaemonProcess, init_home, run_cli, start_all, wait_announced
 
@@ -140,7 +141,7 @@ def test_connected_peers_persist_across_restart(
 def test_connect_errors_are_sentences(network: list[DaemonProcess]) -> None:
     home = network[1].home
     bad = run_cli(home, "connect", "not-an-address")
-    assert bad.returncode == 1
+    assert bad.returncode == ExitCode.USAGE
     assert bad.stderr.startswith("error: 'not-an-address' is not a peer address")
     port = free_port()
     peer_id = network[2].info["peer_id"]

@@ -59,7 +59,7 @@ def test_share_ls_pin_unpin_gc_unshare(daemon: DaemonProcess, tmp_path: Path) ->
 
 def test_share_errors_are_one_sentence(daemon: DaemonProcess, tmp_path: Path) -> None:
     result = run_cli(daemon.home, "unshare", "bafkr4inotarealcid")
-    assert result.returncode == ExitCode.FAILED
+    assert result.returncode == ExitCode.USAGE
     assert result.stderr.startswith("error: this is not a p2pshare content ID")
     assert result.stderr.count("\n") == 1
     fifo = tmp_path / "pipe"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import random
 from contextlib import AsyncExitStack
@@ -769,4 +770,31 @@ async def test_a_node_behind_nat_is_reached_at_its_announced_address() -> None:
                 b"through the forwarded port"
             )
             await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_of_bad_connections_logs_one_line_then_one_summary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="p2pshare.net.datachannel")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            setup = await start(stack, nursery, echo, refusal_log_interval=2.0)
+            caplog.clear()
+            for _ in range(200):
+                await raw_attempt(setup.port, b"x" * 10)
+            while sum(setup.server.refused.values()) < 200:
+                await trio.sleep(0.01)
+            refusals = [r for r in caplog.records if "data connection" in r.getMessage()]
+            assert len(refusals) == 1
+            assert refusals[0].getMessage().startswith("refused a data connection: ")
+            while not any("199 more in the last" in r.getMessage() for r in caplog.records):
+                await trio.sleep(0.1)
+            summaries = [
+                r.getMessage() for r in caplog.records if "more in the last" in r.getMessage()
+            ]
+            assert len(summaries) == 1
+            assert summaries[0].startswith(
+                "data connections refused during the handshake: 199 more in the last "
+            )
             nursery.cancel_scope.cancel()
