@@ -129,7 +129,7 @@ def test_unknown_content_and_bad_reference(nodes: list[DaemonProcess], tmp_path:
     upper = run_cli(nodes[2].home, "get", missing.upper(), "-o", str(tmp_path / "x"))
     assert upper.stderr.startswith(f"error: no providers found for {missing}"), "B is base32upper"
     bad = run_cli(nodes[2].home, "get", "p2ps1garbage", "-o", str(tmp_path / "y"))
-    assert bad.returncode == ExitCode.FAILED
+    assert bad.returncode == ExitCode.USAGE
     assert bad.stderr.startswith("error: this p2pshare ticket is")
 
 
