@@ -52,7 +52,6 @@ from p2pshare.net.streams import StreamBrokenError
 from p2pshare.proto.datachannel import (
     CLIENT_HELLO_SIZE,
     DEFAULT_CIPHERS,
-    HEADER_SIZE,
     MAX_PLAINTEXT,
     MAX_SETUP_FRAME,
     MAX_WIRE_FRAME,
@@ -62,19 +61,18 @@ from p2pshare.proto.datachannel import (
     SERVER_HELLO_SIZE,
     SESSION_ID_SIZE,
     Channel,
+    ChannelOffer,
+    ChannelVersionError,
     DataChannelRefusedError,
     NoCommonCipherError,
-    Offer,
     Open,
     PendingSession,
     Refuse,
     RefuseCode,
-    Role,
     SessionKeys,
     SessionLimitError,
     SessionTable,
     TruncatedStreamError,
-    UnsupportedVersionError,
     client_keys,
     decode_open,
     decode_reply,
@@ -82,7 +80,8 @@ from p2pshare.proto.datachannel import (
     encode_reply,
     refusal_for,
 )
-from p2pshare.proto.framing import FrameDecoder
+from p2pshare.proto.framing import HEADER_SIZE, FrameDecoder
+from p2pshare.proto.transfer import Role
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -324,7 +323,7 @@ class EncryptedStream:
         self._need = None
         with memoryview(self._receive_buffer) as view, view[start : start + length] as ciphertext:
             plaintext = await self._open_placement.run(
-                functools.partial(self._opener.open, ciphertext), length, checkpoint=not did_io
+                functools.partial(self._opener.decrypt, ciphertext), length, checkpoint=not did_io
             )
         if self._start == self._end:
             self._start = self._end = 0
@@ -594,11 +593,11 @@ class DataChannelServer:
                 request_bytes = await _receive_setup_frame(stream, "OPEN")
         except trio.TooSlowError:
             raise RemoteProtocolError(f"{peer} sent no OPEN in time") from None
-        reply: Offer | Refuse
+        reply: ChannelOffer | Refuse
         try:
             request = decode_open(request_bytes)
             reply = self._offer(request, peer)
-        except (UnsupportedVersionError, NoCommonCipherError, SessionLimitError) as exc:
+        except (ChannelVersionError, NoCommonCipherError, SessionLimitError) as exc:
             self.refused[type(exc).__name__] += 1
             reply = refusal_for(exc)
         except RemoteProtocolError as exc:
@@ -607,7 +606,7 @@ class DataChannelServer:
             reply = refusal_for(exc)
         await stream.send_all(encode_reply(reply))
 
-    def _offer(self, request: Open, peer: str) -> Offer | Refuse:
+    def _offer(self, request: Open, peer: str) -> ChannelOffer | Refuse:
         port = self._port
         if port is None:
             self.refused["not_running"] += 1

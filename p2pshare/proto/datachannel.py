@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -53,12 +53,13 @@ from p2pshare.proto.canonical import (
     pack,
     unpack,
 )
-from p2pshare.proto.framing import FrameTooLargeError, encode_frame
+from p2pshare.proto.framing import HEADER_SIZE, FrameTooLargeError, encode_frame
+from p2pshare.proto.transfer import Role
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-BytesLike: TypeAlias = bytes | bytearray | memoryview
+    from p2pshare.proto.chunks import BytesLike
 
 PROTOCOL_ID: Final = "/p2pshare/data/1.0.0"
 VERSION: Final = 1
@@ -68,7 +69,6 @@ SESSION_ID_SIZE: Final = 16
 SECRET_SIZE: Final = 32
 KEY_SIZE: Final = 32
 TAG_SIZE: Final = 16
-HEADER_SIZE: Final = 4
 # The largest plaintext of one frame: big enough that Python's work per byte stays
 # near zero, small enough to hold two of them per connection.
 MAX_PLAINTEXT: Final = 1 << 20
@@ -148,7 +148,7 @@ class SessionLimitError(RemoteError):
     """Too many sessions are pending (for this peer or altogether); OPEN is refused as busy."""
 
 
-class UnsupportedVersionError(RemoteProtocolError):
+class ChannelVersionError(RemoteProtocolError):
     """OPEN asked for a version this node does not speak."""
 
     def __init__(self, version: int) -> None:
@@ -173,7 +173,7 @@ class Open:
 
 
 @dataclass(frozen=True)
-class Offer:
+class ChannelOffer:
     """The server grants one: a single-use session, valid for a short time."""
 
     session_id: bytes
@@ -198,10 +198,10 @@ def encode_open(message: Open) -> bytes:
     return encode_frame(pack(body), MAX_SETUP_FRAME)
 
 
-def encode_reply(message: Offer | Refuse) -> bytes:
+def encode_reply(message: ChannelOffer | Refuse) -> bytes:
     """OFFER or REFUSE as one length-prefixed frame."""
     body: list[object]
-    if isinstance(message, Offer):
+    if isinstance(message, ChannelOffer):
         _check_size(message.session_id, SESSION_ID_SIZE, "session id")
         _check_size(message.server_nonce, NONCE_SIZE, "server nonce")
         _check_size(message.secret, SECRET_SIZE, "secret")
@@ -241,7 +241,7 @@ def _unpack_setup(data: bytes, what: str) -> list[object]:
 def decode_open(data: bytes) -> Open:
     """The body of an OPEN frame.
 
-    A version other than ours raises :class:`UnsupportedVersionError` before the rest is
+    A version other than ours raises :class:`ChannelVersionError` before the rest is
     read, so a newer client gets a clean REFUSE whatever it appended.
     """
     fields = _unpack_setup(data, "OPEN")
@@ -249,7 +249,7 @@ def decode_open(data: bytes) -> Open:
         raise RemoteProtocolError("the first setup message must be OPEN")
     version = expect_int(fields[1], what="OPEN version", low=0, high=2**32 - 1)
     if version != VERSION:
-        raise UnsupportedVersionError(version)
+        raise ChannelVersionError(version)
     if len(fields) != 4:
         raise RemoteProtocolError(f"OPEN version 1 has 4 fields, not {len(fields)}")
     nonce = expect_bytes(fields[2], what="client nonce", length=NONCE_SIZE, max_len=NONCE_SIZE)
@@ -268,7 +268,7 @@ def decode_open(data: bytes) -> Open:
     return Open(client_nonce=nonce, ciphers=tuple(ciphers), version=version)
 
 
-def decode_reply(data: bytes) -> Offer | Refuse:
+def decode_reply(data: bytes) -> ChannelOffer | Refuse:
     """The body of the server's OFFER or REFUSE frame."""
     fields = _unpack_setup(data, "the data channel reply")
     kind = fields[0]
@@ -284,7 +284,7 @@ def decode_reply(data: bytes) -> Offer | Refuse:
         name = expect_str(fields[5], what="cipher")
         if name not in _CIPHER_NAMES:
             raise RemoteProtocolError(f"the server chose an unknown cipher {name[:_MAX_NAME]!r}")
-        return Offer(session_id, nonce, port, secret, Cipher(name))
+        return ChannelOffer(session_id, nonce, port, secret, Cipher(name))
     if kind == "refuse":
         if len(fields) != 3:
             raise RemoteProtocolError(f"REFUSE has 3 fields, not {len(fields)}")
@@ -298,7 +298,7 @@ def decode_reply(data: bytes) -> Offer | Refuse:
 
 def refusal_for(exc: RemoteError) -> Refuse:
     """The REFUSE a server sends for a failed OPEN."""
-    if isinstance(exc, UnsupportedVersionError):
+    if isinstance(exc, ChannelVersionError):
         return Refuse(RefuseCode.UNSUPPORTED_VERSION, f"this node speaks version {VERSION}")
     if isinstance(exc, NoCommonCipherError):
         return Refuse(RefuseCode.NO_COMMON_CIPHER, "supported: " + ", ".join(Cipher))
@@ -379,7 +379,9 @@ def derive_keys(
     return SessionKeys(session_id, cipher, okm[:KEY_SIZE], okm[KEY_SIZE:])
 
 
-def client_keys(request: Open, offer: Offer, *, client_peer: str, server_peer: str) -> SessionKeys:
+def client_keys(
+    request: Open, offer: ChannelOffer, *, client_peer: str, server_peer: str
+) -> SessionKeys:
     """The client's keys for ``offer``; the chosen cipher must be one it asked for."""
     if offer.cipher not in request.ciphers:
         raise RemoteProtocolError(
@@ -443,7 +445,7 @@ class SessionTable:
         port: int,
         now: float,
         supported: Sequence[Cipher] = DEFAULT_CIPHERS,
-    ) -> Offer:
+    ) -> ChannelOffer:
         """Record a new session for ``peer_id`` and return the OFFER to send it.
 
         Raises SessionLimitError when too many are pending, NoCommonCipherError when the
@@ -457,7 +459,7 @@ class SessionTable:
         if session_id in self._pending:
             raise LocalProtocolError("session id collision: the shell must draw 16 random bytes")
         cipher = choose_cipher(request.ciphers, supported)
-        offer = Offer(session_id, server_nonce, port, secret, cipher)
+        offer = ChannelOffer(session_id, server_nonce, port, secret, cipher)
         keys = derive_keys(
             secret=secret,
             client_nonce=request.client_nonce,
@@ -610,7 +612,7 @@ class FrameOpener:
             raise RemoteProtocolError(f"data frame of {length} bytes is shorter than its tag")
         return length
 
-    def open(self, ciphertext: BytesLike) -> bytes:
+    def decrypt(self, ciphertext: BytesLike) -> bytes:
         """The plaintext of the next frame; ``b""`` is the peer's FIN."""
         self._check_usable()
         if not TAG_SIZE <= len(ciphertext) <= MAX_CIPHERTEXT:
@@ -640,7 +642,7 @@ class FrameOpener:
         if len(ciphertext) != len(expected) + TAG_SIZE:
             self._failed = True
             raise FrameAuthenticationError("the hello frame has the wrong size")
-        if self.open(ciphertext) != expected:
+        if self.decrypt(ciphertext) != expected:
             self._failed = True
             raise FrameAuthenticationError("the hello frame does not hold the expected hello")
 
@@ -686,7 +688,7 @@ class FrameReader:
         if self.buffered < self._length:
             return None
         end = self._pos + self._length
-        plaintext = self._opener.open(bytes(self._buffer[self._pos : end]))
+        plaintext = self._opener.decrypt(bytes(self._buffer[self._pos : end]))
         self._pos = end
         self._length = None
         if self._pos > len(self._buffer) // 2:
@@ -708,11 +710,6 @@ class FrameReader:
 
 
 # --- one end of an established channel -------------------------------------------------------
-
-
-class Role(StrEnum):
-    CLIENT = "client"
-    SERVER = "server"
 
 
 class Channel:

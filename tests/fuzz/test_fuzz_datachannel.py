@@ -11,14 +11,13 @@ from p2pshare.proto.datachannel import (
     CLIENT_HELLO_SIZE,
     SESSION_ID_SIZE,
     Channel,
+    ChannelOffer,
     Cipher,
     FrameOpener,
     FrameReader,
     FrameSealer,
-    Offer,
     Open,
     Refuse,
-    Role,
     SessionKeys,
     SessionTable,
     decode_open,
@@ -27,6 +26,7 @@ from p2pshare.proto.datachannel import (
     encode_reply,
 )
 from p2pshare.proto.framing import HEADER_SIZE
+from p2pshare.proto.transfer import Role
 from tests.fuzz.harness import check_decoder, fuzz_inputs, fuzz_settings, splits
 from tests.fuzz.seeds import KEY, OTHER_KEY, value_seeds
 
@@ -42,7 +42,7 @@ OPENS = tuple(
 REPLIES = tuple(
     encode_reply(message)[HEADER_SIZE:]
     for message in (
-        Offer(bytes(16), bytes(range(32)), 40001, bytes(range(32, 64)), Cipher.AES_256_GCM),
+        ChannelOffer(bytes(16), bytes(range(32)), 40001, bytes(range(32, 64)), Cipher.AES_256_GCM),
         Refuse("busy", "too many data channels pending"),
     )
 )

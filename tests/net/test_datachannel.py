@@ -39,10 +39,10 @@ from p2pshare.proto.datachannel import (
     Channel,
     Cipher,
     DataChannelRefusedError,
-    Role,
     TruncatedStreamError,
     derive_keys,
 )
+from p2pshare.proto.transfer import Role
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -12,13 +12,14 @@ from hypothesis import strategies as st
 from p2pshare.errors import IntegrityError, LocalProtocolError, RemoteError, RemoteProtocolError
 from p2pshare.proto.datachannel import (
     CLIENT_HELLO_SIZE,
-    HEADER_SIZE,
     MAX_PLAINTEXT,
     SERVER_HELLO_SIZE,
     SESSION_ID_SIZE,
     TAG_SIZE,
     VERSION,
     Channel,
+    ChannelOffer,
+    ChannelVersionError,
     Cipher,
     DataChannelRefusedError,
     FrameAuthenticationError,
@@ -26,17 +27,14 @@ from p2pshare.proto.datachannel import (
     FrameReader,
     FrameSealer,
     NoCommonCipherError,
-    Offer,
     Open,
     Refuse,
     RefuseCode,
-    Role,
     SessionKeys,
     SessionLimitError,
     SessionTable,
     TruncatedStreamError,
     UnknownSessionError,
-    UnsupportedVersionError,
     client_keys,
     decode_open,
     decode_reply,
@@ -46,7 +44,8 @@ from p2pshare.proto.datachannel import (
     refusal_for,
     sealed_size,
 )
-from p2pshare.proto.framing import FrameTooLargeError
+from p2pshare.proto.framing import HEADER_SIZE, FrameTooLargeError
+from p2pshare.proto.transfer import Role
 
 CLIENT = "12D3KooWClientClientClientClientClientClientClientCl"
 SERVER = "12D3KooWServerServerServerServerServerServerServerSe"
@@ -135,7 +134,7 @@ def test_open_round_trips(nonce: bytes, offered: list[Cipher]) -> None:
 def test_offer_round_trips(
     session_id: bytes, nonce: bytes, port: int, secret: bytes, cipher: Cipher
 ) -> None:
-    message = Offer(session_id, nonce, port, secret, cipher)
+    message = ChannelOffer(session_id, nonce, port, secret, cipher)
     assert decode_reply(encode_reply(message)[4:]) == message
     assert secret.hex() not in repr(message), "the secret never reaches a log line"
 
@@ -156,7 +155,7 @@ def test_arbitrary_setup_bytes_give_typed_errors_only(data: bytes) -> None:
 def test_a_newer_version_is_refused_whatever_follows() -> None:
     from p2pshare.proto.canonical import pack
 
-    with pytest.raises(UnsupportedVersionError) as info:
+    with pytest.raises(ChannelVersionError) as info:
         decode_open(pack(["open", VERSION + 1, "fields", "of", {"a": "later"}, "version"]))
     assert refusal_for(info.value).code == RefuseCode.UNSUPPORTED_VERSION
 
@@ -204,7 +203,7 @@ def test_we_never_build_what_we_would_refuse() -> None:
     with pytest.raises(LocalProtocolError):
         encode_open(Open(client_nonce=b"short"))
     with pytest.raises(LocalProtocolError):
-        encode_reply(Offer(b"s" * 16, b"n" * 32, 0, b"k" * 32, Cipher.AES_256_GCM))
+        encode_reply(ChannelOffer(b"s" * 16, b"n" * 32, 0, b"k" * 32, Cipher.AES_256_GCM))
     with pytest.raises(LocalProtocolError):
         encode_reply(Refuse("Bad Code", "x"))
 
@@ -276,7 +275,9 @@ def test_client_and_server_derive_the_same_keys() -> None:
 # --- sessions --------------------------------------------------------------------------------
 
 
-def offer_in(table: SessionTable, session_id: bytes, *, peer: str = CLIENT, now: float) -> Offer:
+def offer_in(
+    table: SessionTable, session_id: bytes, *, peer: str = CLIENT, now: float
+) -> ChannelOffer:
     return table.offer(
         Open(client_nonce=b"c" * 32),
         peer_id=peer,
@@ -477,9 +478,9 @@ def test_the_frame_budget_is_enforced_on_both_ends() -> None:
     with pytest.raises(LocalProtocolError):
         sealer.seal(b"c")
     opener = FrameOpener(Cipher.AES_256_GCM, b"k" * 32, max_frames=1)
-    assert opener.open(frames[0][HEADER_SIZE:]) == b"a"
+    assert opener.decrypt(frames[0][HEADER_SIZE:]) == b"a"
     with pytest.raises(RemoteProtocolError):
-        opener.open(frames[1][HEADER_SIZE:])
+        opener.decrypt(frames[1][HEADER_SIZE:])
 
 
 def test_nonces_advance_and_directions_use_different_keys() -> None:
@@ -490,7 +491,7 @@ def test_nonces_advance_and_directions_use_different_keys() -> None:
     assert server.sealer.seal(b"same") not in (first, second)
     # A frame reflected back to its sender does not open.
     with pytest.raises(FrameAuthenticationError):
-        client.opener.open(first[HEADER_SIZE:])
+        client.opener.decrypt(first[HEADER_SIZE:])
 
 
 # --- handshake -------------------------------------------------------------------------------
@@ -512,7 +513,7 @@ def handshake(client_keys_: SessionKeys, server_keys: SessionKeys) -> tuple[Chan
 def test_the_handshake_proves_the_session_key(cipher: Cipher) -> None:
     client, server = handshake(keys_for(cipher), keys_for(cipher))
     frame = client.sealer.seal(b"payload")
-    assert server.opener.open(frame[HEADER_SIZE:]) == b"payload"
+    assert server.opener.decrypt(frame[HEADER_SIZE:]) == b"payload"
     assert client.sealer.counter == 2
     assert server.opener.counter == 2
 
