@@ -64,6 +64,7 @@ from p2pshare.proto.datachannel import (
     ChannelOffer,
     ChannelVersionError,
     DataChannelRefusedError,
+    FrameReader,
     NoCommonCipherError,
     Open,
     PendingSession,
@@ -80,7 +81,7 @@ from p2pshare.proto.datachannel import (
     encode_reply,
     refusal_for,
 )
-from p2pshare.proto.framing import HEADER_SIZE, FrameDecoder
+from p2pshare.proto.framing import FrameDecoder
 from p2pshare.proto.transfer import Role
 
 if TYPE_CHECKING:
@@ -107,10 +108,6 @@ _T = TypeVar("_T")
 THREAD_THRESHOLD: Final = 64 * 1024
 OFFLOAD_ABOVE: Final = 0.002
 _MIB: Final = 1 << 20
-# The receive buffer starts small (control streams never need more) and grows to
-# hold a full frame plus what one read brings beyond it.
-_INITIAL_RECEIVE_BUFFER: Final = 64 * 1024
-_RECEIVE_SLACK: Final = 64 * 1024
 # Linux caps SO_RCVLOWAT at half the receive buffer; a quarter of a frame less keeps
 # the wake-up well inside what a small buffer can hold.
 _MAX_RCVLOWAT: Final = 768 * 1024
@@ -240,12 +237,8 @@ class EncryptedStream:
                     trio.socket.IPPROTO_TCP, trio.socket.TCP_NOTSENT_LOWAT, MAX_WIRE_FRAME
                 )
         self._sealer = channel.sealer
-        self._opener = channel.opener
-        self._receive_buffer = bytearray(_INITIAL_RECEIVE_BUFFER)
+        self._reader = FrameReader(channel.opener)
         self._rcvlowat = 1
-        self._start = 0
-        self._end = 0
-        self._need: int | None = None
         self._leftover: bytes = b""
         self._leftover_pos = 0
         self._send_buffer: bytearray | None = None
@@ -275,8 +268,6 @@ class EncryptedStream:
                 return b""
             plaintext = await self._next_plaintext()
             if not plaintext:
-                if self._end > self._start:
-                    raise RemoteProtocolError(f"{self.peer_id} sent data after its FIN")
                 self._eof = True
                 return b""
             if max_bytes is None or len(plaintext) <= max_bytes:
@@ -300,34 +291,14 @@ class EncryptedStream:
         return piece
 
     async def _next_plaintext(self) -> bytes:
-        """Read until one whole frame is buffered, then open it."""
+        """Receive until one whole frame is buffered (p2pshare.proto's FrameReader), decrypt it."""
         did_io = False
-        while True:
-            available = self._end - self._start
-            if self._need is None and available >= HEADER_SIZE:
-                header = self._receive_buffer[self._start : self._start + HEADER_SIZE]
-                self._need = self._opener.frame_length(header)
-                self._start += HEADER_SIZE
-                available -= HEADER_SIZE
-            if self._need is not None and available >= self._need:
-                return await self._open_buffered(self._need, did_io=did_io)
-            wanted = (HEADER_SIZE if self._need is None else self._need) - available
-            self._make_room(available, wanted)
-            self._wake_at(wanted)
+        while (ciphertext := self._reader.next_ciphertext()) is None:
+            self._wake_at(self._reader.wanted())
             did_io = True
             await self._fill()
-
-    async def _open_buffered(self, length: int, *, did_io: bool) -> bytes:
-        start = self._start
-        self._start += length
-        self._need = None
-        with memoryview(self._receive_buffer) as view, view[start : start + length] as ciphertext:
-            plaintext = await self._open_placement.run(
-                functools.partial(self._opener.decrypt, ciphertext), length, checkpoint=not did_io
-            )
-        if self._start == self._end:
-            self._start = self._end = 0
-        return plaintext
+        decrypt = functools.partial(self._reader.decrypt, ciphertext)
+        return await self._open_placement.run(decrypt, len(ciphertext), checkpoint=not did_io)
 
     def _wake_at(self, wanted: int) -> None:
         """Let the kernel report the socket readable only once ``wanted`` bytes are in.
@@ -342,39 +313,23 @@ class EncryptedStream:
             with contextlib.suppress(OSError):
                 self._stream.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVLOWAT, lowat)
 
-    def _make_room(self, available: int, wanted: int) -> None:
-        """Ensure ``wanted`` more bytes fit after the buffered ones."""
-        size = len(self._receive_buffer)
-        if size - self._end >= wanted:
-            return
-        if available + wanted > size:
-            grown = bytearray(max(MAX_WIRE_FRAME + _RECEIVE_SLACK, available + wanted))
-            grown[:available] = self._receive_buffer[self._start : self._end]
-            self._receive_buffer = grown
-        else:
-            self._receive_buffer[:available] = self._receive_buffer[self._start : self._end]
-        self._start, self._end = 0, available
-
     async def _fill(self) -> None:
-        with memoryview(self._receive_buffer) as view, view[self._end :] as free:
-            while True:
-                # A trio socket call cancelled while it waits has consumed nothing.
-                with trio.move_on_at(self._last_activity + self._idle_timeout):
-                    try:
-                        received = await self._stream.socket.recv_into(free, len(free))
-                    except OSError as exc:
-                        raise StreamBrokenError(
-                            f"data channel from {self.peer_id} broke: {exc!r}"
-                        ) from exc
-                    break
-                self._check_idle()
+        free = self._reader.free_space()
+        while True:
+            # A trio socket call cancelled while it waits has consumed nothing.
+            with trio.move_on_at(self._last_activity + self._idle_timeout):
+                try:
+                    received = await self._stream.socket.recv_into(free, len(free))
+                except OSError as exc:
+                    raise StreamBrokenError(
+                        f"data channel from {self.peer_id} broke: {exc!r}"
+                    ) from exc
+                break
+            self._check_idle()
         self._last_activity = trio.current_time()
         if not received:
-            raise TruncatedStreamError(
-                f"the data channel from {self.peer_id} ended without its FIN"
-                " (the peer failed, or the connection was cut)"
-            )
-        self._end += received
+            self._reader.end_of_stream(self.peer_id)
+        self._reader.advance(received)
 
     # -- sending
 

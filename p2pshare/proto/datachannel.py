@@ -74,6 +74,10 @@ TAG_SIZE: Final = 16
 MAX_PLAINTEXT: Final = 1 << 20
 MAX_CIPHERTEXT: Final = MAX_PLAINTEXT + TAG_SIZE
 MAX_WIRE_FRAME: Final = HEADER_SIZE + MAX_CIPHERTEXT
+# The receive buffer starts small (setup and control traffic never need more) and
+# grows once to hold a whole frame plus what one read brings beyond it.
+INITIAL_RECEIVE_BUFFER: Final = 64 * 1024
+MAX_RECEIVE_BUFFER: Final = MAX_WIRE_FRAME + 64 * 1024
 # Frames per direction before the channel refuses to go on (4 PiB at 1 MiB frames):
 # far below the 2^96 nonces, and where AES-GCM's bounds are still comfortable.
 MAX_FRAMES: Final = 1 << 32
@@ -648,64 +652,111 @@ class FrameOpener:
 
 
 class FrameReader:
-    """Turns the ciphertext byte stream, fed in pieces of any size, into plaintexts.
+    """Reassembles the peer's frames in one receive buffer that the shell fills in place.
 
-    ``next_plaintext`` returns each frame's plaintext, ``b""`` once for the FIN, and
-    None while it needs more bytes.  The shell calls ``end_of_stream`` when the
-    transport ends; that raises TruncatedStreamError unless FIN came first.
+    In the manner of h11's receive buffer, but shaped for ``recv_into``: the shell
+    reads straight into :meth:`free_space`, so no bytes are joined, sliced or copied
+    per read, and the AEAD opens each frame from a view of the same buffer.  The
+    shell's loop (p2pshare.net.datachannel.EncryptedStream)::
+
+        while (ciphertext := reader.next_ciphertext()) is None:
+            set_rcvlowat(reader.wanted())         # wake once the frame is whole
+            received = sock.recv_into(reader.free_space())
+            if not received:
+                reader.end_of_stream()            # raises TruncatedStreamError
+            reader.advance(received)
+        plaintext = reader.decrypt(ciphertext)    # inline, or in a worker thread
+
+    ``decrypt`` returns ``b""`` for the peer's FIN, after which nothing may follow.
+    The buffer starts at INITIAL_RECEIVE_BUFFER and grows once, to MAX_RECEIVE_BUFFER,
+    when a frame's header announces more than fits; the length is checked from the
+    header's 4 bytes before that.  Every error is final.
     """
 
     def __init__(self, opener: FrameOpener) -> None:
         self._opener = opener
-        self._buffer = bytearray()
-        self._pos = 0
-        self._length: int | None = None
-        self._fin_returned = False
+        self._buffer = bytearray(INITIAL_RECEIVE_BUFFER)
+        self._start = 0  # the first byte not yet taken
+        self._end = 0  # the end of the bytes received
+        self._length: int | None = None  # ciphertext bytes announced by the header taken
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer) - self._pos
-
-    def feed(self, data: BytesLike) -> None:
-        if not data:
-            return
-        if self._opener.finished:
-            raise RemoteProtocolError("the peer sent data after its FIN")
-        self._buffer += data
-
-    def next_plaintext(self) -> bytes | None:
-        if self._opener.finished:
-            if self._fin_returned:
-                return None
-            self._fin_returned = True
-            return b""
-        if self._length is None:
-            if self.buffered < HEADER_SIZE:
-                return None
-            header = bytes(self._buffer[self._pos : self._pos + HEADER_SIZE])
+    def _take_header(self) -> int | None:
+        """The ciphertext length the next frame announces, once its header is in."""
+        if self._length is None and self._end - self._start >= HEADER_SIZE:
+            header = self._buffer[self._start : self._start + HEADER_SIZE]
             self._length = self._opener.frame_length(header)
-            self._pos += HEADER_SIZE
-        if self.buffered < self._length:
+            self._start += HEADER_SIZE
+        return self._length
+
+    def wanted(self) -> int:
+        """Bytes to receive before :meth:`next_ciphertext` has a frame; 0 if it has one.
+
+        The peer announced them (in a header, or they are a header), so the shell may
+        ask the kernel to report the socket readable only once they are in.
+        """
+        length = self._take_header()
+        available = self._end - self._start
+        return HEADER_SIZE - available if length is None else max(0, length - available)
+
+    def free_space(self) -> memoryview:
+        """Where the shell receives into: the buffer's free end, at least ``wanted()`` bytes.
+
+        Views handed out before (a ciphertext not yet decrypted) may be overwritten.
+        """
+        wanted = max(self.wanted(), 1)
+        available = self._end - self._start
+        if not available:
+            self._start = self._end = 0
+        if len(self._buffer) - self._end < wanted:
+            if available + wanted > len(self._buffer):
+                grown = bytearray(MAX_RECEIVE_BUFFER)
+                grown[:available] = self._buffer[self._start : self._end]
+                self._buffer = grown
+            else:
+                self._buffer[:available] = self._buffer[self._start : self._end]
+            self._start, self._end = 0, available
+        return memoryview(self._buffer)[self._end :]
+
+    def advance(self, received: int) -> None:
+        """``received`` bytes were written at the start of :meth:`free_space`."""
+        if not 0 <= received <= len(self._buffer) - self._end:
+            raise LocalProtocolError(f"{received} bytes do not fit the free space")
+        if received and self._opener.finished:
+            raise RemoteProtocolError("the peer sent data after its FIN")
+        self._end += received
+
+    def next_ciphertext(self) -> memoryview | None:
+        """The next whole frame's ciphertext, or None while :meth:`wanted` is above 0.
+
+        A view of the buffer, valid until the next :meth:`free_space`: decrypt it first.
+        """
+        length = self._take_header()
+        if length is None or self._end - self._start < length:
             return None
-        end = self._pos + self._length
-        plaintext = self._opener.decrypt(bytes(self._buffer[self._pos : end]))
-        self._pos = end
+        start = self._start
+        self._start += length
         self._length = None
-        if self._pos > len(self._buffer) // 2:
-            del self._buffer[: self._pos]
-            self._pos = 0
-        if not plaintext:
-            if self.buffered:
-                raise RemoteProtocolError("the peer sent data after its FIN")
-            self._fin_returned = True
+        return memoryview(self._buffer)[start : start + length]
+
+    def decrypt(self, ciphertext: BytesLike) -> bytes:
+        """The plaintext of the frame :meth:`next_ciphertext` returned; ``b""`` is the FIN.
+
+        Touches only the opener and this reader's counters, so it may run in a worker
+        thread while the receiving task waits for it.
+        """
+        plaintext = self._opener.decrypt(ciphertext)
+        if not plaintext and self._end > self._start:
+            raise RemoteProtocolError("the peer sent data after its FIN")
         return plaintext
 
-    def end_of_stream(self) -> None:
-        """The transport ended: fine after FIN, a truncation otherwise."""
+    def end_of_stream(self, peer: str = "the peer") -> None:
+        """The transport ended: fine after the FIN, a truncation otherwise."""
         if not self._opener.finished:
+            partial = self._end - self._start + (HEADER_SIZE if self._length is not None else 0)
             raise TruncatedStreamError(
-                "the data channel ended without the peer's FIN"
-                + (f" ({self.buffered} bytes of a partial frame)" if self.buffered else "")
+                f"the data channel from {peer} ended without its FIN"
+                " (the peer failed, or the connection was cut)"
+                + (f"; {partial} bytes of a frame were pending" if partial else "")
             )
 
 

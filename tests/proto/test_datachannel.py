@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +13,10 @@ from hypothesis import strategies as st
 from p2pshare.errors import IntegrityError, LocalProtocolError, RemoteError, RemoteProtocolError
 from p2pshare.proto.datachannel import (
     CLIENT_HELLO_SIZE,
+    INITIAL_RECEIVE_BUFFER,
     MAX_PLAINTEXT,
+    MAX_RECEIVE_BUFFER,
+    MAX_WIRE_FRAME,
     SERVER_HELLO_SIZE,
     SESSION_ID_SIZE,
     TAG_SIZE,
@@ -46,6 +50,7 @@ from p2pshare.proto.datachannel import (
 )
 from p2pshare.proto.framing import HEADER_SIZE, FrameTooLargeError
 from p2pshare.proto.transfer import Role
+from tests.proto.frame_reading import receive
 
 CLIENT = "12D3KooWClientClientClientClientClientClientClientCl"
 SERVER = "12D3KooWServerServerServerServerServerServerServerSe"
@@ -81,13 +86,9 @@ def reader_for(cipher: Cipher) -> FrameReader:
 
 
 def decode(cipher: Cipher, pieces: list[bytes]) -> list[bytes]:
-    """Feed ``pieces`` and then end the stream; the plaintexts, FIN as ``b""``."""
+    """Receive ``pieces`` and then end the stream; the plaintexts, FIN as ``b""``."""
     reader = reader_for(cipher)
-    out = []
-    for piece in pieces:
-        reader.feed(piece)
-        while (plaintext := reader.next_plaintext()) is not None:
-            out.append(plaintext)
+    out = receive(reader, pieces)
     reader.end_of_stream()
     return out
 
@@ -97,9 +98,7 @@ def decode_until_error(cipher: Cipher, data: bytes) -> tuple[list[bytes], Except
     reader = reader_for(cipher)
     out: list[bytes] = []
     try:
-        reader.feed(data)
-        while (plaintext := reader.next_plaintext()) is not None:
-            out.append(plaintext)
+        receive(reader, [data], plaintexts=out)
         reader.end_of_stream()
     except RemoteError as exc:
         return out, exc
@@ -347,6 +346,54 @@ def test_any_split_of_the_stream_decodes_identically(
     assert decode(cipher, pieces) == [*chunks, b""]
 
 
+# Plaintexts that also cross the initial receive buffer's size, so it has to grow.
+large_plaintexts = st.lists(
+    st.one_of(
+        st.binary(min_size=1, max_size=300),
+        st.integers(INITIAL_RECEIVE_BUFFER - 100, 2 * INITIAL_RECEIVE_BUFFER).map(
+            lambda n: bytes(range(256)) * (n // 256) + b"x"
+        ),
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cipher=ciphers, chunks=large_plaintexts, data=st.data())
+def test_any_arrivals_and_read_sizes_deliver_the_stream_from_one_buffer(
+    cipher: Cipher, chunks: list[bytes], data: st.DataObject
+) -> None:
+    """The shipped receive path (EncryptedStream drives FrameReader like this)."""
+    stream = b"".join(sealed_stream(cipher, chunks))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    arrivals = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    sizes = data.draw(st.lists(st.integers(1, MAX_WIRE_FRAME), min_size=1, max_size=8))
+    reads = itertools.cycle(sizes)
+    reader = reader_for(cipher)
+    assert receive(reader, arrivals, read_size=lambda: next(reads)) == [*chunks, b""]
+    reader.end_of_stream()
+    assert len(reader.free_space()) <= MAX_RECEIVE_BUFFER
+
+
+@given(cipher=ciphers, chunks=large_plaintexts)
+def test_receiving_what_wanted_asks_for_completes_a_frame_every_second_read(
+    cipher: Cipher, chunks: list[bytes]
+) -> None:
+    """SO_RCVLOWAT set to wanted() wakes the shell once per header and once per frame."""
+    frames = sealed_stream(cipher, chunks)
+    stream = b"".join(frames)
+    reader = reader_for(cipher)
+    wanted: list[int] = []
+    plaintexts: list[bytes] = []
+    position = 0
+    while position < len(stream):
+        wanted.append(size := reader.wanted())
+        receive(reader, [stream[position : position + size]], plaintexts=plaintexts)
+        position += size
+    assert plaintexts == [*chunks, b""]
+    assert wanted == [n for frame in frames for n in (HEADER_SIZE, len(frame) - HEADER_SIZE)]
+
+
 @settings(max_examples=300)
 @given(cipher=ciphers, chunks=plaintexts, data=st.data())
 def test_a_flipped_bit_anywhere_fails_the_stream(
@@ -419,20 +466,16 @@ def test_data_after_fin_is_refused() -> None:
     cipher = Cipher.AES_256_GCM
     sealer = FrameSealer(cipher, keys_for(cipher).client_to_server)
     stream = sealer.seal(b"x") + sealer.seal_fin()
+    # The FIN frame and more bytes in one read.
+    delivered, error = decode_until_error(cipher, stream + b"more")
+    assert delivered == [b"x"]
+    assert isinstance(error, RemoteProtocolError)
+    assert "after its FIN" in str(error)
     reader = reader_for(cipher)
-    reader.feed(stream + b"more")
-    assert reader.next_plaintext() == b"x"
+    assert receive(reader, [stream]) == [b"x", b""]
+    assert reader.next_ciphertext() is None
     with pytest.raises(RemoteProtocolError, match="after its FIN"):
-        reader.next_plaintext()
-    reader = reader_for(cipher)
-    reader.feed(stream)
-    assert [reader.next_plaintext(), reader.next_plaintext(), reader.next_plaintext()] == [
-        b"x",
-        b"",
-        None,
-    ]
-    with pytest.raises(RemoteProtocolError):
-        reader.feed(b"more")
+        receive(reader, [b"more"])
 
 
 @settings(max_examples=300)
@@ -446,13 +489,13 @@ def test_arbitrary_bytes_give_typed_errors_only(cipher: Cipher, data: bytes) -> 
 def test_oversize_and_undersize_lengths_are_refused_before_buffering() -> None:
     cipher = Cipher.AES_256_GCM
     reader = reader_for(cipher)
-    reader.feed((MAX_PLAINTEXT + TAG_SIZE + 1).to_bytes(4, "big"))
     with pytest.raises(FrameTooLargeError):
-        reader.next_plaintext()
+        receive(reader, [(MAX_PLAINTEXT + TAG_SIZE + 1).to_bytes(4, "big")])
+    with pytest.raises(RemoteProtocolError, match="already failed"):
+        reader.free_space()  # every error is final
     reader = reader_for(cipher)
-    reader.feed((TAG_SIZE - 1).to_bytes(4, "big"))
     with pytest.raises(RemoteProtocolError):
-        reader.next_plaintext()
+        receive(reader, [(TAG_SIZE - 1).to_bytes(4, "big")])
 
 
 def test_full_size_frames_and_their_limits() -> None:
