@@ -111,8 +111,10 @@ _MIB: Final = 1 << 20
 # Linux caps SO_RCVLOWAT at half the receive buffer; a quarter of a frame less keeps
 # the wake-up well inside what a small buffer can hold.
 _MAX_RCVLOWAT: Final = 768 * 1024
-# How long aclose() tries to send the FIN before it just closes the socket.
-CLOSE_GRACE: Final = 2.0
+# How long closing tries to send our FIN (the channel's, or the setup stream's) before
+# it just closes.  A FIN is a few bytes, which a socket takes at once unless the peer
+# stopped reading; then waiting longer would not help.
+FIN_GRACE: Final = 2.0
 # Addresses of one peer tried for its data port: the connection's, then a few it announces.
 MAX_DATA_IPS: Final = 4
 _UNSPECIFIED: Final = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared, never bound
@@ -419,7 +421,7 @@ class EncryptedStream:
             return
         try:
             if not (self._sending or self._send_broken or self._sealer.finished):
-                with trio.move_on_after(CLOSE_GRACE):
+                with trio.move_on_after(FIN_GRACE):
                     await self._send_raw(self._sealer.seal_fin())
         except (StreamBrokenError, trio.ClosedResourceError):
             log.debug("FIN to %s not sent; the connection is gone", self.peer_id)
@@ -726,7 +728,7 @@ async def _request_offer(
         await stream.send_all(encode_open(request))
         reply = decode_reply(await _receive_setup_frame(stream, "OFFER"))
     finally:
-        with trio.move_on_after(CLOSE_GRACE):
+        with trio.move_on_after(FIN_GRACE):
             await stream.aclose()
     if isinstance(reply, Refuse):
         raise DataChannelRefusedError(reply.code, reply.reason)

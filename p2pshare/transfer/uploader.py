@@ -91,8 +91,10 @@ _JOIN_BELOW: Final = 512 * 1024
 # Bytes of a DATA frame besides its chunk: the length prefix and the DATA header.
 DATA_FRAME_OVERHEAD: Final = HEADER_SIZE + DATA_HEADER_SIZE
 # How long a failing stream may wait for the frame being written to finish, so that
-# its closing ERROR 0 can follow it; past that the stream is reset without one.
-CLOSE_GRACE: Final = 5.0
+# its closing ERROR 0 can follow it; past that the stream is reset without one.  Longer
+# than the data channel's FIN_GRACE: the frame in flight may be a whole chunk (up to
+# 16 MiB) on a slow link, where a FIN is a few bytes.
+ABORT_GRACE: Final = 5.0
 # Share shapes (chunk and page counts) kept for range checks: a content ID names the
 # exact bytes of its manifest, so an entry never goes stale.
 _SHAPE_CACHE_SIZE: Final = 1024
@@ -294,7 +296,7 @@ class TransferServer:
         first = self._failure is None
         if first:
             self._failure = exc
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+        with trio.CancelScope(shield=True), trio.move_on_after(ABORT_GRACE):
             # Waiting for the lock lets a frame being written finish first.
             async with self._send_lock:
                 self._scope.cancel()

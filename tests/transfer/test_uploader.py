@@ -56,7 +56,7 @@ from p2pshare.proto.transfer import (
     encode,
 )
 from p2pshare.transfer.uploader import (
-    CLOSE_GRACE,
+    ABORT_GRACE,
     DATA_FRAME_OVERHEAD,
     RunBlocking,
     UploadLimiter,
@@ -778,7 +778,7 @@ async def test_a_violation_while_the_client_does_not_read_ends_after_a_grace(
             start_time = trio.current_time()
             await client.stream.send_all(b"\x00\x00\x00\x05\x99junk")
             await server.done.wait()
-            assert trio.current_time() - start_time == pytest.approx(CLOSE_GRACE)
+            assert trio.current_time() - start_time == pytest.approx(ABORT_GRACE)
     assert isinstance(server.error, RemoteProtocolError)
 
 
