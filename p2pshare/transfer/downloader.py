@@ -24,6 +24,7 @@ on another core meanwhile, and the thread hand-off is paid once per batch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from contextlib import aclosing, suppress
@@ -40,6 +41,7 @@ from p2pshare.proto.pages import HashPage, page_for_chunk
 from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest
 from p2pshare.proto.transfer import MAX_CHUNKS_PER_REQUEST, UnknownContentError
 from p2pshare.store.catalog import DownloadRow
+from p2pshare.transfer.blocking import RunBlocking, run_in_thread
 from p2pshare.transfer.output import PartialOutput, check_destination
 from p2pshare.transfer.peer import PeerLink
 from p2pshare.transfer.picker import Picker
@@ -224,9 +226,11 @@ class Download:
         progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
         pipeline: int = PIPELINE,
         announce: Callable[[], None] | None = None,
+        run_blocking: RunBlocking = run_in_thread,
     ) -> None:
         """``announce`` is called once, when the first verified chunks are on disk and
-        served to other peers (``get`` announces the content in the DHT then)."""
+        served to other peers (``get`` announces the content in the DHT then).
+        ``run_blocking`` runs hashing, writing and fsync off the event loop."""
         self.cid = cid
         self.dest = dest
         self._force = force
@@ -238,6 +242,7 @@ class Download:
         self._progress = progress
         self._pipeline = pipeline
         self._announce = announce
+        self._run_blocking = run_blocking
         self._announced = False
         self.signed: SignedManifest | None = None
         self.pages: dict[int, HashPage] = {}
@@ -740,7 +745,7 @@ class Download:
         # A chunk verified since it was asked for (an endgame duplicate) is not
         # written again.
         fresh = [arrival for arrival in batch if not picker.verified[arrival.index]]
-        good = await trio.to_thread.run_sync(_check_and_write, self.output, fresh)
+        good = await self._run_blocking(functools.partial(_check_and_write, self.output, fresh))
         for arrival, ok in zip(fresh, good, strict=True):
             if not ok:
                 self._drop(arrival.peer, "sent a chunk that fails verification", ban=True)
@@ -801,7 +806,7 @@ class Download:
             snapshot = self._picker.verified.copy()
             self._unsynced = 0
             self._last_persist = time.monotonic()
-            await trio.to_thread.run_sync(self.output.sync)
+            await self._run_blocking(self.output.sync)
             self.durable = snapshot
             self._save_row("running", snapshot)
         finally:

@@ -34,7 +34,7 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
 
@@ -68,6 +68,7 @@ from p2pshare.proto.transfer import (
     encode,
     encode_data_header,
 )
+from p2pshare.transfer.blocking import RunBlocking, run_in_thread
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -100,17 +101,6 @@ ABORT_GRACE: Final = 5.0
 _SHAPE_CACHE_SIZE: Final = 1024
 # The shortest wait of UploadLimiter, so float rounding cannot make it spin.
 _MIN_WAIT: Final = 0.001
-
-
-class RunBlocking(Protocol):
-    """Runs a blocking call (a ContentSource method) without blocking the event loop."""
-
-    def __call__(self, fn: Callable[[], _T], /) -> Awaitable[_T]: ...
-
-
-async def run_in_thread(fn: Callable[[], _T]) -> _T:
-    """The default RunBlocking: a trio worker thread (disk reads release the GIL)."""
-    return await trio.to_thread.run_sync(fn)
 
 
 # --- the daemon-wide upload cap ------------------------------------------------------

@@ -58,7 +58,6 @@ from p2pshare.proto.transfer import (
 from p2pshare.transfer.uploader import (
     ABORT_GRACE,
     DATA_FRAME_OVERHEAD,
-    RunBlocking,
     UploadLimiter,
     serve_transfer,
 )
@@ -69,6 +68,7 @@ if TYPE_CHECKING:
     from p2pshare.proto.manifest import Manifest
     from p2pshare.proto.pages import HashPage
     from p2pshare.proto.signed_manifest import SignedManifest
+    from p2pshare.transfer.blocking import RunBlocking
 
     TestStream = trio.StapledStream[Any, Any]
 
