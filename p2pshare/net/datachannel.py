@@ -16,7 +16,8 @@ went silent, vanished without a FIN or RST, or stopped reading) fails with
 :class:`DataChannelIdleError`, so it never holds a task and a connection slot forever.
 
 What keeps it fast: 1 MiB frames, a preallocated receive buffer filled with
-``recv_into`` (no bytes joined or sliced per read), ``encrypt_into`` a preallocated
+``recv_into`` (no bytes joined or sliced per read; the buffer and the frame reassembly
+are the sans-IO FrameReader's), ``encrypt_into`` a preallocated
 send buffer, and the AEAD of large frames inline while it is fast (AES-NI: 0.15 ms per
 MiB) or in a worker thread once it is measured slow (see OFFLOAD_ABOVE).
 
@@ -293,7 +294,7 @@ class EncryptedStream:
         return piece
 
     async def _next_plaintext(self) -> bytes:
-        """Receive until one whole frame is buffered (p2pshare.proto's FrameReader), decrypt it."""
+        """Receive until the reader holds one whole frame, then decrypt it."""
         did_io = False
         while (ciphertext := self._reader.next_ciphertext()) is None:
             self._wake_at(self._reader.wanted())
