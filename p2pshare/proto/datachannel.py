@@ -1,6 +1,7 @@
 """The data channel: an encrypted TCP connection for bulk data, authorised over libp2p.
 
-Sans-IO: messages, the key schedule, the session table and the AEAD frame layer.
+Sans-IO: messages, the key schedule, the session table, the AEAD frame layer and
+the receive buffer that reassembles frames (:class:`FrameReader`).
 The shell (p2pshare.net.datachannel) owns the sockets, the clock and the random
 numbers and passes them in.  Normative description and security argument:
 docs/data-channel.md.
