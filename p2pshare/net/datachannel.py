@@ -53,9 +53,7 @@ from p2pshare.net.streams import StreamBrokenError
 from p2pshare.proto.datachannel import (
     CLIENT_HELLO_SIZE,
     DEFAULT_CIPHERS,
-    MAX_PLAINTEXT,
     MAX_SETUP_FRAME,
-    MAX_WIRE_FRAME,
     NONCE_SIZE,
     PROTOCOL_ID,
     SECRET_SIZE,
@@ -65,7 +63,6 @@ from p2pshare.proto.datachannel import (
     ChannelOffer,
     ChannelVersionError,
     DataChannelRefusedError,
-    FrameReader,
     NoCommonCipherError,
     Open,
     PendingSession,
@@ -74,13 +71,18 @@ from p2pshare.proto.datachannel import (
     SessionKeys,
     SessionLimitError,
     SessionTable,
-    TruncatedStreamError,
     client_keys,
     decode_open,
     decode_reply,
     encode_open,
     encode_reply,
     refusal_for,
+)
+from p2pshare.proto.dataframes import (
+    MAX_PLAINTEXT,
+    MAX_WIRE_FRAME,
+    FrameReader,
+    TruncatedStreamError,
 )
 from p2pshare.proto.framing import FrameDecoder
 from p2pshare.proto.transfer import Role
@@ -91,7 +93,7 @@ if TYPE_CHECKING:
     from libp2p.abc import IHost
 
     from p2pshare.net.streams import ByteStream, HandlerGuard, LibP2PStream
-    from p2pshare.proto.datachannel import Cipher
+    from p2pshare.proto.dataframes import Cipher
 
 log = logging.getLogger(__name__)
 

@@ -9,16 +9,9 @@ from hypothesis import strategies as st
 
 from p2pshare.proto.datachannel import (
     CLIENT_HELLO_SIZE,
-    INITIAL_RECEIVE_BUFFER,
-    MAX_CIPHERTEXT,
-    MAX_RECEIVE_BUFFER,
     SESSION_ID_SIZE,
     Channel,
     ChannelOffer,
-    Cipher,
-    FrameOpener,
-    FrameReader,
-    FrameSealer,
     Open,
     Refuse,
     SessionKeys,
@@ -27,6 +20,15 @@ from p2pshare.proto.datachannel import (
     decode_reply,
     encode_open,
     encode_reply,
+)
+from p2pshare.proto.dataframes import (
+    INITIAL_RECEIVE_BUFFER,
+    MAX_CIPHERTEXT,
+    MAX_RECEIVE_BUFFER,
+    Cipher,
+    FrameOpener,
+    FrameReader,
+    FrameSealer,
 )
 from p2pshare.proto.framing import HEADER_SIZE
 from p2pshare.proto.transfer import Role

@@ -1,4 +1,4 @@
-"""Driving proto.datachannel.FrameReader as EncryptedStream does, without a socket.
+"""Driving proto.dataframes.FrameReader as EncryptedStream does, without a socket.
 
 The kernel is modelled as the bytes that have arrived: each read takes what fits the
 reader's free space (and at most the size a test chose), then every frame that became
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from p2pshare.proto.datachannel import FrameReader
+    from p2pshare.proto.dataframes import FrameReader
 
 
 def receive(
