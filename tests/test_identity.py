@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from p2pshare.errors import ConfigError, IntegrityError, UserError
-from p2pshare.identity import NodeKey, peer_id_from_public_key, verify_signature
+from p2pshare.identity import NodeKey
+from p2pshare.proto.keys import peer_id_from_public_key, verify_signature
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -24,7 +24,6 @@ import trio
 
 from p2pshare.compute.channel import JobChannel
 from p2pshare.errors import RemoteError, RemoteProtocolError, UserError
-from p2pshare.identity import public_key_from_peer_id
 from p2pshare.proto.job import (
     Accept,
     Cancel,
@@ -37,6 +36,7 @@ from p2pshare.proto.job import (
     Result,
     verify_receipt,
 )
+from p2pshare.proto.keys import public_key_from_peer_id
 from p2pshare.proto.offer import verify_offer
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ The sandbox layers, from the module inwards (docs/compute.md, "Security boundary
 2. **wasmtime limits.**  Fuel (``out_of_fuel``), a store memory limit
    (``memory_limit``), a fixed maximum wasm stack (``stack_overflow``), an epoch
    deadline driven by a ticker thread (``timeout``).
-3. **WASI profile.**  stdin from a file, input files in a read-only preopened
+3. **WASI profile.**  stdin from memory or a file, input files in a read-only preopened
    directory, no environment, no sockets.  stdout and stderr are written by our
    own ``fd_write`` so the stdout cap traps the guest at the exact byte
    (``output_limit``); the clock stands still, ``random_get`` is a BLAKE3 stream
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Final
 
 import blake3
 import wasmtime
+from wasmtime import _bindings as wasmtime_c
 
 from p2pshare.compute.errors import ForbiddenImportError, InvalidModuleError, SandboxError
 from p2pshare.compute.imports import (
@@ -433,14 +434,12 @@ class Sandbox:
         except ForbiddenImportError as exc:
             return refused(JobStatus.FORBIDDEN_IMPORT, str(exc))
         with tempfile.TemporaryDirectory(prefix="p2pshare-job-", dir=self._work_dir) as tmp:
-            root, stdin = _materialise(job, Path(tmp))
+            root = _materialise(job, Path(tmp))
             if on_state is not None:
                 on_state(JobState.RUNNING)
-            return self._execute(job, module, root, stdin)
+            return self._execute(job, module, root)
 
-    def _execute(
-        self, job: SandboxJob, module: wasmtime.Module, root: Path, stdin: Path
-    ) -> SandboxResult:
+    def _execute(self, job: SandboxJob, module: wasmtime.Module, root: Path) -> SandboxResult:
         limits = job.limits
         host = _HostIO(limits.max_output, job.seed)
         try:
@@ -455,7 +454,7 @@ class Sandbox:
             store.set_fuel(limits.fuel)
             wasi = wasmtime.WasiConfig()
             wasi.argv = [PROGRAM_NAME, *job.args]
-            wasi.stdin_file = str(stdin)
+            _set_stdin(wasi, job.stdin)
             wasi.preopen_dir(str(root), GUEST_ROOT, fs_mutable=False)
             store.set_wasi(wasi)
             linker = wasmtime.Linker(self.engine)
@@ -588,8 +587,30 @@ def _classify_trap(exc: wasmtime.Trap, limits: JobLimits) -> _Outcome:
     return _Outcome(status, 0, _first_line(exc.message))
 
 
-def _materialise(job: SandboxJob, tmp: Path) -> tuple[Path, Path]:
-    """Lay out the inputs under ``tmp/root`` and find stdin; return (root, stdin path).
+def _set_stdin(wasi: wasmtime.WasiConfig, stdin: InputSource) -> None:
+    """The guest's stdin: bytes from memory, a host file through wasmtime's reader.
+
+    wasmtime reads a stdin *file* in a task on its own runtime thread, and that task
+    closes the file a moment after the store is gone, when the worker may already
+    have answered.  Bytes (the empty stdin of a job without one, and any stdin the
+    pool did not spill to a file) go in through ``wasi_config_set_stdin_bytes``
+    instead: no file, no task, nothing left open once :meth:`Sandbox.run` returns.
+    wasmtime-py 50 has no setter for it, so it is called as the C API it wraps.
+    """
+    if isinstance(stdin, Path):
+        wasi.stdin_file = str(stdin)
+        return
+    data = bytes(stdin)
+    vec = wasmtime_c.wasm_byte_vec_t()
+    # wasm_byte_vec_new copies from the bytes object's own buffer.
+    pointer = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
+    wasmtime_c.wasm_byte_vec_new(ctypes.byref(vec), len(data), pointer)
+    # Takes the vector's contents: nothing is left to free here.
+    wasmtime_c.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
+
+
+def _materialise(job: SandboxJob, tmp: Path) -> Path:
+    """Lay out the inputs under ``tmp/root``; return that root.
 
     Files and directories get a fixed mtime and atime, so a program that looks at
     them sees the same on every worker.  Inputs are copied, never linked: the guest
@@ -607,12 +628,9 @@ def _materialise(job: SandboxJob, tmp: Path) -> tuple[Path, Path]:
             os.utime(directory, (FIXED_FILE_TIME, FIXED_FILE_TIME))
         if isinstance(job.stdin, Path):
             _check_regular(job.stdin)
-            return root, job.stdin
-        stdin = tmp / "stdin"
-        stdin.write_bytes(job.stdin)
     except OSError as exc:
         raise SandboxError(f"cannot prepare the job's files: {exc}") from exc
-    return root, stdin
+    return root
 
 
 def _walk_bottom_up(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:

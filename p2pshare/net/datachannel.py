@@ -16,7 +16,8 @@ went silent, vanished without a FIN or RST, or stopped reading) fails with
 :class:`DataChannelIdleError`, so it never holds a task and a connection slot forever.
 
 What keeps it fast: 1 MiB frames, a preallocated receive buffer filled with
-``recv_into`` (no bytes joined or sliced per read), ``encrypt_into`` a preallocated
+``recv_into`` (no bytes joined or sliced per read; the buffer and the frame reassembly
+are the sans-IO FrameReader's), ``encrypt_into`` a preallocated
 send buffer, and the AEAD of large frames inline while it is fast (AES-NI: 0.15 ms per
 MiB) or in a worker thread once it is measured slow (see OFFLOAD_ABOVE).
 
@@ -53,29 +54,24 @@ from p2pshare.net.streams import StreamBrokenError
 from p2pshare.proto.datachannel import (
     CLIENT_HELLO_SIZE,
     DEFAULT_CIPHERS,
-    HEADER_SIZE,
-    MAX_PLAINTEXT,
     MAX_SETUP_FRAME,
-    MAX_WIRE_FRAME,
     NONCE_SIZE,
     PROTOCOL_ID,
     SECRET_SIZE,
     SERVER_HELLO_SIZE,
     SESSION_ID_SIZE,
     Channel,
+    ChannelOffer,
+    ChannelVersionError,
     DataChannelRefusedError,
     NoCommonCipherError,
-    Offer,
     Open,
     PendingSession,
     Refuse,
     RefuseCode,
-    Role,
     SessionKeys,
     SessionLimitError,
     SessionTable,
-    TruncatedStreamError,
-    UnsupportedVersionError,
     client_keys,
     decode_open,
     decode_reply,
@@ -83,7 +79,14 @@ from p2pshare.proto.datachannel import (
     encode_reply,
     refusal_for,
 )
+from p2pshare.proto.dataframes import (
+    MAX_PLAINTEXT,
+    MAX_WIRE_FRAME,
+    FrameReader,
+    TruncatedStreamError,
+)
 from p2pshare.proto.framing import FrameDecoder
+from p2pshare.proto.transfer import Role
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -91,7 +94,7 @@ if TYPE_CHECKING:
     from libp2p.abc import IHost
 
     from p2pshare.net.streams import ByteStream, HandlerGuard, LibP2PStream
-    from p2pshare.proto.datachannel import Cipher
+    from p2pshare.proto.dataframes import Cipher
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +114,13 @@ _T = TypeVar("_T")
 THREAD_THRESHOLD: Final = 64 * 1024
 OFFLOAD_ABOVE: Final = 0.002
 _MIB: Final = 1 << 20
-# The receive buffer starts small (control streams never need more) and grows to
-# hold a full frame plus what one read brings beyond it.
-_INITIAL_RECEIVE_BUFFER: Final = 64 * 1024
-_RECEIVE_SLACK: Final = 64 * 1024
 # Linux caps SO_RCVLOWAT at half the receive buffer; a quarter of a frame less keeps
 # the wake-up well inside what a small buffer can hold.
 _MAX_RCVLOWAT: Final = 768 * 1024
-# How long aclose() tries to send the FIN before it just closes the socket.
-CLOSE_GRACE: Final = 2.0
+# How long closing tries to send our FIN (the channel's, or the setup stream's) before
+# it just closes.  A FIN is a few bytes, which a socket takes at once unless the peer
+# stopped reading; then waiting longer would not help.
+FIN_GRACE: Final = 2.0
 # Addresses of one peer tried for its data port: the connection's, then a few it announces.
 MAX_DATA_IPS: Final = 4
 _UNSPECIFIED: Final = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared, never bound
@@ -244,12 +245,8 @@ class EncryptedStream:
                     trio.socket.IPPROTO_TCP, trio.socket.TCP_NOTSENT_LOWAT, MAX_WIRE_FRAME
                 )
         self._sealer = channel.sealer
-        self._opener = channel.opener
-        self._receive_buffer = bytearray(_INITIAL_RECEIVE_BUFFER)
+        self._reader = FrameReader(channel.opener)
         self._rcvlowat = 1
-        self._start = 0
-        self._end = 0
-        self._need: int | None = None
         self._leftover: bytes = b""
         self._leftover_pos = 0
         self._send_buffer: bytearray | None = None
@@ -279,8 +276,6 @@ class EncryptedStream:
                 return b""
             plaintext = await self._next_plaintext()
             if not plaintext:
-                if self._end > self._start:
-                    raise RemoteProtocolError(f"{self.peer_id} sent data after its FIN")
                 self._eof = True
                 return b""
             if max_bytes is None or len(plaintext) <= max_bytes:
@@ -304,34 +299,14 @@ class EncryptedStream:
         return piece
 
     async def _next_plaintext(self) -> bytes:
-        """Read until one whole frame is buffered, then open it."""
+        """Receive until the reader holds one whole frame, then decrypt it."""
         did_io = False
-        while True:
-            available = self._end - self._start
-            if self._need is None and available >= HEADER_SIZE:
-                header = self._receive_buffer[self._start : self._start + HEADER_SIZE]
-                self._need = self._opener.frame_length(header)
-                self._start += HEADER_SIZE
-                available -= HEADER_SIZE
-            if self._need is not None and available >= self._need:
-                return await self._open_buffered(self._need, did_io=did_io)
-            wanted = (HEADER_SIZE if self._need is None else self._need) - available
-            self._make_room(available, wanted)
-            self._wake_at(wanted)
+        while (ciphertext := self._reader.next_ciphertext()) is None:
+            self._wake_at(self._reader.wanted())
             did_io = True
             await self._fill()
-
-    async def _open_buffered(self, length: int, *, did_io: bool) -> bytes:
-        start = self._start
-        self._start += length
-        self._need = None
-        with memoryview(self._receive_buffer) as view, view[start : start + length] as ciphertext:
-            plaintext = await self._open_placement.run(
-                functools.partial(self._opener.open, ciphertext), length, checkpoint=not did_io
-            )
-        if self._start == self._end:
-            self._start = self._end = 0
-        return plaintext
+        decrypt = functools.partial(self._reader.decrypt, ciphertext)
+        return await self._open_placement.run(decrypt, len(ciphertext), checkpoint=not did_io)
 
     def _wake_at(self, wanted: int) -> None:
         """Let the kernel report the socket readable only once ``wanted`` bytes are in.
@@ -346,39 +321,23 @@ class EncryptedStream:
             with contextlib.suppress(OSError):
                 self._stream.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVLOWAT, lowat)
 
-    def _make_room(self, available: int, wanted: int) -> None:
-        """Ensure ``wanted`` more bytes fit after the buffered ones."""
-        size = len(self._receive_buffer)
-        if size - self._end >= wanted:
-            return
-        if available + wanted > size:
-            grown = bytearray(max(MAX_WIRE_FRAME + _RECEIVE_SLACK, available + wanted))
-            grown[:available] = self._receive_buffer[self._start : self._end]
-            self._receive_buffer = grown
-        else:
-            self._receive_buffer[:available] = self._receive_buffer[self._start : self._end]
-        self._start, self._end = 0, available
-
     async def _fill(self) -> None:
-        with memoryview(self._receive_buffer) as view, view[self._end :] as free:
-            while True:
-                # A trio socket call cancelled while it waits has consumed nothing.
-                with trio.move_on_at(self._last_activity + self._idle_timeout):
-                    try:
-                        received = await self._stream.socket.recv_into(free, len(free))
-                    except OSError as exc:
-                        raise StreamBrokenError(
-                            f"data channel from {self.peer_id} broke: {exc!r}"
-                        ) from exc
-                    break
-                self._check_idle()
+        free = self._reader.free_space()
+        while True:
+            # A trio socket call cancelled while it waits has consumed nothing.
+            with trio.move_on_at(self._last_activity + self._idle_timeout):
+                try:
+                    received = await self._stream.socket.recv_into(free, len(free))
+                except OSError as exc:
+                    raise StreamBrokenError(
+                        f"data channel from {self.peer_id} broke: {exc!r}"
+                    ) from exc
+                break
+            self._check_idle()
         self._last_activity = trio.current_time()
         if not received:
-            raise TruncatedStreamError(
-                f"the data channel from {self.peer_id} ended without its FIN"
-                " (the peer failed, or the connection was cut)"
-            )
-        self._end += received
+            self._reader.end_of_stream(self.peer_id)
+        self._reader.advance(received)
 
     # -- sending
 
@@ -468,7 +427,7 @@ class EncryptedStream:
             return
         try:
             if not (self._sending or self._send_broken or self._sealer.finished):
-                with trio.move_on_after(CLOSE_GRACE):
+                with trio.move_on_after(FIN_GRACE):
                     await self._send_raw(self._sealer.seal_fin())
         except (StreamBrokenError, trio.ClosedResourceError):
             log.debug("FIN to %s not sent; the connection is gone", self.peer_id)
@@ -601,11 +560,11 @@ class DataChannelServer:
                 request_bytes = await _receive_setup_frame(stream, "OPEN")
         except trio.TooSlowError:
             raise RemoteProtocolError(f"{peer} sent no OPEN in time") from None
-        reply: Offer | Refuse
+        reply: ChannelOffer | Refuse
         try:
             request = decode_open(request_bytes)
             reply = self._offer(request, peer)
-        except (UnsupportedVersionError, NoCommonCipherError, SessionLimitError) as exc:
+        except (ChannelVersionError, NoCommonCipherError, SessionLimitError) as exc:
             self.refused[type(exc).__name__] += 1
             reply = refusal_for(exc)
         except RemoteProtocolError as exc:
@@ -614,7 +573,7 @@ class DataChannelServer:
             reply = refusal_for(exc)
         await stream.send_all(encode_reply(reply))
 
-    def _offer(self, request: Open, peer: str) -> Offer | Refuse:
+    def _offer(self, request: Open, peer: str) -> ChannelOffer | Refuse:
         port = self._port
         if port is None:
             self.refused["not_running"] += 1
@@ -794,7 +753,7 @@ async def _request_offer(
         await stream.send_all(encode_open(request))
         reply = decode_reply(await _receive_setup_frame(stream, "OFFER"))
     finally:
-        with trio.move_on_after(CLOSE_GRACE):
+        with trio.move_on_after(FIN_GRACE):
             await stream.aclose()
     if isinstance(reply, Refuse):
         raise DataChannelRefusedError(reply.code, reply.reason)

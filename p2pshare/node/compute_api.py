@@ -36,6 +36,8 @@ from p2pshare.errors import P2PShareError, RemoteError, UserError
 from p2pshare.modes import file_mode
 from p2pshare.net.peers import open_stream
 from p2pshare.node.job_outputs import JobOutputs
+from p2pshare.node.timeouts import WORKER_FIND_TIMEOUT, WORKER_OPEN_TIMEOUT
+from p2pshare.proto.cid import ContentId
 from p2pshare.proto.job import (
     NONCE_SIZE,
     PROTOCOL_ID,
@@ -76,8 +78,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OPEN_TIMEOUT: Final = 10.0
-FIND_TIMEOUT: Final = 5.0
 MAX_REPLICAS: Final = 16
 # Workers asked for an offer per job: enough to replace a few busy ones.
 CANDIDATES_PER_REPLICA: Final = 4
@@ -161,7 +161,7 @@ class ComputeApi:
                 out.write(self.store.read_chunk(cid, index))
 
     async def _open(self, peer_id: str, addrs: Sequence[str]) -> ByteStream:
-        return await open_stream(self.host, peer_id, addrs, PROTOCOL_ID, OPEN_TIMEOUT)
+        return await open_stream(self.host, peer_id, addrs, PROTOCOL_ID, WORKER_OPEN_TIMEOUT)
 
     # -- control methods
 
@@ -175,7 +175,7 @@ class ComputeApi:
         return self.service.status()
 
     async def peers(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
-        timeout = _number(params, "timeout", FIND_TIMEOUT, 0.1, 60)
+        timeout = _number(params, "timeout", WORKER_FIND_TIMEOUT, 0.1, 60)
         workers, failures = await self._workers(int(_number(params, "limit", 20, 1, 100)), timeout)
         return {
             "workers": [_worker_doc(w) for w in workers],
@@ -266,7 +266,7 @@ class ComputeApi:
 
     async def _choose(self, spec: JobSpec, replicas: int, created: list[str]) -> list[Worker]:
         want = replicas * CANDIDATES_PER_REPLICA
-        workers, failures = await self._workers(want, FIND_TIMEOUT)
+        workers, failures = await self._workers(want, WORKER_FIND_TIMEOUT)
         holdings = await self._holdings(spec, created)
         input_bytes = await self._input_bytes(spec)
         able, unable = rank_workers(workers, spec.limits, input_bytes, holdings)
@@ -280,7 +280,7 @@ class ComputeApi:
         counts: dict[str, int] = {}
 
         async def holders(cid: ContentId) -> None:
-            for provider in await self.discovery.find(str(cid), FIND_TIMEOUT):
+            for provider in await self.discovery.find(str(cid), WORKER_FIND_TIMEOUT):
                 counts[provider.peer_id] = counts.get(provider.peer_id, 0) + 1
 
         async with trio.open_nursery() as nursery:

@@ -15,6 +15,7 @@ from p2pshare.modes import read_umask
 from p2pshare.net.datachannel import DataChannelOpenError, open_data_channel
 from p2pshare.net.peers import on_connected, open_stream
 from p2pshare.node.downloads import ACTIVE, DownloadManager, remove_partial
+from p2pshare.node.timeouts import PROVIDER_FIND_TIMEOUT, PROVIDER_OPEN_TIMEOUT
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.job import JobRejectedError, RejectCode
 from p2pshare.proto.ticket import parse_content_ref
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     from p2pshare.transfer.source import LocalContent
 
 log = logging.getLogger(__name__)
-OPEN_TIMEOUT = 15.0
-FIND_TIMEOUT = 10.0
 DATA_CHANNEL_TIMEOUT = 5.0
 
 
@@ -76,7 +75,7 @@ class TransferApi:
         except DataChannelOpenError as exc:
             log.info("no data channel to %s (%s); using the libp2p stream", source.peer_id, exc)
             stream = await open_stream(
-                self.host, source.peer_id, source.addrs, PROTOCOL_ID, OPEN_TIMEOUT
+                self.host, source.peer_id, source.addrs, PROTOCOL_ID, PROVIDER_OPEN_TIMEOUT
             )
             paths[source.peer_id] = "libp2p"
         return stream
@@ -116,7 +115,7 @@ class TransferApi:
         hints = [Source(peer, addrs) for peer, addrs in request.sources if peer != me]
 
         async def find() -> list[Source]:
-            found = await self.discovery.find(key, FIND_TIMEOUT)
+            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT)
             return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
 
         paths: dict[str, str] = {}
@@ -169,7 +168,7 @@ class TransferApi:
         key = str(cid)
 
         async def find() -> list[Source]:
-            found = await self.discovery.find(key, FIND_TIMEOUT)
+            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT)
             return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
 
         async def check_size(data: dict[str, Any]) -> None:

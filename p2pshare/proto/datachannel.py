@@ -1,6 +1,7 @@
 """The data channel: an encrypted TCP connection for bulk data, authorised over libp2p.
 
-Sans-IO: messages, the key schedule, the session table and the AEAD frame layer.
+Sans-IO: messages, the key schedule, the session table and one end's crypto state
+(:class:`Channel`); the AEAD frames and their reassembly are p2pshare.proto.dataframes.
 The shell (p2pshare.net.datachannel) owns the sockets, the clock and the random
 numbers and passes them in.  Normative description and security argument:
 docs/data-channel.md.
@@ -18,33 +19,19 @@ connects a TCP socket to the server's ``port``::
     client -> server  session_id | hello frame (client key, counter 0)
     server -> client  hello frame (server key, counter 0)
 
-after which both directions carry frames::
-
-    length u32 BE (ciphertext bytes, tag included) | AEAD(key, nonce = counter u96 BE, plaintext)
-
-A plaintext is 1 byte .. 1 MiB; an empty plaintext is FIN, the authenticated end of
-that direction.  Counters are implicit, so a dropped, replayed or reordered frame
-fails authentication.
+after which both directions carry AEAD frames (p2pshare.proto.dataframes).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from p2pshare.errors import (
-    IntegrityError,
-    LocalProtocolError,
-    RemoteError,
-    RemoteProtocolError,
-)
+from p2pshare.errors import LocalProtocolError, RemoteError, RemoteProtocolError
 from p2pshare.proto.canonical import (
     expect_bytes,
     expect_int,
@@ -53,12 +40,21 @@ from p2pshare.proto.canonical import (
     pack,
     unpack,
 )
-from p2pshare.proto.framing import FrameTooLargeError, encode_frame
+from p2pshare.proto.dataframes import (
+    TAG_SIZE,
+    Cipher,
+    FrameAuthenticationError,
+    FrameOpener,
+    FrameSealer,
+    sealed_size,
+)
+from p2pshare.proto.framing import HEADER_SIZE, encode_frame
+from p2pshare.proto.transfer import Role
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-BytesLike: TypeAlias = bytes | bytearray | memoryview
+    from p2pshare.proto.chunks import BytesLike
 
 PROTOCOL_ID: Final = "/p2pshare/data/1.0.0"
 VERSION: Final = 1
@@ -67,16 +63,6 @@ NONCE_SIZE: Final = 32
 SESSION_ID_SIZE: Final = 16
 SECRET_SIZE: Final = 32
 KEY_SIZE: Final = 32
-TAG_SIZE: Final = 16
-HEADER_SIZE: Final = 4
-# The largest plaintext of one frame: big enough that Python's work per byte stays
-# near zero, small enough to hold two of them per connection.
-MAX_PLAINTEXT: Final = 1 << 20
-MAX_CIPHERTEXT: Final = MAX_PLAINTEXT + TAG_SIZE
-MAX_WIRE_FRAME: Final = HEADER_SIZE + MAX_CIPHERTEXT
-# Frames per direction before the channel refuses to go on (4 PiB at 1 MiB frames):
-# far below the 2^96 nonces, and where AES-GCM's bounds are still comfortable.
-MAX_FRAMES: Final = 1 << 32
 # OPEN, OFFER and REFUSE are below 200 bytes; 1 KiB leaves room for later fields.
 MAX_SETUP_FRAME: Final = 1024
 MAX_REASON: Final = 200
@@ -91,13 +77,6 @@ SERVER_HELLO: Final = _DOMAIN + b" server hello"
 # What the client sends first on the TCP connection, and what the server answers.
 CLIENT_HELLO_SIZE: Final = SESSION_ID_SIZE + HEADER_SIZE + len(CLIENT_HELLO) + TAG_SIZE
 SERVER_HELLO_SIZE: Final = HEADER_SIZE + len(SERVER_HELLO) + TAG_SIZE
-
-
-class Cipher(StrEnum):
-    """The AEADs a data channel may use; the client lists them by preference."""
-
-    AES_256_GCM = "aes-256-gcm"
-    CHACHA20_POLY1305 = "chacha20-poly1305"
 
 
 _CIPHER_NAMES: Final = frozenset(c.value for c in Cipher)
@@ -121,14 +100,6 @@ class RefuseCode:
 # --- errors --------------------------------------------------------------------------
 
 
-class FrameAuthenticationError(IntegrityError):
-    """A frame failed authentication: corrupted, forged, replayed, reordered or dropped."""
-
-
-class TruncatedStreamError(IntegrityError):
-    """The connection ended without the peer's authenticated FIN."""
-
-
 class DataChannelRefusedError(RemoteError):
     """The peer answered OPEN with REFUSE; ``code`` says why."""
 
@@ -148,7 +119,7 @@ class SessionLimitError(RemoteError):
     """Too many sessions are pending (for this peer or altogether); OPEN is refused as busy."""
 
 
-class UnsupportedVersionError(RemoteProtocolError):
+class ChannelVersionError(RemoteProtocolError):
     """OPEN asked for a version this node does not speak."""
 
     def __init__(self, version: int) -> None:
@@ -173,7 +144,7 @@ class Open:
 
 
 @dataclass(frozen=True)
-class Offer:
+class ChannelOffer:
     """The server grants one: a single-use session, valid for a short time."""
 
     session_id: bytes
@@ -198,10 +169,10 @@ def encode_open(message: Open) -> bytes:
     return encode_frame(pack(body), MAX_SETUP_FRAME)
 
 
-def encode_reply(message: Offer | Refuse) -> bytes:
+def encode_reply(message: ChannelOffer | Refuse) -> bytes:
     """OFFER or REFUSE as one length-prefixed frame."""
     body: list[object]
-    if isinstance(message, Offer):
+    if isinstance(message, ChannelOffer):
         _check_size(message.session_id, SESSION_ID_SIZE, "session id")
         _check_size(message.server_nonce, NONCE_SIZE, "server nonce")
         _check_size(message.secret, SECRET_SIZE, "secret")
@@ -241,7 +212,7 @@ def _unpack_setup(data: bytes, what: str) -> list[object]:
 def decode_open(data: bytes) -> Open:
     """The body of an OPEN frame.
 
-    A version other than ours raises :class:`UnsupportedVersionError` before the rest is
+    A version other than ours raises :class:`ChannelVersionError` before the rest is
     read, so a newer client gets a clean REFUSE whatever it appended.
     """
     fields = _unpack_setup(data, "OPEN")
@@ -249,7 +220,7 @@ def decode_open(data: bytes) -> Open:
         raise RemoteProtocolError("the first setup message must be OPEN")
     version = expect_int(fields[1], what="OPEN version", low=0, high=2**32 - 1)
     if version != VERSION:
-        raise UnsupportedVersionError(version)
+        raise ChannelVersionError(version)
     if len(fields) != 4:
         raise RemoteProtocolError(f"OPEN version 1 has 4 fields, not {len(fields)}")
     nonce = expect_bytes(fields[2], what="client nonce", length=NONCE_SIZE, max_len=NONCE_SIZE)
@@ -268,7 +239,7 @@ def decode_open(data: bytes) -> Open:
     return Open(client_nonce=nonce, ciphers=tuple(ciphers), version=version)
 
 
-def decode_reply(data: bytes) -> Offer | Refuse:
+def decode_reply(data: bytes) -> ChannelOffer | Refuse:
     """The body of the server's OFFER or REFUSE frame."""
     fields = _unpack_setup(data, "the data channel reply")
     kind = fields[0]
@@ -284,7 +255,7 @@ def decode_reply(data: bytes) -> Offer | Refuse:
         name = expect_str(fields[5], what="cipher")
         if name not in _CIPHER_NAMES:
             raise RemoteProtocolError(f"the server chose an unknown cipher {name[:_MAX_NAME]!r}")
-        return Offer(session_id, nonce, port, secret, Cipher(name))
+        return ChannelOffer(session_id, nonce, port, secret, Cipher(name))
     if kind == "refuse":
         if len(fields) != 3:
             raise RemoteProtocolError(f"REFUSE has 3 fields, not {len(fields)}")
@@ -298,7 +269,7 @@ def decode_reply(data: bytes) -> Offer | Refuse:
 
 def refusal_for(exc: RemoteError) -> Refuse:
     """The REFUSE a server sends for a failed OPEN."""
-    if isinstance(exc, UnsupportedVersionError):
+    if isinstance(exc, ChannelVersionError):
         return Refuse(RefuseCode.UNSUPPORTED_VERSION, f"this node speaks version {VERSION}")
     if isinstance(exc, NoCommonCipherError):
         return Refuse(RefuseCode.NO_COMMON_CIPHER, "supported: " + ", ".join(Cipher))
@@ -379,7 +350,9 @@ def derive_keys(
     return SessionKeys(session_id, cipher, okm[:KEY_SIZE], okm[KEY_SIZE:])
 
 
-def client_keys(request: Open, offer: Offer, *, client_peer: str, server_peer: str) -> SessionKeys:
+def client_keys(
+    request: Open, offer: ChannelOffer, *, client_peer: str, server_peer: str
+) -> SessionKeys:
     """The client's keys for ``offer``; the chosen cipher must be one it asked for."""
     if offer.cipher not in request.ciphers:
         raise RemoteProtocolError(
@@ -443,7 +416,7 @@ class SessionTable:
         port: int,
         now: float,
         supported: Sequence[Cipher] = DEFAULT_CIPHERS,
-    ) -> Offer:
+    ) -> ChannelOffer:
         """Record a new session for ``peer_id`` and return the OFFER to send it.
 
         Raises SessionLimitError when too many are pending, NoCommonCipherError when the
@@ -457,7 +430,7 @@ class SessionTable:
         if session_id in self._pending:
             raise LocalProtocolError("session id collision: the shell must draw 16 random bytes")
         cipher = choose_cipher(request.ciphers, supported)
-        offer = Offer(session_id, server_nonce, port, secret, cipher)
+        offer = ChannelOffer(session_id, server_nonce, port, secret, cipher)
         keys = derive_keys(
             secret=secret,
             client_nonce=request.client_nonce,
@@ -480,239 +453,7 @@ class SessionTable:
         return session
 
 
-# --- frames --------------------------------------------------------------------------------
-
-
-def _aead(cipher: Cipher, key: bytes) -> AESGCM | ChaCha20Poly1305:
-    if cipher is Cipher.AES_256_GCM:
-        return AESGCM(key)
-    return ChaCha20Poly1305(key)
-
-
-def _nonce(counter: int) -> bytes:
-    return counter.to_bytes(12, "big")
-
-
-def sealed_size(plaintext_size: int) -> int:
-    """Bytes on the wire for a frame of ``plaintext_size`` plaintext bytes."""
-    return HEADER_SIZE + plaintext_size + TAG_SIZE
-
-
-class FrameSealer:
-    """Encrypts what one end sends: frame ``n`` under nonce ``n``, never twice."""
-
-    def __init__(self, cipher: Cipher, key: bytes, *, max_frames: int = MAX_FRAMES) -> None:
-        self._aead = _aead(cipher, key)
-        self._counter = 0
-        self._max_frames = max_frames
-        self._finished = False
-
-    @property
-    def counter(self) -> int:
-        """The nonce of the next frame (the number of frames sealed so far)."""
-        return self._counter
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    def _next_nonce(self) -> bytes:
-        if self._finished:
-            raise LocalProtocolError("this direction of the data channel is closed (FIN sent)")
-        if self._counter >= self._max_frames:
-            raise LocalProtocolError("the data channel used up its frames; open a new one")
-        # Advance first: even a failed encryption never gets its nonce back.
-        counter = self._counter
-        self._counter += 1
-        return _nonce(counter)
-
-    def seal_into(self, plaintext: BytesLike, out: memoryview | bytearray) -> int:
-        """Write the frame for ``plaintext`` (1 .. MAX_PLAINTEXT bytes) to ``out``; its size."""
-        size = len(plaintext)
-        if not 1 <= size <= MAX_PLAINTEXT:
-            raise LocalProtocolError(f"a data frame carries 1 .. {MAX_PLAINTEXT} bytes, not {size}")
-        return self._seal_into(plaintext, out)
-
-    def _seal_into(self, plaintext: BytesLike, out: memoryview | bytearray) -> int:
-        size = len(plaintext)
-        total = sealed_size(size)
-        if len(out) < total:
-            raise LocalProtocolError(f"a frame of {size} bytes needs a {total} byte buffer")
-        nonce = self._next_nonce()
-        view = memoryview(out)
-        view[:HEADER_SIZE] = (size + TAG_SIZE).to_bytes(HEADER_SIZE, "big")
-        self._aead.encrypt_into(nonce, plaintext, None, view[HEADER_SIZE:total])
-        return total
-
-    def seal(self, plaintext: BytesLike) -> bytes:
-        """The frame for ``plaintext`` as new bytes."""
-        out = bytearray(sealed_size(len(plaintext)))
-        self.seal_into(plaintext, out)
-        return bytes(out)
-
-    def seal_fin(self) -> bytes:
-        """The FIN frame; nothing can be sealed after it."""
-        out = bytearray(sealed_size(0))
-        self._seal_into(b"", out)
-        self._finished = True
-        return bytes(out)
-
-    def seal_hello(self, text: bytes) -> bytes:
-        """Frame 0 of a handshake (the shells use :class:`Channel`)."""
-        if self._counter != 0:
-            raise LocalProtocolError("the hello must be the first frame")
-        return self.seal(text)
-
-
-class FrameOpener:
-    """Checks and decrypts what the peer sends, frame ``n`` under nonce ``n``.
-
-    Any failure is final: the opener refuses every later frame, since the stream has
-    lost either its framing or its integrity.
-    """
-
-    def __init__(self, cipher: Cipher, key: bytes, *, max_frames: int = MAX_FRAMES) -> None:
-        self._aead = _aead(cipher, key)
-        self._counter = 0
-        self._max_frames = max_frames
-        self._finished = False
-        self._failed = False
-
-    @property
-    def counter(self) -> int:
-        return self._counter
-
-    @property
-    def finished(self) -> bool:
-        """True once the peer's FIN was authenticated."""
-        return self._finished
-
-    def _check_usable(self) -> None:
-        if self._failed:
-            raise RemoteProtocolError("the data channel has already failed")
-        if self._finished:
-            self._failed = True
-            raise RemoteProtocolError("the peer sent data after its FIN")
-
-    def frame_length(self, header: BytesLike) -> int:
-        """Ciphertext bytes that follow this 4-byte header; checks the bounds first."""
-        self._check_usable()
-        if len(header) != HEADER_SIZE:
-            raise LocalProtocolError(f"a frame header has {HEADER_SIZE} bytes")
-        length = int.from_bytes(header, "big")
-        if length > MAX_CIPHERTEXT:
-            self._failed = True
-            raise FrameTooLargeError(
-                f"data frame of {length} bytes exceeds the {MAX_CIPHERTEXT} byte limit"
-            )
-        if length < TAG_SIZE:
-            self._failed = True
-            raise RemoteProtocolError(f"data frame of {length} bytes is shorter than its tag")
-        return length
-
-    def open(self, ciphertext: BytesLike) -> bytes:
-        """The plaintext of the next frame; ``b""`` is the peer's FIN."""
-        self._check_usable()
-        if not TAG_SIZE <= len(ciphertext) <= MAX_CIPHERTEXT:
-            self._failed = True
-            raise RemoteProtocolError(f"data frame of {len(ciphertext)} bytes is out of bounds")
-        if self._counter >= self._max_frames:
-            self._failed = True
-            raise RemoteProtocolError("the peer sent more frames than a channel may carry")
-        counter = self._counter
-        try:
-            plaintext = self._aead.decrypt(_nonce(counter), ciphertext, None)
-        except InvalidTag:
-            self._failed = True
-            raise FrameAuthenticationError(
-                f"data frame {counter} failed authentication"
-                " (corrupted, forged, replayed, reordered or dropped)"
-            ) from None
-        self._counter += 1
-        if not plaintext:
-            self._finished = True
-        return plaintext
-
-    def open_hello(self, ciphertext: BytesLike, expected: bytes) -> None:
-        """Frame 0 must be exactly the peer's hello."""
-        if self._counter != 0:
-            raise LocalProtocolError("the hello is the first frame")
-        if len(ciphertext) != len(expected) + TAG_SIZE:
-            self._failed = True
-            raise FrameAuthenticationError("the hello frame has the wrong size")
-        if self.open(ciphertext) != expected:
-            self._failed = True
-            raise FrameAuthenticationError("the hello frame does not hold the expected hello")
-
-
-class FrameReader:
-    """Turns the ciphertext byte stream, fed in pieces of any size, into plaintexts.
-
-    ``next_plaintext`` returns each frame's plaintext, ``b""`` once for the FIN, and
-    None while it needs more bytes.  The shell calls ``end_of_stream`` when the
-    transport ends; that raises TruncatedStreamError unless FIN came first.
-    """
-
-    def __init__(self, opener: FrameOpener) -> None:
-        self._opener = opener
-        self._buffer = bytearray()
-        self._pos = 0
-        self._length: int | None = None
-        self._fin_returned = False
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer) - self._pos
-
-    def feed(self, data: BytesLike) -> None:
-        if not data:
-            return
-        if self._opener.finished:
-            raise RemoteProtocolError("the peer sent data after its FIN")
-        self._buffer += data
-
-    def next_plaintext(self) -> bytes | None:
-        if self._opener.finished:
-            if self._fin_returned:
-                return None
-            self._fin_returned = True
-            return b""
-        if self._length is None:
-            if self.buffered < HEADER_SIZE:
-                return None
-            header = bytes(self._buffer[self._pos : self._pos + HEADER_SIZE])
-            self._length = self._opener.frame_length(header)
-            self._pos += HEADER_SIZE
-        if self.buffered < self._length:
-            return None
-        end = self._pos + self._length
-        plaintext = self._opener.open(bytes(self._buffer[self._pos : end]))
-        self._pos = end
-        self._length = None
-        if self._pos > len(self._buffer) // 2:
-            del self._buffer[: self._pos]
-            self._pos = 0
-        if not plaintext:
-            if self.buffered:
-                raise RemoteProtocolError("the peer sent data after its FIN")
-            self._fin_returned = True
-        return plaintext
-
-    def end_of_stream(self) -> None:
-        """The transport ended: fine after FIN, a truncation otherwise."""
-        if not self._opener.finished:
-            raise TruncatedStreamError(
-                "the data channel ended without the peer's FIN"
-                + (f" ({self.buffered} bytes of a partial frame)" if self.buffered else "")
-            )
-
-
 # --- one end of an established channel -------------------------------------------------------
-
-
-class Role(StrEnum):
-    CLIENT = "client"
-    SERVER = "server"
 
 
 class Channel:

@@ -39,7 +39,6 @@ from p2pshare.errors import (
     RemoteError,
     RemoteProtocolError,
 )
-from p2pshare.identity import is_small_order_key, peer_id_from_public_key
 from p2pshare.proto.canonical import (
     decode_canonical,
     expect_bytes,
@@ -51,6 +50,7 @@ from p2pshare.proto.canonical import (
     unpack,
 )
 from p2pshare.proto.cid import CID_BYTES, ContentId
+from p2pshare.proto.keys import is_small_order_key, peer_id_from_public_key
 from p2pshare.proto.paths import MAX_PATH_BYTES, check_tree
 from p2pshare.proto.signed import SIGNATURE_SIZE, SignedKind
 

@@ -29,7 +29,6 @@ from p2pshare.errors import (
     P2PShareError,
     RemoteProtocolError,
 )
-from p2pshare.identity import is_small_order_key, peer_id_from_public_key
 from p2pshare.proto.canonical import (
     decode_canonical,
     expect_bytes,
@@ -49,6 +48,7 @@ from p2pshare.proto.chunks import (
     is_valid_chunk_size,
 )
 from p2pshare.proto.errors import ManifestTooLargeError
+from p2pshare.proto.keys import is_small_order_key, peer_id_from_public_key
 from p2pshare.proto.pages import (
     HASHES_PER_PAGE,
     PAGE_SIZE,

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Final
 import blake3
 
 from p2pshare.errors import LocalProtocolError, RemoteError, RemoteProtocolError
-from p2pshare.identity import is_small_order_key, peer_id_from_public_key
 from p2pshare.proto.canonical import (
     decode_canonical,
     expect_bytes,
@@ -36,6 +35,7 @@ from p2pshare.proto.cid import BLAKE3_MULTIHASH, DIGEST_SIZE
 # Re-exported: OFFER bounds its payload with it, and job.py cannot import this module.
 from p2pshare.proto.job import MAX_OFFER_SIZE as MAX_OFFER_SIZE  # noqa: PLC0414
 from p2pshare.proto.job import PUBLIC_KEY_SIZE, JobLimits, encode_limits, parse_limits
+from p2pshare.proto.keys import is_small_order_key, peer_id_from_public_key
 from p2pshare.proto.multiformats import encode_varint
 from p2pshare.proto.signed import SIGNATURE_SIZE, SignedKind
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
 from p2pshare.errors import IntegrityError, LocalProtocolError, RemoteProtocolError
-from p2pshare.identity import verify_signature
+from p2pshare.proto.keys import verify_signature
 
 if TYPE_CHECKING:
     from collections.abc import Callable

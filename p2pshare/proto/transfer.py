@@ -74,7 +74,7 @@ _DATA_FRAME_HEAD: Final = HEADER_SIZE + DATA_HEADER_SIZE
 
 
 class Role(StrEnum):
-    """Which end of a transfer stream: the client downloads, the server uploads."""
+    """Which end of a stream: the client asks (for chunks, a data channel), the server answers."""
 
     CLIENT = "client"
     SERVER = "server"

@@ -24,6 +24,7 @@ on another core meanwhile, and the thread hand-off is paid once per batch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from contextlib import aclosing, suppress
@@ -46,6 +47,7 @@ from p2pshare.proto.transfer import (
 )
 from p2pshare.store.catalog import DownloadRow
 from p2pshare.transfer import failures
+from p2pshare.transfer.blocking import RunBlocking, run_in_thread
 from p2pshare.transfer.destination import check_destination, check_space, free_bytes
 from p2pshare.transfer.failures import NoProvidersError
 from p2pshare.transfer.output import PartialOutput
@@ -230,11 +232,13 @@ class Download:
         announce: Callable[[], None] | None = None,
         umask: int = PRIVATE_UMASK,
         free_space: Callable[[Path], int] = free_bytes,
+        run_blocking: RunBlocking = run_in_thread,
     ) -> None:
         """``announce`` is called once, when the first verified chunks are on disk and
         served to other peers (``get`` announces the content in the DHT then).
         ``umask`` sets the final modes of what is written (p2pshare.modes).
-        ``free_space`` tells the bytes free in a directory (tests fake a small disk)."""
+        ``free_space`` tells the bytes free in a directory (tests fake a small disk).
+        ``run_blocking`` runs hashing, writing and fsync off the event loop."""
         self.cid = cid
         self.dest = dest
         self._force = force
@@ -246,6 +250,7 @@ class Download:
         self._progress = progress
         self._pipeline = pipeline
         self._announce = announce
+        self._run_blocking = run_blocking
         self._announced = False
         self._umask = umask
         self._free_space = free_space
@@ -796,7 +801,7 @@ class Download:
         # A chunk verified since it was asked for (an endgame duplicate) is not
         # written again.
         fresh = [arrival for arrival in batch if not picker.verified[arrival.index]]
-        good = await trio.to_thread.run_sync(_check_and_write, self.output, fresh)
+        good = await self._run_blocking(functools.partial(_check_and_write, self.output, fresh))
         for arrival, ok in zip(fresh, good, strict=True):
             if not ok:
                 self._drop(
@@ -862,7 +867,7 @@ class Download:
             snapshot = self._picker.verified.copy()
             self._unsynced = 0
             self._last_persist = time.monotonic()
-            await trio.to_thread.run_sync(self.output.sync)
+            await self._run_blocking(self.output.sync)
             self.durable = snapshot
             self._save_row("running", snapshot)
         finally:

@@ -34,7 +34,7 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
 
@@ -68,6 +68,7 @@ from p2pshare.proto.transfer import (
     encode,
     encode_data_header,
 )
+from p2pshare.transfer.blocking import RunBlocking, run_in_thread
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -91,8 +92,10 @@ _JOIN_BELOW: Final = 512 * 1024
 # Bytes of a DATA frame besides its chunk: the length prefix and the DATA header.
 DATA_FRAME_OVERHEAD: Final = HEADER_SIZE + DATA_HEADER_SIZE
 # How long a failing stream may wait for the frame being written to finish, so that
-# its closing ERROR 0 can follow it; past that the stream is reset without one.
-CLOSE_GRACE: Final = 5.0
+# its closing ERROR 0 can follow it; past that the stream is reset without one.  Longer
+# than the data channel's FIN_GRACE: the frame in flight may be a whole chunk (up to
+# 16 MiB) on a slow link, where a FIN is a few bytes.
+ABORT_GRACE: Final = 5.0
 # Share shapes (chunk and page counts) kept for range checks: a content ID names the
 # exact bytes of its manifest, so an entry never goes stale.  Kept per stream: a shape
 # comes from the source, whose access check (a job output is its requester's only)
@@ -100,17 +103,6 @@ CLOSE_GRACE: Final = 5.0
 _SHAPE_CACHE_SIZE: Final = 64
 # The shortest wait of UploadLimiter, so float rounding cannot make it spin.
 _MIN_WAIT: Final = 0.001
-
-
-class RunBlocking(Protocol):
-    """Runs a blocking call (a ContentSource method) without blocking the event loop."""
-
-    def __call__(self, fn: Callable[[], _T], /) -> Awaitable[_T]: ...
-
-
-async def run_in_thread(fn: Callable[[], _T]) -> _T:
-    """The default RunBlocking: a trio worker thread (disk reads release the GIL)."""
-    return await trio.to_thread.run_sync(fn)
 
 
 # --- the daemon-wide upload cap ------------------------------------------------------
@@ -294,7 +286,7 @@ class TransferServer:
         first = self._failure is None
         if first:
             self._failure = exc
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+        with trio.CancelScope(shield=True), trio.move_on_after(ABORT_GRACE):
             # Waiting for the lock lets a frame being written finish first.
             async with self._send_lock:
                 self._scope.cancel()

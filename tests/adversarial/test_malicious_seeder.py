@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 import trio
@@ -67,6 +67,8 @@ if TYPE_CHECKING:
     Behaviour = Callable[[MemoryStream], Awaitable[None]]
     Script = Callable[[MemoryStream, ClientRequest], Awaitable[None]]
 
+T = TypeVar("T")
+
 CHUNK = MIN_CHUNK_SIZE
 
 
@@ -101,18 +103,8 @@ def seed(tmp_path: Path) -> Iterator[Seed]:
     fixture.close()
 
 
-@pytest.fixture(autouse=True)
-def inline_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run trio.to_thread work (chunk hashing, fsync) on the event loop."""
-
-    async def run_sync(fn: Callable[..., Any], *args: Any, **_kwargs: Any) -> Any:
-        await trio.lowlevel.checkpoint()
-        return fn(*args)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
-
-
-async def run_inline(fn: Callable[[], Any]) -> Any:
+async def run_inline(fn: Callable[[], T]) -> T:
+    """Blocking work (chunk hashing, writes, fsync) on the event loop, as MockClock needs."""
     await trio.lowlevel.checkpoint()
     return fn()
 
@@ -264,6 +256,7 @@ async def fetch(
         open_stream=open_stream,
         find_sources=no_more_sources,
         hints=[Source(name) for name in providers],
+        run_blocking=run_inline,
     )
     started = trio.current_time()
     error: BaseException | None = None

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import wasmtime
 
 from p2pshare.compute.jobs import MAX_STDERR, SandboxJob, SandboxResult
-from p2pshare.compute.sandbox import FIXED_REALTIME_NS, Sandbox
+from p2pshare.compute.sandbox import FIXED_REALTIME_NS, Sandbox, _HostIO
 from p2pshare.proto.errors import UnsafePathError
 from p2pshare.proto.job import JobLimits, JobState, JobStatus, output_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
     Build = Callable[[str], bytes]
 
@@ -81,6 +82,31 @@ def test_stdin_from_a_host_file(sandbox: Sandbox, wasm: Build, tmp_path: Path) -
     stdin = tmp_path / "stdin"
     stdin.write_bytes(b"a b c\n")
     assert _run(sandbox, wasm("wordcount"), stdin=stdin).stdout == b"1 3 6\n"
+
+
+def test_stdin_bytes_are_no_file_the_worker_could_hold_after_answering(
+    wasm: Build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # wasmtime reads a stdin *file* in a task of its own runtime, which closes it a
+    # moment after the job: a worker could answer while still holding it.  Seen from
+    # inside the job (our fd_write), a stdin given as bytes must be no open file.
+    files_open: list[str] = []
+    fd_write = _HostIO.fd_write
+
+    def spying_fd_write(self: _HostIO, *args: Any) -> int:
+        for fd in Path("/proc/self/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # iterdir's own descriptor
+                target = fd.readlink()
+                if target.is_relative_to(tmp_path) and not target.is_dir():
+                    files_open.append(str(target))
+        return fd_write(self, *args)
+
+    monkeypatch.setattr(_HostIO, "fd_write", spying_fd_write)
+    with Sandbox(tmp_path) as box:
+        # flood writes without ever reading its stdin.
+        result = _run(box, wasm("flood"), stdin=b"never read")
+    assert result.status is JobStatus.OUTPUT_LIMIT
+    assert files_open == []
 
 
 def test_states_are_reported(sandbox: Sandbox, wasm: Build) -> None:

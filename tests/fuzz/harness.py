@@ -65,11 +65,14 @@ MEMORY_BASE = 1024 * 1024
 MEMORY_PER_INPUT_BYTE = 64
 
 
-def check_decoder(decode: Callable[[T], Any], data: T, *, size: int | None = None) -> Any:
+def check_decoder(
+    decode: Callable[[T], Any], data: T, *, size: int | None = None, fixed: int = 0
+) -> Any:
     """``decode(data)``: its value, or None for a RemoteError; fail on anything else.
 
     Also fails if decoding allocated more than the bound for ``size`` input bytes
-    (by default ``len(data)``).
+    (by default ``len(data)``) plus ``fixed``: memory of a fixed size the decoder may
+    take whatever the input says, such as the data channel's receive buffer.
     """
     # Tracing only around the call: hypothesis itself runs many times slower traced.
     tracemalloc.start()
@@ -81,7 +84,7 @@ def check_decoder(decode: Callable[[T], Any], data: T, *, size: int | None = Non
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     length = len(data) if size is None else size
-    limit = MEMORY_BASE + MEMORY_PER_INPUT_BYTE * length
+    limit = MEMORY_BASE + MEMORY_PER_INPUT_BYTE * length + fixed
     assert peak <= limit, f"decoding {length} input bytes allocated {peak} bytes (limit {limit})"
     return value
 

@@ -11,14 +11,9 @@ from p2pshare.proto.datachannel import (
     CLIENT_HELLO_SIZE,
     SESSION_ID_SIZE,
     Channel,
-    Cipher,
-    FrameOpener,
-    FrameReader,
-    FrameSealer,
-    Offer,
+    ChannelOffer,
     Open,
     Refuse,
-    Role,
     SessionKeys,
     SessionTable,
     decode_open,
@@ -26,9 +21,20 @@ from p2pshare.proto.datachannel import (
     encode_open,
     encode_reply,
 )
+from p2pshare.proto.dataframes import (
+    INITIAL_RECEIVE_BUFFER,
+    MAX_CIPHERTEXT,
+    MAX_RECEIVE_BUFFER,
+    Cipher,
+    FrameOpener,
+    FrameReader,
+    FrameSealer,
+)
 from p2pshare.proto.framing import HEADER_SIZE
+from p2pshare.proto.transfer import Role
 from tests.fuzz.harness import check_decoder, fuzz_inputs, fuzz_settings, splits
 from tests.fuzz.seeds import KEY, OTHER_KEY, value_seeds
+from tests.proto.frame_reading import receive
 
 pytestmark = pytest.mark.fuzz
 
@@ -42,7 +48,7 @@ OPENS = tuple(
 REPLIES = tuple(
     encode_reply(message)[HEADER_SIZE:]
     for message in (
-        Offer(bytes(16), bytes(range(32)), 40001, bytes(range(32, 64)), Cipher.AES_256_GCM),
+        ChannelOffer(bytes(16), bytes(range(32)), 40001, bytes(range(32, 64)), Cipher.AES_256_GCM),
         Refuse("busy", "too many data channels pending"),
     )
 )
@@ -77,12 +83,9 @@ def test_reply(data: bytes) -> None:
 
 
 def _read(pieces: list[bytes]) -> list[bytes]:
+    """What EncryptedStream delivers when ``pieces`` arrive (tests.proto.frame_reading)."""
     reader = FrameReader(FrameOpener(KEYS.cipher, KEYS.client_to_server))
-    plaintexts = []
-    for piece in pieces:
-        reader.feed(piece)
-        while (plaintext := reader.next_plaintext()) is not None:
-            plaintexts.append(plaintext)
+    plaintexts = receive(reader, pieces)
     reader.end_of_stream()
     return plaintexts
 
@@ -91,7 +94,7 @@ def _read(pieces: list[bytes]) -> list[bytes]:
 @given(fuzz_inputs(STREAMS, max_random=2048), st.data())
 def test_frame_stream(data: bytes, draw: st.DataObject) -> None:
     pieces = draw.draw(splits(data))
-    plaintexts = check_decoder(lambda _: _read(pieces), data)
+    plaintexts = check_decoder(lambda _: _read(pieces), data, fixed=MAX_RECEIVE_BUFFER)
     if plaintexts is not None:
         # Only the untouched stream, cut anywhere, authenticates to its end.
         assert data == STREAMS[0]
@@ -101,6 +104,17 @@ def test_frame_stream(data: bytes, draw: st.DataObject) -> None:
 def test_truncated_frame_stream_is_refused() -> None:
     assert check_decoder(lambda raw: _read([raw]), STREAMS[1]) is None
     assert check_decoder(lambda raw: _read([raw]), STREAMS[0][:-1]) is None
+
+
+def test_a_header_announcing_a_large_frame_costs_one_fixed_buffer() -> None:
+    # A header, then a read: the reader takes its full receive buffer (where the frame
+    # will be received), and never more than that, whatever the length says.
+    def header_then_byte(raw: bytes) -> list[bytes]:
+        return _read([raw[:HEADER_SIZE], raw[HEADER_SIZE:]])
+
+    for length in (INITIAL_RECEIVE_BUFFER, MAX_CIPHERTEXT):
+        start = length.to_bytes(HEADER_SIZE, "big") + b"x"
+        assert check_decoder(header_then_byte, start, fixed=MAX_RECEIVE_BUFFER) is None
 
 
 def _handshake(frame: bytes) -> None:

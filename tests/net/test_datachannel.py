@@ -34,16 +34,18 @@ from p2pshare.net.host import running_host
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
 from p2pshare.proto.datachannel import (
     CLIENT_HELLO_SIZE,
-    MAX_PLAINTEXT,
-    MAX_WIRE_FRAME,
     SESSION_ID_SIZE,
     Channel,
-    Cipher,
     DataChannelRefusedError,
-    Role,
-    TruncatedStreamError,
     derive_keys,
 )
+from p2pshare.proto.dataframes import (
+    MAX_PLAINTEXT,
+    MAX_WIRE_FRAME,
+    Cipher,
+    TruncatedStreamError,
+)
+from p2pshare.proto.transfer import Role
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -12,31 +13,21 @@ from hypothesis import strategies as st
 from p2pshare.errors import IntegrityError, LocalProtocolError, RemoteError, RemoteProtocolError
 from p2pshare.proto.datachannel import (
     CLIENT_HELLO_SIZE,
-    HEADER_SIZE,
-    MAX_PLAINTEXT,
     SERVER_HELLO_SIZE,
     SESSION_ID_SIZE,
-    TAG_SIZE,
     VERSION,
     Channel,
-    Cipher,
+    ChannelOffer,
+    ChannelVersionError,
     DataChannelRefusedError,
-    FrameAuthenticationError,
-    FrameOpener,
-    FrameReader,
-    FrameSealer,
     NoCommonCipherError,
-    Offer,
     Open,
     Refuse,
     RefuseCode,
-    Role,
     SessionKeys,
     SessionLimitError,
     SessionTable,
-    TruncatedStreamError,
     UnknownSessionError,
-    UnsupportedVersionError,
     client_keys,
     decode_open,
     decode_reply,
@@ -44,9 +35,24 @@ from p2pshare.proto.datachannel import (
     encode_open,
     encode_reply,
     refusal_for,
+)
+from p2pshare.proto.dataframes import (
+    INITIAL_RECEIVE_BUFFER,
+    MAX_PLAINTEXT,
+    MAX_RECEIVE_BUFFER,
+    MAX_WIRE_FRAME,
+    TAG_SIZE,
+    Cipher,
+    FrameAuthenticationError,
+    FrameOpener,
+    FrameReader,
+    FrameSealer,
+    TruncatedStreamError,
     sealed_size,
 )
-from p2pshare.proto.framing import FrameTooLargeError
+from p2pshare.proto.framing import HEADER_SIZE, FrameTooLargeError
+from p2pshare.proto.transfer import Role
+from tests.proto.frame_reading import receive
 
 CLIENT = "12D3KooWClientClientClientClientClientClientClientCl"
 SERVER = "12D3KooWServerServerServerServerServerServerServerSe"
@@ -82,13 +88,9 @@ def reader_for(cipher: Cipher) -> FrameReader:
 
 
 def decode(cipher: Cipher, pieces: list[bytes]) -> list[bytes]:
-    """Feed ``pieces`` and then end the stream; the plaintexts, FIN as ``b""``."""
+    """Receive ``pieces`` and then end the stream; the plaintexts, FIN as ``b""``."""
     reader = reader_for(cipher)
-    out = []
-    for piece in pieces:
-        reader.feed(piece)
-        while (plaintext := reader.next_plaintext()) is not None:
-            out.append(plaintext)
+    out = receive(reader, pieces)
     reader.end_of_stream()
     return out
 
@@ -98,9 +100,7 @@ def decode_until_error(cipher: Cipher, data: bytes) -> tuple[list[bytes], Except
     reader = reader_for(cipher)
     out: list[bytes] = []
     try:
-        reader.feed(data)
-        while (plaintext := reader.next_plaintext()) is not None:
-            out.append(plaintext)
+        receive(reader, [data], plaintexts=out)
         reader.end_of_stream()
     except RemoteError as exc:
         return out, exc
@@ -135,7 +135,7 @@ def test_open_round_trips(nonce: bytes, offered: list[Cipher]) -> None:
 def test_offer_round_trips(
     session_id: bytes, nonce: bytes, port: int, secret: bytes, cipher: Cipher
 ) -> None:
-    message = Offer(session_id, nonce, port, secret, cipher)
+    message = ChannelOffer(session_id, nonce, port, secret, cipher)
     assert decode_reply(encode_reply(message)[4:]) == message
     assert secret.hex() not in repr(message), "the secret never reaches a log line"
 
@@ -156,7 +156,7 @@ def test_arbitrary_setup_bytes_give_typed_errors_only(data: bytes) -> None:
 def test_a_newer_version_is_refused_whatever_follows() -> None:
     from p2pshare.proto.canonical import pack
 
-    with pytest.raises(UnsupportedVersionError) as info:
+    with pytest.raises(ChannelVersionError) as info:
         decode_open(pack(["open", VERSION + 1, "fields", "of", {"a": "later"}, "version"]))
     assert refusal_for(info.value).code == RefuseCode.UNSUPPORTED_VERSION
 
@@ -204,7 +204,7 @@ def test_we_never_build_what_we_would_refuse() -> None:
     with pytest.raises(LocalProtocolError):
         encode_open(Open(client_nonce=b"short"))
     with pytest.raises(LocalProtocolError):
-        encode_reply(Offer(b"s" * 16, b"n" * 32, 0, b"k" * 32, Cipher.AES_256_GCM))
+        encode_reply(ChannelOffer(b"s" * 16, b"n" * 32, 0, b"k" * 32, Cipher.AES_256_GCM))
     with pytest.raises(LocalProtocolError):
         encode_reply(Refuse("Bad Code", "x"))
 
@@ -276,7 +276,9 @@ def test_client_and_server_derive_the_same_keys() -> None:
 # --- sessions --------------------------------------------------------------------------------
 
 
-def offer_in(table: SessionTable, session_id: bytes, *, peer: str = CLIENT, now: float) -> Offer:
+def offer_in(
+    table: SessionTable, session_id: bytes, *, peer: str = CLIENT, now: float
+) -> ChannelOffer:
     return table.offer(
         Open(client_nonce=b"c" * 32),
         peer_id=peer,
@@ -344,6 +346,54 @@ def test_any_split_of_the_stream_decodes_identically(
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
     pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     assert decode(cipher, pieces) == [*chunks, b""]
+
+
+# Plaintexts that also cross the initial receive buffer's size, so it has to grow.
+large_plaintexts = st.lists(
+    st.one_of(
+        st.binary(min_size=1, max_size=300),
+        st.integers(INITIAL_RECEIVE_BUFFER - 100, 2 * INITIAL_RECEIVE_BUFFER).map(
+            lambda n: bytes(range(256)) * (n // 256) + b"x"
+        ),
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cipher=ciphers, chunks=large_plaintexts, data=st.data())
+def test_any_arrivals_and_read_sizes_deliver_the_stream_from_one_buffer(
+    cipher: Cipher, chunks: list[bytes], data: st.DataObject
+) -> None:
+    """The shipped receive path (EncryptedStream drives FrameReader like this)."""
+    stream = b"".join(sealed_stream(cipher, chunks))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    arrivals = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    sizes = data.draw(st.lists(st.integers(1, MAX_WIRE_FRAME), min_size=1, max_size=8))
+    reads = itertools.cycle(sizes)
+    reader = reader_for(cipher)
+    assert receive(reader, arrivals, read_size=lambda: next(reads)) == [*chunks, b""]
+    reader.end_of_stream()
+    assert len(reader.free_space()) <= MAX_RECEIVE_BUFFER
+
+
+@given(cipher=ciphers, chunks=large_plaintexts)
+def test_receiving_what_wanted_asks_for_completes_a_frame_every_second_read(
+    cipher: Cipher, chunks: list[bytes]
+) -> None:
+    """SO_RCVLOWAT set to wanted() wakes the shell once per header and once per frame."""
+    frames = sealed_stream(cipher, chunks)
+    stream = b"".join(frames)
+    reader = reader_for(cipher)
+    wanted: list[int] = []
+    plaintexts: list[bytes] = []
+    position = 0
+    while position < len(stream):
+        wanted.append(size := reader.wanted())
+        receive(reader, [stream[position : position + size]], plaintexts=plaintexts)
+        position += size
+    assert plaintexts == [*chunks, b""]
+    assert wanted == [n for frame in frames for n in (HEADER_SIZE, len(frame) - HEADER_SIZE)]
 
 
 @settings(max_examples=300)
@@ -418,20 +468,16 @@ def test_data_after_fin_is_refused() -> None:
     cipher = Cipher.AES_256_GCM
     sealer = FrameSealer(cipher, keys_for(cipher).client_to_server)
     stream = sealer.seal(b"x") + sealer.seal_fin()
+    # The FIN frame and more bytes in one read.
+    delivered, error = decode_until_error(cipher, stream + b"more")
+    assert delivered == [b"x"]
+    assert isinstance(error, RemoteProtocolError)
+    assert "after its FIN" in str(error)
     reader = reader_for(cipher)
-    reader.feed(stream + b"more")
-    assert reader.next_plaintext() == b"x"
+    assert receive(reader, [stream]) == [b"x", b""]
+    assert reader.next_ciphertext() is None
     with pytest.raises(RemoteProtocolError, match="after its FIN"):
-        reader.next_plaintext()
-    reader = reader_for(cipher)
-    reader.feed(stream)
-    assert [reader.next_plaintext(), reader.next_plaintext(), reader.next_plaintext()] == [
-        b"x",
-        b"",
-        None,
-    ]
-    with pytest.raises(RemoteProtocolError):
-        reader.feed(b"more")
+        receive(reader, [b"more"])
 
 
 @settings(max_examples=300)
@@ -445,13 +491,13 @@ def test_arbitrary_bytes_give_typed_errors_only(cipher: Cipher, data: bytes) -> 
 def test_oversize_and_undersize_lengths_are_refused_before_buffering() -> None:
     cipher = Cipher.AES_256_GCM
     reader = reader_for(cipher)
-    reader.feed((MAX_PLAINTEXT + TAG_SIZE + 1).to_bytes(4, "big"))
     with pytest.raises(FrameTooLargeError):
-        reader.next_plaintext()
+        receive(reader, [(MAX_PLAINTEXT + TAG_SIZE + 1).to_bytes(4, "big")])
+    with pytest.raises(RemoteProtocolError, match="already failed"):
+        reader.free_space()  # every error is final
     reader = reader_for(cipher)
-    reader.feed((TAG_SIZE - 1).to_bytes(4, "big"))
     with pytest.raises(RemoteProtocolError):
-        reader.next_plaintext()
+        receive(reader, [(TAG_SIZE - 1).to_bytes(4, "big")])
 
 
 def test_full_size_frames_and_their_limits() -> None:
@@ -477,9 +523,9 @@ def test_the_frame_budget_is_enforced_on_both_ends() -> None:
     with pytest.raises(LocalProtocolError):
         sealer.seal(b"c")
     opener = FrameOpener(Cipher.AES_256_GCM, b"k" * 32, max_frames=1)
-    assert opener.open(frames[0][HEADER_SIZE:]) == b"a"
+    assert opener.decrypt(frames[0][HEADER_SIZE:]) == b"a"
     with pytest.raises(RemoteProtocolError):
-        opener.open(frames[1][HEADER_SIZE:])
+        opener.decrypt(frames[1][HEADER_SIZE:])
 
 
 def test_nonces_advance_and_directions_use_different_keys() -> None:
@@ -490,7 +536,7 @@ def test_nonces_advance_and_directions_use_different_keys() -> None:
     assert server.sealer.seal(b"same") not in (first, second)
     # A frame reflected back to its sender does not open.
     with pytest.raises(FrameAuthenticationError):
-        client.opener.open(first[HEADER_SIZE:])
+        client.opener.decrypt(first[HEADER_SIZE:])
 
 
 # --- handshake -------------------------------------------------------------------------------
@@ -512,7 +558,7 @@ def handshake(client_keys_: SessionKeys, server_keys: SessionKeys) -> tuple[Chan
 def test_the_handshake_proves_the_session_key(cipher: Cipher) -> None:
     client, server = handshake(keys_for(cipher), keys_for(cipher))
     frame = client.sealer.seal(b"payload")
-    assert server.opener.open(frame[HEADER_SIZE:]) == b"payload"
+    assert server.opener.decrypt(frame[HEADER_SIZE:]) == b"payload"
     assert client.sealer.counter == 2
     assert server.opener.counter == 2
 

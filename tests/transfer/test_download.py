@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 import trio
@@ -28,6 +28,7 @@ from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import Catalog, DownloadRow
 from p2pshare.store.shares import ShareStore
 from p2pshare.transfer import downloader
+from p2pshare.transfer.blocking import RunBlocking, run_in_thread
 from p2pshare.transfer.destination import DestinationExistsError
 from p2pshare.transfer.downloader import (
     CONNECT_TIMEOUT,
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from p2pshare.proto.chunks import BytesLike
 
     Behaviour = Callable[[ByteStream], Awaitable[None]]
+
+T = TypeVar("T")
 
 CHUNK = MIN_CHUNK_SIZE
 
@@ -101,6 +104,7 @@ class Fixture:
         self.third = LocalContent(
             ShareStore(self.third_catalog, root / "c3", NodeKey.generate(), CHUNK)
         )
+        self.run_blocking: RunBlocking = run_in_thread
 
     def close(self) -> None:
         self.seed_catalog.close()
@@ -140,15 +144,15 @@ def download(
     return swarm_download(fx, net, dest, list(sources))
 
 
+async def run_inline(fn: Callable[[], T]) -> T:
+    await trio.lowlevel.checkpoint()
+    return fn()
+
+
 @pytest.fixture
-def inline_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run trio.to_thread work (chunk hashing, writes, fsync) on the event loop."""
-
-    async def run_sync(fn: Callable[..., object], *args: object, **_kwargs: object) -> object:
-        await trio.lowlevel.checkpoint()
-        return fn(*args)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
+def inline_threads(fx: Fixture) -> None:
+    """The downloader's blocking work (chunk hashing, writes, fsync) on the event loop."""
+    fx.run_blocking = run_inline
 
 
 def sha(data: bytes) -> str:
@@ -384,6 +388,7 @@ def swarm_download(
         find_sources=find,
         hints=[Source(name) for name in hints],
         announce=announce,
+        run_blocking=fx.run_blocking,
     )
 
 
@@ -646,6 +651,7 @@ async def test_a_partial_download_serves_its_verified_chunks_to_a_third_peer(
             open_stream=c_net.open_stream,
             find_sources=finder("B"),
             hints=[Source("A")],
+            run_blocking=fx.run_blocking,
         )
         report = await c.run()
         assert not b_finished.is_set(), "B was still downloading, and partial"
@@ -750,6 +756,7 @@ async def test_small_chunks_are_asked_for_at_most_64_at_a_time(fx: Fixture) -> N
             open_stream=Net(nursery, {"seed": honest(LocalContent(fx.seed))}).open_stream,
             find_sources=no_more_sources,
             hints=[Source("seed")],
+            run_blocking=fx.run_blocking,
         ).run()
         nursery.cancel_scope.cancel()
     assert dest.read_bytes() == data

@@ -9,6 +9,7 @@ ahead while it runs.
 from __future__ import annotations
 
 import logging
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,19 +57,19 @@ from p2pshare.proto.transfer import (
     encode,
 )
 from p2pshare.transfer.uploader import (
-    CLOSE_GRACE,
+    ABORT_GRACE,
     DATA_FRAME_OVERHEAD,
-    RunBlocking,
     UploadLimiter,
     serve_transfer,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
 
     from p2pshare.proto.manifest import Manifest
     from p2pshare.proto.pages import HashPage
     from p2pshare.proto.signed_manifest import SignedManifest
+    from p2pshare.transfer.blocking import RunBlocking
 
     TestStream = trio.StapledStream[Any, Any]
 
@@ -288,14 +289,23 @@ class ServerRun:
             await self.done.wait()
 
 
-def start(
-    nursery: trio.Nursery, source: MemorySource, *, lockstep: bool = False, **kwargs: Any
-) -> tuple[Client, ServerRun]:
+@asynccontextmanager
+async def serving(
+    source: MemorySource, *, lockstep: bool = False, timeout: float = TIMEOUT, **kwargs: Any
+) -> AsyncIterator[tuple[Client, ServerRun]]:
+    """serve_transfer over ``source`` in a task, and the client's end of its stream.
+
+    Everything in the block runs within ``timeout``; the server is stopped when the
+    block ends (tests that want its outcome wait for ``server.ended()`` first).
+    """
     pair = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
     server_stream, client_stream = pair()
     server = ServerRun()
-    nursery.start_soon(lambda: server.run(server_stream, source, **kwargs))
-    return Client(client_stream), server
+    with trio.fail_after(timeout):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: server.run(server_stream, source, **kwargs))
+            yield Client(client_stream), server
+            nursery.cancel_scope.cancel()
 
 
 def chunk_bytes(responses: list[Response]) -> list[tuple[int, bytes]]:
@@ -319,19 +329,17 @@ def last_error(responses: list[Response]) -> ErrorReply:
 async def test_the_manifest_is_served_and_checks_against_its_content_id(
     source: MemorySource, small_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source)
-            request = client.session.get_manifest(small_share.cid)
-            await client.send(request)
-            (response,) = (await client.finish(request.req_id))[request.req_id]
-            assert client.hello_seen
-            assert isinstance(response.message, ManifestReply)
-            assert response.message.data == small_share.signed.data
-            decoded = decode_signed_manifest(response.message.data, small_share.cid)
-            assert decoded.manifest == small_share.manifest
-            await client.stream.send_eof()
-            await server.ended()
+    async with serving(source) as (client, server):
+        request = client.session.get_manifest(small_share.cid)
+        await client.send(request)
+        (response,) = (await client.finish(request.req_id))[request.req_id]
+        assert client.hello_seen
+        assert isinstance(response.message, ManifestReply)
+        assert response.message.data == small_share.signed.data
+        decoded = decode_signed_manifest(response.message.data, small_share.cid)
+        assert decoded.manifest == small_share.manifest
+        await client.stream.send_eof()
+        await server.ended()
     assert server.returned
 
 
@@ -339,34 +347,28 @@ async def test_hash_pages_are_served_and_verify(
     source: MemorySource, big_share: PatternShare
 ) -> None:
     assert len(big_share.pages) == 2
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(nursery, source)
-            requests = [client.session.get_page(big_share.cid, index) for index in (1, 0, 2)]
-            await client.send(*requests)
-            results = await client.finish(*(r.req_id for r in requests))
-            for index, request in zip((1, 0), requests, strict=False):
-                (response,) = results[request.req_id]
-                assert isinstance(response.message, PageReply)
-                assert response.message.page == big_share.pages[index]
-                verify_page(big_share.manifest, index, response.message.page)
-            assert last_error(results[requests[2].req_id]).code == ErrorCode.BAD_REQUEST
-            nursery.cancel_scope.cancel()
+    async with serving(source) as (client, _server):
+        requests = [client.session.get_page(big_share.cid, index) for index in (1, 0, 2)]
+        await client.send(*requests)
+        results = await client.finish(*(r.req_id for r in requests))
+        for index, request in zip((1, 0), requests, strict=False):
+            (response,) = results[request.req_id]
+            assert isinstance(response.message, PageReply)
+            assert response.message.page == big_share.pages[index]
+            verify_page(big_share.manifest, index, response.message.page)
+        assert last_error(results[requests[2].req_id]).code == ErrorCode.BAD_REQUEST
 
 
 async def test_have_reports_exactly_the_chunks_held(
     source: MemorySource, small_share: PatternShare
 ) -> None:
     source.missing |= {(small_share.cid, 2), (small_share.cid, 5)}
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(nursery, source)
-            request = client.session.get_have(small_share.cid, 1, 8)
-            await client.send(request)
-            (response,) = (await client.finish(request.req_id))[request.req_id]
-            assert isinstance(response.message, HaveReply)
-            assert list(response.message.have.iter_set()) == [0, 2, 3, 5, 6, 7]
-            nursery.cancel_scope.cancel()
+    async with serving(source) as (client, _server):
+        request = client.session.get_have(small_share.cid, 1, 8)
+        await client.send(request)
+        (response,) = (await client.finish(request.req_id))[request.req_id]
+        assert isinstance(response.message, HaveReply)
+        assert list(response.message.have.iter_set()) == [0, 2, 3, 5, 6, 7]
 
 
 # --- chunks -----------------------------------------------------------------------------
@@ -376,87 +378,76 @@ async def test_a_chunk_request_returns_exactly_its_chunks_in_order(
     source: MemorySource, small_share: PatternShare
 ) -> None:
     total = small_share.manifest.total_chunks
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(nursery, source)
-            request = client.chunks(small_share, 0, total)
-            await client.send(request)
-            responses = (await client.finish(request.req_id))[request.req_id]
-            chunks = chunk_bytes(responses)
-            assert [index for index, _ in chunks] == list(range(total))
-            for index, payload in chunks:
-                assert payload == small_share.chunk(index)
-                verify_chunk(expected_chunk_hash(small_share.manifest, index), payload)
-            assert len(chunks[3][1]) == 100  # a.bin ends in a short chunk
-            assert responses[-1].finished
-            nursery.cancel_scope.cancel()
+    async with serving(source) as (client, _server):
+        request = client.chunks(small_share, 0, total)
+        await client.send(request)
+        responses = (await client.finish(request.req_id))[request.req_id]
+        chunks = chunk_bytes(responses)
+        assert [index for index, _ in chunks] == list(range(total))
+        for index, payload in chunks:
+            assert payload == small_share.chunk(index)
+            verify_chunk(expected_chunk_hash(small_share.manifest, index), payload)
+        assert len(chunks[3][1]) == 100  # a.bin ends in a short chunk
+        assert responses[-1].finished
 
 
 async def test_chunks_across_a_hash_page_boundary_verify_against_their_pages(
     source: MemorySource, big_share: PatternShare
 ) -> None:
     first = 16384 - 32
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(nursery, source)
-            pages = [client.session.get_page(big_share.cid, index) for index in (0, 1)]
-            request = client.chunks(big_share, first, MAX_CHUNKS_PER_REQUEST)
-            await client.send(*pages, request)
-            results = await client.finish(request.req_id, *(p.req_id for p in pages))
-            verified: dict[int, HashPage] = {}
-            for index, page_request in enumerate(pages):
-                message = results[page_request.req_id][0].message
-                assert isinstance(message, PageReply)
-                verified[index] = verify_page(big_share.manifest, index, message.page)
-            chunks = chunk_bytes(results[request.req_id])
-            assert [i for i, _ in chunks] == list(range(first, first + MAX_CHUNKS_PER_REQUEST))
-            for index, payload in chunks:
-                page = verified[page_for_chunk(index)[0]]
-                verify_chunk(expected_chunk_hash(big_share.manifest, index, page), payload)
-            nursery.cancel_scope.cancel()
+    async with serving(source) as (client, _server):
+        pages = [client.session.get_page(big_share.cid, index) for index in (0, 1)]
+        request = client.chunks(big_share, first, MAX_CHUNKS_PER_REQUEST)
+        await client.send(*pages, request)
+        results = await client.finish(request.req_id, *(p.req_id for p in pages))
+        verified: dict[int, HashPage] = {}
+        for index, page_request in enumerate(pages):
+            message = results[page_request.req_id][0].message
+            assert isinstance(message, PageReply)
+            verified[index] = verify_page(big_share.manifest, index, message.page)
+        chunks = chunk_bytes(results[request.req_id])
+        assert [i for i, _ in chunks] == list(range(first, first + MAX_CHUNKS_PER_REQUEST))
+        for index, payload in chunks:
+            page = verified[page_for_chunk(index)[0]]
+            verify_chunk(expected_chunk_hash(big_share.manifest, index, page), payload)
 
 
 async def test_the_last_chunk_of_a_share_has_its_short_length(
     source: MemorySource, big_share: PatternShare
 ) -> None:
     last = big_share.manifest.total_chunks - 1
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(nursery, source)
-            request = client.chunks(big_share, last - 1, 2)
-            await client.send(request)
-            chunks = chunk_bytes((await client.finish(request.req_id))[request.req_id])
-            assert [len(payload) for _, payload in chunks] == [CHUNK, CHUNK - 1000]
-            nursery.cancel_scope.cancel()
+    async with serving(source) as (client, _server):
+        request = client.chunks(big_share, last - 1, 2)
+        await client.send(request)
+        chunks = chunk_bytes((await client.finish(request.req_id))[request.req_id])
+        assert [len(payload) for _, payload in chunks] == [CHUNK, CHUNK - 1000]
 
 
 async def test_pipelined_requests_are_all_answered_each_in_order(
     source: MemorySource, small_share: PatternShare, big_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source)
-            session = client.session
-            requests: list[ClientRequest] = [
-                session.get_manifest(big_share.cid),
-                client.chunks(big_share, 100, 40),
-                session.get_have(small_share.cid, 0, 9),
-                client.chunks(small_share, 4, 5),
-                session.get_page(big_share.cid, 1),
-                *(client.chunks(big_share, 1000 + 10 * n, 10) for n in range(11)),
-            ]
-            assert session.outstanding == 16
-            await client.send(*requests)
-            results = await client.finish(*(r.req_id for r in requests))
-            for request in requests:
-                responses = results[request.req_id]
-                assert responses[-1].finished
-                assert not any(isinstance(r.message, ErrorReply) for r in responses)
-                if isinstance(request, ChunkRequest):
-                    assert [i for i, _ in chunk_bytes(responses)] == list(request.chunks)
-            assert session.outstanding == 0
-            await client.stream.send_eof()
-            await server.ended()
+    async with serving(source) as (client, server):
+        session = client.session
+        requests: list[ClientRequest] = [
+            session.get_manifest(big_share.cid),
+            client.chunks(big_share, 100, 40),
+            session.get_have(small_share.cid, 0, 9),
+            client.chunks(small_share, 4, 5),
+            session.get_page(big_share.cid, 1),
+            *(client.chunks(big_share, 1000 + 10 * n, 10) for n in range(11)),
+        ]
+        assert session.outstanding == 16
+        await client.send(*requests)
+        results = await client.finish(*(r.req_id for r in requests))
+        for request in requests:
+            responses = results[request.req_id]
+            assert responses[-1].finished
+            assert not any(isinstance(r.message, ErrorReply) for r in responses)
+            if isinstance(request, ChunkRequest):
+                assert [i for i, _ in chunk_bytes(responses)] == list(request.chunks)
+        assert session.outstanding == 0
+        await client.stream.send_eof()
+        await server.ended()
     assert server.returned
 
 
@@ -466,26 +457,24 @@ async def test_pipelined_requests_are_all_answered_each_in_order(
 async def test_unknown_content_is_refused_and_the_stream_stays_usable(
     source: MemorySource, small_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source)
-            session = client.session
-            unknown: list[ClientRequest] = [
-                session.get_manifest(UNKNOWN),
-                session.get_chunks(UNKNOWN, 0, 4, lambda _i: CHUNK),
-                session.get_have(UNKNOWN, 0, 4),
-                session.get_page(UNKNOWN, 0),
-            ]
-            known = session.get_manifest(small_share.cid)
-            await client.send(*unknown, known)
-            results = await client.finish(known.req_id, *(r.req_id for r in unknown))
-            for request in unknown:
-                error = last_error(results[request.req_id])
-                assert error.code == ErrorCode.UNKNOWN_CONTENT
-                assert len(results[request.req_id]) == 1
-            assert isinstance(results[known.req_id][0].message, ManifestReply)
-            await client.stream.send_eof()
-            await server.ended()
+    async with serving(source) as (client, server):
+        session = client.session
+        unknown: list[ClientRequest] = [
+            session.get_manifest(UNKNOWN),
+            session.get_chunks(UNKNOWN, 0, 4, lambda _i: CHUNK),
+            session.get_have(UNKNOWN, 0, 4),
+            session.get_page(UNKNOWN, 0),
+        ]
+        known = session.get_manifest(small_share.cid)
+        await client.send(*unknown, known)
+        results = await client.finish(known.req_id, *(r.req_id for r in unknown))
+        for request in unknown:
+            error = last_error(results[request.req_id])
+            assert error.code == ErrorCode.UNKNOWN_CONTENT
+            assert len(results[request.req_id]) == 1
+        assert isinstance(results[known.req_id][0].message, ManifestReply)
+        await client.stream.send_eof()
+        await server.ended()
     assert server.returned
 
 
@@ -493,57 +482,48 @@ async def test_a_chunk_not_held_ends_the_request_with_not_available(
     source: MemorySource, small_share: PatternShare
 ) -> None:
     source.missing.add((small_share.cid, 3))
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(nursery, source)
-            request = client.chunks(small_share, 0, 9)
-            after = client.chunks(small_share, 4, 2)
-            await client.send(request, after)
-            results = await client.finish(request.req_id, after.req_id)
-            responses = results[request.req_id]
-            assert [i for i, _ in chunk_bytes(responses)] == [0, 1, 2]
-            assert last_error(responses).code == ErrorCode.NOT_AVAILABLE
-            assert [i for i, _ in chunk_bytes(results[after.req_id])] == [4, 5]
-            nursery.cancel_scope.cancel()
+    async with serving(source) as (client, _server):
+        request = client.chunks(small_share, 0, 9)
+        after = client.chunks(small_share, 4, 2)
+        await client.send(request, after)
+        results = await client.finish(request.req_id, after.req_id)
+        responses = results[request.req_id]
+        assert [i for i, _ in chunk_bytes(responses)] == [0, 1, 2]
+        assert last_error(responses).code == ErrorCode.NOT_AVAILABLE
+        assert [i for i, _ in chunk_bytes(results[after.req_id])] == [4, 5]
 
 
 async def test_ranges_beyond_the_share_are_bad_requests(
     source: MemorySource, small_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(nursery, source)
-            session = client.session
-            requests: list[ClientRequest] = [
-                session.get_chunks(small_share.cid, 8, 2, lambda _i: CHUNK),
-                session.get_have(small_share.cid, 5, 5),
-                session.get_page(small_share.cid, 0),  # inline hashes: no pages at all
-            ]
-            await client.send(*requests)
-            results = await client.finish(*(r.req_id for r in requests))
-            for request in requests:
-                assert last_error(results[request.req_id]).code == ErrorCode.BAD_REQUEST
-                assert len(results[request.req_id]) == 1
-            assert source.reads == []
-            nursery.cancel_scope.cancel()
+    async with serving(source) as (client, _server):
+        session = client.session
+        requests: list[ClientRequest] = [
+            session.get_chunks(small_share.cid, 8, 2, lambda _i: CHUNK),
+            session.get_have(small_share.cid, 5, 5),
+            session.get_page(small_share.cid, 0),  # inline hashes: no pages at all
+        ]
+        await client.send(*requests)
+        results = await client.finish(*(r.req_id for r in requests))
+        for request in requests:
+            assert last_error(results[request.req_id]).code == ErrorCode.BAD_REQUEST
+            assert len(results[request.req_id]) == 1
+        assert source.reads == []
 
 
 async def test_a_failing_source_ends_that_request_with_internal_and_logs_it(
     source: MemorySource, small_share: PatternShare, caplog: pytest.LogCaptureFixture
 ) -> None:
     source.broken.add((small_share.cid, 1))
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(nursery, source)
-            request = client.chunks(small_share, 0, 3)
-            after = client.session.get_manifest(small_share.cid)
-            await client.send(request, after)
-            results = await client.finish(request.req_id, after.req_id)
-            error = last_error(results[request.req_id])
-            assert error.code == ErrorCode.INTERNAL
-            assert "Input/output" not in error.message  # details stay in our log
-            assert isinstance(results[after.req_id][0].message, ManifestReply)
-            nursery.cancel_scope.cancel()
+    async with serving(source) as (client, _server):
+        request = client.chunks(small_share, 0, 3)
+        after = client.session.get_manifest(small_share.cid)
+        await client.send(request, after)
+        results = await client.finish(request.req_id, after.req_id)
+        error = last_error(results[request.req_id])
+        assert error.code == ErrorCode.INTERNAL
+        assert "Input/output" not in error.message  # details stay in our log
+        assert isinstance(results[after.req_id][0].message, ManifestReply)
     assert any(
         record.levelno == logging.ERROR and record.exc_info is not None for record in caplog.records
     )
@@ -561,15 +541,13 @@ async def test_a_bug_closes_only_its_stream_with_internal_and_raises_plainly(
 ) -> None:
     source = WrongHaveSource()
     source.add(small_share)
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source)
-            await client.send(client.session.get_have(small_share.cid, 0, 4))
-            with pytest.raises(TransferError) as raised:
-                await client.response()
-            assert (raised.value.req_id, raised.value.code) == (0, ErrorCode.INTERNAL)
-            assert "bit" not in str(raised.value)  # no details for the peer
-            await server.ended()
+    async with serving(source) as (client, server):
+        await client.send(client.session.get_have(small_share.cid, 0, 4))
+        with pytest.raises(TransferError) as raised:
+            await client.response()
+        assert (raised.value.req_id, raised.value.code) == (0, ErrorCode.INTERNAL)
+        assert "bit" not in str(raised.value)  # no details for the peer
+        await server.ended()
     # The bug itself, not an exception group, for the handler guard to log.
     assert isinstance(server.error, LocalProtocolError)
 
@@ -577,22 +555,19 @@ async def test_a_bug_closes_only_its_stream_with_internal_and_raises_plainly(
 async def test_requests_beyond_the_servers_limit_are_answered_busy(
     source: MemorySource, small_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(nursery, source, max_outstanding=2)
-            requests = [client.chunks(small_share, n, 3) for n in range(4)]
-            await client.send(*requests)
-            results = await client.finish(*(r.req_id for r in requests))
-            for request in requests[2:]:
-                assert last_error(results[request.req_id]).code == ErrorCode.BUSY
-                assert len(results[request.req_id]) == 1
-            for request in requests[:2]:
-                assert [i for i, _ in chunk_bytes(results[request.req_id])] == list(request.chunks)
-            # Once those ended, the server accepts requests again.
-            again = client.chunks(small_share, 0, 1)
-            await client.send(again)
-            assert chunk_bytes((await client.finish(again.req_id))[again.req_id])
-            nursery.cancel_scope.cancel()
+    async with serving(source, max_outstanding=2) as (client, _server):
+        requests = [client.chunks(small_share, n, 3) for n in range(4)]
+        await client.send(*requests)
+        results = await client.finish(*(r.req_id for r in requests))
+        for request in requests[2:]:
+            assert last_error(results[request.req_id]).code == ErrorCode.BUSY
+            assert len(results[request.req_id]) == 1
+        for request in requests[:2]:
+            assert [i for i, _ in chunk_bytes(results[request.req_id])] == list(request.chunks)
+        # Once those ended, the server accepts requests again.
+        again = client.chunks(small_share, 0, 1)
+        await client.send(again)
+        assert chunk_bytes((await client.finish(again.req_id))[again.req_id])
 
 
 # --- cancel -----------------------------------------------------------------------------
@@ -601,86 +576,78 @@ async def test_requests_beyond_the_servers_limit_are_answered_busy(
 async def test_cancel_stops_a_request_being_sent(
     source: MemorySource, big_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            # Lockstep: the server cannot run ahead of what the client reads; inline
-            # source calls make "every task blocked" mean "the server is in send_all".
-            client, _server = start(nursery, source, lockstep=True, run_blocking=run_inline)
-            request = client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST)
-            await client.send(request)
-            first = await client.response()
-            assert isinstance(first.message, ChunkData)
-            assert first.message.chunk_index == 0
-            await trio.testing.wait_all_tasks_blocked()  # chunk 1 is being written
-            cancel = client.session.cancel(request.req_id)
-            assert cancel is not None
-            await client.send(cancel)
-            responses = [first, *(await client.finish(request.req_id))[request.req_id]]
-            # The frame under way is finished, then the request ends; nothing more is read.
-            assert [i for i, _ in chunk_bytes(responses)] == [0, 1]
-            assert last_error(responses).code == ErrorCode.CANCELLED
-            assert [index for _cid, index in source.reads] == [0, 1]
-            # The stream goes on serving.
-            after = client.session.get_manifest(big_share.cid)
-            await client.send(after)
-            message = (await client.finish(after.req_id))[after.req_id][0].message
-            assert isinstance(message, ManifestReply)
-            nursery.cancel_scope.cancel()
+    # Lockstep: the server cannot run ahead of what the client reads; inline
+    # source calls make "every task blocked" mean "the server is in send_all".
+    async with serving(source, lockstep=True, run_blocking=run_inline) as (client, _server):
+        request = client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST)
+        await client.send(request)
+        first = await client.response()
+        assert isinstance(first.message, ChunkData)
+        assert first.message.chunk_index == 0
+        await trio.testing.wait_all_tasks_blocked()  # chunk 1 is being written
+        cancel = client.session.cancel(request.req_id)
+        assert cancel is not None
+        await client.send(cancel)
+        responses = [first, *(await client.finish(request.req_id))[request.req_id]]
+        # The frame under way is finished, then the request ends; nothing more is read.
+        assert [i for i, _ in chunk_bytes(responses)] == [0, 1]
+        assert last_error(responses).code == ErrorCode.CANCELLED
+        assert [index for _cid, index in source.reads] == [0, 1]
+        # The stream goes on serving.
+        after = client.session.get_manifest(big_share.cid)
+        await client.send(after)
+        message = (await client.finish(after.req_id))[after.req_id][0].message
+        assert isinstance(message, ManifestReply)
 
 
 async def test_cancel_during_a_pause_of_the_limiter_ends_the_request(
     source: MemorySource, big_share: PatternShare, autojump_clock: trio.testing.MockClock
 ) -> None:
     limiter = UploadLimiter(CHUNK)  # one chunk per second, after a burst of one
-    with trio.fail_after(100):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(nursery, source, limiter=limiter, run_blocking=run_inline)
-            request = client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST)
-            await client.send(request)
-            assert isinstance((await client.response()).message, ChunkData)
-            await trio.sleep(0.5)  # the server waits for the limiter with chunk 1 in hand
-            cancel = client.session.cancel(request.req_id)
-            assert cancel is not None
-            await client.send(cancel)
-            responses = (await client.finish(request.req_id))[request.req_id]
-            assert [r.message.code for r in responses if isinstance(r.message, ErrorReply)] == [
-                ErrorCode.CANCELLED
-            ]
-            assert len(chunk_bytes(responses)) == 0
-            nursery.cancel_scope.cancel()
+    async with serving(source, limiter=limiter, run_blocking=run_inline, timeout=100) as (
+        client,
+        _server,
+    ):
+        request = client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST)
+        await client.send(request)
+        assert isinstance((await client.response()).message, ChunkData)
+        await trio.sleep(0.5)  # the server waits for the limiter with chunk 1 in hand
+        cancel = client.session.cancel(request.req_id)
+        assert cancel is not None
+        await client.send(cancel)
+        responses = (await client.finish(request.req_id))[request.req_id]
+        assert [r.message.code for r in responses if isinstance(r.message, ErrorReply)] == [
+            ErrorCode.CANCELLED
+        ]
+        assert len(chunk_bytes(responses)) == 0
 
 
 async def test_a_queued_request_cancelled_before_its_turn_is_never_read(
     source: MemorySource, small_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(nursery, source, lockstep=True)
-            first = client.chunks(small_share, 0, 4)
-            queued = client.chunks(small_share, 4, 4)
-            cancel = client.session.cancel(queued.req_id)
-            assert cancel is not None
-            await client.send(first, queued, cancel, Cancel(999))
-            results = await client.finish(first.req_id, queued.req_id)
-            assert [i for i, _ in chunk_bytes(results[first.req_id])] == [0, 1, 2, 3]
-            assert len(results[queued.req_id]) == 1
-            assert last_error(results[queued.req_id]).code == ErrorCode.CANCELLED
-            assert [index for _cid, index in source.reads] == [0, 1, 2, 3]
-            nursery.cancel_scope.cancel()
+    async with serving(source, lockstep=True) as (client, _server):
+        first = client.chunks(small_share, 0, 4)
+        queued = client.chunks(small_share, 4, 4)
+        cancel = client.session.cancel(queued.req_id)
+        assert cancel is not None
+        await client.send(first, queued, cancel, Cancel(999))
+        results = await client.finish(first.req_id, queued.req_id)
+        assert [i for i, _ in chunk_bytes(results[first.req_id])] == [0, 1, 2, 3]
+        assert len(results[queued.req_id]) == 1
+        assert last_error(results[queued.req_id]).code == ErrorCode.CANCELLED
+        assert [index for _cid, index in source.reads] == [0, 1, 2, 3]
 
 
 async def test_cancel_after_the_last_frame_is_ignored(
     source: MemorySource, small_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source)
-            request = client.session.get_manifest(small_share.cid)
-            await client.send(request)
-            await client.finish(request.req_id)
-            await client.send(Cancel(request.req_id))
-            await client.stream.send_eof()
-            await server.ended()
+    async with serving(source) as (client, server):
+        request = client.session.get_manifest(small_share.cid)
+        await client.send(request)
+        await client.finish(request.req_id)
+        await client.send(Cancel(request.req_id))
+        await client.stream.send_eof()
+        await server.ended()
     assert server.returned
 
 
@@ -688,29 +655,25 @@ async def test_cancel_after_the_last_frame_is_ignored(
 
 
 async def test_client_eof_before_anything_returns_cleanly(source: MemorySource) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source)
-            await client.stream.send_eof()
-            await server.ended()
-            with pytest.raises(EOFError):
-                await client.message()
+    async with serving(source) as (client, server):
+        await client.stream.send_eof()
+        await server.ended()
+        with pytest.raises(EOFError):
+            await client.message()
     assert server.returned
 
 
 async def test_client_eof_after_pipelined_requests_still_answers_them(
     source: MemorySource, small_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source, lockstep=True)
-            requests = [client.chunks(small_share, 0, 9), client.chunks(small_share, 2, 2)]
-            await client.send(*requests)
-            await client.stream.send_eof()
-            results = await client.finish(*(r.req_id for r in requests))
-            assert len(chunk_bytes(results[requests[0].req_id])) == 9
-            assert len(chunk_bytes(results[requests[1].req_id])) == 2
-            await server.ended()
+    async with serving(source, lockstep=True) as (client, server):
+        requests = [client.chunks(small_share, 0, 9), client.chunks(small_share, 2, 2)]
+        await client.send(*requests)
+        await client.stream.send_eof()
+        results = await client.finish(*(r.req_id for r in requests))
+        assert len(chunk_bytes(results[requests[0].req_id])) == 9
+        assert len(chunk_bytes(results[requests[1].req_id])) == 2
+        await server.ended()
     assert server.returned
 
 
@@ -728,125 +691,112 @@ async def test_client_eof_after_pipelined_requests_still_answers_them(
 async def test_garbage_gets_a_closing_error_and_ends_serving(
     source: MemorySource, garbage: bytes, after_hello: bool
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source)
-            if after_hello:
-                await client.send()
-            await client.stream.send_all(garbage)
-            with pytest.raises(BadRequestError) as raised:
-                await client.response()
-            assert raised.value.req_id == 0
-            await server.ended()
-            with pytest.raises(EOFError):  # nothing follows the closing ERROR
-                await client.message()
+    async with serving(source) as (client, server):
+        if after_hello:
+            await client.send()
+        await client.stream.send_all(garbage)
+        with pytest.raises(BadRequestError) as raised:
+            await client.response()
+        assert raised.value.req_id == 0
+        await server.ended()
+        with pytest.raises(EOFError):  # nothing follows the closing ERROR
+            await client.message()
     assert isinstance(server.error, RemoteProtocolError)
 
 
 async def test_garbage_while_a_chunk_is_written_closes_after_that_frame(
     source: MemorySource, big_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source, lockstep=True, run_blocking=run_inline)
-            request = client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST)
-            await client.send(request)
-            assert isinstance((await client.response()).message, ChunkData)
-            await trio.testing.wait_all_tasks_blocked()  # chunk 1 is being written
-            await client.stream.send_all(b"\x00\x00\x00\x05\x99junk")
-            # The DATA under way arrives whole, then the closing ERROR 0.
-            response = await client.response()
-            assert isinstance(response.message, ChunkData)
-            assert response.message.chunk_index == 1
-            with pytest.raises(BadRequestError):
-                await client.response()
-            await server.ended()
-            with pytest.raises(EOFError):
-                await client.message()
+    async with serving(source, lockstep=True, run_blocking=run_inline) as (client, server):
+        request = client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST)
+        await client.send(request)
+        assert isinstance((await client.response()).message, ChunkData)
+        await trio.testing.wait_all_tasks_blocked()  # chunk 1 is being written
+        await client.stream.send_all(b"\x00\x00\x00\x05\x99junk")
+        # The DATA under way arrives whole, then the closing ERROR 0.
+        response = await client.response()
+        assert isinstance(response.message, ChunkData)
+        assert response.message.chunk_index == 1
+        with pytest.raises(BadRequestError):
+            await client.response()
+        await server.ended()
+        with pytest.raises(EOFError):
+            await client.message()
     assert isinstance(server.error, RemoteProtocolError)
 
 
 async def test_a_violation_while_the_client_does_not_read_ends_after_a_grace(
     source: MemorySource, big_share: PatternShare, autojump_clock: trio.testing.MockClock
 ) -> None:
-    with trio.fail_after(100):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source, lockstep=True, run_blocking=run_inline)
-            await client.send(client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST))
-            assert isinstance(await client.message(), Hello)
-            await trio.testing.wait_all_tasks_blocked()  # chunk 0 is being written
-            start_time = trio.current_time()
-            await client.stream.send_all(b"\x00\x00\x00\x05\x99junk")
-            await server.done.wait()
-            assert trio.current_time() - start_time == pytest.approx(CLOSE_GRACE)
+    async with serving(source, lockstep=True, run_blocking=run_inline, timeout=100) as (
+        client,
+        server,
+    ):
+        await client.send(client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST))
+        assert isinstance(await client.message(), Hello)
+        await trio.testing.wait_all_tasks_blocked()  # chunk 0 is being written
+        start_time = trio.current_time()
+        await client.stream.send_all(b"\x00\x00\x00\x05\x99junk")
+        await server.done.wait()
+        assert trio.current_time() - start_time == pytest.approx(ABORT_GRACE)
     assert isinstance(server.error, RemoteProtocolError)
 
 
 async def test_a_request_before_hello_is_a_violation(
     source: MemorySource, small_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source)
-            await client.stream.send_all(encode(GetManifest(1, small_share.cid)))
-            with pytest.raises(BadRequestError):
-                await client.response()
-            await server.ended()
+    async with serving(source) as (client, server):
+        await client.stream.send_all(encode(GetManifest(1, small_share.cid)))
+        with pytest.raises(BadRequestError):
+            await client.response()
+        await server.ended()
     assert isinstance(server.error, RemoteProtocolError)
     assert source.reads == []
 
 
 async def test_another_version_is_refused_with_unsupported_version(source: MemorySource) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source)
-            await client.stream.send_all(encode(Hello(2, Role.CLIENT)))
-            message = await client.message()
-            assert isinstance(message, ErrorReply)
-            assert (message.req_id, message.code) == (0, ErrorCode.UNSUPPORTED_VERSION)
-            await server.ended()
+    async with serving(source) as (client, server):
+        await client.stream.send_all(encode(Hello(2, Role.CLIENT)))
+        message = await client.message()
+        assert isinstance(message, ErrorReply)
+        assert (message.req_id, message.code) == (0, ErrorCode.UNSUPPORTED_VERSION)
+        await server.ended()
     assert isinstance(server.error, UnsupportedVersionError)
 
 
 async def test_a_closing_error_from_the_client_stops_serving_without_an_answer(
     source: MemorySource, small_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source)
-            await client.send(ErrorReply(0, ErrorCode.BUSY, "bye"))
-            assert isinstance(await client.message(), Hello)
-            await server.ended()
-            with pytest.raises(EOFError):
-                await client.message()
+    async with serving(source) as (client, server):
+        await client.send(ErrorReply(0, ErrorCode.BUSY, "bye"))
+        assert isinstance(await client.message(), Hello)
+        await server.ended()
+        with pytest.raises(EOFError):
+            await client.message()
     assert isinstance(server.error, TransferError)
     assert server.error.code == ErrorCode.BUSY
 
 
 async def test_eof_inside_a_frame_is_a_violation(source: MemorySource) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source)
-            hello = encode(client.hello)
-            await client.stream.send_all(hello[:-1])
-            await client.stream.send_eof()
-            with pytest.raises(BadRequestError):
-                await client.response()
-            await server.ended()
+    async with serving(source) as (client, server):
+        hello = encode(client.hello)
+        await client.stream.send_all(hello[:-1])
+        await client.stream.send_eof()
+        with pytest.raises(BadRequestError):
+            await client.response()
+        await server.ended()
     assert isinstance(server.error, RemoteProtocolError)
 
 
 async def test_a_broken_stream_ends_serving_with_its_error(
     source: MemorySource, big_share: PatternShare
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source, lockstep=True)
-            request = client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST)
-            await client.send(request)
-            await client.response()
-            await client.stream.receive_stream.aclose()
-            await server.ended()
+    async with serving(source, lockstep=True) as (client, server):
+        request = client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST)
+        await client.send(request)
+        await client.response()
+        await client.stream.receive_stream.aclose()
+        await server.ended()
     assert isinstance(server.error, trio.BrokenResourceError)
 
 
@@ -854,14 +804,12 @@ async def test_nothing_is_logged_per_chunk_at_info(
     source: MemorySource, big_share: PatternShare, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            client, server = start(nursery, source)
-            request = client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST)
-            await client.send(request)
-            await client.finish(request.req_id)
-            await client.stream.send_eof()
-            await server.ended()
+    async with serving(source) as (client, server):
+        request = client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST)
+        await client.send(request)
+        await client.finish(request.req_id)
+        await client.stream.send_eof()
+        await server.ended()
     assert [r for r in caplog.records if r.name.startswith("p2pshare")] == []
 
 
@@ -871,27 +819,24 @@ async def test_nothing_is_logged_per_chunk_at_info(
 async def test_a_client_that_never_reads_stalls_the_stream_instead_of_filling_memory(
     source: MemorySource, big_share: PatternShare, autojump_clock: trio.testing.MockClock
 ) -> None:
-    with trio.fail_after(100):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(
-                nursery, source, lockstep=True, max_outstanding=2, run_blocking=run_inline
-            )
-            await client.send()
-            assert isinstance(await client.message(), Hello)
-            frames = [
-                encode(ChunkRequest(req_id, big_share.cid, 0, MAX_CHUNKS_PER_REQUEST))
-                for req_id in range(1, 1001)
-            ]
-            sent = 0
-            with trio.move_on_after(30):
-                for frame in frames:
-                    await client.stream.send_all(frame)
-                    sent += 1
-            # Requests 1 and 2 are accepted and the first DATA waits to be read; the BUSY
-            # answer to request 3 waits behind it, and the server reads nothing more.
-            assert sent == 3
-            assert len(source.reads) == 1
-            nursery.cancel_scope.cancel()
+    async with serving(
+        source, lockstep=True, max_outstanding=2, run_blocking=run_inline, timeout=100
+    ) as (client, _server):
+        await client.send()
+        assert isinstance(await client.message(), Hello)
+        frames = [
+            encode(ChunkRequest(req_id, big_share.cid, 0, MAX_CHUNKS_PER_REQUEST))
+            for req_id in range(1, 1001)
+        ]
+        sent = 0
+        with trio.move_on_after(30):
+            for frame in frames:
+                await client.stream.send_all(frame)
+                sent += 1
+        # Requests 1 and 2 are accepted and the first DATA waits to be read; the BUSY
+        # answer to request 3 waits behind it, and the server reads nothing more.
+        assert sent == 3
+        assert len(source.reads) == 1
 
 
 # --- the upload limiter (mock clock) ----------------------------------------------------
@@ -984,15 +929,15 @@ async def test_serving_under_the_limiter_takes_bytes_over_rate(
 ) -> None:
     rate = 256 * 1024
     limiter = UploadLimiter(rate)
-    with trio.fail_after(100):
-        async with trio.open_nursery() as nursery:
-            client, _server = start(nursery, source, limiter=limiter, run_blocking=run_inline)
-            requests = [client.chunks(big_share, 64 * n, MAX_CHUNKS_PER_REQUEST) for n in range(4)]
-            start_time = trio.current_time()
-            await client.send(*requests)
-            await client.finish(*(r.req_id for r in requests))
-            elapsed = trio.current_time() - start_time
-            nursery.cancel_scope.cancel()
+    async with serving(source, limiter=limiter, run_blocking=run_inline, timeout=100) as (
+        client,
+        _server,
+    ):
+        requests = [client.chunks(big_share, 64 * n, MAX_CHUNKS_PER_REQUEST) for n in range(4)]
+        start_time = trio.current_time()
+        await client.send(*requests)
+        await client.finish(*(r.req_id for r in requests))
+        elapsed = trio.current_time() - start_time
     sent = 4 * MAX_CHUNKS_PER_REQUEST * (CHUNK + DATA_FRAME_OVERHEAD)
     expected = (sent - rate) / rate  # the first second's worth goes out at once
     assert expected - 1e-6 <= elapsed <= expected + 0.01
