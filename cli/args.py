@@ -55,7 +55,7 @@ def peer_addr(text: str) -> str:
 
 def listen_addr(text: str) -> str:
     """A listen address for ``init --listen``; UsageError says what is wrong with it."""
-    from p2pshare.net.listen import parse_listen_addr  # noqa: PLC0415
+    from p2pshare.proto.listen import parse_listen_addr  # noqa: PLC0415
 
     try:
         parse_listen_addr(text)

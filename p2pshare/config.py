@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from p2pshare.errors import ConfigError, UserError
-from p2pshare.net.listen import parse_listen_addr
 from p2pshare.proto import job
+from p2pshare.proto.listen import parse_listen_addr
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -26,7 +26,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2pshare.net.addrs import addrs_factory
-from p2pshare.net.listen import ListenAddr, ListenError, check_can_listen, parse_listen_addrs
+from p2pshare.net.listen import ListenError, check_can_listen, parse_listen_addrs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from libp2p.abc import IHost
 
     from p2pshare.identity import NodeKey
+    from p2pshare.proto.listen import ListenAddr
 
 
 async def _close(host: IHost) -> None:

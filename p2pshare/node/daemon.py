@@ -21,7 +21,7 @@ from p2pshare.identity import NodeKey
 from p2pshare.net.datachannel import DataChannelServer, DataChannelSetupError
 from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
-from p2pshare.net.listen import ListenAddr, check_can_listen, parse_listen_addr
+from p2pshare.net.listen import check_can_listen
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
 from p2pshare.node import logs
 from p2pshare.node.compute_api import ComputeApi
@@ -31,6 +31,7 @@ from p2pshare.node.lock import HomeLock
 from p2pshare.node.network_api import NetworkApi
 from p2pshare.node.shares_api import SharesApi, checked_shares
 from p2pshare.node.transfer_api import TransferApi
+from p2pshare.proto.listen import ListenAddr, parse_listen_addr
 from p2pshare.store.catalog import Catalog
 from p2pshare.store.guard import HomeGuard
 from p2pshare.store.shares import ShareStore

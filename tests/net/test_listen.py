@@ -10,12 +10,8 @@ from hypothesis import strategies as st
 
 from p2pshare.identity import NodeKey
 from p2pshare.net.host import running_host
-from p2pshare.net.listen import (
-    ListenError,
-    check_can_listen,
-    parse_listen_addr,
-    parse_listen_addrs,
-)
+from p2pshare.net.listen import ListenError, check_can_listen, parse_listen_addrs
+from p2pshare.proto.listen import parse_listen_addr
 
 
 @pytest.mark.parametrize(
@@ -60,7 +56,7 @@ def test_listen_addr_parser_only_raises_value_error(text: str) -> None:
     except ValueError:
         return
     assert 0 <= addr.port <= 65535
-    socket.inet_pton(addr.family, addr.host)
+    socket.inet_pton(socket.AF_INET6 if addr.ipv6 else socket.AF_INET, addr.host)
 
 
 def test_empty_listen_list_is_a_config_error() -> None:
