@@ -123,6 +123,13 @@ class NatLab:
             if self.nat == "symmetric":
                 masquerade.append("--random-fully")
             self._in(router, *masquerade)
+            # A home router drops unsolicited packets rather than answering with a RST:
+            # a RST would abort the other side's half of a simultaneous open.
+            self._in(
+                router,
+                *("iptables", "-A", "INPUT", "-i", "wan", "-m", "conntrack"),
+                *("!", "--ctstate", "ESTABLISHED,RELATED", "-j", "DROP"),
+            )
             self._in(router, "iptables", "-P", "FORWARD", "DROP")
             self._in(router, "iptables", "-A", "FORWARD", "-i", "lan", "-j", "ACCEPT")
             self._in(
