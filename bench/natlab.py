@@ -24,19 +24,22 @@ Run: .venv/bin/python bench/natlab.py [--nat cone|symmetric]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2pshare.home import Home
-from p2pshare.launcher import DaemonProcess, init_home, run_cli
+from p2pshare.launcher import DaemonProcess, init_home, run_cli, wait_announced
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
 PREFIX = "p2pnat"
@@ -167,6 +170,7 @@ class Nodes:
         self.lab = lab
         self.root = root
         self.daemons: dict[str, DaemonProcess] = {}
+        self.keep_logs: Path | None = None
 
     def start(self, name: str, role: str, port: int = PORT, **network: Any) -> DaemonProcess:
         home = Home(self.root / name)
@@ -199,6 +203,10 @@ class Nodes:
     def stop_all(self) -> None:
         for daemon in self.daemons.values():
             daemon.__exit__(None, None, None)
+        if self.keep_logs is not None:
+            self.keep_logs.mkdir(parents=True, exist_ok=True)
+            for name, daemon in self.daemons.items():
+                shutil.copy(daemon.stderr_path, self.keep_logs / f"{name}.stderr")
 
 
 def _dial(nodes: Nodes, name: str, addr: str) -> str:
@@ -235,9 +243,119 @@ def baseline(lab: NatLab, root: Path) -> dict[str, str]:
         nodes.stop_all()
 
 
+NAT_FIELDS = ("reachability", "confirmed_addrs", "relay_service", "uses_relay", "relayed_at")
+SETTLE_S = 40.0
+RECONNECT_BOUND_S = 30.0
+
+
+def _wait_for(what: str, probe: Callable[[], bool], limit: float) -> float:
+    """Poll ``probe`` every 0.5 s until it holds; the seconds it took. Fails at ``limit``."""
+    started = time.monotonic()
+    while not probe():
+        if time.monotonic() - started > limit:
+            raise RuntimeError(f"{what}: not within {limit:g} s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def _nat_status(nodes: Nodes, name: str) -> dict[str, Any]:
+    status, out = nodes.cli(name, "status")
+    if status != 0:
+        raise RuntimeError(f"status of {name} failed: {out}")
+    return {k: out.get(k) for k in NAT_FIELDS}
+
+
+def _settled(nodes: Nodes, name: str) -> bool:
+    status = _nat_status(nodes, name)
+    return bool(status["uses_relay"]) and status["reachability"] != "unknown"
+
+
+def _get(nodes: Nodes, name: str, cid: str, dest: Path, expected: bytes) -> dict[str, Any]:
+    """``get`` CID on node ``name``; its path, time and MB/s, the bytes checked."""
+    status, out = nodes.cli(name, "get", cid, "-o", str(dest), timeout=120)
+    if status != 0:
+        raise RuntimeError(f"get on {name} failed: {out}")
+    if dest.read_bytes() != expected:
+        raise RuntimeError(f"get on {name}: the file differs from the shared one")
+    elapsed = float(out["elapsed_s"])
+    return {
+        "paths": sorted(set(out["paths"].values())),
+        "elapsed_s": round(elapsed, 2),
+        "MB/s": round(len(expected) / elapsed / 1e6, 1),
+        "verified": True,
+    }
+
+
+class Report(dict[str, Any]):
+    """A dict that prints each entry as it is made, so a failed run shows how far it got."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        print(f"{key:<44} {json.dumps(value)}", flush=True)
+        super().__setitem__(key, value)
+
+
+def through_nat(
+    lab: NatLab, root: Path, size: int, keep_logs: Path | None = None
+) -> dict[str, Any]:
+    """A shares, B behind the other NAT gets it (relayed, then direct where DCUtR works);
+    A restarts on a new port and B gets from it again."""
+    nodes = Nodes(lab, root)
+    nodes.keep_logs = keep_logs
+    report = Report()
+    try:
+        pub = nodes.start("pub", "pub", relay_service=True)
+        pub_addr = f"/ip4/{PUB_IP}/tcp/{PORT}/p2p/{pub.info['peer_id']}"
+        for name, role in (("a", "lan1"), ("b", "lan2")):
+            nodes.start(name, role, bootstrap=(pub_addr,), relays=(pub_addr,))
+        for name in ("a", "b"):
+            took = _wait_for(
+                f"{name} holds a relay slot and knows its reachability",
+                functools.partial(_settled, nodes, name),
+                SETTLE_S,
+            )
+            report[f"{name} settled after s"] = round(took, 1)
+        for name in ("pub", "a", "b"):
+            report[f"status {name}"] = _nat_status(nodes, name)
+        data = os.urandom(size)
+        source = root / "shared.bin"
+        source.write_bytes(data)
+        status, shared = nodes.cli("a", "share", str(source))
+        if status != 0:
+            raise RuntimeError(f"share on a failed: {shared}")
+        cid = shared["cid"]
+        wait_announced(nodes.daemons["a"].home, cid)
+        status, found = nodes.cli("b", "find", cid)
+        report["b finds a at"] = found["providers"][0]["addrs"] if status == 0 else found
+        report["get 1 (first contact)"] = _get(nodes, "b", cid, root / "got1.bin", data)
+        report["get 2 (after hole punching had its chance)"] = _get(
+            nodes, "b", cid, root / "got2.bin", data
+        )
+        nodes.daemons["a"].stop()
+        restarted = time.monotonic()
+        nodes.start("a", "lan1", port=PORT + 1)
+        report["get 3 (A restarted on a new port)"] = _get(nodes, "b", cid, root / "got3.bin", data)
+        took = time.monotonic() - restarted
+        report["B reached restarted A after s"] = round(took, 1)
+        if took > RECONNECT_BOUND_S:
+            raise RuntimeError(f"B reached the restarted A only after {took:.1f} s")
+        return report
+    except BaseException:
+        for name, daemon in nodes.daemons.items():
+            tail = Path(daemon.stderr_path).read_text(errors="replace")[-3000:]
+            print(f"--- daemon {name} stderr (tail):\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        nodes.stop_all()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nat", choices=("cone", "symmetric"), default="cone")
+    parser.add_argument("--size-mib", type=int, default=16, help="size of the shared file")
+    parser.add_argument("--keep-logs", type=Path, help="copy the daemons' stderr here")
+    parser.add_argument(
+        "--baseline", action="store_true", help="only show who can dial whom, nothing else"
+    )
     args = parser.parse_args()
     reason = unavailable_reason()
     if reason:
@@ -246,8 +364,11 @@ def main() -> None:
     started = time.monotonic()
     with NatLab(args.nat) as lab, tempfile.TemporaryDirectory(prefix="p2pnat-") as tmp:
         print(f"lab up ({args.nat} NAT) in {time.monotonic() - started:.1f} s")
-        for what, result in baseline(lab, Path(tmp)).items():
-            print(f"{what:<48} {result}")
+        if args.baseline:
+            for what, result in baseline(lab, Path(tmp)).items():
+                print(f"{what:<48} {result}")
+        else:
+            through_nat(lab, Path(tmp), args.size_mib << 20, args.keep_logs)
     print(f"done in {time.monotonic() - started:.1f} s; namespaces removed")
 
 
