@@ -195,7 +195,12 @@ class Relays:
         self._reserved.pop(info.peer_id, None)
         try:
             with trio.fail_after(self._timeout):
-                await self._host.connect(info)
+                if info.peer_id not in self._host.get_connected_peers():
+                    # The configured address, not whatever identify put in the peerstore:
+                    # py-libp2p's dialer picks one or two of those, and a peer's 0.0.0.0
+                    # listen address reaches this node itself.
+                    network: Any = self._host.get_network()
+                    await network.dial_addr(info.addrs[0], info.peer_id)
                 stream = await self._host.new_stream(info.peer_id, [HOP_PROTOCOL])
                 try:
                     ok = await self._transport.reserve(stream, info.peer_id, nursery)

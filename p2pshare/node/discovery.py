@@ -32,7 +32,7 @@ from p2pshare.net.peers import (
     parse_peer_multiaddr,
     ping_ms,
 )
-from p2pshare.net.relay import circuit_addrs
+from p2pshare.net.relay import circuit_addrs, connection_path
 from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import KnownPeer, ProvideStatus
 
@@ -319,6 +319,7 @@ class Discovery:
                 "peer_id": p.peer_id,
                 "addrs": list(p.addrs),
                 "latency_ms": None if (ms := latencies[p.peer_id]) is None else round(ms, 3),
+                "path": connection_path(self._host, ID.from_base58(p.peer_id)),
             }
             for p in found
         ]
