@@ -21,6 +21,7 @@ from p2pshare.net.reachability import (
     PUBLIC,
     UNKNOWN,
     DialBackServer,
+    Reachability,
     candidate_addrs,
     data_channel_refusal,
     verdict,
@@ -113,3 +114,22 @@ async def test_dial_back_server_confirms_only_an_address_that_reaches_the_peer()
         unreachable, reachable = await _ask_dial_back(DialBackServer)
     assert unreachable == Message.E_DIAL_ERROR
     assert reachable == Message.OK
+
+
+async def test_a_node_a_peer_can_dial_back_finds_itself_public() -> None:
+    with trio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            server = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
+            client = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
+            Reachability(server, [])
+            # py-libp2p keeps no observed loopback addresses: the candidate is announced.
+            reach = Reachability(client, [str(client.get_transport_addrs()[0])])
+            await client.connect(info_from_p2p_addr(server.get_addrs()[0]))
+            # Until identify has told the client that the server speaks AutoNAT.
+            while reach.state == UNKNOWN:
+                await reach.check()
+                await trio.sleep(0.2)
+            assert reach.status() == {
+                "reachability": PUBLIC,
+                "confirmed_addrs": [str(client.get_transport_addrs()[0])],
+            }
