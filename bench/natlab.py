@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from p2pshare.config import NetworkConfig
 from p2pshare.home import Home
 from p2pshare.launcher import DaemonProcess, init_home, run_cli, wait_announced
 
@@ -329,7 +330,11 @@ class Report(dict[str, Any]):
 
 
 def through_nat(
-    lab: NatLab, root: Path, size: int, keep_logs: Path | None = None
+    lab: NatLab,
+    root: Path,
+    size: int,
+    keep_logs: Path | None = None,
+    circuit_bytes: int = NetworkConfig.relay_circuit_bytes,
 ) -> dict[str, Any]:
     """A shares, B behind the other NAT gets it (relayed, then direct where DCUtR works);
     A restarts on a new port and B gets from it again."""
@@ -337,7 +342,7 @@ def through_nat(
     nodes.keep_logs = keep_logs
     report = Report()
     try:
-        pub = nodes.start("pub", "pub", relay_service=True)
+        pub = nodes.start("pub", "pub", relay_service=True, relay_circuit_bytes=circuit_bytes)
         pub_addr = f"/ip4/{PUB_IP}/tcp/{PORT}/p2p/{pub.info['peer_id']}"
         for name, role in (("a", "lan1"), ("b", "lan2")):
             nodes.start(name, role, bootstrap=(pub_addr,), relays=(pub_addr,))
@@ -389,6 +394,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nat", choices=("cone", "symmetric"), default="cone")
     parser.add_argument("--size-mib", type=int, default=16, help="size of the shared file")
+    parser.add_argument(
+        "--circuit-mib",
+        type=int,
+        default=NetworkConfig.relay_circuit_bytes >> 20,
+        help="the relay's relay_circuit_bytes, in MiB",
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy the daemons' stderr here")
     parser.add_argument(
         "--baseline", action="store_true", help="only show who can dial whom, nothing else"
@@ -405,7 +416,7 @@ def main() -> None:
             for what, result in baseline(lab, Path(tmp)).items():
                 print(f"{what:<48} {result}")
         else:
-            through_nat(lab, Path(tmp), args.size_mib << 20, args.keep_logs)
+            through_nat(lab, Path(tmp), args.size_mib << 20, args.keep_logs, args.circuit_mib << 20)
     print(f"done in {time.monotonic() - started:.1f} s; namespaces removed")
 
 
