@@ -11,8 +11,10 @@ What py-libp2p does not do, and this module does (measured in bench/natlab_libp2
 - Its swarm never dials ``/p2p-circuit`` addresses. :func:`dial_peer` (used by
   p2pshare.net.peers.connect) gives a peer's direct addresses a short head start, then
   dials through its relays.
-- It keeps a reservation only while the connection to the relay lives: a relay that
-  restarted forgets it. :meth:`Relays.run` renews every lost one.
+- A reservation lives only as long as the connection to the relay: :meth:`Relays.run`
+  renews every lost one, dialing the relay at its configured address (py-libp2p's dialer
+  picks one or two addresses from the peerstore; in one lab run that was the relay's
+  0.0.0.0 listen address from identify, which reached the node itself).
 """
 
 from __future__ import annotations
