@@ -194,6 +194,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 ("uptime", f"{r['uptime_s']:.0f} s"),
                 ("peers", r["peers"]),
                 ("DHT table", f"{r['routing_table']} peers"),
+                ("reachability", _reachability(r)),
                 ("home", r["home"]),
             ]
         )
@@ -211,8 +212,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     show(result, as_json, human)
 
 
-# The width of the longest label above ("DHT table:"), so the compute line lines up.
-_STATUS_WIDTH = len("DHT table:")
+# The width of the longest label above ("reachability:"), so the compute line lines up.
+_STATUS_WIDTH = len("reachability:")
 
 
 def _compute_line(offer: dict[str, Any] | None) -> str:
@@ -223,6 +224,18 @@ def _compute_line(offer: dict[str, Any] | None) -> str:
         f"{state}, {count(offer['slots'], 'slot')} ({offer['running']} running, "
         f"{offer['free']} free), {count(offer['jobs_done'], 'job')} done"
     )
+
+
+def _reachability(r: dict[str, Any]) -> str:
+    """``private, relayed at ADDR`` and the like: what peers can reach this node at."""
+    text = str(r.get("reachability", "unknown"))
+    if r.get("confirmed_addrs"):
+        text += f" at {', '.join(r['confirmed_addrs'])}"
+    if r.get("relayed_at"):
+        text += f"; relayed at {', '.join(r['relayed_at'])}"
+    if r.get("relay_service"):
+        text += "; relaying for others"
+    return text
 
 
 def _ago(timestamp: int) -> str:
@@ -424,6 +437,8 @@ def get(
             f"in {r['elapsed_s']:.2f} s ({human_rate(r['size'], r['elapsed_s'])}) "
             f"from {count(len(r['peers']), 'peer')}"
         )
+        if paths := sorted(set(r.get("paths", {}).values())):
+            text += f" over {', '.join(paths)}"
         if r["resumed_chunks"]:
             text += f"; resumed with {r['resumed_chunks']} of {r['chunks']} chunks already here"
         if r["banned"]:

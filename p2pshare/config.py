@@ -75,6 +75,25 @@ class NetworkConfig:
         "Seconds between re-announcements of every share; provider records live 48 h.",
     )
     refresh_interval: float = _opt(600.0, "Seconds between DHT routing-table refreshes.")
+    relays: tuple[str, ...] = _opt(
+        [],
+        "Relays (multiaddrs ending in /p2p/<peer ID>) this node reserves a slot on, so peers "
+        "can reach it through them when it is behind NAT (docs/discovery.md).",
+    )
+    relay_service: bool = _opt(
+        default=False,
+        doc="Relay connections for peers behind NAT (circuit relay v2), within the limits below.",
+    )
+    relay_max_reservations: int = _opt(32, "Relay service: most peers holding a slot at once.")
+    relay_max_circuits: int = _opt(
+        8, "Relay service: most relayed connections open at once to one peer holding a slot."
+    )
+    relay_circuit_bytes: int = _opt(
+        256 << 20, "Relay service: most bytes one relayed connection carries, both ways together."
+    )
+    relay_circuit_seconds: int = _opt(
+        3600, "Relay service: longest life of one relayed connection."
+    )
 
 
 @dataclass(frozen=True)
@@ -203,6 +222,11 @@ _VALIDATORS: dict[tuple[str, str], typing.Callable[[typing.Any], str | None]] = 
     ("network", "dht_requests_per_second"): _check_positive,
     ("network", "reprovide_interval"): _check_positive,
     ("network", "refresh_interval"): _check_positive,
+    ("network", "relays"): _check_peer_multiaddr,
+    ("network", "relay_max_reservations"): _check_positive,
+    ("network", "relay_max_circuits"): _check_positive,
+    ("network", "relay_circuit_bytes"): _check_positive,
+    ("network", "relay_circuit_seconds"): _check_positive,
     ("store", "chunk_size"): _check_chunk_size,
     ("store", "quota_bytes"): _check_non_negative,
     ("transfer", "upload_rate"): _check_non_negative,

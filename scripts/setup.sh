@@ -17,6 +17,8 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 dpkg -s libgmp-dev >/dev/null 2>&1 || missing+=(libgmp-dev)
 # `ip netns` for the mDNS test, which runs two daemons in network namespaces.
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# iptables for bench/natlab.py, which puts two home networks behind NAT routers.
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 "$PY" - <<'PYEOF' || missing+=(python3-dev python3-venv)
 import os, sys, sysconfig
 ok = os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))

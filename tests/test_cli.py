@@ -130,3 +130,24 @@ def test_exit_status_separates_failure_from_disagreement() -> None:
     assert _exit_status(_summary("trap", verified=True, dissenters=[])) == ExitCode.JOB_FAILED
     assert _exit_status(_summary("ok", verified=False, dissenters=["b"])) == ExitCode.DISAGREEMENT
     assert _exit_status(_summary(None, verified=False, dissenters=["a"])) == ExitCode.DISAGREEMENT
+
+
+def test_status_says_how_peers_can_reach_the_node() -> None:
+    # Installed as p2pshare_cli (pyproject's package-dir), which mypy knows as cli.
+    _reachability = importlib.import_module("p2pshare_cli.main")._reachability
+
+    relayed = "/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWRelay/p2p-circuit"
+    assert _reachability({"reachability": "private", "relayed_at": [relayed]}) == (
+        f"private; relayed at {relayed}"
+    )
+    assert (
+        _reachability(
+            {
+                "reachability": "public",
+                "confirmed_addrs": ["/ip4/203.0.113.9/tcp/4001"],
+                "relay_service": True,
+            }
+        )
+        == "public at /ip4/203.0.113.9/tcp/4001; relaying for others"
+    )
+    assert _reachability({}) == "unknown"

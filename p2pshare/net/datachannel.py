@@ -478,9 +478,11 @@ class DataChannelServer:
     the connection reset.  Nothing one connection does reaches another or the host.
 
     Run it in the daemon's nursery: ``port = await nursery.start(server.run)``.
+    ``refuse(stream)`` names a reason not to offer a session on that libp2p stream (the
+    port is unreachable from that peer: p2pshare.net.reachability), or None.
     ``refused`` counts turned-away OPENs and connections by reason (an exception's
     class name, or ``handshake_timeout``, ``too_many_handshakes``, ``not_running``,
-    ``bad_open``, ``connection_error``, ``internal``).
+    ``bad_open``, ``unreachable``, ``connection_error``, ``internal``).
     """
 
     def __init__(
@@ -491,6 +493,7 @@ class DataChannelServer:
         port: int = 0,
         *,
         serve: Callable[[ByteStream, str], Awaitable[None]],
+        refuse: Callable[[LibP2PStream], str | None] = lambda _stream: None,
         limits: DataChannelLimits | None = None,
         ciphers: Sequence[Cipher] = DEFAULT_CIPHERS,
         clock: Callable[[], float] = trio.current_time,
@@ -501,6 +504,7 @@ class DataChannelServer:
         self._listen_host = listen_host
         self._requested_port = port
         self._serve = serve
+        self._refuse = refuse
         self._limits = limits or DataChannelLimits()
         self._ciphers = tuple(ciphers)
         self._clock = clock
@@ -563,7 +567,12 @@ class DataChannelServer:
         reply: ChannelOffer | Refuse
         try:
             request = decode_open(request_bytes)
-            reply = self._offer(request, peer)
+            if why := self._refuse(stream):
+                # Not reachable from this peer: saves it the dial's timeout.
+                self.refused["unreachable"] += 1
+                reply = Refuse(RefuseCode.UNAVAILABLE, why)
+            else:
+                reply = self._offer(request, peer)
         except (ChannelVersionError, NoCommonCipherError, SessionLimitError) as exc:
             self.refused[type(exc).__name__] += 1
             reply = refusal_for(exc)

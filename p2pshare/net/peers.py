@@ -20,6 +20,7 @@ from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 
 from p2pshare.errors import UserError
 from p2pshare.net.addrs import is_wildcard, without_peer_id
+from p2pshare.net.relay import dial_peer, relay_circuits
 from p2pshare.net.streams import LibP2PStream
 
 if TYPE_CHECKING:
@@ -163,12 +164,14 @@ async def connect(host: IHost, info: PeerInfo, timeout: float) -> multiaddr.Mult
         raise UserError("that address is this node itself")
     if info.peer_id in host.get_connected_peers():
         return None
-    candidates = _dialable([*info.addrs, *_known_addrs(host, info.peer_id)])
-    if not candidates:
+    known = [*info.addrs, *_known_addrs(host, info.peer_id)]
+    candidates = _dialable(known)
+    circuits = relay_circuits(host, known)
+    if not candidates and not circuits:
         raise UserError(f"no address to dial {info.peer_id} at is known")
     try:
         with trio.fail_after(timeout):
-            addr = await _dial_first(host, info.peer_id, candidates)
+            addr = await dial_peer(host, info.peer_id, candidates, circuits, _dial_first)
     except trio.TooSlowError:
         raise UserError(f"could not reach {info.peer_id} within {timeout:g} s") from None
     replace_addrs(host, info.peer_id, [addr, *candidates])

@@ -22,6 +22,8 @@ from p2pshare.net.datachannel import DataChannelServer, DataChannelSetupError
 from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
 from p2pshare.net.listen import check_can_listen
+from p2pshare.net.reachability import Reachability
+from p2pshare.net.relay import Relays
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
 from p2pshare.node import logs
 from p2pshare.node.compute_api import ComputeApi
@@ -58,6 +60,8 @@ class Node:
     host: IHost
     network: NetworkApi
     compute: ComputeService | None = None
+    # Reachability and relay fields of `status` (p2pshare.net.reachability, .relay).
+    nat_status: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     stop_requested: trio.Event = field(default_factory=trio.Event)
 
@@ -69,7 +73,7 @@ class Node:
         return {"peer_id": self.key.peer_id, "addrs": self.listen_addrs()}
 
     async def rpc_status(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
-        return {
+        status = {
             "version": __version__,
             "peer_id": self.key.peer_id,
             "uptime_s": round(time.monotonic() - self.started, 3),
@@ -77,6 +81,9 @@ class Node:
             "home": str(self.home.root),
             "compute": None if self.compute is None else self.compute.status(),
         } | await self.network.status()
+        for part in self.nat_status:
+            status |= part()
+        return status
 
     async def rpc_stop(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         log.info("stop requested over the control socket")
@@ -109,6 +116,7 @@ async def _start_data_channel(
     port: int,
     transfer: TransferApi,
     where: str,
+    reach: Reachability,
 ) -> None:
     """Offer the encrypted data channel on the IP of the first listen address.
 
@@ -118,7 +126,14 @@ async def _start_data_channel(
     """
     if port:
         check_can_listen(ListenAddr(f"{listen.host} port {port}", listen.host, port), where)
-    server = DataChannelServer(host, guard, listen.host, port, serve=transfer.serve_data_channel)
+    server = DataChannelServer(
+        host,
+        guard,
+        listen.host,
+        port,
+        serve=transfer.serve_data_channel,
+        refuse=reach.data_channel_refusal,
+    )
     try:
         await nursery.start(server.run)
     except DataChannelSetupError as exc:
@@ -143,6 +158,10 @@ def _assemble(
     discovery = Discovery(host, dht, catalog, net, shares=shares_now)
     network = NetworkApi(discovery, catalog, shares_now)
     node = Node(home, key, host, network)
+    relays = Relays(host, net)
+    forwarded = bool(net.announce and config.transfer.data_port)
+    reach = Reachability(host, net.announce, data_port_forwarded=forwarded)
+    node.nat_status = [reach.status, relays.status]
     rate = config.transfer.upload_rate if upload_rate is None else upload_rate
     transfer = TransferApi(host, store, LocalContent(store), discovery, UploadLimiter(rate))
     transfer.register(guard)
@@ -178,6 +197,9 @@ def _assemble(
     )
 
     async def start_services(nursery: trio.Nursery) -> None:
+        # Before discovery, so the first announcement carries the relay circuits.
+        await nursery.start(relays.run)
+        await nursery.start(reach.run)
         if config.transfer.data_channel:
             if net.announce and not config.transfer.data_port:
                 # An announced address usually means a NAT that forwards fixed ports.
@@ -195,6 +217,7 @@ def _assemble(
                 config.transfer.data_port,
                 transfer,
                 f"[transfer] data_port in {home.config_path}",
+                reach,
             )
         await nursery.start(discovery.run)
         # Before the control socket opens, so a get can attach to a resumed download.

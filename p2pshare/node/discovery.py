@@ -32,6 +32,7 @@ from p2pshare.net.peers import (
     parse_peer_multiaddr,
     ping_ms,
 )
+from p2pshare.net.relay import circuit_addrs, connection_path
 from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import KnownPeer, ProvideStatus
 
@@ -243,7 +244,9 @@ class Discovery:
     # -- announcing
 
     def announce(self) -> list[Any]:
-        return announce_addrs(self._host)
+        # The circuits reach tickets and this node's own record; py-libp2p sends others
+        # host.get_addrs(), which cannot hold them (it would cut /p2p/<relay> off).
+        return announce_addrs(self._host) + circuit_addrs(self._host)
 
     async def provide(self, cid: str) -> ProvideStatus:
         """Announce one share now and record the outcome.
@@ -316,6 +319,7 @@ class Discovery:
                 "peer_id": p.peer_id,
                 "addrs": list(p.addrs),
                 "latency_ms": None if (ms := latencies[p.peer_id]) is None else round(ms, 3),
+                "path": connection_path(self._host, ID.from_base58(p.peer_id)),
             }
             for p in found
         ]

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
+from libp2p.peer.id import ID
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
 from p2pshare.modes import read_umask
 from p2pshare.net.datachannel import DataChannelOpenError, open_data_channel
 from p2pshare.net.peers import on_connected, open_stream
+from p2pshare.net.relay import connection_path
 from p2pshare.node.downloads import ACTIVE, DownloadManager, remove_partial
 from p2pshare.node.timeouts import PROVIDER_FIND_TIMEOUT, PROVIDER_OPEN_TIMEOUT
 from p2pshare.proto.cid import ContentId
@@ -77,7 +79,8 @@ class TransferApi:
             stream = await open_stream(
                 self.host, source.peer_id, source.addrs, PROTOCOL_ID, PROVIDER_OPEN_TIMEOUT
             )
-            paths[source.peer_id] = "libp2p"
+            relayed = connection_path(self.host, ID.from_base58(source.peer_id)) == "relayed"
+            paths[source.peer_id] = "relay" if relayed else "libp2p"
         return stream
 
     async def serve_data_channel(self, stream: ByteStream, peer: str) -> None:

@@ -38,6 +38,14 @@ def test_id_and_status_as_json(daemon: DaemonProcess) -> None:
     assert status["peers"] == 0
     assert status["uptime_s"] >= 0
     assert status["version"]
+    # Alone, nobody can dial it back; no relays configured, none offered.
+    assert status["reachability"] == "unknown"
+    assert status["confirmed_addrs"] == []
+    assert (status["relay_service"], status["uses_relay"], status["relayed_at"]) == (
+        False,
+        False,
+        [],
+    )
 
 
 def test_listen_address_accepts_tcp_connections(daemon: DaemonProcess) -> None:

@@ -133,6 +133,7 @@ def test_connected_peers_persist_across_restart(
         (peer,) = cli_json(loner_home, "peers")["peers"]
         assert peer["latency_ms"] is not None
         assert peer["latency_ms"] < 1000
+        assert peer["path"] == "direct"
     with DaemonProcess(loner_home) as again:
         again.start()
         assert target.info["peer_id"] in peer_ids(loner_home)

@@ -800,3 +800,19 @@ async def test_a_flood_of_bad_connections_logs_one_line_then_one_summary(
                 "data connections refused during the handshake: 199 more in the last "
             )
             nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_the_data_port_is_unreachable_from_is_refused_at_once() -> None:
+    # p2pshare.net.reachability decides (relayed, or behind NAT); the server answers
+    # REFUSE right away, so the client falls back to libp2p without a dial timeout.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            setup = await start(stack, nursery, echo, refuse=lambda _stream: "relayed")
+            started = trio.current_time()
+            with pytest.raises(DataChannelOpenError) as info:
+                await setup.open()
+            assert trio.current_time() - started < 2
+            assert isinstance(info.value.__cause__, DataChannelRefusedError)
+            assert info.value.__cause__.code == "unavailable"
+            assert setup.server.refused["unreachable"] == 1
+            nursery.cancel_scope.cancel()

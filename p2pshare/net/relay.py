@@ -1,0 +1,250 @@
+"""Circuit relay v2 and hole punching (DCUtR): py-libp2p 0.8.1's, wired for p2pshare.
+
+Every node accepts relayed connections and tries to turn each into a direct one with
+DCUtR (TCP simultaneous open from the listen port). ``[network] relay_service`` also
+makes the node a relay for others, within per-peer limits. ``[network] relays`` are the
+relays this node keeps a slot (reservation) on; while it holds one it announces
+``<relay address>/p2p-circuit``, through which peers behind other NATs reach it.
+
+What py-libp2p does not do, and this module does (measured in bench/natlab_libp2p.py):
+
+- Its swarm never dials ``/p2p-circuit`` addresses. :func:`dial_peer` (used by
+  p2pshare.net.peers.connect) gives a peer's direct addresses a short head start, then
+  dials through its relays.
+- A reservation lives only as long as the connection to the relay: :meth:`Relays.run`
+  renews every lost one, dialing the relay at its configured address (py-libp2p's dialer
+  picks one or two addresses from the peerstore; in one lab run that was the relay's
+  0.0.0.0 listen address from identify, which reached the node itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+import multiaddr
+import trio
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
+from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+from libp2p.relay.circuit_v2.resources import RelayLimits
+from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+from libp2p.tools.anyio_service import background_trio_service
+
+from p2pshare.errors import UserError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from libp2p.abc import IHost
+    from libp2p.peer.id import ID
+
+    from p2pshare.config import NetworkConfig
+
+log = logging.getLogger(__name__)
+
+# How long a peer's direct addresses are tried alone before its relays are tried too:
+# a dial to an address behind someone's NAT is never answered, it only times out.
+DIRECT_HEAD_START = 3.0
+# How often lost reservations are renewed; a restarted relay is used again within this.
+RESERVE_INTERVAL = 10.0
+# A reservation lives an hour on the relay; it is renewed well before.
+RENEW_AFTER = 1200.0
+CIRCUIT = "/p2p-circuit"
+
+DirectDial = Callable[
+    ["IHost", "ID", "Sequence[multiaddr.Multiaddr]"], Awaitable[multiaddr.Multiaddr]
+]
+_running: weakref.WeakKeyDictionary[Any, Relays] = weakref.WeakKeyDictionary()
+
+
+def is_circuit(addr: multiaddr.Multiaddr | str) -> bool:
+    return CIRCUIT in str(addr)
+
+
+def connection_path(host: IHost, peer: ID) -> str | None:
+    """``direct`` if some connection to ``peer`` is direct, ``relayed`` if all go
+    through a relay, None if there is none."""
+    conns = host.get_network().connections.get(peer)
+    if not conns:
+        return None
+    relayed = True
+    for conn in conns if isinstance(conns, list) else [conns]:
+        try:
+            addrs = conn.get_transport_addresses()
+        except Exception:  # noqa: BLE001, S112 - a closing connection has no addresses
+            continue
+        if not any(is_circuit(a) for a in addrs):
+            relayed = False
+    return "relayed" if relayed else "direct"
+
+
+def relay_circuits(host: IHost, addrs: Sequence[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    """The relay circuits worth trying to reach a peer: those among its ``addrs``, then
+    one through each relay this node holds a slot on (a peer behind NAT usually uses the
+    same relay). None without a running :class:`Relays`."""
+    relays = _running.get(host)
+    if relays is None:
+        return []
+    circuits = [a for a in addrs if is_circuit(a)]
+    return circuits + [a for a in relays.own_circuits() if a not in circuits]
+
+
+async def dial_peer(
+    host: IHost,
+    peer: ID,
+    direct: Sequence[multiaddr.Multiaddr],
+    circuits: Sequence[multiaddr.Multiaddr],
+    dial_direct: DirectDial,
+) -> multiaddr.Multiaddr:
+    """Connect to ``peer``: its ``direct`` addresses (``dial_direct``), then ``circuits``.
+
+    The direct addresses get a head start of DIRECT_HEAD_START when there are circuits
+    to fall back on; a direct dial that only ran out of its head start gets the rest of
+    the caller's time if no relay reaches the peer. Returns the address that worked.
+    """
+    relays = _running.get(host)
+    if not circuits or relays is None:
+        return await dial_direct(host, peer, direct)
+    error: Exception | None = None
+    timed_out = False
+    if direct:
+        with trio.move_on_after(DIRECT_HEAD_START) as head_start:
+            try:
+                return await dial_direct(host, peer, direct)
+            except Exception as exc:  # noqa: BLE001 - libp2p reports dial failures with many types
+                error = exc
+        timed_out = head_start.cancelled_caught
+    for addr in circuits:
+        try:
+            await relays.dial(addr, peer)
+            return addr
+        except Exception as exc:  # noqa: BLE001 - as above; the next relay may work
+            error = exc
+    if timed_out:
+        return await dial_direct(host, peer, direct)
+    raise UserError(f"could not connect to {peer} directly or through a relay: {error}")
+
+
+class Relays:
+    """The relay roles of one node: accept relayed connections (always), relay for
+    others (``relay_service``) and hold reservations on ``relays``."""
+
+    def __init__(self, host: IHost, config: NetworkConfig) -> None:
+        self._host = host
+        self.service = config.relay_service
+        self._limits = RelayLimits(
+            duration=config.relay_circuit_seconds,
+            data=config.relay_circuit_bytes,
+            max_circuit_conns=config.relay_max_circuits,
+            max_reservations=config.relay_max_reservations,
+        )
+        self._relays = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in config.relays]
+        self._timeout = config.connect_timeout
+        self._transport: CircuitV2Transport | None = None
+        # relay peer -> (its address we dialed, when the reservation was made)
+        self._reserved: dict[ID, tuple[multiaddr.Multiaddr, float]] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the relay protocols; renew reservations until cancelled.
+
+        Starts once the first round of reservations is done (each within the connect
+        timeout), so the first announcement already carries the circuit addresses.
+        """
+        protocol = CircuitV2Protocol(self._host, limits=self._limits, allow_hop=self.service)
+        roles = RelayRole.STOP | RelayRole.CLIENT
+        if self.service:
+            roles |= RelayRole.HOP
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(background_trio_service(protocol))
+            await stack.enter_async_context(background_trio_service(DCUtRProtocol(self._host)))
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            self._transport = CircuitV2Transport(
+                self._host, protocol, RelayConfig(roles=roles, limits=self._limits)
+            )
+            _running[self._host] = self
+            try:
+                await self._reserve_all(nursery)
+                task_status.started()
+                while True:
+                    await trio.sleep(RESERVE_INTERVAL)
+                    await self._reserve_all(nursery)
+            finally:
+                _running.pop(self._host, None)
+                nursery.cancel_scope.cancel()
+
+    async def _reserve_all(self, nursery: trio.Nursery) -> None:
+        async with trio.open_nursery() as round_:
+            for info in self._relays:
+                if not self._holds(info.peer_id):
+                    round_.start_soon(self._reserve, info, nursery)
+
+    def _holds(self, relay: ID) -> bool:
+        reserved = self._reserved.get(relay)
+        if reserved is None or time.monotonic() - reserved[1] > RENEW_AFTER:
+            return False
+        # The relay drops the reservation with the connection it was made on.
+        return relay in self._host.get_connected_peers()
+
+    async def _reserve(self, info: PeerInfo, nursery: trio.Nursery) -> None:
+        assert self._transport is not None
+        self._reserved.pop(info.peer_id, None)
+        try:
+            with trio.fail_after(self._timeout):
+                if info.peer_id not in self._host.get_connected_peers():
+                    # The configured address, not whatever identify put in the peerstore:
+                    # py-libp2p's dialer picks one or two of those, and a peer's 0.0.0.0
+                    # listen address reaches this node itself.
+                    network: Any = self._host.get_network()
+                    await network.dial_addr(info.addrs[0], info.peer_id)
+                stream = await self._host.new_stream(info.peer_id, [HOP_PROTOCOL])
+                try:
+                    ok = await self._transport.reserve(stream, info.peer_id, nursery)
+                finally:
+                    await stream.close()
+        except Exception as exc:  # noqa: BLE001 - an unreachable relay is retried later
+            log.info("no reservation on relay %s: %s", info.peer_id, exc or type(exc).__name__)
+            return
+        if not ok:
+            log.info("relay %s refused a reservation", info.peer_id)
+            return
+        self._reserved[info.peer_id] = (info.addrs[0], time.monotonic())
+        log.info("reserved a slot on relay %s", info.peer_id)
+
+    async def dial(self, addr: multiaddr.Multiaddr, peer: ID) -> None:
+        """Connect to ``peer`` through the relay circuit ``addr``."""
+        assert self._transport is not None
+        target = addr if str(addr).endswith(f"/p2p/{peer}") else addr.encapsulate(f"/p2p/{peer}")
+        await self._transport.dial(multiaddr.Multiaddr(target))
+
+    def own_circuits(self) -> list[multiaddr.Multiaddr]:
+        """A circuit through each configured relay, to be completed with a peer ID."""
+        return [
+            multiaddr.Multiaddr(f"{info.addrs[0]}/p2p/{info.peer_id}{CIRCUIT}")
+            for info in self._relays
+            if info.addrs
+        ]
+
+    def circuit_addrs(self) -> list[multiaddr.Multiaddr]:
+        """The addresses peers reach this node at through the relays it holds a slot on."""
+        return [
+            multiaddr.Multiaddr(f"{addr}/p2p/{relay}{CIRCUIT}")
+            for relay, (addr, _) in sorted(self._reserved.items(), key=lambda r: str(r[0]))
+            if self._holds(relay)
+        ]
+
+    def status(self) -> dict[str, Any]:
+        circuits = [str(a) for a in self.circuit_addrs()]
+        return {"relay_service": self.service, "uses_relay": bool(circuits), "relayed_at": circuits}
+
+
+def circuit_addrs(host: IHost) -> list[multiaddr.Multiaddr]:
+    """The circuit addresses of the node running ``host`` (none without Relays)."""
+    relays = _running.get(host)
+    return relays.circuit_addrs() if relays is not None else []
