@@ -192,7 +192,7 @@ class Network:
                     try:
                         await found.send(peer)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        nursery.cancel_scope.cancel()
+                        # Nobody dials any more; mDNS goes on announcing this node.
                         return
 
 
