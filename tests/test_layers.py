@@ -34,9 +34,16 @@ FLOOR = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}
 
 ONLY_IMPORTED_BY: dict[str, frozenset[str]] = {
     "click": frozenset({"cli"}),
+    # net/network.py is the edge: above it, peers and addresses are strings.
+    "libp2p": frozenset({"net"}),
+    "multiaddr": frozenset({"net"}),
     "sqlite3": frozenset({"store"}),
     "wasmtime": frozenset({"compute"}),
 }
+# (file, library) pairs still waiting to be removed: cli/args.py checks a peer address
+# with multiaddr until its check moves to a light parser (issue 13, CLI import cost).
+# Delete an entry once its import is gone; test_known_offenders_still_offend says when.
+KNOWN_OFFENDERS: frozenset[tuple[str, str]] = frozenset({("cli/args.py", "multiaddr")})
 NEVER_IMPORTED_BY: dict[str, frozenset[str]] = {
     "proto": frozenset(
         {"libp2p", "logging", "multiaddr", "os", "pathlib", "random", "secrets", "socket"}
@@ -87,7 +94,8 @@ def violations(path: Path, source: str) -> list[str]:
         library = module.split(".")[0]
         if target is None:
             allowed = ONLY_IMPORTED_BY.get(library)
-            if allowed is not None and room not in allowed:
+            known = (where.as_posix(), library) in KNOWN_OFFENDERS
+            if allowed is not None and room not in allowed and not known:
                 problems.append(f"{where}:{line}: {module} belongs to {', '.join(allowed)} only")
             if library in NEVER_IMPORTED_BY.get(room, frozenset()):
                 problems.append(f"{where}:{line}: {room} never imports {module}")
@@ -109,6 +117,13 @@ def test_imports_only_point_down_the_layers() -> None:
     assert problems == []
 
 
+def test_known_offenders_still_offend() -> None:
+    """An entry of KNOWN_OFFENDERS whose import is gone would hide the next one."""
+    for file, library in KNOWN_OFFENDERS:
+        modules = [module for _line, module in _imported(ast.parse((ROOT / file).read_text()), "")]
+        assert any(module.split(".")[0] == library for module in modules), (file, library)
+
+
 def test_the_check_sees_what_breaks_the_layering() -> None:
     proto = ROOT / "p2pshare" / "proto" / "example.py"
     assert violations(proto, "from p2pshare.identity import NodeKey\n") == [
@@ -123,3 +138,10 @@ def test_the_check_sees_what_breaks_the_layering() -> None:
         "p2pshare/transfer/example.py:2: wasmtime belongs to compute only"
     ]
     assert violations(transfer, "from p2pshare.proto.chunks import BytesLike\n") == []
+    node = ROOT / "p2pshare" / "node" / "example.py"
+    assert violations(node, "if TYPE_CHECKING:\n    from libp2p.abc import IHost\n") == [
+        "p2pshare/node/example.py:2: libp2p.abc belongs to net only"
+    ]
+    assert violations(node, "import multiaddr\n") == [
+        "p2pshare/node/example.py:1: multiaddr belongs to net only"
+    ]

@@ -53,6 +53,31 @@ def parse_peer_multiaddr(text: str) -> PeerInfo:
         ) from None
 
 
+def parse_peer_addr(text: str) -> PeerAddrs:
+    """:func:`parse_peer_multiaddr` in plain values: the peer ID and the address
+    without ``/p2p/<peer ID>``."""
+    info = parse_peer_multiaddr(text)
+    return PeerAddrs(str(info.peer_id), tuple(str(addr) for addr in info.addrs))
+
+
+def checked_peer(peer_id: str, addrs: Sequence[str]) -> PeerAddrs | None:
+    """``peer_id`` at ``addrs`` if both parse (in their canonical spelling), else None."""
+    try:
+        return PeerAddrs(
+            str(ID.from_base58(peer_id)), tuple(str(multiaddr.Multiaddr(a)) for a in addrs)
+        )
+    except Exception:  # noqa: BLE001 - multiaddr raises many unrelated types
+        return None
+
+
+def peer_info(peer: PeerAddrs) -> PeerInfo:
+    """``peer`` as py-libp2p's PeerInfo; a UserError if its ID or an address is invalid."""
+    try:
+        return PeerInfo(ID.from_base58(peer.peer_id), [multiaddr.Multiaddr(a) for a in peer.addrs])
+    except Exception as exc:  # noqa: BLE001 - multiaddr raises many unrelated types
+        raise UserError(f"peer {peer.peer_id!r} has an invalid peer ID or address: {exc}") from None
+
+
 def check_dialable(addr: multiaddr.Multiaddr) -> None:
     """A UserError, before any dial, for an address this node has no transport for.
 

@@ -24,7 +24,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import multiaddr
 import trio
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from libp2p.abc import IHost
     from libp2p.peer.id import ID
 
-    from p2pshare.config import NetworkConfig
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +131,30 @@ async def dial_peer(
     raise UserError(f"could not connect to {peer} directly or through a relay: {error}")
 
 
+class RelaySettings(Protocol):
+    """The ``[network]`` settings relays use (config.NetworkConfig has them)."""
+
+    @property
+    def relay_service(self) -> bool: ...
+    @property
+    def relay_circuit_seconds(self) -> int: ...
+    @property
+    def relay_circuit_bytes(self) -> int: ...
+    @property
+    def relay_max_circuits(self) -> int: ...
+    @property
+    def relay_max_reservations(self) -> int: ...
+    @property
+    def relays(self) -> tuple[str, ...]: ...
+    @property
+    def connect_timeout(self) -> float: ...
+
+
 class Relays:
     """The relay roles of one node: accept relayed connections (always), relay for
     others (``relay_service``) and hold reservations on ``relays``."""
 
-    def __init__(self, host: IHost, config: NetworkConfig) -> None:
+    def __init__(self, host: IHost, config: RelaySettings) -> None:
         self._host = host
         self.service = config.relay_service
         self._limits = RelayLimits(

@@ -34,7 +34,6 @@ from p2pshare.config import check_changes
 from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
 from p2pshare.errors import P2PShareError, RemoteError, UserError
 from p2pshare.modes import file_mode
-from p2pshare.net.peers import open_stream
 from p2pshare.node.job_outputs import JobOutputs
 from p2pshare.node.timeouts import WORKER_FIND_TIMEOUT, WORKER_OPEN_TIMEOUT
 from p2pshare.proto.cid import ContentId
@@ -65,12 +64,11 @@ from p2pshare.transfer.downloader import Source
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from libp2p.abc import IHost
-
     from p2pshare.compute.requester import OpenStream
     from p2pshare.config import ComputeConfig
     from p2pshare.identity import NodeKey
-    from p2pshare.net.streams import ByteStream, HandlerGuard, LibP2PStream
+    from p2pshare.net.network import Network
+    from p2pshare.net.streams import ByteStream, LibP2PStream
     from p2pshare.node.discovery import Discovery
     from p2pshare.node.transfer_api import TransferApi
     from p2pshare.proto.cid import ContentId
@@ -92,7 +90,7 @@ class JobFailedError(UserError):
 
 @dataclass
 class ComputeApi:
-    host: IHost
+    network: Network
     store: ShareStore
     discovery: Discovery
     transfer: TransferApi
@@ -106,7 +104,7 @@ class ComputeApi:
     _me: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self._me = self.host.get_id().to_base58()
+        self._me = self.network.peer_id
         self.outputs = JobOutputs(
             self.store, self.quota_bytes, lambda: self.service.settings.output_keep_seconds
         )
@@ -121,9 +119,9 @@ class ComputeApi:
 
     # -- the worker side
 
-    def register(self, guard: HandlerGuard) -> None:
+    def register(self) -> None:
         # A job stream lasts as long as the job; the worker bounds fetching and running.
-        guard.register(PROTOCOL_ID, self._serve, bounded=False)
+        self.network.register(PROTOCOL_ID, self._serve, bounded=False)
 
     async def _serve(self, stream: LibP2PStream) -> None:
         await self.service.handle(stream, stream.peer_id)
@@ -161,7 +159,7 @@ class ComputeApi:
                 out.write(self.store.read_chunk(cid, index))
 
     async def _open(self, peer_id: str, addrs: Sequence[str]) -> ByteStream:
-        return await open_stream(self.host, peer_id, addrs, PROTOCOL_ID, WORKER_OPEN_TIMEOUT)
+        return await self.network.open_stream(peer_id, addrs, PROTOCOL_ID, WORKER_OPEN_TIMEOUT)
 
     # -- control methods
 

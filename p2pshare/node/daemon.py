@@ -18,13 +18,9 @@ from p2pshare.control.server import ControlServer, Emit, Handler
 from p2pshare.errors import UserError
 from p2pshare.home import MAX_SOCKET_PATH
 from p2pshare.identity import NodeKey
-from p2pshare.net.datachannel import DataChannelServer, DataChannelSetupError
-from p2pshare.net.dht import Dht
-from p2pshare.net.host import running_host
+from p2pshare.net.datachannel import DataChannelSetupError
 from p2pshare.net.listen import check_can_listen
-from p2pshare.net.reachability import Reachability
-from p2pshare.net.relay import Relays
-from p2pshare.net.streams import HandlerGuard, HandlerLimits
+from p2pshare.net.network import running_network
 from p2pshare.node import logs
 from p2pshare.node.compute_api import ComputeApi
 from p2pshare.node.discovery import Discovery
@@ -43,10 +39,10 @@ from p2pshare.transfer.uploader import UploadLimiter
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from libp2p.abc import IHost
-
     from p2pshare.compute.service import ComputeService
     from p2pshare.home import Home
+    from p2pshare.net.network import Network
+    from p2pshare.net.reachability import Reachability
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +53,7 @@ class Node:
 
     home: Home
     key: NodeKey
-    host: IHost
+    net: Network
     network: NetworkApi
     compute: ComputeService | None = None
     # Reachability and relay fields of `status` (p2pshare.net.reachability, .relay).
@@ -67,7 +63,7 @@ class Node:
 
     def listen_addrs(self) -> list[str]:
         """The announced addresses (p2pshare.net.addrs), as identify sends them."""
-        return [str(addr) for addr in self.host.get_addrs()]
+        return self.net.listen_addrs()
 
     async def rpc_id(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         return {"peer_id": self.key.peer_id, "addrs": self.listen_addrs()}
@@ -77,7 +73,7 @@ class Node:
             "version": __version__,
             "peer_id": self.key.peer_id,
             "uptime_s": round(time.monotonic() - self.started, 3),
-            "peers": len(self.host.get_connected_peers()),
+            "peers": self.net.peer_count(),
             "home": str(self.home.root),
             "compute": None if self.compute is None else self.compute.status(),
         } | await self.network.status()
@@ -110,8 +106,7 @@ async def _stop_on_signal(node: Node, signals: AsyncIterator[int]) -> None:
 
 async def _start_data_channel(
     nursery: trio.Nursery,
-    host: IHost,
-    guard: HandlerGuard,
+    network: Network,
     listen: ListenAddr,
     port: int,
     transfer: TransferApi,
@@ -126,13 +121,8 @@ async def _start_data_channel(
     """
     if port:
         check_can_listen(ListenAddr(f"{listen.host} port {port}", listen.host, port), where)
-    server = DataChannelServer(
-        host,
-        guard,
-        listen.host,
-        port,
-        serve=transfer.serve_data_channel,
-        refuse=reach.data_channel_refusal,
+    server = network.data_channel_server(
+        listen.host, port, transfer.serve_data_channel, refuse=reach.data_channel_refusal
     )
     try:
         await nursery.start(server.run)
@@ -145,37 +135,35 @@ def _assemble(
     key: NodeKey,
     config: Config,
     catalog: Catalog,
-    host: IHost,
+    network: Network,
     upload_rate: int | None,
 ) -> tuple[Node, ControlServer, Callable[[trio.Nursery], Awaitable[None]]]:
     """Build every service of the node; return the node, its control server, and a
     function that starts the background services in a nursery."""
     net = config.network
-    guard = HandlerGuard(host, HandlerLimits(streams_per_peer=net.streams_per_peer))
     store = ShareStore(catalog, home.content_dir, key, config.store.chunk_size, HomeGuard.of(home))
     shares_now = functools.partial(checked_shares, store)
-    dht = Dht(host, guard, net.dht_requests_per_second)
-    discovery = Discovery(host, dht, catalog, net, shares=shares_now)
-    network = NetworkApi(discovery, catalog, shares_now)
-    node = Node(home, key, host, network)
-    relays = Relays(host, net)
+    discovery = Discovery(network, catalog, net, shares=shares_now)
+    network_api = NetworkApi(discovery, catalog, shares_now)
+    node = Node(home, key, network, network_api)
+    relays = network.relays(net)
     forwarded = bool(net.announce and config.transfer.data_port)
-    reach = Reachability(host, net.announce, data_port_forwarded=forwarded)
+    reach = network.reachability(net.announce, data_port_forwarded=forwarded)
     node.nat_status = [reach.status, relays.status]
     rate = config.transfer.upload_rate if upload_rate is None else upload_rate
-    transfer = TransferApi(host, store, LocalContent(store), discovery, UploadLimiter(rate))
-    transfer.register(guard)
+    transfer = TransferApi(network, store, LocalContent(store), discovery, UploadLimiter(rate))
+    transfer.register()
     shares = SharesApi(
         store,
         key.peer_id,
-        lambda: [str(a) for a in discovery.announce()],
+        discovery.announce,
         config.store.quota_bytes,
         discovery.provide_soon,
     )
     # Worker processes start only when [compute] enabled is true, or once
     # `compute offer --on` makes it so.
     compute = ComputeApi(
-        host,
+        network,
         store,
         discovery,
         transfer,
@@ -185,12 +173,12 @@ def _assemble(
         config.store.quota_bytes,
         config.network.reprovide_interval,
     )
-    compute.register(guard)
+    compute.register()
     node.compute = compute.service
     server = ControlServer(
         node.handlers()
         | shares.handlers()
-        | network.handlers()
+        | network_api.handlers()
         | transfer.handlers()
         | compute.handlers(),
         log_hint=str(home.log_path),
@@ -211,8 +199,7 @@ def _assemble(
                 )
             await _start_data_channel(
                 nursery,
-                host,
-                guard,
+                network,
                 parse_listen_addr(net.listen[0]),
                 config.transfer.data_port,
                 transfer,
@@ -256,15 +243,17 @@ async def serve(
         # Installed before we announce readiness, so no SIGTERM meets the default handler.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             net = config.network
-            async with running_host(
+            async with running_network(
                 key,
                 net.listen,
                 max_connections=net.max_connections,
                 announce=net.announce,
                 where=f"[network] listen in {home.config_path}",
-            ) as host:
+                streams_per_peer=net.streams_per_peer,
+                dht_requests_per_second=net.dht_requests_per_second,
+            ) as network:
                 node, server, start_services = _assemble(
-                    home, key, config, catalog, host, upload_rate
+                    home, key, config, catalog, network, upload_rate
                 )
                 sock = await ControlServer.bind(home.socket_path)
                 async with trio.open_nursery() as nursery:

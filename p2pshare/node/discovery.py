@@ -1,6 +1,7 @@
 """Discovery: joining the network, announcing shares, finding providers, knowing peers.
 
-Runs in the daemon's nursery on top of :class:`p2pshare.net.dht.Dht`:
+Runs in the daemon's nursery on top of :class:`p2pshare.net.network.Network` (its DHT,
+dialing and mDNS), which it speaks to in peer ID and multiaddr strings:
 
 * at start it dials the configured bootstrap peers and the peers remembered from
   the last run, then announces every share;
@@ -17,32 +18,19 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import multiaddr
 import trio
-from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo
 
 from p2pshare.errors import UserError
-from p2pshare.net.addrs import announce_addrs, local_addrs, observed_addrs
-from p2pshare.net.mdns import Mdns
-from p2pshare.net.peers import (
-    connect,
-    connect_exactly,
-    connected_peers,
-    parse_peer_multiaddr,
-    ping_ms,
-)
-from p2pshare.net.relay import circuit_addrs, connection_path
+from p2pshare.net.peers import PeerAddrs, checked_peer, parse_peer_addr
 from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import KnownPeer, ProvideStatus
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from libp2p.abc import IHost
-
     from p2pshare.config import NetworkConfig
-    from p2pshare.net.dht import Dht, LookupTrace, Provider
+    from p2pshare.net.dht import LookupTrace, Provider
+    from p2pshare.net.network import Network
     from p2pshare.store.catalog import Catalog, ShareRow
 
 log = logging.getLogger(__name__)
@@ -65,15 +53,13 @@ class Discovery:
 
     def __init__(
         self,
-        host: IHost,
-        dht: Dht,
+        network: Network,
         catalog: Catalog,
         config: NetworkConfig,
         *,
         shares: Callable[[], Awaitable[Sequence[ShareRow]]] | None = None,
     ) -> None:
-        self._host = host
-        self._dht = dht
+        self._network = network
         self._catalog = catalog
         self._config = config
         # What to re-announce: the daemon passes shares checked against their files, so
@@ -89,7 +75,7 @@ class Discovery:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await nursery.start(self._dht.run)
+            await nursery.start(self._network.run_dht)
             if self._config.mdns:
                 self._watch_mdns(nursery)
             # Joining is bounded by connect_timeout; the daemon announces readiness
@@ -125,7 +111,7 @@ class Discovery:
 
     async def _maintain(self) -> None:
         try:
-            await self._dht.maintain()
+            await self._network.maintain_dht()
         except Exception:
             log.exception("DHT maintenance failed")
 
@@ -133,10 +119,10 @@ class Discovery:
 
     async def join(self) -> JoinReport:
         """Dial bootstrap peers and remembered peers, a few at a time."""
-        targets: dict[ID, PeerInfo] = {}
+        targets: dict[str, PeerAddrs] = {}
         for text in self._config.bootstrap:
             try:
-                info = parse_peer_multiaddr(text)
+                info = parse_peer_addr(text)
             except Exception as exc:  # noqa: BLE001 - a bad entry must not stop the others
                 log.warning("bootstrap entry %r skipped: %s", text, exc)
                 continue
@@ -145,21 +131,21 @@ class Discovery:
             remembered = parse_remembered(peer)
             if remembered is not None and remembered.peer_id not in targets:
                 targets[remembered.peer_id] = remembered
-        targets.pop(self._host.get_id(), None)
+        targets.pop(self._network.peer_id, None)
         connected = 0
         limiter = trio.Semaphore(DIAL_CONCURRENCY)
 
-        async def dial(info: PeerInfo) -> None:
+        async def dial(info: PeerAddrs) -> None:
             nonlocal connected
             async with limiter:
                 try:
-                    addr = await connect(self._host, info, self._config.connect_timeout)
+                    addr = await self._network.connect(info, self._config.connect_timeout)
                 except Exception as exc:  # noqa: BLE001 - unreachable peers are normal
                     log.info("could not reach %s: %s", info.peer_id, exc)
                     return
                 if addr is not None:
-                    self._dialed[str(info.peer_id)] = str(addr)
-                await self._dht.add_peer(info.peer_id)
+                    self._dialed[info.peer_id] = addr
+                await self._network.add_to_routing_table(info.peer_id)
                 connected += 1
 
         async with trio.open_nursery() as nursery:
@@ -171,39 +157,34 @@ class Discovery:
         """``p2pshare connect``: dial the peer at exactly that address (even when it is
         connected through another), add it to the routing table, remember the address.
         """
-        info = parse_peer_multiaddr(text)
+        info = parse_peer_addr(text)
         if len(info.addrs) != 1:
             raise UserError(f"{text!r} names no address to dial {info.peer_id} at")
         addr = info.addrs[0]
-        await connect_exactly(self._host, info.peer_id, addr, self._config.connect_timeout)
-        await self._dht.add_peer(info.peer_id)
-        self._dialed[str(info.peer_id)] = str(addr)
+        await self._network.connect_exactly(info, self._config.connect_timeout)
+        await self._network.add_to_routing_table(info.peer_id)
+        self._dialed[info.peer_id] = addr
         self._catalog.save_peers(
-            [KnownPeer(str(info.peer_id), (str(addr),), int(time.time()))], KNOWN_PEERS_KEPT
+            [KnownPeer(info.peer_id, (addr,), int(time.time()))], KNOWN_PEERS_KEPT
         )
-        return str(info.peer_id)
+        return info.peer_id
 
     def _watch_mdns(self, nursery: trio.Nursery) -> None:
-        """Announce this node by mDNS and dial the peers found that way (``[network] mdns``).
-
-        LAN peers are told our interface addresses, not ``[network] announce``: a
-        public address behind NAT is usually not reachable from inside the LAN.
-        """
-        mdns = Mdns(self._host.get_id(), local_addrs(self._host))
-        found, receive = trio.open_memory_channel[PeerInfo](MDNS_BACKLOG)
-        nursery.start_soon(mdns.run, found)
+        """Announce this node by mDNS and dial the peers found that way (``[network] mdns``)."""
+        found, receive = trio.open_memory_channel[PeerAddrs](MDNS_BACKLOG)
+        nursery.start_soon(self._network.run_mdns, found)
         nursery.start_soon(self._dial_found, receive)
 
-    async def _dial_found(self, found: trio.MemoryReceiveChannel[PeerInfo]) -> None:
+    async def _dial_found(self, found: trio.MemoryReceiveChannel[PeerAddrs]) -> None:
         """Dial each peer mDNS reports unless connected or already being dialed."""
-        dialing: set[ID] = set()
+        dialing: set[str] = set()
         limiter = trio.Semaphore(DIAL_CONCURRENCY)
 
-        async def dial(info: PeerInfo) -> None:
+        async def dial(info: PeerAddrs) -> None:
             try:
                 async with limiter:
-                    await connect(self._host, info, self._config.connect_timeout)
-                await self._dht.add_peer(info.peer_id)
+                    await self._network.connect(info, self._config.connect_timeout)
+                await self._network.add_to_routing_table(info.peer_id)
                 log.info("connected to %s found by mDNS", info.peer_id)
             except Exception as exc:  # noqa: BLE001 - unreachable peers are normal
                 log.info("peer %s found by mDNS is unreachable: %s", info.peer_id, exc)
@@ -213,9 +194,9 @@ class Discovery:
         async with found, trio.open_nursery() as nursery:
             async for info in found:
                 if (
-                    info.peer_id == self._host.get_id()
+                    info.peer_id == self._network.peer_id
                     or info.peer_id in dialing
-                    or info.peer_id in self._host.get_connected_peers()
+                    or self._network.is_connected(info.peer_id)
                 ):
                     continue
                 dialing.add(info.peer_id)
@@ -229,7 +210,7 @@ class Discovery:
     def remember_peers_now(self) -> None:
         now = int(time.time())
         peers = []
-        for peer in connected_peers(self._host):
+        for peer in self._network.connected_peers():
             # Older nodes announce 0.0.0.0 through identify; dialing that after a
             # restart would only fail.  The address we last reached the peer at comes
             # first: a NAT's forwarded address is not among those it announces.
@@ -243,10 +224,8 @@ class Discovery:
 
     # -- announcing
 
-    def announce(self) -> list[Any]:
-        # The circuits reach tickets and this node's own record; py-libp2p sends others
-        # host.get_addrs(), which cannot hold them (it would cut /p2p/<relay> off).
-        return announce_addrs(self._host) + circuit_addrs(self._host)
+    def announce(self) -> list[str]:
+        return self._network.announce_addrs()
 
     async def provide(self, cid: str) -> ProvideStatus:
         """Announce one share now and record the outcome.
@@ -263,7 +242,7 @@ class Discovery:
                 self._catalog.set_provided(cid, ProvideStatus(started, count))
 
         try:
-            count = await self._dht.provide(key, self.announce(), known_sent)
+            count = await self._network.provide(key, self.announce(), known_sent)
         except Exception:
             log.exception("providing %s failed", cid)
             count = 0
@@ -274,7 +253,7 @@ class Discovery:
 
     async def provide_key(self, key: bytes) -> int:
         """Announce this node under a DHT key that names no share (e.g. compute offers)."""
-        return await self._dht.provide(key, self.announce())
+        return await self._network.provide(key, self.announce())
 
     def provide_soon(self, cid: str) -> None:
         if self._nursery is not None:
@@ -294,7 +273,7 @@ class Discovery:
     ) -> list[Provider]:
         key = ContentId.parse(cid).multihash
         give_up_at = trio.current_time() + timeout
-        return await self._dht.find_providers(key, trace=trace, give_up_at=give_up_at)
+        return await self._network.find_providers(key, trace=trace, give_up_at=give_up_at)
 
     async def find_key(self, key: bytes, timeout: float, want: int) -> list[Provider]:
         """Providers of ``key``, asking on until ``want`` are known or the time is up.
@@ -302,14 +281,14 @@ class Discovery:
         A lookup that runs out of time returns what it found by then.
         """
         give_up_at = trio.current_time() + timeout
-        return await self._dht.find_providers(key, limit=want, want=want, give_up_at=give_up_at)
+        return await self._network.find_providers(key, limit=want, want=want, give_up_at=give_up_at)
 
     async def peers(self) -> list[dict[str, Any]]:
-        found = connected_peers(self._host)
+        found = self._network.connected_peers()
         latencies: dict[str, float | None] = {}
 
         async def measure(peer_id: str) -> None:
-            latencies[peer_id] = await ping_ms(self._host, peer_id, PING_TIMEOUT)
+            latencies[peer_id] = await self._network.ping_ms(peer_id, PING_TIMEOUT)
 
         async with trio.open_nursery() as nursery:
             for peer in found:
@@ -319,21 +298,19 @@ class Discovery:
                 "peer_id": p.peer_id,
                 "addrs": list(p.addrs),
                 "latency_ms": None if (ms := latencies[p.peer_id]) is None else round(ms, 3),
-                "path": connection_path(self._host, ID.from_base58(p.peer_id)),
+                "path": self._network.connection_path(p.peer_id),
             }
             for p in found
         ]
 
     def observed_addrs(self) -> list[str]:
-        return observed_addrs(self._host)
+        return self._network.observed_addrs()
 
     def routing_table_size(self) -> int:
-        return self._dht.routing_table_size()
+        return self._network.routing_table_size()
 
 
-def parse_remembered(peer: KnownPeer) -> PeerInfo | None:
-    """A remembered peer as a PeerInfo; None if what the catalog holds is unusable."""
-    try:
-        return PeerInfo(ID.from_base58(peer.peer_id), [multiaddr.Multiaddr(a) for a in peer.addrs])
-    except Exception:  # noqa: BLE001 - a damaged row is skipped, not fatal
-        return None
+def parse_remembered(peer: KnownPeer) -> PeerAddrs | None:
+    """A remembered peer to dial; None if what the catalog holds is unusable (a damaged
+    row is skipped, not fatal)."""
+    return checked_peer(peer.peer_id, peer.addrs)

@@ -9,13 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
-from libp2p.peer.id import ID
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
 from p2pshare.modes import read_umask
-from p2pshare.net.datachannel import DataChannelOpenError, open_data_channel
-from p2pshare.net.peers import on_connected, open_stream
-from p2pshare.net.relay import connection_path
+from p2pshare.net.datachannel import DataChannelOpenError
 from p2pshare.node.downloads import ACTIVE, DownloadManager, remove_partial
 from p2pshare.node.timeouts import PROVIDER_FIND_TIMEOUT, PROVIDER_OPEN_TIMEOUT
 from p2pshare.proto.cid import ContentId
@@ -30,9 +27,8 @@ from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from libp2p.abc import IHost
-
-    from p2pshare.net.streams import ByteStream, HandlerGuard, LibP2PStream
+    from p2pshare.net.network import Network
+    from p2pshare.net.streams import ByteStream, LibP2PStream
     from p2pshare.node.discovery import Discovery
     from p2pshare.node.downloads import Progress
     from p2pshare.store.shares import ShareStore
@@ -44,7 +40,7 @@ DATA_CHANNEL_TIMEOUT = 5.0
 
 @dataclass
 class TransferApi:
-    host: IHost
+    network: Network
     shares: ShareStore
     local: LocalContent
     discovery: Discovery
@@ -55,12 +51,12 @@ class TransferApi:
 
     def __post_init__(self) -> None:
         self.downloads = DownloadManager(self.shares.catalog, self._download)
-        on_connected(self.host, self.downloads.peer_connected)
+        self.network.on_connected(self.downloads.peer_connected)
 
-    def register(self, guard: HandlerGuard) -> None:
+    def register(self) -> None:
         # A transfer stream lasts as long as the download it feeds; the per-peer
         # stream cap, not a deadline, bounds what an idle client can hold.
-        guard.register(PROTOCOL_ID, self._serve, bounded=False)
+        self.network.register(PROTOCOL_ID, self._serve, bounded=False)
 
     async def _serve(self, stream: LibP2PStream) -> None:
         await serve_transfer(
@@ -70,16 +66,16 @@ class TransferApi:
     async def _open(self, source: Source, paths: dict[str, str]) -> ByteStream:
         """The encrypted data channel if the provider offers one, else a libp2p stream."""
         try:
-            stream: ByteStream = await open_data_channel(
-                self.host, source.peer_id, list(source.addrs), timeout=DATA_CHANNEL_TIMEOUT
+            stream: ByteStream = await self.network.open_data_channel(
+                source.peer_id, list(source.addrs), DATA_CHANNEL_TIMEOUT
             )
             paths[source.peer_id] = "data-channel"
         except DataChannelOpenError as exc:
             log.info("no data channel to %s (%s); using the libp2p stream", source.peer_id, exc)
-            stream = await open_stream(
-                self.host, source.peer_id, source.addrs, PROTOCOL_ID, PROVIDER_OPEN_TIMEOUT
+            stream = await self.network.open_stream(
+                source.peer_id, source.addrs, PROTOCOL_ID, PROVIDER_OPEN_TIMEOUT
             )
-            relayed = connection_path(self.host, ID.from_base58(source.peer_id)) == "relayed"
+            relayed = self.network.connection_path(source.peer_id) == "relayed"
             paths[source.peer_id] = "relay" if relayed else "libp2p"
         return stream
 
@@ -114,7 +110,7 @@ class TransferApi:
     async def _download(self, request: DownloadRequest, progress: Progress) -> dict[str, Any]:
         """One attempt at ``request``; a completed download is served from where it lies."""
         key = request.cid
-        me = self.host.get_id().to_base58()
+        me = self.network.peer_id
         hints = [Source(peer, addrs) for peer, addrs in request.sources if peer != me]
 
         async def find() -> list[Source]:
@@ -167,7 +163,7 @@ class TransferApi:
         its manifest says so.  Since it is never resumed, an attempt that fails removes
         the partial it made.  What it writes is private (0600/0700).
         """
-        me = self.host.get_id().to_base58()
+        me = self.network.peer_id
         key = str(cid)
 
         async def find() -> list[Source]:

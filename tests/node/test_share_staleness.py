@@ -89,18 +89,16 @@ async def _no_emit(_name: str, _data: dict[str, Any]) -> None:
     return None
 
 
-class _Dht:
+class _Network:
     def __init__(self) -> None:
         self.provided: list[bytes] = []
+
+    def announce_addrs(self) -> list[str]:
+        return []
 
     async def provide(self, key: bytes, _addrs: object, _known_sent: object = None) -> int:
         self.provided.append(key)
         return 1
-
-
-class _Host:
-    def get_addrs(self) -> list[object]:
-        return []
 
 
 async def test_reprovide_skips_a_share_whose_file_changed(
@@ -113,16 +111,15 @@ async def test_reprovide_skips_a_share_whose_file_changed(
     fine.write_bytes(b"f" * 10)
     fine_cid = share(store, fine)
     changed.write_bytes(b"longer than before")
-    dht = _Dht()
+    network = _Network()
     discovery = Discovery(
-        _Host(),  # type: ignore[arg-type]
-        dht,  # type: ignore[arg-type]
+        network,  # type: ignore[arg-type]
         store.catalog,
         NetworkConfig(),
         shares=functools.partial(checked_shares, store),
     )
     await discovery.provide_all()
-    assert dht.provided == [ContentId.parse(fine_cid).multihash]
+    assert network.provided == [ContentId.parse(fine_cid).multihash]
     row = store.catalog.share(stale_cid)
     assert row is not None
     assert row.stale_reason

@@ -1,0 +1,100 @@
+"""Discovery against a fake Network: joining and remembering peers in plain strings."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import pytest
+
+from p2pshare.config import NetworkConfig
+from p2pshare.errors import UserError
+from p2pshare.identity import NodeKey
+from p2pshare.net.peers import PeerAddrs
+from p2pshare.node.discovery import Discovery
+from p2pshare.store.catalog import Catalog, KnownPeer
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+ME, REMEMBERED, BOOTSTRAP = (NodeKey.generate().peer_id for _ in range(3))
+
+
+class FakeNetwork:
+    """Reaches REMEMBERED only; records every dial."""
+
+    peer_id = ME
+
+    def __init__(self) -> None:
+        self.dialed: list[PeerAddrs] = []
+        self.routed: list[str] = []
+        self.connected: list[PeerAddrs] = []
+
+    async def connect(self, peer: PeerAddrs, _timeout: float) -> str | None:
+        self.dialed.append(peer)
+        if peer.peer_id != REMEMBERED:
+            raise UserError(f"could not connect to {peer.peer_id}: connection refused")
+        return peer.addrs[0]
+
+    async def add_to_routing_table(self, peer_id: str) -> bool:
+        self.routed.append(peer_id)
+        return True
+
+    def connected_peers(self) -> list[PeerAddrs]:
+        return self.connected
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Iterator[Catalog]:
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    yield catalog
+    catalog.close()
+
+
+async def test_join_dials_each_peer_once_skipping_itself_and_damaged_entries(
+    catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog.save_peers(
+        [
+            KnownPeer(REMEMBERED, ("/ip4/192.0.2.1/tcp/4001",), 3),
+            KnownPeer(BOOTSTRAP, ("/ip4/192.0.2.9/tcp/4001",), 2),
+            KnownPeer("damaged-row", ("/ip4/192.0.2.3/tcp/4001",), 1),
+            KnownPeer(ME, ("/ip4/127.0.0.1/tcp/4001",), 1),
+        ],
+        10,
+    )
+    config = NetworkConfig(
+        bootstrap=(
+            f"/ip4/192.0.2.2/tcp/4001/p2p/{BOOTSTRAP}",
+            "/ip4/192.0.2.2/tcp/4001",
+            f"/ip4/127.0.0.1/tcp/4001/p2p/{ME}",
+        )
+    )
+    network = FakeNetwork()
+    discovery = Discovery(network, catalog, config)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, logger="p2pshare.node.discovery")
+
+    report = await discovery.join()
+
+    assert (report.attempted, report.connected) == (2, 1)
+    # A bootstrap entry wins over the address remembered for the same peer.
+    assert sorted(network.dialed, key=lambda p: p.peer_id != REMEMBERED) == [
+        PeerAddrs(REMEMBERED, ("/ip4/192.0.2.1/tcp/4001",)),
+        PeerAddrs(BOOTSTRAP, ("/ip4/192.0.2.2/tcp/4001",)),
+    ]
+    assert network.routed == [REMEMBERED]
+    assert "bootstrap entry '/ip4/192.0.2.2/tcp/4001' skipped" in caplog.text
+    assert f"could not reach {BOOTSTRAP}: could not connect to {BOOTSTRAP}" in caplog.text
+
+
+async def test_the_address_a_peer_was_dialed_at_is_remembered_first(catalog: Catalog) -> None:
+    catalog.save_peers([KnownPeer(REMEMBERED, ("/ip4/192.0.2.1/tcp/4001",), 1)], 10)
+    network = FakeNetwork()
+    discovery = Discovery(network, catalog, NetworkConfig())  # type: ignore[arg-type]
+    await discovery.join()
+    network.connected = [PeerAddrs(REMEMBERED, ("/ip4/0.0.0.0/tcp/4001", "/ip4/10.0.0.5/tcp/4001"))]
+    discovery.remember_peers_now()
+    assert [(p.peer_id, p.addrs) for p in catalog.known_peers()] == [
+        (REMEMBERED, ("/ip4/192.0.2.1/tcp/4001", "/ip4/10.0.0.5/tcp/4001"))
+    ]
