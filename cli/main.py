@@ -124,7 +124,8 @@ def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json:
     # Everything the daemon creates in the home (SQLite's -wal and -shm, compute/,
     # job outputs, rotated logs) is private from its first instant. Files it writes
     # for the user (downloads, compute run -o) get their modes explicitly.
-    os.umask(0o077)
+    # The umask we were started with is what a client that sends none gets.
+    user_umask = os.umask(0o077)
     home = _home(ctx)
     # An existing home keeps its modes and is checked before the log goes into it:
     # one open to others is refused, not quietly closed after they may have changed
@@ -152,7 +153,7 @@ def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json:
 
     keep_freed_buffers()
     try:
-        trio.run(serve, home, on_ready, upload_rate)
+        trio.run(serve, home, on_ready, upload_rate, user_umask)
     except BaseExceptionGroup as group:
         # trio's nurseries wrap a start-up error (a port in use...) in an
         # ExceptionGroup: the user gets its sentence, not the group's traceback.

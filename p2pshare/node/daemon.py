@@ -132,6 +132,7 @@ def _assemble(
     catalog: Catalog,
     host: IHost,
     upload_rate: int | None,
+    user_umask: int,
 ) -> tuple[Node, ControlServer, Callable[[trio.Nursery], Awaitable[None]]]:
     """Build every service of the node; return the node, its control server, and a
     function that starts the background services in a nursery."""
@@ -144,7 +145,9 @@ def _assemble(
     network = NetworkApi(discovery, catalog, shares_now)
     node = Node(home, key, host, network)
     rate = config.transfer.upload_rate if upload_rate is None else upload_rate
-    transfer = TransferApi(host, store, LocalContent(store), discovery, UploadLimiter(rate))
+    transfer = TransferApi(
+        host, store, LocalContent(store), discovery, UploadLimiter(rate), user_umask
+    )
     transfer.register(guard)
     shares = SharesApi(
         store,
@@ -206,11 +209,16 @@ def _assemble(
 
 
 async def serve(
-    home: Home, on_ready: Callable[[ReadyInfo], None], upload_rate: int | None = None
+    home: Home,
+    on_ready: Callable[[ReadyInfo], None],
+    upload_rate: int | None,
+    user_umask: int,
 ) -> None:
     """Run the node until SIGINT, SIGTERM or a ``stop`` request.
 
     ``upload_rate`` (bytes/s, 0 = unlimited) overrides ``[transfer] upload_rate``.
+    ``user_umask`` is the umask the daemon was started with, before it made its own
+    private: what a client that sends none (an older one) gets its files made with.
     """
     if len(str(home.socket_path).encode()) > MAX_SOCKET_PATH:
         raise UserError(
@@ -241,7 +249,7 @@ async def serve(
                 where=f"[network] listen in {home.config_path}",
             ) as host:
                 node, server, start_services = _assemble(
-                    home, key, config, catalog, host, upload_rate
+                    home, key, config, catalog, host, upload_rate, user_umask
                 )
                 sock = await ControlServer.bind(home.socket_path)
                 async with trio.open_nursery() as nursery:

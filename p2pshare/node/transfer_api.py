@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
-from p2pshare.modes import read_umask
 from p2pshare.net.datachannel import DataChannelOpenError, open_data_channel
 from p2pshare.net.peers import on_connected, open_stream
 from p2pshare.node.downloads import ACTIVE, DownloadManager, remove_partial
@@ -47,9 +46,10 @@ class TransferApi:
     local: LocalContent
     discovery: Discovery
     limiter: UploadLimiter
+    # The umask the daemon was started with (not the private one it then sets): for a
+    # client that sends none (older ones), and for requests kept from then.
+    daemon_umask: int
     downloads: DownloadManager = field(init=False)
-    # For a client that sends no umask (older ones), and for requests kept from then.
-    daemon_umask: int = field(default_factory=read_umask)
 
     def __post_init__(self) -> None:
         self.downloads = DownloadManager(self.shares.catalog, self._download)
