@@ -496,7 +496,7 @@ def no_providers_sentence(cid: str, lookup: dict[str, Any], timeout: float) -> s
 
 @cli.command()
 @click.argument("cid")
-@click.option("--timeout", type=click.FloatRange(0.1, 120), default=10.0, show_default=True)
+@click.option("--timeout", type=args.FiniteFloatRange(0.1, 120), default=10.0, show_default=True)
 @json_option
 @click.pass_context
 def find(ctx: click.Context, cid: str, timeout: float, as_json: bool) -> None:
