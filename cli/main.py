@@ -420,10 +420,14 @@ def get(
         ctx.exit(130)
 
     def human(r: dict[str, Any]) -> str:
+        # Content this node already held is copied from its own store (docs/transfer.md).
+        if r["paths"] and set(r["paths"].values()) == {"local"}:
+            source = "this node's own store"
+        else:
+            source = count(len(r["peers"]), "peer")
         text = (
             f"saved {r['destination']} ({_size(r['size'])}, {count(r['files'], 'file')}) "
-            f"in {r['elapsed_s']:.2f} s ({human_rate(r['size'], r['elapsed_s'])}) "
-            f"from {count(len(r['peers']), 'peer')}"
+            f"in {r['elapsed_s']:.2f} s ({human_rate(r['size'], r['elapsed_s'])}) from {source}"
         )
         if r["resumed_chunks"]:
             text += f"; resumed with {r['resumed_chunks']} of {r['chunks']} chunks already here"
