@@ -267,10 +267,12 @@ class TransferApi:
 
         if hinted:
             # The peer that asked usually holds the content: skip the DHT lookup then.
+            # except*: the downloader's nursery wraps its error in an ExceptionGroup, so
+            # a plain except never matched and the DHT was never asked.
             try:
                 return await attempt(nobody)
-            except NoProvidersError as exc:
-                log.info("hinted peers lack %s (%s); asking the DHT", key, exc)
+            except* NoProvidersError as group:
+                log.info("hinted peers lack %s (%s); asking the DHT", key, leaf_errors(group)[0])
         return await attempt(find)
 
     def handlers(self) -> dict[str, Handler]:
