@@ -86,7 +86,7 @@ def test_help_and_queries_do_not_load_libp2p_or_trio(home: Home) -> None:
 
 
 def test_connect_checks_its_address_without_loading_multiaddr(home: Home) -> None:
-    """Parsing a peer address with multiaddr loads its codecs (~0.25 s); the CLI's own
+    """Parsing a peer address with multiaddr loads ~50 modules of codecs; the CLI's own
     parser refuses a bad one, and passes a good one on, without it."""
     good = "'/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA'"
     assert probe_imports(home, f"'connect', {good}") == "HEAVY="
