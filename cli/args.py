@@ -7,10 +7,27 @@ Only light modules are imported here (see main.py).
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import click
+
 from p2pshare.errors import UsageError
 from p2pshare.proto.errors import MalformedReferenceError
 
-PEER_ADDR_EXAMPLE = "/ip4/192.0.2.1/tcp/4001/p2p/12D3KooW..."
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, which compare as inside any range.
+
+    Every float option of the CLI takes this type: click's FloatRange lets
+    ``--timeout nan`` through to the daemon.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def content_id(text: str) -> str:
@@ -36,20 +53,13 @@ def content_ref(text: str) -> str:
 
 
 def peer_addr(text: str) -> str:
-    """A multiaddr ending in /p2p/<peer ID>; UsageError otherwise."""
-    import multiaddr  # noqa: PLC0415
+    """A TCP multiaddr ending in /p2p/<peer ID>, as the daemon dials; UsageError otherwise."""
+    from p2pshare.proto.peeraddr import parse_peer_addr  # noqa: PLC0415
 
     try:
-        names = [p.name for p in multiaddr.Multiaddr(text).protocols()]
-    except Exception as exc:  # noqa: BLE001 - multiaddr raises many unrelated types
-        raise UsageError(
-            f"{text!r} is not a peer address like {PEER_ADDR_EXAMPLE}: {exc}"
-        ) from None
-    if not names or names[-1] != "p2p":
-        raise UsageError(
-            f"{text!r} does not end in /p2p/<peer ID>; "
-            f"a peer address looks like {PEER_ADDR_EXAMPLE}"
-        )
+        parse_peer_addr(text)
+    except ValueError as exc:
+        raise UsageError(f"{text!r} {exc}") from None
     return text
 
 

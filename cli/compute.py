@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -11,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from p2pshare.errors import ExitCode
+from p2pshare.errors import ExitCode, UsageError
 from p2pshare.home import Home
 
+from . import args as checked
+from .args import FiniteFloatRange
 from .output import human_size as _size
 from .output import kv_lines, show
 
@@ -23,16 +24,6 @@ if TYPE_CHECKING:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 # A job reports progress as its workers move on; a job's own wall limit is the bound.
 RUN_SILENCE = 900.0
-
-
-class FiniteFloatRange(click.FloatRange):
-    """A FloatRange that also refuses nan and inf, which compare as inside any range."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
 
 
 def _home(ctx: click.Context) -> Home:
@@ -147,15 +138,20 @@ def _utc(seconds: int) -> str:
 
 
 def _input(text: str) -> list[str]:
-    """``FILE``, ``GUEST=FILE`` or ``GUEST=CID`` as [guest path, absolute path or CID]."""
-    from p2pshare.proto.ticket import TICKET_PREFIX  # noqa: PLC0415 - 100+ ms to import
+    """``FILE``, ``GUEST=FILE`` or ``GUEST=CID`` as [guest path, absolute path or CID].
 
+    What is not an existing file must parse as a CID or ticket: a usage error
+    otherwise, as for ``get``, before the daemon is asked.
+    """
     guest, sep, ref = text.partition("=")
     if not sep:
         guest, ref = Path(text).name, text
-    if not Path(ref).exists() and ref.startswith(("bafk", TICKET_PREFIX)):
-        return [guest, ref]
-    return [guest, str(Path(ref).absolute())]
+    if Path(ref).exists():
+        return [guest, str(Path(ref).absolute())]
+    try:
+        return [guest, checked.content_ref(ref)]
+    except UsageError as exc:
+        raise UsageError(f"{ref!r} is no file here, and {exc}") from None
 
 
 class _JobProgress:

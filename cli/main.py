@@ -124,7 +124,8 @@ def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json:
     # Everything the daemon creates in the home (SQLite's -wal and -shm, compute/,
     # job outputs, rotated logs) is private from its first instant. Files it writes
     # for the user (downloads, compute run -o) get their modes explicitly.
-    os.umask(0o077)
+    # The umask we were started with is what a client that sends none gets.
+    user_umask = os.umask(0o077)
     home = _home(ctx)
     # An existing home keeps its modes and is checked before the log goes into it:
     # one open to others is refused, not quietly closed after they may have changed
@@ -152,7 +153,7 @@ def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json:
 
     keep_freed_buffers()
     try:
-        trio.run(serve, home, on_ready, upload_rate)
+        trio.run(serve, home, on_ready, upload_rate, user_umask)
     except BaseExceptionGroup as group:
         # trio's nurseries wrap a start-up error (a port in use...) in an
         # ExceptionGroup: the user gets its sentence, not the group's traceback.
@@ -432,10 +433,14 @@ def get(
         ctx.exit(130)
 
     def human(r: dict[str, Any]) -> str:
+        # Content this node already held is copied from its own store (docs/transfer.md).
+        if r["paths"] and set(r["paths"].values()) == {"local"}:
+            source = "this node's own store"
+        else:
+            source = count(len(r["peers"]), "peer")
         text = (
             f"saved {r['destination']} ({_size(r['size'])}, {count(r['files'], 'file')}) "
-            f"in {r['elapsed_s']:.2f} s ({human_rate(r['size'], r['elapsed_s'])}) "
-            f"from {count(len(r['peers']), 'peer')}"
+            f"in {r['elapsed_s']:.2f} s ({human_rate(r['size'], r['elapsed_s'])}) from {source}"
         )
         if paths := sorted(set(r.get("paths", {}).values())):
             text += f" over {', '.join(paths)}"
@@ -510,7 +515,7 @@ def no_providers_sentence(cid: str, lookup: dict[str, Any], timeout: float) -> s
 
 @cli.command()
 @click.argument("cid")
-@click.option("--timeout", type=click.FloatRange(0.1, 120), default=10.0, show_default=True)
+@click.option("--timeout", type=args.FiniteFloatRange(0.1, 120), default=10.0, show_default=True)
 @json_option
 @click.pass_context
 def find(ctx: click.Context, cid: str, timeout: float, as_json: bool) -> None:

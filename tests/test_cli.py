@@ -85,6 +85,14 @@ def test_help_and_queries_do_not_load_libp2p_or_trio(home: Home) -> None:
     assert probe_imports(home, "'id', '--json'") == "HEAVY="
 
 
+def test_connect_checks_its_address_without_loading_multiaddr(home: Home) -> None:
+    """Parsing a peer address with multiaddr loads ~50 modules of codecs; the CLI's own
+    parser refuses a bad one, and passes a good one on, without it."""
+    good = "'/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA'"
+    assert probe_imports(home, f"'connect', {good}") == "HEAVY="
+    assert probe_imports(home, "'connect', '/ip4/192.0.2.1/tcp/4001'") == "HEAVY="
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "-1"])
 def test_compute_offer_refuses_non_finite_or_negative_max_load(value: str) -> None:
     cli = importlib.import_module("p2pshare_cli.main").cli

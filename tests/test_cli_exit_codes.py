@@ -11,15 +11,19 @@ from p2pshare.errors import ConfigError, ExitCode
 from p2pshare.launcher import init_home, run_cli
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from p2pshare.home import Home
 
 TICKET_LIKE = "p2ps1garbage"
+PEER_ID = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
 
 # (argv after --home, expected exit code, text the one-line error must contain)
 USAGE_ERRORS = [
     (["connect", "garbage"], "is not a peer address"),
     (["connect", "/ip4/192.0.2.1/tcp/4001"], "does not end in /p2p/<peer ID>"),
-    (["connect", "/ip4/192.0.2.1/tcp/4001/p2p/nope"], "is not a peer address"),
+    (["connect", "/ip4/192.0.2.1/tcp/4001/p2p/nope"], "is not a peer ID"),
+    (["connect", f"/ip4/192.0.2.1/udp/4001/quic-v1/p2p/{PEER_ID}"], "p2pshare dials TCP only"),
     (["get", "garbage", "-o", "out"], "neither a p2pshare content ID"),
     (["get", "bafkgarbage", "-o", "out"], "not a p2pshare content ID"),
     (["get", "Qmfoo", "-o", "out"], "not a p2pshare content ID"),
@@ -29,6 +33,8 @@ USAGE_ERRORS = [
     (["unpin", "garbage"], "not a p2pshare content ID"),
     (["downloads", "cancel", "garbage"], "not a p2pshare content ID"),
     (["init", "--listen", "/ip4/127.0.0.1/udp/4001/quic-v1"], "p2pshare listens on TCP only"),
+    (["find", "bafkgarbage", "--timeout", "nan"], "is not a finite number"),
+    (["find", "bafkgarbage", "--timeout", "inf"], "Invalid value for '--timeout'"),
     (["no-such-verb"], "No such command"),
     (["find"], "Missing argument"),
 ]
@@ -111,3 +117,23 @@ def test_home_of_another_user_is_a_home_error(home: Home, monkeypatch: pytest.Mo
     with pytest.raises(ConfigError, match="belongs to another user") as info:
         home.check_private()
     assert info.value.exit_code == ExitCode.CONFIG
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--stdin", "bafkgarbage"),
+        ("--stdin", "no-such-file-nor-cid"),
+        ("--input", "data=bafkgarbage"),
+        ("--input", "data=p2ps1garbage"),
+    ],
+)
+def test_compute_run_with_a_malformed_cid_exits_with_usage_code_without_a_daemon(
+    home: Home, tmp_path: Path, option: str, value: str
+) -> None:
+    init_home(home)
+    module = tmp_path / "m.wat"
+    module.write_text("(module)")
+    code, output = _run(home, "compute", "run", str(module), option, value, "-o", "out")
+    assert code == ExitCode.USAGE, output
+    assert "is no file here" in output

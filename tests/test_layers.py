@@ -40,10 +40,6 @@ ONLY_IMPORTED_BY: dict[str, frozenset[str]] = {
     "sqlite3": frozenset({"store"}),
     "wasmtime": frozenset({"compute"}),
 }
-# (file, library) pairs still waiting to be removed: cli/args.py checks a peer address
-# with multiaddr until its check moves to a light parser (issue 13, CLI import cost).
-# Delete an entry once its import is gone; test_known_offenders_still_offend says when.
-KNOWN_OFFENDERS: frozenset[tuple[str, str]] = frozenset({("cli/args.py", "multiaddr")})
 NEVER_IMPORTED_BY: dict[str, frozenset[str]] = {
     "proto": frozenset(
         {"libp2p", "logging", "multiaddr", "os", "pathlib", "random", "secrets", "socket"}
@@ -94,8 +90,7 @@ def violations(path: Path, source: str) -> list[str]:
         library = module.split(".")[0]
         if target is None:
             allowed = ONLY_IMPORTED_BY.get(library)
-            known = (where.as_posix(), library) in KNOWN_OFFENDERS
-            if allowed is not None and room not in allowed and not known:
+            if allowed is not None and room not in allowed:
                 problems.append(f"{where}:{line}: {module} belongs to {', '.join(allowed)} only")
             if library in NEVER_IMPORTED_BY.get(room, frozenset()):
                 problems.append(f"{where}:{line}: {room} never imports {module}")
@@ -115,13 +110,6 @@ def test_every_room_has_a_floor() -> None:
 def test_imports_only_point_down_the_layers() -> None:
     problems = [problem for path in _sources() for problem in violations(path, path.read_text())]
     assert problems == []
-
-
-def test_known_offenders_still_offend() -> None:
-    """An entry of KNOWN_OFFENDERS whose import is gone would hide the next one."""
-    for file, library in KNOWN_OFFENDERS:
-        modules = [module for _line, module in _imported(ast.parse((ROOT / file).read_text()), "")]
-        assert any(module.split(".")[0] == library for module in modules), (file, library)
 
 
 def test_the_check_sees_what_breaks_the_layering() -> None:

@@ -10,7 +10,11 @@ and a probe of this version):
   the network lookup every time and merge the answers per peer;
 * ADD_PROVIDER from one peer is capped at 10 per 10 s, silently -> raised, since
   a node re-providing its shares sends one per share;
-* its stream handler is not rate limited per peer -> ours sits in front.
+* its stream handler is not rate limited per peer -> ours sits in front;
+* its routing table keeps a peer that stopped answering for an hour or more (it
+  pings only peers unseen that long, five per five minutes) -> a peer is removed
+  when its last connection closes and a re-dial fails, or when a query to it
+  fails while no connection to it is up.
 
 Keys are raw multihash bytes (the content ID's multihash), the standard
 provider-record key of /ipfs/kad/1.0.0, so other libp2p implementations find our
@@ -52,6 +56,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PEER_FEED_TIMEOUT = 5.0
+# A peer whose last connection closed is dialed once more within this long
+# (seconds); if that fails, it leaves the routing table.
+REDIAL_TIMEOUT = 5.0
 QUERY_TIMEOUT = 10.0
 K_CLOSEST = 20
 PEER_ADDR_TTL = 3600
@@ -152,10 +159,29 @@ class _DropCleanEOF(logging.Filter):
         )
 
 
-class _RoutingFeeder(INotifee):
-    """Adds every connected peer to the routing table."""
+async def _forget_if_unreachable(host: IHost, kad: KadDHT, peer: ID, timeout: float) -> bool:
+    """Dial ``peer`` unless a connection is up; on failure remove it from the routing
+    table (True), so lookups and ``status`` stop counting a peer that is gone."""
+    try:
+        await connect(host, PeerInfo(peer, []), timeout)
+    except UserError as exc:
+        return _forget(kad, peer, str(exc))
+    return False
 
-    def __init__(self, dht: KadDHT, nursery: trio.Nursery) -> None:
+
+def _forget(kad: KadDHT, peer: ID, why: str) -> bool:
+    if not kad.routing_table.remove_peer(peer):
+        return False
+    log.debug("%s left the DHT routing table: %s", peer, why)
+    return True
+
+
+class _RoutingFeeder(INotifee):
+    """Adds every connected peer to the routing table, and removes one that cannot
+    be re-dialed once its last connection closed."""
+
+    def __init__(self, host: IHost, dht: KadDHT, nursery: trio.Nursery) -> None:
+        self._host = host
         self._dht = dht
         self._nursery = nursery
 
@@ -170,7 +196,11 @@ class _RoutingFeeder(INotifee):
                 await trio.sleep(0.05)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        return
+        self._nursery.start_soon(self._check, conn.muxed_conn.peer_id)
+
+    async def _check(self, peer_id: ID) -> None:
+        if self._dht.routing_table.peer_in_table(peer_id):
+            await _forget_if_unreachable(self._host, self._dht, peer_id, REDIAL_TIMEOUT)
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
         return
@@ -211,7 +241,8 @@ class Dht:
         joined. Discovery calls :meth:`maintain` on its own schedule instead.
         """
         async with trio.open_nursery() as nursery:
-            self._host.get_network().register_notifee(_RoutingFeeder(self._kad, nursery))
+            feeder = _RoutingFeeder(self._host, self._kad, nursery)
+            self._host.get_network().register_notifee(feeder)
             for peer in self._host.get_connected_peers():
                 nursery.start_soon(self._kad.add_peer, peer)
             self._kad.routing_table.start_periodic_refresh(nursery)
@@ -257,6 +288,7 @@ class Dht:
                         await connect(self._host, PeerInfo(peer, []), QUERY_TIMEOUT)
                     except UserError as exc:
                         log.debug("not providing to %s: %s", peer, exc)
+                        _forget(self._kad, peer, str(exc))
                         return
                     if await store._send_add_provider(peer, key):  # noqa: SLF001
                         accepted.add(peer)
@@ -312,19 +344,14 @@ class Dht:
         depth = dict.fromkeys(known, 1)
 
         async def ask(peer: ID, answered: trio.MemorySendChannel[None]) -> None:
-            with trio.move_on_after(QUERY_TIMEOUT):
-                try:
-                    infos, more = await get_providers_and_closers(self._host, peer, key)
-                except Exception as exc:  # noqa: BLE001 - one bad peer must not end the lookup
-                    log.debug("GET_PROVIDERS to %s failed: %s", peer, exc)
-                    infos, more = [], []
-                for info in infos:
-                    found.setdefault(info.peer_id, set()).update(info.addrs)
-                if infos and not trace.hops:
-                    trace.hops = depth[peer]
-                for named in more:
-                    depth.setdefault(named, depth[peer] + 1)
-                known.update(p for p in more if p != me)
+            infos, more = await self._get_providers(peer, key)
+            for info in infos:
+                found.setdefault(info.peer_id, set()).update(info.addrs)
+            if infos and not trace.hops:
+                trace.hops = depth[peer]
+            for named in more:
+                depth.setdefault(named, depth[peer] + 1)
+            known.update(p for p in more if p != me)
             answered.send_nowait(None)
 
         window = K_CLOSEST
@@ -365,6 +392,23 @@ class Dht:
                 nursery.cancel_scope.cancel()  # found enough: the rest are not needed
         trace.timed_out = deadline.cancelled_caught
         return _at_most(self._as_providers(found), limit)
+
+    async def _get_providers(self, peer: ID, key: bytes) -> tuple[list[PeerInfo], list[ID]]:
+        """One GET_PROVIDERS query; a failed or unanswered one is an empty answer.
+
+        Then, if no connection to ``peer`` is up either, it is gone and leaves the
+        routing table (with one up, the failure was of that request, not of the peer).
+        """
+        why = "no answer in time"
+        with trio.move_on_after(QUERY_TIMEOUT):
+            try:
+                return await get_providers_and_closers(self._host, peer, key)
+            except Exception as exc:  # noqa: BLE001 - one bad peer must not end the lookup
+                log.debug("GET_PROVIDERS to %s failed: %s", peer, exc)
+                why = str(exc)
+        if peer not in self._host.get_connected_peers():
+            _forget(self._kad, peer, why)
+        return [], []
 
     def _as_providers(self, found: dict[ID, set[Multiaddr]]) -> list[Provider]:
         """One entry per peer but this node; their addresses kept for dialing them."""

@@ -282,12 +282,16 @@ def on_connected(host: IHost, callback: Callable[[str], None]) -> None:
 
 
 def connected_peers(host: IHost) -> list[PeerAddrs]:
+    """Each connected peer with its known addresses, each address once.
+
+    The peerstore holds some addresses twice, with and without ``/p2p/<peer ID>``
+    (identify adds one form, a dial or ticket the other).
+    """
     peerstore = host.get_peerstore()
     result = []
     for peer in host.get_connected_peers():
-        addrs = (
-            tuple(sorted(str(a) for a in peerstore.addrs(peer))) if peerstore.has_peer(peer) else ()
-        )
+        known = peerstore.addrs(peer) if peerstore.has_peer(peer) else []
+        addrs = tuple(sorted({str(without_peer_id(a)) for a in known}))
         result.append(PeerAddrs(str(peer), addrs))
     return sorted(result, key=lambda p: p.peer_id)
 

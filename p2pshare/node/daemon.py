@@ -137,6 +137,7 @@ def _assemble(
     catalog: Catalog,
     network: Network,
     upload_rate: int | None,
+    user_umask: int,
 ) -> tuple[Node, ControlServer, Callable[[trio.Nursery], Awaitable[None]]]:
     """Build every service of the node; return the node, its control server, and a
     function that starts the background services in a nursery."""
@@ -151,7 +152,9 @@ def _assemble(
     reach = network.reachability(net.announce, data_port_forwarded=forwarded)
     node.nat_status = [reach.status, relays.status]
     rate = config.transfer.upload_rate if upload_rate is None else upload_rate
-    transfer = TransferApi(network, store, LocalContent(store), discovery, UploadLimiter(rate))
+    transfer = TransferApi(
+        network, store, LocalContent(store), discovery, UploadLimiter(rate), user_umask
+    )
     transfer.register()
     shares = SharesApi(
         store,
@@ -216,11 +219,16 @@ def _assemble(
 
 
 async def serve(
-    home: Home, on_ready: Callable[[ReadyInfo], None], upload_rate: int | None = None
+    home: Home,
+    on_ready: Callable[[ReadyInfo], None],
+    upload_rate: int | None,
+    user_umask: int,
 ) -> None:
     """Run the node until SIGINT, SIGTERM or a ``stop`` request.
 
     ``upload_rate`` (bytes/s, 0 = unlimited) overrides ``[transfer] upload_rate``.
+    ``user_umask`` is the umask the daemon was started with, before it made its own
+    private: what a client that sends none (an older one) gets its files made with.
     """
     if len(str(home.socket_path).encode()) > MAX_SOCKET_PATH:
         raise UserError(
@@ -253,7 +261,7 @@ async def serve(
                 dht_requests_per_second=net.dht_requests_per_second,
             ) as network:
                 node, server, start_services = _assemble(
-                    home, key, config, catalog, network, upload_rate
+                    home, key, config, catalog, network, upload_rate, user_umask
                 )
                 sock = await ControlServer.bind(home.socket_path)
                 async with trio.open_nursery() as nursery:

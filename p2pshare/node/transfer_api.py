@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
-from p2pshare.modes import read_umask
+from p2pshare.errors import leaf_errors
 from p2pshare.net.datachannel import DataChannelOpenError
 from p2pshare.node.downloads import ACTIVE, DownloadManager, remove_partial
 from p2pshare.node.timeouts import PROVIDER_FIND_TIMEOUT, PROVIDER_OPEN_TIMEOUT
@@ -22,6 +22,7 @@ from p2pshare.proto.transfer import PROTOCOL_ID
 from p2pshare.store.catalog import DownloadRequest
 from p2pshare.transfer.downloader import Download, DownloadReport, MemoryRecords, Source
 from p2pshare.transfer.failures import NoProvidersError
+from p2pshare.transfer.local import open_local
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
 if TYPE_CHECKING:
@@ -45,9 +46,10 @@ class TransferApi:
     local: LocalContent
     discovery: Discovery
     limiter: UploadLimiter
+    # The umask the daemon was started with (not the private one it then sets): for a
+    # client that sends none (older ones), and for requests kept from then.
+    daemon_umask: int
     downloads: DownloadManager = field(init=False)
-    # For a client that sends no umask (older ones), and for requests kept from then.
-    daemon_umask: int = field(default_factory=read_umask)
 
     def __post_init__(self) -> None:
         self.downloads = DownloadManager(self.shares.catalog, self._download)
@@ -108,39 +110,32 @@ class TransferApi:
         return await self.downloads.follow(job, emit)
 
     async def _download(self, request: DownloadRequest, progress: Progress) -> dict[str, Any]:
-        """One attempt at ``request``; a completed download is served from where it lies."""
+        """One attempt at ``request``; a completed download is served from where it lies.
+
+        Content this node already holds complete is copied from its own store, not
+        fetched from peers (p2pshare.transfer.local); should that fail (a shared file
+        changed on disk), the peers are asked for the rest.
+        """
         key = request.cid
-        me = self.network.peer_id
-        hints = [Source(peer, addrs) for peer, addrs in request.sources if peer != me]
-
-        async def find() -> list[Source]:
-            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT)
-            return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
-
+        cid = ContentId.parse(key)
         paths: dict[str, str] = {}
-
-        async def open_(source: Source) -> ByteStream:
-            return await self._open(source, paths)
-
-        dest = Path(request.destination)
-        download = Download(
-            cid=ContentId.parse(key),
-            dest=dest,
-            force=request.force,
-            catalog=self.shares.catalog,
-            local=self.local,
-            open_stream=open_,
-            find_sources=find,
-            hints=hints,
-            progress=progress,
-            # Announced while still partial, so other downloaders' lookups find it
-            # and fetch the chunks it already holds (the seeder is not the only source).
-            announce=lambda: self.discovery.provide_soon(key),
-            umask=self.daemon_umask if request.umask is None else request.umask,
-        )
-        report = await download.run()
+        download = None
+        if self.local.stored.holds(cid):
+            # except*: the downloader's nursery wraps its error in an ExceptionGroup.
+            try:
+                download = await self._copy_from_store(request, progress, paths)
+            except* NoProvidersError as group:
+                log.info(
+                    "copying %s from this node's store failed (%s); asking peers",
+                    key,
+                    leaf_errors(group)[0],
+                )
+        if download is None:
+            download = await self._fetch_from_peers(request, progress, paths)
+        report = download.report
         assert download.signed is not None
         pages = tuple(download.pages[i].hashes for i in sorted(download.pages))
+        dest = Path(request.destination)
         await trio.to_thread.run_sync(self.shares.adopt, download.signed, pages, dest)
         self.discovery.provide_soon(key)
         log.info(
@@ -152,6 +147,68 @@ class TransferApi:
             report.requested_bytes,
         )
         return report.as_dict() | {"paths": {p: paths.get(p, "?") for p in report.peers}}
+
+    def _download_of(
+        self,
+        request: DownloadRequest,
+        progress: Progress,
+        open_stream: Callable[[Source], Awaitable[ByteStream]],
+        find_sources: Callable[[], Awaitable[list[Source]]],
+        hints: list[Source],
+    ) -> Download:
+        key = request.cid
+        return Download(
+            cid=ContentId.parse(key),
+            dest=Path(request.destination),
+            force=request.force,
+            catalog=self.shares.catalog,
+            local=self.local,
+            open_stream=open_stream,
+            find_sources=find_sources,
+            hints=hints,
+            progress=progress,
+            # Announced while still partial, so other downloaders' lookups find it
+            # and fetch the chunks it already holds (the seeder is not the only source).
+            announce=lambda: self.discovery.provide_soon(key),
+            umask=self.daemon_umask if request.umask is None else request.umask,
+        )
+
+    async def _copy_from_store(
+        self, request: DownloadRequest, progress: Progress, paths: dict[str, str]
+    ) -> Download:
+        me = self.network.peer_id
+
+        async def nobody() -> list[Source]:
+            return []
+
+        async with trio.open_nursery() as nursery:
+
+            async def open_(_source: Source) -> ByteStream:
+                paths[me] = "local"
+                return await open_local(nursery, self.local.stored)
+
+            download = self._download_of(request, progress, open_, nobody, [Source(me, ())])
+            await download.run()
+            nursery.cancel_scope.cancel()
+        return download
+
+    async def _fetch_from_peers(
+        self, request: DownloadRequest, progress: Progress, paths: dict[str, str]
+    ) -> Download:
+        key = request.cid
+        me = self.network.peer_id
+        hints = [Source(peer, addrs) for peer, addrs in request.sources if peer != me]
+
+        async def find() -> list[Source]:
+            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT)
+            return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
+
+        async def open_(source: Source) -> ByteStream:
+            return await self._open(source, paths)
+
+        download = self._download_of(request, progress, open_, find, hints)
+        await download.run()
+        return download
 
     async def fetch(
         self, cid: ContentId, dest: Path, *, hints: list[Source], max_bytes: int | None
@@ -209,10 +266,12 @@ class TransferApi:
 
         if hinted:
             # The peer that asked usually holds the content: skip the DHT lookup then.
+            # except*: the downloader's nursery wraps its error in an ExceptionGroup, so
+            # a plain except never matched and the DHT was never asked.
             try:
                 return await attempt(nobody)
-            except NoProvidersError as exc:
-                log.info("hinted peers lack %s (%s); asking the DHT", key, exc)
+            except* NoProvidersError as group:
+                log.info("hinted peers lack %s (%s); asking the DHT", key, leaf_errors(group)[0])
         return await attempt(find)
 
     def handlers(self) -> dict[str, Handler]:

@@ -41,6 +41,55 @@ class ContentSource(Protocol):
     def read_chunk(self, cid: ContentId, global_index: int) -> bytes: ...
 
 
+class StoredContent:
+    """The node's shares alone, never a download in progress: complete content only.
+
+    A ``get`` of content this node already holds is copied from here
+    (p2pshare.transfer.local).
+    """
+
+    def __init__(self, shares: ShareStore) -> None:
+        self._shares = shares
+
+    def holds(self, cid: ContentId) -> bool:
+        """Whether ``cid`` is shared here and not known to have changed on disk."""
+        row = self._shares.catalog.share(str(cid))
+        return row is not None and not row.stale_reason
+
+    def signed_manifest(self, cid: ContentId) -> bytes:
+        try:
+            return self._shares.signed_manifest(str(cid)).data
+        except UnknownShareError:
+            raise _unknown(cid) from None
+
+    def page(self, cid: ContentId, page_index: int) -> bytes:
+        data = self._shares.catalog.page(str(cid), page_index)
+        if data is None:
+            raise NotAvailableError(f"hash page {page_index} of {cid} is not held here")
+        return data
+
+    def have(self, cid: ContentId, first_chunk: int, count: int) -> Bitfield:
+        row = self._shares.catalog.share(str(cid))
+        if row is None:
+            raise _unknown(cid)
+        if row.stale_reason:
+            # Said, not an empty list: the downloader tells its user why it got nothing.
+            raise NotAvailableError(f"{cid} cannot be served now: it changed on disk")
+        total = self._shares.signed_manifest(str(cid)).manifest.total_chunks
+        have = Bitfield(count)
+        for offset in range(max(0, min(count, total - first_chunk))):
+            have.set(offset)
+        return have
+
+    def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
+        try:
+            return self._shares.read_chunk(str(cid), global_index)
+        except UnknownShareError:
+            raise _unknown(cid) from None
+        except StaleShareError as exc:
+            raise NotAvailableError(f"{cid} cannot be served now: it changed on disk") from exc
+
+
 class LocalContent:
     """Shares from the store, plus downloads registered while they run.
 
@@ -51,6 +100,7 @@ class LocalContent:
 
     def __init__(self, shares: ShareStore) -> None:
         self._shares = shares
+        self.stored = StoredContent(shares)
         self._partial: dict[str, PartialContent] = {}
         # Chunks of job outputs sent to their requester, until all of them were; the
         # uploader reads chunks in worker threads.
@@ -67,18 +117,13 @@ class LocalContent:
         partial = self._partial.get(str(cid))
         if partial is not None:
             return partial.signed_manifest
-        try:
-            return self._shares.signed_manifest(str(cid)).data
-        except UnknownShareError:
-            raise _unknown(cid) from None
+        return self.stored.signed_manifest(cid)
 
     def page(self, cid: ContentId, page_index: int) -> bytes:
         partial = self._partial.get(str(cid))
-        data = (
-            partial.page(page_index)
-            if partial is not None
-            else self._shares.catalog.page(str(cid), page_index)
-        )
+        if partial is None:
+            return self.stored.page(cid, page_index)
+        data = partial.page(page_index)
         if data is None:
             raise NotAvailableError(f"hash page {page_index} of {cid} is not held here")
         return data
@@ -87,17 +132,7 @@ class LocalContent:
         partial = self._partial.get(str(cid))
         if partial is not None:
             return partial.have(first_chunk, count)
-        row = self._shares.catalog.share(str(cid))
-        if row is None:
-            raise _unknown(cid)
-        if row.stale_reason:
-            # Said, not an empty list: the downloader tells its user why it got nothing.
-            raise NotAvailableError(f"{cid} cannot be served now: it changed on disk")
-        total = self._shares.signed_manifest(str(cid)).manifest.total_chunks
-        have = Bitfield(count)
-        for offset in range(max(0, min(count, total - first_chunk))):
-            have.set(offset)
-        return have
+        return self.stored.have(cid, first_chunk, count)
 
     def for_peer(self, peer: str) -> PeerContent:
         """What ``peer`` may read: everything but the job outputs of other requesters."""
@@ -123,16 +158,11 @@ class LocalContent:
 
     def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
         partial = self._partial.get(str(cid))
-        if partial is not None:
-            if not partial.has_chunk(global_index):
-                raise NotAvailableError(f"chunk {global_index} of {cid} is not downloaded yet")
-            return partial.read_chunk(global_index)
-        try:
-            return self._shares.read_chunk(str(cid), global_index)
-        except UnknownShareError:
-            raise _unknown(cid) from None
-        except StaleShareError as exc:
-            raise NotAvailableError(f"{cid} cannot be served now: it changed on disk") from exc
+        if partial is None:
+            return self.stored.read_chunk(cid, global_index)
+        if not partial.has_chunk(global_index):
+            raise NotAvailableError(f"chunk {global_index} of {cid} is not downloaded yet")
+        return partial.read_chunk(global_index)
 
 
 class PeerContent:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from p2pshare.errors import ExitCode
 from p2pshare.home import Home
 from p2pshare.launcher import DaemonProcess, init_home, run_cli, start_all
 from p2pshare.net.addrs import interface_ips
@@ -119,9 +120,10 @@ def test_connect_at_a_wrong_address_to_a_connected_peer_says_so_and_is_not_remem
         f"error: could not connect to {peer} at {wrong}: connection refused;"
         " the existing connection to it is still up\n"
     )
+    # Refused by the CLI before the daemon is asked: a usage error (docs/cli.md).
     quic = run_cli(b.home, "connect", f"/ip4/127.0.0.1/udp/4001/quic-v1/p2p/{peer}")
-    assert quic.returncode == 1
-    assert "speaks only TCP" in quic.stderr
+    assert quic.returncode == ExitCode.USAGE
+    assert "dials TCP only" in quic.stderr
     assert quic.stderr.count("\n") == 1
     assert peer in {p["peer_id"] for p in cli_json(b.home, "peers")["peers"]}
     b.stop()

@@ -140,6 +140,28 @@ def test_client_without_a_umask_gets_the_daemons(
     assert found["docs/readme"] == 0o600
 
 
+def test_client_without_a_umask_gets_the_umask_the_daemon_was_started_with(
+    short_tmp: Path, tmp_path: Path
+) -> None:
+    """The daemon makes its own umask 077 at start; an older client's files must still
+    get the umask the daemon was started with (022 here), not that private one."""
+    seeder_home, getter_home = Home(short_tmp / "s"), Home(short_tmp / "g")
+    init_home(seeder_home)
+    init_home(getter_home)
+    with ExitStack() as stack:
+        seeder = stack.enter_context(DaemonProcess(seeder_home))
+        getter = stack.enter_context(
+            DaemonProcess(getter_home, wrapper=("sh", "-c", 'umask 022 && exec "$@"', "sh"))
+        )
+        start_all([seeder, getter])
+        shared = cli_json(seeder.home, "share", str(make_tree(tmp_path / "src")))
+        out = tmp_path / "out"
+        getter.call("get", {"ref": shared["ticket"], "dest": str(out)})
+    found = modes(out)
+    assert found["."] == found["empty"] == found["bin/run"] == 0o755
+    assert found["docs/readme"] == 0o644
+
+
 def test_invalid_umask_is_refused_clearly(
     pair: tuple[DaemonProcess, DaemonProcess], tmp_path: Path
 ) -> None:

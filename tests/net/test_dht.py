@@ -182,3 +182,59 @@ async def test_a_lookup_reaches_a_peer_whose_first_known_address_is_stale() -> N
             providers = await asker.find_providers(key)
         assert [p.peer_id for p in providers] == [holder_host.get_id().to_base58()]
         nursery.cancel_scope.cancel()
+
+
+async def start_node(stack: AsyncExitStack, nursery: trio.Nursery) -> tuple[IHost, Dht]:
+    [node] = await start_line(stack, nursery, 1)
+    return node
+
+
+async def wait_for_table(dht: Dht, size: int) -> None:
+    with trio.fail_after(15):
+        while dht.routing_table_size() != size:
+            await trio.sleep(0.05)
+
+
+async def test_a_peer_that_stopped_leaves_the_routing_table() -> None:
+    """Field test #9: `DHT table: 5 peers` with 2 alive. A peer whose connection
+    closed, and that cannot be re-dialed, must not stay in the table."""
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        stayer_host, stayer = await start_node(stack, nursery)
+        async with trio.open_nursery() as leaver_nursery, AsyncExitStack() as leaver_stack:
+            leaver_host, leaver = await start_node(leaver_stack, leaver_nursery)
+            with trio.fail_after(10):
+                await stayer_host.connect(info_from_p2p_addr(leaver_host.get_addrs()[0]))
+            await wait_for_table(stayer, 1)
+            await wait_for_table(leaver, 1)
+            leaver_nursery.cancel_scope.cancel()
+        await wait_for_table(stayer, 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_only_closed_its_connection_is_redialed_and_stays_in_the_table() -> None:
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (a_host, a), (b_host, _) = await start_line(stack, nursery, 2)
+        await wait_for_table(a, 1)
+        await a_host.disconnect(b_host.get_id())
+        with trio.fail_after(15):
+            while b_host.get_id() not in a_host.get_connected_peers():
+                await trio.sleep(0.05)
+        assert a.routing_table_size() == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unreachable_peer_leaves_the_routing_table_when_a_query_to_it_fails() -> None:
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (_, asker), _ = await start_line(stack, nursery, 2)
+        await wait_for_table(asker, 1)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            closed = Multiaddr(f"/ip4/127.0.0.1/tcp/{sock.getsockname()[1]}")
+        gone = ID.from_base58(NodeKey.generate().peer_id)
+        assert await asker._kad.routing_table.add_peer(PeerInfo(gone, [closed]))
+        assert asker.routing_table_size() == 2
+        with trio.fail_after(20):
+            assert await asker.find_providers(key) == []
+        assert asker.routing_table_size() == 1, "the live peer stays, the gone one left"
+        nursery.cancel_scope.cancel()

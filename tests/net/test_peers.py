@@ -15,7 +15,14 @@ from multiaddr import Multiaddr
 from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
 from p2pshare.net.host import running_host
-from p2pshare.net.peers import ADDR_TTL, connect, connect_exactly, on_connected, open_stream
+from p2pshare.net.peers import (
+    ADDR_TTL,
+    connect,
+    connect_exactly,
+    connected_peers,
+    on_connected,
+    open_stream,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -166,3 +173,17 @@ async def test_on_connected_reports_inbound_connections(hosts: tuple[IHost, IHos
     with trio.fail_after(TIMEOUT):
         await seen.wait()
     assert arrived == [theirs.get_id().to_base58()]
+
+
+@pytest.mark.trio
+async def test_connected_peers_lists_an_address_once_with_or_without_its_peer_id(
+    hosts: tuple[IHost, IHost],
+) -> None:
+    ours, theirs = hosts
+    addr = theirs.get_addrs()[0]
+    with trio.fail_after(TIMEOUT):
+        await connect(ours, PeerInfo(theirs.get_id(), [addr]), TIMEOUT)
+    bare = Multiaddr(str(addr).split("/p2p/")[0])
+    ours.get_peerstore().add_addrs(theirs.get_id(), [bare, addr], ADDR_TTL)
+    [listed] = connected_peers(ours)
+    assert listed.addrs == (str(bare),)
