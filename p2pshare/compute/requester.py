@@ -34,17 +34,19 @@ from p2pshare.proto.job import (
     Reject,
     RejectCode,
     Result,
-    verify_receipt,
 )
 from p2pshare.proto.keys import public_key_from_peer_id
 from p2pshare.proto.offer import verify_offer
+from p2pshare.proto.receipt import verify_receipt
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from p2pshare.net.streams import ByteStream
-    from p2pshare.proto.job import JobLimits, JobStatus, Receipt, Submit
+    from p2pshare.proto.job import Submit
+    from p2pshare.proto.jobspec import JobLimits
     from p2pshare.proto.offer import Offer
+    from p2pshare.proto.receipt import JobStatus, Receipt
 
     # Opens a compute-protocol stream to a peer, dialing the given addresses if needed.
     OpenStream: TypeAlias = Callable[[str, Sequence[str]], Awaitable[ByteStream]]

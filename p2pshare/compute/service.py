@@ -37,11 +37,8 @@ from p2pshare.proto.job import (
     MAX_INLINE_OUTPUT,
     Accept,
     Cancel,
-    JobLimits,
     JobRejectedError,
-    JobSpec,
     JobState,
-    JobStatus,
     OfferReply,
     OfferRequest,
     Progress,
@@ -50,8 +47,10 @@ from p2pshare.proto.job import (
     Result,
     Submit,
 )
+from p2pshare.proto.jobspec import JobLimits, JobSpec
 from p2pshare.proto.offer import MAX_OFFER_LIFETIME, Offer, SignedOffer, sign_offer
 from p2pshare.proto.ratelimit import PerKeyBuckets
+from p2pshare.proto.receipt import JobStatus
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from p2pshare.compute.requester import Replica, Worker, compare, rank_workers, too_few_workers
 from p2pshare.identity import NodeKey
-from p2pshare.proto.job import JobLimits, JobStatus, Receipt
+from p2pshare.proto.jobspec import JobLimits
 from p2pshare.proto.offer import Offer
+from p2pshare.proto.receipt import JobStatus, Receipt
 
 LIMITS = JobLimits(fuel=10**9, memory=16 * 1024**2, wall_seconds=5, max_output=1024)
 KEYS = [NodeKey.from_seed(bytes([i]) * 32) for i in range(1, 8)]

@@ -31,19 +31,10 @@ from p2pshare.config import ComputeConfig
 from p2pshare.errors import RemoteProtocolError
 from p2pshare.identity import NodeKey
 from p2pshare.proto.cid import ContentId
-from p2pshare.proto.job import (
-    Accept,
-    JobLimits,
-    JobRejectedError,
-    JobSpec,
-    JobStatus,
-    RejectCode,
-    Result,
-    Submit,
-    build_job_spec,
-    output_digest,
-)
+from p2pshare.proto.job import Accept, JobRejectedError, RejectCode, Result, Submit
+from p2pshare.proto.jobspec import JobLimits, JobSpec, build_job_spec
 from p2pshare.proto.offer import Offer, sign_offer
+from p2pshare.proto.receipt import JobStatus, output_digest
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
