@@ -23,21 +23,18 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 import trio
 
 from p2pshare.compute.channel import JobChannel
-from p2pshare.errors import RemoteError, RemoteProtocolError, UserError
+from p2pshare.errors import RemoteError, UserError
 from p2pshare.proto.job import (
-    Accept,
-    Cancel,
     JobRejectedError,
     OfferReply,
-    OfferRequest,
     Progress,
     Reject,
     RejectCode,
     Result,
 )
+from p2pshare.proto.jobsession import RequesterSession, SessionState
 from p2pshare.proto.keys import public_key_from_peer_id
 from p2pshare.proto.offer import verify_offer
-from p2pshare.proto.receipt import verify_receipt
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -94,7 +91,7 @@ class Replica:
     stdout: bytes | None = None
     refused: str | None = None
     refusal_code: str | None = None
-    state: str = "submitted"
+    state: SessionState = SessionState.SUBMITTED
     fetched_bytes: int = 0
     elapsed_s: float = 0.0
 
@@ -102,7 +99,7 @@ class Replica:
         receipt = self.receipt
         return {
             "peer_id": self.peer_id,
-            "state": self.state,
+            "state": self.state.value,
             "status": None if receipt is None else receipt.status.value,
             "exit_code": None if receipt is None else receipt.exit_code,
             "fuel_used": None if receipt is None else receipt.fuel_used,
@@ -149,11 +146,12 @@ async def ask_offer(
         worker_key = public_key_from_peer_id(peer_id)
     except ValueError as exc:
         raise WorkerOfferError(str(exc)) from None
+    session = RequesterSession(worker_key)
     with trio.fail_after(OFFER_TIMEOUT):
-        channel = JobChannel(await open_stream(peer_id, addrs))
+        channel = JobChannel(await open_stream(peer_id, addrs), session)
         try:
-            await channel.send(OfferRequest())
-            reply = await channel.receive()
+            await channel.send(session.offer_request())
+            reply = await channel.next_event()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await channel.aclose()
@@ -304,7 +302,8 @@ async def run_replicas(
             try:
                 await _run_one(open_stream, worker, submit, replica, on_update)
             except JobRejectedError as exc:
-                replica.state, replica.refused, replica.refusal_code = "refused", str(exc), exc.code
+                replica.refused, replica.refusal_code = str(exc), exc.code
+                replica.state = SessionState.REFUSED
                 await on_update(replica)
                 if exc.code not in _TRY_ANOTHER:
                     fatal.append(exc)
@@ -312,7 +311,8 @@ async def run_replicas(
                     return
                 continue
             except (trio.TooSlowError, UserError, RemoteError) as exc:
-                replica.state, replica.refused = "failed", str(exc) or type(exc).__name__
+                replica.state = SessionState.FAILED
+                replica.refused = str(exc) or type(exc).__name__
                 await on_update(replica)
                 continue
             return
@@ -334,7 +334,6 @@ async def _run_one(
 ) -> None:
     started = time.monotonic()
     worker_key = public_key_from_peer_id(worker.peer_id)
-    job = submit.job_id
     try:
         stream = await open_stream(worker.peer_id, worker.addrs)
     except UserError:
@@ -342,40 +341,31 @@ async def _run_one(
         # connection; one more try costs little and saves the replica.
         await trio.sleep(OPEN_RETRY_DELAY)
         stream = await open_stream(worker.peer_id, worker.addrs)
-    channel = JobChannel(stream)
-    finished = False
+    session = RequesterSession(worker_key)
+    channel = JobChannel(stream, session)
     try:
-        await channel.send(submit)
+        await channel.send(session.submit(submit))
         with trio.fail_after(submit.spec.limits.wall_seconds + RESULT_MARGIN):
             while True:
-                message = await channel.receive()
-                if message is None:
-                    raise RemoteProtocolError(f"{worker.peer_id} closed the job without a result")
-                if isinstance(message, Accept | Reject | Progress) and message.job_id != job:
-                    raise RemoteProtocolError(f"{worker.peer_id} answered about another job")
-                if isinstance(message, Reject):
-                    finished = True
-                    raise message.exception()
-                if isinstance(message, Accept):
-                    replica.state = "accepted"
-                elif isinstance(message, Progress):
-                    replica.state = message.state.value
-                    replica.fetched_bytes = message.fetched or replica.fetched_bytes
-                elif isinstance(message, Result):
-                    signed = verify_receipt(message.receipt.data, worker=worker_key, job=job)
-                    replica.receipt, replica.receipt_data = signed.receipt, signed.data
-                    replica.stdout = message.stdout
-                    replica.state = "done"
-                    finished = True
+                event = await channel.next_event()
+                if isinstance(event, Reject):
+                    raise event.exception()
+                replica.state = session.state
+                if isinstance(event, Progress):
+                    replica.fetched_bytes = event.fetched or replica.fetched_bytes
+                elif isinstance(event, Result):
+                    replica.receipt, replica.receipt_data = (
+                        event.receipt.receipt,
+                        event.receipt.data,
+                    )
+                    replica.stdout = event.stdout
                     break
-                else:
-                    raise RemoteProtocolError(f"{worker.peer_id} sent {type(message).__name__}")
                 await on_update(replica)
     finally:
         replica.elapsed_s = time.monotonic() - started
         with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE):
-            if not finished:
+            if (cancel := session.cancel()) is not None:
                 with contextlib.suppress(trio.BrokenResourceError, RemoteError):
-                    await channel.send(Cancel(job))
+                    await channel.send(cancel)
             await channel.aclose()
     await on_update(replica)

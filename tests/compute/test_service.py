@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2pshare.compute.channel import JobChannel
+from p2pshare.compute.channel import WorkerChannel
 from p2pshare.compute.requester import (
     NotOfferingError,
     Replica,
@@ -229,12 +229,12 @@ async def liar(stream: ByteStream, _requester: str, key: NodeKey) -> None:
     """Accepts any job and signs a receipt for output it never computed."""
     from p2pshare.compute.jobs import SandboxResult, sign_result
 
-    channel = JobChannel(stream)
-    submit = await channel.receive()
+    channel = WorkerChannel(stream)
+    submit = await channel.next_event()
     assert isinstance(submit, Submit)
-    await channel.send(Accept(submit.job_id))
+    await channel.answer(Accept(submit.job_id))
     forged = SandboxResult(JobStatus.OK, 0, 1000, b"42 42 42\n", b"", "made up")
-    await channel.send(Result(sign_result(submit.spec, forged, key, cid_of(b"42 42 42\n"))))
+    await channel.answer(Result(sign_result(submit.spec, forged, key, cid_of(b"42 42 42\n"))))
     await channel.aclose()
 
 
@@ -473,7 +473,7 @@ async def test_a_stream_cut_inside_a_message_is_a_protocol_error() -> None:
     await theirs.send_all(b"\x00\x00\x00\x10abc")
     await theirs.aclose()
     with pytest.raises(RemoteProtocolError, match="inside a job message"):
-        await JobChannel(mine).receive()
+        await WorkerChannel(mine).next_event()
 
 
 async def test_a_worker_that_turned_compute_off_is_no_longer_listed(
