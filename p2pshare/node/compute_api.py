@@ -37,19 +37,10 @@ from p2pshare.modes import file_mode
 from p2pshare.node.job_outputs import JobOutputs
 from p2pshare.node.timeouts import WORKER_FIND_TIMEOUT, WORKER_OPEN_TIMEOUT
 from p2pshare.proto.cid import ContentId
-from p2pshare.proto.job import (
-    NONCE_SIZE,
-    PROTOCOL_ID,
-    JobLimits,
-    JobRejectedError,
-    JobSpec,
-    JobStatus,
-    RejectCode,
-    Submit,
-    build_job_spec,
-    output_digest,
-)
+from p2pshare.proto.job import NONCE_SIZE, PROTOCOL_ID, JobRejectedError, RejectCode, Submit
+from p2pshare.proto.jobspec import JobLimits, JobSpec, build_job_spec
 from p2pshare.proto.offer import COMPUTE_KEY
+from p2pshare.proto.receipt import JobStatus, output_digest
 from p2pshare.proto.ticket import parse_content_ref
 from p2pshare.transfer.destination import (
     DestinationExistsError,
@@ -60,6 +51,7 @@ from p2pshare.transfer.destination import (
     write_file,
 )
 from p2pshare.transfer.downloader import Source
+from p2pshare.transfer.failures import ContentTooLargeError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -143,9 +135,12 @@ class ComputeApi:
             _check_size(row.total_size, max_bytes, cid)
             await trio.to_thread.run_sync(self._copy_verified, str(cid), dest)
             return Fetched(row.total_size, 0)
-        report = await self.transfer.fetch(
-            cid, dest, hints=[Source(peer) for peer in hints], max_bytes=max_bytes
-        )
+        try:
+            report = await self.transfer.fetch(
+                cid, dest, hints=[Source(peer) for peer in hints], max_bytes=max_bytes
+            )
+        except ContentTooLargeError as exc:
+            raise JobRejectedError(RejectCode.OVERSIZE, str(exc)) from None
         is_file = await trio.to_thread.run_sync(dest.is_file)
         _check_single_file("file" if is_file else "directory", report.files, cid)
         return Fetched(report.size, report.received_bytes)

@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
+from p2pshare.errors import P2PShareError, leaf_errors
 from p2pshare.modes import read_umask
 from p2pshare.net.datachannel import DataChannelOpenError
 from p2pshare.node.downloads import ACTIVE, DownloadManager, remove_partial
 from p2pshare.node.timeouts import PROVIDER_FIND_TIMEOUT, PROVIDER_OPEN_TIMEOUT
 from p2pshare.proto.cid import ContentId
-from p2pshare.proto.job import JobRejectedError, RejectCode
 from p2pshare.proto.ticket import parse_content_ref
 from p2pshare.proto.transfer import PROTOCOL_ID
 from p2pshare.store.catalog import DownloadRequest
 from p2pshare.transfer.downloader import Download, DownloadReport, MemoryRecords, Source
-from p2pshare.transfer.failures import NoProvidersError
+from p2pshare.transfer.failures import ContentTooLargeError, NoProvidersError
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ class TransferApi:
         """Download ``cid`` to ``dest`` for the node's own use (a compute job's content).
 
         Unlike ``get`` it is not listed, resumed or shared afterwards, and content larger
-        than ``max_bytes`` is refused (JobRejectedError, code ``oversize``) as soon as
+        than ``max_bytes`` is refused (ContentTooLargeError) as soon as
         its manifest says so.  Since it is never resumed, an attempt that fails removes
         the partial it made.  What it writes is private (0600/0700).
         """
@@ -173,9 +173,8 @@ class TransferApi:
         async def check_size(data: dict[str, Any]) -> None:
             total = data.get("total")
             if max_bytes is not None and isinstance(total, int) and total > max_bytes:
-                raise JobRejectedError(
-                    RejectCode.OVERSIZE,
-                    f"{key} has {total} bytes, more than the {max_bytes} allowed",
+                raise ContentTooLargeError(
+                    f"{key} has {total} bytes, more than the {max_bytes} allowed"
                 )
 
         async def nobody() -> list[Source]:
@@ -202,10 +201,13 @@ class TransferApi:
             )
             try:
                 return await download.run()
-            except BaseException:
+            except BaseException as exc:
                 if download.output is not None:
                     remove_partial(dest)
-                raise
+                inner = _unwrapped(exc)
+                if inner is exc:
+                    raise
+                raise inner from None
 
         if hinted:
             # The peer that asked usually holds the content: skip the DHT lookup then.
@@ -217,3 +219,16 @@ class TransferApi:
 
     def handlers(self) -> dict[str, Handler]:
         return {"get": self.get} | self.downloads.handlers()
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """The p2pshare error inside the ExceptionGroups of the download's nurseries.
+
+    The callers of ``fetch`` catch NoProvidersError (to ask the DHT after the hints)
+    and ContentTooLargeError (a compute worker's ``oversize``): wrapped, neither would
+    be caught.  Anything else, a cancellation above all, goes on as it is.
+    """
+    leaves = leaf_errors(exc)
+    if isinstance(exc, BaseExceptionGroup) and all(isinstance(e, P2PShareError) for e in leaves):
+        return leaves[0]
+    return exc
