@@ -537,6 +537,5 @@ def test_an_input_larger_than_the_worker_takes_is_refused_as_oversize(
         cli_json(worker.home, "compute", "offer", "--max-input", str(1024**3))
         cli_json(holder.home, "compute", "offer", "--on")
         cli_json(holder.home, "unshare", shared["cid"])
-    for node in cluster.workers:
-        wait_for("the worker pool back up", lambda n=node: bool(offer_status(n)["ready"]))
+    wait_for("both pools back up", lambda: all(offer_status(n)["ready"] for n in cluster.workers))
     assert_workers_serve(cluster, tmp_path / "wc.txt")

@@ -32,6 +32,7 @@ from p2pshare.proto.job import (
 from p2pshare.proto.jobsession import (
     NO_JOB,
     Closed,
+    JobAnswer,
     RequesterSession,
     SessionState,
     WorkerSession,
@@ -103,7 +104,7 @@ def test_a_whole_job_reads_the_same_under_any_split(
 ) -> None:
     worker = WorkerSession()
     assert _drain_open(worker, _frames(SUBMIT)) == [SUBMIT]
-    answers = [Accept(JOB), *progresses, _result()]
+    answers: list[JobMessage] = [Accept(JOB), *progresses, _result()]
     sent = b"".join(
         [worker.send(Accept(JOB)), *(worker.send(p) for p in progresses), worker.send(_result())]
     )
@@ -239,7 +240,8 @@ def test_cancel_is_sent_once_while_the_job_runs() -> None:
 
 
 def test_a_worker_sees_cancel_at_any_time_after_submit() -> None:
-    for answers in ([], [Accept(JOB)], [Accept(JOB), _result()]):
+    cases: list[list[JobAnswer]] = [[], [Accept(JOB)], [Accept(JOB), _result()]]
+    for answers in cases:
         worker = WorkerSession()
         _drain_open(worker, _frames(SUBMIT))
         for answer in answers:
@@ -251,7 +253,7 @@ def test_a_worker_sees_cancel_at_any_time_after_submit() -> None:
 
 def _drain_open(worker: WorkerSession, data: bytes) -> list[object]:
     worker.receive_data(data)
-    events = []
+    events: list[object] = []
     while (event := worker.next_event()) is not None:
         events.append(event)
     return events
@@ -304,7 +306,11 @@ def test_a_worker_cannot_answer_out_of_order(
 
 
 def test_a_worker_may_refuse_a_job_before_or_after_accepting_it() -> None:
-    for answers in ([Reject(JOB, RejectCode.BUSY, "busy")], [Accept(JOB), Reject(JOB, "x", "")]):
+    cases: list[list[JobAnswer]] = [
+        [Reject(JOB, RejectCode.BUSY, "busy")],
+        [Accept(JOB), Reject(JOB, "x", "")],
+    ]
+    for answers in cases:
         worker = WorkerSession()
         _drain_open(worker, _frames(SUBMIT))
         for answer in answers:
