@@ -199,15 +199,7 @@ class TransferApi:
                 hints=hinted,
                 progress=check_size,
             )
-            try:
-                return await download.run()
-            except BaseException as exc:
-                if download.output is not None:
-                    remove_partial(dest)
-                inner = _unwrapped(exc)
-                if inner is exc:
-                    raise
-                raise inner from None
+            return await _run_once(download, dest)
 
         if hinted:
             # The peer that asked usually holds the content: skip the DHT lookup then.
@@ -219,6 +211,19 @@ class TransferApi:
 
     def handlers(self) -> dict[str, Handler]:
         return {"get": self.get} | self.downloads.handlers()
+
+
+async def _run_once(download: Download, dest: Path) -> DownloadReport:
+    """Run a download that is never resumed: a failed one leaves no partial behind."""
+    try:
+        return await download.run()
+    except BaseException as exc:
+        if download.output is not None:
+            remove_partial(dest)
+        inner = _unwrapped(exc)
+        if inner is exc:
+            raise
+        raise inner from None
 
 
 def _unwrapped(exc: BaseException) -> BaseException:
