@@ -29,7 +29,8 @@ from p2pshare.compute.examples import WAT_DIR
 from p2pshare.compute.jobs import SandboxJob
 from p2pshare.compute.pool import PoolConfig, open_worker_pool
 from p2pshare.compute.sandbox import Sandbox
-from p2pshare.proto.job import JobLimits, JobStatus
+from p2pshare.proto.jobspec import JobLimits
+from p2pshare.proto.receipt import JobStatus
 
 EXAMPLES = WAT_DIR
 SEED = bytes(32)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from p2pshare.errors import ConfigError, UserError
-from p2pshare.proto import job
+from p2pshare.proto import jobspec
 from p2pshare.proto.listen import parse_listen_addr
 
 if TYPE_CHECKING:
@@ -204,10 +204,10 @@ def _between(low: int, high: int) -> typing.Callable[[int], str | None]:
 
 
 _check_slots = _between(1, 256)
-_check_fuel = _between(job.MIN_FUEL, job.MAX_FUEL)
-_check_memory = _between(job.MIN_MEMORY, job.MAX_MEMORY)
-_check_wall = _between(job.MIN_WALL_SECONDS, job.MAX_WALL_SECONDS)
-_check_output = _between(0, job.MAX_OUTPUT_BYTES)
+_check_fuel = _between(jobspec.MIN_FUEL, jobspec.MAX_FUEL)
+_check_memory = _between(jobspec.MIN_MEMORY, jobspec.MAX_MEMORY)
+_check_wall = _between(jobspec.MIN_WALL_SECONDS, jobspec.MAX_WALL_SECONDS)
+_check_output = _between(0, jobspec.MAX_OUTPUT_BYTES)
 
 # Lists that must not be empty: a daemon that listens nowhere is unreachable.
 _NON_EMPTY = {("network", "listen")}

@@ -1,49 +1,67 @@
-"""One compute-protocol stream: job messages in length-prefixed frames, both ways.
+"""One compute-protocol stream: a sans-IO job session driven over a byte stream.
 
-The thin async shell over :mod:`p2pshare.proto.job`; the worker service and the
-requester each hold one per stream.
+The thin async shell over :mod:`p2pshare.proto.jobsession`: it only moves bytes.
+The session decides what may be sent and checks what arrives; the worker service
+and the requester each hold one channel per stream.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
-from p2pshare.errors import RemoteProtocolError
-from p2pshare.proto.framing import FrameDecoder, encode_frame
-from p2pshare.proto.job import MAX_MESSAGE_SIZE, decode_job_message, encode_job_message
+from p2pshare.proto.jobsession import WorkerEvent, WorkerSession
 
 if TYPE_CHECKING:
     from p2pshare.net.streams import ByteStream
-    from p2pshare.proto.job import JobMessage
+    from p2pshare.proto.job import OfferReply
+    from p2pshare.proto.jobsession import JobAnswer
 
 _READ_SIZE: Final = 64 * 1024
 
+E_co = TypeVar("E_co", covariant=True)
+E = TypeVar("E")
 
-class JobChannel:
-    """Send and receive whole job messages on a byte stream."""
 
-    def __init__(self, stream: ByteStream) -> None:
+class Session(Protocol[E_co]):
+    """What a channel needs of a session: bytes in, events out."""
+
+    def receive_data(self, data: bytes) -> None: ...
+
+    def next_event(self) -> E_co | None: ...
+
+
+class JobChannel(Generic[E]):
+    """Feed a session the bytes of a stream and write the bytes it returns."""
+
+    def __init__(self, stream: ByteStream, session: Session[E]) -> None:
         self.stream = stream
-        self._decoder = FrameDecoder(MAX_MESSAGE_SIZE)
+        self.session = session
 
-    async def send(self, message: JobMessage) -> None:
-        await self.stream.send_all(encode_frame(encode_job_message(message), MAX_MESSAGE_SIZE))
+    async def send(self, frame: bytes) -> None:
+        await self.stream.send_all(frame)
 
-    async def receive(self) -> JobMessage | None:
-        """The next message; None when the peer closed the stream between messages.
+    async def next_event(self) -> E:
+        """The session's next event, reading the stream as long as it needs more bytes.
 
-        RemoteProtocolError for a malformed message or a stream cut inside one.
+        The session's errors (RemoteProtocolError for anything out of order or
+        malformed, a stream cut inside a message included) pass through.
         """
-        while True:
-            frame = self._decoder.next_frame()
-            if frame is not None:
-                return decode_job_message(frame)
+        while (event := self.session.next_event()) is None:
             data = await self.stream.receive_some(_READ_SIZE)
-            if not data:
-                if self._decoder.buffered:
-                    raise RemoteProtocolError("the stream ended inside a job message")
-                return None
-            self._decoder.feed(bytes(data))
+            self.session.receive_data(bytes(data))
+        return event
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+class WorkerChannel(JobChannel[WorkerEvent]):
+    """The worker's end of a stream: a :class:`WorkerSession` over it."""
+
+    def __init__(self, stream: ByteStream) -> None:
+        self.worker = WorkerSession()
+        super().__init__(stream, self.worker)
+
+    async def answer(self, message: OfferReply | JobAnswer) -> None:
+        """Send ``message``; LocalProtocolError if it is not the worker's turn."""
+        await self.send(self.worker.send(message))

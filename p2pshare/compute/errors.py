@@ -27,3 +27,7 @@ class WorkerCrashedError(P2PShareError):
 
 class WorkerStartError(UserError):
     """Compute worker processes cannot be started (wasmtime missing, or no resources)."""
+
+
+class JobFailedError(UserError):
+    """Every worker asked refused or failed, or too few could be found."""

@@ -12,17 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from p2pshare.errors import LocalProtocolError
-from p2pshare.proto.job import (
-    MAX_FUEL,
-    JobLimits,
-    JobSpec,
-    JobStatus,
-    Receipt,
-    SignedReceipt,
-    job_id,
-    output_digest,
-    sign_receipt,
-)
+from p2pshare.proto.jobspec import MAX_FUEL, JobLimits, JobSpec, job_id
+from p2pshare.proto.receipt import JobStatus, Receipt, SignedReceipt, output_digest, sign_receipt
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

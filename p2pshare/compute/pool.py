@@ -49,7 +49,9 @@ from p2pshare.compute.worker import (
 )
 from p2pshare.errors import LocalProtocolError, leaf_errors
 from p2pshare.proto.framing import HEADER_SIZE, FrameDecoder, FrameTooLargeError
-from p2pshare.proto.job import DEFAULT_MEMORY, DEFAULT_OUTPUT_BYTES, JobState, JobStatus
+from p2pshare.proto.job import JobState
+from p2pshare.proto.jobspec import DEFAULT_MEMORY, DEFAULT_OUTPUT_BYTES
+from p2pshare.proto.receipt import JobStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

@@ -1,379 +1,259 @@
-"""The requester side of the compute protocol: find workers, run replicas, compare them.
+"""The requester side of compute: share a job, choose workers, run replicas, conclude.
 
-* :func:`ask_offer` fetches and checks one worker's signed offer;
-* :func:`rank_workers` keeps the workers whose offer fits a job and orders them,
-  those already holding the job's inputs first;
-* :func:`run_replicas` submits a job to k workers at once, replacing workers that
-  are busy or unreachable, and returns every replica's verified receipt;
-* :func:`compare` says whether the receipts agree and who disagreed.
+:class:`Requester` is what ``compute_run`` does, step by step:
 
-The node's control API (p2pshare.node.compute_api) supplies the streams, the clock
-and the shares; nothing here touches files.
+1. share the module (assembled from WAT text if need be), the stdin and the inputs;
+2. choose workers: find them in the DHT, ask their offers (:mod:`.workers`), and
+   rank those able to take the job, the ones holding its inputs first;
+3. run the replicas (:mod:`.replicas`) while telling the client how they go;
+4. compare the receipts and fetch the output of one that agrees with the majority.
+
+Everything it needs of the node comes in as callables (sharing, finding peers and
+content holders, opening streams) and an :class:`Output`, which applies the rules of
+``-o``; ``node/compute_api.py`` only wires them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import secrets
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, TypeAlias
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
+import blake3
 import trio
 
-from p2pshare.compute.channel import JobChannel
-from p2pshare.errors import RemoteError, RemoteProtocolError, UserError
-from p2pshare.proto.job import (
-    Accept,
-    Cancel,
-    JobRejectedError,
-    OfferReply,
-    OfferRequest,
-    Progress,
-    Reject,
-    RejectCode,
-    Result,
-    verify_receipt,
-)
-from p2pshare.proto.keys import public_key_from_peer_id
-from p2pshare.proto.offer import verify_offer
+from p2pshare.compute.errors import JobFailedError
+from p2pshare.compute.imports import MAX_MODULE_SIZE
+from p2pshare.compute.replicas import JobWatch, Replica, compare
+from p2pshare.compute.workers import Worker, collect_offers, rank_workers, too_few_workers
+from p2pshare.errors import P2PShareError, UserError
+from p2pshare.proto.job import NONCE_SIZE, Submit
+from p2pshare.proto.jobspec import JobLimits, JobSpec, build_job_spec
+from p2pshare.proto.receipt import JobStatus, output_digest
+from p2pshare.proto.ticket import parse_content_ref
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable
 
-    from p2pshare.net.streams import ByteStream
-    from p2pshare.proto.job import JobLimits, JobStatus, Receipt, Submit
-    from p2pshare.proto.offer import Offer
+    from p2pshare.compute.workers import OpenStream
+    from p2pshare.control.server import Emit
+    from p2pshare.proto.cid import ContentId
 
-    # Opens a compute-protocol stream to a peer, dialing the given addresses if needed.
-    OpenStream: TypeAlias = Callable[[str, Sequence[str]], Awaitable[ByteStream]]
+    # Shares a local file; its content ID, and whether this call shared it (it is
+    # then unshared when the run ends).
+    Share: TypeAlias = Callable[[Path], Awaitable[tuple[ContentId, bool]]]
+    # Peers announcing a key: up to ``want`` of (peer ID, addresses), within ``timeout``.
+    FindWorkers: TypeAlias = Callable[[int, float], Awaitable[list[tuple[str, tuple[str, ...]]]]]
+    # Peer IDs providing a content ID, within ``timeout``.
+    FindHolders: TypeAlias = Callable[[ContentId, float], Awaitable[list[str]]]
 
 log = logging.getLogger(__name__)
 
-OFFER_TIMEOUT: Final = 5.0
-# Fetching a job's content is bounded by the worker (600 s); a result comes within
-# that, the job's wall limit, and this margin for compiling and storing the output.
-RESULT_MARGIN: Final = 660.0
-CANCEL_GRACE: Final = 2.0
-OPEN_RETRY_DELAY: Final = 0.2
-# A worker refusing for one of these reasons may take the job another time or
-# another worker may: try the next one.  Any other refusal is about the job itself.
-_TRY_ANOTHER: Final = frozenset(
-    {
-        RejectCode.BUSY,
-        RejectCode.RATE_LIMITED,
-        RejectCode.LIMIT_EXCEEDS_OFFER,
-        RejectCode.NO_SPACE,
-        RejectCode.NOT_OFFERING,
-        RejectCode.INTERNAL,
-    }
-)
+MAX_REPLICAS: Final = 16
+# Workers asked for an offer per job: enough to replace a few busy ones.
+CANDIDATES_PER_REPLICA: Final = 4
+WASM_MAGIC: Final = b"\0asm"
+
+
+class Output(Protocol):
+    """The destination of a job's output, kept by the rules of ``-o``.
+
+    Errors of the destination itself (it exists, the disk is full) are the user's to
+    fix and end the run; :meth:`fetch` returns False for a replica's output that
+    cannot be had or does not match ``digest``.
+    """
+
+    @property
+    def path(self) -> Path: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def fetch(self, cid: ContentId, peer_id: str, digest: bytes) -> bool: ...
 
 
 @dataclass(frozen=True)
-class Worker:
-    """A worker found in the DHT, with the offer it signed."""
+class JobRequest:
+    """What the user asked to run: local paths or content refs, and how many replicas."""
 
-    peer_id: str
-    addrs: tuple[str, ...]
-    offer: Offer
-    held_inputs: int = 0
+    module: Path
+    stdin: str | None
+    inputs: list[tuple[str, str]]
+    args: list[str]
+    limits: JobLimits
+    replicas: int
 
 
 @dataclass
-class Replica:
-    """One worker's run of the job, as the requester saw it."""
+class Requester:
+    share: Share
+    unshare: Callable[[str], object]
+    # Bytes of a content ID this node holds, 0 if none (the input a worker must fetch).
+    local_size: Callable[[ContentId], int]
+    find_workers: FindWorkers
+    find_holders: FindHolders
+    open_stream: OpenStream
+    modules_dir: Path
+    find_timeout: float
 
-    peer_id: str
-    receipt: Receipt | None = None
-    receipt_data: bytes = b""
-    # The output itself when the worker sent it with the receipt (small outputs).
-    stdout: bytes | None = None
-    refused: str | None = None
-    refusal_code: str | None = None
-    state: str = "submitted"
-    fetched_bytes: int = 0
-    elapsed_s: float = 0.0
+    async def workers(self, want: int, timeout: float) -> tuple[list[Worker], dict[str, str]]:
+        """Up to ``want`` workers with their offers, and why the others could not answer."""
+        return await collect_offers(self.open_stream, await self.find_workers(want, timeout))
 
-    def as_dict(self) -> dict[str, object]:
-        receipt = self.receipt
-        return {
-            "peer_id": self.peer_id,
-            "state": self.state,
-            "status": None if receipt is None else receipt.status.value,
-            "exit_code": None if receipt is None else receipt.exit_code,
-            "fuel_used": None if receipt is None else receipt.fuel_used,
-            "digest": None if receipt is None else receipt.digest.hex(),
-            "output": None if receipt is None or receipt.output is None else str(receipt.output),
-            "refused": self.refused,
-            "fetched_bytes": self.fetched_bytes,
-            "elapsed_s": round(self.elapsed_s, 3),
-        }
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """How the replicas' receipts compare.
-
-    ``agreed`` when every replica gave the same outcome; ``majority`` holds the peers
-    of the largest group when it is a strict majority; ``dissenters`` are the peers
-    outside it (every peer when there is no majority).
-    """
-
-    agreed: bool
-    majority: tuple[str, ...]
-    dissenters: tuple[str, ...]
-    outcome: tuple[JobStatus, int, bytes] | None
-
-
-class WorkerOfferError(RemoteError):
-    """A worker's offer could not be had or did not verify."""
-
-
-class NotOfferingError(WorkerOfferError):
-    """The peer has turned compute off: it is no worker now."""
-
-
-async def ask_offer(
-    open_stream: OpenStream,
-    peer_id: str,
-    addrs: Sequence[str],
-    *,
-    now: Callable[[], float] = time.time,
-) -> Offer:
-    """The current offer of ``peer_id``, checked against its key and the clock."""
-    try:
-        worker_key = public_key_from_peer_id(peer_id)
-    except ValueError as exc:
-        raise WorkerOfferError(str(exc)) from None
-    with trio.fail_after(OFFER_TIMEOUT):
-        channel = JobChannel(await open_stream(peer_id, addrs))
+    async def run(self, request: JobRequest, output: Output, emit: Emit) -> dict[str, Any]:
+        """Run the job on ``request.replicas`` workers; the report ``compute_run`` returns."""
+        started = time.monotonic()
+        created: list[str] = []
         try:
-            await channel.send(OfferRequest())
-            reply = await channel.receive()
+            await emit("progress", {"phase": "sharing"})
+            module_file = await trio.to_thread.run_sync(self._module_file, request.module)
+            module = await self._share_file(module_file, created)
+            spec = await self._spec(request, module, created)
+            await emit("progress", {"phase": "finding", "job_id": spec.job_id.hex()})
+            workers = await self._choose(spec, request.replicas, created)
+            submit = Submit(spec, secrets.token_bytes(NONCE_SIZE))
+            watch = JobWatch(emit, spec.job_id)
+            replicas = await watch.run_replicas(self.open_stream, workers, submit, request.replicas)
+            doc = await self._conclude(spec.job_id, replicas, request.replicas, output, emit)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await channel.aclose()
-    if isinstance(reply, Reject) and reply.code == RejectCode.NOT_OFFERING:
-        raise NotOfferingError(f"{peer_id} does not offer compute now")
-    if not isinstance(reply, OfferReply):
-        raise WorkerOfferError(f"{peer_id} answered an offer request with {reply!r}")
-    return verify_offer(reply.offer, worker=worker_key, now=int(now())).offer
+            with trio.CancelScope(shield=True):
+                for cid in created:
+                    self.unshare(cid)
+        doc["module"] = str(module)
+        doc["elapsed_s"] = round(time.monotonic() - started, 3)
+        return doc
 
-
-async def collect_offers(
-    open_stream: OpenStream,
-    candidates: Sequence[tuple[str, Sequence[str]]],
-    *,
-    now: Callable[[], float] = time.time,
-) -> tuple[list[Worker], dict[str, str]]:
-    """Ask every candidate for its offer at once; the workers and why the others failed.
-
-    A candidate that answers it does not offer compute (turned off) is in neither.
-    """
-    workers: list[Worker] = []
-    failures: dict[str, str] = {}
-
-    async def ask(peer_id: str, addrs: Sequence[str]) -> None:
+    async def _spec(self, request: JobRequest, module: ContentId, created: list[str]) -> JobSpec:
+        stdin = None if request.stdin is None else await self._ref(request.stdin, created)
+        inputs = {guest: await self._ref(ref, created) for guest, ref in request.inputs}
         try:
-            offer = await ask_offer(open_stream, peer_id, addrs, now=now)
-        except NotOfferingError:
-            # Its DHT record outlives its offer; it is simply not a worker any more.
-            return
-        except (trio.TooSlowError, UserError, RemoteError) as exc:
-            failures[peer_id] = str(exc) or type(exc).__name__
-            return
-        workers.append(Worker(peer_id, tuple(addrs), offer))
-
-    async with trio.open_nursery() as nursery:
-        for peer_id, addrs in candidates:
-            nursery.start_soon(ask, peer_id, addrs)
-    return workers, failures
-
-
-def rank_workers(
-    workers: Sequence[Worker],
-    limits: JobLimits,
-    input_bytes: int,
-    holdings: dict[str, int],
-) -> tuple[list[Worker], dict[str, str]]:
-    """The workers able to take a job, best first, and why each other one cannot.
-
-    Best means: already holding the most of the job's inputs (they need not travel),
-    then most free slots, then fastest.
-    """
-    able: list[Worker] = []
-    unable: dict[str, str] = {}
-    for worker in workers:
-        offer = worker.offer
-        over = limits.exceeding(offer.limits)
-        if over:
-            unable[worker.peer_id] = "offers less than the job asks: " + ", ".join(over)
-        elif offer.free == 0:
-            unable[worker.peer_id] = "has no free slot"
-        elif input_bytes > offer.max_input:
-            unable[worker.peer_id] = f"takes at most {offer.max_input} input bytes"
-        else:
-            able.append(
-                Worker(worker.peer_id, worker.addrs, offer, holdings.get(worker.peer_id, 0))
+            return build_job_spec(
+                module, args=request.args, stdin=stdin, inputs=inputs, limits=request.limits
             )
-    able.sort(key=lambda w: (-w.held_inputs, -w.offer.free, -w.offer.speed, w.peer_id))
-    return able, unable
+        except P2PShareError as exc:
+            raise UserError(f"cannot build the job: {exc}") from None
 
+    def _module_file(self, path: Path) -> Path:
+        """The module to share: ``path`` itself, or the module assembled from WAT text."""
+        try:
+            with path.open("rb") as f:
+                head = f.read(len(WASM_MAGIC))
+            size = path.stat().st_size
+        except OSError as exc:
+            raise UserError(f"cannot read the module {path}: {exc.strerror}") from None
+        if head == WASM_MAGIC:
+            if size > MAX_MODULE_SIZE:
+                raise UserError(
+                    f"the module {path} has {size} bytes; workers take at most {MAX_MODULE_SIZE}"
+                )
+            return path
+        if path.suffix != ".wat":
+            raise UserError(
+                f"{path} is not WebAssembly (no \\0asm header); give a .wasm module "
+                "built for wasm32-wasip1, or WAT text in a .wat file"
+            )
+        from p2pshare.compute.examples import wat_to_wasm  # noqa: PLC0415 - imports wasmtime
 
-def too_few_workers(
-    replicas: int, able: int, unable: dict[str, str], failures: dict[str, str]
-) -> str:
-    """Why fewer than ``replicas`` workers can take a job, as one sentence."""
-    found = able + len(unable) + len(failures)
-    reasons = [f"{p} {why}" for p, why in sorted(unable.items())]
-    reasons += [f"{p} unreachable ({why})" for p, why in sorted(failures.items())]
-    if found == 0:
-        reasons = ["no worker announced itself in the DHT"]
-    elif found < replicas:
-        reasons.insert(0, f"only {found} worker(s) found offering compute")
-    return (
-        f"found {able} worker(s) able to take the job, {replicas} needed "
-        f"({'; '.join(reasons)}); lower --replicas or the limits, or try again later"
-    )
+        try:
+            wasm = wat_to_wasm(path.read_text(encoding="utf-8", errors="replace"))
+        except ValueError as exc:
+            raise UserError(f"{path} is not valid WAT: {exc}") from None
+        self.modules_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        built = self.modules_dir / f"{path.stem}-{blake3.blake3(wasm).hexdigest()[:16]}.wasm"
+        if not built.exists():
+            built.write_bytes(wasm)
+        return built
 
+    async def _share_file(self, path: Path, created: list[str]) -> ContentId:
+        cid, shared_now = await self.share(path)
+        if shared_now:
+            created.append(str(cid))
+        return cid
 
-def compare(replicas: Sequence[Replica]) -> Verdict:
-    """Group the replicas with a receipt by outcome (status, exit code, stdout digest).
+    async def _ref(self, ref: str, created: list[str]) -> ContentId:
+        if ref.startswith("/"):
+            return await self._share_file(Path(ref), created)
+        return parse_content_ref(ref)[0]
 
-    Only receipts that are evidence count (not a timeout): a timed-out replica neither
-    confirms nor contradicts the others.
-    """
-    done = [r for r in replicas if r.receipt is not None and r.receipt.status.is_evidence]
-    groups = Counter(r.receipt.outcome for r in done if r.receipt is not None)
-    if not groups:
-        return Verdict(agreed=False, majority=(), dissenters=(), outcome=None)
-    outcome, size = groups.most_common(1)[0]
-    tied = sum(1 for count in groups.values() if count == size) > 1
-    if len(groups) == 1:
-        return Verdict(
-            agreed=True, majority=tuple(r.peer_id for r in done), dissenters=(), outcome=outcome
+    async def _choose(self, spec: JobSpec, replicas: int, created: list[str]) -> list[Worker]:
+        want = replicas * CANDIDATES_PER_REPLICA
+        workers, failures = await self.workers(want, self.find_timeout)
+        holdings = await self._holdings(spec, created)
+        input_bytes = sum(
+            self.local_size(cid)
+            for cid in [spec.module, spec.stdin, *(e.cid for e in spec.inputs)]
+            if cid is not None
         )
-    if tied or size * 2 <= len(done):
-        return Verdict(
-            agreed=False, majority=(), dissenters=tuple(r.peer_id for r in done), outcome=None
-        )
-    majority = tuple(r.peer_id for r in done if r.receipt and r.receipt.outcome == outcome)
-    dissent = tuple(r.peer_id for r in done if r.receipt and r.receipt.outcome != outcome)
-    return Verdict(agreed=False, majority=majority, dissenters=dissent, outcome=outcome)
+        able, unable = rank_workers(workers, spec.limits, input_bytes, holdings)
+        if len(able) < replicas:
+            raise JobFailedError(too_few_workers(replicas, len(able), unable, failures))
+        return able
+
+    async def _holdings(self, spec: JobSpec, created: list[str]) -> dict[str, int]:
+        """How many of the job's inputs each peer already provides (shared elsewhere)."""
+        cids = [e.cid for e in spec.inputs] + ([spec.stdin] if spec.stdin is not None else [])
+        counts: dict[str, int] = {}
+
+        async def holders(cid: ContentId) -> None:
+            for peer_id in await self.find_holders(cid, self.find_timeout):
+                counts[peer_id] = counts.get(peer_id, 0) + 1
+
+        async with trio.open_nursery() as nursery:
+            for cid in cids:
+                if str(cid) not in created:
+                    nursery.start_soon(holders, cid)
+        return counts
+
+    async def _conclude(
+        self, job: bytes, replicas: list[Replica], asked: int, output: Output, emit: Emit
+    ) -> dict[str, Any]:
+        verdict = compare(replicas)
+        done = [r for r in replicas if r.receipt is not None]
+        doc: dict[str, Any] = {
+            "job_id": job.hex(),
+            "replicas": asked,
+            # Every replica asked must agree, and timeouts do not count (JobStatus.is_evidence).
+            "verified": verdict.agreed and len(verdict.majority) >= asked,
+            "dissenters": list(verdict.dissenters),
+            "input_bytes_moved": sum(r.fetched_bytes for r in done),
+            "workers": [r.as_dict() | {"agrees": r.peer_id in verdict.majority} for r in replicas],
+            "output": None,
+        }
+        if not done:
+            reasons = "; ".join(f"{r.peer_id}: {r.refused}" for r in replicas)
+            raise JobFailedError(f"no worker finished the job ({reasons or 'none tried'})")
+        if verdict.outcome is None:
+            # No dissent and no outcome: every receipt was a timeout, which says so.
+            statuses = {r.receipt.status.value for r in done if r.receipt is not None}
+            single = len(statuses) == 1 and not verdict.dissenters
+            doc["status"] = statuses.pop() if single else None
+            return doc
+        status, exit_code, digest = verdict.outcome
+        doc |= {"status": status.value, "exit_code": exit_code, "digest": digest.hex()}
+        if status is not JobStatus.OK and digest == output_digest(b""):
+            # A failed job that printed nothing leaves no empty file behind.
+            return doc
+        await emit("progress", {"phase": "fetching_output", "job_id": job.hex()})
+        for replica in (r for r in done if r.peer_id in verdict.majority):
+            if await _fetch_output(replica, digest, output):
+                doc["output"] = str(output.path)
+                doc["output_size"] = output.path.stat().st_size
+                doc["output_from"] = replica.peer_id
+                return doc
+            doc["dissenters"].append(replica.peer_id)
+            doc["verified"] = False
+        return doc
 
 
-@dataclass
-class _Attempts:
-    workers: list[Worker]
-    next_index: int = 0
-    replicas: list[Replica] = field(default_factory=list)
-
-    def take(self) -> Worker | None:
-        if self.next_index >= len(self.workers):
-            return None
-        worker = self.workers[self.next_index]
-        self.next_index += 1
-        return worker
-
-
-async def run_replicas(
-    open_stream: OpenStream,
-    workers: Sequence[Worker],
-    submit: Submit,
-    replicas: int,
-    on_update: Callable[[Replica], Awaitable[None]],
-) -> list[Replica]:
-    """Run ``submit`` on ``replicas`` workers at once, best first.
-
-    A worker that is busy, unreachable or fails is replaced by the next one while
-    any is left.  A refusal about the job itself (forbidden import, invalid module,
-    oversize input...) ends everything: it raises JobRejectedError.  Cancelling the
-    caller sends CANCEL to every worker still running the job.
-    """
-    attempts = _Attempts(list(workers))
-    fatal: list[JobRejectedError] = []
-
-    async def slot(cancel_all: trio.CancelScope) -> None:
-        while (worker := attempts.take()) is not None:
-            replica = Replica(worker.peer_id)
-            attempts.replicas.append(replica)
-            try:
-                await _run_one(open_stream, worker, submit, replica, on_update)
-            except JobRejectedError as exc:
-                replica.state, replica.refused, replica.refusal_code = "refused", str(exc), exc.code
-                await on_update(replica)
-                if exc.code not in _TRY_ANOTHER:
-                    fatal.append(exc)
-                    cancel_all.cancel()
-                    return
-                continue
-            except (trio.TooSlowError, UserError, RemoteError) as exc:
-                replica.state, replica.refused = "failed", str(exc) or type(exc).__name__
-                await on_update(replica)
-                continue
-            return
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(replicas):
-            nursery.start_soon(slot, nursery.cancel_scope)
-    if fatal:
-        raise fatal[0]
-    return attempts.replicas
-
-
-async def _run_one(
-    open_stream: OpenStream,
-    worker: Worker,
-    submit: Submit,
-    replica: Replica,
-    on_update: Callable[[Replica], Awaitable[None]],
-) -> None:
-    started = time.monotonic()
-    worker_key = public_key_from_peer_id(worker.peer_id)
-    job = submit.job_id
-    try:
-        stream = await open_stream(worker.peer_id, worker.addrs)
-    except UserError:
-        # py-libp2p now and then fails a stream's protocol handshake on a healthy
-        # connection; one more try costs little and saves the replica.
-        await trio.sleep(OPEN_RETRY_DELAY)
-        stream = await open_stream(worker.peer_id, worker.addrs)
-    channel = JobChannel(stream)
-    finished = False
-    try:
-        await channel.send(submit)
-        with trio.fail_after(submit.spec.limits.wall_seconds + RESULT_MARGIN):
-            while True:
-                message = await channel.receive()
-                if message is None:
-                    raise RemoteProtocolError(f"{worker.peer_id} closed the job without a result")
-                if isinstance(message, Accept | Reject | Progress) and message.job_id != job:
-                    raise RemoteProtocolError(f"{worker.peer_id} answered about another job")
-                if isinstance(message, Reject):
-                    finished = True
-                    raise message.exception()
-                if isinstance(message, Accept):
-                    replica.state = "accepted"
-                elif isinstance(message, Progress):
-                    replica.state = message.state.value
-                    replica.fetched_bytes = message.fetched or replica.fetched_bytes
-                elif isinstance(message, Result):
-                    signed = verify_receipt(message.receipt.data, worker=worker_key, job=job)
-                    replica.receipt, replica.receipt_data = signed.receipt, signed.data
-                    replica.stdout = message.stdout
-                    replica.state = "done"
-                    finished = True
-                    break
-                else:
-                    raise RemoteProtocolError(f"{worker.peer_id} sent {type(message).__name__}")
-                await on_update(replica)
-    finally:
-        replica.elapsed_s = time.monotonic() - started
-        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE):
-            if not finished:
-                with contextlib.suppress(trio.BrokenResourceError, RemoteError):
-                    await channel.send(Cancel(job))
-            await channel.aclose()
-    await on_update(replica)
+async def _fetch_output(replica: Replica, digest: bytes, output: Output) -> bool:
+    """Put a replica's output at the destination; False if it cannot be had or differs."""
+    if replica.stdout is not None:
+        # Sent with the receipt and checked against its digest when decoded.
+        await output.write(replica.stdout)
+        return True
+    receipt = replica.receipt
+    if receipt is None or receipt.output is None:
+        return False
+    return await output.fetch(receipt.output, replica.peer_id, digest)

@@ -57,8 +57,10 @@ from p2pshare.compute.jobs import (
     refused,
 )
 from p2pshare.errors import LocalProtocolError
-from p2pshare.proto.job import WASM_PAGE_SIZE, JobLimits, JobState, JobStatus
+from p2pshare.proto.job import JobState
+from p2pshare.proto.jobspec import WASM_PAGE_SIZE, JobLimits
 from p2pshare.proto.paths import check_tree
+from p2pshare.proto.receipt import JobStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
-from p2pshare.compute.channel import JobChannel
+from p2pshare.compute.channel import WorkerChannel
 from p2pshare.compute.errors import ForbiddenImportError, InvalidModuleError, WorkerCrashedError
 from p2pshare.compute.examples import example_module
 from p2pshare.compute.imports import MAX_MODULE_SIZE, check_module
@@ -36,12 +36,8 @@ from p2pshare.errors import P2PShareError, RemoteError, leaf_errors
 from p2pshare.proto.job import (
     MAX_INLINE_OUTPUT,
     Accept,
-    Cancel,
-    JobLimits,
     JobRejectedError,
-    JobSpec,
     JobState,
-    JobStatus,
     OfferReply,
     OfferRequest,
     Progress,
@@ -50,8 +46,11 @@ from p2pshare.proto.job import (
     Result,
     Submit,
 )
+from p2pshare.proto.jobsession import NO_JOB
+from p2pshare.proto.jobspec import JobLimits, JobSpec
 from p2pshare.proto.offer import MAX_OFFER_LIFETIME, Offer, SignedOffer, sign_offer
 from p2pshare.proto.ratelimit import PerKeyBuckets
+from p2pshare.proto.receipt import JobStatus
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -75,8 +74,6 @@ FETCH_TIMEOUT: Final = 600.0
 _SPEED_PROBE_BYTES: Final = 1 << 20
 # Verified modules kept in memory by content ID: a module run again is not fetched again.
 MODULE_CACHE_BYTES: Final = 32 * 1024 * 1024
-# The job ID of a REJECT that answers an OFFER_REQUEST, which names no job.
-NO_JOB: Final = bytes(32)
 # Outcomes of modules the sandbox refused to start, and the refusal each becomes.
 _NEVER_RAN: Final = {
     JobStatus.INVALID_MODULE: RejectCode.INVALID_MODULE,
@@ -308,16 +305,14 @@ class ComputeService:
 
     async def handle(self, stream: ByteStream, peer: str) -> None:
         """Serve one compute-protocol stream from ``peer``."""
-        channel = JobChannel(stream)
+        channel = WorkerChannel(stream)
         try:
             with trio.fail_after(FIRST_MESSAGE_TIMEOUT):
-                first = await channel.receive()
+                first = await channel.next_event()
             if isinstance(first, OfferRequest):
-                await channel.send(self._offer_reply())
+                await channel.answer(self._offer_reply())
             elif isinstance(first, Submit):
                 await self._serve_job(channel, peer, first)
-            elif first is not None:
-                log.info("compute stream from %s began with %r; closed", peer, type(first))
         except trio.TooSlowError:
             log.info("compute stream from %s sent nothing in time; closed", peer)
         except RemoteError as exc:
@@ -359,11 +354,11 @@ class ComputeService:
             return _refusal(RejectCode.BUSY, f"the machine is busy (load {load:.2f} per CPU)")
         return None
 
-    async def _serve_job(self, channel: JobChannel, peer: str, submit: Submit) -> None:
+    async def _serve_job(self, channel: WorkerChannel, peer: str, submit: Submit) -> None:
         job = submit.job_id
         refusal = self._admit(peer, submit.spec)
         if refusal is not None:
-            await channel.send(Reject(job, refusal.code, str(refusal)))
+            await channel.answer(Reject(job, refusal.code, str(refusal)))
             return
         pool = self._pool
         assert pool is not None
@@ -378,14 +373,14 @@ class ComputeService:
                     f"this worker has no room for {max_output} bytes of output within its "
                     "store quota; ask for a smaller --max-output or another worker"
                 )
-                await channel.send(Reject(job, RejectCode.NO_SPACE, message))
+                await channel.answer(Reject(job, RejectCode.NO_SPACE, message))
                 return
-            await channel.send(Accept(job))
+            await channel.answer(Accept(job))
             outcome = await self._run_cancellable(channel, peer, submit, pool, directory)
             if isinstance(outcome, Result):
                 self.jobs_done += 1
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await channel.send(outcome)
+                await channel.answer(outcome)
                 self._note_delivered(outcome, peer)
         finally:
             self._reserved -= max_output
@@ -409,7 +404,7 @@ class ComputeService:
 
     async def _run_cancellable(
         self,
-        channel: JobChannel,
+        channel: WorkerChannel,
         peer: str,
         submit: Submit,
         pool: WorkerPool,
@@ -421,11 +416,11 @@ class ComputeService:
         async def watch_requester(scope: trio.CancelScope) -> None:
             # Anything but silence from the requester ends the job: CANCEL, EOF, garbage.
             try:
-                message = await channel.receive()
-            except (RemoteError, trio.BrokenResourceError, trio.ClosedResourceError):
-                message = None
-            if not isinstance(message, Cancel) and message is not None:
-                log.info("unexpected %s from %s during job %s", type(message), peer, job.hex())
+                await channel.next_event()
+            except RemoteError as exc:
+                log.info("unexpected message from %s during job %s: %s", peer, job.hex(), exc)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
             log.info("job %s cancelled by %s", job.hex()[:16], peer)
             scope.cancel()
 
@@ -450,7 +445,7 @@ class ComputeService:
 
     async def _execute(
         self,
-        channel: JobChannel,
+        channel: WorkerChannel,
         peer: str,
         submit: Submit,
         pool: WorkerPool,
@@ -459,7 +454,7 @@ class ComputeService:
         spec = submit.spec
         job = submit.job_id
         await trio.to_thread.run_sync(lambda: directory.mkdir(mode=0o700))
-        await channel.send(Progress(job, JobState.FETCHING, None, 0))
+        await channel.answer(Progress(job, JobState.FETCHING, None, 0))
         budget = self.settings.max_input
         network = 0
 
@@ -490,14 +485,14 @@ class ComputeService:
             raise _refusal(
                 RejectCode.INTERNAL, "fetching the job's content took too long"
             ) from None
-        await channel.send(Progress(job, JobState.COMPILING, None, network))
+        await channel.answer(Progress(job, JobState.COMPILING, None, network))
         try:
             check_module(module)
         except ForbiddenImportError as exc:
             raise _refusal(RejectCode.FORBIDDEN_IMPORT, str(exc)) from None
         except InvalidModuleError as exc:
             raise _refusal(RejectCode.INVALID_MODULE, str(exc)) from None
-        await channel.send(Progress(job, JobState.RUNNING, None, network))
+        await channel.answer(Progress(job, JobState.RUNNING, None, network))
         result = await pool.run_job(sandbox_job(spec, module=module, stdin=stdin, inputs=inputs))
         if result.status in _NEVER_RAN:
             # About the module itself, with its reason (no _start...), which a receipt

@@ -42,12 +42,9 @@ from p2pshare.compute.jobs import MAX_STDERR, InputSource, SandboxJob, SandboxRe
 from p2pshare.errors import LocalProtocolError, RemoteProtocolError
 from p2pshare.proto.canonical import expect_bytes, expect_int, expect_list, expect_str, pack, unpack
 from p2pshare.proto.framing import HEADER_SIZE, FrameDecoder
-from p2pshare.proto.job import (
-    MAX_OUTPUT_BYTES,
-    JobLimits,
-    JobState,
-    JobStatus,
-)
+from p2pshare.proto.job import JobState
+from p2pshare.proto.jobspec import MAX_OUTPUT_BYTES, JobLimits
+from p2pshare.proto.receipt import JobStatus
 
 if TYPE_CHECKING:
     from p2pshare.compute.sandbox import Sandbox

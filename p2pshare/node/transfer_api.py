@@ -11,17 +11,16 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
-from p2pshare.errors import leaf_errors
+from p2pshare.errors import P2PShareError, leaf_errors
 from p2pshare.net.datachannel import DataChannelOpenError
 from p2pshare.node.downloads import ACTIVE, DownloadManager, remove_partial
 from p2pshare.node.timeouts import PROVIDER_FIND_TIMEOUT, PROVIDER_OPEN_TIMEOUT
 from p2pshare.proto.cid import ContentId
-from p2pshare.proto.job import JobRejectedError, RejectCode
 from p2pshare.proto.ticket import parse_content_ref
 from p2pshare.proto.transfer import PROTOCOL_ID
 from p2pshare.store.catalog import DownloadRequest
 from p2pshare.transfer.downloader import Download, DownloadReport, MemoryRecords, Source
-from p2pshare.transfer.failures import NoProvidersError
+from p2pshare.transfer.failures import ContentTooLargeError, NoProvidersError
 from p2pshare.transfer.local import open_local
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
@@ -216,7 +215,7 @@ class TransferApi:
         """Download ``cid`` to ``dest`` for the node's own use (a compute job's content).
 
         Unlike ``get`` it is not listed, resumed or shared afterwards, and content larger
-        than ``max_bytes`` is refused (JobRejectedError, code ``oversize``) as soon as
+        than ``max_bytes`` is refused (ContentTooLargeError) as soon as
         its manifest says so.  Since it is never resumed, an attempt that fails removes
         the partial it made.  What it writes is private (0600/0700).
         """
@@ -230,9 +229,8 @@ class TransferApi:
         async def check_size(data: dict[str, Any]) -> None:
             total = data.get("total")
             if max_bytes is not None and isinstance(total, int) and total > max_bytes:
-                raise JobRejectedError(
-                    RejectCode.OVERSIZE,
-                    f"{key} has {total} bytes, more than the {max_bytes} allowed",
+                raise ContentTooLargeError(
+                    f"{key} has {total} bytes, more than the {max_bytes} allowed"
                 )
 
         async def nobody() -> list[Source]:
@@ -257,22 +255,41 @@ class TransferApi:
                 hints=hinted,
                 progress=check_size,
             )
-            try:
-                return await download.run()
-            except BaseException:
-                if download.output is not None:
-                    remove_partial(dest)
-                raise
+            return await _run_once(download, dest)
 
         if hinted:
             # The peer that asked usually holds the content: skip the DHT lookup then.
-            # except*: the downloader's nursery wraps its error in an ExceptionGroup, so
-            # a plain except never matched and the DHT was never asked.
             try:
                 return await attempt(nobody)
-            except* NoProvidersError as group:
-                log.info("hinted peers lack %s (%s); asking the DHT", key, leaf_errors(group)[0])
+            except NoProvidersError as exc:
+                log.info("hinted peers lack %s (%s); asking the DHT", key, exc)
         return await attempt(find)
 
     def handlers(self) -> dict[str, Handler]:
         return {"get": self.get} | self.downloads.handlers()
+
+
+async def _run_once(download: Download, dest: Path) -> DownloadReport:
+    """Run a download that is never resumed: a failed one leaves no partial behind."""
+    try:
+        return await download.run()
+    except BaseException as exc:
+        if download.output is not None:
+            remove_partial(dest)
+        inner = _unwrapped(exc)
+        if inner is exc:
+            raise
+        raise inner from None
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """The p2pshare error inside the ExceptionGroups of the download's nurseries.
+
+    The callers of ``fetch`` catch NoProvidersError (to ask the DHT after the hints)
+    and ContentTooLargeError (a compute worker's ``oversize``): wrapped, neither would
+    be caught.  Anything else, a cancellation above all, goes on as it is.
+    """
+    leaves = leaf_errors(exc)
+    if isinstance(exc, BaseExceptionGroup) and all(isinstance(e, P2PShareError) for e in leaves):
+        return leaves[0]
+    return exc

@@ -11,7 +11,8 @@ carries no meaning.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import msgpack
 
@@ -101,6 +102,47 @@ def decode_canonical(
     if encode(result) != data:
         raise RemoteProtocolError(f"{what} is not canonically encoded")
     return result
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What :func:`unpack` allows one value of a kind before allocating it."""
+
+    max_size: int
+    max_str_len: int
+    max_bin_len: int
+    max_array_len: int
+    max_map_len: int
+
+
+@dataclass(frozen=True)
+class Codec(Generic[T]):
+    """One canonical value kind: its encoder, its parser and its unpack limits.
+
+    ``parse`` raises RemoteProtocolError unless the unpacked value is valid;
+    :meth:`decode` adds the size limits and the canonical re-encoding check.
+    """
+
+    what: str
+    encode: Callable[[T], bytes]
+    parse: Callable[[object], T]
+    limits: Limits
+
+    def decode(self, data: bytes) -> T:
+        """Decode untrusted bytes; RemoteProtocolError unless valid and canonical."""
+        limits = self.limits
+        value = unpack(
+            data,
+            what=self.what,
+            max_size=limits.max_size,
+            max_str_len=limits.max_str_len,
+            max_bin_len=limits.max_bin_len,
+            max_array_len=limits.max_array_len,
+            max_map_len=limits.max_map_len,
+        )
+        return decode_canonical(
+            data, what=self.what, value=value, parse=self.parse, encode=self.encode
+        )
 
 
 def expect_map(value: object, keys: tuple[str, ...], *, what: str) -> list[object]:

@@ -1,141 +1,120 @@
-"""Compute jobs on the wire: job specs, job IDs, the job protocol's messages, signed receipts.
+"""The compute job protocol's messages, one per frame.
 
-Sans-IO: values in, bytes out and back; the worker and requester shells own the
-streams, the files and the clock.  Normative description: docs/compute.md.
+Sans-IO: values in, bytes out and back; the order in which they may travel is kept
+by :mod:`p2pshare.proto.jobsession`, the streams by the worker and requester shells.
+Normative description: docs/compute.md.
 
-* A **job spec** names everything a run depends on: the module and the stdin by
-  content ID, the arguments, the input files (guest path -> content ID) and the
-  limits.  Its canonical msgpack bytes are what the **job ID** hashes (BLAKE3), so
-  two requesters asking for the same computation name it identically, and the job
-  ID doubles as the seed of the guest's deterministic random numbers.
-* **Messages** travel one per frame (:mod:`p2pshare.proto.framing`) as a canonical
-  msgpack map whose first key ``"t"`` names the type: OFFER_REQUEST, SUBMIT and CANCEL
-  from the requester, OFFER, ACCEPT, REJECT, PROGRESS and RESULT from the worker.
-* A **receipt** is the worker's signed statement of the outcome: job ID, worker key,
-  status, exit code, fuel used, output content ID and the BLAKE3 digest of stdout.
-  Replicas agree when their :attr:`Receipt.outcome` is equal.
-
-Wire form of a signed receipt (:mod:`p2pshare.proto.signed`): ``body || signature``
-where ``body`` is the canonical msgpack receipt and the 64-byte Ed25519 signature
-covers ``RECEIPT_DOMAIN + body``.  The signature sits at a fixed place so a requester
-who knows which worker it asked checks it before parsing a single byte
-(:func:`verify_receipt`): any damage to a receipt is then an IntegrityError.
+Messages travel one per frame (:mod:`p2pshare.proto.framing`) as a canonical msgpack
+map whose first key ``"t"`` names the type: OFFER_REQUEST, SUBMIT and CANCEL from the
+requester, OFFER, ACCEPT, REJECT, PROGRESS and RESULT from the worker.  SUBMIT carries
+a job spec (:mod:`p2pshare.proto.jobspec`), RESULT a signed receipt
+(:mod:`p2pshare.proto.receipt`); this module re-exports their names, which most users
+of the protocol need together.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, TypeAlias
 
-import blake3
-
-from p2pshare.errors import (
-    IntegrityError,
-    LocalProtocolError,
-    P2PShareError,
-    RemoteError,
-    RemoteProtocolError,
-)
+from p2pshare.errors import IntegrityError, LocalProtocolError, RemoteError, RemoteProtocolError
 from p2pshare.proto.canonical import (
     decode_canonical,
     expect_bytes,
     expect_int,
-    expect_list,
     expect_map,
     expect_str,
     pack,
     unpack,
 )
-from p2pshare.proto.cid import CID_BYTES, ContentId
-from p2pshare.proto.keys import is_small_order_key, peer_id_from_public_key
-from p2pshare.proto.paths import MAX_PATH_BYTES, check_tree
-from p2pshare.proto.signed import SIGNATURE_SIZE, SignedKind
+from p2pshare.proto.jobspec import (
+    JOB_ID_SIZE,
+    JOB_VERSION,
+    MAX_ARG_BYTES,
+    MAX_ARGS,
+    MAX_FUEL,
+    MAX_INPUTS,
+    MAX_MEMORY,
+    MAX_OUTPUT_BYTES,
+    MAX_SPEC_SIZE,
+    MAX_WALL_SECONDS,
+    MIN_MEMORY,
+    InputFile,
+    JobLimits,
+    JobSpec,
+    build_job_spec,
+    check_spec,
+    decode_job_spec,
+    encode_job_spec,
+    job_id,
+)
+from p2pshare.proto.offer import MAX_OFFER_SIZE
+from p2pshare.proto.receipt import (
+    MAX_EXIT_CODE,
+    MAX_RECEIPT_SIZE,
+    RECEIPT_DOMAIN,
+    JobStatus,
+    Receipt,
+    SignedReceipt,
+    check_receipt,
+    decode_receipt,
+    encode_receipt,
+    output_digest,
+    receipt_signing_message,
+    sign_receipt,
+    verify_receipt,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable
 
-    from p2pshare.proto.signed import Signer
+# Re-exported: a user of the protocol needs the spec and receipt names with the messages.
+__all__ = [
+    "JOB_ID_SIZE",
+    "JOB_VERSION",
+    "MAX_ARGS",
+    "MAX_ARG_BYTES",
+    "MAX_EXIT_CODE",
+    "MAX_FUEL",
+    "MAX_INPUTS",
+    "MAX_MEMORY",
+    "MAX_OFFER_SIZE",
+    "MAX_OUTPUT_BYTES",
+    "MAX_SPEC_SIZE",
+    "MAX_WALL_SECONDS",
+    "MIN_MEMORY",
+    "RECEIPT_DOMAIN",
+    "InputFile",
+    "JobLimits",
+    "JobSpec",
+    "JobStatus",
+    "Receipt",
+    "SignedReceipt",
+    "build_job_spec",
+    "check_receipt",
+    "decode_job_spec",
+    "decode_receipt",
+    "encode_job_spec",
+    "encode_receipt",
+    "job_id",
+    "output_digest",
+    "receipt_signing_message",
+    "sign_receipt",
+    "verify_receipt",
+]
 
 PROTOCOL_ID: Final = "/p2pshare/compute/1.0.0"
-JOB_VERSION: Final = 1
-JOB_ID_SIZE: Final = 32
 NONCE_SIZE: Final = 16
-PUBLIC_KEY_SIZE: Final = 32
-DIGEST_SIZE: Final = 32
-RECEIPT_DOMAIN: Final = b"p2pshare-receipt-v1\0"
-
-# --- limits on what a spec may say -----------------------------------------------------
-# Arguments reach the guest as C strings through args_get: bounded so a spec stays small.
-MAX_ARGS: Final = 256
-MAX_ARG_BYTES: Final = 4096
-MAX_INPUTS: Final = 1024
-# The whole spec travels in one SUBMIT frame and is decoded before anything else.
-MAX_SPEC_SIZE: Final = 256 * 1024
 MAX_MESSAGE_SIZE: Final = MAX_SPEC_SIZE + 1024
 MAX_REJECT_MESSAGE: Final = 1024
 # RESULT carries stdout up to this size, so small outputs need no download.
 MAX_INLINE_OUTPUT: Final = 64 * 1024
-# A signed offer (p2pshare.proto.offer) travels in OFFER; defined here because that
-# module builds on this one.
-MAX_OFFER_SIZE: Final = 512
 # Bytes a worker fetched for one job: above any module plus inputs it would take.
 MAX_FETCHED: Final = 2**50
 _MAX_CODE: Final = 32
 _CODE_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]*")
-
-# Protocol maxima: far above any offer, low enough that arithmetic on them stays sane.
-# An offer (the worker's own limits) is usually much lower; see JobLimits.exceeding.
-MIN_FUEL: Final = 1
-MAX_FUEL: Final = 10**15
-WASM_PAGE_SIZE: Final = 64 * 1024
-MIN_MEMORY: Final = WASM_PAGE_SIZE
-# wasm32 addresses 4 GiB at most; memory64 is not part of the job profile.
-MAX_MEMORY: Final = 4 * 1024**3
-MIN_WALL_SECONDS: Final = 1
-MAX_WALL_SECONDS: Final = 24 * 3600
-MAX_OUTPUT_BYTES: Final = 1024**3
-# WASI's proc_exit accepts 0..125 in wasmtime; 255 leaves room for other runtimes.
-MAX_EXIT_CODE: Final = 255
-
-# Defaults of a job that does not say otherwise (docs/compute.md, "Limits").
-DEFAULT_FUEL: Final = 5 * 10**11
-DEFAULT_MEMORY: Final = 256 * 1024**2
-DEFAULT_WALL_SECONDS: Final = 60
-DEFAULT_OUTPUT_BYTES: Final = 64 * 1024**2
-
-_SPEC_KEYS: Final = ("v", "module", "args", "stdin", "inputs", "limits")
-_LIMIT_KEYS: Final = ("fuel", "memory", "wall", "output")
-_RECEIPT_KEYS: Final = ("v", "job", "worker", "status", "exit", "fuel", "output", "digest")
-# Smallest and largest encoded receipt body: fixed-size fields plus the variable ones.
-_MAX_RECEIPT_BODY: Final = 512
-_MAX_RECEIPT_SIZE: Final = _MAX_RECEIPT_BODY + SIGNATURE_SIZE
-
-
-class JobStatus(StrEnum):
-    """How a run ended, as a receipt states it (docs/compute.md, "Outcomes")."""
-
-    OK = "ok"
-    TRAP = "trap"
-    OUT_OF_FUEL = "out_of_fuel"
-    MEMORY_LIMIT = "memory_limit"
-    STACK_OVERFLOW = "stack_overflow"
-    TIMEOUT = "timeout"
-    OUTPUT_LIMIT = "output_limit"
-    FORBIDDEN_IMPORT = "forbidden_import"
-    INVALID_MODULE = "invalid_module"
-    EXIT = "exit"
-
-    @property
-    def is_evidence(self) -> bool:
-        """Whether replicas ending this way can confirm each other.
-
-        Where a timeout stopped a run (and its fuel count) depends on the machine,
-        so two timeouts agreeing says nothing (docs/compute.md, "Deterministic profile").
-        """
-        return self is not JobStatus.TIMEOUT
 
 
 class JobState(StrEnum):
@@ -176,418 +155,6 @@ class JobRejectedError(RemoteError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-# --- limits ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JobLimits:
-    """What one run may consume.  Out-of-range values raise LocalProtocolError."""
-
-    fuel: int = DEFAULT_FUEL
-    memory: int = DEFAULT_MEMORY
-    wall_seconds: int = DEFAULT_WALL_SECONDS
-    max_output: int = DEFAULT_OUTPUT_BYTES
-
-    def __post_init__(self) -> None:
-        try:
-            _check_limit_values(self.fuel, self.memory, self.wall_seconds, self.max_output)
-        except RemoteProtocolError as exc:
-            raise LocalProtocolError(str(exc)) from None
-
-    def exceeding(self, maximum: JobLimits) -> list[str]:
-        """The names of the limits above ``maximum`` (a worker's offer); empty if none."""
-        return [
-            name
-            for name, mine, theirs in (
-                ("fuel", self.fuel, maximum.fuel),
-                ("memory", self.memory, maximum.memory),
-                ("wall_seconds", self.wall_seconds, maximum.wall_seconds),
-                ("max_output", self.max_output, maximum.max_output),
-            )
-            if mine > theirs
-        ]
-
-
-def encode_limits(limits: JobLimits) -> dict[str, int]:
-    """The wire map of limits, as a job spec and a worker's offer carry it."""
-    return {
-        "fuel": limits.fuel,
-        "memory": limits.memory,
-        "wall": limits.wall_seconds,
-        "output": limits.max_output,
-    }
-
-
-def parse_limits(value: object, *, what: str) -> JobLimits:
-    """Limits from their wire map; RemoteProtocolError unless well formed and in range."""
-    return _check_limit_values(*expect_map(value, _LIMIT_KEYS, what=what))
-
-
-def _check_limit_values(fuel: object, memory: object, wall: object, output: object) -> JobLimits:
-    """Range checks shared by the decoder and JobLimits itself."""
-    values = (
-        expect_int(fuel, what="fuel limit", low=MIN_FUEL, high=MAX_FUEL),
-        expect_int(memory, what="memory limit", low=MIN_MEMORY, high=MAX_MEMORY),
-        expect_int(wall, what="wall-clock limit", low=MIN_WALL_SECONDS, high=MAX_WALL_SECONDS),
-        expect_int(output, what="output limit", low=0, high=MAX_OUTPUT_BYTES),
-    )
-    # object.__new__ skips __post_init__, which is what calls this function.
-    limits = object.__new__(JobLimits)
-    for name, value in zip(("fuel", "memory", "wall_seconds", "max_output"), values, strict=True):
-        object.__setattr__(limits, name, value)
-    return limits
-
-
-# --- job spec -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InputFile:
-    """An input file of a job: where the guest finds it, and the content that fills it."""
-
-    path: str
-    cid: ContentId
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """Everything a run depends on.  Build with :func:`build_job_spec`.
-
-    ``inputs`` are sorted by path bytes (the canonical order); constructing a spec
-    directly skips the checks that :func:`build_job_spec` and the decoder apply.
-    """
-
-    module: ContentId
-    args: tuple[str, ...] = ()
-    stdin: ContentId | None = None
-    inputs: tuple[InputFile, ...] = ()
-    limits: JobLimits = field(default_factory=JobLimits)
-
-    @property
-    def job_id(self) -> bytes:
-        return job_id(self)
-
-
-def _path_order(path: str) -> bytes:
-    # surrogatepass: an unencodable path must reach check_tree, which explains the refusal.
-    return path.encode("utf-8", "surrogatepass")
-
-
-def build_job_spec(
-    module: ContentId,
-    *,
-    args: Iterable[str] = (),
-    stdin: ContentId | None = None,
-    inputs: Mapping[str, ContentId] | None = None,
-    limits: JobLimits | None = None,
-) -> JobSpec:
-    """A checked spec; the order of ``inputs`` does not matter (they are sorted).
-
-    Raises UnsafePathError for an input path a worker would refuse, LocalProtocolError
-    for anything else the protocol does not allow.
-    """
-    spec = JobSpec(
-        module=module,
-        args=tuple(args),
-        stdin=stdin,
-        inputs=tuple(
-            InputFile(path, cid)
-            for path, cid in sorted((inputs or {}).items(), key=lambda item: _path_order(item[0]))
-        ),
-        limits=limits if limits is not None else JobLimits(),
-    )
-    _check_spec(spec, LocalProtocolError)
-    size = len(encode_job_spec(spec))
-    if size > MAX_SPEC_SIZE:
-        raise LocalProtocolError(
-            f"the job spec would take {size} bytes, more than the {MAX_SPEC_SIZE} allowed; "
-            "pass fewer or shorter arguments and input paths"
-        )
-    return spec
-
-
-def _check_spec(spec: JobSpec, fail: type[P2PShareError]) -> None:
-    if len(spec.args) > MAX_ARGS:
-        raise fail(f"a job has at most {MAX_ARGS} arguments, not {len(spec.args)}")
-    for arg in spec.args:
-        _check_arg(arg, fail)
-    if len(spec.inputs) > MAX_INPUTS:
-        raise fail(f"a job has at most {MAX_INPUTS} input files, not {len(spec.inputs)}")
-    # The inputs become files in one directory on the worker's disk: the share rules
-    # (relative, no '..', no case or normalisation collisions) apply unchanged.
-    check_tree(entry.path for entry in spec.inputs)
-    encoded = [entry.path.encode("utf-8") for entry in spec.inputs]
-    if any(a >= b for a, b in itertools.pairwise(encoded)):
-        raise fail("job inputs must be sorted by path bytes")
-
-
-def _check_arg(arg: str, fail: type[P2PShareError]) -> None:
-    if type(arg) is not str:
-        raise fail("job arguments are strings")
-    try:
-        size = len(arg.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise fail("a job argument is not valid UTF-8") from None
-    if size > MAX_ARG_BYTES:
-        raise fail(f"a job argument has {size} bytes, more than {MAX_ARG_BYTES}")
-    # argv reaches the guest as NUL-terminated strings: a NUL would cut the argument.
-    if "\0" in arg:
-        raise fail("a job argument cannot contain a NUL character")
-
-
-def encode_job_spec(spec: JobSpec) -> bytes:
-    """The canonical bytes of a spec: a map with the keys of ``_SPEC_KEYS`` in that order."""
-    return pack(
-        {
-            "v": JOB_VERSION,
-            "module": spec.module.to_bytes(),
-            "args": list(spec.args),
-            "stdin": None if spec.stdin is None else spec.stdin.to_bytes(),
-            "inputs": [[entry.path, entry.cid.to_bytes()] for entry in spec.inputs],
-            "limits": encode_limits(spec.limits),
-        }
-    )
-
-
-def job_id(spec: JobSpec) -> bytes:
-    """The job ID: BLAKE3 of the spec's canonical bytes."""
-    return blake3.blake3(encode_job_spec(spec)).digest()
-
-
-def decode_job_spec(data: bytes) -> JobSpec:
-    """Decode untrusted spec bytes; raise RemoteProtocolError unless valid and canonical."""
-    value = unpack(
-        data,
-        what="job spec",
-        max_size=MAX_SPEC_SIZE,
-        max_str_len=max(MAX_PATH_BYTES, MAX_ARG_BYTES),
-        max_bin_len=CID_BYTES,
-        max_array_len=max(MAX_ARGS, MAX_INPUTS),
-        max_map_len=len(_SPEC_KEYS),
-    )
-    return decode_canonical(
-        data, what="job spec", value=value, parse=_parse_spec, encode=encode_job_spec
-    )
-
-
-def _parse_cid(value: object, what: str) -> ContentId:
-    return ContentId.from_bytes(expect_bytes(value, what=what, max_len=CID_BYTES))
-
-
-def _parse_spec(value: object) -> JobSpec:
-    if isinstance(value, dict) and "v" in value and value["v"] != JOB_VERSION:
-        raise RemoteProtocolError(
-            f"job spec version {value['v']!r} is not supported "
-            f"(this p2pshare reads version {JOB_VERSION})"
-        )
-    version, module, args, stdin, inputs, limits = expect_map(value, _SPEC_KEYS, what="job spec")
-    expect_int(version, what="job spec version", low=JOB_VERSION, high=JOB_VERSION)
-    spec = JobSpec(
-        module=_parse_cid(module, "module content ID"),
-        args=tuple(
-            expect_str(arg, what="job argument")
-            for arg in expect_list(args, what="job arguments", max_len=MAX_ARGS)
-        ),
-        stdin=None if stdin is None else _parse_cid(stdin, "stdin content ID"),
-        inputs=tuple(
-            _parse_input(entry)
-            for entry in expect_list(inputs, what="job inputs", max_len=MAX_INPUTS)
-        ),
-        limits=parse_limits(limits, what="job limits"),
-    )
-    _check_spec(spec, RemoteProtocolError)
-    return spec
-
-
-def _parse_input(value: object) -> InputFile:
-    path, cid = expect_list(value, what="job input", length=2, max_len=2)
-    return InputFile(expect_str(path, what="input path"), _parse_cid(cid, "input content ID"))
-
-
-# --- receipts -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """A worker's statement of how a job ended.
-
-    ``exit_code`` is non-zero exactly when ``status`` is EXIT; ``digest`` is BLAKE3 of
-    the stdout bytes the run produced (all of them, or the part kept when a limit
-    stopped it); ``output`` names the share holding them, if the worker stored one.
-    """
-
-    job_id: bytes
-    worker: bytes
-    status: JobStatus
-    exit_code: int
-    fuel_used: int
-    output: ContentId | None
-    digest: bytes
-
-    def __post_init__(self) -> None:
-        _check_receipt(self, LocalProtocolError)
-
-    @property
-    def worker_peer_id(self) -> str:
-        return peer_id_from_public_key(self.worker)
-
-    @property
-    def outcome(self) -> tuple[JobStatus, int, bytes]:
-        """What replicas of a job must agree on: status, exit code, stdout digest.
-
-        Fuel is deterministic too, but only between equal wasmtime versions, and the
-        output content ID names a share signed by each worker; neither is compared.
-        """
-        return (self.status, self.exit_code, self.digest)
-
-
-@dataclass(frozen=True)
-class SignedReceipt:
-    """A receipt with the worker's signature and the exact bytes that travel."""
-
-    receipt: Receipt
-    body: bytes
-    signature: bytes
-
-    @property
-    def data(self) -> bytes:
-        return self.body + self.signature
-
-
-def _check_receipt(receipt: Receipt, fail: type[P2PShareError]) -> None:
-    if type(receipt.job_id) is not bytes or len(receipt.job_id) != JOB_ID_SIZE:
-        raise fail(f"a job ID has {JOB_ID_SIZE} bytes")
-    if type(receipt.worker) is not bytes or len(receipt.worker) != PUBLIC_KEY_SIZE:
-        raise fail("the worker key must be a 32-byte Ed25519 public key")
-    if is_small_order_key(receipt.worker):
-        raise fail("the worker key is a small-order Ed25519 point, which has no owner")
-    if not isinstance(receipt.status, JobStatus):
-        raise fail(f"receipt status {receipt.status!r} is unknown")
-    if type(receipt.exit_code) is not int or not 0 <= receipt.exit_code <= MAX_EXIT_CODE:
-        raise fail(f"an exit code is between 0 and {MAX_EXIT_CODE}")
-    if (receipt.status is JobStatus.EXIT) != (receipt.exit_code != 0):
-        raise fail("a receipt has a non-zero exit code exactly when its status is 'exit'")
-    if type(receipt.fuel_used) is not int or not 0 <= receipt.fuel_used <= MAX_FUEL:
-        raise fail(f"fuel used is between 0 and {MAX_FUEL}")
-    if receipt.output is not None and not isinstance(receipt.output, ContentId):
-        raise fail("the output is a content ID or nothing")
-    if type(receipt.digest) is not bytes or len(receipt.digest) != DIGEST_SIZE:
-        raise fail(f"the output digest has {DIGEST_SIZE} bytes")
-
-
-def output_digest(stdout: bytes) -> bytes:
-    """The digest a receipt states for these stdout bytes."""
-    return blake3.blake3(stdout).digest()
-
-
-def encode_receipt(receipt: Receipt) -> bytes:
-    """The canonical receipt body: a map with the keys of ``_RECEIPT_KEYS`` in that order."""
-    return pack(
-        {
-            "v": JOB_VERSION,
-            "job": receipt.job_id,
-            "worker": receipt.worker,
-            "status": receipt.status.value,
-            "exit": receipt.exit_code,
-            "fuel": receipt.fuel_used,
-            "output": None if receipt.output is None else receipt.output.to_bytes(),
-            "digest": receipt.digest,
-        }
-    )
-
-
-def receipt_signing_message(body: bytes) -> bytes:
-    return _RECEIPTS.signing_message(body)
-
-
-def sign_receipt(receipt: Receipt, signer: Signer) -> SignedReceipt:
-    """Sign a receipt with the worker's own key (the one it names)."""
-    return SignedReceipt(receipt, *_RECEIPTS.sign(receipt, signer))
-
-
-def _decode_receipt_body(body: bytes) -> Receipt:
-    value = unpack(
-        body,
-        what="receipt",
-        max_size=_MAX_RECEIPT_BODY,
-        max_str_len=max(len(status.value) for status in JobStatus),
-        max_bin_len=max(CID_BYTES, JOB_ID_SIZE),
-        max_array_len=0,
-        max_map_len=len(_RECEIPT_KEYS),
-    )
-    return decode_canonical(
-        body, what="receipt", value=value, parse=_parse_receipt, encode=encode_receipt
-    )
-
-
-def _parse_receipt(value: object) -> Receipt:
-    if isinstance(value, dict) and "v" in value and value["v"] != JOB_VERSION:
-        raise RemoteProtocolError(f"receipt version {value['v']!r} is not supported")
-    version, job, worker, status, exit_code, fuel, output, digest = expect_map(
-        value, _RECEIPT_KEYS, what="receipt"
-    )
-    expect_int(version, what="receipt version", low=JOB_VERSION, high=JOB_VERSION)
-    try:
-        job_status = JobStatus(expect_str(status, what="receipt status"))
-    except ValueError:
-        raise RemoteProtocolError(f"receipt status {status!r} is unknown") from None
-    fields = (
-        expect_bytes(job, what="job ID", length=JOB_ID_SIZE, max_len=JOB_ID_SIZE),
-        expect_bytes(worker, what="worker key", length=PUBLIC_KEY_SIZE, max_len=PUBLIC_KEY_SIZE),
-        job_status,
-        expect_int(exit_code, what="exit code", low=0, high=MAX_EXIT_CODE),
-        expect_int(fuel, what="fuel used", low=0, high=MAX_FUEL),
-        None if output is None else _parse_cid(output, "output content ID"),
-        expect_bytes(digest, what="output digest", length=DIGEST_SIZE, max_len=DIGEST_SIZE),
-    )
-    receipt = object.__new__(Receipt)
-    for name, item in zip(
-        ("job_id", "worker", "status", "exit_code", "fuel_used", "output", "digest"),
-        fields,
-        strict=True,
-    ):
-        object.__setattr__(receipt, name, item)
-    _check_receipt(receipt, RemoteProtocolError)
-    return receipt
-
-
-_RECEIPTS: Final = SignedKind(
-    name="receipt",
-    role="worker",
-    domain=RECEIPT_DOMAIN,
-    encode=encode_receipt,
-    decode=_decode_receipt_body,
-    signer=lambda receipt: receipt.worker,
-)
-
-
-def decode_receipt(data: bytes) -> SignedReceipt:
-    """Decode a signed receipt and check its signature against the worker key it names.
-
-    RemoteProtocolError for malformed bytes, IntegrityError for a bad signature.  A
-    requester that knows which worker it asked uses :func:`verify_receipt` instead.
-    """
-    return SignedReceipt(*_RECEIPTS.open_trailing(data, max_size=_MAX_RECEIPT_SIZE))
-
-
-def verify_receipt(data: bytes, *, worker: bytes, job: bytes | None = None) -> SignedReceipt:
-    """Check a receipt from ``worker`` (its public key), optionally for job ID ``job``.
-
-    The signature is checked before the body is parsed, so any alteration of the
-    bytes, the length included, raises IntegrityError.
-    """
-    signed = SignedReceipt(*_RECEIPTS.verify_trailing(data, key=worker, max_size=_MAX_RECEIPT_SIZE))
-    check_receipt(signed, worker=worker, job=job)
-    return signed
-
-
-def check_receipt(signed: SignedReceipt, *, worker: bytes, job: bytes | None = None) -> None:
-    """Raise IntegrityError unless the receipt names this worker (and job)."""
-    _RECEIPTS.check_signer(signed.receipt, worker)
-    if job is not None and signed.receipt.job_id != job:
-        raise IntegrityError("the receipt is for another job")
 
 
 # --- messages -------------------------------------------------------------------------
@@ -727,7 +294,7 @@ def _check_message(message: JobMessage) -> None:
         case OfferReply(offer=offer):
             _offer(offer)
         case Submit(spec=spec, nonce=nonce):
-            _check_spec(spec, RemoteProtocolError)
+            check_spec(spec, RemoteProtocolError)
             expect_bytes(nonce, what="nonce", length=NONCE_SIZE, max_len=NONCE_SIZE)
             if len(encode_job_spec(spec)) > MAX_SPEC_SIZE:
                 raise RemoteProtocolError(f"a job spec has at most {MAX_SPEC_SIZE} bytes")
@@ -801,7 +368,7 @@ def _parse_progress(job: object, state: object, fuel: object, fetched: object) -
 
 
 def _parse_result(receipt: object, stdout: object) -> Result:
-    signed = decode_receipt(expect_bytes(receipt, what="receipt", max_len=_MAX_RECEIPT_SIZE))
+    signed = decode_receipt(expect_bytes(receipt, what="receipt", max_len=MAX_RECEIPT_SIZE))
     inline = (
         None if stdout is None else expect_bytes(stdout, what="stdout", max_len=MAX_INLINE_OUTPUT)
     )

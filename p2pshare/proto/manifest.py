@@ -21,7 +21,7 @@ import itertools
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from p2pshare.errors import (
     IntegrityError,
@@ -30,14 +30,14 @@ from p2pshare.errors import (
     RemoteProtocolError,
 )
 from p2pshare.proto.canonical import (
-    decode_canonical,
+    Codec,
+    Limits,
     expect_bytes,
     expect_int,
     expect_list,
     expect_map,
     expect_str,
     pack,
-    unpack,
 )
 from p2pshare.proto.chunks import (
     DEFAULT_CHUNK_SIZE,
@@ -439,18 +439,7 @@ def encode_manifest(manifest: Manifest) -> bytes:
 
 def decode_manifest(data: bytes) -> Manifest:
     """Decode untrusted body bytes; raise RemoteProtocolError unless valid and canonical."""
-    value = unpack(
-        data,
-        what="manifest",
-        max_size=MAX_BODY_SIZE,
-        max_str_len=MAX_PATH_BYTES,
-        max_bin_len=INLINE_MAX_CHUNKS * HASH_SIZE,
-        max_array_len=MAX_ENTRIES,
-        max_map_len=len(_BODY_KEYS) + 1,
-    )
-    return decode_canonical(
-        data, what="manifest", value=value, parse=_parse_manifest, encode=encode_manifest
-    )
+    return MANIFEST_BODY.decode(data)
 
 
 def _parse_manifest(value: object) -> Manifest:
@@ -550,3 +539,17 @@ def expected_chunk_hash(
     if page is None or page.index != page_index:
         raise LocalProtocolError(f"chunk {global_index} needs hash page {page_index}")
     return page.chunk_hash(global_index)
+
+
+MANIFEST_BODY: Final = Codec(
+    what="manifest",
+    encode=encode_manifest,
+    parse=_parse_manifest,
+    limits=Limits(
+        max_size=MAX_BODY_SIZE,
+        max_str_len=MAX_PATH_BYTES,
+        max_bin_len=INLINE_MAX_CHUNKS * HASH_SIZE,
+        max_array_len=MAX_ENTRIES,
+        max_map_len=len(_BODY_KEYS) + 1,
+    ),
+)

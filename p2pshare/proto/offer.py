@@ -22,19 +22,9 @@ from typing import TYPE_CHECKING, Final
 import blake3
 
 from p2pshare.errors import LocalProtocolError, RemoteError, RemoteProtocolError
-from p2pshare.proto.canonical import (
-    decode_canonical,
-    expect_bytes,
-    expect_int,
-    expect_map,
-    pack,
-    unpack,
-)
+from p2pshare.proto.canonical import Codec, Limits, expect_bytes, expect_int, expect_map, pack
 from p2pshare.proto.cid import BLAKE3_MULTIHASH, DIGEST_SIZE
-
-# Re-exported: OFFER bounds its payload with it, and job.py cannot import this module.
-from p2pshare.proto.job import MAX_OFFER_SIZE as MAX_OFFER_SIZE  # noqa: PLC0414
-from p2pshare.proto.job import PUBLIC_KEY_SIZE, JobLimits, encode_limits, parse_limits
+from p2pshare.proto.jobspec import PUBLIC_KEY_SIZE, JobLimits, encode_limits, parse_limits
 from p2pshare.proto.keys import is_small_order_key, peer_id_from_public_key
 from p2pshare.proto.multiformats import encode_varint
 from p2pshare.proto.signed import SIGNATURE_SIZE, SignedKind
@@ -43,6 +33,8 @@ if TYPE_CHECKING:
     from p2pshare.proto.signed import Signer
 
 OFFER_VERSION: Final = 1
+# A signed offer travels in OFFER (p2pshare.proto.job), which bounds its payload with this.
+MAX_OFFER_SIZE: Final = 512
 OFFER_DOMAIN: Final = b"p2pshare-offer-v1\0"
 # The DHT key workers provide under, in the multihash form of every provider record
 # (ContentId.multihash): a name for the service, not the hash of any content.
@@ -144,10 +136,6 @@ def encode_offer(offer: Offer) -> bytes:
     )
 
 
-def offer_signing_message(body: bytes) -> bytes:
-    return _OFFERS.signing_message(body)
-
-
 def sign_offer(offer: Offer, signer: Signer) -> SignedOffer:
     """Sign an offer with the worker's own key (the one it names)."""
     return SignedOffer(offer, *_OFFERS.sign(offer, signer))
@@ -168,30 +156,28 @@ def _parse_offer(value: object) -> Offer:
     return offer
 
 
-def _decode_offer_body(body: bytes) -> Offer:
-    value = unpack(
-        body,
-        what="offer",
+OFFER_BODY: Final = Codec(
+    what="offer",
+    encode=encode_offer,
+    parse=_parse_offer,
+    limits=Limits(
         max_size=_MAX_OFFER_BODY,
         # Keys are its only strings, and those of the limits are shorter.
         max_str_len=max(len(key) for key in _OFFER_KEYS),
         max_bin_len=PUBLIC_KEY_SIZE,
         max_array_len=0,
         max_map_len=len(_OFFER_KEYS),
-    )
-    return decode_canonical(
-        body, what="offer", value=value, parse=_parse_offer, encode=encode_offer
-    )
-
-
+    ),
+)
 _OFFERS: Final = SignedKind(
     name="offer",
     role="worker",
     domain=OFFER_DOMAIN,
-    encode=encode_offer,
-    decode=_decode_offer_body,
+    body=OFFER_BODY,
+    max_size=MAX_OFFER_SIZE,
     signer=lambda offer: offer.worker,
 )
+offer_signing_message: Final = _OFFERS.signing_message
 
 
 def decode_offer(data: bytes) -> SignedOffer:
@@ -201,7 +187,7 @@ def decode_offer(data: bytes) -> SignedOffer:
     expiry is not checked.  A requester that knows which worker it asked uses
     :func:`verify_offer` instead.
     """
-    return SignedOffer(*_OFFERS.open_trailing(data, max_size=MAX_OFFER_SIZE))
+    return SignedOffer(*_OFFERS.open_trailing(data))
 
 
 def verify_offer(data: bytes, *, worker: bytes, now: int) -> SignedOffer:
@@ -212,7 +198,7 @@ def verify_offer(data: bytes, *, worker: bytes, now: int) -> SignedOffer:
     raises OfferExpiredError; one expiring further ahead than a worker may promise
     raises RemoteProtocolError.
     """
-    signed = SignedOffer(*_OFFERS.verify_trailing(data, key=worker, max_size=MAX_OFFER_SIZE))
+    signed = SignedOffer(*_OFFERS.verify_trailing(data, key=worker))
     offer = signed.offer
     _OFFERS.check_signer(offer, worker)
     if offer.expires < now:

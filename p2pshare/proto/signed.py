@@ -4,7 +4,9 @@ Receipts, offers and manifests are signed the same way: the signature covers
 ``domain + body``, where ``body`` is the canonical encoding of the value (never a
 re-encoding) and ``domain`` a prefix no other kind uses, so a signature of one kind
 cannot be replayed as another.  A :class:`SignedKind` holds what tells the kinds apart:
-the prefix, the body codec and which key the value names as its signer.
+the prefix, the body codec (encoder, parser, unpack limits), the largest signed form
+and which key the value names as its signer, so a kind's module declares one value
+instead of repeating the sign / open / verify functions.
 
 Receipts and offers travel as ``body || signature``: the signature sits at a fixed
 place, so a peer who knows which key must have signed checks it before parsing a single
@@ -21,6 +23,8 @@ from p2pshare.proto.keys import verify_signature
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from p2pshare.proto.canonical import Codec
 
 SIGNATURE_SIZE: Final = 64
 
@@ -40,16 +44,17 @@ class Signer(Protocol):
 class SignedKind(Generic[T]):
     """One kind of signed value.
 
-    ``decode`` raises RemoteProtocolError unless the body is valid and canonical;
-    ``signer`` is the public key the value names as the one that signs it, and ``role``
-    what error messages call that key's owner.
+    ``body`` decodes (RemoteProtocolError unless valid and canonical) and encodes the
+    signed body; ``max_size`` bounds the ``body || signature`` form; ``signer`` is the
+    public key the value names as the one that signs it, and ``role`` what error
+    messages call that key's owner.
     """
 
     name: str
     role: str
     domain: bytes
-    encode: Callable[[T], bytes]
-    decode: Callable[[bytes], T]
+    body: Codec[T]
+    max_size: int
     signer: Callable[[T], bytes]
 
     def signing_message(self, body: bytes) -> bytes:
@@ -59,7 +64,7 @@ class SignedKind(Generic[T]):
         """The body of ``value`` and its signature by ``key``, which must be the one it names."""
         if key.public_key != self.signer(value):
             raise LocalProtocolError(f"{self._a_name} must be signed by the {self.role} it names")
-        body = self.encode(value)
+        body = self.body.encode(value)
         return body, key.sign(self.signing_message(body))
 
     def open(self, body: bytes, signature: bytes) -> T:
@@ -67,33 +72,33 @@ class SignedKind(Generic[T]):
 
         RemoteProtocolError for a malformed body, IntegrityError for a bad signature.
         """
-        value = self.decode(body)
+        value = self.body.decode(body)
         verify_signature(self.signer(value), signature, self.signing_message(body))
         return value
 
-    def open_trailing(self, data: bytes, *, max_size: int) -> tuple[T, bytes, bytes]:
+    def open_trailing(self, data: bytes) -> tuple[T, bytes, bytes]:
         """The value, body and signature of ``body || signature`` bytes, as :meth:`open`."""
-        if not SIGNATURE_SIZE < len(data) <= max_size:
+        if not SIGNATURE_SIZE < len(data) <= self.max_size:
             raise RemoteProtocolError(
-                f"a signed {self.name} has {SIGNATURE_SIZE + 1} to {max_size} bytes, "
+                f"a signed {self.name} has {SIGNATURE_SIZE + 1} to {self.max_size} bytes, "
                 f"not {len(data)}"
             )
         body, signature = data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:]
         return self.open(body, signature), body, signature
 
-    def verify_trailing(self, data: bytes, *, key: bytes, max_size: int) -> tuple[T, bytes, bytes]:
+    def verify_trailing(self, data: bytes, *, key: bytes) -> tuple[T, bytes, bytes]:
         """Like :meth:`open_trailing`, for bytes that ``key`` must have signed.
 
         The signature is checked before the body is parsed, so any alteration of the
         bytes, the length included, raises IntegrityError.  Whether the value names
         ``key`` is left to :meth:`check_signer`.
         """
-        if not SIGNATURE_SIZE < len(data) <= max_size:
+        if not SIGNATURE_SIZE < len(data) <= self.max_size:
             raise IntegrityError(f"{self._a_name} of {len(data)} bytes cannot be valid")
         body, signature = data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:]
         verify_signature(key, signature, self.signing_message(body))
         try:
-            value = self.decode(body)
+            value = self.body.decode(body)
         except RemoteProtocolError as exc:
             # Well signed but malformed: the signer itself produced garbage.
             raise IntegrityError(f"{self.role} signed a malformed {self.name} ({exc})") from exc

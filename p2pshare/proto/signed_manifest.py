@@ -18,11 +18,10 @@ from p2pshare.errors import RemoteProtocolError
 from p2pshare.proto.canonical import expect_bytes, expect_map, pack, unpack
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.manifest import (
+    MANIFEST_BODY,
     MAX_BODY_SIZE,
     MAX_MANIFEST_SIZE,
     Manifest,
-    decode_manifest,
-    encode_manifest,
 )
 from p2pshare.proto.signed import SIGNATURE_SIZE, SignedKind
 
@@ -35,8 +34,9 @@ _MANIFESTS = SignedKind(
     name="manifest",
     role="publisher",
     domain=SIGNATURE_DOMAIN,
-    encode=encode_manifest,
-    decode=decode_manifest,
+    body=MANIFEST_BODY,
+    # The manifest travels in a map, not as ``body || signature``.
+    max_size=MAX_MANIFEST_SIZE,
     signer=lambda manifest: manifest.publisher,
 )
 
@@ -52,8 +52,7 @@ class SignedManifest:
     cid: ContentId
 
 
-def signing_message(body: bytes) -> bytes:
-    return _MANIFESTS.signing_message(body)
+signing_message = _MANIFESTS.signing_message
 
 
 def _wire(body: bytes, signature: bytes) -> bytes:

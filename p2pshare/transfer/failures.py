@@ -9,7 +9,7 @@ content: only the first suggests an attack.
 
 from __future__ import annotations
 
-from p2pshare.errors import UserError
+from p2pshare.errors import RemoteError, UserError
 
 # Each phrase completes "the only provider, PEER, ..." and "PEER ...".
 UNSHARED = "no longer shares it"
@@ -23,6 +23,14 @@ GONE = "stopped answering"
 NO_MANIFEST = "did not send the manifest"
 # Providers named in one sentence; the rest are counted.
 MAX_NAMED = 3
+
+
+class ContentTooLargeError(RemoteError):
+    """The content's manifest announces more bytes than the caller will take.
+
+    Raised as soon as the manifest arrives, before any chunk is fetched; callers with
+    their own vocabulary (a compute worker's ``oversize`` refusal) translate it.
+    """
 
 
 class NoProvidersError(UserError):

@@ -12,14 +12,8 @@ from p2pshare.compute.jobs import sandbox_job, sign_result
 from p2pshare.errors import IntegrityError, LocalProtocolError
 from p2pshare.identity import NodeKey
 from p2pshare.proto.cid import ContentId
-from p2pshare.proto.job import (
-    JobLimits,
-    JobStatus,
-    build_job_spec,
-    job_id,
-    output_digest,
-    verify_receipt,
-)
+from p2pshare.proto.jobspec import JobLimits, build_job_spec, job_id
+from p2pshare.proto.receipt import JobStatus, output_digest, verify_receipt
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -18,7 +18,9 @@ from p2pshare.compute.jobs import SandboxJob
 from p2pshare.compute.pool import PoolConfig, WorkerPool, open_worker_pool
 from p2pshare.compute.sandbox import Sandbox
 from p2pshare.errors import LocalProtocolError
-from p2pshare.proto.job import JobLimits, JobState, JobStatus
+from p2pshare.proto.job import JobState
+from p2pshare.proto.jobspec import JobLimits
+from p2pshare.proto.receipt import JobStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

@@ -7,10 +7,13 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pshare.compute.requester import Replica, Worker, compare, rank_workers, too_few_workers
+from p2pshare.compute.replicas import Replica, compare
+from p2pshare.compute.workers import Worker, rank_workers, too_few_workers
 from p2pshare.identity import NodeKey
-from p2pshare.proto.job import JobLimits, JobStatus, Receipt
+from p2pshare.proto.jobsession import SessionState
+from p2pshare.proto.jobspec import JobLimits
 from p2pshare.proto.offer import Offer
+from p2pshare.proto.receipt import JobStatus, Receipt
 
 LIMITS = JobLimits(fuel=10**9, memory=16 * 1024**2, wall_seconds=5, max_output=1024)
 KEYS = [NodeKey.from_seed(bytes([i]) * 32) for i in range(1, 8)]
@@ -25,7 +28,7 @@ def worker(index: int, *, free: int = 1, speed: int = 10**9, **limits: int) -> W
 def replica(index: int, digest: int, status: JobStatus = JobStatus.OK) -> Replica:
     key = KEYS[index]
     receipt = Receipt(bytes(32), key.public_key, status, 0, 1, None, bytes([digest]) * 32)
-    return Replica(key.peer_id, receipt=receipt, state="done")
+    return Replica(key.peer_id, receipt=receipt, state=SessionState.DONE)
 
 
 def test_workers_holding_the_inputs_come_first_then_free_slots_then_speed() -> None:
@@ -71,7 +74,7 @@ def test_a_tie_has_no_majority() -> None:
 
 
 def test_replicas_without_a_receipt_are_not_counted() -> None:
-    refused = Replica(KEYS[3].peer_id, state="refused", refused="busy")
+    refused = Replica(KEYS[3].peer_id, state=SessionState.REFUSED, refused="busy")
     verdict = compare([replica(0, 1), refused])
     assert verdict.agreed
     assert verdict.majority == (KEYS[0].peer_id,)

@@ -13,7 +13,9 @@ import wasmtime
 from p2pshare.compute.jobs import MAX_STDERR, SandboxJob, SandboxResult
 from p2pshare.compute.sandbox import FIXED_REALTIME_NS, Sandbox, _HostIO
 from p2pshare.proto.errors import UnsafePathError
-from p2pshare.proto.job import JobLimits, JobState, JobStatus, output_digest
+from p2pshare.proto.job import JobState
+from p2pshare.proto.jobspec import JobLimits
+from p2pshare.proto.receipt import JobStatus, output_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -9,41 +9,31 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import trio.testing
 
-from p2pshare.compute.channel import JobChannel
-from p2pshare.compute.requester import (
+from p2pshare.compute.channel import WorkerChannel
+from p2pshare.compute.replicas import Replica, compare, run_replicas
+from p2pshare.compute.requester import JobRequest, Requester
+from p2pshare.compute.service import ComputeService, Fetched
+from p2pshare.compute.workers import (
     NotOfferingError,
-    Replica,
     Worker,
     ask_offer,
     collect_offers,
-    compare,
     rank_workers,
-    run_replicas,
 )
-from p2pshare.compute.service import ComputeService, Fetched
 from p2pshare.config import ComputeConfig
 from p2pshare.errors import RemoteProtocolError
 from p2pshare.identity import NodeKey
 from p2pshare.proto.cid import ContentId
-from p2pshare.proto.job import (
-    Accept,
-    JobLimits,
-    JobRejectedError,
-    JobSpec,
-    JobStatus,
-    RejectCode,
-    Result,
-    Submit,
-    build_job_spec,
-    output_digest,
-)
+from p2pshare.proto.job import Accept, JobRejectedError, RejectCode, Result, Submit
+from p2pshare.proto.jobspec import JobLimits, JobSpec, build_job_spec
 from p2pshare.proto.offer import Offer, sign_offer
+from p2pshare.proto.receipt import JobStatus, output_digest
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -238,12 +228,12 @@ async def liar(stream: ByteStream, _requester: str, key: NodeKey) -> None:
     """Accepts any job and signs a receipt for output it never computed."""
     from p2pshare.compute.jobs import SandboxResult, sign_result
 
-    channel = JobChannel(stream)
-    submit = await channel.receive()
+    channel = WorkerChannel(stream)
+    submit = await channel.next_event()
     assert isinstance(submit, Submit)
-    await channel.send(Accept(submit.job_id))
+    await channel.answer(Accept(submit.job_id))
     forged = SandboxResult(JobStatus.OK, 0, 1000, b"42 42 42\n", b"", "made up")
-    await channel.send(Result(sign_result(submit.spec, forged, key, cid_of(b"42 42 42\n"))))
+    await channel.answer(Result(sign_result(submit.spec, forged, key, cid_of(b"42 42 42\n"))))
     await channel.aclose()
 
 
@@ -482,7 +472,7 @@ async def test_a_stream_cut_inside_a_message_is_a_protocol_error() -> None:
     await theirs.send_all(b"\x00\x00\x00\x10abc")
     await theirs.aclose()
     with pytest.raises(RemoteProtocolError, match="inside a job message"):
-        await JobChannel(mine).receive()
+        await WorkerChannel(mine).next_event()
 
 
 async def test_a_worker_that_turned_compute_off_is_no_longer_listed(
@@ -502,3 +492,67 @@ async def test_a_worker_that_turned_compute_off_is_no_longer_listed(
         network.open_stream, [old], wordcount_submit(network, wasm, b"x\n"), 1, ignore
     )
     assert replicas[0].refusal_code == RejectCode.NOT_OFFERING
+
+
+@dataclass
+class FakeOutput:
+    """An ``-o`` destination that keeps what it is given."""
+
+    path: Path
+    written: list[bytes] = field(default_factory=list)
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(data)
+        await trio.Path(self.path).write_bytes(data)
+
+    async def fetch(self, cid: ContentId, peer_id: str, digest: bytes) -> bool:
+        raise AssertionError("a small output comes with the receipt")
+
+
+async def test_the_requester_runs_a_job_with_only_the_callables_it_is_given(
+    network: Network, tmp_path: Path, wasm: Build
+) -> None:
+    """compute_run's steps live in compute/, the node only supplies sharing, lookups,
+    streams and the destination: share, choose, run k replicas, conclude, unshare."""
+    peers = [(await start_worker(network, tmp_path, f"w{i}"))[1] for i in range(2)]
+    module, stdin = tmp_path / "wc.wasm", tmp_path / "in.txt"
+    module.write_bytes(wasm("wordcount"))
+    stdin.write_bytes(b"one two\nthree\n")
+    unshared: list[str] = []
+
+    async def share(path: Path) -> tuple[ContentId, bool]:
+        return network.content.add(await trio.Path(path).read_bytes()), True
+
+    async def find_workers(want: int, _timeout: float) -> list[tuple[str, tuple[str, ...]]]:
+        found: list[tuple[str, tuple[str, ...]]] = [(p, ()) for p in peers]
+        return found[:want]
+
+    async def find_holders(_cid: ContentId, _timeout: float) -> list[str]:
+        return []
+
+    requester = Requester(
+        share=share,
+        unshare=unshared.append,
+        local_size=lambda cid: len(network.content.blobs[str(cid)]),
+        find_workers=find_workers,
+        find_holders=find_holders,
+        open_stream=network.open_stream,
+        modules_dir=tmp_path / "modules",
+        find_timeout=1.0,
+    )
+    events: list[dict[str, Any]] = []
+
+    async def emit(_kind: str, data: dict[str, Any]) -> None:
+        events.append(data)
+
+    output = FakeOutput(tmp_path / "out")
+    request = JobRequest(module, str(stdin), [], [], LIMITS, replicas=2)
+    doc = await requester.run(request, output, emit)
+    assert doc["verified"] is True
+    assert doc["status"] == "ok"
+    assert output.written == [b"2 3 14\n"]
+    assert doc["output"] == str(output.path)
+    assert sorted(w["peer_id"] for w in doc["workers"]) == sorted(peers)
+    assert {w["state"] for w in doc["workers"]} == {"done"}
+    assert sorted(unshared) == sorted(network.content.blobs)
+    assert [e["phase"] for e in events][:2] == ["sharing", "finding"]

@@ -12,26 +12,20 @@ from hypothesis import strategies as st
 from p2pshare.proto.job import (
     Accept,
     Cancel,
-    JobLimits,
-    JobSpec,
     JobState,
-    JobStatus,
     Progress,
-    Receipt,
     Reject,
     Result,
-    SignedReceipt,
     Submit,
-    build_job_spec,
     decode_job_message,
-    decode_job_spec,
-    decode_receipt,
     encode_job_message,
+)
+from p2pshare.proto.jobspec import (
+    JobLimits,
+    JobSpec,
+    build_job_spec,
+    decode_job_spec,
     encode_job_spec,
-    output_digest,
-    receipt_signing_message,
-    sign_receipt,
-    verify_receipt,
 )
 from p2pshare.proto.offer import (
     Offer,
@@ -40,6 +34,16 @@ from p2pshare.proto.offer import (
     offer_signing_message,
     sign_offer,
     verify_offer,
+)
+from p2pshare.proto.receipt import (
+    JobStatus,
+    Receipt,
+    SignedReceipt,
+    decode_receipt,
+    output_digest,
+    receipt_signing_message,
+    sign_receipt,
+    verify_receipt,
 )
 from tests.fuzz.harness import check_decoder, fuzz_inputs, fuzz_settings, nested, pack
 from tests.fuzz.seeds import CID, CREATED, KEY, OTHER_KEY, unpacked, value_seeds

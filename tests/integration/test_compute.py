@@ -511,3 +511,31 @@ def test_interrupting_run_cancels_the_job_on_every_worker(cluster: Cluster, tmp_
     assert not out.exists()
     assert shares(cluster.requester.home) == before
     assert_workers_serve(cluster, tmp_path / "wc.txt")
+
+
+def test_an_input_larger_than_the_worker_takes_is_refused_as_oversize(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The worker learns the size from the manifest (transfer's ContentTooLargeError)
+    and refuses the job with compute's own code, ``oversize``: a refusal about the job,
+    so no other worker is tried and the run fails at once."""
+    holder, worker = cluster.workers
+    big = tmp_path / "big.txt"
+    big.write_text(TEXT * 200)
+    shared = cli_json(holder.home, "share", str(big))
+    # The holder would be ranked first and refuse from its own store: take it out.
+    cli_json(holder.home, "compute", "offer", "--off")
+    try:
+        # Room for the module (a few hundred bytes), not for the input.
+        cli_json(worker.home, "compute", "offer", "--max-input", "4096")
+        result = run_job(cluster, wat("wordcount"), "--stdin", shared["ticket"], out=tmp_path / "o")
+        assert result.returncode == ExitCode.FAILED, result.stdout + result.stderr
+        assert "(oversize)" in result.stderr, result.stderr + log_tail(worker.home)
+        assert "more than the" in result.stderr
+        assert not (tmp_path / "o").exists()
+    finally:
+        cli_json(worker.home, "compute", "offer", "--max-input", str(1024**3))
+        cli_json(holder.home, "compute", "offer", "--on")
+        cli_json(holder.home, "unshare", shared["cid"])
+    wait_for("both pools back up", lambda: all(offer_status(n)["ready"] for n in cluster.workers))
+    assert_workers_serve(cluster, tmp_path / "wc.txt")

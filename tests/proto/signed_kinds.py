@@ -17,20 +17,13 @@ from hypothesis import strategies as st
 from p2pshare.identity import NodeKey
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE, chunk_count
 from p2pshare.proto.cid import ContentId
-from p2pshare.proto.job import (
-    MAX_EXIT_CODE,
+from p2pshare.proto.jobspec import (
     MAX_FUEL,
     MAX_MEMORY,
     MAX_OUTPUT_BYTES,
     MAX_WALL_SECONDS,
     MIN_MEMORY,
     JobLimits,
-    JobStatus,
-    Receipt,
-    decode_receipt,
-    receipt_signing_message,
-    sign_receipt,
-    verify_receipt,
 )
 from p2pshare.proto.manifest import FileEntry, ShareKind, build_manifest
 from p2pshare.proto.offer import (
@@ -43,6 +36,15 @@ from p2pshare.proto.offer import (
     offer_signing_message,
     sign_offer,
     verify_offer,
+)
+from p2pshare.proto.receipt import (
+    MAX_EXIT_CODE,
+    JobStatus,
+    Receipt,
+    decode_receipt,
+    receipt_signing_message,
+    sign_receipt,
+    verify_receipt,
 )
 from p2pshare.proto.signed_manifest import (
     decode_signed_manifest,

@@ -22,16 +22,13 @@ from p2pshare.errors import (
 from p2pshare.identity import NodeKey
 from p2pshare.proto import job
 from p2pshare.proto.cid import ContentId
-from p2pshare.proto.job import (
+from p2pshare.proto.job import OfferReply, decode_job_message, encode_job_message
+from p2pshare.proto.jobspec import (
     MAX_FUEL,
     MAX_MEMORY,
     MAX_OUTPUT_BYTES,
     MAX_WALL_SECONDS,
-    RECEIPT_DOMAIN,
     JobLimits,
-    OfferReply,
-    decode_job_message,
-    encode_job_message,
 )
 from p2pshare.proto.offer import (
     CLOCK_SKEW,
@@ -51,6 +48,7 @@ from p2pshare.proto.offer import (
     sign_offer,
     verify_offer,
 )
+from p2pshare.proto.receipt import RECEIPT_DOMAIN
 from tests.proto.signed_kinds import WORKER, offers
 
 if TYPE_CHECKING:
