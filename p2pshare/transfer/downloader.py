@@ -14,7 +14,8 @@ a short backoff, the provider lookup runs again every ``LOOKUP_INTERVAL`` (and a
 once when no link is left) so downloaders that announce their partial content are
 found, and a partial provider's chunk list is asked again when we have nothing left
 to ask it for.  A download fails only once no provider that could send a missing
-chunk has been left, or found, for ``CONNECT_TIMEOUT``.
+chunk has been left, or found, for ``CONNECT_TIMEOUT``.  Those rules are the pure
+:class:`~p2pshare.transfer.swarm.Swarm`'s; this module only does what it decides.
 
 The event loop only receives (and, on a data channel, decrypts): every chunk that
 arrives goes to one storing task, which hashes and writes whole batches of them in
@@ -28,8 +29,8 @@ import functools
 import logging
 import time
 from contextlib import aclosing, suppress
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -46,6 +47,7 @@ from p2pshare.proto.transfer import (
     UnknownContentError,
 )
 from p2pshare.store.catalog import DownloadRow
+from p2pshare.store.lifecycle import DownloadState
 from p2pshare.transfer import failures
 from p2pshare.transfer.blocking import RunBlocking, run_in_thread
 from p2pshare.transfer.destination import check_destination, check_space, free_bytes
@@ -53,6 +55,18 @@ from p2pshare.transfer.failures import NoProvidersError
 from p2pshare.transfer.output import PartialOutput
 from p2pshare.transfer.peer import PeerLink
 from p2pshare.transfer.picker import Picker
+from p2pshare.transfer.records import DownloadRecords, DownloadReport, MemoryRecords
+from p2pshare.transfer.swarm import (
+    CONNECT_TIMEOUT,
+    HAVE_REFRESH_S,
+    LOOKUP_INTERVAL,
+    MAX_PROVIDERS,
+    REATTACH_DELAYS,
+    Refresh,
+    Source,
+    Swarm,
+    Tick,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -63,23 +77,22 @@ if TYPE_CHECKING:
     from p2pshare.proto.cid import ContentId
     from p2pshare.transfer.source import LocalContent
 
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "LOOKUP_INTERVAL",
+    "REATTACH_DELAYS",
+    "REQUEST_TIMEOUT",
+    "Download",
+    "DownloadRecords",
+    "DownloadReport",
+    "MemoryRecords",
+    "Source",
+]
+
 log = logging.getLogger(__name__)
 PIPELINE = 4
 # A provider that sends nothing at all for this long is dropped.
 REQUEST_TIMEOUT = 60.0
-CONNECT_TIMEOUT = 15.0
-# Delays before dialing a provider again after its stream broke or stalled, one per
-# failure in a row: an overloaded seeder gets time to recover, and a peer that is
-# gone costs a few dials.  A stream that then brings a verified chunk starts over.
-REATTACH_DELAYS = (1.0, 4.0, 10.0)
-# Downloaders announce their partial content as they go: a running download asks the
-# lookup again this often, so load spreads over them instead of staying on the seeder.
-LOOKUP_INTERVAL = 15.0
-# Providers linked, being dialed or waiting to be dialed again, at most.
-MAX_PROVIDERS = 32
-# A partial provider verifies more chunks as it downloads: its chunk list is asked
-# again this often, while we have nothing in flight with it (one small request).
-HAVE_REFRESH_S = 5.0
 # A discarded stream gets this long to close before it is left to the peer.
 CLOSE_TIMEOUT = 5.0
 PERSIST_EVERY_CHUNKS = 32
@@ -94,68 +107,6 @@ REQUEST_BYTES = 4 << 20
 STORE_QUEUE_BYTES = 16 << 20
 STORE_QUEUE_CHUNKS = 64
 STORE_BATCH_BYTES = 8 << 20
-
-
-class DownloadRecords(Protocol):
-    """Where a download keeps its verified-chunk record (the catalog, for ``get``)."""
-
-    def download(self, cid: str) -> DownloadRow | None: ...
-
-    def save_download(self, row: DownloadRow) -> None: ...
-
-
-class MemoryRecords:
-    """Records that last as long as the download: for content the node fetches for
-    itself (a compute job's), which is never resumed and must not touch a ``get``'s."""
-
-    def __init__(self) -> None:
-        self._rows: dict[str, DownloadRow] = {}
-
-    def download(self, cid: str) -> DownloadRow | None:
-        return self._rows.get(cid)
-
-    def save_download(self, row: DownloadRow) -> None:
-        self._rows[row.cid] = row
-
-
-@dataclass(frozen=True)
-class Source:
-    """A provider to download from."""
-
-    peer_id: str
-    addrs: tuple[str, ...] = ()
-
-
-@dataclass
-class DownloadReport:
-    cid: str
-    destination: str
-    size: int
-    files: int
-    chunks: int
-    resumed_chunks: int = 0
-    requested_bytes: int = 0
-    received_bytes: int = 0
-    elapsed_s: float = 0.0
-    peers: list[str] = field(default_factory=list)
-    banned: list[str] = field(default_factory=list)
-    chunks_from: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "cid": self.cid,
-            "destination": self.destination,
-            "size": self.size,
-            "files": self.files,
-            "chunks": self.chunks,
-            "resumed_chunks": self.resumed_chunks,
-            "requested_bytes": self.requested_bytes,
-            "received_bytes": self.received_bytes,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "peers": self.peers,
-            "banned": self.banned,
-            "chunks_from": self.chunks_from,
-        }
 
 
 @dataclass(frozen=True)
@@ -246,7 +197,6 @@ class Download:
         self._local = local
         self._open_stream = open_stream
         self._find_sources = find_sources
-        self._hints = hints
         self._progress = progress
         self._pipeline = pipeline
         self._announce = announce
@@ -265,20 +215,7 @@ class Download:
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._workers: trio.Nursery | None = None
-        # Every provider seen, with the addresses it was last seen with.
-        self._sources: dict[str, Source] = {}
-        # Providers with a task of their own: linked, being dialed or waiting to be.
-        self._active: set[str] = set()
-        # Providers that refused the content or failed too often: never asked again.
-        self._given_up: set[str] = set()
-        self._lookup_now = trio.Event()
-        self._looking = False
-        # Whether _connect ran the first lookup (else the lookup loop runs it at once).
-        self._looked_up = False
-        # Providers asked for the manifest that did not send it: not asked again.
-        self._no_manifest: set[str] = set()
-        # Why each provider could not help, last reason first (a failures.* phrase).
-        self._why: dict[str, str] = {}
+        self._swarm = Swarm(hints)
         # Sized in _prepare, once the chunk size is known.
         self._arrivals_in, self._arrivals_out = trio.open_memory_channel[_Arrival](0)
         # Chunks handed to the storing task and not yet stored (checked or refused).
@@ -288,7 +225,7 @@ class Download:
         self._last_persist = 0.0
         self._persisting = False
         self._done_bytes = 0
-        self.report = DownloadReport(str(cid), str(dest), 0, 0, 0)
+        self.report = DownloadReport(str(cid), str(dest), 0, 0, 0, banned=self._swarm.banned)
 
     # -- the whole download
 
@@ -326,9 +263,9 @@ class Download:
         a round trip even when the DHT takes seconds (unless no hinted provider sends
         the manifest: see _fetch_manifest).  Otherwise the lookup runs first.
         """
-        hints = {s.peer_id: s for s in self._hints}
+        hints = self._swarm.hints
         if hints:
-            self._sources.update(hints)
+            self._swarm.sources.update(hints)
             await self._dial(list(hints.values()))
             if self._links:
                 return
@@ -337,22 +274,16 @@ class Download:
     async def _look_up_and_dial(self) -> None:
         """Look providers up, then dial them and the hinted ones; called when no link
         is left (none made yet, or none sent the manifest)."""
-        sources: dict[str, Source] = {}
-        for source in await self._lookup():
-            sources.setdefault(source.peer_id, source)
-        self._looked_up = True
-        for peer in (*self._given_up, *self.report.banned, *self._no_manifest):
-            sources.pop(peer, None)
-        if not sources and self._why:
-            raise failures.no_manifest(self.cid, self._why)
+        sources = self._swarm.on_first_lookup(await self._lookup())
+        if not sources and self._swarm.why:
+            raise failures.no_manifest(self.cid, self._swarm.why)
         if not sources:
             raise NoProvidersError(
                 f"no providers found for {self.cid}; check that a provider is running "
                 "and reachable and that the content ID has no typo (content IDs carry no "
                 "checksum), or use its ticket, which does"
             )
-        self._sources.update(sources)
-        await self._dial(list(sources.values()))
+        await self._dial(sources)
         if not self._links:
             raise NoProvidersError(
                 f"none of the {len(sources)} providers of {self.cid} could be reached; "
@@ -379,7 +310,7 @@ class Download:
                 log.info("provider %s unreachable (try %d): %s", source.peer_id, attempt, exc)
                 await trio.sleep(0.2)
         if stream is None:
-            self._why[source.peer_id] = failures.UNREACHABLE
+            self._swarm.on_unreachable(source.peer_id)
             return None
         link = PeerLink(stream, source.peer_id, max_chunk_size=1 << 24)
         try:
@@ -410,14 +341,9 @@ class Download:
         never asked again, any other may be dialed again (see ``_keep_peer``).  ``reason``
         goes to the log, ``why`` (a failures.* phrase) into the error the download may
         end with."""
-        if self._why.get(peer) not in (failures.FORGED, failures.BAD_CHUNK):
-            self._why[peer] = why
-        # A bad chunk may be found after its sender was dropped for another reason.
-        if ban and peer not in self.report.banned:
-            self.report.banned.append(peer)
-        if refused:
-            self._given_up.add(peer)
         link = self._links.pop(peer, None)
+        last = link is not None and not self._links
+        self._swarm.on_drop(peer, why, ban=ban, refused=refused, last=last)
         if link is None:
             return
         log.info("dropping provider %s: %s", peer, reason)
@@ -428,8 +354,6 @@ class Download:
             self._picker.remove_peer(peer)
         assert self._nursery is not None
         self._nursery.start_soon(self._close_link, link)
-        if not self._links:
-            self._lookup_now.set()
         self._notify()
 
     async def _close_link(self, link: PeerLink) -> None:
@@ -443,7 +367,7 @@ class Download:
 
     async def _fetch_manifest(self) -> SignedManifest:
         for peer, link in list(self._links.items()):
-            self._no_manifest.add(peer)
+            self._swarm.no_manifest.add(peer)
             try:
                 with trio.fail_after(REQUEST_TIMEOUT):
                     data = await link.manifest(self.cid)
@@ -456,11 +380,11 @@ class Download:
                 self._drop(peer, f"no manifest: {exc}", failures.NO_MANIFEST)
             else:
                 return self.signed
-        if not self._looked_up:
+        if not self._swarm.looked_up:
             # Only hinted providers were asked, and none sent it: look for others.
             await self._look_up_and_dial()
             return await self._fetch_manifest()
-        raise failures.no_manifest(self.cid, self._why)
+        raise failures.no_manifest(self.cid, self._swarm.why)
 
     async def _fetch_pages(self) -> None:
         assert self.signed is not None
@@ -485,7 +409,7 @@ class Download:
         row = self._catalog.download(str(self.cid))
         resume = (
             row is not None
-            and row.state == "running"
+            and row.state == DownloadState.RUNNING
             and row.destination == str(self.dest)
             and row.signed_manifest == signed.data
         )
@@ -497,7 +421,7 @@ class Download:
         self._check_space(signed, verified)
         if resume and not reuse:
             # The record must never describe a partial made after it: reset it first.
-            self._save_row("running", verified)
+            self._save_row(DownloadState.RUNNING, verified)
         output.open(resume=reuse)
         # Set once the partial is this download's: a caller removes it on failure then.
         self.output = output
@@ -512,7 +436,7 @@ class Download:
         self._arrivals_in, self._arrivals_out = trio.open_memory_channel[_Arrival](
             min(STORE_QUEUE_CHUNKS, max(1, STORE_QUEUE_BYTES // manifest.chunk_size))
         )
-        self._save_row("running")
+        self._save_row(DownloadState.RUNNING)
 
     def _check_space(self, signed: SignedManifest, verified: Bitfield) -> None:
         """Refuse, before writing, content the disk cannot hold; the chunks verified
@@ -527,124 +451,77 @@ class Download:
         """Fetch every missing chunk; give up once no provider that could send one was
         left, or found, for ``CONNECT_TIMEOUT`` (and no lookup is still under way)."""
         assert self._picker is not None
-        picker = self._picker
-        # _connect has either just looked (a link lost since needs no second lookup
-        # yet) or left the first lookup to the loop, which then runs it at once.
-        self._lookup_now = trio.Event()
-        if not self._looked_up:
-            self._lookup_now.set()
+        picker, swarm = self._picker, self._swarm
+        swarm.start_transfer(trio.current_time())
         async with trio.open_nursery() as workers:
             self._workers = workers
             workers.start_soon(self._report_progress)
             workers.start_soon(self._store_loop)
             workers.start_soon(self._persist_loop)
             for peer, link in list(self._links.items()):
-                self._keep(self._sources[peer], link)
+                self._keep(swarm.sources[peer], link)
             workers.start_soon(self._lookup_loop)
-            alone_since: float | None = None
             while not picker.done:
-                now = trio.current_time()
-                if self._storing or self._hopeful():
-                    alone_since = None
-                elif alone_since is None:
-                    alone_since = now
-                    self._lookup_now.set()
-                elif not self._looking and now - alone_since >= CONNECT_TIMEOUT:
+                tick = swarm.on_tick(trio.current_time(), picker, storing=self._storing)
+                if tick is Tick.FAIL:
                     break
+                if tick is Tick.LOOK_UP:
+                    self._notify()
                 await self._wait_change(1.0)
             workers.cancel_scope.cancel()
         if not picker.done:
             missing = self.report.chunks - picker.verified.count()
-            raise failures.stalled(self.cid, missing, self._stall_reasons())
-
-    def _stall_reasons(self) -> dict[str, str]:
-        """Why each provider seen could not send the missing chunks."""
-        assert self._picker is not None
-        reasons = {}
-        for peer in self._sources:
-            why = self._why.get(peer)
-            have = self._picker.have(peer)
-            if peer in self._active and have is not None:
-                # Linked to the end: the last thing it said was its chunk list.
-                why = why if why == failures.STALE else failures.HOLDS_NONE
-            if why is not None:
-                reasons[peer] = why
-        return reasons
-
-    def _hopeful(self) -> bool:
-        """Whether a provider may still send a missing chunk: one being dialed, waiting to
-        be dialed again or asked for its chunk list, or holding a chunk we lack.  A
-        provider holding none (a seeder whose file went stale) does not keep the
-        download waiting; a partial one that grows counts again once it says so."""
-        assert self._picker is not None
-        verified = self._picker.verified
-        for peer in self._active:
-            have = self._picker.have(peer)
-            if have is None or have.complete or have.difference(verified).count():
-                return True
-        return False
+            raise failures.stalled(self.cid, missing, swarm.stall_reasons(picker))
 
     # -- providers during the transfer
 
     def _keep(self, source: Source, link: PeerLink | None) -> None:
         assert self._workers is not None
-        self._active.add(source.peer_id)
+        self._swarm.keep(source.peer_id)
         self._workers.start_soon(self._keep_peer, source, link)
 
     async def _keep_peer(self, source: Source, link: PeerLink | None) -> None:
         """Fetch from one provider until the download ends, dialing it again (after
         ``REATTACH_DELAYS``) when its stream breaks, stalls or it fails a request."""
         assert self._picker is not None
-        peer = source.peer_id
-        in_a_row = 0
+        peer, swarm = source.peer_id, self._swarm
         try:
             while True:
                 if link is None:
-                    link = await self._attach(self._sources.get(peer, source))
+                    link = await self._attach(swarm.sources.get(peer, source))
+                served = self.report.chunks_from.get(peer, 0)
                 if link is not None:
-                    if peer in self.report.banned:
+                    if peer in swarm.banned:
                         # Its last stream's bad chunk was found while this one opened.
                         self._drop(peer, "banned for a bad chunk", failures.BAD_CHUNK, ban=True)
                         return
-                    served = self.report.chunks_from.get(peer, 0)
                     await self._serve_peer(peer, link)
                     link = None
-                    if self.report.chunks_from.get(peer, 0) > served:
-                        in_a_row = 0
-                if self._picker.done or peer in self.report.banned or peer in self._given_up:
+                more = self.report.chunks_from.get(peer, 0) > served
+                delay = swarm.after_link(peer, served=more, done=self._picker.done)
+                if delay is None:
                     return
-                if in_a_row == len(REATTACH_DELAYS):
-                    log.info("giving up on provider %s: %d failures in a row", peer, in_a_row)
-                    self._given_up.add(peer)
-                    return
-                await trio.sleep(REATTACH_DELAYS[in_a_row])
-                in_a_row += 1
-                log.info("dialing provider %s again (%d)", peer, in_a_row)
+                await trio.sleep(delay)
+                log.info("dialing provider %s again", peer)
         finally:
-            self._active.discard(peer)
+            swarm.on_gone(peer)
             self._notify()
 
     async def _lookup_loop(self) -> None:
         """Ask for providers every ``LOOKUP_INTERVAL``, and at once when no link is left."""
+        swarm = self._swarm
         while True:
-            with trio.move_on_after(LOOKUP_INTERVAL):
-                await self._lookup_now.wait()
-            self._lookup_now = trio.Event()
-            self._looking = True
+            while (wait := swarm.lookup_due(trio.current_time())) is not None:
+                await self._wait_change(wait)
+            swarm.on_lookup_start()
+            found: list[Source] = []
             try:
                 found = await self._lookup()
             finally:
-                self._looking = False
-            for source in found:
-                peer = source.peer_id
-                if peer in self._given_up or peer in self.report.banned:
-                    continue
-                if peer in self._active:
-                    self._sources[peer] = source
-                elif len(self._active) < MAX_PROVIDERS:
-                    log.info("provider %s found during the download of %s", peer, self.cid)
-                    self._sources[peer] = source
-                    self._keep(source, None)
+                new = swarm.on_found(found, trio.current_time())
+            for source in new:
+                log.info("provider %s found during the download of %s", source.peer_id, self.cid)
+                self._keep(source, None)
             self._notify()
 
     async def _lookup(self) -> list[Source]:
@@ -655,7 +532,7 @@ class Download:
         and a dial cancelled half way leaves py-libp2p unable to dial that peer again
         at once.  A failing lookup finds nothing; it must not end a download that runs.
         """
-        found = list(self._hints)
+        found = list(self._swarm.hints.values())
         try:
             with trio.move_on_after(CONNECT_TIMEOUT):
                 found += await self._find_sources()
@@ -699,10 +576,10 @@ class Download:
         picker, total = self._picker, self.signed.manifest.total_chunks
         while True:
             await trio.sleep(HAVE_REFRESH_S)
-            have = picker.have(peer)
-            if have is None or have.complete:
+            what = self._swarm.refresh(peer, picker)
+            if what is Refresh.STOP:
                 return
-            if picker.in_flight(peer):
+            if what is Refresh.SKIP:
                 continue
             try:
                 with trio.fail_after(REQUEST_TIMEOUT):
@@ -869,11 +746,11 @@ class Download:
             self._last_persist = time.monotonic()
             await self._run_blocking(self.output.sync)
             self.durable = snapshot
-            self._save_row("running", snapshot)
+            self._save_row(DownloadState.RUNNING, snapshot)
         finally:
             self._persisting = False
 
-    def _save_row(self, state: str, verified: Bitfield | None = None) -> None:
+    def _save_row(self, state: DownloadState, verified: Bitfield | None = None) -> None:
         assert self.signed is not None
         bits = verified if verified is not None else self.durable
         assert bits is not None
@@ -904,4 +781,4 @@ class Download:
     def _finish(self) -> None:
         assert self.output is not None
         self.output.finalize(force=self._force)
-        self._save_row("complete")
+        self._save_row(DownloadState.COMPLETE)
