@@ -352,12 +352,11 @@ class Transfer:
             while (wait := swarm.lookup_due(trio.current_time())) is not None:
                 await self._wait_change(wait)
             swarm.on_lookup_start()
-            found: list[Source] = []
             try:
                 found = await self._links.lookup()
             finally:
-                new = swarm.on_found(found, trio.current_time())
-            for source in new:
+                swarm.on_lookup_end(trio.current_time())
+            for source in swarm.on_found(found):
                 log.info("provider %s found during the download of %s", source.peer_id, self.cid)
                 self._keep(workers, source, None)
             self._notify()

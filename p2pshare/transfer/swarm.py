@@ -175,10 +175,12 @@ class Swarm:
         self._lookup_wanted = False
         self.looking = True
 
-    def on_found(self, found: Iterable[Source], now: float) -> list[Source]:
-        """A lookup during the transfer ended: the new providers to dial."""
+    def on_lookup_end(self, now: float) -> None:
         self.looking = False
         self._next_lookup = now + LOOKUP_INTERVAL
+
+    def on_found(self, found: Iterable[Source]) -> list[Source]:
+        """What a lookup during the transfer found: the new providers to dial."""
         new = []
         for source in found:
             peer = source.peer_id
@@ -191,9 +193,6 @@ class Swarm:
                 self.keep(peer)
                 new.append(source)
         return new
-
-    def on_lookup_failed(self, now: float) -> None:
-        self.on_found((), now)
 
     def hopeful(self, picker: Picker) -> bool:
         """Whether a provider may still send a missing chunk: one being dialed, waiting to

@@ -34,7 +34,7 @@ def test_failing_provider_is_redialed_only_after_the_delays(served: list[bool]) 
         if in_a_row == len(REATTACH_DELAYS):
             assert delay is None
             assert "a" in swarm.given_up
-            assert swarm.on_found([Source("a")], 0.0) == []
+            assert swarm.on_found([Source("a")]) == []
             return
         assert delay == REATTACH_DELAYS[in_a_row], "the delay of this failure in a row"
         in_a_row += 1
@@ -67,7 +67,7 @@ def test_liar_is_banned_and_never_dialed_again(
             match event:
                 case ("found", list(peers)):
                     found = [Source(str(p)) for p in peers]
-                    dialed += [s.peer_id for s in swarm.on_found(found, 0.0)]
+                    dialed += [s.peer_id for s in swarm.on_found(found)]
                 case ("link_down", str(peer), bool(served)):
                     if swarm.after_link(peer, served=served, done=False) is not None:
                         dialed.append(peer)
@@ -157,7 +157,7 @@ def test_lookup_runs_every_interval_or_at_once_when_wanted(
             assert due is None
             swarm.on_lookup_start()
             assert swarm.lookup_due(now) is not None, "not twice at once"
-            swarm.on_found([], now)
+            swarm.on_lookup_end(now)
             last = now
         else:
             assert due == pytest.approx(last + LOOKUP_INTERVAL - now)
@@ -172,8 +172,8 @@ def test_first_lookup_runs_at_once_when_the_setup_left_it() -> None:
 def test_lookup_adds_providers_up_to_the_limit() -> None:
     swarm = Swarm()
     found = [Source(f"p{i}") for i in range(MAX_PROVIDERS + 5)]
-    assert len(swarm.on_found(found, 0.0)) == MAX_PROVIDERS
-    assert swarm.on_found(found, 1.0) == [], "those kept are not dialed twice"
+    assert len(swarm.on_found(found)) == MAX_PROVIDERS
+    assert swarm.on_found(found) == [], "those kept are not dialed twice"
 
 
 def test_partial_provider_is_asked_again_only_with_nothing_in_flight() -> None:
