@@ -11,6 +11,7 @@ import pytest
 from p2pshare.control.server import InvalidParamsError, umask_param
 from p2pshare.modes import dir_mode, file_mode, read_umask
 from p2pshare.store.catalog import MIGRATIONS, Catalog, DownloadRequest
+from p2pshare.store.lifecycle import DownloadState
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -62,7 +63,7 @@ def test_umask_param_out_of_range_or_not_an_integer_is_refused(value: object) ->
 
 
 def _request(umask: int | None) -> DownloadRequest:
-    return DownloadRequest("bafk1", "/d/1", (), False, "active", None, 7, 7, umask)
+    return DownloadRequest("bafk1", "/d/1", (), False, DownloadState.ACTIVE, None, 7, 7, umask)
 
 
 def test_the_umask_of_a_get_is_kept_for_its_resume(tmp_path: Path) -> None:

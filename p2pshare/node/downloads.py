@@ -32,6 +32,7 @@ from p2pshare.errors import IntegrityError, UserError, leaf_errors
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.signed_manifest import decode_signed_manifest
+from p2pshare.store.lifecycle import DownloadState, StopReason
 from p2pshare.transfer.destination import check_destination
 from p2pshare.transfer.failures import NoProvidersError
 from p2pshare.transfer.output import partial_path
@@ -46,10 +47,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ACTIVE, PAUSED, FAILED = "active", "paused", "failed"
+ACTIVE, PAUSED, FAILED = DownloadState.ACTIVE, DownloadState.PAUSED, DownloadState.FAILED
 PROGRESS_EVERY_S = 0.25
 # A get run again right after Ctrl-C waits this long for the paused job to let go.
 TAKEOVER_WAIT = 10.0
+# This layer owns the retries of a whole download (the swarm of transfer/swarm.py
+# owns those of one provider within it).
 RETRY_FIRST_S = 10.0
 RETRY_MAX_S = 600.0
 # Seeders come and go over a day; after that a resume gives up and says why.
@@ -79,7 +82,7 @@ class Job:
     progress: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     error: UserError | None = None
-    stop: str | None = None
+    stop: StopReason | None = None
     watchers: int = 0
     retry_at: float | None = None
     last_error: str | None = None
@@ -229,7 +232,7 @@ class DownloadManager:
                         await emit("waiting", self._waiting(job))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     if job.watchers == 1 and job.stop is None:
-                        self._stop(job, PAUSED)
+                        self._stop(job, StopReason.PAUSED)
                     raise ClientGoneError(
                         f"the command following the download of {job.request.cid} went away"
                     ) from None
@@ -245,7 +248,7 @@ class DownloadManager:
         retry_in = None if job.retry_at is None else max(0.0, job.retry_at - trio.current_time())
         return {"retry_in_s": retry_in, "error": job.last_error}
 
-    def _stop(self, job: Job, why: str) -> None:
+    def _stop(self, job: Job, why: StopReason) -> None:
         job.stop = why
         job.scope.cancel()
 
@@ -317,7 +320,7 @@ class DownloadManager:
 
     def _stopped(self, job: Job) -> None:
         cid = job.request.cid
-        if job.stop == PAUSED:
+        if job.stop == StopReason.PAUSED:
             log.info("download of %s paused", cid)
             job.error = DownloadStoppedError(
                 f"the download of {cid} was paused; run the same get to resume it"
@@ -326,7 +329,7 @@ class DownloadManager:
         else:
             job.error = DownloadStoppedError(f"the download of {cid} was cancelled")
 
-    def _end(self, job: Job, state: str, error: str | None, *, watched: bool) -> None:
+    def _end(self, job: Job, state: DownloadState, error: str | None, *, watched: bool) -> None:
         """Record a download that stopped unfinished; one a get watched that never
         wrote anything is forgotten: the user saw why, and there is nothing to resume."""
         cid = job.request.cid
@@ -343,7 +346,11 @@ class DownloadManager:
     def _progress_row(self, request: DownloadRequest) -> DownloadRow | None:
         """The verified-chunk record of this request, if anything was written yet."""
         row = self._catalog.download(request.cid)
-        if row is None or row.state != "running" or row.destination != request.destination:
+        if (
+            row is None
+            or row.state != DownloadState.RUNNING
+            or row.destination != request.destination
+        ):
             return None
         return row
 
@@ -363,9 +370,9 @@ class DownloadManager:
         live = job is not None and not job.finished.is_set()
         state, retry_in = request.state, None
         if request.state == ACTIVE:
-            state = "running"
+            state = DownloadState.RUNNING
             if job is not None and live and job.retry_at is not None:
-                state, retry_in = "retrying", round(self._waiting(job)["retry_in_s"], 1)
+                state, retry_in = DownloadState.RETRYING, round(self._waiting(job)["retry_in_s"], 1)
         return {
             "cid": request.cid,
             "destination": request.destination,
@@ -384,7 +391,7 @@ class DownloadManager:
         request = self._catalog.download_request(cid)
         job = self._jobs.get(cid)
         if job is not None and not job.finished.is_set():
-            self._stop(job, "cancelled")
+            self._stop(job, StopReason.CANCELLED)
             await job.finished.wait()
             request = job.request
         if request is None:

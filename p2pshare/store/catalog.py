@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from p2pshare.errors import UserError
+from p2pshare.store.lifecycle import PROGRESS_STATES, REQUEST_STATES, DownloadState
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -167,7 +168,7 @@ class DownloadRow:
     destination: str
     signed_manifest: bytes
     verified: bytes
-    state: str
+    state: DownloadState  # RUNNING or COMPLETE
     updated_at: int
 
 
@@ -179,7 +180,7 @@ class DownloadRequest:
     destination: str
     sources: tuple[tuple[str, tuple[str, ...]], ...]  # (peer ID, multiaddrs) from tickets
     force: bool
-    state: str
+    state: DownloadState  # ACTIVE, PAUSED or FAILED
     error: str | None
     created_at: int
     updated_at: int
@@ -196,7 +197,7 @@ def _request(row: sqlite3.Row) -> DownloadRequest:
         destination=row["destination"],
         sources=tuple((peer, tuple(addrs)) for peer, addrs in json.loads(row["sources"])),
         force=bool(row["force"]),
-        state=row["state"],
+        state=DownloadState(row["state"]),
         error=row["error"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -354,6 +355,8 @@ class Catalog:
 
     def save_download(self, row: DownloadRow) -> None:
         """Insert or update a download; its ``verified`` bitfield is replaced whole."""
+        if row.state not in PROGRESS_STATES:
+            raise ValueError(f"a download's progress record cannot be {row.state!r}")
         self._db.execute(
             "INSERT INTO downloads (cid, destination, signed_manifest, verified, state, updated_at)"
             " VALUES (?,?,?,?,?,?) ON CONFLICT(cid) DO UPDATE SET destination=excluded.destination,"
@@ -381,12 +384,14 @@ class Catalog:
             row["destination"],
             bytes(row["signed_manifest"]),
             bytes(row["verified"]),
-            row["state"],
+            DownloadState(row["state"]),
             row["updated_at"],
         )
 
     def save_download_request(self, row: DownloadRequest) -> None:
         """Insert or replace the request for ``row.cid``."""
+        if row.state not in REQUEST_STATES:
+            raise ValueError(f"a download request cannot be {row.state!r}")
         self._db.execute(
             f"INSERT OR REPLACE INTO download_requests ({_REQUEST_COLUMNS})"  # noqa: S608
             " VALUES (?,?,?,?,?,?,?,?,?)",
@@ -416,7 +421,11 @@ class Catalog:
         )
         return [_request(row) for row in rows]
 
-    def set_download_state(self, cid: str, state: str, error: str | None, now: int) -> None:
+    def set_download_state(
+        self, cid: str, state: DownloadState, error: str | None, now: int
+    ) -> None:
+        if state not in REQUEST_STATES:
+            raise ValueError(f"a download request cannot be {state!r}")
         self._db.execute(
             "UPDATE download_requests SET state = ?, error = ?, updated_at = ? WHERE cid = ?",
             (state, error, now, cid),

@@ -17,6 +17,7 @@ from p2pshare.launcher import DaemonProcess, init_home, run_cli, start_all
 from p2pshare.net.addrs import interface_ips
 from p2pshare.proto.ticket import parse_ticket
 from p2pshare.store.catalog import Catalog, DownloadRequest
+from p2pshare.store.lifecycle import DownloadState
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -173,7 +174,7 @@ def test_a_resumed_download_retries_as_soon_as_its_provider_comes_back_on_a_new_
             str(dest),
             ((ticket.peer_id, ticket.addrs),),
             False,
-            "active",
+            DownloadState.ACTIVE,
             None,
             now,
             now,

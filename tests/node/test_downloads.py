@@ -24,6 +24,7 @@ from p2pshare.node.downloads import (
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
 from p2pshare.store.catalog import MIGRATIONS, Catalog, DownloadRequest, DownloadRow
+from p2pshare.store.lifecycle import DownloadState
 from p2pshare.store.shares import ShareStore
 from p2pshare.transfer.destination import DestinationExistsError
 from p2pshare.transfer.failures import NoProvidersError
@@ -120,7 +121,12 @@ class Env:
             bits.set(index)
         self.catalog.save_download(
             DownloadRow(
-                request.cid, request.destination, self.signed, bits.to_bytes(), "running", 1
+                request.cid,
+                request.destination,
+                self.signed,
+                bits.to_bytes(),
+                DownloadState.RUNNING,
+                1,
             )
         )
 

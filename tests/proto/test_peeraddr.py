@@ -22,9 +22,10 @@ peer_ids = st.one_of(
 hosts = st.one_of(
     st.ip_addresses(v=4).map(lambda ip: ("ip4", str(ip))),
     st.ip_addresses(v=6).map(lambda ip: ("ip6", str(ip))),
-    st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True).map(
-        lambda name: ("dns4", name)
-    ),
+    # DNS labels: letters, digits and inner hyphens (a label never ends in one).
+    st.from_regex(
+        r"[a-z]([a-z0-9-]{0,19}[a-z0-9])?(\.[a-z]([a-z0-9-]{0,19}[a-z0-9])?){0,3}", fullmatch=True
+    ).map(lambda name: ("dns4", name)),
 )
 
 

@@ -23,6 +23,7 @@ from p2pshare.store.catalog import (
     ProvideStatus,
 )
 from p2pshare.store.checked import RACY_NS
+from p2pshare.store.lifecycle import DownloadState
 from p2pshare.store.shares import ShareStore, StaleShareError, UnknownShareError
 
 if TYPE_CHECKING:
@@ -369,9 +370,11 @@ def test_catalog_is_wal_private_and_versioned(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    row = DownloadRow("bafk", "/tmp/out", b"manifest", b"\x0f\x00", "running", 1)
+    row = DownloadRow("bafk", "/tmp/out", b"manifest", b"\x0f\x00", DownloadState.RUNNING, 1)
     catalog.save_download(row)
-    catalog.save_download(DownloadRow("bafk", "/tmp/out", b"manifest", b"\xff\x01", "running", 2))
+    catalog.save_download(
+        DownloadRow("bafk", "/tmp/out", b"manifest", b"\xff\x01", DownloadState.RUNNING, 2)
+    )
     saved = catalog.download("bafk")
     assert saved is not None
     assert saved.verified == b"\xff\x01"
