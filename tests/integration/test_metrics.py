@@ -79,6 +79,14 @@ def test_a_transfer_shows_in_status_peers_top_and_prometheus(short_tmp: Path) ->
         assert status["connections"] >= 1
         assert status["provide_queue"] >= 0
 
+        human = run_cli(seeder_home, "status")
+        assert human.returncode == 0, human.stderr
+        assert re.search(r"(?m)^traffic: +up .*/s, down .*/s \(3\.0 MiB sent", human.stdout)
+        assert re.search(r"(?m)^peers: +1 \(\d+ connections\)$", human.stdout)
+        listed = run_cli(seeder_home, "peers")
+        assert listed.returncode == 0, listed.stderr
+        assert re.search(rf"(?m)^{getter_id} .* up .*/s  down .*/s", listed.stdout)
+
         top = run_cli(getter_home, "top", "--count", "1")
         assert top.returncode == 0, top.stderr
         assert "4 verified, 0 rejected" in top.stdout
