@@ -69,6 +69,17 @@ def timed_call(home: Home, method: str, params: dict[str, object]) -> tuple[floa
         return time.perf_counter() - t0, result
 
 
+def counted_find(home: Home, cid: str, result: SizeResult) -> tuple[float, Any]:
+    """``find`` at the control API, timed; the GET_PROVIDERS messages and bytes it cost
+    (the finder's ``metrics`` counters before and after) go into ``result``."""
+    _, before = timed_call(home, "metrics", {})
+    elapsed, found = timed_call(home, "find", {"cid": cid, "timeout": FIND_TIMEOUT})
+    _, after = timed_call(home, "metrics", {})
+    result.messages.append(after["dht"]["messages"] - before["dht"]["messages"])
+    result.message_bytes.append(after["dht"]["message_bytes"] - before["dht"]["message_bytes"])
+    return elapsed, found
+
+
 def share_file(root: Path, home: Home, index: int, size: int = 4096) -> str:
     path = root / f"content-{index}.bin"
     path.write_bytes(os.urandom(size))
@@ -115,6 +126,9 @@ class SizeResult:
     asked: int = 0
     fetches: list[float] = field(default_factory=list)
     fetched_ok: int = 0
+    # Per timed find: GET_PROVIDERS requests answered, and their bytes both ways.
+    messages: list[int] = field(default_factory=list)
+    message_bytes: list[int] = field(default_factory=list)
 
 
 def run_size(size: int, rounds: int, rng: random.Random) -> SizeResult:
@@ -144,7 +158,7 @@ def run_size(size: int, rounds: int, rng: random.Random) -> SizeResult:
             wait_announced(sharer, cid)
             cids.append((cid, finder))
         for cid, finder in cids:
-            elapsed, found = timed_call(finder, "find", {"cid": cid, "timeout": FIND_TIMEOUT})
+            elapsed, found = counted_find(finder, cid, result)
             if found["providers"]:
                 result.lookups.append(elapsed)
                 result.hops.append(int(found["lookup"]["hops"]))
@@ -195,7 +209,7 @@ def run_netns_size(
         for index in range(rounds):
             s, f = rng.sample(range(size), 2)
             cid, data = contents[s]
-            elapsed, found = timed_call(homes[f], "find", {"cid": cid, "timeout": FIND_TIMEOUT})
+            elapsed, found = counted_find(homes[f], cid, result)
             if not found["providers"]:
                 print(f"  netns find failed: {found}", file=sys.stderr, flush=True)
                 continue
@@ -249,7 +263,21 @@ def loopback_rows(results: list[SizeResult], target_size: int = 50) -> list[Row]
                 (find_p50 <= 500 and len(r.lookups) == r.asked) if at_target else None,
             )
         )
+        rows.append(message_row(r, "DHT loopback"))
     return rows
+
+
+def message_row(r: SizeResult, name: str) -> Row:
+    """What one find cost on the wire, from the finder's DHT counters."""
+    if not r.messages:
+        return Row(f"{name} {r.size} nodes: DHT messages per find", "none")
+    per_find = [b / 1024 for b in r.message_bytes]
+    return Row(
+        f"{name} {r.size} nodes: DHT messages / KiB per find, p50 / max",
+        f"{statistics.median(r.messages):g} / {max(r.messages)} messages, "
+        f"{statistics.median(per_find):.1f} / {max(per_find):.1f} KiB",
+        "GET_PROVIDERS requests and answers, counted by the finder (p2pshare_dht_messages_total)",
+    )
 
 
 def _hops(hops: list[int]) -> str:
@@ -281,6 +309,7 @@ def netns_rows(results: list[SizeResult], target_size: int = 50) -> list[Row]:
                 r.fetched_ok == r.asked,
             )
         )
+        rows.append(message_row(r, "DHT netns"))
     return rows
 
 

@@ -182,7 +182,7 @@ def id_(ctx: click.Context, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Show the daemon's version, uptime and peer count."""
+    """Show the daemon's version, uptime, peers, transfer rates and announcements."""
     from p2pshare.control.client import call  # noqa: PLC0415
 
     result = call(_home(ctx), "status")
@@ -193,8 +193,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 ("peer ID", r["peer_id"]),
                 ("version", r["version"]),
                 ("uptime", f"{r['uptime_s']:.0f} s"),
-                ("peers", r["peers"]),
+                ("peers", f"{r['peers']} ({r['connections']} connections)"),
+                ("traffic", _traffic(r["traffic"])),
                 ("DHT table", f"{r['routing_table']} peers"),
+                ("announcing", f"{r['provide_queue']} under way"),
                 ("reachability", _reachability(r)),
                 ("home", r["home"]),
             ]
@@ -215,6 +217,15 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 # The width of the longest label above ("reachability:"), so the compute line lines up.
 _STATUS_WIDTH = len("reachability:")
+
+
+def _traffic(t: dict[str, Any]) -> str:
+    from .top import human_bps  # noqa: PLC0415
+
+    return (
+        f"up {human_bps(t['up_bps'])}, down {human_bps(t['down_bps'])} "
+        f"({_size(t['bytes_sent'])} sent, {_size(t['bytes_received'])} received)"
+    )
 
 
 def _compute_line(offer: dict[str, Any] | None) -> str:
@@ -540,7 +551,7 @@ def find(ctx: click.Context, cid: str, timeout: float, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def peers(ctx: click.Context, as_json: bool) -> None:
-    """List connected peers with their addresses and ping latency."""
+    """List connected peers with their ping latency, transfer rates and addresses."""
     from p2pshare.control.client import call  # noqa: PLC0415
 
     result = call(_home(ctx), "peers")
@@ -548,13 +559,36 @@ def peers(ctx: click.Context, as_json: bool) -> None:
     def human(r: dict[str, Any]) -> str:
         if not r["peers"]:
             return "no connected peers"
+        from .top import human_bps  # noqa: PLC0415
+
         lines = []
         for p in r["peers"]:
             latency = "?" if p["latency_ms"] is None else f"{p['latency_ms']:.1f} ms"
-            lines.append(f"{p['peer_id']}  {latency:>9}  {' '.join(p['addrs'])}")
+            rates = f"up {human_bps(p['up_bps']):>11}  down {human_bps(p['down_bps']):>11}"
+            lines.append(f"{p['peer_id']}  {latency:>9}  {rates}  {' '.join(p['addrs'])}")
         return "\n".join(lines)
 
     show(result, as_json, human)
+
+
+@cli.command()
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    help="Draw this many times, a second apart, then exit (default: until Ctrl-C).",
+)
+@click.pass_context
+def top(ctx: click.Context, count: int | None) -> None:
+    """Watch the node live: transfer rates per peer, DHT lookups, jobs (Ctrl-C ends)."""
+    from p2pshare.control.client import call  # noqa: PLC0415
+
+    from .top import run_top  # noqa: PLC0415
+
+    home = _home(ctx)
+    try:
+        run_top(lambda: call(home, "metrics"), count)
+    except KeyboardInterrupt:
+        return
 
 
 @cli.command()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from p2pshare.errors import ConfigError, UserError
 from p2pshare.proto import jobspec
-from p2pshare.proto.listen import parse_listen_addr
+from p2pshare.proto.listen import parse_host_port, parse_listen_addr
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -163,6 +163,19 @@ class ComputeConfig:
     )
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: the optional Prometheus endpoint (docs/cli.md lists the metrics)."""
+
+    listen: str = _opt(
+        "",
+        'IP:PORT to serve Prometheus metrics on at /metrics, e.g. "127.0.0.1:9464"; '
+        "empty: no endpoint. The metrics carry no content IDs or peer IDs, but anyone who "
+        "can reach the address sees this node's traffic: keep it on loopback unless a "
+        "firewall limits who reaches it.",
+    )
+
+
 def _check_chunk_size(value: int) -> str | None:
     if value < 1 << 14 or value > 1 << 24 or value & (value - 1):
         return "is not a power of two from 16384 to 16777216"
@@ -184,6 +197,16 @@ def _check_positive(value: float) -> str | None:
 def _check_listen(value: str) -> str | None:
     try:
         parse_listen_addr(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_metrics_listen(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parse_host_port(value)
     except ValueError as exc:
         return str(exc)
     return None
@@ -240,6 +263,7 @@ _VALIDATORS: dict[tuple[str, str], typing.Callable[[typing.Any], str | None]] = 
     ("compute", "max_load"): _check_non_negative,
     ("compute", "jobs_per_minute"): _check_positive,
     ("compute", "output_keep_seconds"): _check_positive,
+    ("metrics", "listen"): _check_metrics_listen,
 }
 
 
@@ -251,6 +275,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 _SECTIONS: dict[str, type[Any]] = {

@@ -19,6 +19,7 @@ from p2pshare.config import (
     render_config,
 )
 from p2pshare.errors import ConfigError, UserError
+from p2pshare.proto.listen import is_loopback, parse_host_port
 
 PATH = Path("/home/u/.p2pshare/config.toml")
 
@@ -134,3 +135,45 @@ def test_compute_rates_refuse_nan_and_infinity_over_the_control_socket() -> None
             check_changes("compute", {key: value})
     with pytest.raises(UserError, match="must not be negative"):
         check_changes("compute", {"max_load": -0.5})
+
+
+def test_metrics_endpoint_is_off_by_default() -> None:
+    assert Config().metrics.listen == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("127.0.0.1:9464", "127.0.0.1", 9464),
+        ("[::1]:9464", "::1", 9464),
+        ("0.0.0.0:80", "0.0.0.0", 80),
+    ],
+)
+def test_metrics_listen_takes_an_ip_and_fixed_port(text: str, host: str, port: int) -> None:
+    config = parse_config(f'[metrics]\nlisten = "{text}"\n', PATH)
+    addr = parse_host_port(config.metrics.listen)
+    assert (addr.host, addr.port) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("9464", "not an address like 127.0.0.1:9464"),
+        ("localhost:9464", "not an IP address"),
+        ("::1:9464", "without brackets"),
+        ("127.0.0.1:0", "port from 1 to 65535"),
+        ("127.0.0.1:99999", "port from 1 to 65535"),
+        ("127.0.0.1:http", "port from 1 to 65535"),
+    ],
+)
+def test_a_bad_metrics_listen_address_names_the_key_and_the_problem(
+    text: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"line 2, \[metrics\] listen: .*" + problem):
+        parse_config(f'[metrics]\nlisten = "{text}"\n', PATH)
+
+
+def test_only_loopback_metrics_addresses_count_as_private() -> None:
+    assert is_loopback(parse_host_port("127.0.0.1:9464"))
+    assert is_loopback(parse_host_port("[::1]:9464"))
+    assert not is_loopback(parse_host_port("0.0.0.0:9464"))

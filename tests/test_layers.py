@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "p2pshare"}),
     frozenset({"proto"}),
-    frozenset({"identity", "home", "modes"}),
+    frozenset({"identity", "home", "modes", "metrics"}),
     frozenset({"config", "control", "net", "store"}),
     frozenset({"compute", "transfer"}),
     frozenset({"node"}),
@@ -37,6 +37,7 @@ ONLY_IMPORTED_BY: dict[str, frozenset[str]] = {
     # net/network.py is the edge: above it, peers and addresses are strings.
     "libp2p": frozenset({"net"}),
     "multiaddr": frozenset({"net"}),
+    "prometheus_client": frozenset({"node"}),
     "sqlite3": frozenset({"store"}),
     "wasmtime": frozenset({"compute"}),
 }

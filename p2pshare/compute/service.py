@@ -33,6 +33,7 @@ from p2pshare.compute.imports import MAX_MODULE_SIZE, check_module
 from p2pshare.compute.jobs import SandboxJob, sandbox_job, sign_result
 from p2pshare.compute.pool import PoolConfig, WorkerPool, open_worker_pool
 from p2pshare.errors import P2PShareError, RemoteError, leaf_errors
+from p2pshare.metrics import METRICS
 from p2pshare.proto.job import (
     MAX_INLINE_OUTPUT,
     Accept,
@@ -377,6 +378,7 @@ class ComputeService:
                 return
             await channel.answer(Accept(job))
             outcome = await self._run_cancellable(channel, peer, submit, pool, directory)
+            METRICS.job_run("result" if isinstance(outcome, Result) else outcome.code)
             if isinstance(outcome, Result):
                 self.jobs_done += 1
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):

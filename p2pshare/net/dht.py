@@ -44,6 +44,7 @@ from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_byt
 from multiaddr import Multiaddr
 
 from p2pshare.errors import UserError
+from p2pshare.metrics import METRICS, counted_provide, timed_lookup
 from p2pshare.net.peers import connect
 from p2pshare.proto.ratelimit import PerKeyBuckets
 
@@ -109,9 +110,9 @@ async def get_providers_and_closers(
         request.senderRecord, _ = env_to_send_in_RPC(host)
         await stream.write(encode_varint_prefixed(request.SerializeToString()))
         response = Message()
-        response.ParseFromString(
-            await read_varint_prefixed_bytes_limited(stream, MAX_DHT_MESSAGE_SIZE)
-        )
+        answer = await read_varint_prefixed_bytes_limited(stream, MAX_DHT_MESSAGE_SIZE)
+        METRICS.dht_message(request.ByteSize() + len(answer))
+        response.ParseFromString(answer)
     finally:
         await stream.close()
     if response.type != Message.MessageType.GET_PROVIDERS or not maybe_consume_signed_record(
@@ -261,6 +262,7 @@ class Dht:
     def routing_table_size(self) -> int:
         return int(self._kad.routing_table.size())
 
+    @counted_provide
     async def provide(
         self,
         key: bytes,
@@ -311,6 +313,7 @@ class Dht:
         await send_all(await self._kad.peer_routing.find_closest_peers_network(key))
         return len(accepted)
 
+    @timed_lookup(trio.current_time)
     async def find_providers(
         self,
         key: bytes,

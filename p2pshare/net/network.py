@@ -91,6 +91,10 @@ class Network:
     def peer_count(self) -> int:
         return len(self._host.get_connected_peers())
 
+    def connection_count(self) -> int:
+        """Open libp2p connections (a peer may have several, e.g. a relayed and a direct one)."""
+        return len(self._host.get_network().get_connections())
+
     def is_connected(self, peer_id: str) -> bool:
         return any(str(peer) == peer_id for peer in self._host.get_connected_peers())
 

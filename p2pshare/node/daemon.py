@@ -26,10 +26,11 @@ from p2pshare.node.compute_api import ComputeApi
 from p2pshare.node.discovery import Discovery
 from p2pshare.node.init import initialise
 from p2pshare.node.lock import HomeLock
+from p2pshare.node.metrics_api import MetricsApi
 from p2pshare.node.network_api import NetworkApi
 from p2pshare.node.shares_api import SharesApi, checked_shares
 from p2pshare.node.transfer_api import TransferApi
-from p2pshare.proto.listen import ListenAddr, parse_listen_addr
+from p2pshare.proto.listen import ListenAddr, parse_host_port, parse_listen_addr
 from p2pshare.store.catalog import Catalog
 from p2pshare.store.guard import HomeGuard
 from p2pshare.store.shares import ShareStore
@@ -145,7 +146,8 @@ def _assemble(
     store = ShareStore(catalog, home.content_dir, key, config.store.chunk_size, HomeGuard.of(home))
     shares_now = functools.partial(checked_shares, store)
     discovery = Discovery(network, catalog, net, shares=shares_now)
-    network_api = NetworkApi(discovery, catalog, shares_now)
+    metrics = MetricsApi(network.peer_count, network.connection_count)
+    network_api = NetworkApi(discovery, catalog, shares_now, metrics)
     node = Node(home, key, network, network_api)
     relays = network.relays(net)
     forwarded = bool(net.announce and config.transfer.data_port)
@@ -183,7 +185,8 @@ def _assemble(
         | shares.handlers()
         | network_api.handlers()
         | transfer.handlers()
-        | compute.handlers(),
+        | compute.handlers()
+        | metrics.handlers(),
         log_hint=str(home.log_path),
     )
 
@@ -214,6 +217,11 @@ def _assemble(
         await nursery.start(transfer.downloads.run)
         await nursery.start(compute.service.run)
         nursery.start_soon(compute.outputs.sweep)
+        if config.metrics.listen:
+            where = f"[metrics] listen in {home.config_path}"
+            addr = parse_host_port(config.metrics.listen)
+            check_can_listen(addr, where)
+            await nursery.start(metrics.export, addr)
 
     return node, server, start_services
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from p2pshare.node.discovery import Discovery
+    from p2pshare.node.metrics_api import MetricsApi
     from p2pshare.store.catalog import Catalog, ShareRow
 
 DEFAULT_FIND_TIMEOUT = 10.0
@@ -25,6 +26,7 @@ class NetworkApi:
     catalog: Catalog
     # Shares after a cheap check of their files (p2pshare.node.shares_api.checked_shares).
     shares: Callable[[], Awaitable[list[ShareRow]]]
+    live: MetricsApi
 
     async def find(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         text = params.get("cid")
@@ -49,7 +51,10 @@ class NetworkApi:
         }
 
     async def peers(self, _params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
-        return {"peers": await self.discovery.peers()}
+        found = await self.discovery.peers()
+        traffic = self.live.metrics.peer_traffic()
+        idle = {"bytes_sent": 0, "bytes_received": 0, "up_bps": 0.0, "down_bps": 0.0}
+        return {"peers": [peer | traffic.get(peer["peer_id"], idle) for peer in found]}
 
     async def connect(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         addr = params.get("addr")
@@ -62,7 +67,7 @@ class NetworkApi:
         provided = self.catalog.provide_status()
         # Job outputs are never announced, and not the user's shares (compute outputs).
         outputs = self.catalog.job_outputs()
-        return {
+        return self.live.status() | {
             "routing_table": self.discovery.routing_table_size(),
             "observed_addrs": self.discovery.observed_addrs(),
             "shares": [

@@ -50,3 +50,29 @@ def parse_listen_addr(text: str) -> ListenAddr:
     if len(rest) != 2 or not rest[1].isdigit() or int(rest[1]) > 65535:
         raise ValueError("does not end in /tcp/PORT with a port from 0 to 65535")
     return ListenAddr(text, str(ip), int(rest[1]))
+
+
+def parse_host_port(text: str) -> ListenAddr:
+    """``IP:PORT`` or ``[IPv6]:PORT`` (an HTTP listen address); ValueError says what is wrong.
+
+    The port may not be 0: scrapers are pointed at a fixed one.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError("is not an address like 127.0.0.1:9464")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("has an IPv6 address without brackets; write it as [::1]:9464")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"has {host!r}, which is not an IP address") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("does not end in :PORT with a port from 1 to 65535")
+    return ListenAddr(text, str(ip), int(port))
+
+
+def is_loopback(addr: ListenAddr) -> bool:
+    """Only this machine can connect to ``addr``."""
+    return ipaddress.ip_address(addr.host).is_loopback

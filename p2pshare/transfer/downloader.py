@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.errors import RemoteError
+from p2pshare.metrics import METRICS
 from p2pshare.modes import PRIVATE_UMASK
 from p2pshare.proto.chunks import hash_chunk
 from p2pshare.proto.manifest import expected_chunk_hash
@@ -121,6 +122,7 @@ def _check_and_write(output: PartialOutput, batch: list[_Arrival]) -> list[bool]
     good = []
     for arrival in batch:
         ok = hash_chunk(arrival.payload) == arrival.expected
+        METRICS.chunk_checked(ok=ok)
         if ok:
             output.write_chunk(arrival.index, arrival.payload)
         good.append(ok)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from p2pshare.errors import RemoteError, RemoteProtocolError
+from p2pshare.metrics import METRICS
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.transfer import (
     MAX_HAVE_CHUNKS,
@@ -103,6 +104,7 @@ class PeerLink:
             return
         if isinstance(response.message, ChunkData):
             self.bytes_received += len(response.message.payload)
+            METRICS.received(self.peer_id, len(response.message.payload))
         await waiter.send.send(response)
         if response.finished:
             waiter.send.close()

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import trio
 
 from p2pshare.errors import RemoteProtocolError
+from p2pshare.metrics import METRICS
 from p2pshare.proto.framing import HEADER_SIZE
 from p2pshare.proto.ratelimit import TokenBucket
 from p2pshare.proto.signed_manifest import decode_signed_manifest
@@ -323,10 +324,12 @@ class TransferServer:
         async with self._send_lock:
             if self._closed:
                 await trio.lowlevel.checkpoint()
-            elif len(payload) < _JOIN_BELOW:
+                return
+            if len(payload) < _JOIN_BELOW:
                 await self._write(b"".join((header, payload)))
             else:
                 await self._write(header, payload)
+        METRICS.sent(self._peer, len(payload))
 
     # -- the reader
 

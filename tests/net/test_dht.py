@@ -14,6 +14,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from multiaddr import Multiaddr
 
 from p2pshare.identity import NodeKey
+from p2pshare.metrics import METRICS
 from p2pshare.net.dht import Dht, LookupTrace
 from p2pshare.net.host import running_host
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
@@ -88,6 +89,25 @@ async def test_find_walks_to_peers_it_learns_of_and_counts_hops() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_lookup_is_counted_with_its_get_providers_messages_and_bytes() -> None:
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        nodes = await start_line(stack, nursery, 3)
+        holder_host, holder_dht = nodes[2]
+        provider = PeerInfo(holder_host.get_id(), holder_host.get_addrs())
+        holder_dht._kad.provider_store.add_provider(key, provider)
+        before = METRICS.snapshot()["dht"]
+        with trio.fail_after(20):
+            assert await nodes[0][1].find_providers(key)
+        after = METRICS.snapshot()["dht"]
+        assert after["lookups"] == before["lookups"] + 1
+        assert after["lookup_seconds_total"] > before["lookup_seconds_total"]
+        # Node 1 named node 2, node 2 held the record: two requests at least.
+        assert after["messages"] - before["messages"] >= 2
+        assert after["message_bytes"] - before["message_bytes"] > 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_provide_reports_once_the_known_peers_hold_the_record(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -112,6 +132,8 @@ async def test_provide_reports_once_the_known_peers_hold_the_record(
         with trio.fail_after(10):
             await lookup_started.wait()
         assert counts == [1]
+        # Still under way (its network lookup never ends): the provide queue shows it.
+        assert METRICS.snapshot()["dht"]["provides_running"] >= 1
         with trio.fail_after(10):
             providers = await middle_dht.find_providers(key)
         assert [p.peer_id for p in providers] == [first.get_id().to_base58()]

@@ -21,6 +21,7 @@ import trio.testing
 
 from p2pshare.errors import UserError, leaf_errors
 from p2pshare.identity import NodeKey
+from p2pshare.metrics import METRICS
 from p2pshare.net.streams import StreamBrokenError
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
@@ -761,3 +762,21 @@ async def test_small_chunks_are_asked_for_at_most_64_at_a_time(fx: Fixture) -> N
         nursery.cancel_scope.cancel()
     assert dest.read_bytes() == data
     assert report.chunks_from == {"seed": 100}
+
+
+async def test_every_chunk_check_and_byte_moved_is_counted_in_the_node_metrics(
+    fx: Fixture,
+) -> None:
+    before = METRICS.snapshot()
+    liar = LyingSource(fx.seed, bad=set(range(41)))
+    dest = fx.root / "out.bin"
+    async with trio.open_nursery() as nursery:
+        await download(fx, nursery, {"liar": liar, "honest": LocalContent(fx.seed)}, dest).run()
+        nursery.cancel_scope.cancel()
+    after = METRICS.snapshot()
+    chunks = -(-len(fx.data) // CHUNK)
+    assert after["chunks_verified"] - before["chunks_verified"] >= chunks
+    assert after["chunks_rejected"] - before["chunks_rejected"] >= 1
+    assert after["bytes_received"] - before["bytes_received"] >= len(fx.data)
+    # This process also ran the uploaders, so it counted the same bytes going out.
+    assert after["bytes_sent"] - before["bytes_sent"] >= len(fx.data)
