@@ -453,7 +453,8 @@ def get(
             f"saved {r['destination']} ({_size(r['size'])}, {count(r['files'], 'file')}) "
             f"in {r['elapsed_s']:.2f} s ({human_rate(r['size'], r['elapsed_s'])}) from {source}"
         )
-        if paths := sorted(set(r.get("paths", {}).values())):
+        # "local" is said by the source above; the rest name how peers' data came.
+        if paths := sorted(set(r.get("paths", {}).values()) - {"local"}):
             text += f" over {', '.join(paths)}"
         if r["resumed_chunks"]:
             text += f"; resumed with {r['resumed_chunks']} of {r['chunks']} chunks already here"
