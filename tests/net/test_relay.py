@@ -60,8 +60,11 @@ async def _host(stack: AsyncExitStack) -> IHost:
     return host
 
 
-async def _relays(nursery: trio.Nursery, host: IHost, **config: Any) -> Relays:
-    relays = Relays(host, dataclasses.replace(NetworkConfig(), connect_timeout=5, **config))
+async def _relays(
+    nursery: trio.Nursery, host: IHost, limits: HandlerLimits | None = None, **config: Any
+) -> Relays:
+    config = dataclasses.replace(NetworkConfig(), connect_timeout=5, **config)
+    relays = Relays(host, HandlerGuard(host, limits or HandlerLimits()), config)
     await nursery.start(relays.run)
     return relays
 
@@ -162,4 +165,19 @@ async def test_a_dht_provider_is_reached_through_its_relay_by_a_node_with_no_rel
             await connect(b, PeerInfo(a.get_id(), addrs), timeout=20)
             assert connection_path(b, a.get_id()) == "relayed"
             assert await _send(b, a.get_id(), 1 << 20) == str(1 << 20).encode()
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_relay_protocols_are_under_the_per_peer_stream_cap() -> None:
+    """py-libp2p registers the hop, stop and DCUtR handlers on the host itself, outside
+    the HandlerGuard; a relay allowing no streams per peer must not grant a slot."""
+    with trio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            relay, a = await _host(stack), await _host(stack)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            no_streams = HandlerLimits(streams_per_peer=0)
+            await _relays(nursery, relay, no_streams, relay_service=True)
+            a_relays = await _relays(nursery, a, relays=(str(relay.get_addrs()[0]),))
+            assert circuit_addrs(a) == []
+            assert a_relays.status()["uses_relay"] is False
             nursery.cancel_scope.cancel()
