@@ -63,8 +63,8 @@ async def _host(stack: AsyncExitStack) -> IHost:
 async def _relays(
     nursery: trio.Nursery, host: IHost, limits: HandlerLimits | None = None, **config: Any
 ) -> Relays:
-    config = dataclasses.replace(NetworkConfig(), connect_timeout=5, **config)
-    relays = Relays(host, HandlerGuard(host, limits or HandlerLimits()), config)
+    settings = dataclasses.replace(NetworkConfig(), connect_timeout=5, **config)
+    relays = Relays(host, HandlerGuard(host, limits or HandlerLimits()), settings)
     await nursery.start(relays.run)
     return relays
 
