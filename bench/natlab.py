@@ -18,7 +18,10 @@ No namespace has a route out of the lab. Needs root, ``ip`` and ``iptables``; wi
 them the script says why and exits 0 (``skipped``). Everything is removed at the end,
 also after a failure, and namespaces left by a killed earlier run are removed at start.
 
-Run: .venv/bin/python bench/natlab.py [--nat cone|symmetric]
+Run: .venv/bin/python bench/natlab.py [--nat cone|symmetric] [--b-without-relay]
+
+``--b-without-relay`` starts B with pub as bootstrap node only, no ``relays``: B can
+reach A only through the circuit in A's provider record (held by pub, a DHT node).
 """
 
 from __future__ import annotations
@@ -267,9 +270,9 @@ def _nat_status(nodes: Nodes, name: str) -> dict[str, Any]:
     return {k: out.get(k) for k in NAT_FIELDS}
 
 
-def _settled(nodes: Nodes, name: str) -> bool:
+def _settled(nodes: Nodes, name: str, *, relayed: bool = True) -> bool:
     status = _nat_status(nodes, name)
-    return bool(status["uses_relay"]) and status["reachability"] != "unknown"
+    return (bool(status["uses_relay"]) or not relayed) and status["reachability"] != "unknown"
 
 
 def _get_within(
@@ -335,21 +338,25 @@ def through_nat(
     size: int,
     keep_logs: Path | None = None,
     circuit_bytes: int = NetworkConfig.relay_circuit_bytes,
+    *,
+    b_relays: bool = True,
 ) -> dict[str, Any]:
     """A shares, B behind the other NAT gets it (relayed, then direct where DCUtR works);
-    A restarts on a new port and B gets from it again."""
+    A restarts on a new port and B gets from it again. Without ``b_relays`` B names no
+    relay: it reaches A only through the circuit A's provider record carries."""
     nodes = Nodes(lab, root)
     nodes.keep_logs = keep_logs
     report = Report()
     try:
         pub = nodes.start("pub", "pub", relay_service=True, relay_circuit_bytes=circuit_bytes)
         pub_addr = f"/ip4/{PUB_IP}/tcp/{PORT}/p2p/{pub.info['peer_id']}"
-        for name, role in (("a", "lan1"), ("b", "lan2")):
-            nodes.start(name, role, bootstrap=(pub_addr,), relays=(pub_addr,))
+        nodes.start("a", "lan1", bootstrap=(pub_addr,), relays=(pub_addr,))
+        nodes.start("b", "lan2", bootstrap=(pub_addr,), relays=(pub_addr,) if b_relays else ())
         for name in ("a", "b"):
+            relayed = name == "a" or b_relays
             took = _wait_for(
-                f"{name} holds a relay slot and knows its reachability",
-                functools.partial(_settled, nodes, name),
+                f"{name} holds a relay slot (if it has one) and knows its reachability",
+                functools.partial(_settled, nodes, name, relayed=relayed),
                 SETTLE_S,
             )
             report[f"{name} settled after s"] = round(took, 1)
@@ -400,6 +407,11 @@ def main() -> None:
         default=NetworkConfig.relay_circuit_bytes >> 20,
         help="the relay's relay_circuit_bytes, in MiB",
     )
+    parser.add_argument(
+        "--b-without-relay",
+        action="store_true",
+        help="B names no relay: it reaches A only through the circuit in A's DHT record",
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy the daemons' stderr here")
     parser.add_argument(
         "--baseline", action="store_true", help="only show who can dial whom, nothing else"
@@ -416,7 +428,14 @@ def main() -> None:
             for what, result in baseline(lab, Path(tmp)).items():
                 print(f"{what:<48} {result}")
         else:
-            through_nat(lab, Path(tmp), args.size_mib << 20, args.keep_logs, args.circuit_mib << 20)
+            through_nat(
+                lab,
+                Path(tmp),
+                args.size_mib << 20,
+                args.keep_logs,
+                args.circuit_mib << 20,
+                b_relays=not args.b_without_relay,
+            )
     print(f"done in {time.monotonic() - started:.1f} s; namespaces removed")
 
 

@@ -33,6 +33,16 @@ def test_rendered_template_parses_back_to_the_same_config() -> None:
     assert parse_config(render_config(config), PATH) == config
 
 
+def test_a_new_node_joins_no_public_network_by_default() -> None:
+    """p2pshare speaks the public Amino DHT's protocol (/ipfs/kad/1.0.0): only an empty
+    bootstrap list (no built-in public one), no mDNS and no relays keep a new node to
+    the peers its user names (docs/discovery.md, "Joining the public Amino DHT")."""
+    for config in (Config(), parse_config(render_config(Config()), PATH)):
+        network = config.network
+        assert (network.bootstrap, network.relays, network.mdns) == ((), (), False)
+        assert network.relay_service is False
+
+
 def test_every_option_is_documented_in_the_template() -> None:
     text = render_config(Config())
     for section, key, _default, doc in reference_rows():

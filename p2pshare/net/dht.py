@@ -10,6 +10,10 @@ and a probe of this version):
   the network lookup every time and merge the answers per peer;
 * ADD_PROVIDER from one peer is capped at 10 per 10 s, silently -> raised, since
   a node re-providing its shares sends one per share;
+* the ADD_PROVIDER it sends carries ``host.get_addrs()``, which cannot hold a relay
+  circuit (it cuts every address at its first ``/p2p/``) -> ours carries the
+  addresses the node announces, circuits included, so a downloader reaches a
+  provider behind NAT through the provider's relay, not only through its own;
 * its stream handler is not rate limited per peer -> ours sits in front;
 * its routing table keeps a peer that stopped answering for an hour or more (it
   pings only peers unseen that long, five per five minutes) -> a peer is removed
@@ -49,7 +53,7 @@ from p2pshare.net.peers import connect
 from p2pshare.proto.ratelimit import PerKeyBuckets
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
 
     from libp2p.abc import IHost, INetConn, INetStream, INetwork
 
@@ -135,6 +139,37 @@ async def get_providers_and_closers(
             peerstore.add_addrs(named, addrs, PEER_ADDR_TTL)
         closer.append(named)
     return providers, closer
+
+
+async def send_add_provider(host: IHost, peer: ID, key: bytes, addrs: Sequence[Multiaddr]) -> bool:
+    """One ADD_PROVIDER to ``peer``: this node provides ``key`` at ``addrs``; whether
+    it was written (the protocol has no acknowledgement: Kubo sends none).
+
+    py-libp2p's own sends ``host.get_addrs()``, which would turn the relay circuit
+    ``<relay>/p2p/<relay ID>/p2p-circuit`` into "this node at the relay's address".
+    """
+    request = Message()
+    request.type = Message.MessageType.ADD_PROVIDER
+    request.key = key
+    envelope, _ = env_to_send_in_RPC(host)
+    request.senderRecord = envelope
+    provider = request.providerPeers.add()
+    provider.id = host.get_id().to_bytes()
+    provider.addrs.extend(addr.to_bytes() for addr in addrs)
+    provider.signedRecord = envelope
+    try:
+        stream = await host.new_stream(peer, [KAD_PROTOCOL])
+    except Exception as exc:  # noqa: BLE001 - libp2p reports refusals with many types
+        log.debug("no DHT stream to %s: %s", peer, exc)
+        return False
+    try:
+        await stream.write(encode_varint_prefixed(request.SerializeToString()))
+    except Exception as exc:  # noqa: BLE001 - a peer that hangs up just does not hold it
+        log.debug("ADD_PROVIDER to %s failed: %s", peer, exc)
+        return False
+    finally:
+        await stream.close()
+    return True
 
 
 def _multiaddrs(raw: Iterable[bytes]) -> list[Multiaddr]:
@@ -292,7 +327,7 @@ class Dht:
                         log.debug("not providing to %s: %s", peer, exc)
                         _forget(self._kad, peer, str(exc))
                         return
-                    if await store._send_add_provider(peer, key):  # noqa: SLF001
+                    if await send_add_provider(self._host, peer, key, announce):
                         accepted.add(peer)
 
         async def send_all(peers: list[ID]) -> None:

@@ -6,7 +6,9 @@ open, an ADD_PROVIDER that cannot be sent): 3 to 6 lines per share or job once
 one peer of the routing table is gone, which buried everything else in the field
 test.  :class:`Libp2pNoiseFilter` lets the first such line of a kind through and
 then counts them; :meth:`Libp2pNoiseFilter.flush` (called by the daemon about
-once per interval) returns one summary per kind.  Unknown libp2p warnings pass.
+once per interval) returns one summary per kind.  Its relay and DCUtR also log an
+ERROR for every reservation or relayed stream that ends normally; those are
+summarised the same way.  Unknown libp2p warnings pass.
 
 Only p2pshare.net imports libp2p; its import turns propagation of the "libp2p"
 logger off, which :func:`quiet_libp2p_logging` undoes after importing it.
@@ -35,6 +37,18 @@ KNOWN_NOISE: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ADD_PROVIDER not sent to unreachable peers", re.compile(r"^Error sending ADD_PROVIDER")),
     ("dials to unreachable peers", re.compile(r"^Failed to open TCP stream: ")),
     ("connections that failed their handshake", re.compile(r"failed to upgrade security")),
+    # Relay v2 and DCUtR log an ERROR each time a reservation or circuit stream ends the
+    # ordinary way: closed (an empty message: StreamEOF has none) or reset by the peer.
+    (
+        "relay and DCUtR streams closed by their peer",
+        re.compile(
+            r"^(Error reading from hop stream from \S+|Unexpected error reading from stream"
+            r"|Error relaying data|Error writing to destination stream"
+            r"|Error sending (stop )?status message|Unexpected error handling hop stream from \S+"
+            r"|Error in DCUtR protocol with peer \S+): ?"
+            r"(Cannot (read from|write to) stream; (stream is reset|closed for writing))?$"
+        ),
+    ),
 )
 
 

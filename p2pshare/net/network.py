@@ -160,11 +160,13 @@ class Network:
 
     def relays(self, config: RelaySettings) -> Relays:
         """This node's relay roles; run them with ``nursery.start(relays.run)``."""
-        return Relays(self._host, config)
+        return Relays(self._host, self._guard, config)
 
     def reachability(self, announce: Sequence[str], *, data_port_forwarded: bool) -> Reachability:
         """This node's AutoNAT reachability; run it with ``nursery.start(reach.run)``."""
-        return Reachability(self._host, announce, data_port_forwarded=data_port_forwarded)
+        return Reachability(
+            self._host, self._guard, announce, data_port_forwarded=data_port_forwarded
+        )
 
     # -- the DHT
 

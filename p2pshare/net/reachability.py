@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from libp2p.host.basic_host import BasicHost
     from libp2p.peer.id import ID
 
-    from p2pshare.net.streams import LibP2PStream
+    from p2pshare.net.streams import HandlerGuard, LibP2PStream
 
 log = logging.getLogger(__name__)
 
@@ -153,17 +153,11 @@ async def dial_back(host: IHost, peer: ID, addr: multiaddr.Multiaddr) -> bool:
 class DialBackServer(AutoNATService):
     """py-libp2p's AutoNAT server, dialing back on a new connection."""
 
-    def __init__(self, host: BasicHost) -> None:
+    def __init__(self, host: BasicHost, guard: HandlerGuard) -> None:
         super().__init__(host, serve=False)
         self._limiter = trio.CapacityLimiter(DIAL_BACKS_AT_ONCE)
-        host.set_stream_handler(AUTONAT_PROTOCOL_ID, self._guarded)
-
-    async def _guarded(self, stream: Any) -> None:
-        # An exception escaping a stream handler stops py-libp2p's host.
-        try:
-            await self.handle_stream(stream)
-        except Exception:
-            log.debug("AutoNAT stream failed", exc_info=True)
+        host.set_stream_handler(AUTONAT_PROTOCOL_ID, self.handle_stream)
+        guard.adopt(str(AUTONAT_PROTOCOL_ID), bounded=True)
 
     async def _try_dial(self, peer_id: ID, addrs: list[bytes]) -> bytes | None:
         async with self._limiter:
@@ -177,12 +171,17 @@ class Reachability:
     """This node's reachability, checked at start and every ``RECHECK_AFTER`` s."""
 
     def __init__(
-        self, host: IHost, announce: Sequence[str], *, data_port_forwarded: bool = False
+        self,
+        host: IHost,
+        guard: HandlerGuard,
+        announce: Sequence[str],
+        *,
+        data_port_forwarded: bool = False,
     ) -> None:
         self._host = host
         self._announce = list(announce)
         self._forwarded = data_port_forwarded
-        self._server = DialBackServer(host)  # type: ignore[arg-type]
+        self._server = DialBackServer(host, guard)  # type: ignore[arg-type]
         self.state = UNKNOWN
         self.confirmed: list[str] = []
 

@@ -30,8 +30,10 @@ import multiaddr
 import trio
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import PROTOCOL_ID as DCUTR_PROTOCOL
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
+from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID as STOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 
     from libp2p.abc import IHost
     from libp2p.peer.id import ID
+
+    from p2pshare.net.streams import HandlerGuard
 
 
 log = logging.getLogger(__name__)
@@ -154,8 +158,9 @@ class Relays:
     """The relay roles of one node: accept relayed connections (always), relay for
     others (``relay_service``) and hold reservations on ``relays``."""
 
-    def __init__(self, host: IHost, config: RelaySettings) -> None:
+    def __init__(self, host: IHost, guard: HandlerGuard, config: RelaySettings) -> None:
         self._host = host
+        self._guard = guard
         self.service = config.relay_service
         self._limits = RelayLimits(
             duration=config.relay_circuit_seconds,
@@ -180,8 +185,17 @@ class Relays:
         if self.service:
             roles |= RelayRole.HOP
         async with AsyncExitStack() as stack:
+            dcutr = DCUtRProtocol(self._host)
             await stack.enter_async_context(background_trio_service(protocol))
-            await stack.enter_async_context(background_trio_service(DCUtRProtocol(self._host)))
+            await stack.enter_async_context(background_trio_service(dcutr))
+            await protocol.event_started.wait()
+            await dcutr.event_started.wait()
+            # py-libp2p registered these on the host directly: the per-peer stream cap
+            # and the exception guard are ours to add.
+            for served in [HOP_PROTOCOL] if self.service else []:
+                self._guard.adopt(str(served))
+            self._guard.adopt(str(STOP_PROTOCOL))
+            self._guard.adopt(str(DCUTR_PROTOCOL))
             nursery = await stack.enter_async_context(trio.open_nursery())
             self._transport = CircuitV2Transport(
                 self._host, protocol, RelayConfig(roles=roles, limits=self._limits)

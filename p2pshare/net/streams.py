@@ -136,7 +136,35 @@ class HandlerGuard:
         """Guard ``handler``; ``bounded=False`` drops the time bound, for streams that
         legitimately last as long as a transfer does."""
         limit = self._limits.handler_timeout if bounded else math.inf
+        guarded = self._guarded(protocol, handler, limit, close_after=True)
+        self._host.set_stream_handler(TProtocol(protocol), guarded)
 
+    def adopt(self, protocol: str, *, bounded: bool = False) -> None:
+        """Put the handler py-libp2p registered itself for ``protocol`` (circuit relay,
+        DCUtR, AutoNAT) behind the per-peer cap and the exception guard.
+
+        No close when it returns, and no time bound unless ``bounded``: a relay's hop
+        stream carries the relayed connection long after its handler has returned.
+        """
+        raw_handler = self._host.get_mux().handlers.get(TProtocol(protocol))
+        if raw_handler is None:
+            raise LookupError(f"no handler registered for {protocol}")
+
+        async def handler(stream: LibP2PStream) -> None:
+            await raw_handler(stream.raw)
+
+        limit = self._limits.handler_timeout if bounded else math.inf
+        guarded = self._guarded(protocol, handler, limit, close_after=False)
+        self._host.set_stream_handler(TProtocol(protocol), guarded)
+
+    def _guarded(
+        self,
+        protocol: str,
+        handler: Callable[[LibP2PStream], Awaitable[None]],
+        limit: float,
+        *,
+        close_after: bool,
+    ) -> Callable[[INetStream], Awaitable[None]]:
         async def guarded(raw: INetStream) -> None:
             stream = LibP2PStream(raw)
             peer = stream.peer_id
@@ -158,13 +186,14 @@ class HandlerGuard:
                 log.exception("%s handler failed for %s; stream reset", protocol, peer)
                 await stream.reset()
             else:
-                await stream.aclose()
+                if close_after:
+                    await stream.aclose()
             finally:
                 self._active[peer] -= 1
                 if not self._active[peer]:
                     del self._active[peer]
 
-        self._host.set_stream_handler(TProtocol(protocol), guarded)
+        return guarded
 
     def active_streams(self, peer: str) -> int:
         return self._active[peer]

@@ -260,3 +260,20 @@ async def test_an_unreachable_peer_leaves_the_routing_table_when_a_query_to_it_f
             assert await asker.find_providers(key) == []
         assert asker.routing_table_size() == 1, "the live peer stays, the gone one left"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_provider_record_held_by_others_carries_the_relay_circuit_announced() -> None:
+    """py-libp2p's ADD_PROVIDER carries ``host.get_addrs()``, which cannot hold a
+    circuit: a downloader finding a provider behind NAT could only try its own relays."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    relay = ID.from_base58(NodeKey.generate().peer_id)
+    circuit = Multiaddr(f"/ip4/127.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit")
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (first, first_dht), (_, holder) = await start_line(stack, nursery, 2)
+        direct = first.get_transport_addrs()[0]
+        with trio.fail_after(20):
+            assert await first_dht.provide(key, [direct, circuit]) == 1
+        [record] = holder._kad.provider_store.get_providers(key)
+        assert record.peer_id == first.get_id()
+        assert set(record.addrs) == {direct, circuit}
+        nursery.cancel_scope.cancel()

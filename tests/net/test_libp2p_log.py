@@ -77,3 +77,39 @@ def test_auto_connector_start_line_is_not_logged() -> None:
     assert logging.getLogger("libp2p").propagate
     assert not logging.getLogger("libp2p.network.auto_connector").isEnabledFor(logging.INFO)
     assert logging.getLogger("libp2p.network.auto_connector").isEnabledFor(logging.WARNING)
+
+
+def test_relay_and_dcutr_errors_about_streams_that_ended_normally_are_summarised() -> None:
+    """Lines seen on the relay and both NATed nodes in every bench/natlab.py run."""
+    relay = "libp2p.relay.circuit_v2.protocol"
+    normal_ends = [
+        (relay, f"Error reading from hop stream from {PEER}: "),
+        (relay, "Unexpected error reading from stream: "),
+        (relay, "Unexpected error reading from stream: Cannot read from stream; stream is reset"),
+        (relay, "Error relaying data: Cannot read from stream; stream is reset"),
+        (
+            relay,
+            f"Unexpected error handling hop stream from {PEER}: Cannot write to stream; "
+            "closed for writing",
+        ),
+        (relay, "Error sending status message: Cannot write to stream; closed for writing"),
+        ("libp2p.relay.circuit_v2.dcutr", f"Error in DCUtR protocol with peer {PEER}: "),
+    ]
+    clock = FakeClock()
+    noise = Libp2pNoiseFilter(interval=600, clock=clock)
+    passed = sum(noise.filter(_record(name, text, logging.ERROR)) for name, text in normal_ends)
+    assert passed == 1, "only the first line of the kind is logged in full"
+    clock.now = 600.0
+    [summary] = noise.flush()
+    assert summary.startswith("libp2p: relay and DCUtR streams closed by their peer: 6 more")
+
+
+def test_relay_errors_that_say_something_else_pass() -> None:
+    noise = Libp2pNoiseFilter(interval=600, clock=FakeClock())
+    relay = "libp2p.relay.circuit_v2.protocol"
+    for text in (
+        f"Error reading from hop stream from {PEER}: invalid protobuf",
+        "Error establishing relay connection: no reservation",
+    ):
+        for _ in range(3):
+            assert noise.filter(_record(relay, text, logging.ERROR))

@@ -26,6 +26,7 @@ from p2pshare.net.reachability import (
     data_channel_refusal,
     verdict,
 )
+from p2pshare.net.streams import HandlerGuard, HandlerLimits
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 LAN = [ipaddress.ip_network("192.168.1.0/24"), ipaddress.ip_network("127.0.0.0/8")]
@@ -79,6 +80,14 @@ def test_the_data_channel_is_offered_where_it_is_reachable() -> None:
     assert _refusal("direct", "198.51.100.3", UNKNOWN) is None
 
 
+def _guard(host: Any) -> HandlerGuard:
+    return HandlerGuard(host, HandlerLimits())
+
+
+def _dial_back_server(host: Any) -> DialBackServer:
+    return DialBackServer(host, _guard(host))
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -111,7 +120,9 @@ async def test_py_libp2p_autonat_server_confirms_an_address_where_nothing_listen
 
 async def test_dial_back_server_confirms_only_an_address_that_reaches_the_peer() -> None:
     with trio.fail_after(60):
-        unreachable, reachable = await _ask_dial_back(DialBackServer)
+        unreachable, reachable = await _ask_dial_back(
+            lambda host: DialBackServer(host, _guard(host))
+        )
     assert unreachable == Message.E_DIAL_ERROR
     assert reachable == Message.OK
 
@@ -121,9 +132,9 @@ async def test_a_node_a_peer_can_dial_back_finds_itself_public() -> None:
         async with AsyncExitStack() as stack:
             server = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
             client = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
-            Reachability(server, [])
+            Reachability(server, _guard(server), [])
             # py-libp2p keeps no observed loopback addresses: the candidate is announced.
-            reach = Reachability(client, [str(client.get_transport_addrs()[0])])
+            reach = Reachability(client, _guard(client), [str(client.get_transport_addrs()[0])])
             await client.connect(info_from_p2p_addr(server.get_addrs()[0]))
             # Until identify has told the client that the server speaks AutoNAT.
             while reach.state == UNKNOWN:

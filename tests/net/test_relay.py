@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import socket
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
@@ -20,9 +21,12 @@ from libp2p.peer.peerinfo import PeerInfo
 
 from p2pshare.config import NetworkConfig
 from p2pshare.identity import NodeKey
+from p2pshare.net.addrs import announce_addrs
+from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
 from p2pshare.net.peers import connect
 from p2pshare.net.relay import Relays, circuit_addrs, connection_path
+from p2pshare.net.streams import HandlerGuard, HandlerLimits
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
@@ -56,8 +60,11 @@ async def _host(stack: AsyncExitStack) -> IHost:
     return host
 
 
-async def _relays(nursery: trio.Nursery, host: IHost, **config: Any) -> Relays:
-    relays = Relays(host, dataclasses.replace(NetworkConfig(), connect_timeout=5, **config))
+async def _relays(
+    nursery: trio.Nursery, host: IHost, limits: HandlerLimits | None = None, **config: Any
+) -> Relays:
+    settings = dataclasses.replace(NetworkConfig(), connect_timeout=5, **config)
+    relays = Relays(host, HandlerGuard(host, limits or HandlerLimits()), settings)
     await nursery.start(relays.run)
     return relays
 
@@ -126,3 +133,51 @@ async def test_without_relays_dialing_is_plain_host_connect() -> None:
             await connect(b, PeerInfo(a.get_id(), a.get_transport_addrs()), timeout=20)
             assert connection_path(b, a.get_id()) == "direct"
             assert circuit_addrs(a) == []
+
+
+async def test_a_dht_provider_is_reached_through_its_relay_by_a_node_with_no_relay() -> None:
+    """A announces only an address nobody answers at (its LAN address behind NAT) and a
+    circuit through the relay; B uses no relay. B finds A's record on the relay (a DHT
+    node too) and reaches A through the circuit the record carries."""
+    key = b"\x1e\x20" + os.urandom(32)
+    dead = f"/ip4/127.0.0.1/tcp/{_closed_port()}"
+    with trio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            relay = await _host(stack)
+            a = await stack.enter_async_context(
+                running_host(NodeKey.generate(), LOOPBACK, announce=[dead])
+            )
+            a.set_stream_handler(COUNT, _count)
+            b = await _host(stack)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            dhts = [Dht(h, HandlerGuard(h, HandlerLimits()), 100) for h in (relay, a, b)]
+            for dht in dhts:
+                await nursery.start(dht.run)
+            await _relays(nursery, relay, relay_service=True)
+            await _relays(nursery, a, relays=(str(relay.get_addrs()[0]),))
+            await _relays(nursery, b)
+            await connect(b, PeerInfo(relay.get_id(), relay.get_transport_addrs()), timeout=10)
+            announce = announce_addrs(a) + circuit_addrs(a)
+            assert await dhts[1].provide(key, announce) >= 1
+            [provider] = await dhts[2].find_providers(key)
+            assert provider.peer_id == str(a.get_id())
+            addrs = [multiaddr.Multiaddr(text) for text in provider.addrs]
+            await connect(b, PeerInfo(a.get_id(), addrs), timeout=20)
+            assert connection_path(b, a.get_id()) == "relayed"
+            assert await _send(b, a.get_id(), 1 << 20) == str(1 << 20).encode()
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_relay_protocols_are_under_the_per_peer_stream_cap() -> None:
+    """py-libp2p registers the hop, stop and DCUtR handlers on the host itself, outside
+    the HandlerGuard; a relay allowing no streams per peer must not grant a slot."""
+    with trio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            relay, a = await _host(stack), await _host(stack)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            no_streams = HandlerLimits(streams_per_peer=0)
+            await _relays(nursery, relay, no_streams, relay_service=True)
+            a_relays = await _relays(nursery, a, relays=(str(relay.get_addrs()[0]),))
+            assert circuit_addrs(a) == []
+            assert a_relays.status()["uses_relay"] is False
+            nursery.cancel_scope.cancel()

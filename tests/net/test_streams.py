@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import multiaddr
 import pytest
@@ -159,3 +159,43 @@ async def test_a_cancelled_write_ends_only_itself_and_the_connection_lives_on() 
             await stream.reset()
             reply = await call(client, server, "/t/echo/1", b"still connected")
             assert reply == b"still connected", f"cancelled after {checkpoints} checkpoints"
+
+
+async def test_a_libp2p_handler_adopted_by_the_guard_cannot_end_the_connection() -> None:
+    """py-libp2p's relay, DCUtR and AutoNAT handlers are registered on the host itself;
+    an exception escaping one ended the whole connection to that peer."""
+
+    async def raw_boom(raw: Any) -> None:
+        await raw.read(1)
+        raise RuntimeError("a bug in a libp2p handler")
+
+    async with node() as server, node() as client:
+        guard = HandlerGuard(server, HandlerLimits(streams_per_peer=4, handler_timeout=5))
+        guard.register("/t/echo/1", echo)
+        server.set_stream_handler(TProtocol("/t/raw-boom/1"), raw_boom)
+        guard.adopt("/t/raw-boom/1")
+        await dial(client, server)
+        assert await call(client, server, "/t/raw-boom/1", b"x") is None
+        assert server.get_id() in client.get_connected_peers()
+        assert await call(client, server, "/t/echo/1", b"still here") == b"still here"
+
+
+async def test_a_libp2p_handler_adopted_by_the_guard_is_under_the_per_peer_cap() -> None:
+    started = trio.Event()
+
+    async def raw_hold(raw: Any) -> None:
+        started.set()
+        await trio.sleep_forever()
+
+    async with node() as server, node() as client:
+        guard = HandlerGuard(server, HandlerLimits(streams_per_peer=1, handler_timeout=5))
+        server.set_stream_handler(TProtocol("/t/raw-hold/1"), raw_hold)
+        guard.adopt("/t/raw-hold/1")
+        await dial(client, server)
+        first = LibP2PStream(await client.new_stream(server.get_id(), [TProtocol("/t/raw-hold/1")]))
+        await first.send_all(b"hold")
+        with trio.fail_after(10):
+            await started.wait()
+        assert guard.active_streams(client.get_id().to_base58()) == 1
+        assert await call(client, server, "/t/raw-hold/1", b"over the cap") is None
+        await first.reset()
