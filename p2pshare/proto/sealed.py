@@ -54,7 +54,9 @@ SEALED_KEY_SIZE = 32 + KEY_SIZE + TAG_SIZE
 MAX_RECIPIENTS = 256
 MAX_ENTRIES = 100_000
 MAX_FILE_SIZE = (1 << 63) - 1
-MAX_BODY_SIZE = 1 << 20
+# The envelope travels inside the manifest body, which is below 1 MiB.
+MAX_ENVELOPE_SIZE = (1 << 20) - 64 * 1024
+MAX_BODY_SIZE = MAX_ENVELOPE_SIZE - MAX_RECIPIENTS * SEALED_KEY_SIZE - 1024
 _SEAL_INFO = b"p2pshare-sealed-key-v1"
 # File indices stay below MAX_ENTRIES, so no chunk nonce starts with four 0xff bytes.
 _BODY_NONCE = b"\xff\xff\xff\xff" + bytes(8)
@@ -201,19 +203,25 @@ class PrivateEntry:
 
 @dataclass(frozen=True)
 class PrivateBody:
-    """What only recipients learn: the share's name, its files and its empty directories."""
+    """What only recipients learn: the share's kind and name, its files, its empty directories.
 
+    ``single_file``: the share is one file (its one entry's path is a bare name), as a
+    plain share of kind ``"file"``.
+    """
+
+    single_file: bool
     name: str | None
     entries: tuple[PrivateEntry, ...]
     directories: tuple[str, ...] = ()
 
 
-_BODY_KEYS = ("name", "entries", "dirs")
+_BODY_KEYS = ("file", "name", "entries", "dirs")
 
 
 def encode_private_body(body: PrivateBody) -> bytes:
     return pack(
         {
+            "file": body.single_file,
             "name": body.name,
             "entries": [[entry.path, entry.size, entry.executable] for entry in body.entries],
             "dirs": list(body.directories),
@@ -222,7 +230,9 @@ def encode_private_body(body: PrivateBody) -> bytes:
 
 
 def _parse_private_body(value: object) -> PrivateBody:
-    name, entries, dirs = expect_map(value, _BODY_KEYS, what="private body")
+    single_file, name, entries, dirs = expect_map(value, _BODY_KEYS, what="private body")
+    if type(single_file) is not bool:
+        raise RemoteProtocolError("a private body's 'file' flag must be a boolean")
     parsed = []
     for item in expect_list(entries, what="private entries", max_len=MAX_ENTRIES):
         path, size, executable = expect_list(item, what="private entry", max_len=3, length=3)
@@ -236,6 +246,7 @@ def _parse_private_body(value: object) -> PrivateBody:
             )
         )
     body = PrivateBody(
+        single_file=single_file,
         name=None if name is None else expect_str(name, what="share name"),
         entries=tuple(parsed),
         directories=tuple(
@@ -253,6 +264,10 @@ def check_private_body(body: PrivateBody, fail: type[Exception] = LocalProtocolE
         check_file_name(body.name)
     if len(body.entries) + len(body.directories) > MAX_ENTRIES:
         raise fail(f"a private share lists at most {MAX_ENTRIES} files and empty directories")
+    if body.single_file and (
+        len(body.entries) != 1 or "/" in body.entries[0].path or body.directories
+    ):
+        raise fail("a single-file private share has one entry, named without a directory")
     check_tree((entry.path for entry in body.entries), body.directories)
     for paths in ([entry.path for entry in body.entries], list(body.directories)):
         encoded = [path.encode("utf-8") for path in paths]
@@ -336,7 +351,7 @@ ENVELOPE: Codec[Envelope] = Codec(
     encode=encode_envelope,
     parse=_parse_envelope,
     limits=Limits(
-        max_size=MAX_BODY_SIZE + SEALED_KEY_SIZE * MAX_RECIPIENTS + 1024,
+        max_size=MAX_ENVELOPE_SIZE,
         max_str_len=16,
         max_bin_len=MAX_BODY_SIZE,
         max_array_len=MAX_RECIPIENTS,
@@ -348,3 +363,36 @@ ENVELOPE: Codec[Envelope] = Codec(
 def _require(value: bytes, size: int, what: str) -> None:
     if len(value) != size:
         raise LocalProtocolError(f"a {what} has {size} bytes, not {len(value)}")
+
+
+def sealed_entry_name(file_index: int) -> str:
+    """The public name of a private share's file: its index, so the list sorts as the body."""
+    return f"{file_index:06d}"
+
+
+def check_sealed_layout(
+    nameless_directory: bool,
+    entries: list[tuple[str, int, bool]],
+    directories: tuple[str, ...],
+    chunk_size: int,
+    envelope: bytes,
+    fail: type[Exception],
+) -> None:
+    """The rules of a private share's public manifest, raising ``fail``.
+
+    It is a nameless directory share whose files are named by index, plain and not
+    executable, with no empty directories: names, modes and tree are in the sealed body.
+    """
+    if not nameless_directory or directories:
+        raise fail("a private share's manifest is a nameless directory share of sealed files")
+    for index, (path, size, executable) in enumerate(entries):
+        if path != sealed_entry_name(index) or executable:
+            raise fail(f"sealed file {index} must be named {sealed_entry_name(index)!r}")
+        try:
+            plain_size(size, chunk_size)
+        except RemoteProtocolError:
+            raise fail(f"sealed file {index} has {size} bytes, no file seals to that") from None
+    try:
+        ENVELOPE.decode(envelope)
+    except RemoteProtocolError as exc:
+        raise fail(str(exc)) from None

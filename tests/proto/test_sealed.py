@@ -12,6 +12,14 @@ from hypothesis import strategies as st
 from p2pshare.errors import LocalProtocolError, RemoteProtocolError
 from p2pshare.identity import NodeKey
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
+from p2pshare.proto.manifest import (
+    FileEntry,
+    Manifest,
+    ShareKind,
+    build_manifest,
+    decode_manifest,
+    encode_manifest,
+)
 from p2pshare.proto.sealed import (
     ENVELOPE,
     PRIVATE_BODY,
@@ -145,6 +153,7 @@ def test_impossible_sealed_size_is_refused() -> None:
 
 
 BODY = PrivateBody(
+    single_file=False,
     name="secret",
     entries=(PrivateEntry("a/plan.txt", 10), PrivateEntry("run.sh", 3, executable=True)),
     directories=("empty",),
@@ -167,7 +176,9 @@ def test_any_flipped_bit_of_the_body_is_caught(key: bytes, draw: st.DataObject) 
 
 def test_body_refuses_unsafe_paths() -> None:
     with pytest.raises(RemoteProtocolError):
-        PRIVATE_BODY.decode(PRIVATE_BODY.encode(PrivateBody(None, (PrivateEntry("../x", 1),))))
+        PRIVATE_BODY.decode(
+            PRIVATE_BODY.encode(PrivateBody(False, None, (PrivateEntry("../x", 1),)))
+        )
 
 
 @given(st.binary(max_size=200))
@@ -204,11 +215,50 @@ def test_private_share_vectors_of_protocol_md() -> None:
     assert open_content_key((sealed,), recipient.seed, SHARE_ID) == content_key
     chunk = encrypt_chunk(content_key, SHARE_ID, 0, 0, True, b"hello p2pshare\n")
     assert chunk.hex() == "ee7b5aee8b71d77ca56e7c34873af00d5ccf845f0f5c6b2b54c4107e07400e"
-    body = PrivateBody("hello.txt", (PrivateEntry("hello.txt", 15),))
+    body = PrivateBody(True, "hello.txt", (PrivateEntry("hello.txt", 15),))
     assert PRIVATE_BODY.encode(body).hex() == (
-        "83a46e616d65a968656c6c6f2e747874a7656e74726965739193a968656c6c6f2e7478740fc2a46469727390"
+        "84a466696c65c3a46e616d65a968656c6c6f2e747874a7656e74726965739193a968656c6c6f2e7478740fc2a46469727390"
     )
     assert seal_body(content_key, SHARE_ID, body).hex() == (
-        "9245b907d6189b886ee8460d93012e146e8dda85e7a994a54e48688209074f56"
-        "ffd3a5bd68d205d25317a0482e345f70a173e7f696e35f4290fbf2ec"
+        "9545b10fd718f14465e54707141d330ca5879a85edb456b3b1afb3830918b2aa"
+        "78cfb8a50b7f8fc24211dc1a5f660824451a0d17e73159eb8da27fd98e4f5f0d0f0f"
     )
+
+
+def _sealed_manifest(paths: list[str], sizes: list[int], envelope: bytes) -> Manifest:
+    return build_manifest(
+        [
+            FileEntry(p, s, bytes(32 * -(-s // MIN_CHUNK_SIZE)))
+            for p, s in zip(paths, sizes, strict=True)
+        ],
+        kind=ShareKind.DIRECTORY,
+        publisher=NodeKey.from_seed(bytes(32)).public_key,
+        created=0,
+        chunk_size=MIN_CHUNK_SIZE,
+        sealed=envelope,
+    ).manifest
+
+
+ENVELOPE_BYTES = encode_envelope(Envelope(SHARE_ID, (b"\x01" * SEALED_KEY_SIZE,), b"body"))
+
+
+def test_manifest_carries_the_envelope_and_round_trips() -> None:
+    manifest = _sealed_manifest(["000000", "000001"], [0, TAG_SIZE + 1], ENVELOPE_BYTES)
+    assert decode_manifest(encode_manifest(manifest)) == manifest
+    assert decode_manifest(encode_manifest(manifest)).sealed == ENVELOPE_BYTES
+
+
+@pytest.mark.parametrize(
+    ("paths", "sizes", "envelope"),
+    [
+        (["secret.txt"], [TAG_SIZE + 1], ENVELOPE_BYTES),
+        (["000001"], [TAG_SIZE + 1], ENVELOPE_BYTES),
+        (["000000"], [TAG_SIZE - 1], ENVELOPE_BYTES),
+        (["000000"], [TAG_SIZE + 1], b"not an envelope"),
+    ],
+)
+def test_manifest_refuses_a_sealed_share_that_names_or_sizes_files_wrongly(
+    paths: list[str], sizes: list[int], envelope: bytes
+) -> None:
+    with pytest.raises(LocalProtocolError):
+        _sealed_manifest(paths, sizes, envelope)
