@@ -396,3 +396,36 @@ def check_sealed_layout(
         ENVELOPE.decode(envelope)
     except RemoteProtocolError as exc:
         raise fail(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class OpenedShare:
+    """A private share as its recipient sees it: the content key and the real file list."""
+
+    content_key: bytes
+    share_id: bytes
+    body: PrivateBody
+    chunk_size: int
+
+    def decrypt(self, file_index: int, chunk_index: int, data: bytes) -> bytes:
+        """Open ciphertext chunk ``chunk_index`` of file ``file_index``."""
+        size = self.body.entries[file_index].size
+        last = chunk_index == -(-size // plain_chunk_size(self.chunk_size)) - 1
+        return decrypt_chunk(self.content_key, self.share_id, file_index, chunk_index, last, data)
+
+
+def open_envelope(
+    envelope: bytes, seed: bytes, sealed_sizes: list[int], chunk_size: int
+) -> OpenedShare:
+    """Open a private share's envelope with the node key of ``seed``.
+
+    NotARecipientError when no sealed key is this node's; RemoteProtocolError or
+    TamperedCiphertextError when the publisher's file list does not match its ciphertext.
+    """
+    decoded = ENVELOPE.decode(envelope)
+    key = open_content_key(decoded.sealed_keys, seed, decoded.share_id)
+    body = open_body(key, decoded.share_id, decoded.body)
+    plain = [sealed_size(entry.size, chunk_size) for entry in body.entries]
+    if plain != sealed_sizes:
+        raise RemoteProtocolError("a private share's file list does not match its sealed files")
+    return OpenedShare(key, decoded.share_id, body, chunk_size)

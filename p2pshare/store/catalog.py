@@ -109,6 +109,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE shares ADD COLUMN origin TEXT;
     ALTER TABLE shares ADD COLUMN skipped TEXT NOT NULL DEFAULT '[]';  -- JSON [[path, reason]]
     """,
+    # Private shares (docs/store.md): whom this node sealed a share to, and content IDs
+    # revoked by `unshare --revoke`, which this node never serves again.
+    """
+    CREATE TABLE private_recipients (
+        cid TEXT NOT NULL REFERENCES shares(cid) ON DELETE CASCADE,
+        peer_id TEXT NOT NULL,
+        PRIMARY KEY (cid, peer_id)
+    );
+    CREATE TABLE revoked (cid TEXT PRIMARY KEY);
+    """,
 )
 
 
@@ -507,6 +517,27 @@ class Catalog:
             keep_until = max(seen.keep_until if seen else 0, r["keep_until"])
             outputs[r["cid"]] = JobOutput(tuple(sorted(requesters)), keep_until)
         return outputs
+
+    def add_private_recipients(self, cid: str, peer_ids: Sequence[str]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO private_recipients (cid, peer_id) VALUES (?,?)",
+            [(cid, peer_id) for peer_id in peer_ids],
+        )
+
+    def private_recipients(self) -> dict[str, tuple[str, ...]]:
+        """The recipients of every private share this node sealed, by content ID."""
+        found: dict[str, list[str]] = {}
+        for r in self._db.execute("SELECT cid, peer_id FROM private_recipients ORDER BY peer_id"):
+            found.setdefault(r["cid"], []).append(r["peer_id"])
+        return {cid: tuple(peers) for cid, peers in found.items()}
+
+    def revoke(self, cid: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO revoked (cid) VALUES (?)", (cid,))
+
+    def is_revoked(self, cid: str) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM revoked WHERE cid = ?", (cid,)).fetchone() is not None
+        )
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
