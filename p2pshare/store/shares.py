@@ -34,7 +34,7 @@ from p2pshare.proto.manifest import (
 from p2pshare.proto.pages import HashPage, page_for_chunk
 from p2pshare.proto.sealed import OpenedShare, open_envelope
 from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest, sign_manifest
-from p2pshare.store.catalog import Catalog, FileStamp, ShareRow
+from p2pshare.store.catalog import Catalog, FileStamp, PrivateShare, ShareRow
 from p2pshare.store.checked import CheckedChunks, FileIdentity
 from p2pshare.store.private import recipient_keys, seal_scan
 from p2pshare.store.scanner import HashedFile, Scan, hash_file, scan
@@ -64,8 +64,8 @@ class PreparedShare:
     stored: bool
     hashed: tuple[HashedFile, ...]
     origin: Path
-    # A private share's recipients (peer IDs, the sharer's own included); empty otherwise.
-    recipients: tuple[str, ...] = ()
+    # Set for a private share: its recipients (the sharer included) and serving policy.
+    private: PrivateShare | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,7 @@ class ShareStore:
         path: Path,
         recipients: list[str],
         *,
+        anyone_may_seed: bool = False,
         name: str | None = None,
         progress: Callable[[int, int], None] = lambda _done, _total: None,
     ) -> PreparedShare:
@@ -139,7 +140,7 @@ class ShareStore:
         prepared = PreparedShare(
             signed, built.pages, settled, stored=True, hashed=hashed, origin=found.root
         )
-        return replace(prepared, recipients=tuple(keys))
+        return replace(prepared, private=PrivateShare(tuple(keys), anyone_may_seed))
 
     def _hash_and_build(
         self,
@@ -242,7 +243,8 @@ class ShareStore:
             for index, entry in enumerate(manifest.entries)
         ]
         self.catalog.add_share(row, stamps, prepared.pages)
-        self.catalog.add_private_recipients(cid, prepared.recipients)
+        if prepared.private is not None:
+            self.catalog.add_private_share(cid, prepared.private)
         self._forget(cid)
         self._manifests[cid] = prepared.signed
         hashed = {h.entry.path: h for h in prepared.hashed}
@@ -396,8 +398,14 @@ class ShareStore:
 
     # -- managing
 
-    def remove(self, cid: str) -> ShareRow:
+    def remove(self, cid: str, *, revoke: bool = False) -> ShareRow:
+        """Stop sharing ``cid``; ``revoke``: and never serve it again, whoever asks.
+
+        Revoking changes nothing already delivered: a recipient keeps its copy and its key.
+        """
         row = self._require(cid)
+        if revoke:
+            self.catalog.revoke(cid)
         self.catalog.remove_share(cid)
         self._forget(cid)
         if row.stored:

@@ -10,7 +10,7 @@ from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
 from p2pshare.proto.sealed import NotARecipientError, open_envelope
-from p2pshare.store.catalog import Catalog
+from p2pshare.store.catalog import Catalog, PrivateShare
 from p2pshare.store.shares import ShareStore
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def test_peer_not_named_cannot_open_it(store: ShareStore, tmp_path: Path) -> Non
 def test_catalog_records_whom_a_private_share_is_for(store: ShareStore, tmp_path: Path) -> None:
     signed = _share(store, _tree(tmp_path), [FRIEND.peer_id])
     expected = tuple(sorted([SHARER.peer_id, FRIEND.peer_id]))
-    assert store.catalog.private_recipients() == {str(signed.cid): expected}
+    assert store.catalog.private_shares() == {str(signed.cid): PrivateShare(expected, False)}
 
 
 def test_sharing_privately_twice_gives_new_content_ids(store: ShareStore, tmp_path: Path) -> None:

@@ -9,10 +9,13 @@ import pytest
 
 from p2pshare.identity import NodeKey
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
+from p2pshare.proto.cid import ContentId
 from p2pshare.proto.sealed import TamperedCiphertextError
+from p2pshare.proto.transfer import UnknownContentError
 from p2pshare.store.catalog import Catalog
 from p2pshare.store.shares import ShareStore
 from p2pshare.transfer.private import write_plaintext
+from p2pshare.transfer.source import LocalContent
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -84,3 +87,52 @@ def test_tampered_chunk_is_refused_and_no_plaintext_is_left(
     with pytest.raises(TamperedCiphertextError, match="chunk 2 "):
         write_plaintext(opened, root, dest, force=False, umask=UMASK)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin", "home"]
+
+
+FRIEND = NodeKey.from_seed(b"f" * 32).peer_id
+STRANGER = NodeKey.from_seed(b"s" * 32).peer_id
+
+
+def _private(store: ShareStore, tmp_path: Path, *, anyone_may_seed: bool) -> ContentId:
+    source = tmp_path / "note.txt"
+    source.write_bytes(b"for your eyes only\n")
+    prepared = store.prepare_private(source, [FRIEND], anyone_may_seed=anyone_may_seed)
+    return ContentId.parse(store.commit(prepared).cid)
+
+
+def test_recipients_only_private_share_is_unknown_to_peers_not_named(
+    store: ShareStore, tmp_path: Path
+) -> None:
+    cid = _private(store, tmp_path, anyone_may_seed=False)
+    local = LocalContent(store)
+    assert local.for_peer(FRIEND).signed_manifest(cid)
+    with pytest.raises(UnknownContentError):
+        local.for_peer(STRANGER).signed_manifest(cid)
+    with pytest.raises(UnknownContentError):
+        local.for_peer(STRANGER).read_chunk(cid, 0)
+
+
+def test_private_share_any_peer_may_seed_is_served_to_strangers(
+    store: ShareStore, tmp_path: Path
+) -> None:
+    cid = _private(store, tmp_path, anyone_may_seed=True)
+    assert LocalContent(store).for_peer(STRANGER).read_chunk(cid, 0)
+
+
+def test_revoked_share_is_refused_to_everyone_even_when_held_again(
+    store: ShareStore, tmp_path: Path
+) -> None:
+    cid = _private(store, tmp_path, anyone_may_seed=True)
+    signed = store.signed_manifest(str(cid))
+    root = store.private_root(cid)
+    sealed = (root / "000000").read_bytes()
+    store.remove(str(cid), revoke=True)
+    # Held again (a recipient's copy fetched back, say): still never served.
+    root.mkdir(parents=True)
+    (root / "000000").write_bytes(sealed)
+    store.adopt(signed, (), root)
+    assert LocalContent(store).stored.holds(cid)
+    local = LocalContent(store)
+    for peer in (FRIEND, STRANGER):
+        with pytest.raises(UnknownContentError):
+            local.for_peer(peer).signed_manifest(cid)
