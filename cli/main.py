@@ -282,9 +282,12 @@ def _share_line(share: dict[str, Any]) -> str:
     label = share["name"] or share["path"]
     if share["name"] is None and share["stored"]:
         label += " (stored copy)"
-    return f"{share['cid']}  {size:>9}  {count(share['files'], 'file'):>11}  {label}" + (
+    line = f"{share['cid']}  {size:>9}  {count(share['files'], 'file'):>11}  {label}" + (
         f"  [{', '.join(flags)}]" if flags else ""
     )
+    if "recipients" in share:
+        line += f"\n    private, for: {', '.join(share['recipients'])}"
+    return line
 
 
 @cli.command()
@@ -295,6 +298,18 @@ def _share_line(share: dict[str, Any]) -> str:
     is_flag=True,
     help="Keep a pinned snapshot in the node's store instead of serving the files in place.",
 )
+@click.option(
+    "--to",
+    "recipients",
+    multiple=True,
+    metavar="PEER_ID",
+    help="Make a private share only this peer can read (repeat for more peers).",
+)
+@click.option(
+    "--anyone-may-seed",
+    is_flag=True,
+    help="With --to: serve the ciphertext to peers not named too, so they can help seed.",
+)
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @json_option
 @click.pass_context
@@ -303,10 +318,16 @@ def share(
     path: Path,
     name: str | None,
     copy: bool,
+    recipients: tuple[str, ...],
+    anyone_may_seed: bool,
     no_progress: bool,
     as_json: bool,
 ) -> None:
-    """Share a file or directory; print its content ID and a ticket."""
+    """Share a file or directory; print its content ID and a ticket.
+
+    With --to, the share is private: encrypted in the node's store, readable only by
+    the peers named (and this node), while anyone may still verify and seed it.
+    """
     from p2pshare.control.client import ControlClient  # noqa: PLC0415
 
     from .progress import ByteProgress  # noqa: PLC0415
@@ -316,7 +337,12 @@ def share(
         raise UserError(
             f"cannot share {printable(text)}: its name is not valid UTF-8; rename it first"
         )
+    if anyone_may_seed and not recipients:
+        raise _UsageError("--anyone-may-seed applies to private shares only; add --to PEER_ID")
     params: dict[str, Any] = {"path": text, "copy": copy}
+    if recipients:
+        params["to"] = [args.peer_id(peer) for peer in recipients]
+        params["anyone_may_seed"] = anyone_may_seed
     if name is not None:
         if not name.strip():
             raise _UsageError(
@@ -331,6 +357,8 @@ def share(
 
     def human(r: dict[str, Any]) -> str:
         lines = [f"content ID: {r['cid']}", f"ticket:     {r['ticket']}"]
+        if "recipients" in r:
+            lines.append(f"private:    readable only by {', '.join(r['recipients'])}")
         lines += [f"skipped {s['path']}: {s['reason']}" for s in r["skipped"]]
         return "\n".join(lines)
 
@@ -364,9 +392,66 @@ def _cid_command(method: str, verb: str, doc: str) -> None:
         show(result, as_json, lambda r: f"{verb} {r['cid']}")
 
 
-_cid_command("unshare", "no longer sharing", "Stop sharing CID (stored copies are deleted).")
+@cli.command()
+@click.argument("cid")
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="Also refuse every later request for CID, should this node hold it again.",
+)
+@json_option
+@click.pass_context
+def unshare(ctx: click.Context, cid: str, revoke: bool, as_json: bool) -> None:
+    """Stop sharing CID (stored copies are deleted).
+
+    --revoke cannot take back what was delivered: a recipient keeps its copy and its
+    key.  It only makes this node refuse all further requests for CID.
+    """
+    from p2pshare.control.client import call  # noqa: PLC0415
+
+    result = call(_home(ctx), "unshare", {"cid": args.content_id(cid), "revoke": revoke})
+
+    def human(r: dict[str, Any]) -> str:
+        if not r["revoked"]:
+            return f"no longer sharing {r['cid']}"
+        return (
+            f"revoked {r['cid']}: this node refuses all further requests for it; "
+            "copies already delivered stay readable by their recipients"
+        )
+
+    show(result, as_json, human)
+
+
 _cid_command("pin", "pinned", "Protect CID's stored content from gc.")
 _cid_command("unpin", "unpinned", "Let gc remove CID's stored content.")
+
+
+@cli.command()
+@click.argument("ref", metavar="CID|TICKET")
+@click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
+@json_option
+@click.pass_context
+def seed(ctx: click.Context, ref: str, no_progress: bool, as_json: bool) -> None:
+    """Fetch a private share's encrypted content into this node's store to help seed it.
+
+    Every chunk is verified as for get; nothing is decrypted, and no peer can read it
+    unless the share was sealed to them.
+    """
+    from p2pshare.control.client import ControlClient  # noqa: PLC0415
+
+    from .progress import ByteProgress  # noqa: PLC0415
+
+    params = {"ref": args.content_ref(ref), "seed_only": True}
+    with (
+        ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,
+        ByteProgress("fetching", enabled=not (no_progress or as_json), min_bytes=0) as bar,
+    ):
+        result = client.call("get", params, on_event=bar.on_event)
+    show(
+        result,
+        as_json,
+        lambda r: f"seeding {r['cid']} ({_size(r['size'])} encrypted, unreadable here)",
+    )
 
 
 @cli.command()
@@ -445,7 +530,9 @@ def get(
 
     def human(r: dict[str, Any]) -> str:
         # Content this node already held is copied from its own store (docs/transfer.md).
-        if r["paths"] and set(r["paths"].values()) == {"local"}:
+        if (r["paths"] and set(r["paths"].values()) == {"local"}) or (
+            r.get("private") and not r["peers"]
+        ):
             source = "this node's own store"
         else:
             source = count(len(r["peers"]), "peer")
@@ -455,6 +542,8 @@ def get(
         )
         if paths := sorted(set(r.get("paths", {}).values())):
             text += f" over {', '.join(paths)}"
+        if r.get("private"):
+            text += "; a private share, decrypted for this node"
         if r["resumed_chunks"]:
             text += f"; resumed with {r['resumed_chunks']} of {r['chunks']} chunks already here"
         if r["banned"]:
