@@ -338,6 +338,7 @@ class TransferApi:
                 find_sources=find_sources,
                 hints=hinted,
                 progress=check_size,
+                redirect=_no_private_input,
             )
             return await _run_once(download, dest)
 
@@ -377,3 +378,12 @@ def _unwrapped(exc: BaseException) -> BaseException:
     if isinstance(exc, BaseExceptionGroup) and all(isinstance(e, P2PShareError) for e in leaves):
         return leaves[0]
     return exc
+
+
+def _no_private_input(signed: SignedManifest) -> None:
+    """Refuse a private share as a compute input: a worker would get its ciphertext."""
+    if signed.manifest.sealed is not None:
+        raise UserError(
+            f"{signed.cid} is a private share; get it with `p2pshare get` and pass the file "
+            "as a compute input instead"
+        )

@@ -35,6 +35,7 @@ from p2pshare.proto.sealed import (
     encrypt_chunk,
     open_body,
     open_content_key,
+    open_envelope,
     plain_chunk_size,
     plain_size,
     seal_body,
@@ -262,3 +263,25 @@ def test_manifest_refuses_a_sealed_share_that_names_or_sizes_files_wrongly(
 ) -> None:
     with pytest.raises(LocalProtocolError):
         _sealed_manifest(paths, sizes, envelope)
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_envelope_bytes_give_a_typed_error(data: bytes) -> None:
+    with pytest.raises((RemoteProtocolError, NotARecipientError)):
+        open_envelope(data, bytes(32), [], MIN_CHUNK_SIZE)
+
+
+@given(st.data())
+def test_flipped_bit_anywhere_in_an_envelope_is_caught(draw: st.DataObject) -> None:
+    seed = bytes(32)
+    content_key = b"k" * 32
+    sealed = seal_content_key(content_key, NodeKey.from_seed(seed).public_key, SHARE_ID)
+    data = bytearray(
+        encode_envelope(Envelope(SHARE_ID, (sealed,), seal_body(content_key, SHARE_ID, BODY)))
+    )
+    sizes = [sealed_size(entry.size, MIN_CHUNK_SIZE) for entry in BODY.entries]
+    assert open_envelope(bytes(data), seed, sizes, MIN_CHUNK_SIZE).body == BODY
+    bit = draw.draw(st.integers(0, len(data) * 8 - 1))
+    data[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises((RemoteProtocolError, NotARecipientError, TamperedCiphertextError)):
+        open_envelope(bytes(data), seed, sizes, MIN_CHUNK_SIZE)
