@@ -23,6 +23,7 @@ from . import args
 from .compute import compute
 from .output import count, human_rate, kv_lines, show
 from .output import human_size as _size
+from .private import seed, unshare
 
 # Long calls send progress events several times a second; this much silence means the
 # daemon is stuck, and the CLI says so instead of waiting forever.
@@ -392,66 +393,8 @@ def _cid_command(method: str, verb: str, doc: str) -> None:
         show(result, as_json, lambda r: f"{verb} {r['cid']}")
 
 
-@cli.command()
-@click.argument("cid")
-@click.option(
-    "--revoke",
-    is_flag=True,
-    help="Also refuse every later request for CID, should this node hold it again.",
-)
-@json_option
-@click.pass_context
-def unshare(ctx: click.Context, cid: str, revoke: bool, as_json: bool) -> None:
-    """Stop sharing CID (stored copies are deleted).
-
-    --revoke cannot take back what was delivered: a recipient keeps its copy and its
-    key.  It only makes this node refuse all further requests for CID.
-    """
-    from p2pshare.control.client import call  # noqa: PLC0415
-
-    result = call(_home(ctx), "unshare", {"cid": args.content_id(cid), "revoke": revoke})
-
-    def human(r: dict[str, Any]) -> str:
-        if not r["revoked"]:
-            return f"no longer sharing {r['cid']}"
-        return (
-            f"revoked {r['cid']}: this node refuses all further requests for it; "
-            "copies already delivered stay readable by their recipients"
-        )
-
-    show(result, as_json, human)
-
-
 _cid_command("pin", "pinned", "Protect CID's stored content from gc.")
 _cid_command("unpin", "unpinned", "Let gc remove CID's stored content.")
-
-
-@cli.command()
-@click.argument("ref", metavar="CID|TICKET")
-@click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
-@json_option
-@click.pass_context
-def seed(ctx: click.Context, ref: str, no_progress: bool, as_json: bool) -> None:
-    """Fetch a private share's encrypted content into this node's store to help seed it.
-
-    Every chunk is verified as for get; nothing is decrypted, and no peer can read it
-    unless the share was sealed to them.
-    """
-    from p2pshare.control.client import ControlClient  # noqa: PLC0415
-
-    from .progress import ByteProgress  # noqa: PLC0415
-
-    params = {"ref": args.content_ref(ref), "seed_only": True}
-    with (
-        ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,
-        ByteProgress("fetching", enabled=not (no_progress or as_json), min_bytes=0) as bar,
-    ):
-        result = client.call("get", params, on_event=bar.on_event)
-    show(
-        result,
-        as_json,
-        lambda r: f"seeding {r['cid']} ({_size(r['size'])} encrypted, unreadable here)",
-    )
 
 
 @cli.command()
@@ -704,6 +647,8 @@ def demo(as_json: bool) -> None:
 
 
 cli.add_command(compute)
+cli.add_command(seed)
+cli.add_command(unshare)
 
 
 def main() -> None:
