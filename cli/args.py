@@ -52,6 +52,19 @@ def content_ref(text: str) -> str:
     return text
 
 
+def peer_id(text: str) -> str:
+    """An Ed25519 peer ID (12D3KooW...), as ``share --to`` takes it; UsageError otherwise."""
+    from p2pshare.proto.keys import public_key_from_peer_id  # noqa: PLC0415
+
+    try:
+        public_key_from_peer_id(text)
+    except ValueError:
+        raise UsageError(
+            f"--to {text!r} is not a peer ID (12D3KooW..., as `p2pshare id` prints it)"
+        ) from None
+    return text
+
+
 def peer_addr(text: str) -> str:
     """A TCP multiaddr ending in /p2p/<peer ID>, as the daemon dials; UsageError otherwise."""
     from p2pshare.proto.peeraddr import parse_peer_addr  # noqa: PLC0415

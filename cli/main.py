@@ -23,6 +23,7 @@ from . import args
 from .compute import compute
 from .output import count, human_rate, kv_lines, show
 from .output import human_size as _size
+from .private import seed, unshare
 
 # Long calls send progress events several times a second; this much silence means the
 # daemon is stuck, and the CLI says so instead of waiting forever.
@@ -282,9 +283,12 @@ def _share_line(share: dict[str, Any]) -> str:
     label = share["name"] or share["path"]
     if share["name"] is None and share["stored"]:
         label += " (stored copy)"
-    return f"{share['cid']}  {size:>9}  {count(share['files'], 'file'):>11}  {label}" + (
+    line = f"{share['cid']}  {size:>9}  {count(share['files'], 'file'):>11}  {label}" + (
         f"  [{', '.join(flags)}]" if flags else ""
     )
+    if "recipients" in share:
+        line += f"\n    private, for: {', '.join(share['recipients'])}"
+    return line
 
 
 @cli.command()
@@ -295,6 +299,18 @@ def _share_line(share: dict[str, Any]) -> str:
     is_flag=True,
     help="Keep a pinned snapshot in the node's store instead of serving the files in place.",
 )
+@click.option(
+    "--to",
+    "recipients",
+    multiple=True,
+    metavar="PEER_ID",
+    help="Make a private share only this peer can read (repeat for more peers).",
+)
+@click.option(
+    "--anyone-may-seed",
+    is_flag=True,
+    help="With --to: serve the ciphertext to peers not named too, so they can help seed.",
+)
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @json_option
 @click.pass_context
@@ -303,10 +319,16 @@ def share(
     path: Path,
     name: str | None,
     copy: bool,
+    recipients: tuple[str, ...],
+    anyone_may_seed: bool,
     no_progress: bool,
     as_json: bool,
 ) -> None:
-    """Share a file or directory; print its content ID and a ticket."""
+    """Share a file or directory; print its content ID and a ticket.
+
+    With --to, the share is private: encrypted in the node's store, readable only by
+    the peers named (and this node), while anyone may still verify and seed it.
+    """
     from p2pshare.control.client import ControlClient  # noqa: PLC0415
 
     from .progress import ByteProgress  # noqa: PLC0415
@@ -316,7 +338,12 @@ def share(
         raise UserError(
             f"cannot share {printable(text)}: its name is not valid UTF-8; rename it first"
         )
+    if anyone_may_seed and not recipients:
+        raise _UsageError("--anyone-may-seed applies to private shares only; add --to PEER_ID")
     params: dict[str, Any] = {"path": text, "copy": copy}
+    if recipients:
+        params["to"] = [args.peer_id(peer) for peer in recipients]
+        params["anyone_may_seed"] = anyone_may_seed
     if name is not None:
         if not name.strip():
             raise _UsageError(
@@ -331,6 +358,8 @@ def share(
 
     def human(r: dict[str, Any]) -> str:
         lines = [f"content ID: {r['cid']}", f"ticket:     {r['ticket']}"]
+        if "recipients" in r:
+            lines.append(f"private:    readable only by {', '.join(r['recipients'])}")
         lines += [f"skipped {s['path']}: {s['reason']}" for s in r["skipped"]]
         return "\n".join(lines)
 
@@ -364,7 +393,6 @@ def _cid_command(method: str, verb: str, doc: str) -> None:
         show(result, as_json, lambda r: f"{verb} {r['cid']}")
 
 
-_cid_command("unshare", "no longer sharing", "Stop sharing CID (stored copies are deleted).")
 _cid_command("pin", "pinned", "Protect CID's stored content from gc.")
 _cid_command("unpin", "unpinned", "Let gc remove CID's stored content.")
 
@@ -445,7 +473,9 @@ def get(
 
     def human(r: dict[str, Any]) -> str:
         # Content this node already held is copied from its own store (docs/transfer.md).
-        if r["paths"] and set(r["paths"].values()) == {"local"}:
+        if (r["paths"] and set(r["paths"].values()) == {"local"}) or (
+            r.get("private") and not r["peers"]
+        ):
             source = "this node's own store"
         else:
             source = count(len(r["peers"]), "peer")
@@ -456,6 +486,8 @@ def get(
         # "local" is said by the source above; the rest name how peers' data came.
         if paths := sorted(set(r.get("paths", {}).values()) - {"local"}):
             text += f" over {', '.join(paths)}"
+        if r.get("private"):
+            text += "; a private share, decrypted for this node"
         if r["resumed_chunks"]:
             text += f"; resumed with {r['resumed_chunks']} of {r['chunks']} chunks already here"
         if r["banned"]:
@@ -616,6 +648,8 @@ def demo(as_json: bool) -> None:
 
 
 cli.add_command(compute)
+cli.add_command(seed)
+cli.add_command(unshare)
 
 
 def main() -> None:

@@ -5,8 +5,9 @@ node2 joins afterwards, knowing only node0, finds the file through the DHT, fetc
 it by content ID and checks it byte for byte.  Then node2 runs a WebAssembly job
 (``wordcount``) over that file on two workers, node0 and node1, which offer their
 compute: both run it in their sandbox, their signed receipts must agree, and the
-result must match the count made here.  Everything runs in temporary homes that
-are removed at the end.
+result must match the count made here.  Between the two, node1 shares a note
+privately to node2: node0 fetching it is refused, node2 reads it.  Everything
+runs in temporary homes that are removed at the end.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from p2pshare.compute.examples import WAT_DIR
 from p2pshare.control.client import ControlClient
-from p2pshare.errors import UserError
+from p2pshare.errors import ControlCallError, UserError
 from p2pshare.home import Home
 from p2pshare.launcher import DaemonProcess, init_home, start_all
 
@@ -69,6 +70,7 @@ def run_demo(progress: Callable[[str], None] | None = None) -> dict[str, Any]:
             report["fetcher_connected_to_sharer_before_find"] = sharer.info["peer_id"] in peers
             say(f"node2 {fetcher.info['peer_id']} joined through node0 only")
             _find_and_fetch(root, homes[2], sharer, data, cid, report, say)
+            _private_share(root, homes, fetcher.info["peer_id"], report, say)
             _compute(root, homes[2], [boot, sharer, fetcher], data, cid, report, say)
             t0 = time.monotonic()
             for daemon in (fetcher, sharer, boot):
@@ -149,6 +151,36 @@ def _find_and_fetch(
         f"node2 fetched and verified it in {report['get_s']:.2f} s "
         f"({report['get_mb_s']:.1f} MB/s); the bytes match"
     )
+
+
+PRIVATE_NOTE = b"only node2 can read this\n"
+
+
+def _private_share(
+    root: Path,
+    homes: list[Home],
+    recipient: str,
+    report: dict[str, Any],
+    say: Callable[[str], None],
+) -> None:
+    note = root / "note.txt"
+    note.write_bytes(PRIVATE_NOTE)
+    # Anyone may seed it, so node0 gets the ciphertext's manifest and learns it cannot read it.
+    params = {"path": str(note), "to": [recipient], "anyone_may_seed": True}
+    shared = _call(homes[1], "share", params)
+    cid = shared["ticket"]
+    try:
+        _call(homes[0], "get", {"ref": cid, "dest": str(root / "node0-note.txt")})
+    except ControlCallError as exc:
+        say(f"node0 (not named) was refused: {exc}")
+    else:
+        raise DemoFailedError("node0 could read a private share not sealed to it")
+    out = root / "node2-note.txt"
+    _call(homes[2], "get", {"ref": cid, "dest": str(out)})
+    if out.read_bytes() != PRIVATE_NOTE:
+        raise DemoFailedError("node2 did not get the private note it was sent")
+    report["private_share"] = True
+    say(f"node1 shared a note privately to node2 ({shared['cid']}); node2 read it")
 
 
 def _wordcount(data: Path) -> str:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from p2pshare.store.catalog import ShareRow
-    from p2pshare.store.shares import ShareStore
+    from p2pshare.store.shares import PreparedShare, ShareStore
 
 log = logging.getLogger(__name__)
 # At most this many progress events per second reach the CLI, whatever the disk speed.
@@ -44,6 +44,13 @@ def _cid_param(params: dict[str, Any]) -> str:
     text = _str_param(params, "cid")
     assert text is not None
     return str(ContentId.parse(text))
+
+
+def _recipients_param(params: dict[str, Any]) -> list[str]:
+    value = params.get("to", [])
+    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+        raise InvalidParamsError("parameter 'to' must be a list of peer IDs")
+    return value
 
 
 async def checked_shares(store: ShareStore) -> list[ShareRow]:
@@ -95,6 +102,8 @@ class SharesApi:
             raise InvalidParamsError("parameter 'path' must be an absolute path")
         name = _str_param(params, "name", required=False)
         copy = bool(params.get("copy", False))
+        recipients = _recipients_param(params)
+        anyone_may_seed = bool(params.get("anyone_may_seed", False))
         guard = self.store.guard
         if guard is not None:
             await trio.to_thread.run_sync(guard.check_share_path, path)
@@ -110,12 +119,17 @@ class SharesApi:
                     emit, "progress", {"done": done, "total": total}, trio_token=token
                 )
 
-        prepared = await trio.to_thread.run_sync(
-            lambda: self.store.prepare(path, name=name, copy=copy, progress=progress)
-        )
+        def prepare() -> PreparedShare:
+            if recipients:
+                return self.store.prepare_private(
+                    path, recipients, anyone_may_seed=anyone_may_seed, name=name, progress=progress
+                )
+            return self.store.prepare(path, name=name, copy=copy, progress=progress)
+
+        prepared = await trio.to_thread.run_sync(prepare)
         row = self.store.commit(prepared)
         doc = self._full_doc(row)
-        if copy:
+        if prepared.stored:
             report = self.store.gc(keep_bytes=self.quota_bytes)
             doc["gc_removed"] = list(report.removed)
         self.on_shared(row.cid)
@@ -124,6 +138,10 @@ class SharesApi:
 
     def _full_doc(self, row: ShareRow) -> dict[str, Any]:
         doc = share_doc(row)
+        private = self.store.catalog.private_share(row.cid)
+        if private is not None:
+            doc["recipients"] = list(private.recipients)
+            doc["anyone_may_seed"] = private.anyone_may_seed
         doc["ticket"] = self.ticket(row.cid)
         doc["skipped"] = [{"path": p, "reason": r} for p, r in row.skipped]
         return doc
@@ -135,7 +153,8 @@ class SharesApi:
         return {"shares": [self._full_doc(row) for row in rows]}
 
     async def unshare(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
-        return share_doc(self.store.remove(_cid_param(params)))
+        revoke = bool(params.get("revoke", False))
+        return share_doc(self.store.remove(_cid_param(params), revoke=revoke)) | {"revoked": revoke}
 
     async def pin(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         return share_doc(self.store.set_pinned(_cid_param(params), pinned=True))

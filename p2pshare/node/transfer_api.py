@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -11,17 +12,19 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
-from p2pshare.errors import P2PShareError, leaf_errors
+from p2pshare.errors import P2PShareError, UserError, leaf_errors
 from p2pshare.net.datachannel import DataChannelOpenError
 from p2pshare.node.downloads import ACTIVE, DownloadManager, remove_partial
 from p2pshare.node.timeouts import PROVIDER_FIND_TIMEOUT, PROVIDER_OPEN_TIMEOUT
 from p2pshare.proto.cid import ContentId
+from p2pshare.proto.sealed import NotARecipientError
 from p2pshare.proto.ticket import parse_content_ref
 from p2pshare.proto.transfer import PROTOCOL_ID
 from p2pshare.store.catalog import DownloadRequest
 from p2pshare.transfer.downloader import Download, DownloadReport, MemoryRecords, Source
 from p2pshare.transfer.failures import ContentTooLargeError, NoProvidersError
 from p2pshare.transfer.local import open_local
+from p2pshare.transfer.private import write_plaintext
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
 if TYPE_CHECKING:
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from p2pshare.net.streams import ByteStream, LibP2PStream
     from p2pshare.node.discovery import Discovery
     from p2pshare.node.downloads import Progress
+    from p2pshare.proto.sealed import OpenedShare
+    from p2pshare.proto.signed_manifest import SignedManifest
     from p2pshare.store.shares import ShareStore
     from p2pshare.transfer.source import LocalContent
 
@@ -85,13 +90,15 @@ class TransferApi:
 
     async def get(self, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         ref, dest_text = params.get("ref"), params.get("dest")
-        if not isinstance(ref, str) or not isinstance(dest_text, str):
-            raise InvalidParamsError(
-                "parameters 'ref' (content ID or ticket) and 'dest' are needed"
-            )
-        if not Path(dest_text).is_absolute():
-            raise InvalidParamsError("parameter 'dest' must be an absolute path")
+        if not isinstance(ref, str):
+            raise InvalidParamsError("parameter 'ref' (content ID or ticket) is needed")
         cid, ticket = parse_content_ref(ref.strip())
+        if params.get("seed_only"):
+            # A private share's ciphertext, kept in the store to help seed it (unread).
+            dest_text = str(self.shares.private_root(cid))
+            self.shares.private_root(cid).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not isinstance(dest_text, str) or not Path(dest_text).is_absolute():
+            raise InvalidParamsError("parameter 'dest' must be an absolute path")
         sources = () if ticket is None else ((ticket.peer_id, ticket.addrs),)
         now = int(time.time())
         request = DownloadRequest(
@@ -119,6 +126,10 @@ class TransferApi:
         cid = ContentId.parse(key)
         paths: dict[str, str] = {}
         download = None
+        seed_only = request.destination == str(self.shares.private_root(cid))
+        held = await self._open_held_private(request, seed_only)
+        if held is not None:
+            return held
         if self.local.stored.holds(cid):
             # except*: the downloader's nursery wraps its error in an ExceptionGroup.
             try:
@@ -135,6 +146,21 @@ class TransferApi:
         assert download.signed is not None
         pages = tuple(download.pages[i].hashes for i in sorted(download.pages))
         dest = Path(request.destination)
+        signed = download.signed
+        if signed.manifest.sealed is not None:
+            # The ciphertext is kept and seeded from the store; the plaintext is the user's.
+            root = download.dest
+            await trio.to_thread.run_sync(
+                lambda: self.shares.adopt(signed, pages, root, stored=True)
+            )
+            self.discovery.provide_soon(key)
+            if not seed_only:
+                await self._open_private(request, signed, root, report)
+            return report.as_dict() | {
+                "paths": {p: paths.get(p, "?") for p in report.peers},
+                "private": True,
+                "seed_only": seed_only,
+            }
         await trio.to_thread.run_sync(self.shares.adopt, download.signed, pages, dest)
         self.discovery.provide_soon(key)
         log.info(
@@ -146,6 +172,59 @@ class TransferApi:
             report.requested_bytes,
         )
         return report.as_dict() | {"paths": {p: paths.get(p, "?") for p in report.peers}}
+
+    def _check_recipient(self, signed: SignedManifest) -> OpenedShare:
+        try:
+            return self.shares.open_private(signed)
+        except NotARecipientError:
+            raise NotARecipientError(
+                f"{signed.cid} is a private share not sealed to this node "
+                f"({self.network.peer_id}), so its content cannot be read here; "
+                "nothing was written"
+            ) from None
+
+    async def _open_held_private(
+        self, request: DownloadRequest, seed_only: bool
+    ) -> dict[str, Any] | None:
+        """The result of a get of a private share whose ciphertext this node stores."""
+        row = self.shares.catalog.share(request.cid)
+        if row is None or not row.stored or not self.local.stored.holds(ContentId.parse(row.cid)):
+            return None
+        signed = self.shares.signed_manifest(row.cid)
+        if signed.manifest.sealed is None:
+            return None
+        report = DownloadReport(row.cid, request.destination, 0, 0, 0)
+        if not seed_only:
+            await self._open_private(request, signed, Path(row.root), report)
+        return report.as_dict() | {"paths": {}, "private": True, "seed_only": seed_only}
+
+    def _private_target(self, signed: SignedManifest, *, seed_only: bool) -> Path | None:
+        """Where a private share's ciphertext goes: the store; refused if it is not ours."""
+        if signed.manifest.sealed is None:
+            if seed_only:
+                raise UserError(f"{signed.cid} is not a private share; fetch it with get -o")
+            return None
+        if not seed_only:
+            self._check_recipient(signed)
+        root = self.shares.private_root(signed.cid)
+        root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return root
+
+    async def _open_private(
+        self, request: DownloadRequest, signed: SignedManifest, root: Path, report: DownloadReport
+    ) -> None:
+        """Decrypt a private share's stored ciphertext at ``root`` to the destination."""
+        started = time.monotonic()
+        opened = self._check_recipient(signed)
+        dest = Path(request.destination)
+        umask = self.daemon_umask if request.umask is None else request.umask
+        report.size = await trio.to_thread.run_sync(
+            lambda: write_plaintext(opened, root, dest, force=request.force, umask=umask)
+        )
+        report.files = len(opened.body.entries)
+        report.chunks = signed.manifest.total_chunks
+        report.elapsed_s += time.monotonic() - started
+        log.info("opened private share %s to %s (%d bytes)", signed.cid, dest, report.size)
 
     def _download_of(
         self,
@@ -170,6 +249,11 @@ class TransferApi:
             # and fetch the chunks it already holds (the seeder is not the only source).
             announce=lambda: self.discovery.provide_soon(key),
             umask=self.daemon_umask if request.umask is None else request.umask,
+            redirect=functools.partial(
+                self._private_target,
+                seed_only=request.destination
+                == str(self.shares.private_root(ContentId.parse(key))),
+            ),
         )
 
     async def _copy_from_store(
@@ -254,6 +338,7 @@ class TransferApi:
                 find_sources=find_sources,
                 hints=hinted,
                 progress=check_size,
+                redirect=_no_private_input,
             )
             return await _run_once(download, dest)
 
@@ -293,3 +378,12 @@ def _unwrapped(exc: BaseException) -> BaseException:
     if isinstance(exc, BaseExceptionGroup) and all(isinstance(e, P2PShareError) for e in leaves):
         return leaves[0]
     return exc
+
+
+def _no_private_input(signed: SignedManifest) -> None:
+    """Refuse a private share as a compute input: a worker would get its ciphertext."""
+    if signed.manifest.sealed is not None:
+        raise UserError(
+            f"{signed.cid} is a private share; get it with `p2pshare get` and pass the file "
+            "as a compute input instead"
+        )

@@ -59,6 +59,7 @@ from p2pshare.proto.pages import (
     split_pages,
 )
 from p2pshare.proto.paths import MAX_PATH_BYTES, check_file_name, check_tree
+from p2pshare.proto.sealed import MAX_ENVELOPE_SIZE, check_sealed_layout
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -94,6 +95,8 @@ _BODY_KEYS = (
 )
 # Present only when the share has empty directories, after every other key.
 _DIRS_KEY = "dirs"
+# Present only in a private share (p2pshare.proto.sealed), after every other key.
+_SEALED_KEY = "sealed"
 # The per-entry attribute map, present only when it holds something.
 _EXEC_KEY = "exec"
 
@@ -160,6 +163,8 @@ class Manifest:
     # Directories holding nothing, sorted by path bytes; ones that hold a file or
     # another listed directory are implied by those paths and never listed.
     directories: tuple[str, ...] = ()
+    # A private share's envelope (p2pshare.proto.sealed): its entries are ciphertext.
+    sealed: bytes | None = None
 
     @cached_property
     def _chunk_starts(self) -> tuple[int, ...]:
@@ -237,6 +242,15 @@ def _check_manifest(
     _check_header(manifest, fail)
     _check_entries(manifest, fail, too_large)
     _check_hash_layout(manifest, fail, too_large)
+    if manifest.sealed is not None:
+        check_sealed_layout(
+            manifest.kind is ShareKind.DIRECTORY and manifest.name is None,
+            [(entry.path, entry.size, entry.executable) for entry in manifest.entries],
+            manifest.directories,
+            manifest.chunk_size,
+            manifest.sealed,
+            fail,
+        )
 
 
 def _check_header(manifest: Manifest, fail: type[P2PShareError]) -> None:
@@ -343,6 +357,7 @@ def build_manifest(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     name: str | None = None,
     directories: Iterable[str] = (),
+    sealed: bytes | None = None,
 ) -> BuiltManifest:
     """Describe a share; ``created`` is the caller's clock in whole Unix seconds.
 
@@ -373,6 +388,7 @@ def build_manifest(
         inline_hashes=b"" if pages else hashes,
         page_hashes=tuple(hash_page(page) for page in pages),
         directories=empty,
+        sealed=sealed,
     )
     return BuiltManifest(_assemble(manifest), tuple(pages))
 
@@ -434,6 +450,8 @@ def encode_manifest(manifest: Manifest) -> bytes:
     }
     if manifest.directories:
         body[_DIRS_KEY] = list(manifest.directories)
+    if manifest.sealed is not None:
+        body[_SEALED_KEY] = manifest.sealed
     return pack(body)
 
 
@@ -449,9 +467,19 @@ def _parse_manifest(value: object) -> Manifest:
             f"(this p2pshare reads version {MANIFEST_VERSION})"
         )
     with_dirs = isinstance(value, dict) and _DIRS_KEY in value
-    keys = (*_BODY_KEYS, _DIRS_KEY) if with_dirs else _BODY_KEYS
+    with_sealed = isinstance(value, dict) and _SEALED_KEY in value
+    keys = (
+        *_BODY_KEYS,
+        *((_DIRS_KEY,) if with_dirs else ()),
+        *((_SEALED_KEY,) if with_sealed else ()),
+    )
     fields = expect_map(value, keys, what="manifest")
     version, kind, name, publisher, created, chunk_size, entries, hashes, pages = fields[:9]
+    sealed = (
+        expect_bytes(fields[-1], what="sealed envelope", max_len=MAX_ENVELOPE_SIZE)
+        if with_sealed
+        else None
+    )
     dirs = (
         expect_list(fields[9], what="empty directories", max_len=MAX_ENTRIES) if with_dirs else []
     )
@@ -484,6 +512,7 @@ def _parse_manifest(value: object) -> Manifest:
             for page in expect_list(pages, what="page hashes", max_len=MAX_PAGES)
         ),
         directories=tuple(expect_str(path, what="empty directory path") for path in dirs),
+        sealed=sealed,
     )
     _check_manifest(manifest, RemoteProtocolError, RemoteProtocolError)
     return manifest
@@ -548,8 +577,8 @@ MANIFEST_BODY: Final = Codec(
     limits=Limits(
         max_size=MAX_BODY_SIZE,
         max_str_len=MAX_PATH_BYTES,
-        max_bin_len=INLINE_MAX_CHUNKS * HASH_SIZE,
+        max_bin_len=MAX_ENVELOPE_SIZE,
         max_array_len=MAX_ENTRIES,
-        max_map_len=len(_BODY_KEYS) + 1,
+        max_map_len=len(_BODY_KEYS) + 2,
     ),
 )

@@ -109,6 +109,17 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE shares ADD COLUMN origin TEXT;
     ALTER TABLE shares ADD COLUMN skipped TEXT NOT NULL DEFAULT '[]';  -- JSON [[path, reason]]
     """,
+    # Private shares (docs/store.md): whom this node sealed a share to, whether peers
+    # not named may fetch its ciphertext to help seed, and the content IDs revoked by
+    # `unshare --revoke`, which this node never serves again.
+    """
+    CREATE TABLE private_shares (
+        cid TEXT PRIMARY KEY REFERENCES shares(cid) ON DELETE CASCADE,
+        recipients TEXT NOT NULL,  -- JSON [peer ID], the sharer's own included
+        anyone_may_seed INTEGER NOT NULL
+    );
+    CREATE TABLE revoked (cid TEXT PRIMARY KEY);
+    """,
 )
 
 
@@ -128,6 +139,14 @@ class ShareRow:
     # The path the user shared, when ``root`` is a stored copy inside the home.
     origin: str | None = None
     skipped: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PrivateShare:
+    """Whom a private share was sealed to, and who may fetch its ciphertext from this node."""
+
+    recipients: tuple[str, ...]
+    anyone_may_seed: bool
 
 
 @dataclass(frozen=True)
@@ -507,6 +526,37 @@ class Catalog:
             keep_until = max(seen.keep_until if seen else 0, r["keep_until"])
             outputs[r["cid"]] = JobOutput(tuple(sorted(requesters)), keep_until)
         return outputs
+
+    def add_private_share(self, cid: str, share: PrivateShare) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO private_shares (cid, recipients, anyone_may_seed) "
+            "VALUES (?,?,?)",
+            (cid, json.dumps(sorted(share.recipients)), share.anyone_may_seed),
+        )
+
+    def private_share(self, cid: str) -> PrivateShare | None:
+        r = self._db.execute(
+            "SELECT recipients, anyone_may_seed FROM private_shares WHERE cid = ?", (cid,)
+        ).fetchone()
+        if r is None:
+            return None
+        return PrivateShare(tuple(json.loads(r["recipients"])), bool(r["anyone_may_seed"]))
+
+    def private_shares(self) -> dict[str, PrivateShare]:
+        """Every private share this node sealed, by content ID."""
+        rows = self._db.execute("SELECT cid, recipients, anyone_may_seed FROM private_shares")
+        return {
+            r["cid"]: PrivateShare(tuple(json.loads(r["recipients"])), bool(r["anyone_may_seed"]))
+            for r in rows
+        }
+
+    def revoke(self, cid: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO revoked (cid) VALUES (?)", (cid,))
+
+    def is_revoked(self, cid: str) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM revoked WHERE cid = ?", (cid,)).fetchone() is not None
+        )
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

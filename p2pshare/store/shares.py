@@ -24,6 +24,7 @@ from p2pshare.errors import IntegrityError, UserError
 from p2pshare.proto.chunks import chunk_count, verify_chunk
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.manifest import (
+    BuiltManifest,
     Manifest,
     ShareKind,
     build_manifest,
@@ -31,9 +32,11 @@ from p2pshare.proto.manifest import (
     verify_page,
 )
 from p2pshare.proto.pages import HashPage, page_for_chunk
+from p2pshare.proto.sealed import OpenedShare, open_envelope
 from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest, sign_manifest
-from p2pshare.store.catalog import Catalog, FileStamp, ShareRow
+from p2pshare.store.catalog import Catalog, FileStamp, PrivateShare, ShareRow
 from p2pshare.store.checked import CheckedChunks, FileIdentity
+from p2pshare.store.private import recipient_keys, seal_scan
 from p2pshare.store.scanner import HashedFile, Scan, hash_file, scan
 
 if TYPE_CHECKING:
@@ -61,6 +64,8 @@ class PreparedShare:
     stored: bool
     hashed: tuple[HashedFile, ...]
     origin: Path
+    # Set for a private share: its recipients (the sharer included) and serving policy.
+    private: PrivateShare | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,43 @@ class ShareStore:
         origin = found.root
         if copy:
             found = self._snapshot(found)
+        hashed, built = self._hash_and_build(found, name, None, progress)
+        signed = sign_manifest(built.manifest, self._key)
+        if copy:
+            found = self._settle_snapshot(found, signed.cid)
+        return PreparedShare(signed, built.pages, found, stored=copy, hashed=hashed, origin=origin)
+
+    def prepare_private(
+        self,
+        path: Path,
+        recipients: list[str],
+        *,
+        anyone_may_seed: bool = False,
+        name: str | None = None,
+        progress: Callable[[int, int], None] = lambda _done, _total: None,
+    ) -> PreparedShare:
+        """Scan, seal for ``recipients`` (peer IDs) into the store, hash and sign the ciphertext."""
+        keys = recipient_keys(recipients, self._key.peer_id)
+        found = scan(path, self._chunk_size, name, self.guard)
+        staging = self._staging()
+        sealed = seal_scan(found, keys, self._chunk_size, staging / "tree", name)
+        # created 0: the ciphertext is new each time anyway, and the time tells observers nothing.
+        hashed, built = self._hash_and_build(sealed.scan, None, sealed.envelope, progress, 0)
+        signed = sign_manifest(built.manifest, self._key)
+        settled = self._settle_snapshot(sealed.scan, signed.cid)
+        prepared = PreparedShare(
+            signed, built.pages, settled, stored=True, hashed=hashed, origin=found.root
+        )
+        return replace(prepared, private=PrivateShare(tuple(keys), anyone_may_seed))
+
+    def _hash_and_build(
+        self,
+        found: Scan,
+        name: str | None,
+        sealed: bytes | None,
+        progress: Callable[[int, int], None],
+        created: int | None = None,
+    ) -> tuple[tuple[HashedFile, ...], BuiltManifest]:
         total = found.total_size
         done = 0
 
@@ -118,9 +160,10 @@ class ShareStore:
 
         hashed = tuple(hash_file(f, self._chunk_size, advance) for f in found.files)
         entries = [h.entry for h in hashed]
-        # The newest mtime, not the wall clock: sharing unchanged files again yields
-        # the same manifest bytes and so the same content ID.
-        created = max((f.mtime_ns // 1_000_000_000 for f in found.files), default=0)
+        if created is None:
+            # The newest mtime, not the wall clock: sharing unchanged files again yields
+            # the same manifest bytes and so the same content ID.
+            created = max((f.mtime_ns // 1_000_000_000 for f in found.files), default=0)
         built = build_manifest(
             entries,
             kind=found.kind,
@@ -129,16 +172,18 @@ class ShareStore:
             chunk_size=self._chunk_size,
             name=name,
             directories=found.empty_dirs,
+            sealed=sealed,
         )
-        signed = sign_manifest(built.manifest, self._key)
-        if copy:
-            found = self._settle_snapshot(found, signed.cid)
-        return PreparedShare(signed, built.pages, found, stored=copy, hashed=hashed, origin=origin)
+        return hashed, built
 
-    def _snapshot(self, found: Scan) -> Scan:
+    def _staging(self) -> Path:
         self._content_dir.mkdir(mode=0o700, exist_ok=True)
         staging = self._content_dir / f".staging-{os.getpid()}-{time.monotonic_ns()}"
         staging.mkdir(mode=0o700)
+        return staging
+
+    def _snapshot(self, found: Scan) -> Scan:
+        staging = self._staging()
         root = staging / found.root.name if found.kind is ShareKind.FILE else staging / "tree"
         copied = []
         for f in found.files:
@@ -198,6 +243,8 @@ class ShareStore:
             for index, entry in enumerate(manifest.entries)
         ]
         self.catalog.add_share(row, stamps, prepared.pages)
+        if prepared.private is not None:
+            self.catalog.add_private_share(cid, prepared.private)
         self._forget(cid)
         self._manifests[cid] = prepared.signed
         hashed = {h.entry.path: h for h in prepared.hashed}
@@ -212,8 +259,13 @@ class ShareStore:
             )
         return row
 
-    def adopt(self, signed: SignedManifest, pages: tuple[bytes, ...], root: Path) -> ShareRow:
-        """Record a completed download at ``root`` as a share served in place."""
+    def adopt(
+        self, signed: SignedManifest, pages: tuple[bytes, ...], root: Path, *, stored: bool = False
+    ) -> ShareRow:
+        """Record a completed download at ``root`` as a share served in place.
+
+        ``stored``: ``root`` is :meth:`private_root`, a copy the home keeps (unpinned).
+        """
         manifest = signed.manifest
         stamps = []
         for index, entry in enumerate(manifest.entries):
@@ -228,7 +280,7 @@ class ShareStore:
             kind=manifest.kind.value,
             name=manifest.name,
             root=str(root),
-            stored=False,
+            stored=stored,
             signed_manifest=signed.data,
             total_size=manifest.total_size,
             file_count=len(manifest.entries),
@@ -239,6 +291,19 @@ class ShareStore:
         self.catalog.add_share(row, stamps, pages)
         self._forget(row.cid)
         return row
+
+    # -- private shares (docs/store.md, "Private shares")
+
+    def private_root(self, cid: ContentId) -> Path:
+        """Where this node keeps a private share's ciphertext: as a stored share's tree."""
+        return self._content_dir / cid.digest.hex() / "tree"
+
+    def open_private(self, signed: SignedManifest) -> OpenedShare:
+        """The content key and file list of a private share; NotARecipientError if not ours."""
+        manifest = signed.manifest
+        assert manifest.sealed is not None
+        sizes = [entry.size for entry in manifest.entries]
+        return open_envelope(manifest.sealed, self._key.seed, sizes, manifest.chunk_size)
 
     # -- serving
 
@@ -333,8 +398,14 @@ class ShareStore:
 
     # -- managing
 
-    def remove(self, cid: str) -> ShareRow:
+    def remove(self, cid: str, *, revoke: bool = False) -> ShareRow:
+        """Stop sharing ``cid``; ``revoke``: and never serve it again, whoever asks.
+
+        Revoking changes nothing already delivered: a recipient keeps its copy and its key.
+        """
         row = self._require(cid)
+        if revoke:
+            self.catalog.revoke(cid)
         self.catalog.remove_share(cid)
         self._forget(cid)
         if row.stored:

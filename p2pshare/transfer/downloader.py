@@ -26,7 +26,7 @@ import functools
 import logging
 import time
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -163,12 +163,16 @@ class Download:
         umask: int = PRIVATE_UMASK,
         free_space: Callable[[Path], int] = free_bytes,
         run_blocking: RunBlocking = run_in_thread,
+        redirect: Callable[[SignedManifest], Path | None] | None = None,
     ) -> None:
         """``announce`` is called once, when the first verified chunks are on disk and
         served to other peers (``get`` announces the content in the DHT then).
         ``umask`` sets the final modes of what is written (p2pshare.modes).
         ``free_space`` tells the bytes free in a directory (tests fake a small disk).
-        ``run_blocking`` runs hashing, writing and fsync off the event loop."""
+        ``run_blocking`` runs hashing, writing and fsync off the event loop.
+        ``redirect`` sees the verified manifest before anything is written: it may
+        raise to refuse the content, or name another destination (a private share's
+        ciphertext goes to the store, not to ``dest``)."""
         self.cid = cid
         self.dest = dest
         self._settings = _Settings(
@@ -180,6 +184,7 @@ class Download:
         self._umask = umask
         self._free_space = free_space
         self._swarm = Swarm(hints)
+        self._redirect = redirect
         self._transfer: Transfer | None = None
         self.report = DownloadReport(str(cid), str(dest), 0, 0, 0, banned=self._swarm.banned)
 
@@ -215,6 +220,10 @@ class Download:
                 find_sources=self._find_sources,
             )
             signed, pages = await fetch_manifest(links)
+            target = None if self._redirect is None else self._redirect(signed)
+            if target is not None:
+                self.dest = target
+                settings = self._settings = replace(settings, dest=target)
             prepared = open_partial(
                 cid=self.cid,
                 dest=self.dest,

@@ -144,6 +144,17 @@ class LocalContent:
             return frozenset()
         return self._shares.catalog.job_output_requesters(str(cid))
 
+    def refuses(self, cid: ContentId, peer: str) -> bool:
+        """Revoked content, and a private share of ours kept for its recipients only."""
+        key = str(cid)
+        catalog = self._shares.catalog
+        if catalog.is_revoked(key):
+            return True
+        private = catalog.private_share(key)
+        return (
+            private is not None and not private.anyone_may_seed and peer not in private.recipients
+        )
+
     def record_sent(self, cid: ContentId, global_index: int, requester: str) -> None:
         """Note a chunk of a job output sent to its requester; all of them = fetched."""
         key = (str(cid), requester)
@@ -169,7 +180,8 @@ class PeerContent:
     """LocalContent as one peer may see it (a ContentSource for that peer's streams).
 
     A job output asked for by anyone but its requester is answered exactly as content
-    this node does not hold, so a stranger cannot even learn that it exists.
+    this node does not hold, so a stranger cannot even learn that it exists; so is
+    revoked content, and a private share kept for its recipients asked for by another.
     """
 
     def __init__(self, local: LocalContent, peer: str) -> None:
@@ -180,7 +192,7 @@ class PeerContent:
         """Raise as for unknown content if the peer may not have ``cid``; True for a job
         output (of this peer)."""
         requesters = self._local.requesters(cid)
-        if requesters and self._peer not in requesters:
+        if (requesters and self._peer not in requesters) or self._local.refuses(cid, self._peer):
             raise _unknown(cid)
         return bool(requesters)
 

@@ -145,6 +145,7 @@ def test_demo_runs_and_cleans_up(home: Home) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["verified"] is True
+    assert report["private_share"] is True
     assert report["fetcher_connected_to_sharer_before_find"] is False
     assert report["cid"].startswith("bafkr4")
     assert not Path(report["workdir"]).exists()

@@ -1,0 +1,107 @@
+"""Private shares between real daemons on 127.0.0.1 (issue 17).
+
+A share sealed to one peer travels as ciphertext: an untrusted node may fetch and
+seed it without reading it, a get by that node fails before writing anything, and
+the named recipient gets the plaintext through that seeder alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from p2pshare.home import Home
+from p2pshare.launcher import DaemonProcess, init_home, run_cli, start_all
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.integration
+MIB = 1 << 20
+
+
+def cli_json(home: Home, *args: str) -> Any:
+    result = run_cli(home, *args, "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def nodes(short_tmp: Path) -> Iterator[list[DaemonProcess]]:
+    """Four daemons; node0 is the bootstrap node of the others."""
+    homes = [Home(short_tmp / f"p{i}") for i in range(4)]
+    init_home(homes[0])
+    with ExitStack() as stack:
+        boot = stack.enter_context(DaemonProcess(homes[0]))
+        boot.start()
+        others = []
+        for home in homes[1:]:
+            init_home(home, bootstrap=(boot.info["addrs"][0],))
+            others.append(stack.enter_context(DaemonProcess(home)))
+        start_all(others)
+        yield [boot, *others]
+
+
+def test_recipient_gets_a_private_share_through_an_untrusted_seeder_that_cannot_read_it(
+    nodes: list[DaemonProcess], tmp_path: Path
+) -> None:
+    boot, sharer, seeder, recipient = nodes
+    tree = tmp_path / "plans"
+    (tree / "sub").mkdir(parents=True)
+    secret = os.urandom(2 * MIB + 3)
+    (tree / "sub" / "secret-plan.bin").write_bytes(secret)
+    (tree / "note.txt").write_text("meet at noon\n")
+    to = recipient.info["peer_id"]
+    shared = cli_json(sharer.home, "share", str(tree), "--to", to, "--anyone-may-seed")
+    assert shared["recipients"] == sorted([to, sharer.info["peer_id"]])
+
+    # A peer not named fails before anything is written, whether it fetched first or not.
+    out = tmp_path / "stolen"
+    for stranger, ref in ((boot, shared["ticket"]), (seeder, shared["cid"])):
+        if stranger is seeder:
+            assert cli_json(seeder.home, "seed", shared["ticket"])["seed_only"]
+        refused = run_cli(stranger.home, "get", ref, "-o", str(out), timeout=120)
+        assert refused.returncode == 1
+        assert "is a private share not sealed to this node" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert not out.exists()
+        assert not list(tmp_path.glob(".stolen*"))
+
+    # The sharer goes away: only the untrusted seeder holds the content now.
+    cli_json(sharer.home, "unshare", shared["cid"])
+    got = tmp_path / "got"
+    report = cli_json(recipient.home, "get", shared["cid"], "-o", str(got))
+    assert report["peers"] == [seeder.info["peer_id"]]
+    assert report["private"]
+    assert (got / "sub" / "secret-plan.bin").read_bytes() == secret
+    assert (got / "note.txt").read_text() == "meet at noon\n"
+
+
+def test_ls_shows_whom_a_share_is_for_and_revoke_refuses_further_requests(
+    short_tmp: Path, tmp_path: Path
+) -> None:
+    home = Home(short_tmp / "alone")
+    init_home(home)
+    source = tmp_path / "note.txt"
+    source.write_text("for one friend\n")
+    friend = "12D3KooWA4Xop1JaT3MHxwYMkCepYsv4iPVopMXwCz5iHYdBfeSB"
+    with DaemonProcess(home) as node:
+        node.start()
+        shared = cli_json(home, "share", str(source), "--to", friend)
+        listing = run_cli(home, "ls")
+        assert f"private, for: {', '.join(shared['recipients'])}" in listing.stdout
+        assert friend in shared["recipients"]
+        # The sharer reads its own private share back from its store.
+        cli_json(home, "get", shared["cid"], "-o", str(tmp_path / "back.txt"))
+        assert (tmp_path / "back.txt").read_text() == "for one friend\n"
+        said = run_cli(home, "unshare", shared["cid"], "--revoke")
+        assert said.returncode == 0, said.stderr
+        assert "copies already delivered stay readable" in said.stdout
+        bad = run_cli(home, "share", str(source), "--to", "bob")
+        assert bad.returncode == 2
+        assert "is not a peer ID" in bad.stderr
