@@ -11,7 +11,7 @@ The sandbox layers, from the module inwards (docs/compute.md, "Security boundary
    deadline driven by a ticker thread (``timeout``).
 3. **WASI profile.**  stdin from memory or a file, input files in a read-only preopened
    directory, no environment, no sockets.  stdout and stderr are written by our
-   own ``fd_write`` so the stdout cap traps the guest at the exact byte
+   own ``fd_write`` (p2pshare.compute.wasi) so the stdout cap traps the guest at the exact byte
    (``output_limit``); the clock stands still, ``random_get`` is a BLAKE3 stream
    keyed by the job ID, ``poll_oneoff`` fails with ENOSYS at once (a blocking
    poll is not interruptible by the epoch), ``sched_yield`` does nothing.
@@ -29,7 +29,6 @@ import math
 import os
 import shutil
 import stat
-import struct
 import tempfile
 import threading
 import time
@@ -44,18 +43,17 @@ from wasmtime import _bindings as wasmtime_c
 
 from p2pshare.compute.errors import ForbiddenImportError, InvalidModuleError, SandboxError
 from p2pshare.compute.imports import (
-    WASI_MODULE,
     check_module,
     forbidden_error,
     is_allowed,
 )
 from p2pshare.compute.jobs import (
-    MAX_STDERR,
     InputSource,
     SandboxJob,
     SandboxResult,
     refused,
 )
+from p2pshare.compute.wasi import HostIO, OutputLimitError, define_host_functions
 from p2pshare.errors import LocalProtocolError
 from p2pshare.proto.job import JobState
 from p2pshare.proto.jobspec import WASM_PAGE_SIZE, JobLimits
@@ -74,15 +72,10 @@ MAX_WASM_STACK: Final = 1024 * 1024
 # Tables hold 8 bytes per element; a million is more than any real program needs.
 MAX_TABLE_ELEMENTS: Final = 1 << 20
 MAX_TABLES: Final = 8
-# The deterministic clock: realtime is always 2020-01-01T00:00:00Z, the monotonic and
-# CPU-time clocks always read zero.  A program measuring durations sees none pass.
-FIXED_REALTIME_NS: Final = 1_577_836_800 * 10**9
-CLOCK_RESOLUTION_NS: Final = 1000
 # Input files and the directories that hold them all carry this mtime and atime.
 FIXED_FILE_TIME: Final = 1_577_836_800
 PROGRAM_NAME: Final = "job.wasm"
 GUEST_ROOT: Final = "/"
-RANDOM_DOMAIN: Final = b"p2pshare-random-v1\0"
 # Compiled modules kept for the next job with the same module: by count and by the
 # size of their wasm, which bounds the (larger) machine code they hold.
 MODULE_CACHE_ENTRIES: Final = 16
@@ -91,20 +84,6 @@ MODULE_CACHE_BYTES: Final = 16 * 1024 * 1024
 # memory_limit (see Sandbox._failed).
 MEMORY_SLACK_FRACTION: Final = 16
 _DETAIL_CHARS: Final = 300
-
-# WASI errno values (wasi_snapshot_preview1).
-_ESUCCESS: Final = 0
-_EBADF: Final = 8
-_EFAULT: Final = 21
-_EINVAL: Final = 28
-_ENOSYS: Final = 52
-_IOV_MAX: Final = 1024
-_CLOCK_REALTIME: Final = 0
-_CLOCK_THREAD_CPUTIME: Final = 3
-_IOVEC: Final = struct.Struct("<II")
-_U32: Final = struct.Struct("<I")
-_U64: Final = struct.Struct("<Q")
-_RANDOM_BLOCK: Final = 1024 * 1024
 
 
 def make_engine_config() -> wasmtime.Config:
@@ -189,136 +168,6 @@ class _Ticker:
             while done < due:
                 self._engine.increment_epoch()
                 done += 1
-
-
-class _OutputLimitError(Exception):
-    """Raised by our fd_write to trap the guest at the stdout cap."""
-
-
-class _HostIO:
-    """The per-job state behind the shadowed WASI functions."""
-
-    def __init__(self, max_output: int, seed: bytes) -> None:
-        self.max_output = max_output
-        self.stdout = bytearray()
-        self.stderr = bytearray()
-        self.memory: wasmtime.Memory | None = None
-        self._random = blake3.blake3(RANDOM_DOMAIN + seed)
-        self._random_offset = 0
-
-    def _region(self, caller: wasmtime.Caller) -> tuple[int, int]:
-        """The address and size of the guest's linear memory; (0, 0) if it has none."""
-        memory = self.memory
-        if memory is None:
-            # During instantiation (a start function) the export is not cached yet.
-            export = caller.get("memory")
-            if not isinstance(export, wasmtime.Memory):
-                return 0, 0
-            memory = export
-        size = memory.data_len(caller)
-        if size == 0:
-            return 0, 0
-        return ctypes.addressof(memory.data_ptr(caller).contents), size
-
-    # Each function below checks every guest pointer against the memory size before
-    # touching it: a guest pointer is an offset the guest chose, and ctypes would
-    # follow it anywhere in the worker's address space.  Guest i32s arrive signed.
-
-    def fd_write(
-        self, caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritten: int
-    ) -> int:
-        if fd not in (1, 2):
-            # Every other descriptor is stdin, a read-only file or a directory.
-            return _EBADF
-        base, size = self._region(caller)
-        iovs, iovs_len, nwritten = iovs & 0xFFFFFFFF, iovs_len & 0xFFFFFFFF, nwritten & 0xFFFFFFFF
-        if iovs_len > _IOV_MAX:
-            return _EINVAL
-        if iovs + 8 * iovs_len > size or nwritten + 4 > size:
-            return _EFAULT
-        table = ctypes.string_at(base + iovs, 8 * iovs_len) if iovs_len else b""
-        pieces = [_IOVEC.unpack_from(table, 8 * index) for index in range(iovs_len)]
-        if any(pointer + length > size for pointer, length in pieces):
-            return _EFAULT
-        total = sum(length for _pointer, length in pieces)
-        if fd == 1:
-            room = self.max_output - len(self.stdout)
-            for pointer, length in pieces:
-                # Keep the output up to the exact cap: what a replica keeps is the same.
-                take = min(length, self.max_output - len(self.stdout))
-                if take > 0:
-                    self.stdout += ctypes.string_at(base + pointer, take)
-            if total > room:
-                # Trap rather than return an error: a guest that ignores write errors
-                # would otherwise spin until fuel or time runs out.
-                raise _OutputLimitError
-        else:
-            for pointer, length in pieces:
-                take = min(length, MAX_STDERR - len(self.stderr))
-                if take > 0:
-                    self.stderr += ctypes.string_at(base + pointer, take)
-        ctypes.memmove(base + nwritten, _U32.pack(total), 4)
-        return _ESUCCESS
-
-    def clock_time_get(self, caller: wasmtime.Caller, clock: int, _precision: int, out: int) -> int:
-        if not _CLOCK_REALTIME <= clock <= _CLOCK_THREAD_CPUTIME:
-            return _EINVAL
-        value = FIXED_REALTIME_NS if clock == _CLOCK_REALTIME else 0
-        return self._store_u64(caller, out, value)
-
-    def clock_res_get(self, caller: wasmtime.Caller, clock: int, out: int) -> int:
-        if not _CLOCK_REALTIME <= clock <= _CLOCK_THREAD_CPUTIME:
-            return _EINVAL
-        return self._store_u64(caller, out, CLOCK_RESOLUTION_NS)
-
-    def _store_u64(self, caller: wasmtime.Caller, out: int, value: int) -> int:
-        base, size = self._region(caller)
-        out &= 0xFFFFFFFF
-        if out + 8 > size:
-            return _EFAULT
-        ctypes.memmove(base + out, _U64.pack(value), 8)
-        return _ESUCCESS
-
-    def random_get(self, caller: wasmtime.Caller, buf: int, length: int) -> int:
-        base, size = self._region(caller)
-        buf, length = buf & 0xFFFFFFFF, length & 0xFFFFFFFF
-        if buf + length > size:
-            return _EFAULT
-        written = 0
-        while written < length:
-            block = min(_RANDOM_BLOCK, length - written)
-            data = self._random.digest(length=block, seek=self._random_offset)
-            ctypes.memmove(base + buf + written, data, block)
-            self._random_offset += block
-            written += block
-        return _ESUCCESS
-
-    @staticmethod
-    def poll_oneoff(_in: int, _out: int, _subscriptions: int, _events: int) -> int:
-        # Sleeping or waiting on descriptors: refused at once.  wasmtime's own
-        # poll_oneoff blocks in the host, where no epoch deadline can reach it.
-        return _ENOSYS
-
-    @staticmethod
-    def sched_yield() -> int:
-        return _ESUCCESS
-
-
-def _define_host_functions(linker: wasmtime.Linker, host: _HostIO) -> None:
-    i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-
-    def define(name: str, params: list[wasmtime.ValType], function: Callable[..., int]) -> None:
-        caller = name not in ("poll_oneoff", "sched_yield")
-        linker.define_func(
-            WASI_MODULE, name, wasmtime.FuncType(params, [i32]), function, access_caller=caller
-        )
-
-    define("fd_write", [i32, i32, i32, i32], host.fd_write)
-    define("clock_time_get", [i32, i64, i32], host.clock_time_get)
-    define("clock_res_get", [i32, i32], host.clock_res_get)
-    define("random_get", [i32, i32], host.random_get)
-    define("poll_oneoff", [i32, i32, i32, i32], host.poll_oneoff)
-    define("sched_yield", [], host.sched_yield)
 
 
 def _first_line(text: str) -> str:
@@ -443,7 +292,7 @@ class Sandbox:
 
     def _execute(self, job: SandboxJob, module: wasmtime.Module, root: Path) -> SandboxResult:
         limits = job.limits
-        host = _HostIO(limits.max_output, job.seed)
+        host = HostIO(limits.max_output, job.seed)
         try:
             store = wasmtime.Store(self.engine)
             store.set_limits(
@@ -462,7 +311,7 @@ class Sandbox:
             linker = wasmtime.Linker(self.engine)
             linker.define_wasi()
             linker.allow_shadowing = True
-            _define_host_functions(linker, host)
+            define_host_functions(linker, host)
         except wasmtime.WasmtimeError as exc:
             raise SandboxError(f"cannot set up the job's store: {exc}") from exc
         store.set_epoch_deadline(max(1, math.ceil(limits.wall_seconds / TICK_SECONDS)))
@@ -486,7 +335,7 @@ class Sandbox:
         store: wasmtime.Store,
         linker: wasmtime.Linker,
         module: wasmtime.Module,
-        host: _HostIO,
+        host: HostIO,
         limits: JobLimits,
     ) -> _Outcome:
         instantiated = False
@@ -511,14 +360,14 @@ class Sandbox:
     def _ended(  # noqa: PLR0911 -- one return per way a run can end
         self,
         store: wasmtime.Store,
-        host: _HostIO,
+        host: HostIO,
         limits: JobLimits,
         exc: Exception,
         *,
         instantiated: bool,
     ) -> _Outcome:
         """The outcome of a run that ended with ``exc``; re-raise what is not the job's."""
-        if isinstance(exc, _OutputLimitError):
+        if isinstance(exc, OutputLimitError):
             return _Outcome(
                 JobStatus.OUTPUT_LIMIT, 0, f"the job wrote more than {limits.max_output} bytes"
             )
@@ -547,7 +396,7 @@ class Sandbox:
 
     @staticmethod
     def _failed(
-        store: wasmtime.Store, host: _HostIO, limits: JobLimits, outcome: _Outcome
+        store: wasmtime.Store, host: HostIO, limits: JobLimits, outcome: _Outcome
     ) -> _Outcome:
         """Relabel a failure as memory_limit when the memory was (nearly) full by then.
 

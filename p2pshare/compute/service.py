@@ -457,6 +457,37 @@ class ComputeService:
         job = submit.job_id
         await trio.to_thread.run_sync(lambda: directory.mkdir(mode=0o700))
         await channel.answer(Progress(job, JobState.FETCHING, None, 0))
+        module, stdin, inputs, network = await self._fetch_job_content(spec, peer, directory)
+        await channel.answer(Progress(job, JobState.COMPILING, None, network))
+        try:
+            check_module(module)
+        except ForbiddenImportError as exc:
+            raise _refusal(RejectCode.FORBIDDEN_IMPORT, str(exc)) from None
+        except InvalidModuleError as exc:
+            raise _refusal(RejectCode.INVALID_MODULE, str(exc)) from None
+        await channel.answer(Progress(job, JobState.RUNNING, None, network))
+        result = await pool.run_job(sandbox_job(spec, module=module, stdin=stdin, inputs=inputs))
+        if result.status in _NEVER_RAN:
+            # About the module itself, with its reason (no _start...), which a receipt
+            # cannot carry: every worker would say the same.
+            raise _refusal(_NEVER_RAN[result.status], result.detail)
+        log.info(
+            "job %s from %s: %s, %d fuel, %d bytes out",
+            job.hex()[:16],
+            peer,
+            result.status.value,
+            result.fuel_used,
+            len(result.stdout),
+        )
+        output = await self._keep_output(directory, job, result, peer)
+        inline = result.stdout if len(result.stdout) <= MAX_INLINE_OUTPUT else None
+        return Result(sign_result(spec, result, self._key, output), inline)
+
+    async def _fetch_job_content(
+        self, spec: JobSpec, peer: str, directory: Path
+    ) -> tuple[bytes, InputSource, dict[str, InputSource], int]:
+        """The module, stdin and inputs of a job, within its input budget, and how
+        many bytes came over the network."""
         budget = self.settings.max_input
         network = 0
 
@@ -487,30 +518,7 @@ class ComputeService:
             raise _refusal(
                 RejectCode.INTERNAL, "fetching the job's content took too long"
             ) from None
-        await channel.answer(Progress(job, JobState.COMPILING, None, network))
-        try:
-            check_module(module)
-        except ForbiddenImportError as exc:
-            raise _refusal(RejectCode.FORBIDDEN_IMPORT, str(exc)) from None
-        except InvalidModuleError as exc:
-            raise _refusal(RejectCode.INVALID_MODULE, str(exc)) from None
-        await channel.answer(Progress(job, JobState.RUNNING, None, network))
-        result = await pool.run_job(sandbox_job(spec, module=module, stdin=stdin, inputs=inputs))
-        if result.status in _NEVER_RAN:
-            # About the module itself, with its reason (no _start...), which a receipt
-            # cannot carry: every worker would say the same.
-            raise _refusal(_NEVER_RAN[result.status], result.detail)
-        log.info(
-            "job %s from %s: %s, %d fuel, %d bytes out",
-            job.hex()[:16],
-            peer,
-            result.status.value,
-            result.fuel_used,
-            len(result.stdout),
-        )
-        output = await self._keep_output(directory, job, result, peer)
-        inline = result.stdout if len(result.stdout) <= MAX_INLINE_OUTPUT else None
-        return Result(sign_result(spec, result, self._key, output), inline)
+        return module, stdin, inputs, network
 
     async def _keep_output(
         self, directory: Path, job: bytes, result: SandboxResult, requester: str

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from p2pshare.home import Home
     from p2pshare.net.network import Network
     from p2pshare.net.reachability import Reachability
+    from p2pshare.net.relay import Relays
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,18 @@ async def _start_data_channel(
         log.warning("no data channel: %s; peers will use libp2p streams", exc)
 
 
+@dataclass
+class _Services:
+    """The background services of a node that ``_start_services`` runs."""
+
+    relays: Relays
+    reach: Reachability
+    transfer: TransferApi
+    discovery: Discovery
+    compute: ComputeApi
+    metrics: MetricsApi
+
+
 def _assemble(
     home: Home,
     key: NodeKey,
@@ -165,6 +178,30 @@ def _assemble(
         config.store.quota_bytes,
         discovery.provide_soon,
     )
+    compute = _compute_api(home, key, config, network, store, discovery, transfer)
+    node.compute = compute.service
+    server = ControlServer(
+        node.handlers()
+        | shares.handlers()
+        | network_api.handlers()
+        | transfer.handlers()
+        | compute.handlers()
+        | metrics.handlers(),
+        log_hint=str(home.log_path),
+    )
+    services = _Services(relays, reach, transfer, discovery, compute, metrics)
+    return node, server, functools.partial(_start_services, home, config, network, services)
+
+
+def _compute_api(
+    home: Home,
+    key: NodeKey,
+    config: Config,
+    network: Network,
+    store: ShareStore,
+    discovery: Discovery,
+    transfer: TransferApi,
+) -> ComputeApi:
     # Worker processes start only when [compute] enabled is true, or once
     # `compute offer --on` makes it so.
     compute = ComputeApi(
@@ -179,51 +216,79 @@ def _assemble(
         config.network.reprovide_interval,
     )
     compute.register()
-    node.compute = compute.service
-    server = ControlServer(
-        node.handlers()
-        | shares.handlers()
-        | network_api.handlers()
-        | transfer.handlers()
-        | compute.handlers()
-        | metrics.handlers(),
-        log_hint=str(home.log_path),
-    )
+    return compute
 
-    async def start_services(nursery: trio.Nursery) -> None:
-        # Before discovery, so the first announcement carries the relay circuits.
-        await nursery.start(relays.run)
-        await nursery.start(reach.run)
-        if config.transfer.data_channel:
-            if net.announce and not config.transfer.data_port:
-                # An announced address usually means a NAT that forwards fixed ports.
-                log.warning(
-                    "[network] announce is set but [transfer] data_port is 0: the data"
-                    " channel port changes at every start and cannot be forwarded; set"
-                    " data_port and forward it, or peers behind other networks use the"
-                    " slower libp2p stream"
-                )
-            await _start_data_channel(
-                nursery,
-                network,
-                parse_listen_addr(net.listen[0]),
-                config.transfer.data_port,
-                transfer,
-                f"[transfer] data_port in {home.config_path}",
-                reach,
+
+async def _start_services(
+    home: Home, config: Config, network: Network, s: _Services, nursery: trio.Nursery
+) -> None:
+    net = config.network
+    # Before discovery, so the first announcement carries the relay circuits.
+    await nursery.start(s.relays.run)
+    await nursery.start(s.reach.run)
+    if config.transfer.data_channel:
+        if net.announce and not config.transfer.data_port:
+            # An announced address usually means a NAT that forwards fixed ports.
+            log.warning(
+                "[network] announce is set but [transfer] data_port is 0: the data"
+                " channel port changes at every start and cannot be forwarded; set"
+                " data_port and forward it, or peers behind other networks use the"
+                " slower libp2p stream"
             )
-        await nursery.start(discovery.run)
-        # Before the control socket opens, so a get can attach to a resumed download.
-        await nursery.start(transfer.downloads.run)
-        await nursery.start(compute.service.run)
-        nursery.start_soon(compute.outputs.sweep)
-        if config.metrics.listen:
-            where = f"[metrics] listen in {home.config_path}"
-            addr = parse_host_port(config.metrics.listen)
-            check_can_listen(addr, where)
-            await nursery.start(metrics.export, addr)
+        await _start_data_channel(
+            nursery,
+            network,
+            parse_listen_addr(net.listen[0]),
+            config.transfer.data_port,
+            s.transfer,
+            f"[transfer] data_port in {home.config_path}",
+            s.reach,
+        )
+    await nursery.start(s.discovery.run)
+    # Before the control socket opens, so a get can attach to a resumed download.
+    await nursery.start(s.transfer.downloads.run)
+    await nursery.start(s.compute.service.run)
+    nursery.start_soon(s.compute.outputs.sweep)
+    if config.metrics.listen:
+        where = f"[metrics] listen in {home.config_path}"
+        addr = parse_host_port(config.metrics.listen)
+        check_can_listen(addr, where)
+        await nursery.start(s.metrics.export, addr)
 
-    return node, server, start_services
+
+def _prepare_home(home: Home) -> None:
+    """Refuse a home whose socket path is too long; initialise a new one."""
+    if len(str(home.socket_path).encode()) > MAX_SOCKET_PATH:
+        raise UserError(
+            f"the home path {home.root} is too long for a unix socket; choose a shorter --home"
+        )
+    if not home.key_path.exists():
+        result = initialise(home)
+        log.info("initialised a new node %s in %s", result.peer_id, home.root)
+    home.check_private()
+
+
+async def _run_node(
+    home: Home,
+    node: Node,
+    server: ControlServer,
+    start_services: Callable[[trio.Nursery], Awaitable[None]],
+    signals: AsyncIterator[int],
+    on_ready: Callable[[ReadyInfo], None],
+) -> None:
+    """Start the services and the control socket; run until a stop is requested."""
+    sock = await ControlServer.bind(home.socket_path)
+    async with trio.open_nursery() as nursery:
+        await start_services(nursery)
+        await nursery.start(server.serve, sock)
+        nursery.start_soon(_stop_on_signal, node, signals)
+        nursery.start_soon(logs.flush_summaries)
+        addrs = node.listen_addrs()
+        log.info("node %s listening on %s", node.key.peer_id, ", ".join(addrs))
+        on_ready(ReadyInfo(node.key.peer_id, addrs, str(home.socket_path)))
+        await node.stop_requested.wait()
+        server.hold_connections()
+        nursery.cancel_scope.cancel()
 
 
 async def serve(
@@ -238,14 +303,7 @@ async def serve(
     ``user_umask`` is the umask the daemon was started with, before it made its own
     private: what a client that sends none (an older one) gets its files made with.
     """
-    if len(str(home.socket_path).encode()) > MAX_SOCKET_PATH:
-        raise UserError(
-            f"the home path {home.root} is too long for a unix socket; choose a shorter --home"
-        )
-    if not home.key_path.exists():
-        result = initialise(home)
-        log.info("initialised a new node %s in %s", result.peer_id, home.root)
-    home.check_private()
+    _prepare_home(home)
     lock = HomeLock(home.lock_path)
     lock.acquire()
     server: ControlServer | None = None
@@ -271,18 +329,7 @@ async def serve(
                 node, server, start_services = _assemble(
                     home, key, config, catalog, network, upload_rate, user_umask
                 )
-                sock = await ControlServer.bind(home.socket_path)
-                async with trio.open_nursery() as nursery:
-                    await start_services(nursery)
-                    await nursery.start(server.serve, sock)
-                    nursery.start_soon(_stop_on_signal, node, signals)
-                    nursery.start_soon(logs.flush_summaries)
-                    addrs = node.listen_addrs()
-                    log.info("node %s listening on %s", key.peer_id, ", ".join(addrs))
-                    on_ready(ReadyInfo(key.peer_id, addrs, str(home.socket_path)))
-                    await node.stop_requested.wait()
-                    server.hold_connections()
-                    nursery.cancel_scope.cancel()
+                await _run_node(home, node, server, start_services, signals, on_ready)
     finally:
         with contextlib.suppress(FileNotFoundError):
             home.socket_path.unlink()

@@ -11,7 +11,8 @@ import pytest
 import wasmtime
 
 from p2pshare.compute.jobs import MAX_STDERR, SandboxJob, SandboxResult
-from p2pshare.compute.sandbox import FIXED_REALTIME_NS, Sandbox, _HostIO
+from p2pshare.compute.sandbox import Sandbox
+from p2pshare.compute.wasi import FIXED_REALTIME_NS, HostIO
 from p2pshare.proto.errors import UnsafePathError
 from p2pshare.proto.job import JobState
 from p2pshare.proto.jobspec import JobLimits
@@ -93,9 +94,9 @@ def test_stdin_bytes_are_no_file_the_worker_could_hold_after_answering(
     # moment after the job: a worker could answer while still holding it.  Seen from
     # inside the job (our fd_write), a stdin given as bytes must be no open file.
     files_open: list[str] = []
-    fd_write = _HostIO.fd_write
+    fd_write = HostIO.fd_write
 
-    def spying_fd_write(self: _HostIO, *args: Any) -> int:
+    def spying_fd_write(self: HostIO, *args: Any) -> int:
         for fd in Path("/proc/self/fd").iterdir():
             with contextlib.suppress(FileNotFoundError):  # iterdir's own descriptor
                 target = fd.readlink()
@@ -103,7 +104,7 @@ def test_stdin_bytes_are_no_file_the_worker_could_hold_after_answering(
                     files_open.append(str(target))
         return fd_write(self, *args)
 
-    monkeypatch.setattr(_HostIO, "fd_write", spying_fd_write)
+    monkeypatch.setattr(HostIO, "fd_write", spying_fd_write)
     with Sandbox(tmp_path) as box:
         # flood writes without ever reading its stdin.
         result = _run(box, wasm("flood"), stdin=b"never read")
