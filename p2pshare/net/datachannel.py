@@ -17,10 +17,9 @@ went silent, vanished without a FIN or RST, or stopped reading) fails with
 
 What keeps it fast: 1 MiB frames, a preallocated receive buffer filled with
 ``recv_into`` (no bytes joined or sliced per read; the buffer and the frame reassembly
-are the sans-IO FrameReader's), ``encrypt_into`` a send buffer lent from a pool
-shared by all connections for the one ``send_all`` (p2pshare.net.bufferpool), and
-the AEAD of large frames inline while it is fast (AES-NI: 0.15 ms per MiB) or in a
-worker thread once it is measured slow (see OFFLOAD_ABOVE).
+are the sans-IO FrameReader's), ``encrypt_into`` a preallocated
+send buffer, and the AEAD of large frames inline while it is fast (AES-NI: 0.15 ms per
+MiB) or in a worker thread once it is measured slow (see OFFLOAD_ABOVE).
 
 Typical use::
 
@@ -49,7 +48,6 @@ import multiaddr
 import trio
 
 from p2pshare.errors import P2PShareError, RemoteError, RemoteProtocolError, UserError
-from p2pshare.net.bufferpool import BufferPool
 from p2pshare.net.logsummary import DEFAULT_INTERVAL, LogSummariser
 from p2pshare.net.peers import open_stream
 from p2pshare.net.streams import StreamBrokenError
@@ -116,11 +114,6 @@ _T = TypeVar("_T")
 THREAD_THRESHOLD: Final = 64 * 1024
 OFFLOAD_ABOVE: Final = 0.002
 _MIB: Final = 1 << 20
-# Frames are sealed into a buffer lent for the one send_all, shared by every data
-# channel of the process: an idle connection holds none (docs/data-channel.md).  A
-# few are kept between sends so a busy sender does not allocate one per call.
-SEND_BUFFERS_KEPT: Final = 8
-SEND_BUFFERS: Final = BufferPool(MAX_WIRE_FRAME, keep=SEND_BUFFERS_KEPT)
 # Linux caps SO_RCVLOWAT at half the receive buffer; a quarter of a frame less keeps
 # the wake-up well inside what a small buffer can hold.
 _MAX_RCVLOWAT: Final = 768 * 1024
@@ -256,6 +249,7 @@ class EncryptedStream:
         self._rcvlowat = 1
         self._leftover: bytes = b""
         self._leftover_pos = 0
+        self._send_buffer: bytearray | None = None
         self._receiving = False
         self._sending = False
         self._send_broken = False
@@ -363,22 +357,23 @@ class EncryptedStream:
             if not view.nbytes:
                 await trio.lowlevel.checkpoint()
                 return
-            frame = SEND_BUFFERS.acquire()
-            try:
-                buffer = memoryview(frame)
-                for offset in range(0, view.nbytes, MAX_PLAINTEXT):
-                    piece = view[offset : offset + MAX_PLAINTEXT]
-                    seal = functools.partial(self._sealer.seal_into, piece, buffer)
-                    size = await self._seal_placement.run(seal, len(piece), checkpoint=False)
-                    await self._send_raw(buffer[:size])
-            finally:
-                SEND_BUFFERS.release(frame)
+            buffer = self._send_view()
+            for offset in range(0, view.nbytes, MAX_PLAINTEXT):
+                piece = view[offset : offset + MAX_PLAINTEXT]
+                seal = functools.partial(self._sealer.seal_into, piece, buffer)
+                size = await self._seal_placement.run(seal, len(piece), checkpoint=False)
+                await self._send_raw(buffer[:size])
         except BaseException:
             # A frame may be half out, or its nonce used: nothing after it would open.
             self._send_broken = True
             raise
         finally:
             self._sending = False
+
+    def _send_view(self) -> memoryview:
+        if self._send_buffer is None:
+            self._send_buffer = bytearray(MAX_WIRE_FRAME)
+        return memoryview(self._send_buffer)
 
     async def _send_raw(self, data: bytes | memoryview) -> None:
         # Socket sends rather than SocketStream.send_all: each partial send is

@@ -6,8 +6,7 @@ threshold back to the kernel as soon as it is freed at the top of the heap, and 
 next chunk faults it in again, zeroed: in a 1 GiB `get` the downloading daemon spent
 about a second of system time on that churn (docs/benchmarks.md).  Keeping up to
 ``TRIM_THRESHOLD`` of freed memory, and serving buffers below ``MMAP_THRESHOLD`` from
-the heap instead of fresh mappings, ends it for a few MiB of RSS.  At most ``ARENA_MAX``
-arenas keep that from multiplying by the number of threads that allocate.
+the heap instead of fresh mappings, ends it for a few MiB of RSS.
 """
 
 from __future__ import annotations
@@ -21,19 +20,12 @@ log = logging.getLogger(__name__)
 # mallopt parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD: Final = -1
 _M_MMAP_THRESHOLD: Final = -3
-_M_ARENA_MAX: Final = -8
 
 # A download keeps a few dozen chunks in flight; their buffers stay in the heap.
 TRIM_THRESHOLD: Final = 32 << 20
 # Above a default 1 MiB chunk and its frame; the rare larger chunks keep their own
 # mappings, so the heap does not hold on to 16 MiB holes.
 MMAP_THRESHOLD: Final = 4 << 20
-# glibc gives each thread that allocates while the others' arenas are busy an arena of
-# its own, up to 8 per core, and each keeps up to TRIM_THRESHOLD of freed memory.  The
-# uploader reads chunks in worker threads, so a seeder's RSS grew with the uploads
-# running at once: 1.9 MB per downloader of a crowd of 30, 0.7 MB with one arena
-# (docs/benchmarks.md).  Two: the event loop and one worker do not wait on each other.
-ARENA_MAX: Final = 2
 
 
 def keep_freed_buffers() -> bool:
@@ -44,13 +36,8 @@ def keep_freed_buffers() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    applied = all(
-        mallopt(option, value)
-        for option, value in (
-            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-            (_M_ARENA_MAX, ARENA_MAX),
-        )
+    applied = bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     )
     if not applied:
         log.debug("mallopt refused the buffer settings; keeping the C library's defaults")

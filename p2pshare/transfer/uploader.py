@@ -29,7 +29,6 @@ exactly that.  Only this one stream is affected.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -105,14 +104,6 @@ ABORT_GRACE: Final = 5.0
 _SHAPE_CACHE_SIZE: Final = 64
 # The shortest wait of UploadLimiter, so float rounding cannot make it spin.
 _MIN_WAIT: Final = 0.001
-# Chunks read and being sent at once by all transfer streams of a daemon together.  Each
-# holds its chunk, and on a data channel a sealed frame, until the kernel has taken it,
-# so this, not the number of peers, bounds the upload's memory (about 2 MiB a slot for
-# 1 MiB chunks).  The slots are handed out first come, first served, one chunk at a
-# time: a stream that sent a chunk queues behind every stream already waiting, so the
-# peers of a crowd take turns chunk by chunk (round robin).  Eight keep a uplink busy:
-# one kernel send buffer per connection is in flight besides them.
-SEND_SLOTS: Final = 8
 
 
 # --- the daemon-wide upload cap ------------------------------------------------------
@@ -126,13 +117,9 @@ class UploadLimiter:
     goes out (after the wait its size calls for) instead of waiting forever.  Waiters
     are served first come, first served; ``set_rate`` takes effect at once, also for
     a stream already waiting.
-
-    ``send_slot`` is held around reading and sending each chunk: at most ``slots``
-    chunks are in memory at once (SEND_SLOTS), whatever the number of streams.
     """
 
-    def __init__(self, rate: float | None = None, *, slots: int = SEND_SLOTS) -> None:
-        self.send_slot = trio.Semaphore(slots)
+    def __init__(self, rate: float | None = None) -> None:
         self._lock = trio.Lock()
         self._changed = trio.Event()
         self._bucket: TokenBucket | None = None
@@ -418,7 +405,7 @@ class TransferServer:
         return HaveReply(request.req_id, cid, first, have)
 
     async def _serve_chunks(self, request: ChunkRequest) -> None:
-        req_id, cid = request.req_id, request.cid
+        req_id, cid, source = request.req_id, request.cid, self._source
         sent = 0
         try:
             if self._session.cancelled(req_id):
@@ -427,8 +414,15 @@ class TransferServer:
             for index in request.chunks:
                 if self._session.cancelled(req_id):
                     raise RequestCancelledError("cancelled by the client")
-                if not await self._send_chunk(req_id, cid, index):
+                read = functools.partial(source.read_chunk, cid, index)
+                payload = await self._call(read, cid)
+                if self._limiter is not None:
+                    await self._limiter.acquire(len(payload) + DATA_FRAME_OVERHEAD)
+                frame = self._session.data(req_id, index, payload)
+                if isinstance(frame, ErrorReply):  # cancelled while we read or waited
+                    await self._send_frame(encode(frame))
                     break
+                await self._send_data(req_id, index, payload)
                 sent += 1
         except TransferError as exc:
             await self._refuse(request, exc)
@@ -441,21 +435,6 @@ class TransferServer:
             request.first_chunk,
             sent,
         )
-
-    async def _send_chunk(self, req_id: int, cid: ContentId, index: int) -> bool:
-        """Read and send one chunk in a send slot; False if it was cancelled meanwhile."""
-        limiter = self._limiter
-        async with contextlib.nullcontext() if limiter is None else limiter.send_slot:
-            read = functools.partial(self._source.read_chunk, cid, index)
-            payload = await self._call(read, cid)
-            if limiter is not None:
-                await limiter.acquire(len(payload) + DATA_FRAME_OVERHEAD)
-            frame = self._session.data(req_id, index, payload)
-            if isinstance(frame, ErrorReply):  # cancelled while we read or waited
-                await self._send_frame(encode(frame))
-                return False
-            await self._send_data(req_id, index, payload)
-            return True
 
     async def _refuse(self, request: ClientRequest, exc: TransferError) -> None:
         frame = self._session.fail(request.req_id, exc)

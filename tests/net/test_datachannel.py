@@ -20,7 +20,6 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from p2pshare.identity import NodeKey
 from p2pshare.net.datachannel import (
-    SEND_BUFFERS,
     DataChannelIdleError,
     DataChannelLimits,
     DataChannelOpenError,
@@ -675,38 +674,6 @@ async def test_a_peer_that_stops_reading_is_dropped(
     assert trio.current_time() - started == pytest.approx(30)
     await left.reset()
     await right.reset()
-
-
-async def test_only_a_send_in_flight_holds_a_send_buffer_idle_connections_none(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    pairs = [stream_pair(crypto_in_thread=False, idle_timeout=30) for _ in range(3)]
-    for left, right in pairs:
-        payload = os.urandom(2 * MAX_PLAINTEXT)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(left.send_all, payload)
-            got = bytearray()
-            while len(got) < len(payload):
-                got += await right.receive_some()
-        assert got == payload
-    assert SEND_BUFFERS.lent == 0
-
-    stuck, _never_reads = pairs[0]
-    lent_while_stuck: list[int] = []
-
-    async def watch() -> None:
-        await trio.sleep(10)
-        lent_while_stuck.append(SEND_BUFFERS.lent)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch)
-        with pytest.raises(DataChannelIdleError):
-            await stuck.send_all(bytes(64 * MAX_PLAINTEXT))
-    assert lent_while_stuck == [1]
-    assert SEND_BUFFERS.lent == 0
-    for left, right in pairs:
-        await left.reset()
-        await right.reset()
 
 
 async def test_a_slow_reader_is_not_idle(autojump_clock: trio.testing.MockClock) -> None:

@@ -8,9 +8,8 @@ ahead while it runs.
 
 from __future__ import annotations
 
-import itertools
 import logging
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -838,62 +837,6 @@ async def test_a_client_that_never_reads_stalls_the_stream_instead_of_filling_me
         # answer to request 3 waits behind it, and the server reads nothing more.
         assert sent == 3
         assert len(source.reads) == 1
-
-
-async def test_streams_that_never_read_hold_no_more_chunks_than_the_send_slots(
-    source: MemorySource, big_share: PatternShare, autojump_clock: trio.testing.MockClock
-) -> None:
-    limiter = UploadLimiter(None, slots=2)
-    async with AsyncExitStack() as stack:
-        for _ in range(5):
-            client, _server = await stack.enter_async_context(
-                serving(
-                    source, lockstep=True, limiter=limiter, run_blocking=run_inline, timeout=100
-                )
-            )
-            await client.send()
-            assert isinstance(await client.message(), Hello)
-            await client.send(client.chunks(big_share, 0, MAX_CHUNKS_PER_REQUEST))
-        await trio.sleep(30)
-        # Two chunks wait in their sends; the other three streams have read nothing,
-        # so the chunks in memory do not grow with the number of peers.
-        assert len(source.reads) == 2
-
-
-async def test_the_send_slots_go_round_robin_between_streams(
-    source: MemorySource, big_share: PatternShare, autojump_clock: trio.testing.MockClock
-) -> None:
-    limiter = UploadLimiter(None, slots=1)
-    reading = [0]
-    most_at_once = [0]
-
-    async def slow_read(fn: Callable[[], T]) -> T:
-        """Chunk reads take a second (and are counted); manifest reads run at once."""
-        if getattr(fn, "func", None) != source.read_chunk:
-            return await run_inline(fn)
-        reading[0] += 1
-        most_at_once[0] = max(most_at_once[0], reading[0])
-        await trio.sleep(1)
-        reading[0] -= 1
-        return fn()
-
-    async def fetch(first: int) -> None:
-        async with serving(source, limiter=limiter, run_blocking=slow_read, timeout=100) as (
-            client,
-            _server,
-        ):
-            request = client.chunks(big_share, first, 8)
-            await client.send(request)
-            await client.finish(request.req_id)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fetch, 0)
-        nursery.start_soon(fetch, 64)
-    chunk_reads = [index for _cid, index in source.reads]
-    assert most_at_once == [1]
-    # The streams take turns chunk by chunk.
-    turns = [index < 64 for index in chunk_reads]
-    assert all(a != b for a, b in itertools.pairwise(turns)), chunk_reads
 
 
 # --- the upload limiter (mock clock) ----------------------------------------------------
