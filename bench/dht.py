@@ -3,7 +3,9 @@
 Loopback mode (default): for each network size N (default 10, 25, 50) it starts one
 bootstrap daemon on 127.0.0.1 and N-1 daemons that know only the bootstrap node, then:
 * time until findable: a random node shares a new file; another random node asks
-  `find` until the provider appears; the time from the share call to that answer.
+  `find` until the provider appears; the time from the share call to that answer,
+  and for the slowest what it was made of (the share call, the finds that came back
+  empty, the find that answered).
 * find latency: `find` calls for content whose announcement has gone out, from random nodes,
   timed at the control API (no CLI start-up in the figure); p50 and p95, and the lookup's
   hops (referral chain to the first peer holding the record, from `find`'s `lookup`).
@@ -93,15 +95,36 @@ def provide_status(home: Home, cid: str) -> dict[str, Any]:
     return next((s for s in status["shares"] if s["cid"] == cid), {})
 
 
-def until_findable(root: Path, sharer: Home, finder: Home, index: int) -> float:
+@dataclass(frozen=True)
+class Findable:
+    """One time-until-findable, and what it is made of: the share call, then each
+    `find` until the first with a provider (its own duration last)."""
+
+    seconds: float
+    share_s: float
+    finds_s: tuple[float, ...]
+
+    def parts(self) -> str:
+        empty = self.finds_s[:-1]
+        return (
+            f"{self.seconds:.2f} s = share {self.share_s:.2f} s + {len(empty)} empty find(s)"
+            f" {sum(empty):.2f} s ({', '.join(f'{x:.2f}' for x in empty) or '-'})"
+            f" + the find that answered {self.finds_s[-1]:.2f} s"
+        )
+
+
+def until_findable(root: Path, sharer: Home, finder: Home, index: int) -> Findable:
     t0 = time.perf_counter()
     cid = share_file(root, sharer, index)
+    share_s = time.perf_counter() - t0
     attempts: list[dict[str, Any]] = []
+    finds: list[float] = []
     while time.perf_counter() - t0 < FINDABLE_DEADLINE:
-        _, result = timed_call(finder, "find", {"cid": cid, "timeout": FIND_TIMEOUT})
+        elapsed, result = timed_call(finder, "find", {"cid": cid, "timeout": FIND_TIMEOUT})
+        finds.append(elapsed)
         assert isinstance(result, dict)
         if result["providers"]:
-            return time.perf_counter() - t0
+            return Findable(time.perf_counter() - t0, share_s, tuple(finds))
         attempts.append(result.get("lookup", {}))
     # Say why, so the defect can be chased: did the announcement go out, and how
     # far did each find get?
@@ -112,7 +135,7 @@ def until_findable(root: Path, sharer: Home, finder: Home, index: int) -> float:
         file=sys.stderr,
         flush=True,
     )
-    return float("inf")
+    return Findable(float("inf"), share_s, tuple(finds))
 
 
 @dataclass
@@ -121,6 +144,7 @@ class SizeResult:
     startup_s: float
     rtt_ms: float
     findable: list[float] = field(default_factory=list)
+    slowest: Findable | None = None
     lookups: list[float] = field(default_factory=list)
     hops: list[int] = field(default_factory=list)
     asked: int = 0
@@ -150,7 +174,10 @@ def run_size(size: int, rounds: int, rng: random.Random) -> SizeResult:
         result = SizeResult(size, startup, statistics.median(rtt) * 1000)
         for index in range(rounds):
             sharer, finder = rng.sample(homes, 2)
-            result.findable.append(until_findable(root, sharer, finder, index))
+            findable = until_findable(root, sharer, finder, index)
+            result.findable.append(findable.seconds)
+            if result.slowest is None or findable.seconds > result.slowest.seconds:
+                result.slowest = findable
         cids: list[tuple[str, Home]] = []
         for index in range(rounds):
             sharer, finder = rng.sample(homes, 2)
@@ -252,6 +279,9 @@ def loopback_rows(results: list[SizeResult], target_size: int = 50) -> list[Row]
                 (p50 <= 1.0 and worst <= 1.0) if at_target else None,
             )
         )
+        if r.slowest is not None:
+            name = f"DHT loopback {r.size} nodes: the slowest findable, made of"
+            rows.append(Row(name, r.slowest.parts()))
         find_p50 = median(r.lookups) * 1000
         rows.append(
             Row(

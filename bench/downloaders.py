@@ -12,7 +12,8 @@ Prints, each next to its same-run baseline:
   the crowd gets at least as much through as one downloader alone);
 * completion time min / p50 / max from the common start;
 * the seeder's peak RSS (VmHWM), against its peak before the crowd came (target:
-  under 200 MB, as for any daemon).
+  under 200 MB, as for any daemon), and what the crowd added per connection: the
+  growth of the peak divided by the number of downloaders, in KiB.
 
 A downloader that finishes announces the content like any other; the report says how
 many downloads also took chunks from other downloaders.
@@ -162,6 +163,7 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
     )
     total = len(times) * size / max(times) if times else 0.0
     solo_rate = size / solo_s
+    per_connection_kib = (seeder_peak - seeder_before) * 1024 / count
     return [
         Row(
             f"{count} concurrent downloaders of {size_mib} MiB: completed and verified",
@@ -191,7 +193,7 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
         ),
         Row(
             f"{count} concurrent downloaders: seeder peak RSS",
-            f"{seeder_peak:.0f} MB",
+            f"{seeder_peak:.0f} MB; {per_connection_kib:.0f} KiB per connection",
             f"seeder before the crowd: {seeder_before:.0f} MB",
             f"< {RSS_TARGET_MB:.0f} MB",
             seeder_peak < RSS_TARGET_MB,
