@@ -8,7 +8,7 @@ is a sequence of frames::
 A plaintext is 1 byte .. 1 MiB; an empty plaintext is FIN, the authenticated end of
 that direction.  Counters are implicit, so a dropped, replayed or reordered frame
 fails authentication.  :class:`FrameReader` reassembles the received frames in the
-one buffer the shell (p2pshare.net.datachannel.EncryptedStream) receives into.
+one buffer the shell (p2pshare.net.encrypted_stream.EncryptedStream) receives into.
 Normative description: docs/data-channel.md, section 3.
 """
 
@@ -224,7 +224,7 @@ class FrameReader:
     In the manner of h11's receive buffer, but shaped for ``recv_into``: the shell
     reads straight into :meth:`free_space`, so no bytes are joined, sliced or copied
     per read, and the AEAD opens each frame from a view of the same buffer.  The
-    shell's loop (p2pshare.net.datachannel.EncryptedStream)::
+    shell's loop (p2pshare.net.encrypted_stream.EncryptedStream)::
 
         while (ciphertext := reader.next_ciphertext()) is None:
             set_rcvlowat(reader.wanted())         # wake once the frame is whole

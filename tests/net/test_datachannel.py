@@ -20,16 +20,15 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from p2pshare.identity import NodeKey
 from p2pshare.net.datachannel import (
-    DataChannelIdleError,
     DataChannelLimits,
     DataChannelOpenError,
     DataChannelServer,
-    EncryptedStream,
     connect_offer,
     data_channel_ips,
     open_data_channel,
     request_offer,
 )
+from p2pshare.net.encrypted_stream import DataChannelIdleError, EncryptedStream
 from p2pshare.net.host import running_host
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
 from p2pshare.proto.datachannel import (
