@@ -251,6 +251,51 @@ class _RoutingFeeder(INotifee):
         return
 
 
+class _Lookup:
+    """What one GET_PROVIDERS lookup knows: the providers found, the peers known and
+    asked, and how many referrals away each peer was first named."""
+
+    def __init__(self, key: bytes, me: ID, known: set[ID], trace: LookupTrace, want: int) -> None:
+        self.key = key
+        self.me = me
+        self.found: dict[ID, set[Multiaddr]] = {}
+        self.known = known
+        self.queried: set[ID] = set()
+        self.trace = trace
+        self.want = want
+        # Referral depth of each peer: 1 for those known at the start, d + 1 for a peer
+        # first named by a peer of depth d.
+        self.depth = dict.fromkeys(known, 1)
+        self.window = K_CLOSEST
+
+    def answer(self, peer: ID, infos: list[PeerInfo], more: list[ID]) -> None:
+        for info in infos:
+            self.found.setdefault(info.peer_id, set()).update(info.addrs)
+        if infos and not self.trace.hops:
+            self.trace.hops = self.depth[peer]
+        for named in more:
+            self.depth.setdefault(named, self.depth[peer] + 1)
+        self.known.update(p for p in more if p != self.me)
+
+    def next_peer(self) -> ID | None:
+        """The closest known peer not asked yet, now counted as asked; widening from the
+        K closest to every peer known once those have no record (routing tables still
+        disagree in a young network)."""
+        while True:
+            nearest = sort_peer_ids_by_distance(self.key, list(self.known))[: self.window]
+            peer = next((p for p in nearest if p not in self.queried), None)
+            if peer is not None:
+                self.queried.add(peer)
+                self.trace.queried = len(self.queried)
+                return peer
+            if self.window >= len(self.known):
+                return None
+            self.window = len(self.known)
+
+    def enough(self) -> bool:
+        return len(self.found.keys() - {self.me}) >= self.want
+
+
 class Dht:
     """Provider records on the standard Kademlia DHT."""
 
@@ -368,46 +413,17 @@ class Dht:
         time) the queries still out are abandoned and what was found is returned.
         """
         trace = trace if trace is not None else LookupTrace()
-        store = self._kad.provider_store
         me = self._host.get_id()
-        found: dict[ID, set[Multiaddr]] = {}
-        for info in store.get_providers(key):
-            found.setdefault(info.peer_id, set()).update(info.addrs)
         known = set(self._kad.routing_table.find_local_closest_peers(key, K_CLOSEST))
         known.update(self._host.get_connected_peers())
         known.discard(me)
-        queried: set[ID] = set()
-        # Referral depth of each peer: 1 for those known at the start, d + 1 for a peer
-        # first named by a peer of depth d.
-        depth = dict.fromkeys(known, 1)
+        lookup = _Lookup(key, me, known, trace, want)
+        for info in self._kad.provider_store.get_providers(key):
+            lookup.found.setdefault(info.peer_id, set()).update(info.addrs)
 
         async def ask(peer: ID, answered: trio.MemorySendChannel[None]) -> None:
-            infos, more = await self._get_providers(peer, key)
-            for info in infos:
-                found.setdefault(info.peer_id, set()).update(info.addrs)
-            if infos and not trace.hops:
-                trace.hops = depth[peer]
-            for named in more:
-                depth.setdefault(named, depth[peer] + 1)
-            known.update(p for p in more if p != me)
+            lookup.answer(peer, *await self._get_providers(peer, key))
             answered.send_nowait(None)
-
-        window = K_CLOSEST
-
-        def next_peer() -> ID | None:
-            """The closest known peer not asked yet; widening from the K closest to every
-            peer known once those have no record (routing tables still disagree in a
-            young network)."""
-            nonlocal window
-            while True:
-                nearest = sort_peer_ids_by_distance(key, list(known))[:window]
-                peer = next((p for p in nearest if p not in queried), None)
-                if peer is not None or window >= len(known):
-                    return peer
-                window = len(known)
-
-        def enough() -> bool:
-            return len(found.keys() - {me}) >= want
 
         # A sliding window of ALPHA queries: each answer starts the next query at once.
         # In lock-step rounds one slow peer held up its whole round for the query
@@ -417,10 +433,8 @@ class Dht:
         in_flight = 0
         with trio.move_on_at(give_up_at) as deadline:
             async with trio.open_nursery() as nursery:
-                while not enough():
-                    while in_flight < ALPHA and (peer := next_peer()) is not None:
-                        queried.add(peer)
-                        trace.queried = len(queried)
+                while not lookup.enough():
+                    while in_flight < ALPHA and (peer := lookup.next_peer()) is not None:
                         in_flight += 1
                         nursery.start_soon(ask, peer, answered)
                     if in_flight == 0:
@@ -429,7 +443,7 @@ class Dht:
                     in_flight -= 1
                 nursery.cancel_scope.cancel()  # found enough: the rest are not needed
         trace.timed_out = deadline.cancelled_caught
-        return _at_most(self._as_providers(found), limit)
+        return _at_most(self._as_providers(lookup.found), limit)
 
     async def _get_providers(self, peer: ID, key: bytes) -> tuple[list[PeerInfo], list[ID]]:
         """One GET_PROVIDERS query; a failed or unanswered one is an empty answer.
