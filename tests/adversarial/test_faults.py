@@ -30,6 +30,7 @@ from p2pshare.launcher import (
     wait_announced,
     write_varied_file,
 )
+from tests.integration.cluster import cli_json
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,12 +39,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 MIB = 1 << 20
 POLL_S = 0.02
-
-
-def cli_json(home: Home, *args: str, timeout: float = 120) -> Any:
-    result = run_cli(home, *args, "--json", timeout=timeout)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def digest(path: Path) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import sqlite3
@@ -17,6 +16,7 @@ import pytest
 from p2pshare.errors import ExitCode
 from p2pshare.home import Home
 from p2pshare.launcher import DaemonProcess, cli_command, init_home, run_cli, start_all
+from tests.integration.cluster import bootstrapped, cli_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -26,12 +26,6 @@ pytestmark = pytest.mark.integration
 MIB = 1 << 20
 # 4 MB/s: a get of a few MiB takes seconds, time enough to interrupt it midway.
 SLOW_UPLOAD = ("--upload-rate", "4000000")
-
-
-def cli_json(home: Home, *args: str, timeout: float = 120) -> Any:
-    result = run_cli(home, *args, "--json", timeout=timeout)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def digest(path: Path) -> str:
@@ -46,17 +40,7 @@ def make_file(path: Path, size: int) -> Path:
 @pytest.fixture
 def nodes(short_tmp: Path) -> Iterator[list[DaemonProcess]]:
     """Four daemons; node0 is the bootstrap node of the others."""
-    homes = [Home(short_tmp / f"t{i}") for i in range(4)]
-    init_home(homes[0])
-    with ExitStack() as stack:
-        boot = stack.enter_context(DaemonProcess(homes[0]))
-        boot.start()
-        others = []
-        for home in homes[1:]:
-            init_home(home, bootstrap=(boot.info["addrs"][0],))
-            others.append(stack.enter_context(DaemonProcess(home)))
-        start_all(others)
-        yield [boot, *others]
+    yield from bootstrapped(short_tmp, 4)
 
 
 def test_get_by_ticket_and_by_cid_through_the_dht(

@@ -8,28 +8,22 @@ disk is never what the user gets; the peers are asked instead.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from p2pshare.errors import ExitCode
 from p2pshare.home import Home
 from p2pshare.launcher import DaemonProcess, init_home, run_cli, start_all
+from tests.integration.cluster import cli_json
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 pytestmark = pytest.mark.integration
 MIB = 1 << 20
-
-
-def cli_json(home: Home, *args: str) -> Any:
-    result = run_cli(home, *args, "--json", timeout=120)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def digest(path: Path) -> str:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
 import urllib.error
 import urllib.request
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from p2pshare.home import Home
 from p2pshare.launcher import DaemonProcess, init_home, run_cli
+from tests.integration.cluster import cli_json
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,12 +27,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def cli_json(home: Home, *args: str) -> Any:
-    result = run_cli(home, *args, "--json", timeout=120)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def enable_metrics(home: Home, port: int) -> None:

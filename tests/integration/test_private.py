@@ -7,15 +7,14 @@ the named recipient gets the plaintext through that seeder alone.
 
 from __future__ import annotations
 
-import json
 import os
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from p2pshare.home import Home
-from p2pshare.launcher import DaemonProcess, init_home, run_cli, start_all
+from p2pshare.launcher import DaemonProcess, init_home, run_cli
+from tests.integration.cluster import bootstrapped, cli_json
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -25,26 +24,10 @@ pytestmark = pytest.mark.integration
 MIB = 1 << 20
 
 
-def cli_json(home: Home, *args: str) -> Any:
-    result = run_cli(home, *args, "--json", timeout=120)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 @pytest.fixture
 def nodes(short_tmp: Path) -> Iterator[list[DaemonProcess]]:
     """Four daemons; node0 is the bootstrap node of the others."""
-    homes = [Home(short_tmp / f"p{i}") for i in range(4)]
-    init_home(homes[0])
-    with ExitStack() as stack:
-        boot = stack.enter_context(DaemonProcess(homes[0]))
-        boot.start()
-        others = []
-        for home in homes[1:]:
-            init_home(home, bootstrap=(boot.info["addrs"][0],))
-            others.append(stack.enter_context(DaemonProcess(home)))
-        start_all(others)
-        yield [boot, *others]
+    yield from bootstrapped(short_tmp, 4)
 
 
 def test_recipient_gets_a_private_share_through_an_untrusted_seeder_that_cannot_read_it(
