@@ -141,9 +141,13 @@ class DownloadManager:
         retry_first: float = RETRY_FIRST_S,
         retry_max: float = RETRY_MAX_S,
         give_up_after: float = GIVE_UP_AFTER_S,
+        stored_at: Callable[[str], str] | None = None,
     ) -> None:
         self._catalog = catalog
         self._runner = runner
+        # Where a download of a cid writes when it is redirected into the store (a
+        # private share's ciphertext), not to the destination the user named.
+        self._stored_at = stored_at
         self._retry_first = retry_first
         self._retry_max = retry_max
         self._give_up_after = give_up_after
@@ -346,11 +350,10 @@ class DownloadManager:
     def _progress_row(self, request: DownloadRequest) -> DownloadRow | None:
         """The verified-chunk record of this request, if anything was written yet."""
         row = self._catalog.download(request.cid)
-        if (
-            row is None
-            or row.state != DownloadState.RUNNING
-            or row.destination != request.destination
-        ):
+        if row is None or row.state != DownloadState.RUNNING:
+            return None
+        stored = None if self._stored_at is None else self._stored_at(request.cid)
+        if row.destination not in (request.destination, stored):
             return None
         return row
 
@@ -400,8 +403,9 @@ class DownloadManager:
             )
         # Only a partial this node's record says it wrote: something else found at that
         # name (a download refused it as in the way) is not ours to delete.
-        removed = self._progress_row(request) is not None and await trio.to_thread.run_sync(
-            remove_partial, Path(request.destination)
+        row = self._progress_row(request)
+        removed = row is not None and await trio.to_thread.run_sync(
+            remove_partial, Path(row.destination)
         )
         self._catalog.forget_download(cid)
         log.info("download of %s to %s cancelled", cid, request.destination)

@@ -56,7 +56,11 @@ class TransferApi:
     downloads: DownloadManager = field(init=False)
 
     def __post_init__(self) -> None:
-        self.downloads = DownloadManager(self.shares.catalog, self._download)
+        self.downloads = DownloadManager(
+            self.shares.catalog,
+            self._download,
+            stored_at=lambda cid: str(self.shares.private_root(ContentId.parse(cid))),
+        )
         self.network.on_connected(self.downloads.peer_connected)
 
     def register(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -442,6 +443,27 @@ async def test_other_content_to_the_same_destination_waits_for_the_unfinished_on
     with pytest.raises(UserError, match=f"downloads cancel {env.cid}"):
         await manager.submit(env.request("same.bin", cid=other))
     assert partial_path(env.root / "same.bin").exists()
+
+
+async def test_cancel_removes_a_private_downloads_ciphertext_partial_from_the_store(
+    env: Env, nursery: trio.Nursery
+) -> None:
+    """A private share's ciphertext is written into the store, not to ``-o``: cancel
+    must find and delete that partial, and the listing must show its progress."""
+    stored = env.root / "content" / "tree"
+    request = env.saved("plain", PAUSED)
+    env.record(replace(request, destination=str(stored)), chunks=2)
+    partial = partial_path(stored)
+    partial.mkdir(parents=True)
+    (partial / "sealed-0").write_bytes(b"c" * CHUNK * 2)
+    manager = await started(
+        DownloadManager(env.catalog, Script(), stored_at=lambda _cid: str(stored)), nursery
+    )
+    assert manager.listing()[0]["verified_chunks"] == 2
+    result = await manager.cancel(env.cid)
+    assert result["removed_partial"] is True
+    assert not partial.exists()
+    assert env.catalog.download(env.cid) is None
 
 
 async def test_cancel_never_deletes_a_partial_this_node_did_not_write(
