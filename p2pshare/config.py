@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from p2pshare.errors import ConfigError, UserError
 from p2pshare.proto import jobspec
 from p2pshare.proto.listen import parse_host_port, parse_listen_addr
+from p2pshare.proto.peeraddr import parse_peer_addr
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -213,10 +214,17 @@ def _check_metrics_listen(value: str) -> str | None:
 
 
 def _check_peer_multiaddr(value: str) -> str | None:
-    problem = _check_multiaddr(value)
-    if problem is None and "/p2p/" not in value:
-        return "does not end in /p2p/<peer ID>"
-    return problem
+    if value.startswith("/dnsaddr/"):
+        return (
+            "is a /dnsaddr/ address, which p2pshare does not resolve; list the "
+            "/ip4|/dns4/HOST/tcp/PORT/p2p/PEER_ID addresses its TXT records name "
+            "(docs/discovery.md, Joining the public Amino DHT)"
+        )
+    try:
+        parse_peer_addr(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _between(low: int, high: int) -> typing.Callable[[int], str | None]:

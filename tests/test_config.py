@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import re
 import typing
 from pathlib import Path
 
@@ -85,6 +86,29 @@ def test_errors_name_file_line_and_key(text: str, expected: str) -> None:
     message = str(info.value)
     assert message.startswith(expected), message
     assert "\n" not in message
+
+
+BOOT_ID = "QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ"
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        (f"/dnsaddr/bootstrap.libp2p.io/p2p/{BOOT_ID}", "which p2pshare does not resolve"),
+        (f"/ip4/104.131.131.82/udp/4001/quic-v1/p2p/{BOOT_ID}", "p2pshare dials TCP only"),
+        ("/ip4/104.131.131.82/tcp/4001", "does not end in /p2p/<peer ID>"),
+        ("/ip4/104.131.131.82/tcp/4001/p2p/nope", "is not a peer ID"),
+    ],
+)
+def test_a_bootstrap_address_p2pshare_cannot_dial_is_refused_with_the_reason(
+    address: str, says: str
+) -> None:
+    """Amino's published bootstrap list mixes /dnsaddr/, QUIC and TCP entries: each
+    refusal must say what is wrong, not that a valid multiaddr is not one."""
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        parse_config(f'[network]\nbootstrap = ["{address}"]\n', PATH)
+    tcp = f"/ip4/104.131.131.82/tcp/4001/p2p/{BOOT_ID}"
+    assert parse_config(f'[network]\nbootstrap = ["{tcp}"]\n', PATH).network.bootstrap == (tcp,)
 
 
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
