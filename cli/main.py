@@ -361,10 +361,19 @@ def share(
         lines = [f"content ID: {r['cid']}", f"ticket:     {r['ticket']}"]
         if "recipients" in r:
             lines.append(f"private:    readable only by {', '.join(r['recipients'])}")
+        lines.append(f"announced:  {_announced(r.get('announced_to'))}")
         lines += [f"skipped {s['path']}: {s['reason']}" for s in r["skipped"]]
         return "\n".join(lines)
 
     show(result, as_json, human)
+
+
+def _announced(count: int | None) -> str:
+    if count is None:
+        return "going on in the background (`p2pshare status` shows when it is done)"
+    if count == 0:
+        return "to no peer yet: it is announced once this node connects to one"
+    return f"findable now, the record is on {count} peer{'s' if count != 1 else ''}"
 
 
 @cli.command(name="ls")

@@ -176,7 +176,7 @@ def _assemble(
         key.peer_id,
         discovery.announce,
         config.store.quota_bytes,
-        discovery.provide_soon,
+        discovery.announce_new,
     )
     compute = _compute_api(home, key, config, network, store, discovery, transfer)
     node.compute = compute.service

@@ -40,6 +40,8 @@ REMEMBER_INTERVAL = 60.0
 PING_TIMEOUT = 5.0
 FIRST_REFRESH_DELAY = 30.0
 MDNS_BACKLOG = 64
+# How long `share` waits for the peers already known to hold a new share's record.
+FIRST_ANNOUNCE_WAIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class Discovery:
         self._nursery: trio.Nursery | None = None
         # The address each peer was last reached at by dialing it, remembered first.
         self._dialed: dict[str, str] = {}
+        # Shares whose last announcement reached no peer (shared before joining).
+        self._unannounced: set[str] = set()
+        self._reannouncing = False
 
     async def _catalog_shares(self) -> Sequence[ShareRow]:
         return self._catalog.shares()
@@ -76,6 +81,7 @@ class Discovery:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._network.run_dht)
+            self._network.on_connected(self._peer_connected)
             if self._config.mdns:
                 self._watch_mdns(nursery)
             # Joining is bounded by connect_timeout; the daemon announces readiness
@@ -227,29 +233,85 @@ class Discovery:
     def announce(self) -> list[str]:
         return self._network.announce_addrs()
 
-    async def provide(self, cid: str) -> ProvideStatus:
+    async def provide(
+        self, cid: str, on_known: Callable[[int], None] | None = None
+    ) -> ProvideStatus:
         """Announce one share now and record the outcome.
 
         The status is recorded twice: once the peers already known hold the record (the
-        share is findable from then on), and again after the network lookup for closer
-        peers, which took over 30 s with 50 daemons on two cores (docs/benchmarks.md).
+        share is findable from then on; ``on_known`` gets their count then, or the final
+        count if the announcement failed first), and again after the network lookup for
+        closer peers, which took over 30 s with 50 daemons on two cores
+        (docs/benchmarks.md).  A share no peer took is announced again when a peer
+        connects.
         """
         key = ContentId.parse(cid).multihash
         started = int(time.time())
+        reported = False
 
         def known_sent(count: int) -> None:
+            nonlocal reported
+            reported = True
             if count:
                 self._catalog.set_provided(cid, ProvideStatus(started, count))
+            if on_known is not None:
+                on_known(count)
 
         try:
             count = await self._network.provide(key, self.announce(), known_sent)
         except Exception:
             log.exception("providing %s failed", cid)
             count = 0
+        if not reported and on_known is not None:
+            on_known(count)
         status = ProvideStatus(started, count)
         self._catalog.set_provided(cid, status)
+        if count:
+            self._unannounced.discard(cid)
+        else:
+            self._unannounced.add(cid)
         log.info("provided %s to %d peers", cid, count)
         return status
+
+    async def announce_new(self, cid: str, wait: float = FIRST_ANNOUNCE_WAIT) -> int | None:
+        """Start announcing a new share and wait, at most ``wait`` seconds, until the
+        peers this node already knows hold the record: how many took it, or None if
+        that took longer (the announcement goes on in the background either way).
+
+        ``share`` returns only then, so a peer given the content ID at once finds it: a
+        ``find`` that began before the record was out came back empty, and that was
+        the slowest time-until-findable (bench/dht.py; docs/benchmarks.md).
+        """
+        if self._nursery is None:
+            return None
+        took: list[int] = []
+        reached = trio.Event()
+
+        def known(count: int) -> None:
+            took.append(count)
+            reached.set()
+
+        self._nursery.start_soon(self.provide, cid, known)
+        with trio.move_on_after(wait):
+            await reached.wait()
+        return took[0] if took else None
+
+    def _peer_connected(self, _peer_id: str) -> None:
+        """Announce again the shares no peer took, now that there is a peer."""
+        if self._unannounced and not self._reannouncing and self._nursery is not None:
+            self._reannouncing = True
+            self._nursery.start_soon(self._announce_unannounced)
+
+    async def _announce_unannounced(self) -> None:
+        try:
+            for cid in sorted(self._unannounced):
+                row = self._catalog.share(cid)
+                if row is None or row.stale_reason:
+                    self._unannounced.discard(cid)
+                else:
+                    await self.provide(cid)
+        finally:
+            self._reannouncing = False
 
     async def provide_key(self, key: bytes) -> int:
         """Announce this node under a DHT key that names no share (e.g. compute offers)."""

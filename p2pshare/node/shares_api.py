@@ -21,7 +21,7 @@ from p2pshare.proto.ticket import MAX_ADDRS, Ticket
 from p2pshare.store.shares import changed_file
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from p2pshare.store.catalog import ShareRow
     from p2pshare.store.shares import PreparedShare, ShareStore
@@ -88,7 +88,8 @@ class SharesApi:
     peer_id: str
     addrs: Callable[[], list[str]]
     quota_bytes: int
-    on_shared: Callable[[str], None]
+    # Announces a new share; how many peers hold its record once `share` returns.
+    on_shared: Callable[[str], Awaitable[int | None]]
 
     def ticket(self, cid: str) -> str:
         addrs = tuple(self.addrs()[:MAX_ADDRS])
@@ -132,7 +133,7 @@ class SharesApi:
         if prepared.stored:
             report = self.store.gc(keep_bytes=self.quota_bytes)
             doc["gc_removed"] = list(report.removed)
-        self.on_shared(row.cid)
+        doc["announced_to"] = await self.on_shared(row.cid)
         log.info("shared %s as %s (%d bytes)", path, row.cid, row.total_size)
         return doc
 

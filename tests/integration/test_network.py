@@ -67,7 +67,10 @@ def test_find_through_the_dht_and_reprovide_after_restart(
     boot, sharer, *_ = network
     data = tmp_path / "notes.txt"
     data.write_bytes(b"found through the DHT\n" * 1000)
-    cid = cli_json(sharer.home, "share", str(data))["cid"]
+    shared = cli_json(sharer.home, "share", str(data))
+    cid = shared["cid"]
+    # `share` returned once the peers the sharer knows held the record.
+    assert shared["announced_to"] >= 1
     sharer_id = sharer.info["peer_id"]
     # A sixth node joins after the share was announced, knowing only the bootstrap node.
     finder_home = Home(short_tmp / "n5")

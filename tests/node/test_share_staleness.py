@@ -76,7 +76,7 @@ async def test_ls_reports_an_overwritten_download_as_stale(
     kept.write_bytes(b"k")
     other = share(store, kept)
     path.write_bytes(b"small now")
-    api = SharesApi(store, NodeKey.generate().peer_id, list, 0, lambda _cid: None)
+    api = SharesApi(store, NodeKey.generate().peer_id, list, 0, _announce)
     listed = {s["cid"]: s for s in (await api.ls({}, _no_emit))["shares"]}
     assert "changed on disk" in listed[cid]["stale"]
     assert listed[other]["stale"] is None
@@ -86,6 +86,10 @@ async def test_ls_reports_an_overwritten_download_as_stale(
 
 
 async def _no_emit(_name: str, _data: dict[str, Any]) -> None:
+    return None
+
+
+async def _announce(_cid: str) -> int | None:
     return None
 
 
