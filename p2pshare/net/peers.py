@@ -99,6 +99,16 @@ def _swarm(host: IHost) -> Swarm:
     return network
 
 
+def has_live_connection(host: IHost, peer: ID) -> bool:
+    """Whether a connection to ``peer`` is up and not closing.
+
+    py-libp2p marks a connection closed at once but drops it from the swarm's records
+    (and so from ``get_connected_peers``) only after its muxer has closed; a stream
+    opened in between fails with "No valid connections available" instead of dialing.
+    """
+    return any(not conn.is_closed for conn in _swarm(host).get_connections(peer))
+
+
 def _reason(exc: BaseException) -> str:
     """Why a dial failed, in words: the innermost cause of a py-libp2p dial error
     (its outer messages only repeat the peer ID)."""
@@ -187,7 +197,7 @@ async def connect(host: IHost, info: PeerInfo, timeout: float) -> multiaddr.Mult
     """
     if info.peer_id == host.get_id():
         raise UserError("that address is this node itself")
-    if info.peer_id in host.get_connected_peers():
+    if has_live_connection(host, info.peer_id):
         return None
     known = [*info.addrs, *_known_addrs(host, info.peer_id)]
     candidates = _dialable(known)
@@ -231,7 +241,7 @@ async def connect_exactly(host: IHost, peer: ID, addr: multiaddr.Multiaddr, time
     if peer == host.get_id():
         raise UserError("that address is this node itself")
     check_dialable(addr)
-    connected = peer in host.get_connected_peers()
+    connected = has_live_connection(host, peer)
     still_up = "; the existing connection to it is still up" if connected else ""
     try:
         with trio.fail_after(timeout):

@@ -187,3 +187,21 @@ async def test_connected_peers_lists_an_address_once_with_or_without_its_peer_id
     ours.get_peerstore().add_addrs(theirs.get_id(), [bare, addr], ADDR_TTL)
     [listed] = connected_peers(ours)
     assert listed.addrs == (str(bare),)
+
+
+@pytest.mark.trio
+async def test_a_stream_to_a_peer_whose_connection_is_closing_dials_a_new_connection(
+    hosts: tuple[IHost, IHost],
+) -> None:
+    """py-libp2p marks a connection closed at once but drops it from the swarm only
+    after its muxer has closed; a stream opened in between failed with "No valid
+    connections available" instead of dialing (a compute job failed that way)."""
+    ours, theirs = hosts
+    await connect(ours, PeerInfo(theirs.get_id(), theirs.get_transport_addrs()), TIMEOUT)
+    (closing,) = ours.get_network().get_connections(theirs.get_id())
+    closing.event_closed.set()  # type: ignore[attr-defined]
+    with trio.fail_after(TIMEOUT):
+        stream = await open_stream(ours, theirs.get_id().to_base58(), [], PING_PROTOCOL, TIMEOUT)
+    await stream.reset()
+    live = [c for c in ours.get_network().get_connections(theirs.get_id()) if not c.is_closed]
+    assert len(live) == 1
