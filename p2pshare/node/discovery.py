@@ -259,6 +259,12 @@ class Discovery:
         if self._nursery is not None:
             self._nursery.start_soon(self.provide, cid)
 
+    def addresses_changed(self) -> None:
+        """Announce every share again, so provider records carry the new addresses
+        (e.g. a router mapping made or refuted: p2pshare.net.mapped)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self.provide_all)
+
     async def provide_all(self) -> None:
         # Job outputs are their requester's alone and never announced.
         private = self._catalog.job_outputs()
