@@ -22,8 +22,9 @@ EXTERNAL_IP = "203.0.113.7"
 
 @dataclass
 class FakeGateway:
-    """Grants every mapping as asked (external port = the one suggested, or internal + 10000
-    when ``shift``); ``silent`` drops every request, ``reply`` replaces every answer."""
+    """Grants every mapping as asked (external port = the one suggested, or the next one
+    when ``shift``); ``silent`` drops every request, ``reply`` replaces every answer.
+    ``datagrams`` counts everything received, requests or not."""
 
     port: int = 0
     lifetime_cap: int = 3600
@@ -32,6 +33,7 @@ class FakeGateway:
     reply: bytes | None = None
     requests: list[object] = field(default_factory=list)
     mappings: dict[int, int] = field(default_factory=dict)
+    datagrams: int = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -45,6 +47,7 @@ class FakeGateway:
                     await sock.sendto(answer, peer)
 
     def answer(self, data: bytes) -> bytes | None:
+        self.datagrams += 1
         try:
             request = decode_request(data)
         except NatPmpMalformedError:
@@ -61,7 +64,7 @@ class FakeGateway:
             return encode_response(Mapping(request.protocol, 1, request.internal_port, 0, 0))
         external = request.external_port or request.internal_port
         if self.shift and external == request.internal_port:
-            external += 10000
+            external = external + 1 if external < 0xFFFF else external - 1
         self.mappings[request.internal_port] = external
         lifetime = min(request.lifetime, self.lifetime_cap)
         return encode_response(

@@ -58,9 +58,9 @@ async def test_natpmp_client_maps_and_removes_a_port() -> None:
     async with trio.open_nursery() as nursery:
         gateway, mapper = await _gateway(nursery, shift=True)
         assert await mapper.external_ip() == EXTERNAL_IP
-        assert await mapper.map_tcp(4001, 4001, 3600) == (14001, 3600)
-        assert gateway.mappings == {4001: 14001}
-        await mapper.unmap_tcp(4001, 14001)
+        assert await mapper.map_tcp(4001, 4001, 3600) == (4002, 3600)
+        assert gateway.mappings == {4001: 4002}
+        await mapper.unmap_tcp(4001, 4002)
         assert gateway.mappings == {}
         assert gateway.removals() == [MapRequest("tcp", 4001, 0, 0)]
         nursery.cancel_scope.cancel()
