@@ -19,14 +19,22 @@ them the script says why and exits 0 (``skipped``). Everything is removed at the
 also after a failure, and namespaces left by a killed earlier run are removed at start.
 
 Run: .venv/bin/python bench/natlab.py [--nat cone|symmetric] [--b-without-relay]
+                                      [--port-mapping off|natpmp|upnp|auto]
 
 ``--b-without-relay`` starts B with pub as bootstrap node only, no ``relays``: B can
 reach A only through the circuit in A's provider record (held by pub, a DHT node).
+
+``--port-mapping METHOD`` runs bench/lab_gateway.py on each router (NAT-PMP and a
+minimal UPnP IGD on the inside address, installing real DNAT rules) and starts A with
+``[network] port_mapping = METHOD`` (NAT-PMP asks the default route's gateway; UPnP is
+given the router's root description URL): B then reaches A at the mapped address,
+directly, and the report says how long A took to become public.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -35,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +52,7 @@ from p2pshare.home import Home
 from p2pshare.launcher import DaemonProcess, init_home, run_cli, wait_announced
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from types import TracebackType
 
 PREFIX = "p2pnat"
@@ -167,6 +176,49 @@ class NatLab:
         self.close()
 
 
+GATEWAY = Path(__file__).with_name("lab_gateway.py")
+
+
+@contextlib.contextmanager
+def _gateway(lab: NatLab, router: str) -> Iterator[None]:
+    """bench/lab_gateway.py on ``router`` until the ``with`` ends (SIGTERM removes its rules)."""
+    inside = f"{LANS[router][1]}.1"
+    command = [sys.executable, str(GATEWAY), "--inside", inside, "--external", WAN_IPS[router]]
+    process = subprocess.Popen(
+        [*lab.wrapper(router), *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"lab gateway on {router} did not start: {line}")
+        yield
+    finally:
+        process.terminate()
+        process.wait(STEP_S)
+
+
+def gateways(lab: NatLab) -> ExitStack:
+    """The port mapping services of both routers, stopped when the stack closes."""
+    stack = ExitStack()
+    for router in WAN_IPS:
+        stack.enter_context(_gateway(lab, router))
+    return stack
+
+
+def mapping_settings(method: str) -> dict[str, Any]:
+    """A's [network] settings for ``--port-mapping METHOD``."""
+    if method == "off":
+        return {}
+    return {
+        "port_mapping": method,
+        "upnp_root_url": f"http://{LANS['router1'][1]}.1:5000/rootDesc.xml",
+    }
+
+
 class Nodes:
     """The p2pshare daemons of the lab: pub, A (lan1) and B (lan2), in temporary homes."""
 
@@ -189,11 +241,10 @@ class Nodes:
 
     @staticmethod
     def _set_listen(home: Home, port: int) -> None:
-        text = home.config_path.read_text()
-        lines = [
-            f'listen = ["/ip4/0.0.0.0/tcp/{port}"]' if line.startswith("listen =") else line
-            for line in text.splitlines()
-        ]
+        lines = home.config_path.read_text().splitlines()
+        # The first `listen =` is [network]'s; [metrics] has one too.
+        first = next(i for i, line in enumerate(lines) if line.startswith("listen ="))
+        lines[first] = f'listen = ["/ip4/0.0.0.0/tcp/{port}"]'
         home.config_path.write_text("\n".join(lines) + "\n")
 
     def cli(self, name: str, *args: str, timeout: float = 60.0) -> tuple[int, Any]:
@@ -267,7 +318,16 @@ def _nat_status(nodes: Nodes, name: str) -> dict[str, Any]:
     status, out = nodes.cli(name, "status")
     if status != 0:
         raise RuntimeError(f"status of {name} failed: {out}")
-    return {k: out.get(k) for k in NAT_FIELDS}
+    return {k: out.get(k) for k in NAT_FIELDS} | {"port_mapping": out["port_mapping"]["line"]}
+
+
+def _public_mapped(nodes: Nodes, name: str) -> bool:
+    """Whether AutoNAT confirmed ``name`` public at the address its router mapped."""
+    status, out = nodes.cli(name, "status")
+    if status != 0:
+        raise RuntimeError(f"status of {name} failed: {out}")
+    verdicts = out["port_mapping"]["addrs"].values()
+    return out["reachability"] == "public" and "confirmed" in verdicts
 
 
 def _settled(nodes: Nodes, name: str, *, relayed: bool = True) -> bool:
@@ -309,7 +369,11 @@ def _hole_punch(nodes: Nodes) -> str:
 
 
 def _get(nodes: Nodes, name: str, cid: str, dest: Path, expected: bytes) -> dict[str, Any]:
-    """``get`` CID on node ``name``; its path, time and MB/s, the bytes checked."""
+    """``get`` CID on node ``name``; its path, time and MB/s, the bytes checked.
+
+    A node copies content it holds from its own store; what an earlier get left there
+    is unshared first (the file stays), so every get here goes over the network."""
+    nodes.cli(name, "unshare", cid)
     status, out = nodes.cli(name, "get", cid, "-o", str(dest), timeout=120)
     if status != 0:
         raise RuntimeError(f"get on {name} failed: {out}")
@@ -340,17 +404,29 @@ def through_nat(
     circuit_bytes: int = NetworkConfig.relay_circuit_bytes,
     *,
     b_relays: bool = True,
+    port_mapping: str = "off",
 ) -> dict[str, Any]:
     """A shares, B behind the other NAT gets it (relayed, then direct where DCUtR works);
     A restarts on a new port and B gets from it again. Without ``b_relays`` B names no
-    relay: it reaches A only through the circuit A's provider record carries."""
+    relay: it reaches A only through the circuit A's provider record carries. With
+    ``port_mapping`` A asks its router to forward its ports (the lab gateways must run)."""
     nodes = Nodes(lab, root)
     nodes.keep_logs = keep_logs
     report = Report()
     try:
         pub = nodes.start("pub", "pub", relay_service=True, relay_circuit_bytes=circuit_bytes)
         pub_addr = f"/ip4/{PUB_IP}/tcp/{PORT}/p2p/{pub.info['peer_id']}"
-        nodes.start("a", "lan1", bootstrap=(pub_addr,), relays=(pub_addr,))
+        mapping = mapping_settings(port_mapping)
+        a_started = time.monotonic()
+        nodes.start("a", "lan1", bootstrap=(pub_addr,), relays=(pub_addr,), **mapping)
+        if mapping:
+            # Polled with `status` every 0.5 s: up to about a second late.
+            _wait_for(
+                "A public at its mapped address", lambda: _public_mapped(nodes, "a"), SETTLE_S
+            )
+            report["a public at its mapping, s after start"] = round(
+                time.monotonic() - a_started, 1
+            )
         nodes.start("b", "lan2", bootstrap=(pub_addr,), relays=(pub_addr,) if b_relays else ())
         for name in ("a", "b"):
             relayed = name == "a" or b_relays
@@ -373,6 +449,8 @@ def through_nat(
         status, found = nodes.cli("b", "find", cid)
         report["b finds a at"] = found["providers"][0]["addrs"] if status == 0 else found
         report["get 1 (first contact)"] = _get(nodes, "b", cid, root / "got1.bin", data)
+        a_id = nodes.daemons["a"].info["peer_id"]
+        report["B -> A connection after get 1"] = _path(nodes, "b", a_id)
         report["B -> A connection"] = _hole_punch(nodes)
         report["get 2 (after hole punching had its chance)"] = _get(
             nodes, "b", cid, root / "got2.bin", data
@@ -412,6 +490,12 @@ def main() -> None:
         action="store_true",
         help="B names no relay: it reaches A only through the circuit in A's DHT record",
     )
+    parser.add_argument(
+        "--port-mapping",
+        choices=("off", "natpmp", "upnp", "auto"),
+        default="off",
+        help="run a NAT-PMP/UPnP gateway on each router and let A map its ports this way",
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy the daemons' stderr here")
     parser.add_argument(
         "--baseline", action="store_true", help="only show who can dial whom, nothing else"
@@ -422,8 +506,13 @@ def main() -> None:
         print(f"natlab: skipped: {reason}")
         return
     started = time.monotonic()
-    with NatLab(args.nat) as lab, tempfile.TemporaryDirectory(prefix="p2pnat-") as tmp:
-        print(f"lab up ({args.nat} NAT) in {time.monotonic() - started:.1f} s")
+    with ExitStack() as stack:
+        lab = stack.enter_context(NatLab(args.nat))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="p2pnat-"))
+        if args.port_mapping != "off":
+            stack.enter_context(gateways(lab))
+        took = time.monotonic() - started
+        print(f"lab up ({args.nat} NAT, port mapping {args.port_mapping}) in {took:.1f} s")
         if args.baseline:
             for what, result in baseline(lab, Path(tmp)).items():
                 print(f"{what:<48} {result}")
@@ -435,6 +524,7 @@ def main() -> None:
                 args.keep_logs,
                 args.circuit_mib << 20,
                 b_relays=not args.b_without_relay,
+                port_mapping=args.port_mapping,
             )
     print(f"done in {time.monotonic() - started:.1f} s; namespaces removed")
 

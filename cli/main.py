@@ -200,6 +200,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 ("DHT table", f"{r['routing_table']} peers"),
                 ("announcing", f"{r['provide_queue']} under way"),
                 ("reachability", _reachability(r)),
+                ("port mapping", _port_mapping(r)),
                 ("home", r["home"]),
             ]
         )
@@ -249,6 +250,16 @@ def _reachability(r: dict[str, Any]) -> str:
         text += f"; relayed at {', '.join(r['relayed_at'])}"
     if r.get("relay_service"):
         text += "; relaying for others"
+    return text
+
+
+def _port_mapping(r: dict[str, Any]) -> str:
+    """``natpmp mapped 203.0.113.7 (libp2p 4001->4001, ...)``, ``off``, ``... failed: why``."""
+    mapping = r.get("port_mapping") or {}
+    text = str(mapping.get("line", "off"))
+    refuted = [a for a, v in (mapping.get("addrs") or {}).items() if v == "refuted"]
+    if refuted:
+        text += f"; not reachable at {', '.join(refuted)} (AutoNAT), not announced"
     return text
 
 

@@ -7,10 +7,12 @@ are generated from these classes, so code, defaults and docs cannot drift apart.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import tomllib
 import typing
+import urllib.parse
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +96,21 @@ class NetworkConfig:
     )
     relay_circuit_seconds: int = _opt(
         3600, "Relay service: longest life of one relayed connection."
+    )
+    port_mapping: str = _opt(
+        "off",
+        'Ask the home router to forward the libp2p and data-channel ports: "off" (never '
+        'ask), "natpmp", "upnp", or "auto" (NAT-PMP, then UPnP). IPv4 only; a mapped '
+        "address is announced until AutoNAT shows it unreachable (docs/discovery.md).",
+    )
+    natpmp_gateway: str = _opt(
+        "",
+        "IPv4 address of the NAT-PMP router; empty: the default route's gateway.",
+    )
+    upnp_root_url: str = _opt(
+        "",
+        "URL of the UPnP router's root description (e.g. http://192.168.1.1:5000/rootDesc.xml); "
+        "empty: find the router by SSDP discovery.",
     )
 
 
@@ -195,6 +212,34 @@ def _check_positive(value: float) -> str | None:
     return "must be greater than zero" if value <= 0 else None
 
 
+PORT_MAPPING_METHODS = ("off", "auto", "natpmp", "upnp")
+
+
+def _check_port_mapping(value: str) -> str | None:
+    if value in PORT_MAPPING_METHODS:
+        return None
+    return 'is not one of "off", "auto", "natpmp" or "upnp"'
+
+
+def _check_gateway(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return "is not an IPv4 address like 192.168.1.1 (NAT-PMP is IPv4 only)"
+    return None
+
+
+def _check_upnp_url(value: str) -> str | None:
+    if not value:
+        return None
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme != "http" or not parsed.hostname:
+        return "is not an http:// URL like http://192.168.1.1:5000/rootDesc.xml"
+    return None
+
+
 def _check_listen(value: str) -> str | None:
     try:
         parse_listen_addr(value)
@@ -258,6 +303,9 @@ _VALIDATORS: dict[tuple[str, str], typing.Callable[[typing.Any], str | None]] = 
     ("network", "relay_max_circuits"): _check_positive,
     ("network", "relay_circuit_bytes"): _check_positive,
     ("network", "relay_circuit_seconds"): _check_positive,
+    ("network", "port_mapping"): _check_port_mapping,
+    ("network", "natpmp_gateway"): _check_gateway,
+    ("network", "upnp_root_url"): _check_upnp_url,
     ("store", "chunk_size"): _check_chunk_size,
     ("store", "quota_bytes"): _check_non_negative,
     ("transfer", "upload_rate"): _check_non_negative,

@@ -159,3 +159,17 @@ def test_status_says_how_peers_can_reach_the_node() -> None:
         == "public at /ip4/203.0.113.9/tcp/4001; relaying for others"
     )
     assert _reachability({}) == "unknown"
+
+
+def test_status_says_what_the_router_maps() -> None:
+    _port_mapping = importlib.import_module("p2pshare_cli.main")._port_mapping
+
+    assert _port_mapping({}) == "off"
+    mapped = {
+        "line": "natpmp mapped 203.0.113.7 (libp2p 4001->4001, data 4002->4002)",
+        "addrs": {"/ip4/203.0.113.7/tcp/4001": "refuted"},
+    }
+    assert _port_mapping({"port_mapping": mapped}) == (
+        "natpmp mapped 203.0.113.7 (libp2p 4001->4001, data 4002->4002); not reachable at "
+        "/ip4/203.0.113.7/tcp/4001 (AutoNAT), not announced"
+    )

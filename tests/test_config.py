@@ -211,3 +211,37 @@ def test_only_loopback_metrics_addresses_count_as_private() -> None:
     assert is_loopback(parse_host_port("127.0.0.1:9464"))
     assert is_loopback(parse_host_port("[::1]:9464"))
     assert not is_loopback(parse_host_port("0.0.0.0:9464"))
+
+
+def test_port_mapping_is_off_by_default_and_takes_the_documented_methods() -> None:
+    assert Config().network.port_mapping == "off"
+    for method in ("off", "auto", "natpmp", "upnp"):
+        text = f'[network]\nport_mapping = "{method}"\n'
+        assert parse_config(text, PATH).network.port_mapping == method
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('port_mapping = "pcp"', 'is not one of "off", "auto", "natpmp" or "upnp"'),
+        ("port_mapping = true", "must be a string"),
+        ('natpmp_gateway = "fe80::1"', "is not an IPv4 address"),
+        ('natpmp_gateway = "router.local"', "is not an IPv4 address"),
+        ('upnp_root_url = "192.168.1.1:5000"', "is not an http:// URL"),
+        ('upnp_root_url = "https://192.168.1.1/x.xml"', "is not an http:// URL"),
+    ],
+)
+def test_bad_port_mapping_settings_name_the_line_and_what_is_wanted(line: str, says: str) -> None:
+    key = line.split(" ", 1)[0]
+    with pytest.raises(ConfigError, match=rf"line 2, \[network\] {key}: .*{re.escape(says)}"):
+        parse_config(f"[network]\n{line}\n", PATH)
+
+
+def test_port_mapping_gateway_and_url_are_accepted() -> None:
+    network = parse_config(
+        '[network]\nnatpmp_gateway = "192.168.1.1"\n'
+        'upnp_root_url = "http://192.168.1.1:5000/rootDesc.xml"\n',
+        PATH,
+    ).network
+    assert network.natpmp_gateway == "192.168.1.1"
+    assert network.upnp_root_url == "http://192.168.1.1:5000/rootDesc.xml"

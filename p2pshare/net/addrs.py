@@ -15,7 +15,9 @@ tickets and DHT provider records (:func:`announce_addrs`) are the same list.
   127.0.0.1 reaches itself, not us, and a peer on this machine can dial the
   interface addresses too;
 * addresses py-libp2p confirmed from identify's observed address (several
-  peers saw us there) are kept.
+  peers saw us there) are kept;
+* addresses a router maps to this node (``[network] port_mapping``,
+  p2pshare.net.mapped) follow, unless AutoNAT refuted them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
     from libp2p.abc import IHost
+
+    from p2pshare.net.mapped import MappedAddrs
 
 _WILDCARDS = {"/ip4/0.0.0.0": 4, "/ip6/::": 6}
 
@@ -110,13 +114,21 @@ def announced(
 
 
 def addrs_factory(
-    configured: Sequence[str], ips: Callable[[], Sequence[str]] = interface_ips
+    configured: Sequence[str],
+    ips: Callable[[], Sequence[str]] = interface_ips,
+    mapped: MappedAddrs | None = None,
 ) -> Callable[[list[multiaddr.Multiaddr]], list[multiaddr.Multiaddr]]:
-    """:func:`announced` as py-libp2p's ``addrs_factory``; interfaces are read at each
-    call, so an address that appears after start (DHCP, a new VPN) is announced."""
+    """:func:`announced` as py-libp2p's ``addrs_factory``, then the ``mapped`` addresses
+    not refuted; interfaces are read at each call, so an address that appears after
+    start (DHCP, a new VPN) is announced."""
 
     def factory(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
-        return announced(candidates, configured, ips())
+        result = announced(candidates, configured, ips())
+        for text in mapped.announced() if mapped is not None else ():
+            addr = multiaddr.Multiaddr(text)
+            if addr not in result:
+                result.append(addr)
+        return result
 
     return factory
 

@@ -170,7 +170,9 @@ class DataChannelServer:
 
     Run it in the daemon's nursery: ``port = await nursery.start(server.run)``.
     ``refuse(stream)`` names a reason not to offer a session on that libp2p stream (the
-    port is unreachable from that peer: p2pshare.net.reachability), or None.
+    port is unreachable from that peer: p2pshare.net.reachability), or None;
+    ``offer_port(stream, port)`` the port to name in the offer (a router's external port
+    for a peer that comes through its mapping: p2pshare.net.portmap).
     ``refused`` counts turned-away OPENs and connections by reason (an exception's
     class name, or ``handshake_timeout``, ``too_many_handshakes``, ``not_running``,
     ``bad_open``, ``unreachable``, ``connection_error``, ``internal``).
@@ -185,6 +187,7 @@ class DataChannelServer:
         *,
         serve: Callable[[ByteStream, str], Awaitable[None]],
         refuse: Callable[[LibP2PStream], str | None] = lambda _stream: None,
+        offer_port: Callable[[LibP2PStream, int], int] = lambda _stream, port: port,
         limits: DataChannelLimits | None = None,
         ciphers: Sequence[Cipher] = DEFAULT_CIPHERS,
         clock: Callable[[], float] = trio.current_time,
@@ -196,6 +199,7 @@ class DataChannelServer:
         self._requested_port = port
         self._serve = serve
         self._refuse = refuse
+        self._offer_port = offer_port
         self._limits = limits or DataChannelLimits()
         self._ciphers = tuple(ciphers)
         self._clock = clock
@@ -263,7 +267,7 @@ class DataChannelServer:
                 self.refused["unreachable"] += 1
                 reply = Refuse(RefuseCode.UNAVAILABLE, why)
             else:
-                reply = self._offer(request, peer)
+                reply = self._offer(request, peer, stream)
         except (ChannelVersionError, NoCommonCipherError, SessionLimitError) as exc:
             self.refused[type(exc).__name__] += 1
             reply = refusal_for(exc)
@@ -273,7 +277,7 @@ class DataChannelServer:
             reply = refusal_for(exc)
         await stream.send_all(encode_reply(reply))
 
-    def _offer(self, request: Open, peer: str) -> ChannelOffer | Refuse:
+    def _offer(self, request: Open, peer: str, stream: LibP2PStream) -> ChannelOffer | Refuse:
         port = self._port
         if port is None:
             self.refused["not_running"] += 1
@@ -287,7 +291,7 @@ class DataChannelServer:
             session_id=secrets.token_bytes(SESSION_ID_SIZE),
             server_nonce=secrets.token_bytes(NONCE_SIZE),
             secret=secrets.token_bytes(SECRET_SIZE),
-            port=port,
+            port=self._offer_port(stream, port),
             now=self._clock(),
             supported=self._ciphers,
         )

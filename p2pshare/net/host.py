@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from libp2p.abc import IHost
 
     from p2pshare.identity import NodeKey
+    from p2pshare.net.mapped import MappedAddrs
     from p2pshare.proto.listen import ListenAddr
 
 
@@ -52,11 +53,18 @@ async def _close(host: IHost) -> None:
         await host.close()
 
 
-def build_host(key: NodeKey, *, max_connections: int = 300, announce: Sequence[str] = ()) -> IHost:
+def build_host(
+    key: NodeKey,
+    *,
+    max_connections: int = 300,
+    announce: Sequence[str] = (),
+    mapped: MappedAddrs | None = None,
+) -> IHost:
     """A host keyed by ``key`` that speaks only Noise and Yamux.
 
     Its ``get_addrs()`` (identify, ``p2pshare id``) are the addresses of
-    p2pshare.net.addrs.announced: ``announce`` if given, never 0.0.0.0.
+    p2pshare.net.addrs.announced: ``announce`` if given, never 0.0.0.0; then the
+    router-mapped addresses in ``mapped`` that AutoNAT has not refuted.
 
     py-libp2p's own mDNS stays off: it advertises 0.0.0.0 and loses peers found
     before a handler is registered; ``[network] mdns`` is p2pshare.net.mdns, run
@@ -74,7 +82,7 @@ def build_host(key: NodeKey, *, max_connections: int = 300, announce: Sequence[s
             max_connections_per_peer=1, max_connections=max_connections
         ),
         enable_mDNS=False,
-        addrs_factory=addrs_factory(announce),
+        addrs_factory=addrs_factory(announce, mapped=mapped),
     )
 
 
@@ -103,6 +111,7 @@ async def running_host(
     max_connections: int = 300,
     announce: Sequence[str] = (),
     where: str = "[network] listen",
+    mapped: MappedAddrs | None = None,
 ) -> AsyncIterator[IHost]:
     """Start the host listening on every address of ``listen``; stop it on exit.
 
@@ -110,7 +119,7 @@ async def running_host(
     configured: the host listens on all of them or does not start.
     """
     addrs = parse_listen_addrs(list(listen), where)
-    host = build_host(key, max_connections=max_connections, announce=announce)
+    host = build_host(key, max_connections=max_connections, announce=announce, mapped=mapped)
     network = host.get_network()
     assert isinstance(network, Swarm)
     error: ListenError | None = None

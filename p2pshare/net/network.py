@@ -25,6 +25,7 @@ from p2pshare.net.addrs import announce_addrs, local_addrs, observed_addrs
 from p2pshare.net.datachannel import DataChannelServer, open_data_channel
 from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
+from p2pshare.net.mapped import MappedAddrs
 from p2pshare.net.mdns import Mdns
 from p2pshare.net.peers import (
     PeerAddrs,
@@ -61,8 +62,11 @@ class Network:
         *,
         streams_per_peer: int = HandlerLimits.streams_per_peer,
         dht_requests_per_second: float,
+        mapped: MappedAddrs | None = None,
     ) -> None:
         self._host = host
+        # Router-mapped addresses: announced by the host, judged by reachability.
+        self.mapped = mapped if mapped is not None else MappedAddrs()
         self._guard = HandlerGuard(host, HandlerLimits(streams_per_peer=streams_per_peer))
         self._dht = Dht(host, self._guard, dht_requests_per_second)
         self.peer_id = str(host.get_id())
@@ -82,6 +86,14 @@ class Network:
 
     def observed_addrs(self) -> list[str]:
         return observed_addrs(self._host)
+
+    def tcp_port(self) -> int | None:
+        """The TCP port of the first IPv4 listen address (what a router maps), or None."""
+        for addr in self._host.get_transport_addrs():
+            parts = str(addr).split("/")
+            if len(parts) >= 5 and parts[1] == "ip4" and parts[3] == "tcp":
+                return int(parts[4])
+        return None
 
     # -- peers
 
@@ -149,11 +161,19 @@ class Network:
         serve: Callable[[ByteStream, str], Awaitable[None]],
         *,
         refuse: Callable[[LibP2PStream], str | None] = lambda _stream: None,
+        offer_port: Callable[[LibP2PStream, int], int] = lambda _stream, port: port,
     ) -> DataChannelServer:
         """The data-channel server of this host; run it with ``nursery.start(server.run)``.
-        ``refuse(stream)`` names why the peer on that stream cannot reach the data port."""
+        ``refuse(stream)`` names why the peer on that stream cannot reach the data port;
+        ``offer_port(stream, port)`` the port that peer reaches it at."""
         return DataChannelServer(
-            self._host, self._guard, listen_host, port, serve=serve, refuse=refuse
+            self._host,
+            self._guard,
+            listen_host,
+            port,
+            serve=serve,
+            refuse=refuse,
+            offer_port=offer_port,
         )
 
     # -- NAT: relays, hole punching, reachability (p2pshare.net.relay, .reachability)
@@ -165,7 +185,11 @@ class Network:
     def reachability(self, announce: Sequence[str], *, data_port_forwarded: bool) -> Reachability:
         """This node's AutoNAT reachability; run it with ``nursery.start(reach.run)``."""
         return Reachability(
-            self._host, self._guard, announce, data_port_forwarded=data_port_forwarded
+            self._host,
+            self._guard,
+            announce,
+            data_port_forwarded=data_port_forwarded,
+            mapped=self.mapped,
         )
 
     # -- the DHT
@@ -242,11 +266,18 @@ async def running_network(
 ) -> AsyncIterator[Network]:
     """A host listening on every address of ``listen`` (p2pshare.net.host.running_host),
     as a :class:`Network`; stopped on exit."""
+    mapped = MappedAddrs()
     async with running_host(
-        key, listen, max_connections=max_connections, announce=announce, where=where
+        key,
+        listen,
+        max_connections=max_connections,
+        announce=announce,
+        where=where,
+        mapped=mapped,
     ) as host:
         yield Network(
             host,
             streams_per_peer=streams_per_peer,
             dht_requests_per_second=dht_requests_per_second,
+            mapped=mapped,
         )

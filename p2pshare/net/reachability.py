@@ -13,6 +13,10 @@ connection the request came in on: it answers OK for any address, reachable or n
 connection and proves the peer's identity on it (Noise) before it answers OK. Its
 client side needs four servers to agree before it says anything; a small network has
 fewer, so :func:`verdict` decides from what the servers answered.
+
+Each address a router maps to this node (p2pshare.net.mapped) is also asked about on
+its own, so that a dial-back failing there refutes it (it is then no longer announced)
+and one succeeding confirms it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
     from libp2p.host.basic_host import BasicHost
     from libp2p.peer.id import ID
 
+    from p2pshare.net.mapped import MappedAddrs
     from p2pshare.net.streams import HandlerGuard, LibP2PStream
 
 log = logging.getLogger(__name__)
@@ -177,10 +182,12 @@ class Reachability:
         announce: Sequence[str],
         *,
         data_port_forwarded: bool = False,
+        mapped: MappedAddrs | None = None,
     ) -> None:
         self._host = host
         self._announce = list(announce)
         self._forwarded = data_port_forwarded
+        self._mapped = mapped
         self._server = DialBackServer(host, guard)  # type: ignore[arg-type]
         self.state = UNKNOWN
         self.confirmed: list[str] = []
@@ -218,31 +225,48 @@ class Reachability:
 
     async def check(self) -> None:
         listen = [str(a) for a in self._host.get_transport_addrs()]
-        candidates = candidate_addrs(listen, self._observed_ips(), self._announce)
+        mapped = self._mapped.all() if self._mapped is not None else []
+        candidates = candidate_addrs(listen, self._observed_ips(), [*self._announce, *mapped])
         servers = self._servers()
         if not candidates or not servers:
             return
-        wanted = [multiaddr.Multiaddr(a).to_bytes() for a in candidates]
         statuses: list[int] = []
         confirmed: set[str] = set()
+        # mapped address -> the servers' answers about it alone
+        judged: dict[str, list[int]] = {addr: [] for addr in mapped}
 
-        async def ask(server: ID) -> None:
+        async def ask(server: ID, addrs: Sequence[str], answers: list[int]) -> None:
+            wanted = [multiaddr.Multiaddr(a).to_bytes() for a in addrs]
             try:
                 status, addr = await self._server.query_server(server, wanted, QUERY_TIMEOUT)
             except Exception as exc:  # noqa: BLE001 - a server that fails has no opinion
                 log.debug("AutoNAT query to %s failed: %s", server, exc)
                 return
-            statuses.append(status)
+            answers.append(status)
             if status == Message.OK and addr:
                 confirmed.add(str(multiaddr.Multiaddr(addr)))
 
         async with trio.open_nursery() as nursery:
             for server in servers:
-                nursery.start_soon(ask, server)
+                nursery.start_soon(ask, server, candidates, statuses)
+                for addr, answers in judged.items():
+                    nursery.start_soon(ask, server, [addr], answers)
+        for addr, answers in judged.items():
+            self._judge_mapped(addr, verdict(answers))
+            statuses += answers
         state = verdict(statuses)
         if state != UNKNOWN or self.state == UNKNOWN:
             self.state, self.confirmed = state, sorted(confirmed)
         log.info("reachability %s (%d servers asked): %s", self.state, len(servers), confirmed)
+
+    def _judge_mapped(self, addr: str, state: str) -> None:
+        if self._mapped is None or state == UNKNOWN:
+            return
+        self._mapped.judge(addr, reachable=state == PUBLIC)
+        if state == PRIVATE:
+            log.warning(
+                "AutoNAT: the router-mapped address %s is not reachable; not announced", addr
+            )
 
     def data_channel_refusal(self, stream: LibP2PStream) -> str | None:
         """For the data channel server: why not to offer a session on ``stream``."""
@@ -255,7 +279,8 @@ class Reachability:
             path,
             str(remote[0]) if remote else None,
             self.state,
-            forwarded=self._forwarded,
+            forwarded=self._forwarded
+            or (self._mapped is not None and self._mapped.data_port() is not None),
             local=local_networks(),
         )
 

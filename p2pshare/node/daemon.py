@@ -21,6 +21,7 @@ from p2pshare.identity import NodeKey
 from p2pshare.net.datachannel import DataChannelSetupError
 from p2pshare.net.listen import check_can_listen
 from p2pshare.net.network import running_network
+from p2pshare.net.portmap import DATA, LIBP2P, PortMapping, mappers, off_status
 from p2pshare.node import logs
 from p2pshare.node.compute_api import ComputeApi
 from p2pshare.node.discovery import Discovery
@@ -114,8 +115,9 @@ async def _start_data_channel(
     transfer: TransferApi,
     where: str,
     reach: Reachability,
-) -> None:
-    """Offer the encrypted data channel on the IP of the first listen address.
+    portmap: PortMapping | None,
+) -> int | None:
+    """Offer the encrypted data channel on the IP of the first listen address; its port.
 
     A node that cannot listen on a free port there still works: peers fall back to
     libp2p streams.  A port fixed by config that cannot be bound is an error, as a
@@ -124,12 +126,18 @@ async def _start_data_channel(
     if port:
         check_can_listen(ListenAddr(f"{listen.host} port {port}", listen.host, port), where)
     server = network.data_channel_server(
-        listen.host, port, transfer.serve_data_channel, refuse=reach.data_channel_refusal
+        listen.host,
+        port,
+        transfer.serve_data_channel,
+        refuse=reach.data_channel_refusal,
+        offer_port=portmap.offer_port if portmap is not None else lambda _stream, port: port,
     )
     try:
-        await nursery.start(server.run)
+        started: int = await nursery.start(server.run)
     except DataChannelSetupError as exc:
         log.warning("no data channel: %s; peers will use libp2p streams", exc)
+        return None
+    return started
 
 
 @dataclass
@@ -142,6 +150,7 @@ class _Services:
     discovery: Discovery
     compute: ComputeApi
     metrics: MetricsApi
+    portmap: PortMapping | None
 
 
 def _assemble(
@@ -165,7 +174,12 @@ def _assemble(
     relays = network.relays(net)
     forwarded = bool(net.announce and config.transfer.data_port)
     reach = network.reachability(net.announce, data_port_forwarded=forwarded)
-    node.nat_status = [reach.status, relays.status]
+    portmap = None
+    if net.port_mapping != "off":
+        candidates = mappers(net.port_mapping, net.natpmp_gateway, net.upnp_root_url)
+        portmap = PortMapping(net.port_mapping, candidates, network.mapped)
+    node.nat_status = [reach.status, relays.status, portmap.status if portmap else off_status]
+    network.mapped.on_change(discovery.addresses_changed)
     rate = config.transfer.upload_rate if upload_rate is None else upload_rate
     transfer = TransferApi(
         network, store, LocalContent(store), discovery, UploadLimiter(rate), user_umask
@@ -189,7 +203,7 @@ def _assemble(
         | metrics.handlers(),
         log_hint=str(home.log_path),
     )
-    services = _Services(relays, reach, transfer, discovery, compute, metrics)
+    services = _Services(relays, reach, transfer, discovery, compute, metrics, portmap)
     return node, server, functools.partial(_start_services, home, config, network, services)
 
 
@@ -226,6 +240,7 @@ async def _start_services(
     # Before discovery, so the first announcement carries the relay circuits.
     await nursery.start(s.relays.run)
     await nursery.start(s.reach.run)
+    data_port = None
     if config.transfer.data_channel:
         if net.announce and not config.transfer.data_port:
             # An announced address usually means a NAT that forwards fixed ports.
@@ -235,7 +250,7 @@ async def _start_services(
                 " data_port and forward it, or peers behind other networks use the"
                 " slower libp2p stream"
             )
-        await _start_data_channel(
+        data_port = await _start_data_channel(
             nursery,
             network,
             parse_listen_addr(net.listen[0]),
@@ -243,7 +258,13 @@ async def _start_services(
             s.transfer,
             f"[transfer] data_port in {home.config_path}",
             s.reach,
+            s.portmap,
         )
+    libp2p_port = network.tcp_port()
+    if s.portmap is not None and libp2p_port is not None:
+        # Starts at once and maps in the background: a silent router delays nothing.
+        ports = {LIBP2P: libp2p_port} | ({DATA: data_port} if data_port else {})
+        await nursery.start(s.portmap.run, ports)
     await nursery.start(s.discovery.run)
     # Before the control socket opens, so a get can attach to a resumed download.
     await nursery.start(s.transfer.downloads.run)

@@ -321,6 +321,18 @@ class Discovery:
         if self._nursery is not None:
             self._nursery.start_soon(self.provide, cid)
 
+    def addresses_changed(self) -> None:
+        """Announce every share again, so provider records carry the new addresses
+        (e.g. a router mapping made or refuted: p2pshare.net.mapped)."""
+        if self._nursery is None:
+            return
+        try:
+            self._nursery.start_soon(self.provide_all)
+        except RuntimeError:
+            # Discovery has stopped: the daemon is stopping (the router mapping is
+            # removed on stop), and there is nothing to announce any more.
+            log.debug("addresses changed after discovery stopped")
+
     async def provide_all(self) -> None:
         # Job outputs are their requester's alone and never announced.
         private = self._catalog.job_outputs()

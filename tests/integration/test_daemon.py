@@ -46,6 +46,8 @@ def test_id_and_status_as_json(daemon: DaemonProcess) -> None:
         False,
         [],
     )
+    # Off by default: the router is never asked (tests/net/test_portmap.py).
+    assert status["port_mapping"]["state"] == "off"
 
 
 def test_listen_address_accepts_tcp_connections(daemon: DaemonProcess) -> None:

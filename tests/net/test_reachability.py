@@ -16,6 +16,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from p2pshare.identity import NodeKey
 from p2pshare.net.host import running_host
+from p2pshare.net.mapped import MappedAddrs
 from p2pshare.net.reachability import (
     PRIVATE,
     PUBLIC,
@@ -144,3 +145,47 @@ async def test_a_node_a_peer_can_dial_back_finds_itself_public() -> None:
                 "reachability": PUBLIC,
                 "confirmed_addrs": [str(client.get_transport_addrs()[0])],
             }
+
+
+def test_a_mapped_address_is_announced_until_refuted_and_again_once_confirmed() -> None:
+    mapped = MappedAddrs()
+    changes: list[list[str]] = []
+    mapped.on_change(lambda: changes.append(mapped.announced()))
+    mapped.set(["/ip4/203.0.113.7/tcp/4001"], 4002)
+    mapped.judge("/ip4/203.0.113.7/tcp/4001", reachable=False)
+    assert (mapped.announced(), mapped.data_port()) == ([], None)
+    # A renewal with the same address keeps the verdict; a later dial-back may revise it.
+    mapped.set(["/ip4/203.0.113.7/tcp/4001"], 4002)
+    assert mapped.all() == ["/ip4/203.0.113.7/tcp/4001"]
+    mapped.judge("/ip4/203.0.113.7/tcp/4001", reachable=True)
+    assert (mapped.announced(), mapped.data_port()) == (["/ip4/203.0.113.7/tcp/4001"], 4002)
+    assert changes == [["/ip4/203.0.113.7/tcp/4001"], [], ["/ip4/203.0.113.7/tcp/4001"]]
+
+
+async def test_autonat_refutes_a_mapped_address_that_does_not_reach_the_node() -> None:
+    """A router may map a port that nobody outside reaches (a second NAT in front of it):
+    the host announces the mapped address until a dial-back fails there."""
+    with trio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            server = await stack.enter_async_context(running_host(NodeKey.generate(), LOOPBACK))
+            mapped = MappedAddrs()
+            client = await stack.enter_async_context(
+                running_host(NodeKey.generate(), LOOPBACK, mapped=mapped)
+            )
+            Reachability(server, _guard(server), [])
+            reach = Reachability(client, _guard(client), [], mapped=mapped)
+            dead = f"/ip4/127.0.0.1/tcp/{_closed_port()}"
+            working = str(client.get_transport_addrs()[0])
+            mapped.set([dead, working])
+            announced = [str(a).split("/p2p/")[0] for a in client.get_addrs()]
+            assert dead in announced
+            assert working in announced
+            await client.connect(info_from_p2p_addr(server.get_addrs()[0]))
+            while mapped.verdicts()[dead] == "candidate":
+                await reach.check()
+                await trio.sleep(0.2)
+            assert mapped.verdicts() == {dead: "refuted", working: "confirmed"}
+            announced = [str(a).split("/p2p/")[0] for a in client.get_addrs()]
+            assert dead not in announced
+            assert working in announced
+            assert reach.state == PUBLIC

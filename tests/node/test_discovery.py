@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import pytest
+import trio
 
 from p2pshare.config import NetworkConfig
 from p2pshare.errors import UserError
@@ -98,3 +99,12 @@ async def test_the_address_a_peer_was_dialed_at_is_remembered_first(catalog: Cat
     assert [(p.peer_id, p.addrs) for p in catalog.known_peers()] == [
         (REMEMBERED, ("/ip4/192.0.2.1/tcp/4001", "/ip4/10.0.0.5/tcp/4001"))
     ]
+
+
+async def test_addresses_changing_while_the_daemon_stops_is_harmless(catalog: Catalog) -> None:
+    """A router mapping is removed on stop, which changes the announced addresses after
+    discovery's nursery may have closed: no re-announcement, and no error."""
+    discovery = Discovery(FakeNetwork(), catalog, NetworkConfig())  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        discovery._nursery = nursery
+    discovery.addresses_changed()
