@@ -406,11 +406,17 @@ def gc(ctx: click.Context, as_json: bool) -> None:
     from p2pshare.control.client import call  # noqa: PLC0415
 
     result = call(_home(ctx), "gc")
-    show(
-        result,
-        as_json,
-        lambda r: f"removed {len(r['removed'])} item(s), freed {_size(r['freed_bytes'])}",
-    )
+
+    def human(r: dict[str, Any]) -> str:
+        line = f"removed {len(r['removed'])} item(s), freed {_size(r['freed_bytes'])}"
+        if r.get("pinned"):
+            line += (
+                f"; kept {count(r['pinned'], 'pinned item')} ({_size(r['pinned_bytes'])}): "
+                "unpin CID to let gc remove one"
+            )
+        return line
+
+    show(result, as_json, human)
 
 
 def no_providers_sentence(cid: str, lookup: dict[str, Any], timeout: float) -> str:

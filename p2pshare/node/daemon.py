@@ -157,6 +157,8 @@ def _assemble(
     function that starts the background services in a nursery."""
     net = config.network
     store = ShareStore(catalog, home.content_dir, key, config.store.chunk_size, HomeGuard.of(home))
+    # We hold the home's lock and share nothing yet: every staging directory is stale.
+    store.staging.sweep(any_process=True)
     shares_now = functools.partial(checked_shares, store)
     discovery = Discovery(network, catalog, net, shares=shares_now)
     metrics = MetricsApi(network.peer_count, network.connection_count)

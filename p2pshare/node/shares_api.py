@@ -167,7 +167,12 @@ class SharesApi:
         if type(keep) is not int or keep < 0:
             raise InvalidParamsError("parameter 'keep_bytes' must be a non-negative integer")
         report = self.store.gc(keep_bytes=keep)
-        return {"removed": list(report.removed), "freed_bytes": report.freed_bytes}
+        return {
+            "removed": list(report.removed),
+            "freed_bytes": report.freed_bytes,
+            "pinned": report.pinned,
+            "pinned_bytes": report.pinned_bytes,
+        }
 
     def handlers(self) -> dict[str, Handler]:
         return {

@@ -73,6 +73,9 @@ class PreparedShare:
 class GcReport:
     removed: tuple[str, ...]
     freed_bytes: int
+    # Stored content gc kept because it is pinned (share --copy, share --to, seed, pin).
+    pinned: int = 0
+    pinned_bytes: int = 0
 
 
 class ShareStore:
@@ -437,25 +440,30 @@ class ShareStore:
     def gc(self, keep_bytes: int = 0, now: float | None = None) -> GcReport:
         """Delete unpinned stored content, oldest first, until at most ``keep_bytes`` remain.
 
-        Shares served in place from the user's files are never deleted, nor is a job
-        output its requester may still fetch (not fetched and before its keep_until).
+        Shares served in place from the user's files are never deleted, nor is pinned
+        content, nor a job output its requester may still fetch (not fetched and before
+        its keep_until).  What shares that did not finish left behind goes too
+        (p2pshare.store.staging).
         """
         now = time.time() if now is None else now
         outputs = self.catalog.job_outputs()
-        stored = self.stored_bytes()
+        rows = [row for row in self.catalog.shares() if row.stored]
+        stored = sum(row.total_size for row in rows)
         removed: list[str] = []
         freed = 0
-        for row in self.catalog.shares():
+        for row in rows:
             if stored - freed <= keep_bytes:
                 break
             output = outputs.get(row.cid)
             if output is not None and output.keep_until > now:
                 continue
-            if row.stored and not row.pinned:
+            if not row.pinned:
                 self.remove(row.cid)
                 removed.append(row.cid)
                 freed += row.total_size
-        return GcReport(tuple(removed), freed)
+        pinned = [row.total_size for row in rows if row.pinned]
+        leftovers = self.staging.sweep()
+        return GcReport(tuple(removed), freed + leftovers, len(pinned), sum(pinned))
 
     def gc_job_outputs(self, now: float | None = None) -> GcReport:
         """Delete every job output fetched by its requesters or past its keep_until."""
