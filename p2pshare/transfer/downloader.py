@@ -172,7 +172,7 @@ class Download:
         ``run_blocking`` runs hashing, writing and fsync off the event loop.
         ``redirect`` sees the verified manifest before anything is written: it may
         raise to refuse the content, or name another destination (a private share's
-        ciphertext goes to the store, not to ``dest``)."""
+        ciphertext goes to the store, not to ``dest``), which gets PRIVATE_UMASK."""
         self.cid = cid
         self.dest = dest
         self._settings = _Settings(
@@ -221,16 +221,19 @@ class Download:
             )
             signed, pages = await fetch_manifest(links)
             target = None if self._redirect is None else self._redirect(signed)
+            umask = self._umask
             if target is not None:
                 self.dest = target
                 settings = self._settings = replace(settings, dest=target)
+                # The node's store, not the user's files: private whatever their umask.
+                umask = PRIVATE_UMASK
             prepared = open_partial(
                 cid=self.cid,
                 dest=self.dest,
                 signed=signed,
                 pages=pages,
                 catalog=settings.catalog,
-                umask=self._umask,
+                umask=umask,
                 free_space=self._free_space,
             )
             transfer = self._transfer = Transfer(settings, prepared, links, self.report)
