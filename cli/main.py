@@ -282,7 +282,10 @@ def _share_line(share: dict[str, Any]) -> str:
         flags.append("STALE")
     size = _size(share["size"])
     label = share["name"] or share["path"]
-    if share["name"] is None and share["stored"]:
+    if "ciphertext_size" in share and "recipients" not in share:
+        # Fetched or seeded from another node: only its recipients can read it.
+        label += " (encrypted copy)"
+    elif share["name"] is None and share["stored"]:
         label += " (stored copy)"
     line = f"{share['cid']}  {size:>9}  {count(share['files'], 'file'):>11}  {label}" + (
         f"  [{', '.join(flags)}]" if flags else ""

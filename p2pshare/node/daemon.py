@@ -170,7 +170,13 @@ def _assemble(
     node.nat_status = [reach.status, relays.status]
     rate = config.transfer.upload_rate if upload_rate is None else upload_rate
     transfer = TransferApi(
-        network, store, LocalContent(store), discovery, UploadLimiter(rate), user_umask
+        network,
+        store,
+        LocalContent(store),
+        discovery,
+        UploadLimiter(rate),
+        user_umask,
+        config.store.quota_bytes,
     )
     transfer.register()
     shares = SharesApi(

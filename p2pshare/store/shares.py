@@ -426,6 +426,10 @@ class ShareStore:
     def stored_bytes(self) -> int:
         return sum(r.total_size for r in self.catalog.shares() if r.stored)
 
+    def pinned_bytes(self) -> int:
+        """Stored content gc may not remove: what the quota cannot make room in."""
+        return sum(r.total_size for r in self.catalog.shares() if r.stored and r.pinned)
+
     def commit_job_output(
         self, prepared: PreparedShare, requester: str, keep_until: int
     ) -> ShareRow:

@@ -168,8 +168,9 @@ class Staging:
     def _full(self, shared: Path, needed: int, free: int, state: str) -> StoreFullError:
         return StoreFullError(
             f"cannot store a copy of {shared}: the file system of {self._content_dir} is "
-            f"{state} (it needs {_size(needed)}, {_size(free)} free); nothing was published. "
-            "Free some space (p2pshare gc removes unpinned stored content) and share it again"
+            f"{state} (it needs {size_text(needed)}, {size_text(free)} free); nothing was "
+            "published. Free some space (p2pshare gc removes unpinned stored content) "
+            "and share it again"
         )
 
 
@@ -199,5 +200,6 @@ def _tree_size(path: Path) -> int:
     return total
 
 
-def _size(size: int) -> str:
+def size_text(size: int) -> str:
+    """A size for a sentence: exact below a megabyte."""
     return f"{size} bytes" if size < 1_000_000 else f"{size / 1e6:.1f} MB"
