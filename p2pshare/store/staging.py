@@ -40,7 +40,7 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 COPY_SIZE = 1 << 20
 # The errors of a write that the disk, not p2pshare, refused.
-_NO_SPACE = {errno.ENOSPC: "full", errno.EDQUOT: "over its disk quota"}
+_NO_SPACE = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its disk quota"}
 
 
 class StoreFullError(UserError):
@@ -111,7 +111,7 @@ class Staging:
             private_dir(self._content_dir)
         free = self._free_space(self._content_dir)
         if needed > free:
-            raise self._full(shared, needed, free, "full")
+            raise self._full(shared, needed, free, "has too little free space")
         path = self._content_dir / f"{PREFIX}{os.getpid()}-{time.monotonic_ns()}"
         with self._lock:
             private_dir(path)
@@ -167,7 +167,7 @@ class Staging:
 
     def _full(self, shared: Path, needed: int, free: int, state: str) -> StoreFullError:
         return StoreFullError(
-            f"cannot store a copy of {shared}: the file system of {self._content_dir} is "
+            f"cannot store a copy of {shared}: the file system of {self._content_dir} "
             f"{state} (it needs {size_text(needed)}, {size_text(free)} free); nothing was "
             "published. Free some space (p2pshare gc removes unpinned stored content) "
             "and share it again"

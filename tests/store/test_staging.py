@@ -168,23 +168,15 @@ def test_what_the_store_keeps_is_readable_by_the_node_user_only(
 
 
 def _failing_write(monkeypatch: pytest.MonkeyPatch, error: int) -> None:
-    """The store's file system refuses the second write into the store with ``error``."""
+    """The store's file system refuses every write into the store with ``error``."""
     real_open = staging_module.private_file
-    writes = 0
 
     class Refusing:
         def __init__(self, raw: Any) -> None:
             self._raw = raw
 
-        def write(self, data: bytes) -> int:
-            nonlocal writes
-            writes += 1
-            if writes == 2:
-                raise OSError(error, os.strerror(error))
-            return int(self._raw.write(data))
-
-        def fileno(self) -> int:
-            return int(self._raw.fileno())
+        def write(self, _data: bytes) -> int:
+            raise OSError(error, os.strerror(error))
 
         def __enter__(self) -> Refusing:
             return self
@@ -206,12 +198,15 @@ def test_a_full_disk_is_one_sentence_with_the_space_needed_and_leaves_nothing(
 ) -> None:
     path = _old_file(tmp_path)
     _failing_write(monkeypatch, error)
-    monkeypatch.setattr(store.staging, "_free_space", lambda _path: 12_345)
+    # Room when the share starts; the disk fills up while it is written.
+    free = iter([10**9, 12_345])
+    monkeypatch.setattr(store.staging, "_free_space", lambda _path: next(free))
     with pytest.raises(StoreFullError) as refused:
         prepare(store, path)
     said = str(refused.value)
     content = tmp_path / "home" / "content"
     assert f"cannot store a copy of {path}: the file system of {content} is " in said
+    assert ("is full (" if error == errno.ENOSPC else "is over its disk quota (") in said
     assert "12345 bytes free); nothing was published" in said
     assert "p2pshare gc" in said
     assert _leftovers(store, tmp_path) == []
