@@ -221,12 +221,11 @@ class Download:
             )
             signed, pages = await fetch_manifest(links)
             target = None if self._redirect is None else self._redirect(signed)
-            umask = self._umask
+            # A redirect goes to the node's store, not the user's files: always private.
+            umask = self._umask if target is None else PRIVATE_UMASK
             if target is not None:
                 self.dest = target
                 settings = self._settings = replace(settings, dest=target)
-                # The node's store, not the user's files: private whatever their umask.
-                umask = PRIVATE_UMASK
             prepared = open_partial(
                 cid=self.cid,
                 dest=self.dest,
