@@ -128,8 +128,9 @@ class TransferApi:
             job = await self.downloads.submit(request)
             return await self.downloads.follow(job, emit)
         finally:
-            if params.get("seed_only") and self.shares.catalog.download_request(str(cid)) is None:
-                # Refused or failed for good: the directory made for it must not stay.
+            if self.shares.catalog.download_request(str(cid)) is None:
+                # Done, refused or failed for good: a store directory made for a private
+                # share's ciphertext that holds nothing must not stay.
                 remove_empty_parent(self.shares.private_root(cid))
 
     async def _download(self, request: DownloadRequest, progress: Progress) -> dict[str, Any]:
