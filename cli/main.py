@@ -293,7 +293,10 @@ def _share_line(share: dict[str, Any]) -> str:
         flags.append("STALE")
     size = _size(share["size"])
     label = share["name"] or share["path"]
-    if share["name"] is None and share["stored"]:
+    if "ciphertext_size" in share and "recipients" not in share:
+        # Fetched or seeded from another node: only its recipients can read it.
+        label += " (encrypted copy)"
+    elif share["name"] is None and share["stored"]:
         label += " (stored copy)"
     line = f"{share['cid']}  {size:>9}  {count(share['files'], 'file'):>11}  {label}" + (
         f"  [{', '.join(flags)}]" if flags else ""
@@ -426,11 +429,17 @@ def gc(ctx: click.Context, as_json: bool) -> None:
     from p2pshare.control.client import call  # noqa: PLC0415
 
     result = call(_home(ctx), "gc")
-    show(
-        result,
-        as_json,
-        lambda r: f"removed {len(r['removed'])} item(s), freed {_size(r['freed_bytes'])}",
-    )
+
+    def human(r: dict[str, Any]) -> str:
+        line = f"removed {len(r['removed'])} item(s), freed {_size(r['freed_bytes'])}"
+        if r.get("pinned"):
+            line += (
+                f"; kept {count(r['pinned'], 'pinned item')} ({_size(r['pinned_bytes'])}): "
+                "unpin CID to let gc remove one"
+            )
+        return line
+
+    show(result, as_json, human)
 
 
 def no_providers_sentence(cid: str, lookup: dict[str, Any], timeout: float) -> str:

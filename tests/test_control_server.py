@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import stat
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 import pytest
 import trio
+import trio.testing
 
-from p2pshare.control.server import ControlServer, Emit, Handler, InvalidParamsError
+from p2pshare.control.server import (
+    ClientGoneError,
+    ControlServer,
+    Emit,
+    Handler,
+    InvalidParamsError,
+)
 from p2pshare.errors import UserError
 from p2pshare.proto.control import (
     MAX_FRAME,
@@ -68,7 +76,30 @@ async def odd_name_error(_params: dict[str, Any], _emit: Emit) -> Any:
     raise UserError(f"cannot share {NOT_UTF8}: its name is not valid UTF-8")
 
 
+# What emit_until_gone saw: set when it ends, and the error that ended it.
+GONE: dict[str, Any] = {}
+
+
+async def emit_until_gone(_params: dict[str, Any], emit: Emit) -> Any:
+    """Emit from a worker thread, as ``share`` does while hashing, until emit fails."""
+    token = trio.lowlevel.current_trio_token()
+
+    def work() -> None:
+        for step in range(10_000):
+            trio.from_thread.run(emit, "progress", {"step": step}, trio_token=token)
+
+    GONE["ended"] = trio.Event()
+    try:
+        await trio.to_thread.run_sync(work)
+    except BaseException as exc:
+        GONE["error"] = exc
+        raise
+    finally:
+        GONE["ended"].set()
+
+
 HANDLERS: dict[str, Handler] = {
+    "emit_until_gone": emit_until_gone,
     "echo": echo,
     "fail_user": fail_user,
     "fail_params": fail_params,
@@ -195,6 +226,25 @@ async def test_client_vanishing_mid_request_does_not_stop_the_server(server: Ser
     await vandal.stream.aclose()
     client = await server.connect()
     assert await client.call(Request(2, "echo", {})) == [Reply(2, {})]
+
+
+async def test_a_client_killed_mid_request_is_logged_in_one_line_without_traceback(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="p2pshare.control.server")
+    client = await server.connect()
+    await client.stream.send_all(encode_request(Request(1, "emit_until_gone", {})))
+    assert isinstance(await client.receive(), Event)
+    await client.stream.aclose()
+    with trio.fail_after(10):
+        await GONE["ended"].wait()
+    assert isinstance(GONE["error"], ClientGoneError)
+    # Once the handler's reply found no client either, the connection is done with.
+    with trio.fail_after(10):
+        while "control client went away" not in caplog.messages:
+            await trio.testing.wait_all_tasks_blocked()
+    assert [r.message for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING] == []
+    assert "emit_until_gone stopped: its client went away" in caplog.messages
 
 
 async def test_a_name_that_is_not_utf8_never_crashes_a_reply(server: Server) -> None:

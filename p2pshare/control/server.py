@@ -57,6 +57,12 @@ def umask_param(params: Mapping[str, Any], default: int) -> int:
     return value
 
 
+class ClientGoneError(trio.BrokenResourceError):
+    """The client of a request went away (killed, Ctrl-C) while it was being served:
+    what :data:`Emit` raises then.  Not a failure of the daemon: it is logged without
+    a traceback, and a handler that holds resources releases them as it unwinds."""
+
+
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 """Sends a progress event for the current request."""
 Handler = Callable[[dict[str, Any], Emit], Awaitable[Any]]
@@ -166,7 +172,10 @@ class ControlServer:
             return
 
         async def emit(name: str, data: dict[str, Any]) -> None:
-            await self._send(stream, Event(request.id, name, data))
+            try:
+                await self._send(stream, Event(request.id, name, data))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ClientGoneError(f"the client of {request.method} went away") from exc
 
         try:
             result = await handler(request.params, emit)
@@ -190,6 +199,9 @@ class ControlServer:
     def _error_reply(self, request_id: int, method: str, exc: Exception) -> ErrorReply:
         """The reply for a failed call: the first error in it that speaks to the user."""
         leaves = leaf_errors(exc)
+        if any(isinstance(leaf, ClientGoneError) for leaf in leaves):
+            log.info("%s stopped: its client went away", method)
+            return ErrorReply(request_id, ErrorCode.FAILED, "the client went away")
         for leaf in leaves:
             if isinstance(leaf, InvalidParamsError):
                 return ErrorReply(request_id, ErrorCode.INVALID_PARAMS, str(leaf))

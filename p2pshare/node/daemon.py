@@ -166,6 +166,8 @@ def _assemble(
     function that starts the background services in a nursery."""
     net = config.network
     store = ShareStore(catalog, home.content_dir, key, config.store.chunk_size, HomeGuard.of(home))
+    # We hold the home's lock and share nothing yet: every staging directory is stale.
+    store.staging.sweep(any_process=True)
     shares_now = functools.partial(checked_shares, store)
     discovery = Discovery(network, catalog, net, shares=shares_now)
     metrics = MetricsApi(network.peer_count, network.connection_count)
@@ -182,7 +184,13 @@ def _assemble(
     network.mapped.on_change(discovery.addresses_changed)
     rate = config.transfer.upload_rate if upload_rate is None else upload_rate
     transfer = TransferApi(
-        network, store, LocalContent(store), discovery, UploadLimiter(rate), user_umask
+        network,
+        store,
+        LocalContent(store),
+        discovery,
+        UploadLimiter(rate),
+        user_umask,
+        config.store.quota_bytes,
     )
     transfer.register()
     shares = SharesApi(

@@ -17,6 +17,7 @@ the request that connects meanwhile ends the wait at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import stat
@@ -128,6 +129,12 @@ def remove_partial(dest: Path) -> bool:
     else:
         path.unlink()
     return True
+
+
+def remove_empty_parent(path: Path) -> None:
+    """Remove the store's ``content/<digest>/`` made for ``path``, if nothing is in it."""
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
 
 
 class DownloadManager:
@@ -408,6 +415,8 @@ class DownloadManager:
             remove_partial, Path(row.destination)
         )
         self._catalog.forget_download(cid)
+        if self._stored_at is not None:
+            remove_empty_parent(Path(self._stored_at(cid)))
         log.info("download of %s to %s cancelled", cid, request.destination)
         return {"cid": cid, "destination": request.destination, "removed_partial": removed}
 

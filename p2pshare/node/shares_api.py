@@ -17,12 +17,14 @@ import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
 from p2pshare.proto.cid import ContentId
+from p2pshare.proto.sealed import plain_size
 from p2pshare.proto.ticket import MAX_ADDRS, Ticket
 from p2pshare.store.shares import changed_file
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from p2pshare.proto.manifest import Manifest
     from p2pshare.store.catalog import ShareRow
     from p2pshare.store.shares import PreparedShare, ShareStore
 
@@ -67,8 +69,9 @@ async def checked_shares(store: ShareStore) -> list[ShareRow]:
     return store.catalog.shares()
 
 
-def share_doc(row: ShareRow) -> dict[str, Any]:
-    return {
+def share_doc(row: ShareRow, manifest: Manifest) -> dict[str, Any]:
+    """A share as ``share``, ``ls``, ``pin`` and the like show it."""
+    doc = {
         "cid": row.cid,
         "name": row.name,
         "kind": row.kind,
@@ -80,6 +83,11 @@ def share_doc(row: ShareRow) -> dict[str, Any]:
         "stored": row.stored,
         "stale": row.stale_reason,
     }
+    if manifest.sealed is not None:
+        # The size of what was shared; the ciphertext in the store is a tag per chunk larger.
+        sizes = [plain_size(entry.size, manifest.chunk_size) for entry in manifest.entries]
+        doc |= {"size": sum(sizes), "ciphertext_size": row.total_size}
+    return doc
 
 
 @dataclass
@@ -138,7 +146,7 @@ class SharesApi:
         return doc
 
     def _full_doc(self, row: ShareRow) -> dict[str, Any]:
-        doc = share_doc(row)
+        doc = self._doc(row)
         private = self.store.catalog.private_share(row.cid)
         if private is not None:
             doc["recipients"] = list(private.recipients)
@@ -153,22 +161,32 @@ class SharesApi:
         rows = [row for row in await checked_shares(self.store) if row.cid not in outputs]
         return {"shares": [self._full_doc(row) for row in rows]}
 
+    def _doc(self, row: ShareRow) -> dict[str, Any]:
+        return share_doc(row, self.store.signed_manifest(row.cid).manifest)
+
     async def unshare(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         revoke = bool(params.get("revoke", False))
-        return share_doc(self.store.remove(_cid_param(params), revoke=revoke)) | {"revoked": revoke}
+        cid = _cid_param(params)
+        manifest = self.store.signed_manifest(cid).manifest
+        return share_doc(self.store.remove(cid, revoke=revoke), manifest) | {"revoked": revoke}
 
     async def pin(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
-        return share_doc(self.store.set_pinned(_cid_param(params), pinned=True))
+        return self._doc(self.store.set_pinned(_cid_param(params), pinned=True))
 
     async def unpin(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
-        return share_doc(self.store.set_pinned(_cid_param(params), pinned=False))
+        return self._doc(self.store.set_pinned(_cid_param(params), pinned=False))
 
     async def gc(self, params: dict[str, Any], _emit: Emit) -> dict[str, Any]:
         keep = params.get("keep_bytes", 0)
         if type(keep) is not int or keep < 0:
             raise InvalidParamsError("parameter 'keep_bytes' must be a non-negative integer")
         report = self.store.gc(keep_bytes=keep)
-        return {"removed": list(report.removed), "freed_bytes": report.freed_bytes}
+        return {
+            "removed": list(report.removed),
+            "freed_bytes": report.freed_bytes,
+            "pinned": report.pinned,
+            "pinned_bytes": report.pinned_bytes,
+        }
 
     def handlers(self) -> dict[str, Handler]:
         return {

@@ -14,13 +14,19 @@ import trio
 from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
 from p2pshare.errors import P2PShareError, UserError, leaf_errors
 from p2pshare.net.datachannel import DataChannelOpenError
-from p2pshare.node.downloads import ACTIVE, DownloadManager, remove_partial
+from p2pshare.node.downloads import (
+    ACTIVE,
+    DownloadManager,
+    remove_empty_parent,
+    remove_partial,
+)
 from p2pshare.node.timeouts import PROVIDER_FIND_TIMEOUT, PROVIDER_OPEN_TIMEOUT
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.sealed import NotARecipientError
 from p2pshare.proto.ticket import parse_content_ref
 from p2pshare.proto.transfer import PROTOCOL_ID
 from p2pshare.store.catalog import DownloadRequest
+from p2pshare.store.staging import size_text
 from p2pshare.transfer.downloader import Download, DownloadReport, MemoryRecords, Source
 from p2pshare.transfer.failures import ContentTooLargeError, NoProvidersError
 from p2pshare.transfer.local import open_local
@@ -53,6 +59,8 @@ class TransferApi:
     # The umask the daemon was started with (not the private one it then sets): for a
     # client that sends none (older ones), and for requests kept from then.
     daemon_umask: int
+    # [store] quota_bytes: what seeded (pinned) content may take with the rest of the store.
+    quota_bytes: int
     downloads: DownloadManager = field(init=False)
 
     def __post_init__(self) -> None:
@@ -116,8 +124,14 @@ class TransferApi:
             updated_at=now,
             umask=umask_param(params, self.daemon_umask),
         )
-        job = await self.downloads.submit(request)
-        return await self.downloads.follow(job, emit)
+        try:
+            job = await self.downloads.submit(request)
+            return await self.downloads.follow(job, emit)
+        finally:
+            if self.shares.catalog.download_request(str(cid)) is None:
+                # Done, refused or failed for good: a store directory made for a private
+                # share's ciphertext that holds nothing must not stay.
+                remove_empty_parent(self.shares.private_root(cid))
 
     async def _download(self, request: DownloadRequest, progress: Progress) -> dict[str, Any]:
         """One attempt at ``request``; a completed download is served from where it lies.
@@ -157,6 +171,7 @@ class TransferApi:
             await trio.to_thread.run_sync(
                 lambda: self.shares.adopt(signed, pages, root, stored=True)
             )
+            self._keep_within_quota(key, seed_only=seed_only)
             self.discovery.provide_soon(key)
             if not seed_only:
                 await self._open_private(request, signed, root, report)
@@ -197,6 +212,9 @@ class TransferApi:
         signed = self.shares.signed_manifest(row.cid)
         if signed.manifest.sealed is None:
             return None
+        if seed_only:
+            self._check_seed_room(signed)
+            self._keep_within_quota(row.cid, seed_only=True)
         report = DownloadReport(row.cid, request.destination, 0, 0, 0)
         if not seed_only:
             await self._open_private(request, signed, Path(row.root), report)
@@ -208,11 +226,41 @@ class TransferApi:
             if seed_only:
                 raise UserError(f"{signed.cid} is not a private share; fetch it with get -o")
             return None
-        if not seed_only:
+        if seed_only:
+            self._check_seed_room(signed)
+        else:
             self._check_recipient(signed)
         root = self.shares.private_root(signed.cid)
         root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         return root
+
+    def _check_seed_room(self, signed: SignedManifest) -> None:
+        """Refuse to seed what pinned content and the quota leave no room for.
+
+        Seeded content is pinned: gc never removes it, so it must fit beside the other
+        pinned content (unpinned content gives way to it, oldest first).
+        """
+        cid = str(signed.cid)
+        size = signed.manifest.total_size
+        row = self.shares.catalog.share(cid)
+        if row is not None and row.stored and row.pinned:
+            return
+        pinned = self.shares.pinned_bytes()
+        if pinned + size > self.quota_bytes:
+            raise StoreQuotaError(
+                f"cannot seed {cid}: it takes {size_text(size)} and pinned content already "
+                f"takes {size_text(pinned)} of the store quota of {size_text(self.quota_bytes)}; "
+                "nothing was fetched. Unpin or unshare stored content you no longer need "
+                "(p2pshare ls), or raise [store] quota_bytes in config.toml"
+            )
+
+    def _keep_within_quota(self, cid: str, *, seed_only: bool) -> None:
+        """Pin seeded content; then remove unpinned stored content beyond the quota."""
+        if seed_only:
+            self.shares.set_pinned(cid, pinned=True)
+        report = self.shares.gc(keep_bytes=self.quota_bytes)
+        if report.removed:
+            log.info("the store quota removed %s", ", ".join(report.removed))
 
     async def _open_private(
         self, request: DownloadRequest, signed: SignedManifest, root: Path, report: DownloadReport
@@ -382,6 +430,10 @@ def _unwrapped(exc: BaseException) -> BaseException:
     if isinstance(exc, BaseExceptionGroup) and all(isinstance(e, P2PShareError) for e in leaves):
         return leaves[0]
     return exc
+
+
+class StoreQuotaError(UserError):
+    """Seeding would pin more than ``[store] quota_bytes`` allows."""
 
 
 def _no_private_input(signed: SignedManifest) -> None:

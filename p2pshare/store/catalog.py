@@ -8,7 +8,9 @@ UserError with the recovery step from docs/store.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -255,11 +257,26 @@ def _corrupt(path: Path, exc: sqlite3.Error) -> UserError:
     )
 
 
+def _private_files(path: Path) -> None:
+    """Make the database 0600 before SQLite opens it, whatever the umask: SQLite gives
+    the ``-wal`` and ``-shm`` files it creates the database's mode.  Those of a catalog
+    from an older version are made private too."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + suffix).chmod(0o600)
+
+
 class Catalog:
     """All catalog reads and writes; one connection, used from the daemon's thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        _private_files(path)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
@@ -273,7 +290,7 @@ class Catalog:
         if problem != "ok":
             self._db.close()
             raise _corrupt(path, sqlite3.DatabaseError(problem))
-        path.chmod(0o600)
+        _private_files(path)
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]

@@ -27,8 +27,11 @@ from p2pshare.proto.sealed import (
     seal_body,
     seal_content_key,
     sealed_entry_name,
+    sealed_size,
 )
-from p2pshare.store.scanner import Scan, ScannedFile
+from p2pshare.store import staging
+from p2pshare.store.checked import FileIdentity
+from p2pshare.store.scanner import Scan, ScannedFile, check_unchanged, settle
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -64,7 +67,7 @@ def seal_scan(
     content_key = os.urandom(KEY_SIZE)
     share_id = os.urandom(SHARE_ID_SIZE)
     files = sorted(found.files, key=lambda f: f.rel_path.encode("utf-8"))
-    root.mkdir(mode=0o700)
+    staging.private_dir(root)
     sealed_files = []
     for index, file in enumerate(files):
         target = root / sealed_entry_name(index)
@@ -91,17 +94,29 @@ def seal_scan(
 def _seal_file(
     file: ScannedFile, target: Path, key: bytes, share_id: bytes, index: int, chunk_size: int
 ) -> None:
+    """Encrypt ``file`` into the new ``target`` (0600); refuse it if it changes meanwhile.
+
+    An OSError goes up to the staging directory's owner (p2pshare.store.staging), which
+    says what failed, a full disk included.
+    """
     plain = plain_chunk_size(chunk_size)
     count = -(-file.size // plain)
-    try:
-        with file.abs_path.open("rb") as src, target.open("xb") as dst:
-            target.chmod(0o600)
-            for chunk in range(count):
-                data = src.read(plain)
-                if len(data) != min(plain, file.size - chunk * plain):
-                    raise UserError(f"{file.abs_path} changed while it was being sealed")
-                dst.write(encrypt_chunk(key, share_id, index, chunk, chunk == count - 1, data))
-            if src.read(1):
-                raise UserError(f"{file.abs_path} changed while it was being sealed")
-    except OSError as exc:
-        raise UserError(f"cannot seal {file.abs_path}: {exc.strerror}") from None
+    sealed = 0
+    with file.abs_path.open("rb") as src, staging.private_file(target) as dst:
+        before = FileIdentity.of(os.fstat(src.fileno()))
+        settle(before)
+        for chunk in range(count):
+            data = src.read(plain)
+            sealed += len(data)
+            if len(data) != min(plain, file.size - chunk * plain):
+                break
+            dst.write(encrypt_chunk(key, share_id, index, chunk, chunk == count - 1, data))
+        else:
+            sealed += len(src.read(1))
+        after = FileIdentity.of(os.fstat(src.fileno()))
+    check_unchanged(file, before, after, sealed)
+
+
+def sealed_bytes(found: Scan, chunk_size: int) -> int:
+    """What sealing ``found`` writes into the store."""
+    return sum(sealed_size(f.size, chunk_size) for f in found.files)

@@ -25,7 +25,7 @@ from p2pshare.errors import LocalProtocolError, RemoteProtocolError, UserError
 from p2pshare.proto.chunks import ChunkHasher
 from p2pshare.proto.manifest import FileEntry, ShareKind, check_shareable
 from p2pshare.proto.paths import printable
-from p2pshare.store.checked import FileIdentity
+from p2pshare.store.checked import RACY_NS, FileIdentity
 from p2pshare.store.guard import (
     OTHER_HOME,
     SECRET_DIRS,
@@ -210,6 +210,45 @@ class _Walk:
         return printable(path.relative_to(self._root).as_posix())
 
 
+class FileChangedError(UserError):
+    """A file changed between its scan and the end of its read: what was read is no version
+    of it, so nothing of the share may be published."""
+
+
+def check_unchanged(
+    file: ScannedFile, before: FileIdentity, after: FileIdentity, bytes_read: int
+) -> None:
+    """Refuse ``file`` unless it stayed as scanned while it was read from one descriptor.
+
+    ``before`` and ``after`` are the descriptor's ``fstat`` around the read.  Size and
+    mtime are compared with the scan, and device, inode and ctime across the read: an
+    edit that keeps the length, or restores the mtime, still changes the ctime.  The
+    public share (hashing) and the private one (sealing) both use this one check.
+    """
+    if (
+        bytes_read != file.size
+        or before.size != file.size
+        or before.mtime_ns != file.mtime_ns
+        or after != before
+    ):
+        raise FileChangedError(
+            f"{file.abs_path} changed while it was being shared; nothing was published, "
+            "share it again when it is no longer being written"
+        )
+
+
+def settle(before: FileIdentity) -> None:
+    """Wait, at most RACY_NS, until an edit from now on cannot leave ``before`` unchanged.
+
+    The kernel stamps files from a coarse clock: an edit in the same tick as the
+    file's last change would keep its size, mtime and ctime, and a copy read meanwhile
+    would mix two versions unseen.  Only a file changed in the last RACY_NS waits.
+    """
+    wait_ns = min(before.ctime_ns + RACY_NS - time.time_ns(), RACY_NS)
+    if wait_ns > 0:
+        time.sleep(wait_ns / 1e9)
+
+
 def hash_file(file: ScannedFile, chunk_size: int, progress: Callable[[int], None]) -> HashedFile:
     """Hash one file in chunks; refuse it if it changes while being read."""
     hasher = ChunkHasher(chunk_size)
@@ -227,7 +266,6 @@ def hash_file(file: ScannedFile, chunk_size: int, progress: Callable[[int], None
     except OSError as exc:
         raise UserError(f"cannot read {file.abs_path}: {exc.strerror}") from None
     hashes += hasher.finish()
-    if hasher.bytes_hashed != file.size or after.mtime_ns != file.mtime_ns or after != before:
-        raise UserError(f"{file.abs_path} changed while it was being hashed; share it again")
+    check_unchanged(file, before, after, hasher.bytes_hashed)
     entry = FileEntry(file.rel_path, file.size, b"".join(hashes), file.executable)
     return HashedFile(entry, after, read_at_ns)

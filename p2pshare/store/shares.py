@@ -36,8 +36,9 @@ from p2pshare.proto.sealed import OpenedShare, open_envelope
 from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest, sign_manifest
 from p2pshare.store.catalog import Catalog, FileStamp, PrivateShare, ShareRow
 from p2pshare.store.checked import CheckedChunks, FileIdentity
-from p2pshare.store.private import recipient_keys, seal_scan
+from p2pshare.store.private import recipient_keys, seal_scan, sealed_bytes
 from p2pshare.store.scanner import HashedFile, Scan, hash_file, scan
+from p2pshare.store.staging import Staging, copy_checked, free_bytes, private_dirs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -72,6 +73,9 @@ class PreparedShare:
 class GcReport:
     removed: tuple[str, ...]
     freed_bytes: int
+    # Stored content gc kept because it is pinned (share --copy, share --to, seed, pin).
+    pinned: int = 0
+    pinned_bytes: int = 0
 
 
 class ShareStore:
@@ -84,7 +88,9 @@ class ShareStore:
         key: NodeKey,
         chunk_size: int,
         guard: HomeGuard | None = None,
+        free_space: Callable[[Path], int] = free_bytes,
     ) -> None:
+        """``free_space`` tells the bytes free in a directory (tests fake a small disk)."""
         self.catalog = catalog
         # The daemon always passes its home's guard; without one nothing is refused.
         self.guard = guard
@@ -97,6 +103,7 @@ class ShareStore:
         # every catalog write about a share goes through this class and drops its entry.
         self._serving: dict[str, tuple[ShareRow, list[FileStamp]]] = {}
         self._checked = CheckedChunks()
+        self.staging = Staging(content_dir, free_space)
 
     # -- publishing (prepare runs in a worker thread: it reads and hashes files)
 
@@ -110,14 +117,20 @@ class ShareStore:
     ) -> PreparedShare:
         """Scan, (copy,) hash, build and sign; touches no catalog state."""
         found = scan(path, self._chunk_size, name, self.guard)
-        origin = found.root
-        if copy:
-            found = self._snapshot(found)
-        hashed, built = self._hash_and_build(found, name, None, progress)
-        signed = sign_manifest(built.manifest, self._key)
-        if copy:
-            found = self._settle_snapshot(found, signed.cid)
-        return PreparedShare(signed, built.pages, found, stored=copy, hashed=hashed, origin=origin)
+        if not copy:
+            hashed, built = self._hash_and_build(found, name, None, progress)
+            signed = sign_manifest(built.manifest, self._key)
+            return PreparedShare(
+                signed, built.pages, found, stored=False, hashed=hashed, origin=found.root
+            )
+        with self.staging.new(found.root, found.total_size) as staged:
+            snapshot = self._snapshot(found, staged)
+            hashed, built = self._hash_and_build(snapshot, name, None, progress)
+            signed = sign_manifest(built.manifest, self._key)
+            snapshot = self._settle_snapshot(snapshot, signed.cid)
+        return PreparedShare(
+            signed, built.pages, snapshot, stored=True, hashed=hashed, origin=found.root
+        )
 
     def prepare_private(
         self,
@@ -131,12 +144,13 @@ class ShareStore:
         """Scan, seal for ``recipients`` (peer IDs) into the store, hash and sign the ciphertext."""
         keys = recipient_keys(recipients, self._key.peer_id)
         found = scan(path, self._chunk_size, name, self.guard)
-        staging = self._staging()
-        sealed = seal_scan(found, keys, self._chunk_size, staging / "tree", name)
-        # created 0: the ciphertext is new each time anyway, and the time tells observers nothing.
-        hashed, built = self._hash_and_build(sealed.scan, None, sealed.envelope, progress, 0)
-        signed = sign_manifest(built.manifest, self._key)
-        settled = self._settle_snapshot(sealed.scan, signed.cid)
+        with self.staging.new(found.root, sealed_bytes(found, self._chunk_size)) as staged:
+            sealed = seal_scan(found, keys, self._chunk_size, staged / "tree", name)
+            # created 0: the ciphertext is new each time anyway, and the time tells
+            # observers nothing.
+            hashed, built = self._hash_and_build(sealed.scan, None, sealed.envelope, progress, 0)
+            signed = sign_manifest(built.manifest, self._key)
+            settled = self._settle_snapshot(sealed.scan, signed.cid)
         prepared = PreparedShare(
             signed, built.pages, settled, stored=True, hashed=hashed, origin=found.root
         )
@@ -176,27 +190,18 @@ class ShareStore:
         )
         return hashed, built
 
-    def _staging(self) -> Path:
-        self._content_dir.mkdir(mode=0o700, exist_ok=True)
-        staging = self._content_dir / f".staging-{os.getpid()}-{time.monotonic_ns()}"
-        staging.mkdir(mode=0o700)
-        return staging
-
-    def _snapshot(self, found: Scan) -> Scan:
-        staging = self._staging()
-        root = staging / found.root.name if found.kind is ShareKind.FILE else staging / "tree"
+    @staticmethod
+    def _snapshot(found: Scan, staged: Path) -> Scan:
+        """Copy the scanned files into ``staged``, each checked unchanged while copied."""
+        root = staged / found.root.name if found.kind is ShareKind.FILE else staged / "tree"
         copied = []
         for f in found.files:
             target = root if found.kind is ShareKind.FILE else root / f.rel_path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f.abs_path, target)
-            st = target.stat()
-            # copy2 keeps the user's mode bits; the home keeps only the owner's.
-            target.chmod(stat.S_IMODE(st.st_mode) & stat.S_IRWXU)
-            os.utime(target, ns=(st.st_atime_ns, f.mtime_ns))
-            copied.append(replace(f, abs_path=target, size=st.st_size))
+            private_dirs(staged, target.parent)
+            copy_checked(f, target)
+            copied.append(replace(f, abs_path=target))
         if found.kind is ShareKind.DIRECTORY:
-            root.mkdir(exist_ok=True)
+            private_dirs(staged, root)
         return replace(found, root=root, files=tuple(copied))
 
     def _settle_snapshot(self, found: Scan, cid: ContentId) -> Scan:
@@ -421,6 +426,10 @@ class ShareStore:
     def stored_bytes(self) -> int:
         return sum(r.total_size for r in self.catalog.shares() if r.stored)
 
+    def pinned_bytes(self) -> int:
+        """Stored content gc may not remove: what the quota cannot make room in."""
+        return sum(r.total_size for r in self.catalog.shares() if r.stored and r.pinned)
+
     def commit_job_output(
         self, prepared: PreparedShare, requester: str, keep_until: int
     ) -> ShareRow:
@@ -435,25 +444,30 @@ class ShareStore:
     def gc(self, keep_bytes: int = 0, now: float | None = None) -> GcReport:
         """Delete unpinned stored content, oldest first, until at most ``keep_bytes`` remain.
 
-        Shares served in place from the user's files are never deleted, nor is a job
-        output its requester may still fetch (not fetched and before its keep_until).
+        Shares served in place from the user's files are never deleted, nor is pinned
+        content, nor a job output its requester may still fetch (not fetched and before
+        its keep_until).  What shares that did not finish left behind goes too
+        (p2pshare.store.staging).
         """
         now = time.time() if now is None else now
         outputs = self.catalog.job_outputs()
-        stored = self.stored_bytes()
+        rows = [row for row in self.catalog.shares() if row.stored]
+        stored = sum(row.total_size for row in rows)
         removed: list[str] = []
         freed = 0
-        for row in self.catalog.shares():
+        for row in rows:
             if stored - freed <= keep_bytes:
                 break
             output = outputs.get(row.cid)
             if output is not None and output.keep_until > now:
                 continue
-            if row.stored and not row.pinned:
+            if not row.pinned:
                 self.remove(row.cid)
                 removed.append(row.cid)
                 freed += row.total_size
-        return GcReport(tuple(removed), freed)
+        pinned = [row.total_size for row in rows if row.pinned]
+        leftovers = self.staging.sweep()
+        return GcReport(tuple(removed), freed + leftovers, len(pinned), sum(pinned))
 
     def gc_job_outputs(self, now: float | None = None) -> GcReport:
         """Delete every job output fetched by its requesters or past its keep_until."""

@@ -172,7 +172,7 @@ class Download:
         ``run_blocking`` runs hashing, writing and fsync off the event loop.
         ``redirect`` sees the verified manifest before anything is written: it may
         raise to refuse the content, or name another destination (a private share's
-        ciphertext goes to the store, not to ``dest``)."""
+        ciphertext goes to the store, not to ``dest``), which gets PRIVATE_UMASK."""
         self.cid = cid
         self.dest = dest
         self._settings = _Settings(
@@ -221,6 +221,8 @@ class Download:
             )
             signed, pages = await fetch_manifest(links)
             target = None if self._redirect is None else self._redirect(signed)
+            # A redirect goes to the node's store, not the user's files: always private.
+            umask = self._umask if target is None else PRIVATE_UMASK
             if target is not None:
                 self.dest = target
                 settings = self._settings = replace(settings, dest=target)
@@ -230,7 +232,7 @@ class Download:
                 signed=signed,
                 pages=pages,
                 catalog=settings.catalog,
-                umask=self._umask,
+                umask=umask,
                 free_space=self._free_space,
             )
             transfer = self._transfer = Transfer(settings, prepared, links, self.report)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -182,3 +184,43 @@ def test_a_finished_download_is_listed_fresh_until_overwritten(
         stale = {s["cid"]: s["stale"] for s in cli_json(getter, "ls")["shares"]}
         assert "changed on disk" in stale[big_cid]
         assert stale[small_cid] is None, "the new download is fresh"
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(child.stdout)
+
+
+def _staging(home: Home, pid: int, serial: int, size: int) -> Path:
+    """What a share --copy that never finished left in the store."""
+    path = home.content_dir / f".staging-{pid}-{serial}"
+    (path / "tree").mkdir(parents=True)
+    (path / "tree" / "half-copied.bin").write_bytes(b"x" * size)
+    return path
+
+
+def test_what_unfinished_shares_left_is_removed_at_start_and_by_gc(
+    home: Home, tmp_path: Path
+) -> None:
+    init_home(home)
+    home.content_dir.mkdir(mode=0o700)
+    crashed = _staging(home, _dead_pid(), 1, 1000)
+    # The pid of a daemon killed long ago, now some other process's (pid 1 always lives).
+    reused = _staging(home, 1, 2, 10)
+    stored = home.content_dir / ("ab" * 32)
+    stored.mkdir()
+    with DaemonProcess(home) as node:
+        node.start()
+        assert not crashed.exists()
+        assert not reused.exists()
+        later = _staging(home, _dead_pid(), 3, 500)
+        report = cli_json(node, "gc")
+        assert report["freed_bytes"] == 500
+        assert not later.exists()
+        assert [p.name for p in home.content_dir.iterdir()] == [stored.name]

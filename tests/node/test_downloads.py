@@ -449,8 +449,9 @@ async def test_cancel_removes_a_private_downloads_ciphertext_partial_from_the_st
     env: Env, nursery: trio.Nursery
 ) -> None:
     """A private share's ciphertext is written into the store, not to ``-o``: cancel
-    must find and delete that partial, and the listing must show its progress."""
-    stored = env.root / "content" / "tree"
+    must find and delete that partial, and the listing must show its progress; the
+    store's directory made for it goes too."""
+    stored = env.root / "content" / ("ab" * 32) / "tree"
     request = env.saved("plain", PAUSED)
     env.record(replace(request, destination=str(stored)), chunks=2)
     partial = partial_path(stored)
@@ -463,6 +464,7 @@ async def test_cancel_removes_a_private_downloads_ciphertext_partial_from_the_st
     result = await manager.cancel(env.cid)
     assert result["removed_partial"] is True
     assert not partial.exists()
+    assert list((env.root / "content").iterdir()) == []
     assert env.catalog.download(env.cid) is None
 
 

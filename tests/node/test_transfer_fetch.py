@@ -69,6 +69,7 @@ async def test_fetch_asks_the_dht_when_the_hinted_peer_lacks_the_content(tmp_pat
             cast("Any", discovery),
             UploadLimiter(),
             0o022,
+            1 << 30,
         )
         async with trio.open_nursery() as nursery:
 
