@@ -10,7 +10,8 @@ first real job pays neither imports nor lazy initialisation) and then confines
 itself: RLIMIT_DATA (the memory it can actually write: heap, thread stacks and
 wasm linear memory, but not wasmtime's address-space reservations), a coarse
 RLIMIT_AS, RLIMIT_NOFILE, no core dumps, a lower priority, and death with its
-parent.  Each job sets RLIMIT_CPU to the CPU time the job may still use.
+parent (a watchdog thread waits on the parent process).  Each job sets RLIMIT_CPU
+to the CPU time the job may still use.
 
 Wire format, both directions: frames of :mod:`p2pshare.proto.framing` holding a
 msgpack map with a type ``"t"``:
@@ -32,8 +33,10 @@ import ctypes
 import math
 import os
 import resource
-import signal
+import select
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -65,9 +68,10 @@ ADDRESS_HEADROOM: Final = 2 * (4 * 1024**3 + 4 * 1024**3)
 MAX_OPEN_FILES: Final = 128
 # CPU time a job may use beyond its wall-clock limit: compiling and preparing inputs.
 CPU_ALLOWANCE_SECONDS: Final = 60
-_PR_SET_PDEATHSIG: Final = 1
 _PR_SET_NO_NEW_PRIVS: Final = 38
 _READ_SIZE: Final = 1 << 20
+# Where pidfds are missing (not Linux >= 5.3): how often to look for a new parent.
+_PARENT_POLL_SECONDS: Final = 0.5
 
 _SOURCE_BYTES: Final = 0
 _SOURCE_PATH: Final = 1
@@ -265,16 +269,38 @@ class _FrameReader:
 def _harden_process() -> None:
     """Die with the daemon, and never gain privileges (Linux; elsewhere a no-op).
 
-    PDEATHSIG: if the daemon dies, the kernel kills the worker, so no job outlives it.
     NO_NEW_PRIVS: even a sandbox escape cannot gain rights through a setuid program.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    _watch_parent(os.getppid())
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def _watch_parent(parent: int) -> None:
+    """End this worker the moment the daemon that started it is gone, busy or not.
+
+    Not PR_SET_PDEATHSIG: it fires when the *thread* that forked us exits, and trio
+    spawns processes from its thread cache, whose threads end after 10 idle seconds --
+    that killed every worker 10 s after it started.  A pidfd becomes readable when the
+    process itself exits, whichever of its threads started us.
+    """
+    try:
+        pidfd = os.pidfd_open(parent)
+    except (AttributeError, OSError):
+        pidfd = -1
+    if os.getppid() != parent:  # the parent died before we could watch it
         os._exit(1)
+
+    def watch() -> None:
+        if pidfd >= 0:
+            select.select([pidfd], [], [])
+        else:
+            while os.getppid() == parent:
+                time.sleep(_PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _status_kib(field: str) -> int:
