@@ -44,9 +44,11 @@ LIFETIME: Final = 3600
 # One round (external address, then every port) with one method.
 ROUND_TIMEOUT: Final = 10.0
 RETRY_AFTER: Final = 60.0
-# Renewing at half the lifetime left; at least this often, and a permanent (lease 0)
-# UPnP mapping is re-made this often too, in case the router rebooted.
-MIN_RENEW: Final = 30.0
+# Renewing at half the lifetime granted, so a mapping never lapses whatever the router
+# grants; never sooner than MIN_RENEW (a router granting less is broken), and at least
+# every PERMANENT_RENEW, which also re-makes a permanent (lease 0) UPnP mapping in case
+# the router rebooted.
+MIN_RENEW: Final = 1.0
 PERMANENT_RENEW: Final = 1800.0
 STOP_BUDGET: Final = 2.0
 
@@ -169,7 +171,7 @@ class PortMapping:
         return RETRY_AFTER
 
     async def _map_with(self, mapper: Mapper) -> float:
-        ip = await mapper.external_ip()
+        ip = _usable_external_ip(await mapper.external_ip())
         granted: dict[str, Mapped] = {}
         try:
             for name, internal in self._ports.items():
@@ -194,7 +196,7 @@ class PortMapping:
         lifetimes = [m.lifetime for m in granted.values()]
         if min(lifetimes) == 0:
             return PERMANENT_RENEW
-        return max(MIN_RENEW, min(lifetimes) / 2)
+        return min(PERMANENT_RENEW, max(MIN_RENEW, min(lifetimes) / 2))
 
     async def _remove(self) -> None:
         active, granted = self._active, self._granted
@@ -269,6 +271,47 @@ def off_status() -> dict[str, Any]:
             "line": "off",
         }
     }
+
+
+class UnusableExternalAddressError(P2PShareError):
+    """The router named an external address that no peer could reach us at."""
+
+
+def _usable_external_ip(ip: str) -> str:
+    """``ip`` if peers outside could dial it. A router that answers 0.0.0.0 (no uplink
+    yet), a loopback, multicast, link-local or reserved address, or a private one (it
+    sits behind another router) makes the mapping useless, and announcing that address
+    would send peers to the wrong place -- or to their own machine."""
+    try:
+        address = ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise UnusableExternalAddressError(
+            f"the router gave {ip!r} as its external address, which is not an IPv4 address"
+        ) from None
+    if (
+        address.is_unspecified
+        or address.is_loopback
+        or address.is_multicast
+        or address.is_link_local
+        or address.is_reserved
+    ):
+        raise UnusableExternalAddressError(
+            f"the router gave {ip} as its external address, which no peer can reach"
+        )
+    if any(address in network for network in _BEHIND_ANOTHER_NAT):
+        raise UnusableExternalAddressError(
+            f"the router's external address {ip} is not public: it sits behind another "
+            "router (double NAT), so a mapping would not be reachable from the internet"
+        )
+    return str(address)
+
+
+# RFC 1918 private networks and RFC 6598 carrier-grade NAT space. Documentation ranges
+# (TEST-NET) pass: no real router answers them, and the NAT lab's internet is one.
+_BEHIND_ANOTHER_NAT: Final = tuple(
+    ipaddress.IPv4Network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
 
 
 def _outside_local_networks(ip: str) -> bool:

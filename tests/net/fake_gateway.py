@@ -27,6 +27,7 @@ class FakeGateway:
     ``datagrams`` counts everything received, requests or not."""
 
     port: int = 0
+    external_ip: str = EXTERNAL_IP
     lifetime_cap: int = 3600
     shift: bool = False
     silent: bool = False
@@ -58,7 +59,7 @@ class FakeGateway:
         if self.reply is not None:
             return self.reply
         if not isinstance(request, MapRequest):
-            return encode_response(ExternalAddress(1, EXTERNAL_IP))
+            return encode_response(ExternalAddress(1, self.external_ip))
         if request.lifetime == 0:
             self.mappings.pop(request.internal_port, None)
             return encode_response(Mapping(request.protocol, 1, request.internal_port, 0, 0))

@@ -282,3 +282,38 @@ def test_the_data_channel_offers_the_routers_port_to_peers_outside() -> None:
     assert service.offer_port(inside, 4002) == 4002
     mapped.judge("/ip4/198.51.100.2/tcp/14001", reachable=False)
     assert service.offer_port(outside, 4002) == 4002
+
+
+@pytest.mark.parametrize(
+    "external_ip",
+    ["0.0.0.0", "127.0.0.1", "255.255.255.255", "224.0.0.1", "169.254.7.7", "192.168.1.20"],
+)
+async def test_an_external_address_no_peer_can_reach_is_never_announced(
+    autojump_clock: trio.testing.MockClock, external_ip: str
+) -> None:
+    mapped = MappedAddrs()
+    async with trio.open_nursery() as nursery:
+        gateway, mapper = await _gateway(nursery, external_ip=external_ip)
+        status = await _status_after_one_round(PortMapping("natpmp", [mapper], mapped))
+        assert status["state"] == FAILED
+        assert external_ip in status["reason"]
+        assert mapped.announced() == []
+        assert gateway.map_requests() == []  # nothing forwarded to a useless address
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lifetime_shorter_than_a_minute_is_renewed_before_it_lapses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        gateway, mapper = await _gateway(nursery, lifetime_cap=20)
+        service = PortMapping("natpmp", [mapper], MappedAddrs())
+        async with trio.open_nursery() as inner:
+            await inner.start(service.run, PORTS)
+            await trio.sleep(1)
+            assert len(gateway.map_requests()) == 2
+            # Granted 20 s: renewed every 10 s, so never a moment unmapped.
+            await trio.sleep(30)
+            assert len(gateway.map_requests()) == 8
+            inner.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
