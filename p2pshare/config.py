@@ -225,9 +225,11 @@ def _check_gateway(value: str) -> str | None:
     if not value:
         return None
     try:
-        ipaddress.IPv4Address(value)
+        address = ipaddress.IPv4Address(value)
     except ValueError:
         return "is not an IPv4 address like 192.168.1.1 (NAT-PMP is IPv4 only)"
+    if address.is_unspecified or address.is_multicast or address.is_reserved:
+        return "is not a router's address; give the router's LAN address, like 192.168.1.1"
     return None
 
 
@@ -235,6 +237,10 @@ def _check_upnp_url(value: str) -> str | None:
     if not value:
         return None
     parsed = urllib.parse.urlsplit(value)
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return "has a port that is not a number from 1 to 65535"
     if parsed.scheme != "http" or not parsed.hostname:
         return "is not an http:// URL like http://192.168.1.1:5000/rootDesc.xml"
     return None

@@ -229,6 +229,11 @@ def test_port_mapping_is_off_by_default_and_takes_the_documented_methods() -> No
         ('natpmp_gateway = "router.local"', "is not an IPv4 address"),
         ('upnp_root_url = "192.168.1.1:5000"', "is not an http:// URL"),
         ('upnp_root_url = "https://192.168.1.1/x.xml"', "is not an http:// URL"),
+        ('upnp_root_url = "http://192.168.1.1:abc/x.xml"', "port that is not a number"),
+        ('upnp_root_url = "http://192.168.1.1:70000/x.xml"', "port that is not a number"),
+        ('natpmp_gateway = "0.0.0.0"', "is not a router's address"),
+        ('natpmp_gateway = "255.255.255.255"', "is not a router's address"),
+        ('natpmp_gateway = "224.0.0.1"', "is not a router's address"),
     ],
 )
 def test_bad_port_mapping_settings_name_the_line_and_what_is_wanted(line: str, says: str) -> None:

@@ -162,7 +162,9 @@ class PortMapping:
                 with trio.fail_after(ROUND_TIMEOUT):
                     return await self._map_with(mapper)
             except (P2PShareError, OSError, trio.TooSlowError) as exc:
-                errors.append(f"{mapper.method}: {_reason(exc)}")
+                # With one method the status line already names it.
+                named = len(order) > 1
+                errors.append(f"{mapper.method}: {_reason(exc)}" if named else _reason(exc))
         self.state, self.reason = FAILED, "; ".join(errors)
         log.warning("port mapping failed: %s; retrying in %g s", self.reason, RETRY_AFTER)
         if self._active is not None:

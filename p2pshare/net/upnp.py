@@ -52,7 +52,13 @@ class UpnpMapper:
             igd: Any = miniupnpc.UPnP()
             igd.discoverdelay = DISCOVER_MS
             if self._root_url:
-                igd.selectigd(self._root_url)
+                try:
+                    igd.selectigd(self._root_url)
+                except Exception as exc:  # miniupnpc raises plain Exception
+                    raise UpnpError(
+                        f"no UPnP router description at {self._root_url} ({exc}); check "
+                        "[network] upnp_root_url"
+                    ) from exc
             else:
                 if not igd.discover():
                     raise UpnpError("no UPnP router answered SSDP discovery")

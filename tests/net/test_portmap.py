@@ -186,7 +186,7 @@ async def test_a_router_that_does_not_answer_gives_status_failed_with_the_reason
         status = await _status_after_one_round(PortMapping("natpmp", [mapper], mapped))
         assert status["state"] == FAILED
         assert "refuses port mappings" in status["reason"]
-        assert status["line"].startswith("natpmp failed: natpmp: the router refuses")
+        assert status["line"].startswith("natpmp failed: the router refuses")
         assert mapped.announced() == []
         nursery.cancel_scope.cancel()
 
