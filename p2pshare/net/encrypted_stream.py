@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import time
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -21,7 +22,7 @@ from p2pshare.net.streams import StreamBrokenError
 from p2pshare.proto.dataframes import MAX_PLAINTEXT, MAX_WIRE_FRAME, FrameReader
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from p2pshare.proto.datachannel import Channel
 
@@ -49,10 +50,37 @@ _MAX_RCVLOWAT: Final = 768 * 1024
 # stopped reading; then waiting longer would not help.
 FIN_GRACE: Final = 2.0
 
+# Frame buffers kept between sends, for all streams of the process together: a stream
+# borrows one only while it seals and writes, so a hundred idle or slow connections
+# hold none (the uploader's slots, p2pshare.transfer.upload_slots, bound how many
+# large sends run at once).
+KEPT_FRAME_BUFFERS: Final = 8
+
 # Seconds without a byte received or sent before a connection counts as dead.  Well
 # above the downloader's 60 s request timeout, so a slow but live transfer is never cut
 # here, and short enough that a vanished peer frees its slot within minutes.
 IDLE_TIMEOUT: Final = 120.0
+
+
+class _FrameBuffers:
+    """Frame-sized buffers lent for one send and taken back (at most KEPT_FRAME_BUFFERS
+    kept), so a buffer already faulted in serves the next send of any stream."""
+
+    def __init__(self) -> None:
+        self._free: list[bytearray] = []
+
+    @contextlib.contextmanager
+    def lend(self) -> Iterator[memoryview]:
+        buffer = self._free.pop() if self._free else bytearray(MAX_WIRE_FRAME)
+        try:
+            with memoryview(buffer) as view:
+                yield view
+        finally:
+            if len(self._free) < KEPT_FRAME_BUFFERS:
+                self._free.append(buffer)
+
+
+_FRAMES: Final = _FrameBuffers()
 
 
 class DataChannelIdleError(StreamBrokenError):
@@ -144,7 +172,9 @@ class EncryptedStream:
         self._rcvlowat = 1
         self._leftover: bytes = b""
         self._leftover_pos = 0
-        self._send_buffer: bytearray | None = None
+        # The unsent end of the last frame: send_all returns once the kernel has taken
+        # what it can at once, so the frame buffer goes back to the pool at once.
+        self._pending: bytes = b""
         self._receiving = False
         self._sending = False
         self._send_broken = False
@@ -238,6 +268,61 @@ class EncryptedStream:
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send ``data`` as frames of at most 1 MiB."""
+        await self._send(data, behind=False)
+
+    async def send_behind(self, data: bytes | bytearray | memoryview) -> None:
+        """Like ``send_all``, but return once every frame is sealed and the kernel took
+        all of them but the unsent end of the last one, which the stream keeps (a copy:
+        the caller may reuse ``data`` at once) and sends before anything else.  The
+        caller must then ``flush`` (or send again) before it waits for an answer."""
+        await self._send(data, behind=True)
+
+    async def flush(self) -> None:
+        """Send what ``send_behind`` kept."""
+        self._start_sending()
+        try:
+            await self._flush_pending()
+        except BaseException:
+            self._send_broken = True
+            raise
+        finally:
+            self._sending = False
+
+    async def _send(self, data: bytes | bytearray | memoryview, *, behind: bool) -> None:
+        self._start_sending()
+        try:
+            await self._flush_pending()
+            # Before any nonce is used, so a cancellation here leaves the stream intact.
+            await trio.lowlevel.checkpoint()
+            view = memoryview(data).cast("B")
+            if not view.nbytes:
+                return
+            if view.nbytes < THREAD_THRESHOLD:
+                # Requests and headers: a buffer of their size, not a pooled 1 MiB one.
+                frame = memoryview(bytearray(MAX_WIRE_FRAME - MAX_PLAINTEXT + view.nbytes))
+                await self._send_frame(frame[: self._sealer.seal_into(view, frame)], behind)
+                return
+            with _FRAMES.lend() as buffer:
+                for offset in range(0, view.nbytes, MAX_PLAINTEXT):
+                    piece = view[offset : offset + MAX_PLAINTEXT]
+                    seal = functools.partial(self._sealer.seal_into, piece, buffer)
+                    size = await self._seal_placement.run(seal, len(piece), checkpoint=False)
+                    last = offset + MAX_PLAINTEXT >= view.nbytes
+                    await self._send_frame(buffer[:size], behind and last)
+        except BaseException:
+            # A frame may be half out, or its nonce used: nothing after it would open.
+            self._send_broken = True
+            raise
+        finally:
+            self._sending = False
+
+    async def _send_frame(self, frame: memoryview, behind: bool) -> None:
+        if behind:
+            self._write_behind(frame)
+        else:
+            await self._send_raw(frame)
+
+    def _start_sending(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the data channel is closed")
         if self._sending:
@@ -247,28 +332,43 @@ class EncryptedStream:
         if self._sealer.finished:
             raise trio.ClosedResourceError("send_eof() was called on this data channel")
         self._sending = True
+
+    def _write_behind(self, frame: memoryview) -> None:
+        """Write what the socket takes now; keep a copy of the rest for later."""
         try:
-            view = memoryview(data).cast("B")
-            if not view.nbytes:
-                await trio.lowlevel.checkpoint()
-                return
-            buffer = self._send_view()
-            for offset in range(0, view.nbytes, MAX_PLAINTEXT):
-                piece = view[offset : offset + MAX_PLAINTEXT]
-                seal = functools.partial(self._sealer.seal_into, piece, buffer)
-                size = await self._seal_placement.run(seal, len(piece), checkpoint=False)
-                await self._send_raw(buffer[:size])
+            sent = os.write(self._stream.socket.fileno(), frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise StreamBrokenError(f"data channel to {self.peer_id} broke: {exc!r}") from exc
+        if sent:
+            self._last_activity = trio.current_time()
+        if sent < len(frame):
+            self._pending = bytes(frame[sent:])
+
+    async def _flush_pending(self) -> None:
+        if self._pending:
+            await self._send_raw(self._pending)
+            self._pending = b""
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Return once the connection could take a frame at once: everything sent before
+        is out of this process and the kernel's unsent bytes are below one frame
+        (TCP_NOTSENT_LOWAT).  Raises like ``send_all`` if the connection broke or the
+        peer took nothing for the idle timeout."""
+        self._start_sending()
+        try:
+            await self._flush_pending()
+            while True:
+                with trio.move_on_at(self._last_activity + self._idle_timeout):
+                    await trio.lowlevel.wait_writable(self._stream.socket)
+                    return
+                self._check_idle()
         except BaseException:
-            # A frame may be half out, or its nonce used: nothing after it would open.
             self._send_broken = True
             raise
         finally:
             self._sending = False
-
-    def _send_view(self) -> memoryview:
-        if self._send_buffer is None:
-            self._send_buffer = bytearray(MAX_WIRE_FRAME)
-        return memoryview(self._send_buffer)
 
     async def _send_raw(self, data: bytes | memoryview) -> None:
         # Socket sends rather than SocketStream.send_all: each partial send is
@@ -306,6 +406,7 @@ class EncryptedStream:
             return
         self._sending = True
         try:
+            await self._flush_pending()
             await self._send_raw(self._sealer.seal_fin())
         except BaseException:
             self._send_broken = True
@@ -323,6 +424,7 @@ class EncryptedStream:
         try:
             if not (self._sending or self._send_broken or self._sealer.finished):
                 with trio.move_on_after(FIN_GRACE):
+                    await self._flush_pending()
                     await self._send_raw(self._sealer.seal_fin())
         except (StreamBrokenError, trio.ClosedResourceError):
             log.debug("FIN to %s not sent; the connection is gone", self.peer_id)

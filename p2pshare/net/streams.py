@@ -17,7 +17,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
 from libp2p.custom_types import TProtocol
@@ -46,6 +46,19 @@ class ByteStream(Protocol):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SendsBehind(ByteStream, Protocol):
+    """A stream that can take a shared buffer and give it back before the peer has read
+    it (the data channel, p2pshare.net.encrypted_stream): the uploader lends it a chunk
+    only once the connection could send at once, so slow peers hold no shared buffer."""
+
+    async def wait_send_all_might_not_block(self) -> None: ...
+
+    async def send_behind(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    async def flush(self) -> None: ...
 
 
 class StreamBrokenError(RemoteError):

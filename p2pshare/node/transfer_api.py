@@ -31,6 +31,7 @@ from p2pshare.transfer.downloader import Download, DownloadReport, MemoryRecords
 from p2pshare.transfer.failures import ContentTooLargeError, NoProvidersError
 from p2pshare.transfer.local import open_local
 from p2pshare.transfer.private import write_plaintext
+from p2pshare.transfer.upload_slots import UploadSlots
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ class TransferApi:
     daemon_umask: int
     # [store] quota_bytes: what seeded (pinned) content may take with the rest of the store.
     quota_bytes: int
+    # The chunk buffers all upload streams take turns with (docs/transfer.md).
+    slots: UploadSlots = field(default_factory=UploadSlots)
     downloads: DownloadManager = field(init=False)
 
     def __post_init__(self) -> None:
@@ -78,7 +81,11 @@ class TransferApi:
 
     async def _serve(self, stream: LibP2PStream) -> None:
         await serve_transfer(
-            stream, self.local.for_peer(stream.peer_id), limiter=self.limiter, peer=stream.peer_id
+            stream,
+            self.local.for_peer(stream.peer_id),
+            limiter=self.limiter,
+            slots=self.slots,
+            peer=stream.peer_id,
         )
 
     async def _open(self, source: Source, paths: dict[str, str]) -> ByteStream:
@@ -98,7 +105,9 @@ class TransferApi:
         return stream
 
     async def serve_data_channel(self, stream: ByteStream, peer: str) -> None:
-        await serve_transfer(stream, self.local.for_peer(peer), limiter=self.limiter, peer=peer)
+        await serve_transfer(
+            stream, self.local.for_peer(peer), limiter=self.limiter, slots=self.slots, peer=peer
+        )
 
     async def get(self, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         ref, dest_text = params.get("ref"), params.get("dest")

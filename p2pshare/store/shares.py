@@ -323,6 +323,13 @@ class ShareStore:
 
     def read_chunk(self, cid: str, global_index: int) -> bytes:
         """The verified bytes of one chunk, read from the shared files now."""
+        out = bytearray(self.signed_manifest(cid).manifest.chunk_size)
+        return bytes(memoryview(out)[: self.read_chunk_into(cid, global_index, out)])
+
+    def read_chunk_into(self, cid: str, global_index: int, out: bytearray) -> int:
+        """Read one chunk, verified, from the shared files now into ``out`` (at least
+        a chunk long); its length.  Allocates nothing the size of a chunk: the
+        uploader reads in worker threads into buffers it lends."""
         row, stamps = self._serving_info(cid)
         if row.stale_reason:
             raise StaleShareError(f"share {cid} is stale: {row.stale_reason}")
@@ -343,14 +350,16 @@ class ShareStore:
             if before.st_size != stamp.size or before.st_mtime_ns != stamp.mtime_ns:
                 raise self._stale(cid, f"{path} changed on disk since it was shared")
             read_at_ns = time.time_ns()
-            data = os.pread(fd, location.length, location.offset)
+            data = memoryview(out)[: location.length]
+            if os.preadv(fd, [data], location.offset) != location.length:
+                raise self._stale(cid, f"{path} changed on disk since it was shared")
             # Checked after the read: an edit during it changes the identity.
             after = FileIdentity.of(os.fstat(fd))
         finally:
             os.close(fd)
         entry, chunk = location.entry_index, location.chunk_index
         if self._checked.trusted(cid, entry, after, chunk):
-            return data
+            return location.length
         page = self._page(cid, manifest, global_index) if manifest.paged else None
         try:
             verify_chunk(expected_chunk_hash(manifest, global_index, page), data)
@@ -359,7 +368,7 @@ class ShareStore:
         if FileIdentity.of(before) == after:
             count = chunk_count(manifest.entries[entry].size, manifest.chunk_size)
             self._checked.record(cid, entry, after, chunk, count, read_at_ns=read_at_ns)
-        return data
+        return location.length
 
     # -- checking shares cheaply, for ls, status and reprovide
 

@@ -13,7 +13,7 @@ The partial is this node's own: it is created new (``O_EXCL``, ``mkdir``), reope
 only to resume a download the caller's record says wrote it, and something else
 found at its path is never reused nor removed: the download refuses instead.
 
-``write_chunk``, ``read_chunk`` and ``sync`` may run at the same time in different
+``write_chunk``, ``read_chunk_into`` and ``sync`` may run at the same time in different
 worker threads (the downloader writes, the uploader serves verified chunks, a sync
 runs): one lock guards the table of open files, so no thread can use a descriptor
 another has closed and the OS has reused for a different file.
@@ -33,6 +33,7 @@ path swapped meanwhile cannot redirect a chmod.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -169,10 +170,16 @@ class PartialOutput:
                 raise _disk_error(self._file_path(location.entry_index), OSError(28, "short write"))
             self._dirty.add(location.entry_index)
 
-    def read_chunk(self, global_index: int) -> bytes:
+    def read_chunk_into(self, global_index: int, out: bytearray) -> int:
+        """Read a chunk already written into ``out``; its length."""
         location = self.manifest.locate_chunk(global_index)
+        data = memoryview(out)[: location.length]
         with self._lock:
-            return os.pread(self._fd(location.entry_index), location.length, location.offset)
+            read = os.preadv(self._fd(location.entry_index), [data], location.offset)
+        if read != location.length:
+            path = self._file_path(location.entry_index)
+            raise OSError(errno.EIO, f"{path} is shorter than its verified chunks")
+        return read
 
     def sync(self) -> None:
         """Make every chunk written before this call durable (may run in a worker thread).

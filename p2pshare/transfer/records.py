@@ -103,5 +103,5 @@ class PartialContent:
         # worker-thread read sees one consistent snapshot.
         return self._transfer.durable.slice(first_chunk, count)
 
-    def read_chunk(self, global_index: int) -> bytes:
-        return self._transfer.output.read_chunk(global_index)
+    def read_chunk_into(self, global_index: int, out: bytearray) -> int:
+        return self._transfer.output.read_chunk_into(global_index, out)

@@ -26,7 +26,7 @@ class PartialContent(Protocol):
 
     def have(self, first_chunk: int, count: int) -> Bitfield: ...
 
-    def read_chunk(self, global_index: int) -> bytes: ...
+    def read_chunk_into(self, global_index: int, out: bytearray) -> int: ...
 
 
 class ContentSource(Protocol):
@@ -38,7 +38,9 @@ class ContentSource(Protocol):
 
     def have(self, cid: ContentId, first_chunk: int, count: int) -> Bitfield: ...
 
-    def read_chunk(self, cid: ContentId, global_index: int) -> bytes: ...
+    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
+        """Read chunk ``global_index`` into ``out`` (at least a chunk long); its length."""
+        ...
 
 
 class StoredContent:
@@ -81,9 +83,9 @@ class StoredContent:
             have.set(offset)
         return have
 
-    def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
+    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
         try:
-            return self._shares.read_chunk(str(cid), global_index)
+            return self._shares.read_chunk_into(str(cid), global_index, out)
         except UnknownShareError:
             raise _unknown(cid) from None
         except StaleShareError as exc:
@@ -167,13 +169,13 @@ class LocalContent:
             del self._sending[key]
         self._shares.catalog.set_job_output_fetched(str(cid), requester)
 
-    def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
+    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
         partial = self._partial.get(str(cid))
         if partial is None:
-            return self.stored.read_chunk(cid, global_index)
+            return self.stored.read_chunk_into(cid, global_index, out)
         if not partial.has_chunk(global_index):
             raise NotAvailableError(f"chunk {global_index} of {cid} is not downloaded yet")
-        return partial.read_chunk(global_index)
+        return partial.read_chunk_into(global_index, out)
 
 
 class PeerContent:
@@ -208,12 +210,12 @@ class PeerContent:
         self._check(cid)
         return self._local.have(cid, first_chunk, count)
 
-    def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
+    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
         job_output = self._check(cid)
-        data = self._local.read_chunk(cid, global_index)
+        length = self._local.read_chunk_into(cid, global_index, out)
         if job_output:
             self._local.record_sent(cid, global_index, self._peer)
-        return data
+        return length
 
 
 def _unknown(cid: ContentId) -> UnknownContentError:

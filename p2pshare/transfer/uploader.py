@@ -7,8 +7,12 @@ Each stream runs two tasks:
   answers HELLO and BUSY itself, records CANCELs at once (even while a long REQUEST
   is being sent) and puts every accepted request on a queue;
 * the **writer** serves the queued requests one at a time, in arrival order: the
-  metadata replies, or a REQUEST chunk by chunk (each chunk read from the source in a
-  worker thread, then paced by the daemon-wide :class:`UploadLimiter`).
+  metadata replies, or a REQUEST chunk by chunk.  For each chunk it waits until the
+  connection could take it at once, then takes one of the daemon's few
+  :class:`~p2pshare.transfer.upload_slots.UploadSlots` (in turn with every other
+  stream), reads the chunk into the slot's buffer in a worker thread, paces it by the
+  daemon-wide :class:`UploadLimiter` and hands it to the stream; a slow downloader
+  holds no buffer while it drains.
 
 Both send through one lock, so frames never interleave.  Nothing grows without bound:
 the session accepts at most ``max_outstanding`` requests (the queue's capacity, so the
@@ -40,6 +44,7 @@ import trio
 
 from p2pshare.errors import RemoteProtocolError
 from p2pshare.metrics import METRICS
+from p2pshare.net.streams import SendsBehind
 from p2pshare.proto.framing import HEADER_SIZE
 from p2pshare.proto.ratelimit import TokenBucket
 from p2pshare.proto.signed_manifest import decode_signed_manifest
@@ -70,6 +75,7 @@ from p2pshare.proto.transfer import (
     encode_data_header,
 )
 from p2pshare.transfer.blocking import RunBlocking, run_in_thread
+from p2pshare.transfer.upload_slots import UploadSlots
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -172,6 +178,7 @@ class UploadLimiter:
 class _Shape:
     total_chunks: int
     pages: int
+    chunk_size: int
 
 
 class _ShapeCache:
@@ -196,7 +203,7 @@ class _ShapeCache:
 
 def _read_shape(source: ContentSource, cid: ContentId) -> _Shape:
     manifest = decode_signed_manifest(source.signed_manifest(cid), cid).manifest
-    return _Shape(manifest.total_chunks, len(manifest.page_hashes))
+    return _Shape(manifest.total_chunks, len(manifest.page_hashes), manifest.chunk_size)
 
 
 # --- serving one stream --------------------------------------------------------------
@@ -207,21 +214,24 @@ async def serve_transfer(
     source: ContentSource,
     *,
     limiter: UploadLimiter | None = None,
+    slots: UploadSlots | None = None,
     peer: str = "?",
     max_outstanding: int = MAX_OUTSTANDING_REQUESTS,
     run_blocking: RunBlocking = run_in_thread,
 ) -> None:
     """Serve one transfer stream until the client closes it (see the module docstring).
 
-    ``peer`` names the client in log lines.  ``run_blocking`` runs each ContentSource
-    call; the default is a worker thread (tests with a mock clock run them inline).
-    Returns on the client's EOF once everything asked is answered; raises otherwise,
-    and the caller then resets the stream.
+    ``slots`` are the daemon's chunk buffers, shared by all its streams (None: one of
+    this stream's own).  ``peer`` names the client in log lines.  ``run_blocking``
+    runs each ContentSource call; the default is a worker thread (tests with a mock
+    clock run them inline).  Returns on the client's EOF once everything asked is
+    answered; raises otherwise, and the caller then resets the stream.
     """
     server = TransferServer(
         stream,
         source,
         limiter=limiter,
+        slots=slots,
         peer=peer,
         max_outstanding=max_outstanding,
         run_blocking=run_blocking,
@@ -238,13 +248,19 @@ class TransferServer:
         source: ContentSource,
         *,
         limiter: UploadLimiter | None = None,
+        slots: UploadSlots | None = None,
         peer: str = "?",
         max_outstanding: int = MAX_OUTSTANDING_REQUESTS,
         run_blocking: RunBlocking = run_in_thread,
     ) -> None:
         self._stream = stream
+        # A stream that copies what it cannot send at once (the data channel) gets the
+        # slot's buffer itself; any other gets a copy, so the slot is never held while
+        # a slow peer drains (a libp2p stream waits for its peer's window).
+        self._behind = stream if isinstance(stream, SendsBehind) else None
         self._source = source
         self._limiter = limiter
+        self._slots = slots or UploadSlots(1)
         self._peer = peer
         self._run_blocking = run_blocking
         self._session = ServerSession(max_outstanding=max_outstanding)
@@ -302,11 +318,15 @@ class TransferServer:
 
     # -- sending
 
-    async def _write(self, *parts: BytesLike) -> None:
-        """Send one frame in ``parts``; the caller holds the send lock."""
+    async def _write(self, *parts: BytesLike, behind: bool = False) -> None:
+        """Send one frame in ``parts``; the caller holds the send lock.  ``behind``: the
+        last part through ``send_behind`` (only when the stream SendsBehind)."""
         try:
-            for part in parts:
-                await self._stream.send_all(part)
+            for i, part in enumerate(parts):
+                if behind and self._behind is not None and i == len(parts) - 1:
+                    await self._behind.send_behind(part)
+                else:
+                    await self._stream.send_all(part)
         except BaseException:
             # Part of a frame may be out: nothing sent after it would parse.
             self._unusable = True
@@ -326,10 +346,38 @@ class TransferServer:
                 await trio.lowlevel.checkpoint()
                 return
             if len(payload) < _JOIN_BELOW:
-                await self._write(b"".join((header, payload)))
+                await self._write(b"".join((header, payload)), behind=True)
             else:
-                await self._write(header, payload)
+                await self._write(header, payload, behind=True)
         METRICS.sent(self._peer, len(payload))
+
+    async def _until_writable(self) -> None:
+        """Wait, holding nothing shared, until the stream could take a chunk at once."""
+        if self._behind is None:
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._send_lock:
+            if self._closed:
+                await trio.lowlevel.checkpoint()
+                return
+            try:
+                await self._behind.wait_send_all_might_not_block()
+            except BaseException:
+                self._unusable = True
+                raise
+
+    async def _flush(self) -> None:
+        """Send what the stream kept of the last chunk, before waiting for requests."""
+        if self._behind is None:
+            return
+        async with self._send_lock:
+            if self._closed:
+                return
+            try:
+                await self._behind.flush()
+            except BaseException:
+                self._unusable = True
+                raise
 
     # -- the reader
 
@@ -369,6 +417,8 @@ class TransferServer:
         async with self._queue_out:
             async for request in self._queue_out:
                 await self._serve(request)
+                if not self._queue_out.statistics().current_buffer_used:
+                    await self._flush()
 
     async def _serve(self, request: ClientRequest) -> None:
         if isinstance(request, ChunkRequest):
@@ -405,24 +455,19 @@ class TransferServer:
         return HaveReply(request.req_id, cid, first, have)
 
     async def _serve_chunks(self, request: ChunkRequest) -> None:
-        req_id, cid, source = request.req_id, request.cid, self._source
+        req_id, cid = request.req_id, request.cid
         sent = 0
         try:
             if self._session.cancelled(req_id):
                 raise RequestCancelledError("cancelled by the client")
-            _check_range(cid, await self._shape(cid), request.first_chunk, request.count)
+            shape = await self._shape(cid)
+            _check_range(cid, shape, request.first_chunk, request.count)
             for index in request.chunks:
                 if self._session.cancelled(req_id):
                     raise RequestCancelledError("cancelled by the client")
-                read = functools.partial(source.read_chunk, cid, index)
-                payload = await self._call(read, cid)
-                if self._limiter is not None:
-                    await self._limiter.acquire(len(payload) + DATA_FRAME_OVERHEAD)
-                frame = self._session.data(req_id, index, payload)
-                if isinstance(frame, ErrorReply):  # cancelled while we read or waited
-                    await self._send_frame(encode(frame))
+                await self._until_writable()
+                if not await self._send_chunk(req_id, cid, index, shape.chunk_size):
                     break
-                await self._send_data(req_id, index, payload)
                 sent += 1
         except TransferError as exc:
             await self._refuse(request, exc)
@@ -435,6 +480,26 @@ class TransferServer:
             request.first_chunk,
             sent,
         )
+
+    async def _send_chunk(self, req_id: int, cid: ContentId, index: int, size: int) -> bool:
+        """Read chunk ``index`` into a slot's buffer and send it; False once cancelled."""
+        source = self._source
+        copy: bytes | None = None
+        async with self._slots.lend(size) as buffer:
+            read = functools.partial(source.read_chunk_into, cid, index, buffer)
+            payload = memoryview(buffer)[: await self._call(read, cid)]
+            if self._limiter is not None:
+                await self._limiter.acquire(len(payload) + DATA_FRAME_OVERHEAD)
+            frame = self._session.data(req_id, index, payload)
+            if isinstance(frame, ErrorReply):  # cancelled while we read or waited
+                await self._send_frame(encode(frame))
+                return False
+            if self._behind is not None:
+                await self._send_data(req_id, index, payload)
+                return True
+            copy = bytes(payload)
+        await self._send_data(req_id, index, copy)
+        return True
 
     async def _refuse(self, request: ClientRequest, exc: TransferError) -> None:
         frame = self._session.fail(request.req_id, exc)

@@ -137,9 +137,11 @@ class Lies(LocalContent):
     def signed_manifest(self, cid: ContentId) -> bytes:
         return self._manifest if self._manifest is not None else super().signed_manifest(cid)
 
-    def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
-        data = super().read_chunk(cid, global_index)
-        return bytes([data[0] ^ 1]) + data[1:] if self._flip else data
+    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
+        length = super().read_chunk_into(cid, global_index, out)
+        if self._flip:
+            out[0] ^= 1
+        return length
 
 
 # --- scripted liars: they speak the framing by hand -------------------------------------
@@ -203,7 +205,7 @@ def slowloris(seed: Seed) -> Behaviour:
             reply = encode(ManifestReply(request.req_id, request.cid, manifest))
         elif isinstance(request, ChunkRequest):
             reply = b"".join(
-                encode(ChunkData(request.req_id, i, local.read_chunk(request.cid, i)))
+                encode(ChunkData(request.req_id, i, seed.store.read_chunk(str(request.cid), i)))
                 for i in request.chunks
             )
         else:
@@ -374,10 +376,11 @@ class TreeSource:
             have.set(offset)
         return have
 
-    def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
+    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
         if global_index >= self.total:
             raise UnknownContentError("no such chunk")
-        return b"x"
+        out[0:1] = b"x"
+        return 1
 
 
 def tree_share(paths: list[str]) -> tuple[ContentId, TreeSource]:

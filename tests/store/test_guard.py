@@ -162,7 +162,7 @@ def test_a_catalog_row_pointing_at_the_key_is_never_served(
     with pytest.raises(StaleShareError, match="never served"):
         guarded.read_chunk(cid, 0)
     with pytest.raises(NotAvailableError):
-        LocalContent(guarded).read_chunk(ContentId.parse(cid), 0)
+        LocalContent(guarded).read_chunk_into(ContentId.parse(cid), 0, bytearray(CHUNK))
     row = guarded.catalog.share(cid)
     assert row is not None
     assert row.stale_reason

@@ -65,12 +65,12 @@ class LyingSource(LocalContent):
         self.bad = bad
         self.served: list[int] = []
 
-    def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
-        data = super().read_chunk(cid, global_index)
+    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
+        length = super().read_chunk_into(cid, global_index, out)
         self.served.append(global_index)
         if global_index in self.bad:
-            return bytes([data[0] ^ 1]) + data[1:]
-        return data
+            out[0] ^= 1
+        return length
 
 
 class StallingSource(LocalContent):
@@ -82,12 +82,12 @@ class StallingSource(LocalContent):
         self.served = 0
         self.stalled = stalled
 
-    def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
+    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
         if self.served >= self.limit:
             self.stalled.set()
             raise RuntimeError("unreachable: the test cancels before this")
         self.served += 1
-        return super().read_chunk(cid, global_index)
+        return super().read_chunk_into(cid, global_index, out)
 
 
 class Fixture:
@@ -334,11 +334,11 @@ class Counting(LocalContent):
         self.read = 0
         self.reached = trio.Event()
 
-    def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
+    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
         self.read += 1
         if self.read >= self.limit:
             self.reached.set()
-        return super().read_chunk(cid, global_index)
+        return super().read_chunk_into(cid, global_index, out)
 
 
 def first_stream_fails(fx: Fixture, after: int, *, stall: bool = False) -> Behaviour:
@@ -689,8 +689,8 @@ class GrowingPartial:
             have.set(offset)
         return have
 
-    def read_chunk(self, global_index: int) -> bytes:
-        return self.shares.read_chunk(self.cid, global_index)
+    def read_chunk_into(self, global_index: int, out: bytearray) -> int:
+        return self.shares.read_chunk_into(self.cid, global_index, out)
 
 
 async def test_a_partial_providers_new_chunks_are_asked_for(

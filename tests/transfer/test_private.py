@@ -109,14 +109,14 @@ def test_recipients_only_private_share_is_unknown_to_peers_not_named(
     with pytest.raises(UnknownContentError):
         local.for_peer(STRANGER).signed_manifest(cid)
     with pytest.raises(UnknownContentError):
-        local.for_peer(STRANGER).read_chunk(cid, 0)
+        local.for_peer(STRANGER).read_chunk_into(cid, 0, bytearray(1 << 20))
 
 
 def test_private_share_any_peer_may_seed_is_served_to_strangers(
     store: ShareStore, tmp_path: Path
 ) -> None:
     cid = _private(store, tmp_path, anyone_may_seed=True)
-    assert LocalContent(store).for_peer(STRANGER).read_chunk(cid, 0)
+    assert LocalContent(store).for_peer(STRANGER).read_chunk_into(cid, 0, bytearray(1 << 20))
 
 
 def test_revoked_share_is_refused_to_everyone_even_when_held_again(

@@ -161,14 +161,16 @@ class MemorySource:
                 have.set(offset)
         return have
 
-    def read_chunk(self, cid: ContentId, global_index: int) -> bytes:
+    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
         share = self._share(cid)
         self.reads.append((cid, global_index))
         if (cid, global_index) in self.missing:
             raise NotAvailableError(f"chunk {global_index} of {cid} is not downloaded yet")
         if (cid, global_index) in self.broken:
             raise OSError(5, "Input/output error")
-        return share.chunk(global_index)
+        chunk = share.chunk(global_index)
+        out[: len(chunk)] = chunk
+        return len(chunk)
 
 
 @pytest.fixture(scope="session")
