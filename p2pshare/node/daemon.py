@@ -333,7 +333,7 @@ async def serve(
     private: what a client that sends none (an older one) gets its files made with.
     """
     _prepare_home(home)
-    lock = HomeLock(home.lock_path)
+    lock = HomeLock(home.lock_path, home.command("stop"))
     lock.acquire()
     server: ControlServer | None = None
     catalog: Catalog | None = None
