@@ -211,7 +211,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
             elif share["provided_at"] is None:
                 state = "not announced yet"
             else:
-                state = f"announced to {share['provided_to']} peers {_ago(share['provided_at'])}"
+                state = (
+                    f"announced to {count(share['provided_to'], 'peer')} "
+                    f"{_ago(share['provided_at'])}"
+                )
             lines += f"\n  {share['cid']}  {state}"
         return lines
 
@@ -512,14 +515,20 @@ def peers(ctx: click.Context, as_json: bool) -> None:
     type=click.IntRange(min=1),
     help="Draw this many times, a second apart, then exit (default: until Ctrl-C).",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON snapshot and exit.")
 @click.pass_context
-def top(ctx: click.Context, count: int | None) -> None:
+def top(ctx: click.Context, count: int | None, as_json: bool) -> None:
     """Watch the node live: transfer rates per peer, DHT lookups, jobs (Ctrl-C ends)."""
     from p2pshare.control.client import call  # noqa: PLC0415
 
     from .top import run_top  # noqa: PLC0415
 
+    if as_json and count is not None:
+        raise _UsageError("top --json prints one snapshot; leave out --count")
     home = _home(ctx)
+    if as_json:
+        show(call(home, "metrics"), as_json, str)
+        return
     try:
         run_top(lambda: call(home, "metrics"), count)
     except KeyboardInterrupt:
