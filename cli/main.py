@@ -208,6 +208,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         for share in r["shares"]:
             if share["stale"]:
                 state = "stale, not announced"
+            elif share.get("withheld"):
+                state = f"never announced: {share['withheld']}"
             elif share["provided_at"] is None:
                 state = "not announced yet"
             else:
@@ -378,7 +380,17 @@ def share(
         lines = [f"content ID: {r['cid']}", f"ticket:     {r['ticket']}"]
         if "recipients" in r:
             lines.append(f"private:    readable only by {', '.join(r['recipients'])}")
-        lines.append(f"announced:  {_announced(r.get('announced_to'))}")
+        if r.get("withheld"):
+            lines.append(
+                "announced:  never, so peers it is not for cannot tell it exists; "
+                "give its recipients the ticket, which holds this node's addresses"
+            )
+        else:
+            lines.append(f"announced:  {_announced(r.get('announced_to'))}")
+        if r.get("unrevoked"):
+            lines.append(
+                "unrevoked:  it was revoked with unshare --revoke; this node serves it again"
+            )
         lines += [f"skipped {s['path']}: {s['reason']}" for s in r["skipped"]]
         return "\n".join(lines)
 

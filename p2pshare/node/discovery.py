@@ -44,6 +44,22 @@ MDNS_BACKLOG = 64
 FIRST_ANNOUNCE_WAIT = 2.0
 
 
+def withheld(catalog: Catalog, cid: str) -> str | None:
+    """Why ``cid`` is never announced to the DHT, as a phrase; None when it may be.
+
+    A provider record tells anyone who asks that this node has the content, so it is
+    withheld for revoked content (also when a ``get`` holds it here again) and for a
+    private share only its recipients may fetch: a peer not named must learn no more
+    than for content no one shares.  Those recipients fetch it with its ticket.
+    """
+    if catalog.is_revoked(cid):
+        return "revoked with unshare --revoke"
+    private = catalog.private_share(cid)
+    if private is not None and not private.anyone_may_seed:
+        return "a private share, fetched by its recipients with its ticket"
+    return None
+
+
 @dataclass(frozen=True)
 class JoinReport:
     attempted: int
@@ -247,6 +263,15 @@ class Discovery:
         """
         key = ContentId.parse(cid).multihash
         started = int(time.time())
+        why = withheld(self._catalog, cid)
+        if why is not None:
+            # Checked at every announcement, so no path (reprovide, a peer connecting,
+            # a download) announces it: the catalog says so until it is shared again.
+            self._unannounced.discard(cid)
+            log.info("not announcing %s: %s", cid, why)
+            if on_known is not None:
+                on_known(0)
+            return ProvideStatus(started, 0)
         reported = False
 
         def known_sent(count: int) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
 from p2pshare.net.dht import LookupTrace
+from p2pshare.node.discovery import withheld
 from p2pshare.proto.cid import ContentId
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class NetworkApi:
                     "provided_at": provided[row.cid].provided_at if row.cid in provided else None,
                     "provided_to": provided[row.cid].provided_to if row.cid in provided else None,
                     "stale": row.stale_reason,
+                    "withheld": withheld(self.catalog, row.cid),
                 }
                 for row in rows
                 if row.cid not in outputs

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
+from p2pshare.node.discovery import withheld
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.sealed import plain_size
 from p2pshare.proto.ticket import MAX_ADDRS, Ticket
@@ -137,11 +138,17 @@ class SharesApi:
 
         prepared = await trio.to_thread.run_sync(prepare)
         row = self.store.commit(prepared)
+        # Sharing revoked content again is the user taking the revocation back: it is
+        # served and announced again, and the reply says so.
+        unrevoked = self.store.catalog.unrevoke(row.cid)
         doc = self._full_doc(row)
+        doc["unrevoked"] = unrevoked
         if prepared.stored:
             report = self.store.gc(keep_bytes=self.quota_bytes)
             doc["gc_removed"] = list(report.removed)
-        doc["announced_to"] = await self.on_shared(row.cid)
+        why = withheld(self.store.catalog, row.cid)
+        doc["withheld"] = why
+        doc["announced_to"] = 0 if why is not None else await self.on_shared(row.cid)
         log.info("shared %s as %s (%d bytes)", path, row.cid, row.total_size)
         return doc
 
