@@ -331,6 +331,11 @@ def _share_line(share: dict[str, Any]) -> str:
     is_flag=True,
     help="With --to: serve the ciphertext to peers not named too, so they can help seed.",
 )
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Share files that look like private keys (id_rsa, *.pem with a key, .ssh/...) too.",
+)
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @json_option
 @click.pass_context
@@ -341,6 +346,7 @@ def share(
     copy: bool,
     recipients: tuple[str, ...],
     anyone_may_seed: bool,
+    yes: bool,
     no_progress: bool,
     as_json: bool,
 ) -> None:
@@ -360,7 +366,7 @@ def share(
         )
     if anyone_may_seed and not recipients:
         raise _UsageError("--anyone-may-seed applies to private shares only; add --to PEER_ID")
-    params: dict[str, Any] = {"path": text, "copy": copy}
+    params: dict[str, Any] = {"path": text, "copy": copy, "yes": yes}
     if recipients:
         params["to"] = [args.peer_id(peer) for peer in recipients]
         params["anyone_may_seed"] = anyone_may_seed

@@ -114,6 +114,7 @@ class SharesApi:
         copy = bool(params.get("copy", False))
         recipients = _recipients_param(params)
         anyone_may_seed = bool(params.get("anyone_may_seed", False))
+        confirmed = bool(params.get("yes", False))
         guard = self.store.guard
         if guard is not None:
             await trio.to_thread.run_sync(guard.check_share_path, path)
@@ -132,9 +133,16 @@ class SharesApi:
         def prepare() -> PreparedShare:
             if recipients:
                 return self.store.prepare_private(
-                    path, recipients, anyone_may_seed=anyone_may_seed, name=name, progress=progress
+                    path,
+                    recipients,
+                    anyone_may_seed=anyone_may_seed,
+                    name=name,
+                    progress=progress,
+                    confirmed=confirmed,
                 )
-            return self.store.prepare(path, name=name, copy=copy, progress=progress)
+            return self.store.prepare(
+                path, name=name, copy=copy, progress=progress, confirmed=confirmed
+            )
 
         prepared = await trio.to_thread.run_sync(prepare)
         row = self.store.commit(prepared)
