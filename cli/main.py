@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from p2pshare import __version__
-from p2pshare.errors import ExitCode, P2PShareError, UserError, leaf_errors
+from p2pshare.errors import JOIN_FIRST, ExitCode, P2PShareError, UserError, leaf_errors
 from p2pshare.home import Home, resolve_home
 from p2pshare.proto.paths import printable
 
@@ -470,10 +470,7 @@ def no_providers_sentence(cid: str, lookup: dict[str, Any], timeout: float) -> s
     if lookup.get("timed_out"):
         return f"no providers found for {cid} within {timeout:g} s ({peers} asked by then)"
     if not asked:
-        return (
-            f"no providers found for {cid}: this node knows no peers to ask; join the "
-            "network first (p2pshare connect, or [network] bootstrap)"
-        )
+        return f"no providers found for {cid}: {JOIN_FIRST}"
     return (
         f"no providers found for {cid}: the lookup asked {peers} and none knows a provider; "
         "check the content ID for a typo (content IDs carry no checksum; tickets do)"

@@ -156,6 +156,7 @@ class ComputeApi:
         return 0 if row is None else row.total_size
 
     async def _find_workers(self, want: int, timeout: float) -> list[tuple[str, tuple[str, ...]]]:
+        self.discovery.require_peers()
         found = await self.discovery.find_key(COMPUTE_KEY, timeout, want)
         return [(p.peer_id, tuple(p.addrs)) for p in found if p.peer_id != self._me]
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2pshare.errors import UserError
+from p2pshare.errors import NoPeersError, UserError
 from p2pshare.net.peers import PeerAddrs, checked_peer, parse_peer_addr
 from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import KnownPeer, ProvideStatus
@@ -366,6 +366,12 @@ class Discovery:
                 await self.provide(row.cid)
 
     # -- finding
+
+    def require_peers(self) -> None:
+        """Raise NoPeersError when no peer is connected or in the routing table: a
+        lookup would ask no one, and the user is told how to join instead."""
+        if not self._network.connected_peers() and not self._network.routing_table_size():
+            raise NoPeersError
 
     async def find(
         self, cid: str, timeout: float, trace: LookupTrace | None = None

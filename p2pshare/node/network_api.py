@@ -39,6 +39,7 @@ class NetworkApi:
             raise InvalidParamsError(
                 f"parameter 'timeout' must be a number of seconds up to {MAX_FIND_TIMEOUT:g}"
             )
+        self.discovery.require_peers()
         trace = LookupTrace()
         providers = await self.discovery.find(cid, float(timeout), trace)
         return {

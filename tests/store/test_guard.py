@@ -228,15 +228,13 @@ def test_share_of_what_looks_like_a_private_key_asks_for_yes(
     file = tmp_path / "mine" / rel
     file.parent.mkdir(parents=True)
     file.write_bytes(content)
-    # The file named itself, and a directory holding it (a .ssh directory's walk is
-    # refused whole when the user names it).
-    for named in {file, tmp_path / "mine" / rel.split("/")[0]}:
-        for private in (False, True):
+    # The file named itself, and the directory holding it, shared publicly or privately.
+    top = tmp_path / "mine" / rel.split("/", maxsplit=1)[0]
+    prepares = (guarded.prepare, lambda path: guarded.prepare_private(path, [FRIEND]))
+    for named in {file, top}:
+        for prepare in prepares:
             with pytest.raises(UserError) as caught:
-                if private:
-                    guarded.prepare_private(named, [FRIEND])
-                else:
-                    guarded.prepare(named)
+                prepare(named)
             assert str(caught.value) == (
                 f"cannot share {named}: {file} looks like a private key ({reason}); "
                 "if you mean to publish it, share it again with --yes"
