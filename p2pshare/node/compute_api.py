@@ -334,7 +334,9 @@ def _check_size(size: int, max_bytes: int | None, cid: ContentId) -> None:
 def _prepare_file(store: ShareStore, path: Path) -> PreparedShare:
     if not path.is_file():
         raise UserError(f"{path} is not a regular file; jobs take single files")
-    return store.prepare(path)
+    # The user named this file as a job's input; `compute run` has no --yes to ask
+    # with, and the key-file check is share's (docs/cli.md).
+    return store.prepare(path, confirmed=True)
 
 
 def _file_digest(path: Path) -> bytes:

@@ -224,3 +224,22 @@ def test_what_unfinished_shares_left_is_removed_at_start_and_by_gc(
         assert report["freed_bytes"] == 500
         assert not later.exists()
         assert [p.name for p in home.content_dir.iterdir()] == [stored.name]
+
+
+def test_a_file_that_looks_like_a_private_key_is_shared_only_with_yes(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "notes.txt").write_text("nothing secret\n")
+    key = backup / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    refused = run_cli(daemon.home, "share", str(backup))
+    assert refused.returncode == ExitCode.FAILED
+    assert refused.stderr == (
+        f"error: cannot share {backup}: {key} looks like a private key (it is named like an "
+        "SSH private key); if you mean to publish it, share it again with --yes\n"
+    )
+    assert cli_json(daemon, "ls")["shares"] == []
+    shared = cli_json(daemon, "share", str(backup), "--yes")
+    assert shared["files"] == 2
