@@ -187,7 +187,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Show the daemon's version, uptime, peers, transfer rates and announcements."""
     from p2pshare.control.client import call  # noqa: PLC0415
 
-    result = call(_home(ctx), "status")
+    home = _home(ctx)
+    result = call(home, "status")
 
     def human(r: dict[str, Any]) -> str:
         lines = kv_lines(
@@ -204,7 +205,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 ("home", r["home"]),
             ]
         )
-        lines += f"\n{'compute:':<{_STATUS_WIDTH}} {_compute_line(r['compute'])}"
+        lines += f"\n{'compute:':<{_STATUS_WIDTH}} {_compute_line(r['compute'], home)}"
         for share in r["shares"]:
             if share["stale"]:
                 state = "stale, not announced"
@@ -236,9 +237,9 @@ def _traffic(t: dict[str, Any]) -> str:
     )
 
 
-def _compute_line(offer: dict[str, Any] | None) -> str:
+def _compute_line(offer: dict[str, Any] | None, home: Home) -> str:
     if offer is None or not offer["enabled"]:
-        return "off (turn it on with: p2pshare compute offer --on)"
+        return f"off (turn it on with: {home.command('compute', 'offer', '--on')})"
     state = "on" if offer["ready"] else "on, starting workers"
     return (
         f"{state}, {count(offer['slots'], 'slot')} ({offer['running']} running, "
@@ -376,8 +377,9 @@ def share(
                 "a share's name cannot be empty; leave out --name to use the file's own name"
             )
         params["name"] = name
+    home = _home(ctx)
     with (
-        ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,
+        ControlClient(home, timeout=LONG_CALL_SILENCE) as client,
         ByteProgress("hashing", enabled=not (no_progress or as_json)) as bar,
     ):
         result = client.call("share", params, on_event=bar.on_event)
@@ -392,7 +394,7 @@ def share(
                 "give its recipients the ticket, which holds this node's addresses"
             )
         else:
-            lines.append(f"announced:  {_announced(r.get('announced_to'))}")
+            lines.append(f"announced:  {_announced(r.get('announced_to'), home)}")
         if r.get("unrevoked"):
             lines.append(
                 "unrevoked:  it was revoked with unshare --revoke; this node serves it again"
@@ -403,9 +405,9 @@ def share(
     show(result, as_json, human)
 
 
-def _announced(count: int | None) -> str:
+def _announced(count: int | None, home: Home) -> str:
     if count is None:
-        return "going on in the background (`p2pshare status` shows when it is done)"
+        return f"going on in the background (`{home.command('status')}` shows when it is done)"
     if count == 0:
         return "to no peer yet: it is announced once this node connects to one"
     return f"findable now, the record is on {count} peer{'s' if count != 1 else ''}"

@@ -15,12 +15,11 @@ from click.testing import CliRunner
 
 from p2pshare.control import client as _client
 from p2pshare.errors import ExitCode
+from p2pshare.home import Home
 from p2pshare.launcher import run_cli
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from p2pshare.home import Home
 
 
 def test_init_creates_config_and_private_key(home: Home) -> None:
@@ -215,7 +214,11 @@ def test_status_counts_the_peers_a_share_was_announced_to_in_words(
     assert f"bafyone  {said}" in result.output
 
 
-def test_share_says_on_how_many_peers_the_record_is_in_words() -> None:
+def test_share_says_on_how_many_peers_the_record_is_in_words(tmp_path: Path) -> None:
     announced = importlib.import_module("p2pshare_cli.main")._announced
-    assert announced(1) == "findable now, the record is on 1 peer"
-    assert announced(3) == "findable now, the record is on 3 peers"
+    home = Home(tmp_path, explicit=True)
+    assert announced(1, home) == "findable now, the record is on 1 peer"
+    assert announced(3, home) == "findable now, the record is on 3 peers"
+    assert announced(None, home) == (
+        f"going on in the background (`p2pshare --home {tmp_path} status` shows when it is done)"
+    )
