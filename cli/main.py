@@ -384,25 +384,25 @@ def share(
     ):
         result = client.call("share", params, on_event=bar.on_event)
 
-    def human(r: dict[str, Any]) -> str:
-        lines = [f"content ID: {r['cid']}", f"ticket:     {r['ticket']}"]
-        if "recipients" in r:
-            lines.append(f"private:    readable only by {', '.join(r['recipients'])}")
-        if r.get("withheld"):
-            lines.append(
-                "announced:  never, so peers it is not for cannot tell it exists; "
-                "give its recipients the ticket, which holds this node's addresses"
-            )
-        else:
-            lines.append(f"announced:  {_announced(r.get('announced_to'), home)}")
-        if r.get("unrevoked"):
-            lines.append(
-                "unrevoked:  it was revoked with unshare --revoke; this node serves it again"
-            )
-        lines += [f"skipped {s['path']}: {s['reason']}" for s in r["skipped"]]
-        return "\n".join(lines)
+    show(result, as_json, lambda r: _shared_lines(r, home))
 
-    show(result, as_json, human)
+
+def _shared_lines(r: dict[str, Any], home: Home) -> str:
+    """What ``share`` prints for people."""
+    lines = [f"content ID: {r['cid']}", f"ticket:     {r['ticket']}"]
+    if "recipients" in r:
+        lines.append(f"private:    readable only by {', '.join(r['recipients'])}")
+    if r.get("withheld"):
+        lines.append(
+            "announced:  never, so peers it is not for cannot tell it exists; "
+            "give its recipients the ticket, which holds this node's addresses"
+        )
+    else:
+        lines.append(f"announced:  {_announced(r.get('announced_to'), home)}")
+    if r.get("unrevoked"):
+        lines.append("unrevoked:  it was revoked with unshare --revoke; this node serves it again")
+    lines += [f"skipped {s['path']}: {s['reason']}" for s in r["skipped"]]
+    return "\n".join(lines)
 
 
 def _announced(count: int | None, home: Home) -> str:

@@ -154,9 +154,8 @@ class SharesApi:
         if prepared.stored:
             report = self.store.gc(keep_bytes=self.quota_bytes)
             doc["gc_removed"] = list(report.removed)
-        why = withheld(self.store.catalog, row.cid)
-        doc["withheld"] = why
-        doc["announced_to"] = 0 if why is not None else await self.on_shared(row.cid)
+        withheld_now = doc["withheld"] is not None
+        doc["announced_to"] = 0 if withheld_now else await self.on_shared(row.cid)
         log.info("shared %s as %s (%d bytes)", path, row.cid, row.total_size)
         return doc
 
@@ -167,6 +166,7 @@ class SharesApi:
             doc["recipients"] = list(private.recipients)
             doc["anyone_may_seed"] = private.anyone_may_seed
         doc["ticket"] = self.ticket(row.cid)
+        doc["withheld"] = withheld(self.store.catalog, row.cid)
         doc["skipped"] = [{"path": p, "reason": r} for p, r in row.skipped]
         return doc
 

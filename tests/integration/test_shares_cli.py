@@ -91,6 +91,7 @@ def test_ls_gives_ticket_skipped_and_the_path_shared_for_a_copy(
     copied.pop("gc_removed")
     for doc in (shared, copied):
         assert doc.pop("announced_to") == 0  # a daemon alone: no peer to hold the record
+        assert doc.pop("unrevoked") is False
         assert listed[doc["cid"]] == doc
     assert listed[shared["cid"]]["skipped"] == [{"path": "link", "reason": "symlink"}]
     assert Ticket.parse(listed[shared["cid"]]["ticket"]).addrs
@@ -118,7 +119,8 @@ def test_a_share_overwritten_on_disk_is_stale_in_ls_and_status(
 def test_status_shows_the_compute_offer(daemon: DaemonProcess) -> None:
     human = run_cli(daemon.home, "status").stdout
     assert "compute:" in human
-    assert "off (turn it on with: p2pshare compute offer --on)" in human
+    home = daemon.home.root
+    assert f"off (turn it on with: p2pshare --home {home} compute offer --on)" in human
 
 
 def test_names_that_are_not_utf8_are_skipped_not_an_internal_error(
