@@ -75,13 +75,14 @@ def get(
         if exc.code == "closed":
             raise UserError(
                 "the daemon stopped before the download finished; it resumes when the "
-                "daemon starts again (p2pshare daemon), and the same get then follows it"
+                f"daemon starts again ({_home(ctx).command('daemon')}), and the same get then "
+                "follows it"
             ) from None
         raise
     except KeyboardInterrupt:
         click.echo(
             "interrupted: the download is paused; run the same command to resume it, "
-            "or see: p2pshare downloads",
+            f"or see: {_home(ctx).command('downloads')}",
             err=True,
         )
         ctx.exit(130)

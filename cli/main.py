@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from p2pshare import __version__
-from p2pshare.errors import ExitCode, P2PShareError, UserError, leaf_errors
+from p2pshare.errors import JOIN_FIRST, ExitCode, P2PShareError, UserError, leaf_errors
 from p2pshare.home import Home, resolve_home
 from p2pshare.proto.paths import printable
 
@@ -187,7 +187,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Show the daemon's version, uptime, peers, transfer rates and announcements."""
     from p2pshare.control.client import call  # noqa: PLC0415
 
-    result = call(_home(ctx), "status")
+    home = _home(ctx)
+    result = call(home, "status")
 
     def human(r: dict[str, Any]) -> str:
         lines = kv_lines(
@@ -204,14 +205,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 ("home", r["home"]),
             ]
         )
-        lines += f"\n{'compute:':<{_STATUS_WIDTH}} {_compute_line(r['compute'])}"
+        lines += f"\n{'compute:':<{_STATUS_WIDTH}} {_compute_line(r['compute'], home)}"
         for share in r["shares"]:
             if share["stale"]:
                 state = "stale, not announced"
+            elif share.get("withheld"):
+                state = f"never announced: {share['withheld']}"
             elif share["provided_at"] is None:
                 state = "not announced yet"
             else:
-                state = f"announced to {share['provided_to']} peers {_ago(share['provided_at'])}"
+                state = (
+                    f"announced to {count(share['provided_to'], 'peer')} "
+                    f"{_ago(share['provided_at'])}"
+                )
             lines += f"\n  {share['cid']}  {state}"
         return lines
 
@@ -231,9 +237,9 @@ def _traffic(t: dict[str, Any]) -> str:
     )
 
 
-def _compute_line(offer: dict[str, Any] | None) -> str:
+def _compute_line(offer: dict[str, Any] | None, home: Home) -> str:
     if offer is None or not offer["enabled"]:
-        return "off (turn it on with: p2pshare compute offer --on)"
+        return f"off (turn it on with: {home.command('compute', 'offer', '--on')})"
     state = "on" if offer["ready"] else "on, starting workers"
     return (
         f"{state}, {count(offer['slots'], 'slot')} ({offer['running']} running, "
@@ -326,6 +332,11 @@ def _share_line(share: dict[str, Any]) -> str:
     is_flag=True,
     help="With --to: serve the ciphertext to peers not named too, so they can help seed.",
 )
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Share files that look like private keys (id_rsa, *.pem with a key, .ssh/...) too.",
+)
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @json_option
 @click.pass_context
@@ -336,6 +347,7 @@ def share(
     copy: bool,
     recipients: tuple[str, ...],
     anyone_may_seed: bool,
+    yes: bool,
     no_progress: bool,
     as_json: bool,
 ) -> None:
@@ -355,7 +367,7 @@ def share(
         )
     if anyone_may_seed and not recipients:
         raise _UsageError("--anyone-may-seed applies to private shares only; add --to PEER_ID")
-    params: dict[str, Any] = {"path": text, "copy": copy}
+    params: dict[str, Any] = {"path": text, "copy": copy, "yes": yes}
     if recipients:
         params["to"] = [args.peer_id(peer) for peer in recipients]
         params["anyone_may_seed"] = anyone_may_seed
@@ -365,26 +377,37 @@ def share(
                 "a share's name cannot be empty; leave out --name to use the file's own name"
             )
         params["name"] = name
+    home = _home(ctx)
     with (
-        ControlClient(_home(ctx), timeout=LONG_CALL_SILENCE) as client,
+        ControlClient(home, timeout=LONG_CALL_SILENCE) as client,
         ByteProgress("hashing", enabled=not (no_progress or as_json)) as bar,
     ):
         result = client.call("share", params, on_event=bar.on_event)
 
-    def human(r: dict[str, Any]) -> str:
-        lines = [f"content ID: {r['cid']}", f"ticket:     {r['ticket']}"]
-        if "recipients" in r:
-            lines.append(f"private:    readable only by {', '.join(r['recipients'])}")
-        lines.append(f"announced:  {_announced(r.get('announced_to'))}")
-        lines += [f"skipped {s['path']}: {s['reason']}" for s in r["skipped"]]
-        return "\n".join(lines)
-
-    show(result, as_json, human)
+    show(result, as_json, lambda r: _shared_lines(r, home))
 
 
-def _announced(count: int | None) -> str:
+def _shared_lines(r: dict[str, Any], home: Home) -> str:
+    """What ``share`` prints for people."""
+    lines = [f"content ID: {r['cid']}", f"ticket:     {r['ticket']}"]
+    if "recipients" in r:
+        lines.append(f"private:    readable only by {', '.join(r['recipients'])}")
+    if r.get("withheld"):
+        lines.append(
+            "announced:  never, so peers it is not for cannot tell it exists; "
+            "give its recipients the ticket, which holds this node's addresses"
+        )
+    else:
+        lines.append(f"announced:  {_announced(r.get('announced_to'), home)}")
+    if r.get("unrevoked"):
+        lines.append("unrevoked:  it was revoked with unshare --revoke; this node serves it again")
+    lines += [f"skipped {s['path']}: {s['reason']}" for s in r["skipped"]]
+    return "\n".join(lines)
+
+
+def _announced(count: int | None, home: Home) -> str:
     if count is None:
-        return "going on in the background (`p2pshare status` shows when it is done)"
+        return f"going on in the background (`{home.command('status')}` shows when it is done)"
     if count == 0:
         return "to no peer yet: it is announced once this node connects to one"
     return f"findable now, the record is on {count} peer{'s' if count != 1 else ''}"
@@ -449,10 +472,7 @@ def no_providers_sentence(cid: str, lookup: dict[str, Any], timeout: float) -> s
     if lookup.get("timed_out"):
         return f"no providers found for {cid} within {timeout:g} s ({peers} asked by then)"
     if not asked:
-        return (
-            f"no providers found for {cid}: this node knows no peers to ask; join the "
-            "network first (p2pshare connect, or [network] bootstrap)"
-        )
+        return f"no providers found for {cid}: {JOIN_FIRST}"
     return (
         f"no providers found for {cid}: the lookup asked {peers} and none knows a provider; "
         "check the content ID for a typo (content IDs carry no checksum; tickets do)"
@@ -512,14 +532,20 @@ def peers(ctx: click.Context, as_json: bool) -> None:
     type=click.IntRange(min=1),
     help="Draw this many times, a second apart, then exit (default: until Ctrl-C).",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON snapshot and exit.")
 @click.pass_context
-def top(ctx: click.Context, count: int | None) -> None:
+def top(ctx: click.Context, count: int | None, as_json: bool) -> None:
     """Watch the node live: transfer rates per peer, DHT lookups, jobs (Ctrl-C ends)."""
     from p2pshare.control.client import call  # noqa: PLC0415
 
     from .top import run_top  # noqa: PLC0415
 
+    if as_json and count is not None:
+        raise _UsageError("top --json prints one snapshot; leave out --count")
     home = _home(ctx)
+    if as_json:
+        show(call(home, "metrics"), as_json, str)
+        return
     try:
         run_top(lambda: call(home, "metrics"), count)
     except KeyboardInterrupt:

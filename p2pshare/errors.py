@@ -55,6 +55,21 @@ class ConfigError(UserError):
     exit_code = ExitCode.CONFIG
 
 
+# What every command that needs peers says when the node has none (docs/cli.md).
+JOIN_FIRST = (
+    "this node knows no peers; join the network first with: "
+    "p2pshare connect /ip4/ADDR/tcp/PORT/p2p/PEER_ID, or list a peer in [network] bootstrap "
+    "in config.toml"
+)
+
+
+class NoPeersError(UserError):
+    """A command needs the network and this node knows no peer to ask."""
+
+    def __init__(self) -> None:
+        super().__init__(JOIN_FIRST)
+
+
 class DaemonNotRunningError(UserError):
     """No daemon answers on the control socket of this home."""
 

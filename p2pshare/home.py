@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2pshare.errors import ConfigError
@@ -20,6 +21,14 @@ class Home:
     """A node's home directory: config, key, catalog, control socket and logs."""
 
     root: Path
+    # Chosen by --home or $P2PSHARE_HOME: a command the CLI suggests must name it too,
+    # or it would act on the default home instead.
+    explicit: bool = field(default=False, compare=False)
+
+    def command(self, *args: str) -> str:
+        """The ``p2pshare`` command line to suggest for this home (``--home`` kept)."""
+        words = ["p2pshare", *(["--home", str(self.root)] if self.explicit else []), *args]
+        return shlex.join(words)
 
     @property
     def config_path(self) -> Path:
@@ -111,8 +120,8 @@ def default_home_root() -> Path:
 def resolve_home(option: str | os.PathLike[str] | None) -> Home:
     """``--home`` wins over ``$P2PSHARE_HOME``, which wins over the platform default."""
     if option:
-        return Home(Path(option).expanduser().absolute())
+        return Home(Path(option).expanduser().absolute(), explicit=True)
     env = os.environ.get(HOME_ENV)
     if env:
-        return Home(Path(env).expanduser().absolute())
+        return Home(Path(env).expanduser().absolute(), explicit=True)
     return Home(default_home_root())

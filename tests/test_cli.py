@@ -7,16 +7,19 @@ import json
 import stat
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from click.testing import CliRunner
 
+from p2pshare.control import client as _client
 from p2pshare.errors import ExitCode
+from p2pshare.home import Home
 from p2pshare.launcher import run_cli
 
 if TYPE_CHECKING:
-    from p2pshare.home import Home
+    from pathlib import Path
 
 
 def test_init_creates_config_and_private_key(home: Home) -> None:
@@ -172,4 +175,50 @@ def test_status_says_what_the_router_maps() -> None:
     assert _port_mapping({"port_mapping": mapped}) == (
         "natpmp mapped 203.0.113.7 (libp2p 4001->4001, data 4002->4002); not reachable at "
         "/ip4/203.0.113.7/tcp/4001 (AutoNAT), not announced"
+    )
+
+
+def _status_doc(provided_to: int) -> dict[str, Any]:
+    return {
+        "peer_id": "12D3KooWself",
+        "version": "0",
+        "uptime_s": 5.0,
+        "peers": 1,
+        "connections": 1,
+        "traffic": {"up_bps": 0.0, "down_bps": 0.0, "bytes_sent": 0, "bytes_received": 0},
+        "routing_table": 1,
+        "provide_queue": 0,
+        "home": "/h",
+        "compute": None,
+        "shares": [
+            {
+                "cid": "bafyone",
+                "provided_at": int(time.time()),
+                "provided_to": provided_to,
+                "stale": None,
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("peers", "said"), [(1, "announced to 1 peer "), (2, "announced to 2 peers ")]
+)
+def test_status_counts_the_peers_a_share_was_announced_to_in_words(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, peers: int, said: str
+) -> None:
+    monkeypatch.setattr(_client, "call", lambda *_args, **_kw: _status_doc(peers))
+    main = importlib.import_module("p2pshare_cli.main")
+    result = CliRunner().invoke(main.cli, ["--home", str(tmp_path), "status"])
+    assert result.exit_code == 0, result.output
+    assert f"bafyone  {said}" in result.output
+
+
+def test_share_says_on_how_many_peers_the_record_is_in_words(tmp_path: Path) -> None:
+    announced = importlib.import_module("p2pshare_cli.main")._announced
+    home = Home(tmp_path, explicit=True)
+    assert announced(1, home) == "findable now, the record is on 1 peer"
+    assert announced(3, home) == "findable now, the record is on 3 peers"
+    assert announced(None, home) == (
+        f"going on in the background (`p2pshare --home {tmp_path} status` shows when it is done)"
     )

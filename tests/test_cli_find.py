@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from p2pshare.errors import JOIN_FIRST
+
 # Installed as p2pshare_cli (pyproject: package-dir), which mypy, reading cli/, cannot
 # resolve by that name.
 no_providers_sentence = importlib.import_module("p2pshare_cli.main").no_providers_sentence
@@ -27,4 +29,4 @@ def test_a_timed_out_lookup_says_so_with_the_timeout() -> None:
 
 def test_a_node_without_peers_is_told_to_join_first() -> None:
     sentence = no_providers_sentence(CID, {"queried": 0, "timed_out": False}, 10)
-    assert sentence.startswith(f"no providers found for {CID}: this node knows no peers to ask")
+    assert sentence == f"no providers found for {CID}: {JOIN_FIRST}"

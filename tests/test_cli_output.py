@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
+
+from p2pshare.home import Home
 
 # cli/ installs as p2pshare_cli (pyproject.toml), a name mypy cannot map back to cli/.
 _main = importlib.import_module("p2pshare_cli.main")
@@ -43,7 +46,14 @@ def test_ls_shows_the_path_the_user_shared_for_a_stored_copy() -> None:
 
 
 def test_status_shows_the_compute_offer() -> None:
-    assert _compute_line(None).startswith("off")
+    home = Home(Path("/srv/node"))
+    assert _compute_line(None, home).startswith("off")
     offer = {"enabled": True, "ready": True, "slots": 2, "running": 1, "free": 1, "jobs_done": 1}
-    assert _compute_line(offer) == "on, 2 slots (1 running, 1 free), 1 job done"
-    assert _compute_line(offer | {"enabled": False}).startswith("off (turn it on with")
+    assert _compute_line(offer, home) == "on, 2 slots (1 running, 1 free), 1 job done"
+    assert _compute_line(offer | {"enabled": False}, home) == (
+        "off (turn it on with: p2pshare compute offer --on)"
+    )
+    chosen = Home(Path("/srv/my node"), explicit=True)
+    assert _compute_line(None, chosen) == (
+        "off (turn it on with: p2pshare --home '/srv/my node' compute offer --on)"
+    )

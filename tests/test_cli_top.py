@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import json
 from typing import Any
 
 from click.testing import CliRunner
 from rich.console import Console
+
+from p2pshare.control import client as _client
+from p2pshare.errors import ExitCode
 
 _top = importlib.import_module("p2pshare_cli.top")
 _main = importlib.import_module("p2pshare_cli.main")
@@ -109,3 +113,29 @@ def test_ctrl_c_ends_top_quietly_with_status_0(monkeypatch: Any, tmp_path: Any) 
     result = CliRunner().invoke(_main.cli, ["--home", str(tmp_path), "top"])
     assert result.exit_code == 0
     assert "interrupted" not in result.output
+
+
+def test_top_json_prints_one_snapshot_and_exits(monkeypatch: Any, tmp_path: Any) -> None:
+    calls: list[str] = []
+
+    def call(_home: Any, method: str, _params: Any = None) -> dict[str, Any]:
+        calls.append(method)
+        return reply()
+
+    def never(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("top --json must not draw the live screen")
+
+    monkeypatch.setattr(_client, "call", call)
+    monkeypatch.setattr(_top, "run_top", never)
+    result = CliRunner().invoke(_main.cli, ["--home", str(tmp_path), "top", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == reply()
+    assert calls == ["metrics"]
+
+
+def test_top_json_with_count_is_a_usage_error(tmp_path: Any) -> None:
+    result = CliRunner().invoke(
+        _main.cli, ["--home", str(tmp_path), "top", "--json", "--count", "2"]
+    )
+    assert result.exit_code == ExitCode.USAGE
+    assert "leave out --count" in result.output

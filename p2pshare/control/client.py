@@ -40,7 +40,8 @@ _NOT_RUNNING_ERRNOS = {errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK}
 
 def not_running(home: Home) -> DaemonNotRunningError:
     return DaemonNotRunningError(
-        f"the p2pshare daemon is not running for {home.root}; start it with: p2pshare daemon"
+        f"the p2pshare daemon is not running for {home.root}; "
+        f"start it with: {home.command('daemon')}"
     )
 
 
@@ -60,7 +61,7 @@ class ControlClient:
             if exc.errno == errno.ENOENT and not home.root.is_dir():
                 raise ConfigError(
                     f"there is no p2pshare home at {home.root}; create one with: "
-                    "p2pshare init, or check --home and $P2PSHARE_HOME"
+                    f"{home.command('init')}, or check --home and $P2PSHARE_HOME"
                 ) from None
             if exc.errno in _NOT_RUNNING_ERRNOS:
                 raise not_running(home) from None

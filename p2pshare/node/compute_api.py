@@ -156,6 +156,7 @@ class ComputeApi:
         return 0 if row is None else row.total_size
 
     async def _find_workers(self, want: int, timeout: float) -> list[tuple[str, tuple[str, ...]]]:
+        self.discovery.require_peers()
         found = await self.discovery.find_key(COMPUTE_KEY, timeout, want)
         return [(p.peer_id, tuple(p.addrs)) for p in found if p.peer_id != self._me]
 
@@ -333,7 +334,9 @@ def _check_size(size: int, max_bytes: int | None, cid: ContentId) -> None:
 def _prepare_file(store: ShareStore, path: Path) -> PreparedShare:
     if not path.is_file():
         raise UserError(f"{path} is not a regular file; jobs take single files")
-    return store.prepare(path)
+    # The user named this file as a job's input; `compute run` has no --yes to ask
+    # with, and the key-file check is share's (docs/cli.md).
+    return store.prepare(path, confirmed=True)
 
 
 def _file_digest(path: Path) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import logging
 import signal
 import time
@@ -19,7 +20,7 @@ from p2pshare.errors import UserError
 from p2pshare.home import MAX_SOCKET_PATH
 from p2pshare.identity import NodeKey
 from p2pshare.net.datachannel import DataChannelSetupError
-from p2pshare.net.listen import check_can_listen
+from p2pshare.net.listen import ListenError, check_can_listen
 from p2pshare.net.network import running_network
 from p2pshare.net.portmap import DATA, LIBP2P, PortMapping, mappers, off_status
 from p2pshare.node import logs
@@ -279,10 +280,35 @@ async def _start_services(
     await nursery.start(s.compute.service.run)
     nursery.start_soon(s.compute.outputs.sweep)
     if config.metrics.listen:
-        where = f"[metrics] listen in {home.config_path}"
-        addr = parse_host_port(config.metrics.listen)
-        check_can_listen(addr, where)
-        await nursery.start(s.metrics.export, addr)
+        # Checked by _check_metrics_listen before the node joined the network.
+        await nursery.start(s.metrics.export, parse_host_port(config.metrics.listen))
+
+
+def _check_metrics_listen(home: Home, config: Config) -> None:
+    """Refuse a ``[metrics] listen`` address that cannot be bound, before the node
+    joins the network: peers must not see a node that then exits at once.
+
+    The node's own ports are free until it starts, so those are compared by value."""
+    where = f"[metrics] listen in {home.config_path}"
+    addr = parse_host_port(config.metrics.listen)
+    own = [(parse_listen_addr(text), f"[network] listen {text}") for text in config.network.listen]
+    if config.transfer.data_port:
+        data = parse_listen_addr(config.network.listen[0])
+        own.append((ListenAddr("", data.host, config.transfer.data_port), "[transfer] data_port"))
+    for listen, key in own:
+        if listen.port == addr.port and (
+            listen.host == addr.host or _unspecified(listen.host) or _unspecified(addr.host)
+        ):
+            raise ListenError(
+                addr.text,
+                f"the port is this node's own listen port ({key}); choose another port",
+                where,
+            )
+    check_can_listen(addr, where)
+
+
+def _unspecified(host: str) -> bool:
+    return ipaddress.ip_address(host).is_unspecified
 
 
 def _prepare_home(home: Home) -> None:
@@ -333,12 +359,14 @@ async def serve(
     private: what a client that sends none (an older one) gets its files made with.
     """
     _prepare_home(home)
-    lock = HomeLock(home.lock_path)
+    lock = HomeLock(home.lock_path, home.command("stop"))
     lock.acquire()
     server: ControlServer | None = None
     catalog: Catalog | None = None
     try:
         config = load_config(home.config_path)
+        if config.metrics.listen:
+            _check_metrics_listen(home, config)
         key = NodeKey.load(home.key_path)
         catalog = Catalog(home.catalog_path)
         # We hold the lock, so any socket file left here belongs to a dead daemon.

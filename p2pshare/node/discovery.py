@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2pshare.errors import UserError
+from p2pshare.errors import NoPeersError, UserError
 from p2pshare.net.peers import PeerAddrs, checked_peer, parse_peer_addr
 from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import KnownPeer, ProvideStatus
@@ -42,6 +42,22 @@ FIRST_REFRESH_DELAY = 30.0
 MDNS_BACKLOG = 64
 # How long `share` waits for the peers already known to hold a new share's record.
 FIRST_ANNOUNCE_WAIT = 2.0
+
+
+def withheld(catalog: Catalog, cid: str) -> str | None:
+    """Why ``cid`` is never announced to the DHT, as a phrase; None when it may be.
+
+    A provider record tells anyone who asks that this node has the content, so it is
+    withheld for revoked content (also when a ``get`` holds it here again) and for a
+    private share only its recipients may fetch: a peer not named must learn no more
+    than for content no one shares.  Those recipients fetch it with its ticket.
+    """
+    if catalog.is_revoked(cid):
+        return "revoked with unshare --revoke"
+    private = catalog.private_share(cid)
+    if private is not None and not private.anyone_may_seed:
+        return "a private share, fetched by its recipients with its ticket"
+    return None
 
 
 @dataclass(frozen=True)
@@ -247,6 +263,15 @@ class Discovery:
         """
         key = ContentId.parse(cid).multihash
         started = int(time.time())
+        why = withheld(self._catalog, cid)
+        if why is not None:
+            # Checked at every announcement, so no path (reprovide, a peer connecting,
+            # a download) announces it: the catalog says so until it is shared again.
+            self._unannounced.discard(cid)
+            log.info("not announcing %s: %s", cid, why)
+            if on_known is not None:
+                on_known(0)
+            return ProvideStatus(started, 0)
         reported = False
 
         def known_sent(count: int) -> None:
@@ -341,6 +366,12 @@ class Discovery:
                 await self.provide(row.cid)
 
     # -- finding
+
+    def require_peers(self) -> None:
+        """Raise NoPeersError when no peer is connected or in the routing table: a
+        lookup would ask no one, and the user is told how to join instead."""
+        if not self._network.connected_peers() and not self._network.routing_table_size():
+            raise NoPeersError
 
     async def find(
         self, cid: str, timeout: float, trace: LookupTrace | None = None

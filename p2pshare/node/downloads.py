@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
-from p2pshare.errors import IntegrityError, UserError, leaf_errors
+from p2pshare.errors import IntegrityError, NoPeersError, UserError, leaf_errors
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.signed_manifest import decode_signed_manifest
@@ -103,7 +103,8 @@ def _user_error(exc: Exception, cid: str) -> UserError:
 
 
 def _transient(error: UserError) -> bool:
-    return isinstance(error, NoProvidersError)
+    # No peers yet is as passing as no providers: a peer may connect (or be connected).
+    return isinstance(error, NoProvidersError | NoPeersError)
 
 
 def _completed(job: Job, request: DownloadRequest) -> bool:

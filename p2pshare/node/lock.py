@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 class HomeLock:
     """The exclusive lock of a home's daemon, holding the daemon's pid."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, stop_command: str = "p2pshare stop") -> None:
         self._path = path
+        self._stop_command = stop_command
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -33,7 +34,7 @@ class HomeLock:
             os.close(fd)
             raise DaemonAlreadyRunningError(
                 f"a p2pshare daemon (pid {holder}) is already running for "
-                f"{self._path.parent}; stop it with: p2pshare stop"
+                f"{self._path.parent}; stop it with: {self._stop_command}"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

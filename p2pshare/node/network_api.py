@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
 from p2pshare.net.dht import LookupTrace
+from p2pshare.node.discovery import withheld
 from p2pshare.proto.cid import ContentId
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class NetworkApi:
             raise InvalidParamsError(
                 f"parameter 'timeout' must be a number of seconds up to {MAX_FIND_TIMEOUT:g}"
             )
+        self.discovery.require_peers()
         trace = LookupTrace()
         providers = await self.discovery.find(cid, float(timeout), trace)
         return {
@@ -76,6 +78,7 @@ class NetworkApi:
                     "provided_at": provided[row.cid].provided_at if row.cid in provided else None,
                     "provided_to": provided[row.cid].provided_to if row.cid in provided else None,
                     "stale": row.stale_reason,
+                    "withheld": withheld(self.catalog, row.cid),
                 }
                 for row in rows
                 if row.cid not in outputs

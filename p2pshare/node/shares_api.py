@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
+from p2pshare.node.discovery import withheld
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.sealed import plain_size
 from p2pshare.proto.ticket import MAX_ADDRS, Ticket
@@ -113,6 +114,7 @@ class SharesApi:
         copy = bool(params.get("copy", False))
         recipients = _recipients_param(params)
         anyone_may_seed = bool(params.get("anyone_may_seed", False))
+        confirmed = bool(params.get("yes", False))
         guard = self.store.guard
         if guard is not None:
             await trio.to_thread.run_sync(guard.check_share_path, path)
@@ -131,17 +133,29 @@ class SharesApi:
         def prepare() -> PreparedShare:
             if recipients:
                 return self.store.prepare_private(
-                    path, recipients, anyone_may_seed=anyone_may_seed, name=name, progress=progress
+                    path,
+                    recipients,
+                    anyone_may_seed=anyone_may_seed,
+                    name=name,
+                    progress=progress,
+                    confirmed=confirmed,
                 )
-            return self.store.prepare(path, name=name, copy=copy, progress=progress)
+            return self.store.prepare(
+                path, name=name, copy=copy, progress=progress, confirmed=confirmed
+            )
 
         prepared = await trio.to_thread.run_sync(prepare)
         row = self.store.commit(prepared)
+        # Sharing revoked content again is the user taking the revocation back: it is
+        # served and announced again, and the reply says so.
+        unrevoked = self.store.catalog.unrevoke(row.cid)
         doc = self._full_doc(row)
+        doc["unrevoked"] = unrevoked
         if prepared.stored:
             report = self.store.gc(keep_bytes=self.quota_bytes)
             doc["gc_removed"] = list(report.removed)
-        doc["announced_to"] = await self.on_shared(row.cid)
+        withheld_now = doc["withheld"] is not None
+        doc["announced_to"] = 0 if withheld_now else await self.on_shared(row.cid)
         log.info("shared %s as %s (%d bytes)", path, row.cid, row.total_size)
         return doc
 
@@ -152,6 +166,7 @@ class SharesApi:
             doc["recipients"] = list(private.recipients)
             doc["anyone_may_seed"] = private.anyone_may_seed
         doc["ticket"] = self.ticket(row.cid)
+        doc["withheld"] = withheld(self.store.catalog, row.cid)
         doc["skipped"] = [{"path": p, "reason": r} for p, r in row.skipped]
         return doc
 

@@ -342,6 +342,9 @@ class TransferApi:
         key = request.cid
         me = self.network.peer_id
         hints = [Source(peer, addrs) for peer, addrs in request.sources if peer != me]
+        if not hints:
+            # A ticket's provider is dialed at its addresses; a bare content ID needs peers.
+            self.discovery.require_peers()
 
         async def find() -> list[Source]:
             found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT)

@@ -570,6 +570,10 @@ class Catalog:
     def revoke(self, cid: str) -> None:
         self._db.execute("INSERT OR IGNORE INTO revoked (cid) VALUES (?)", (cid,))
 
+    def unrevoke(self, cid: str) -> bool:
+        """Lift ``cid``'s revocation (it is shared again); whether it was revoked."""
+        return self._db.execute("DELETE FROM revoked WHERE cid = ?", (cid,)).rowcount > 0
+
     def is_revoked(self, cid: str) -> bool:
         return (
             self._db.execute("SELECT 1 FROM revoked WHERE cid = ?", (cid,)).fetchone() is not None

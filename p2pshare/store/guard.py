@@ -21,6 +21,7 @@ home may.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Final
 from p2pshare.errors import UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from pathlib import Path
 
     from p2pshare.home import Home
@@ -45,6 +47,15 @@ OTHER_HOME: Final = "another p2pshare node's home, which holds its private key"
 _SERVABLE_DIRS: Final = ("content", "compute")
 
 FileId = tuple[int, int]
+
+# What `share` asks the user to confirm with --yes: files that look like private keys.
+SSH_KEY_NAMES: Final = frozenset(
+    {"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ecdsa_sk", "id_ed25519_sk", "identity"}
+)
+KEY_SUFFIXES: Final = frozenset({".pem", ".key"})
+# A PEM bundle may hold certificates before its key; keys and bundles are small.
+KEY_HEAD_BYTES: Final = 64 << 10
+_PRIVATE_KEY_BLOCK: Final = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 
 
 def file_id(st: os.stat_result) -> FileId:
@@ -148,6 +159,35 @@ class HomeGuard:
             return True
         inside = real[len(root) + 1 :]
         return any(inside.startswith(name + os.sep) for name in _SERVABLE_DIRS)
+
+
+def private_key_reason(path: Path) -> str | None:
+    """Why the file at ``path`` (resolved) looks like a private key; None if it does not."""
+    if ".ssh" in path.parts[:-1]:
+        return "it is inside a .ssh directory"
+    if path.name in SSH_KEY_NAMES:
+        return "it is named like an SSH private key"
+    if path.suffix.lower() in KEY_SUFFIXES:
+        try:
+            with path.open("rb") as f:
+                head = f.read(KEY_HEAD_BYTES)
+        except OSError:
+            return None  # the hashing that follows says why it cannot be read
+        if _PRIVATE_KEY_BLOCK.search(head):
+            return "it holds a PRIVATE KEY block"
+    return None
+
+
+def check_no_private_keys(named: Path, files: Iterable[Path]) -> None:
+    """Refuse a share (``named``, as the user gave it) holding a file that looks like a
+    private key: published, it could never be taken back.  ``--yes`` skips this."""
+    for file in files:
+        reason = private_key_reason(file)
+        if reason is not None:
+            raise UserError(
+                f"cannot share {named}: {file} looks like a private key ({reason}); "
+                "if you mean to publish it, share it again with --yes"
+            )
 
 
 def _looks_like_home(directory: Path) -> bool:

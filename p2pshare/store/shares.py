@@ -36,6 +36,7 @@ from p2pshare.proto.sealed import OpenedShare, open_envelope
 from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifest, sign_manifest
 from p2pshare.store.catalog import Catalog, FileStamp, PrivateShare, ShareRow
 from p2pshare.store.checked import CheckedChunks, FileIdentity
+from p2pshare.store.guard import check_no_private_keys
 from p2pshare.store.private import recipient_keys, seal_scan, sealed_bytes
 from p2pshare.store.scanner import HashedFile, Scan, hash_file, scan
 from p2pshare.store.staging import Staging, copy_checked, free_bytes, private_dirs
@@ -114,9 +115,13 @@ class ShareStore:
         name: str | None = None,
         copy: bool = False,
         progress: Callable[[int, int], None] = lambda _done, _total: None,
+        confirmed: bool = False,
     ) -> PreparedShare:
-        """Scan, (copy,) hash, build and sign; touches no catalog state."""
-        found = scan(path, self._chunk_size, name, self.guard)
+        """Scan, (copy,) hash, build and sign; touches no catalog state.
+
+        ``confirmed``: the user said (``--yes``) that files looking like private keys
+        are meant to be published."""
+        found = self._scan(path, name, confirmed)
         if not copy:
             hashed, built = self._hash_and_build(found, name, None, progress)
             signed = sign_manifest(built.manifest, self._key)
@@ -140,10 +145,11 @@ class ShareStore:
         anyone_may_seed: bool = False,
         name: str | None = None,
         progress: Callable[[int, int], None] = lambda _done, _total: None,
+        confirmed: bool = False,
     ) -> PreparedShare:
         """Scan, seal for ``recipients`` (peer IDs) into the store, hash and sign the ciphertext."""
         keys = recipient_keys(recipients, self._key.peer_id)
-        found = scan(path, self._chunk_size, name, self.guard)
+        found = self._scan(path, name, confirmed)
         with self.staging.new(found.root, sealed_bytes(found, self._chunk_size)) as staged:
             sealed = seal_scan(found, keys, self._chunk_size, staged / "tree", name)
             # created 0: the ciphertext is new each time anyway, and the time tells
@@ -155,6 +161,12 @@ class ShareStore:
             signed, built.pages, settled, stored=True, hashed=hashed, origin=found.root
         )
         return replace(prepared, private=PrivateShare(tuple(keys), anyone_may_seed))
+
+    def _scan(self, path: Path, name: str | None, confirmed: bool) -> Scan:
+        found = scan(path, self._chunk_size, name, self.guard)
+        if self.guard is not None and not confirmed:
+            check_no_private_keys(path, (f.abs_path for f in found.files))
+        return found
 
     def _hash_and_build(
         self,

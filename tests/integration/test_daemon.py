@@ -7,6 +7,8 @@ import os
 import signal
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,9 +66,10 @@ def test_control_socket_is_private(daemon: DaemonProcess) -> None:
 def test_second_daemon_is_refused(daemon: DaemonProcess) -> None:
     with (
         DaemonProcess(daemon.home) as second,
-        pytest.raises(DaemonStartError, match="already running"),
+        pytest.raises(DaemonStartError, match="already running") as info,
     ):
         second.start()
+    assert f"stop it with: p2pshare --home {daemon.home.root} stop" in str(info.value)
     assert run_cli(daemon.home, "id").returncode == 0
 
 
@@ -116,10 +119,40 @@ def test_not_running_gives_one_sentence_and_exit_code(home: Home) -> None:
         result = run_cli(home, verb, "--json")
         assert result.returncode == ExitCode.DAEMON_NOT_RUNNING
         assert result.stdout == ""
+        # The hint keeps --home: a bare `p2pshare daemon` would start the default home.
         assert result.stderr == (
             f"error: the p2pshare daemon is not running for {home.root}; "
-            "start it with: p2pshare daemon\n"
+            f"start it with: p2pshare --home {home.root} daemon\n"
         )
+
+
+def test_not_running_hint_names_the_home_from_the_environment(home: Home) -> None:
+    init_home(home)
+    env = {"P2PSHARE_HOME": str(home.root), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "p2pshare_cli", "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == ExitCode.DAEMON_NOT_RUNNING
+    assert f"start it with: p2pshare --home {home.root} daemon\n" in result.stderr
+
+
+def test_not_running_hint_for_the_default_home_is_the_plain_command(tmp_path: Path) -> None:
+    # The platform's default home is used without --home or $P2PSHARE_HOME.
+    env = {"XDG_DATA_HOME": str(tmp_path), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    (tmp_path / "p2pshare").mkdir(mode=0o700)
+    result = subprocess.run(
+        [sys.executable, "-m", "p2pshare_cli", "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == ExitCode.DAEMON_NOT_RUNNING, result.stderr
+    assert result.stderr.endswith("; start it with: p2pshare daemon\n")
 
 
 def test_daemon_initialises_a_fresh_home(home: Home) -> None:

@@ -378,7 +378,8 @@ def test_a_get_whose_daemon_stops_says_the_download_resumes_at_its_next_start(
     assert get.returncode == ExitCode.FAILED
     assert stderr.endswith(
         "error: the daemon stopped before the download finished; it resumes when the daemon "
-        "starts again (p2pshare daemon), and the same get then follows it\n"
+        f"starts again (p2pshare --home {getter_home.root} daemon), and the same get then "
+        "follows it\n"
     )
 
 

@@ -105,3 +105,38 @@ def test_a_metrics_port_in_use_stops_the_daemon_with_one_sentence(short_tmp: Pat
     assert result.returncode == 4, result.stderr
     assert "(from [metrics] listen in" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_metrics_port_in_use_is_found_before_the_node_joins_the_network(
+    short_tmp: Path,
+) -> None:
+    boot_home, home = Home(short_tmp / "b"), Home(short_tmp / "m")
+    init_home(boot_home)
+    with DaemonProcess(boot_home) as boot, socket.socket() as taken:
+        boot.start()
+        init_home(home, bootstrap=(boot.info["addrs"][0],))
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        enable_metrics(home, port)
+        result = run_cli(home, "daemon", timeout=60)
+        assert result.returncode == 4, result.stderr
+        assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} (from [metrics]")
+        assert len(result.stderr.strip().splitlines()) == 1
+        log = home.log_path.read_text() if home.log_path.exists() else ""
+        assert "joined the network" not in log
+        assert cli_json(boot_home, "peers")["peers"] == []
+
+
+def test_a_metrics_port_that_is_the_nodes_own_listen_port_says_so(short_tmp: Path) -> None:
+    home = Home(short_tmp / "m")
+    port = free_port()
+    init_home(home, (f"/ip4/0.0.0.0/tcp/{port}",))
+    enable_metrics(home, port)
+    result = run_cli(home, "daemon", timeout=60)
+    assert result.returncode == 4, result.stderr
+    assert result.stderr == (
+        f"error: cannot listen on 127.0.0.1:{port} (from [metrics] listen in "
+        f"{home.config_path}): the port is this node's own listen port ([network] listen "
+        f"/ip4/0.0.0.0/tcp/{port}); choose another port\n"
+    )

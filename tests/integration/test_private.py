@@ -14,6 +14,8 @@ import pytest
 
 from p2pshare.home import Home
 from p2pshare.launcher import DaemonProcess, init_home, run_cli
+from p2pshare.proto.cid import ContentId
+from p2pshare.proto.ticket import Ticket
 from tests.integration.cluster import bootstrapped, cli_json
 
 if TYPE_CHECKING:
@@ -88,3 +90,41 @@ def test_ls_shows_whom_a_share_is_for_and_revoke_refuses_further_requests(
         bad = run_cli(home, "share", str(source), "--to", "bob")
         assert bad.returncode == 2
         assert "is not a peer ID" in bad.stderr
+
+
+def _never_shared(shared: dict[str, str]) -> tuple[str, str]:
+    """A content ID no one shares, and a ticket naming it at the sharer's addresses."""
+    cid = shared["cid"]
+    other = cid[:-3] + ("a" if cid[-3] != "a" else "b") + cid[-2:]
+    ticket = Ticket.parse(shared["ticket"])
+    return other, str(Ticket(ContentId.parse(other), ticket.peer_id, ticket.addrs))
+
+
+def test_a_peer_not_named_gets_the_answer_for_content_no_one_shares(
+    nodes: list[DaemonProcess], tmp_path: Path
+) -> None:
+    """No oracle: not announced, and refused as content the sharer does not hold."""
+    _boot, sharer, stranger, friend = nodes
+    source = tmp_path / "diary.txt"
+    source.write_text("dear diary\n")
+    shared = cli_json(sharer.home, "share", str(source), "--to", friend.info["peer_id"])
+    assert shared["announced_to"] == 0
+    assert shared["withheld"]
+    other_cid, other_ticket = _never_shared(shared)
+    out = tmp_path / "out"
+    for verb in (("get", "-o", str(out)), ("seed",), ("find",)):
+        for mine, other in ((shared["cid"], other_cid), (shared["ticket"], other_ticket)):
+            if verb[0] == "find" and mine == shared["ticket"]:
+                continue
+            asked = run_cli(stranger.home, verb[0], mine, *verb[1:], timeout=120)
+            control = run_cli(stranger.home, verb[0], other, *verb[1:], timeout=120)
+            assert asked.returncode == control.returncode == 1, asked.stderr
+            assert asked.stderr.replace(shared["cid"], "CID") == control.stderr.replace(
+                other_cid, "CID"
+            )
+            assert len(asked.stderr.strip().splitlines()) == 1
+            assert not out.exists()
+    got = tmp_path / "got.txt"
+    report = cli_json(friend.home, "get", shared["ticket"], "-o", str(got))
+    assert report["private"]
+    assert got.read_text() == "dear diary\n"

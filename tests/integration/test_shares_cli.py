@@ -91,6 +91,7 @@ def test_ls_gives_ticket_skipped_and_the_path_shared_for_a_copy(
     copied.pop("gc_removed")
     for doc in (shared, copied):
         assert doc.pop("announced_to") == 0  # a daemon alone: no peer to hold the record
+        assert doc.pop("unrevoked") is False
         assert listed[doc["cid"]] == doc
     assert listed[shared["cid"]]["skipped"] == [{"path": "link", "reason": "symlink"}]
     assert Ticket.parse(listed[shared["cid"]]["ticket"]).addrs
@@ -118,7 +119,8 @@ def test_a_share_overwritten_on_disk_is_stale_in_ls_and_status(
 def test_status_shows_the_compute_offer(daemon: DaemonProcess) -> None:
     human = run_cli(daemon.home, "status").stdout
     assert "compute:" in human
-    assert "off (turn it on with: p2pshare compute offer --on)" in human
+    home = daemon.home.root
+    assert f"off (turn it on with: p2pshare --home {home} compute offer --on)" in human
 
 
 def test_names_that_are_not_utf8_are_skipped_not_an_internal_error(
@@ -224,3 +226,22 @@ def test_what_unfinished_shares_left_is_removed_at_start_and_by_gc(
         assert report["freed_bytes"] == 500
         assert not later.exists()
         assert [p.name for p in home.content_dir.iterdir()] == [stored.name]
+
+
+def test_a_file_that_looks_like_a_private_key_is_shared_only_with_yes(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "notes.txt").write_text("nothing secret\n")
+    key = backup / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    refused = run_cli(daemon.home, "share", str(backup))
+    assert refused.returncode == ExitCode.FAILED
+    assert refused.stderr == (
+        f"error: cannot share {backup}: {key} looks like a private key (it is named like an "
+        "SSH private key); if you mean to publish it, share it again with --yes\n"
+    )
+    assert cli_json(daemon, "ls")["shares"] == []
+    shared = cli_json(daemon, "share", str(backup), "--yes")
+    assert shared["files"] == 2

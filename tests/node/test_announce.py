@@ -1,8 +1,9 @@
-"""A new share is announced before `share` returns, and again once a first peer connects."""
+"""A new share is announced before `share` returns, and again once a first peer connects;
+revoked content and a private share for its recipients only never are."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -11,9 +12,12 @@ import trio.testing
 from p2pshare.config import NetworkConfig
 from p2pshare.identity import NodeKey
 from p2pshare.node.discovery import FIRST_ANNOUNCE_WAIT, Discovery
+from p2pshare.node.shares_api import SharesApi
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
+from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import Catalog
 from p2pshare.store.shares import ShareStore
+from p2pshare.transfer.source import LocalContent
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -139,3 +143,74 @@ async def test_a_share_no_peer_took_is_announced_again_when_a_peer_connects(
     network.connected(PEER)  # announced now: nothing more to do
     await trio.testing.wait_all_tasks_blocked()
     assert len(network.provided) == 2
+
+
+async def test_revoked_content_held_again_is_never_announced(
+    store: ShareStore, tmp_path: Path, running: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Not by the periodic re-provide, a download's announcement or a peer connecting."""
+    network = AnnouncingNetwork(known=0)
+    discovery = await running(network)
+    cid = new_share(store, tmp_path)
+    assert await discovery.announce_new(cid) == 0  # no peer took it: waits for one
+    store.remove(cid, revoke=True)
+    # Held again, as a `get` of it does (it pins what it fetched), revocation kept.
+    assert new_share(store, tmp_path) == cid
+    assert store.catalog.is_revoked(cid)
+    network.provided.clear()
+    network.known = 4
+    discovery.provide_soon(cid)
+    await discovery.provide_all()
+    assert network.connected is not None
+    network.connected(PEER)
+    await trio.sleep(3 * NetworkConfig().reprovide_interval)
+    assert network.provided == []
+
+
+async def test_a_private_share_only_its_recipients_may_fetch_is_never_announced(
+    store: ShareStore, tmp_path: Path, running: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    network = AnnouncingNetwork(known=4)
+    discovery = await running(network)
+    (tmp_path / "secret.txt").write_bytes(b"for one peer")
+    secret = store.commit(store.prepare_private(tmp_path / "secret.txt", [PEER])).cid
+    (tmp_path / "seedable.txt").write_bytes(b"for one peer, seeded by anyone")
+    seedable = store.commit(
+        store.prepare_private(tmp_path / "seedable.txt", [PEER], anyone_may_seed=True)
+    ).cid
+    assert await discovery.announce_new(secret) == 0
+    assert await discovery.announce_new(seedable) == 4
+    await discovery.provide_all()
+    assert network.connected is not None
+    network.connected(PEER)
+    await trio.testing.wait_all_tasks_blocked()
+    seedable_key = ContentId.parse(seedable).multihash
+    assert network.provided == [seedable_key, seedable_key]
+
+
+async def test_sharing_revoked_content_again_lifts_the_revocation_and_says_so(
+    store: ShareStore, tmp_path: Path
+) -> None:
+    announced: list[str] = []
+
+    async def on_shared(cid: str) -> int:
+        announced.append(cid)
+        return 1
+
+    api = SharesApi(store, NodeKey.generate().peer_id, list, 0, on_shared)
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"shared, revoked, shared again")
+    first = await api.share({"path": str(path)}, _no_emit)
+    assert first["unrevoked"] is False
+    assert (await api.unshare({"cid": first["cid"], "revoke": True}, _no_emit))["revoked"]
+    again = await api.share({"path": str(path)}, _no_emit)
+    assert again["cid"] == first["cid"]
+    assert again["unrevoked"] is True
+    assert again["announced_to"] == 1
+    assert announced == [first["cid"], first["cid"]]
+    assert not store.catalog.is_revoked(first["cid"])
+    assert not LocalContent(store).refuses(ContentId.parse(first["cid"]), PEER)
+
+
+async def _no_emit(_name: str, _data: dict[str, Any]) -> None:
+    return None

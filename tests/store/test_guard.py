@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 CHUNK = MIN_CHUNK_SIZE
+FRIEND = NodeKey.generate().peer_id
 
 
 @pytest.fixture
@@ -203,3 +204,51 @@ def test_what_a_share_skipped_and_where_a_copy_came_from_survive_a_restart(
     assert again.skipped == (("link", "symlink"),)
     assert again.origin == str(tree)
     assert again.root != again.origin
+
+
+PEM_KEY = (
+    b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n-----END OPENSSH PRIVATE KEY-----\n"
+)
+PEM_CERT = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+@pytest.mark.parametrize(
+    ("rel", "content", "reason"),
+    [
+        ("id_rsa", b"anything", "it is named like an SSH private key"),
+        ("keys/id_ed25519", b"anything", "it is named like an SSH private key"),
+        ("tls/server.key", b"junk\n" + PEM_KEY, "it holds a PRIVATE KEY block"),
+        ("bundle.pem", PEM_CERT + PEM_KEY, "it holds a PRIVATE KEY block"),
+        (".ssh/config", b"Host *\n", "it is inside a .ssh directory"),
+    ],
+)
+def test_share_of_what_looks_like_a_private_key_asks_for_yes(
+    guarded: ShareStore, tmp_path: Path, rel: str, content: bytes, reason: str
+) -> None:
+    file = tmp_path / "mine" / rel
+    file.parent.mkdir(parents=True)
+    file.write_bytes(content)
+    # The file named itself, and the directory holding it, shared publicly or privately.
+    top = tmp_path / "mine" / rel.split("/", maxsplit=1)[0]
+    prepares = (guarded.prepare, lambda path: guarded.prepare_private(path, [FRIEND]))
+    for named in {file, top}:
+        for prepare in prepares:
+            with pytest.raises(UserError) as caught:
+                prepare(named)
+            assert str(caught.value) == (
+                f"cannot share {named}: {file} looks like a private key ({reason}); "
+                "if you mean to publish it, share it again with --yes"
+            )
+    assert not list(guarded.catalog.shares())
+    assert guarded.commit(guarded.prepare(file, confirmed=True)).file_count == 1
+
+
+def test_certificates_and_ordinary_key_named_files_are_shared_without_yes(
+    guarded: ShareStore, tmp_path: Path
+) -> None:
+    tree = tmp_path / "site"
+    tree.mkdir()
+    (tree / "cert.pem").write_bytes(PEM_CERT)
+    (tree / "piano.key").write_bytes(b"C major\n")
+    (tree / "id_rsa.pub").write_bytes(b"ssh-ed25519 AAAA me@host\n")
+    assert guarded.commit(guarded.prepare(tree)).file_count == 3
