@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 import trio
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from multiaddr import Multiaddr
@@ -291,7 +292,9 @@ async def test_connections_closing_after_the_dht_stopped_log_no_error(
             running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
         )
         other_host, other = await start_node(stack, nursery)
-        notifees_before = len(stopper_host.get_network().notifees)
+        swarm = stopper_host.get_network()
+        assert isinstance(swarm, Swarm)
+        notifees_before = len(swarm.notifees)
         async with trio.open_nursery() as dht_nursery:
             stopper = Dht(stopper_host, HandlerGuard(stopper_host, HandlerLimits()), 100)
             await dht_nursery.start(stopper.run)
@@ -300,7 +303,7 @@ async def test_connections_closing_after_the_dht_stopped_log_no_error(
             await wait_for_table(stopper, 1)
             await wait_for_table(other, 1)
             dht_nursery.cancel_scope.cancel()
-        assert len(stopper_host.get_network().notifees) == notifees_before
+        assert len(swarm.notifees) == notifees_before
         with caplog.at_level(logging.DEBUG):
             with trio.fail_after(10):
                 await stopper_host.disconnect(other_host.get_id())
