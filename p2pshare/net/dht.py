@@ -49,6 +49,7 @@ from multiaddr import Multiaddr
 
 from p2pshare.errors import UserError
 from p2pshare.metrics import METRICS, counted_provide, timed_lookup
+from p2pshare.net.addrs import is_wildcard
 from p2pshare.net.peers import connect
 from p2pshare.proto.ratelimit import PerKeyBuckets
 
@@ -482,9 +483,11 @@ class Dht:
         me = self._host.get_id()
         peerstore = self._host.get_peerstore()
         providers = []
-        for peer, addrs in found.items():
+        for peer, found_addrs in found.items():
             if peer == me:
                 continue
+            # An unspecified address names no node (the peer store drops it too).
+            addrs = {a for a in found_addrs if not is_wildcard(a)}
             if addrs:
                 peerstore.add_addrs(peer, list(addrs), 3600)
             suffix = f"/p2p/{peer}"

@@ -313,3 +313,19 @@ async def test_connections_closing_after_the_dht_stopped_log_no_error(
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
         assert errors == []
         nursery.cancel_scope.cancel()
+
+
+async def test_an_unspecified_address_in_a_provider_record_is_never_learnt() -> None:
+    """Older nodes announce their 0.0.0.0 listen address; dialing it reaches the finder's
+    own machine, so `find` must not show it nor the peer store keep it."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (provider, provider_dht), _, (finder, finder_dht) = await start_line(stack, nursery, 3)
+        wildcard = Multiaddr("/ip4/0.0.0.0/tcp/4001")
+        real = provider.get_transport_addrs()[0]
+        with trio.fail_after(20):
+            assert await provider_dht.provide(key, [wildcard, real]) >= 1
+            [found] = await finder_dht.find_providers(key)
+        assert found.addrs == (str(real),)
+        assert wildcard not in finder.get_peerstore().addrs(provider.get_id())
+        nursery.cancel_scope.cancel()
