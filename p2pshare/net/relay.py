@@ -61,7 +61,8 @@ RESERVE_INTERVAL = 10.0
 # A reservation lives an hour on the relay; it is renewed well before.
 RENEW_AFTER = 1200.0
 CIRCUIT = "/p2p-circuit"
-# A peer that does not speak the hop protocol fails the stream's protocol negotiation.
+# A peer that does not speak the hop protocol fails the stream's protocol negotiation
+# ("protocols not supported").
 NOT_A_RELAY = "it does not run the relay service ([network] relay_service = true on it)"
 
 DirectDial = Callable[
@@ -291,7 +292,10 @@ class Relays:
             return
         except Exception as exc:  # noqa: BLE001 - libp2p reports refusals with many types
             log.debug("relay stream to %s failed: %s", info.peer_id, exc)
-            self._report(info.peer_id, "refused", NOT_A_RELAY)
+            if "not supported" in str(exc):
+                self._report(info.peer_id, "refused", NOT_A_RELAY)
+            else:
+                self._report(info.peer_id, "unreachable", _why(exc))
             return
         try:
             with trio.fail_at(deadline):
@@ -326,11 +330,13 @@ class Relays:
         raise error
 
     def _report(self, relay: ID, state: str, reason: str | None) -> None:
-        """Record the outcome of a reservation attempt; log it only when it changed, so
-        a relay that refuses is one line, not one per retry every RESERVE_INTERVAL."""
-        if self._states.get(relay) == (state, reason):
-            return
+        """Record the outcome of a reservation attempt; log it only when the state
+        changed, so a relay that refuses is one line, not one per retry every
+        RESERVE_INTERVAL (a reason such as a dial error may differ at each retry)."""
+        previous = self._states.get(relay)
         self._states[relay] = (state, reason)
+        if previous is not None and previous[0] == state:
+            return
         if state == "reserved":
             log.info("reserved a slot on relay %s", relay)
         elif state == "refused":
