@@ -292,7 +292,7 @@ class Relays:
             return
         except Exception as exc:  # noqa: BLE001 - libp2p reports refusals with many types
             log.debug("relay stream to %s failed: %s", info.peer_id, exc)
-            if "not supported" in str(exc):
+            if _protocol_refused(exc):
                 self._report(info.peer_id, "refused", NOT_A_RELAY)
             else:
                 self._report(info.peer_id, "unreachable", _why(exc))
@@ -392,6 +392,17 @@ class Relays:
                 }
             )
         return states
+
+
+def _protocol_refused(exc: BaseException) -> bool:
+    """Whether a failed new_stream failed because the peer does not speak the protocol:
+    py-libp2p wraps the negotiation's "protocols not supported" in a StreamFailure."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if "not supported" in str(cause):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _why(exc: BaseException) -> str:
