@@ -201,6 +201,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 ("DHT table", f"{r['routing_table']} peers"),
                 ("announcing", f"{r['provide_queue']} under way"),
                 ("reachability", _reachability(r)),
+                ("relays", _relays(r)),
                 ("port mapping", _port_mapping(r)),
                 ("home", r["home"]),
             ]
@@ -257,6 +258,18 @@ def _reachability(r: dict[str, Any]) -> str:
     if r.get("relay_service"):
         text += "; relaying for others"
     return text
+
+
+def _relays(r: dict[str, Any]) -> str:
+    """Each configured relay and whether it holds a slot for this node, and if not why."""
+    relays = r.get("relays") or []
+    if not relays:
+        return "none configured"
+    return "; ".join(
+        f"{relay['relay']} {relay['state']}"
+        + (f" ({relay['reason']})" if relay.get("reason") else "")
+        for relay in relays
+    )
 
 
 def _port_mapping(r: dict[str, Any]) -> str:
@@ -557,7 +570,11 @@ def top(ctx: click.Context, count: int | None, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def connect(ctx: click.Context, multiaddr: str, as_json: bool) -> None:
-    """Dial a peer given as /ip4/ADDR/tcp/PORT/p2p/PEER_ID and remember it."""
+    """Dial a peer given as /ip4/ADDR/tcp/PORT/p2p/PEER_ID and remember it.
+
+    /dns4/NAME/... is resolved first; RELAY_ADDR/p2p/RELAY_ID/p2p-circuit/p2p/PEER_ID
+    reaches the peer through that relay.
+    """
     from p2pshare.control.client import call  # noqa: PLC0415
 
     result = call(_home(ctx), "connect", {"addr": args.peer_addr(multiaddr)})

@@ -272,9 +272,11 @@ def _check_peer_multiaddr(value: str) -> str | None:
             "(docs/discovery.md, Joining the public Amino DHT)"
         )
     try:
-        parse_peer_addr(value)
+        peer = parse_peer_addr(value)
     except ValueError as exc:
         return str(exc)
+    if peer.relay is not None:
+        return "is a relay circuit; list the relay's own address (the part before /p2p-circuit)"
     return None
 
 

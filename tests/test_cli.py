@@ -164,6 +164,24 @@ def test_status_says_how_peers_can_reach_the_node() -> None:
     assert _reachability({}) == "unknown"
 
 
+def test_status_says_which_relays_hold_a_slot_and_which_refused() -> None:
+    _relays = importlib.import_module("p2pshare_cli.main")._relays
+
+    assert _relays({}) == "none configured"
+    relays = [
+        {"relay": "/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWA", "state": "reserved", "reason": None},
+        {
+            "relay": "/ip4/198.51.100.2/tcp/4001/p2p/12D3KooWB",
+            "state": "refused",
+            "reason": "it does not run the relay service",
+        },
+    ]
+    assert _relays({"relays": relays}) == (
+        "/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWA reserved; "
+        "/ip4/198.51.100.2/tcp/4001/p2p/12D3KooWB refused (it does not run the relay service)"
+    )
+
+
 def test_status_says_what_the_router_maps() -> None:
     _port_mapping = importlib.import_module("p2pshare_cli.main")._port_mapping
 

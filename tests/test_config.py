@@ -89,6 +89,7 @@ def test_errors_name_file_line_and_key(text: str, expected: str) -> None:
 
 
 BOOT_ID = "QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ"
+NODE_ID = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
 
 
 @pytest.mark.parametrize(
@@ -98,6 +99,11 @@ BOOT_ID = "QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ"
         (f"/ip4/104.131.131.82/udp/4001/quic-v1/p2p/{BOOT_ID}", "p2pshare dials TCP only"),
         ("/ip4/104.131.131.82/tcp/4001", "does not end in /p2p/<peer ID>"),
         ("/ip4/104.131.131.82/tcp/4001/p2p/nope", "is not a peer ID"),
+        (f"/ip4/0.0.0.0/tcp/4001/p2p/{BOOT_ID}", "unspecified address 0.0.0.0"),
+        (
+            f"/ip4/104.131.131.82/tcp/4001/p2p/{BOOT_ID}/p2p-circuit/p2p/{NODE_ID}",
+            "is a relay circuit; list the relay's own address",
+        ),
     ],
 )
 def test_a_bootstrap_address_p2pshare_cannot_dial_is_refused_with_the_reason(

@@ -23,10 +23,14 @@ tickets and DHT provider records (:func:`announce_addrs`) are the same list.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import TYPE_CHECKING
 
 import ifaddr
 import multiaddr
+import trio
+
+from p2pshare.errors import UserError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -75,6 +79,71 @@ def is_loopback(addr: multiaddr.Multiaddr) -> bool:
 def is_wildcard(addr: multiaddr.Multiaddr) -> bool:
     ip = _ip_of(addr)
     return ip is not None and ip.is_unspecified
+
+
+def _tcp_port(addr: multiaddr.Multiaddr) -> int | None:
+    parts = str(addr).split("/")
+    if len(parts) < 5 or parts[3] != "tcp" or not parts[4].isdigit():
+        return None
+    return int(parts[4])
+
+
+def is_own(host: IHost, addr: multiaddr.Multiaddr) -> bool:
+    """Whether dialing ``addr`` (an IP address, not a relay circuit) reaches this node:
+    one of its listen sockets, or an address it announces.
+
+    A listen address 0.0.0.0 (or ``::``) answers at every interface and loopback
+    address of its family.
+    """
+    ip, port = _ip_of(addr), _tcp_port(addr)
+    if ip is None or port is None or "/p2p-circuit" in str(addr):
+        return False
+    for own in [*host.get_transport_addrs(), *host.get_addrs()]:
+        own_ip = _ip_of(own)
+        if own_ip is None or _tcp_port(own) != port or own_ip.version != ip.version:
+            continue
+        if own_ip == ip:
+            return True
+        if own_ip.is_unspecified and (ip.is_loopback or str(ip) in interface_ips()):
+            return True
+    return False
+
+
+_DNS_FAMILIES = {"dns": socket.AF_UNSPEC, "dns4": socket.AF_INET, "dns6": socket.AF_INET6}
+
+
+async def resolve(addr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
+    """``addr`` with its ``/dns``, ``/dns4`` or ``/dns6`` name replaced by each address
+    the name resolves to (``/dns`` to both families); any other address as it is.
+
+    py-libp2p 0.8.1 passes a resolved DNS address on unchanged, and its TCP dial then
+    fails ("IP address not found in multiaddr").  getaddrinfo(3) runs in a worker
+    thread (trio's), so ``/etc/hosts`` names such as ``localhost`` resolve as for any
+    other program.  An unspecified address a name resolves to is dropped.
+    """
+    parts = str(addr).split("/")
+    if len(parts) < 3 or parts[1] not in _DNS_FAMILIES:
+        return [addr]
+    name, rest = parts[2], "/".join(parts[3:])
+    try:
+        infos = await trio.socket.getaddrinfo(
+            name, None, family=_DNS_FAMILIES[parts[1]], type=socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        raise UserError(f"could not resolve {name}: {exc.strerror or exc}") from None
+    resolved: list[multiaddr.Multiaddr] = []
+    for family, _, _, _, sockaddr in infos:
+        try:
+            ip = ipaddress.ip_address(str(sockaddr[0]))
+        except ValueError:  # an IPv6 address with a zone (fe80::1%eth0): not dialable as text
+            continue
+        version = "ip4" if family == socket.AF_INET else "ip6"
+        resolved_addr = multiaddr.Multiaddr(f"/{version}/{ip}/{rest}")
+        if not ip.is_unspecified and resolved_addr not in resolved:
+            resolved.append(resolved_addr)
+    if not resolved:
+        raise UserError(f"{name} resolves to no address this node can dial ({parts[1]})")
+    return resolved
 
 
 def _expand(addr: multiaddr.Multiaddr, ips: Sequence[str]) -> list[multiaddr.Multiaddr]:

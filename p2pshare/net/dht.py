@@ -49,11 +49,12 @@ from multiaddr import Multiaddr
 
 from p2pshare.errors import UserError
 from p2pshare.metrics import METRICS, counted_provide, timed_lookup
+from p2pshare.net.addrs import is_wildcard
 from p2pshare.net.peers import connect
 from p2pshare.proto.ratelimit import PerKeyBuckets
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from libp2p.abc import IHost, INetConn, INetStream, INetwork
 
@@ -214,16 +215,26 @@ def _forget(kad: KadDHT, peer: ID, why: str) -> bool:
 
 class _RoutingFeeder(INotifee):
     """Adds every connected peer to the routing table, and removes one that cannot
-    be re-dialed once its last connection closed."""
+    be re-dialed once its last connection closed.
+
+    Its work runs in the DHT's nursery; once that is closing (the daemon stops with
+    peers connected, each connection closing notifies) it does nothing: the swarm
+    may already have started a call before the feeder was unregistered.
+    """
 
     def __init__(self, host: IHost, dht: KadDHT, nursery: trio.Nursery) -> None:
         self._host = host
         self._dht = dht
         self._nursery = nursery
+        self.closed = False
+
+    def _start(self, job: Callable[[ID], Awaitable[None]], peer_id: ID) -> None:
+        if not self.closed:
+            self._nursery.start_soon(job, peer_id)
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         # Awaited inline while the connection is being set up: hand the work off.
-        self._nursery.start_soon(self._add, conn.muxed_conn.peer_id)
+        self._start(self._add, conn.muxed_conn.peer_id)
 
     async def _add(self, peer_id: ID) -> None:
         # The listening side learns the dialer's addresses only once identify is done.
@@ -232,7 +243,7 @@ class _RoutingFeeder(INotifee):
                 await trio.sleep(0.05)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        self._nursery.start_soon(self._check, conn.muxed_conn.peer_id)
+        self._start(self._check, conn.muxed_conn.peer_id)
 
     async def _check(self, peer_id: ID) -> None:
         if self._dht.routing_table.peer_in_table(peer_id):
@@ -321,14 +332,19 @@ class Dht:
         moment it starts, which dials the closest peers of a node that has only just
         joined. Discovery calls :meth:`maintain` on its own schedule instead.
         """
+        network = self._host.get_network()
         async with trio.open_nursery() as nursery:
             feeder = _RoutingFeeder(self._host, self._kad, nursery)
-            self._host.get_network().register_notifee(feeder)
-            for peer in self._host.get_connected_peers():
-                nursery.start_soon(self._kad.add_peer, peer)
-            self._kad.routing_table.start_periodic_refresh(nursery)
-            task_status.started()
-            await trio.sleep_forever()
+            network.register_notifee(feeder)
+            try:
+                for peer in self._host.get_connected_peers():
+                    nursery.start_soon(self._kad.add_peer, peer)
+                self._kad.routing_table.start_periodic_refresh(nursery)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                feeder.closed = True
+                network.remove_notifee(feeder)
 
     async def maintain(self) -> None:
         """Refresh the routing table and drop expired records."""
@@ -467,9 +483,11 @@ class Dht:
         me = self._host.get_id()
         peerstore = self._host.get_peerstore()
         providers = []
-        for peer, addrs in found.items():
+        for peer, found_addrs in found.items():
             if peer == me:
                 continue
+            # An unspecified address names no node (the peer store drops it too).
+            addrs = {a for a in found_addrs if not is_wildcard(a)}
             if addrs:
                 peerstore.add_addrs(peer, list(addrs), 3600)
             suffix = f"/p2p/{peer}"

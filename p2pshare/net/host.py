@@ -20,18 +20,20 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.swarm import Swarm
+from libp2p.peer.peerstore import PeerStore
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from p2pshare.net.addrs import addrs_factory
+from p2pshare.net.addrs import addrs_factory, is_wildcard
 from p2pshare.net.listen import ListenError, check_can_listen, parse_listen_addrs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from libp2p.abc import IHost
+    from libp2p.peer.id import ID
 
     from p2pshare.identity import NodeKey
     from p2pshare.net.mapped import MappedAddrs
@@ -51,6 +53,21 @@ async def _close(host: IHost) -> None:
                 nursery.start_soon(host.disconnect, peer)
     with trio.move_on_after(5):
         await host.close()
+
+
+class _PeerStore(PeerStore):
+    """py-libp2p's peer store, which never learns an unspecified address (0.0.0.0, ::).
+
+    Peers running older versions (or other implementations) announce their wildcard
+    listen address through identify and in DHT records; dialing it reaches this
+    machine, i.e. mostly this node itself (field test #6). Every way an address is
+    learnt (identify, DHT answers, tickets, dials) goes through ``add_addrs``.
+    """
+
+    def add_addrs(self, peer_id: ID, addrs: Sequence[multiaddr.Multiaddr], ttl: int = 0) -> None:
+        usable = [a for a in addrs if not is_wildcard(a)]
+        if usable or not addrs:
+            super().add_addrs(peer_id, usable, ttl)
 
 
 def build_host(
@@ -83,6 +100,7 @@ def build_host(
         ),
         enable_mDNS=False,
         addrs_factory=addrs_factory(announce, mapped=mapped),
+        peerstore_opt=_PeerStore(),
     )
 
 

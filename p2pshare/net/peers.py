@@ -19,8 +19,14 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 
 from p2pshare.errors import UserError
-from p2pshare.net.addrs import is_wildcard, without_peer_id
-from p2pshare.net.relay import dial_peer, relay_circuits
+from p2pshare.net.addrs import is_own, is_wildcard, resolve, without_peer_id
+from p2pshare.net.relay import (
+    check_circuit,
+    dial_circuit,
+    dial_peer,
+    is_circuit,
+    relay_circuits,
+)
 from p2pshare.net.streams import LibP2PStream
 
 if TYPE_CHECKING:
@@ -139,11 +145,32 @@ def replace_addrs(host: IHost, peer: ID, addrs: Sequence[multiaddr.Multiaddr]) -
     _swarm(host).unblock_peer(peer)
 
 
+async def _targets(host: IHost, addr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
+    """The IP addresses to dial for ``addr`` (its DNS name resolved), without those
+    that reach this node itself; a UserError if none is left."""
+    resolved = await resolve(addr)
+    targets = [a for a in resolved if not is_wildcard(a) and not is_own(host, a)]
+    if not targets:
+        shown = "" if resolved == [addr] else f" ({', '.join(map(str, resolved))})"
+        raise UserError(f"{addr}{shown} is this node's own address")
+    return targets
+
+
 async def _dial_addr(host: IHost, peer: ID, addr: multiaddr.Multiaddr) -> None:
-    conn = await _swarm(host).dial_addr(addr, peer)
-    started = getattr(conn, "event_started", None)
-    if started is not None:
-        await started.wait()
+    """Dial ``addr``: each address its name resolves to, in order, until one connects."""
+    error: Exception | None = None
+    for target in await _targets(host, addr):
+        try:
+            conn = await _swarm(host).dial_addr(target, peer)
+        except Exception as exc:  # noqa: BLE001 - libp2p reports dial failures with many types
+            error = exc
+            continue
+        started = getattr(conn, "event_started", None)
+        if started is not None:
+            await started.wait()
+        return
+    assert error is not None
+    raise error
 
 
 async def _dial_first(
@@ -175,16 +202,24 @@ async def _dial_first(
     return won[0]
 
 
-def _dialable(addrs: Sequence[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+def _dialable(host: IHost, addrs: Sequence[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
     result = []
     for addr in dict.fromkeys(without_peer_id(a) for a in addrs):
         try:
             check_dialable(addr)
         except UserError:
             continue
-        if not is_wildcard(addr):
+        if not is_wildcard(addr) and not is_own(host, addr):
             result.append(addr)
     return result
+
+
+def _check_not_self(host: IHost, peer: ID) -> None:
+    if peer == host.get_id():
+        raise UserError(
+            f"{peer} is this node's own peer ID; connect to another node "
+            "(`p2pshare id` on it prints its addresses)"
+        )
 
 
 async def connect(host: IHost, info: PeerInfo, timeout: float) -> multiaddr.Multiaddr | None:
@@ -195,12 +230,11 @@ async def connect(host: IHost, info: PeerInfo, timeout: float) -> multiaddr.Mult
     ticket, an mDNS announcement), then the others the peerstore knows.  py-libp2p's
     own dial would try one of them, possibly a stale one.
     """
-    if info.peer_id == host.get_id():
-        raise UserError("that address is this node itself")
+    _check_not_self(host, info.peer_id)
     if has_live_connection(host, info.peer_id):
         return None
     known = [*info.addrs, *_known_addrs(host, info.peer_id)]
-    candidates = _dialable(known)
+    candidates = _dialable(host, known)
     circuits = relay_circuits(host, known)
     if not candidates and not circuits:
         raise UserError(f"no address to dial {info.peer_id} at is known")
@@ -217,10 +251,11 @@ async def _probe(host: IHost, peer: ID, addr: multiaddr.Multiaddr) -> None:
     """Dial ``addr`` and prove that ``peer`` answers there (Noise authenticates its
     key), then hang up: the connection already up carries on undisturbed."""
     swarm = _swarm(host)
-    transport = swarm.transport_manager.transport_for_dialing(addr)
+    target = (await _targets(host, addr))[0]
+    transport = swarm.transport_manager.transport_for_dialing(target)
     if transport is None:
         raise UserError(f"no transport can dial {addr}")
-    raw = await transport.dial(addr)
+    raw = await transport.dial(target)
     secured: ISecureConn | None = None
     try:
         secured = await swarm.upgrader.upgrade_security(raw, is_initiator=True, peer_id=peer)
@@ -238,9 +273,13 @@ async def connect_exactly(host: IHost, peer: ID, addr: multiaddr.Multiaddr, time
     connected through another address; on success it becomes the peer's first
     known address, on failure nothing is changed (a wrong address is not learnt).
     """
-    if peer == host.get_id():
-        raise UserError("that address is this node itself")
+    _check_not_self(host, peer)
+    if is_circuit(addr):
+        await _connect_through_relay(host, peer, addr, timeout)
+        return
     check_dialable(addr)
+    if is_wildcard(addr):
+        raise UserError(f"{addr} is the unspecified address, which names no node")
     connected = has_live_connection(host, peer)
     still_up = "; the existing connection to it is still up" if connected else ""
     try:
@@ -254,11 +293,40 @@ async def connect_exactly(host: IHost, peer: ID, addr: multiaddr.Multiaddr, time
         raise UserError(
             f"could not reach {peer} at {addr} within {timeout:g} s{still_up}"
         ) from None
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - libp2p reports dial failures with many types
         raise UserError(
             f"could not connect to {peer} at {addr}: {_reason(exc)}{still_up}"
         ) from None
     replace_addrs(host, peer, [addr, *_known_addrs(host, peer)] if connected else [addr])
+
+
+async def _connect_through_relay(
+    host: IHost, peer: ID, circuit: multiaddr.Multiaddr, timeout: float
+) -> None:
+    """``p2pshare connect RELAY/p2p-circuit/p2p/PEER``: reach ``peer`` through that relay.
+
+    A peer already connected (directly or through a relay) is not dialed again: the
+    relay would carry a second connection that py-libp2p (one per peer) closes.
+    Identify replaces the peer's addresses as soon as it is connected, so the circuit
+    is remembered by the caller (the catalog), not in the peer store.
+    """
+    check_circuit(host, peer, circuit)
+    if not has_live_connection(host, peer):
+        try:
+            with trio.fail_after(timeout):
+                await dial_circuit(host, peer, circuit, _dial_first)
+        except trio.TooSlowError:
+            raise UserError(
+                f"could not reach {peer} through {circuit} within {timeout:g} s"
+            ) from None
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - libp2p reports dial failures with many types
+            raise UserError(
+                f"could not connect to {peer} through {circuit}: {_reason(exc)}"
+            ) from None
 
 
 class _OnConnected(INotifee):

@@ -40,6 +40,7 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2pshare.errors import UserError
+from p2pshare.net.addrs import is_own, resolve
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -60,6 +61,9 @@ RESERVE_INTERVAL = 10.0
 # A reservation lives an hour on the relay; it is renewed well before.
 RENEW_AFTER = 1200.0
 CIRCUIT = "/p2p-circuit"
+# A peer that does not speak the hop protocol fails the stream's protocol negotiation
+# ("protocols not supported").
+NOT_A_RELAY = "it does not run the relay service ([network] relay_service = true on it)"
 
 DirectDial = Callable[
     ["IHost", "ID", "Sequence[multiaddr.Multiaddr]"], Awaitable[multiaddr.Multiaddr]
@@ -126,13 +130,52 @@ async def dial_peer(
         timed_out = head_start.cancelled_caught
     for addr in circuits:
         try:
-            await relays.dial(addr, peer)
+            await dial_circuit(host, peer, addr, dial_direct)
             return addr
         except Exception as exc:  # noqa: BLE001 - as above; the next relay may work
             error = exc
     if timed_out:
         return await dial_direct(host, peer, direct)
     raise UserError(f"could not connect to {peer} directly or through a relay: {error}")
+
+
+def split_circuit(addr: multiaddr.Multiaddr) -> tuple[multiaddr.Multiaddr, ID]:
+    """The relay's address and peer ID in the circuit ``addr``
+    (``RELAY_ADDRESS/p2p/RELAY_ID/p2p-circuit[/p2p/PEER]``)."""
+    relay_part = str(addr).split(CIRCUIT, 1)[0]
+    info = info_from_p2p_addr(multiaddr.Multiaddr(relay_part))
+    return info.addrs[0], info.peer_id
+
+
+def check_circuit(
+    host: IHost, peer: ID, addr: multiaddr.Multiaddr
+) -> tuple[multiaddr.Multiaddr, ID]:
+    """The relay's address and peer ID in ``addr``; a UserError if the circuit cannot
+    reach ``peer`` (it names this node or the peer itself as the relay)."""
+    relay_addr, relay = split_circuit(addr)
+    if relay == host.get_id():
+        raise UserError(f"{addr} names this node itself as the relay")
+    if relay == peer:
+        raise UserError(f"{addr} names {peer} as its own relay")
+    return relay_addr, relay
+
+
+async def dial_circuit(
+    host: IHost, peer: ID, addr: multiaddr.Multiaddr, dial_direct: DirectDial
+) -> None:
+    """Connect to ``peer`` through the relay circuit ``addr``.
+
+    The relay is dialed first, unless connected, at the address the circuit names
+    and with ``dial_direct`` (which resolves DNS names and never dials this node):
+    py-libp2p's relay transport would dial it by itself, and cannot dial a name.
+    """
+    relays = _running.get(host)
+    if relays is None:
+        raise UserError("this node is not running its relay client yet")
+    relay_addr, relay = check_circuit(host, peer, addr)
+    if relay not in host.get_connected_peers():
+        await dial_direct(host, relay, [relay_addr])
+    await relays.dial(addr, peer)
 
 
 class RelaySettings(Protocol):
@@ -173,6 +216,8 @@ class Relays:
         self._transport: CircuitV2Transport | None = None
         # relay peer -> (its address we dialed, when the reservation was made)
         self._reserved: dict[ID, tuple[multiaddr.Multiaddr, float]] = {}
+        # relay peer -> (state, reason) of the last reservation attempt
+        self._states: dict[ID, tuple[str, str | None]] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the relay protocols; renew reservations until cancelled.
@@ -227,27 +272,77 @@ class Relays:
     async def _reserve(self, info: PeerInfo, nursery: trio.Nursery) -> None:
         assert self._transport is not None
         self._reserved.pop(info.peer_id, None)
-        try:
-            with trio.fail_after(self._timeout):
-                if info.peer_id not in self._host.get_connected_peers():
-                    # The configured address, not whatever identify put in the peerstore:
-                    # py-libp2p's dialer picks one or two of those, and a peer's 0.0.0.0
-                    # listen address reaches this node itself.
-                    network: Any = self._host.get_network()
-                    await network.dial_addr(info.addrs[0], info.peer_id)
-                stream = await self._host.new_stream(info.peer_id, [HOP_PROTOCOL])
-                try:
-                    ok = await self._transport.reserve(stream, info.peer_id, nursery)
-                finally:
-                    await stream.close()
-        except Exception as exc:  # noqa: BLE001 - an unreachable relay is retried later
-            log.info("no reservation on relay %s: %s", info.peer_id, exc or type(exc).__name__)
+        if info.peer_id == self._host.get_id():
+            self._report(info.peer_id, "refused", "that is this node itself")
             return
+        # One deadline for the dial, the stream and the reservation together.
+        deadline = trio.current_time() + self._timeout
+        try:
+            with trio.fail_at(deadline):
+                if info.peer_id not in self._host.get_connected_peers():
+                    await self._dial_relay(info)
+        except Exception as exc:  # noqa: BLE001 - an unreachable relay is retried later
+            self._report(info.peer_id, "unreachable", _why(exc))
+            return
+        try:
+            with trio.fail_at(deadline):
+                stream = await self._host.new_stream(info.peer_id, [HOP_PROTOCOL])
+        except trio.TooSlowError:
+            self._report(info.peer_id, "unreachable", "it did not open a relay stream in time")
+            return
+        except Exception as exc:  # noqa: BLE001 - libp2p reports refusals with many types
+            log.debug("relay stream to %s failed: %s", info.peer_id, exc)
+            if _protocol_refused(exc):
+                self._report(info.peer_id, "refused", NOT_A_RELAY)
+            else:
+                self._report(info.peer_id, "unreachable", _why(exc))
+            return
+        try:
+            with trio.fail_at(deadline):
+                ok = await self._transport.reserve(stream, info.peer_id, nursery)
+        except Exception as exc:  # noqa: BLE001 - as above; retried later
+            self._report(info.peer_id, "refused", _why(exc))
+            return
+        finally:
+            await stream.close()
         if not ok:
-            log.info("relay %s refused a reservation", info.peer_id)
+            self._report(info.peer_id, "refused", "it refused a reservation (it may be full)")
             return
         self._reserved[info.peer_id] = (info.addrs[0], time.monotonic())
-        log.info("reserved a slot on relay %s", info.peer_id)
+        self._report(info.peer_id, "reserved", None)
+
+    async def _dial_relay(self, info: PeerInfo) -> None:
+        """Dial the relay at its configured address, not whatever identify put in the
+        peerstore: py-libp2p's dialer picks one or two of those, and a peer's 0.0.0.0
+        listen address reaches this node itself. A DNS name is resolved first."""
+        network: Any = self._host.get_network()
+        error: Exception | None = None
+        for target in await resolve(info.addrs[0]):
+            if is_own(self._host, target):
+                raise UserError(f"{info.addrs[0]} is this node's own address")
+            try:
+                await network.dial_addr(target, info.peer_id)
+            except Exception as exc:  # noqa: BLE001 - the next address may work
+                error = exc
+                continue
+            return
+        assert error is not None
+        raise error
+
+    def _report(self, relay: ID, state: str, reason: str | None) -> None:
+        """Record the outcome of a reservation attempt; log it only when the state
+        changed, so a relay that refuses is one line, not one per retry every
+        RESERVE_INTERVAL (a reason such as a dial error may differ at each retry)."""
+        previous = self._states.get(relay)
+        self._states[relay] = (state, reason)
+        if previous is not None and previous[0] == state:
+            return
+        if state == "reserved":
+            log.info("reserved a slot on relay %s", relay)
+        elif state == "refused":
+            log.warning("relay %s refused a reservation: %s; retried quietly", relay, reason)
+        else:
+            log.info("no reservation on relay %s: %s; retried quietly", relay, reason)
 
     async def dial(self, addr: multiaddr.Multiaddr, peer: ID) -> None:
         """Connect to ``peer`` through the relay circuit ``addr``."""
@@ -273,7 +368,47 @@ class Relays:
 
     def status(self) -> dict[str, Any]:
         circuits = [str(a) for a in self.circuit_addrs()]
-        return {"relay_service": self.service, "uses_relay": bool(circuits), "relayed_at": circuits}
+        return {
+            "relay_service": self.service,
+            "uses_relay": bool(circuits),
+            "relayed_at": circuits,
+            "relays": self.relay_states(),
+        }
+
+    def relay_states(self) -> list[dict[str, Any]]:
+        """Each configured relay: ``reserved`` (holding a slot now), ``refused`` (it
+        answered but gave no slot: not a relay, or full), ``unreachable``, or
+        ``pending`` (not tried yet), with the reason."""
+        states = []
+        for info in self._relays:
+            state, reason = self._states.get(info.peer_id, ("pending", None))
+            if state == "reserved" and not self._holds(info.peer_id):
+                state, reason = "pending", "the reservation was lost; it is renewed shortly"
+            states.append(
+                {
+                    "relay": f"{info.addrs[0]}/p2p/{info.peer_id}",
+                    "state": state,
+                    "reason": reason,
+                }
+            )
+        return states
+
+
+def _protocol_refused(exc: BaseException) -> bool:
+    """Whether a failed new_stream failed because the peer does not speak the protocol:
+    py-libp2p wraps the negotiation's "protocols not supported" in a StreamFailure."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if "not supported" in str(cause):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
 
 
 def circuit_addrs(host: IHost) -> list[multiaddr.Multiaddr]:

@@ -1,4 +1,5 @@
-"""Peer addresses as plain values: ``/ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT/p2p/PEER_ID``.
+"""Peer addresses as plain values: ``/ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT/p2p/PEER_ID``,
+or a peer reached through a relay, ``RELAY_ADDRESS/p2p-circuit/p2p/PEER_ID``.
 
 Pure parsing, so that the CLI refuses a bad ``connect`` argument (exit 2) without
 importing multiaddr: parsing one with it loads about 50 modules (netaddr, py-cid,
@@ -17,6 +18,8 @@ from p2pshare.errors import RemoteProtocolError
 from p2pshare.proto.multiformats import b58decode
 
 EXAMPLE = "/ip4/192.0.2.1/tcp/4001/p2p/12D3KooW..."
+CIRCUIT = "p2p-circuit"
+CIRCUIT_EXAMPLE = "/ip4/192.0.2.1/tcp/4001/p2p/RELAY_ID/p2p-circuit/p2p/PEER_ID"
 _HOST_PROTOCOLS = ("ip4", "ip6", "dns", "dns4", "dns6")
 _DNS_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 # Peer IDs are multihashes: identity (0x00) of a small public key, or sha2-256 (0x12).
@@ -29,12 +32,17 @@ _PORT = re.compile(r"[0-9]{1,5}")
 
 @dataclass(frozen=True)
 class PeerAddr:
-    """One dialable peer address; ``host`` is an IP address or a DNS name."""
+    """One dialable peer address; ``host`` is an IP address or a DNS name.
+
+    For a relay circuit, ``relay`` is the relay's peer ID and the protocol, host and
+    port are the relay's.
+    """
 
     protocol: str
     host: str
     port: int
     peer_id: str
+    relay: str | None = None
 
 
 def check_peer_id(text: str) -> None:
@@ -66,11 +74,38 @@ def _host(protocol: str, value: str) -> str:
         raise ValueError(f"has {value!r}, which is not an IP address") from None
     if (protocol == "ip4") != (ip.version == 4):
         raise ValueError(f"has {value!r}, which is not an /{protocol} address")
+    if ip.is_unspecified:
+        # Dialing 0.0.0.0 reaches this machine, so it seemed to work when both nodes run
+        # here, and the address then went to peers that reach themselves with it.
+        raise ValueError(
+            f"has the unspecified address {ip}, which names no node; use an address "
+            "that `p2pshare id` prints on that node"
+        )
     return str(ip)
 
 
 def parse_peer_addr(text: str) -> PeerAddr:
     """``text`` as plain values; ValueError says what is wrong, for "'TEXT' " to precede."""
+    parts = text.split("/")
+    # Not before the third part: a DNS name may be spelt "p2p-circuit".
+    if CIRCUIT in parts[3:]:
+        at = parts.index(CIRCUIT, 3)
+        target = parts[at + 1 :]
+        if len(target) != 2 or target[0] != "p2p":
+            raise ValueError(
+                f"does not end in /{CIRCUIT}/p2p/<peer ID>; a peer behind a relay looks like "
+                f"{CIRCUIT_EXAMPLE}"
+            )
+        relay = _parse_direct("/".join(parts[:at]))
+        peer_id = target[1]
+        check_peer_id(peer_id)
+        if peer_id == relay.peer_id:
+            raise ValueError("names the same peer as relay and as target")
+        return PeerAddr(relay.protocol, relay.host, relay.port, peer_id, relay.peer_id)
+    return _parse_direct(text)
+
+
+def _parse_direct(text: str) -> PeerAddr:
     parts = text.split("/")
     if len(parts) < 3 or parts[0] != "" or parts[1] not in _HOST_PROTOCOLS:
         raise ValueError(f"is not a peer address like {EXAMPLE}")

@@ -192,3 +192,68 @@ def test_a_resumed_download_retries_as_soon_as_its_provider_comes_back_on_a_new_
             assert time.monotonic() < scheduled - 1, "waited for the scheduled retry"
             time.sleep(0.2)
     assert dest.read_bytes() == data.read_bytes()
+
+
+def test_connect_refuses_unspecified_and_own_addresses_and_resolves_names(
+    trio_of_daemons: list[DaemonProcess],
+) -> None:
+    a, b, _ = trio_of_daemons
+    peer = a.info["peer_id"]
+    port = a.info["addrs"][0].split("/")[4]
+    unspecified = run_cli(b.home, "connect", f"/ip4/0.0.0.0/tcp/{port}/p2p/{peer}")
+    assert unspecified.returncode == ExitCode.USAGE
+    assert unspecified.stderr == (
+        f"error: '/ip4/0.0.0.0/tcp/{port}/p2p/{peer}' has the unspecified address 0.0.0.0, "
+        "which names no node; use an address that `p2pshare id` prints on that node\n"
+    )
+    # Refused by the daemon too, whoever asks it (the control API is not only the CLI).
+    with pytest.raises(Exception, match="is the unspecified address"):
+        b.call("connect", {"addr": f"/ip6/::/tcp/{port}/p2p/{peer}"})
+    to_self = run_cli(b.home, "connect", b.info["addrs"][0])
+    assert to_self.returncode == 1
+    assert to_self.stderr == (
+        f"error: {b.info['peer_id']} is this node's own peer ID; connect to another node "
+        "(`p2pshare id` on it prints its addresses)\n"
+    )
+    own = b.info["addrs"][0].split("/p2p/")[0]
+    own_addr = run_cli(b.home, "connect", f"{own}/p2p/{peer}")
+    assert own_addr.returncode == 1
+    assert own_addr.stderr == f"error: {own} is this node's own address\n"
+    assert cli_json(b.home, "peers")["peers"] == []
+    named = f"/dns4/localhost/tcp/{port}"
+    assert cli_json(b.home, "connect", f"{named}/p2p/{peer}")["peer_id"] == peer
+    b.stop()
+    assert remembered(b.home, peer)[0] == named
+
+
+def test_connect_through_a_relay_and_status_says_which_relays_refused(short_tmp: Path) -> None:
+    relay_home, plain_home, hidden_home, dialer_home = (
+        Home(short_tmp / name) for name in ("relay", "plain", "hidden", "dialer")
+    )
+    init_home(relay_home, relay_service=True)
+    init_home(plain_home)
+    with ExitStack() as stack:
+        relay, plain = (stack.enter_context(DaemonProcess(h)) for h in (relay_home, plain_home))
+        start_all([relay, plain])
+        relays = (relay.info["addrs"][0], plain.info["addrs"][0])
+        init_home(hidden_home, relays=relays)
+        init_home(dialer_home)
+        hidden, dialer = (stack.enter_context(DaemonProcess(h)) for h in (hidden_home, dialer_home))
+        start_all([hidden, dialer])
+        states = cli_json(hidden_home, "status")["relays"]
+        assert [(s["relay"], s["state"]) for s in states] == [
+            (relays[0], "reserved"),
+            (relays[1], "refused"),
+        ]
+        assert "relay service" in states[1]["reason"]
+        human = run_cli(hidden_home, "status").stdout
+        assert f"{relays[1]} refused (it does not run the relay service" in human
+        target = hidden.info["peer_id"]
+        circuit = f"{relays[0]}/p2p-circuit"
+        assert cli_json(dialer_home, "connect", f"{circuit}/p2p/{target}")["peer_id"] == target
+        assert target in {p["peer_id"] for p in cli_json(dialer_home, "peers")["peers"]}
+        dialer.stop()
+        assert remembered(dialer_home, target)[0] == circuit
+        hidden.stop()
+    log = hidden_home.log_path.read_text()
+    assert log.count(f"relay {plain.info['peer_id']} refused a reservation") == 1

@@ -1,16 +1,17 @@
-"""A real daemon's log: quiet at start, and not floodable through the data port."""
+"""A real daemon's log: quiet at start and at stop, and not floodable through the data port."""
 
 from __future__ import annotations
 
 import re
 import socket
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 
-if TYPE_CHECKING:
-    from p2pshare.launcher import DaemonProcess
+from p2pshare.home import Home
+from p2pshare.launcher import DaemonProcess, init_home, start_all
+from tests.integration.cluster import cli_json
 
 pytestmark = pytest.mark.integration
 
@@ -44,3 +45,24 @@ def test_connection_flood_on_the_data_port_adds_one_log_line(daemon: DaemonProce
     added = log_path.read_text().splitlines()[before:]
     assert len(added) == 1, added
     assert "refused a data connection: " in added[0]
+
+
+def test_a_node_stopped_with_peers_connected_logs_no_traceback(short_tmp: Path) -> None:
+    """Field test: `stop` with peers connected printed the routing-table feeder's
+    tracebacks, one per connection closing after the DHT had stopped."""
+    homes = [Home(short_tmp / name) for name in ("stopper", "p1", "p2")]
+    for home in homes:
+        init_home(home)
+    stopper, *peers = daemons = [DaemonProcess(home) for home in homes]
+    try:
+        start_all(daemons)
+        for peer in peers:
+            cli_json(peer.home, "connect", stopper.info["addrs"][0])
+        assert cli_json(stopper.home, "status")["peers"] == len(peers)
+        assert stopper.stop() == 0
+    finally:
+        for daemon in daemons:
+            daemon.__exit__(None, None, None)
+    for text in (stopper.home.log_path.read_text(), Path(stopper.stderr_path).read_text()):
+        assert "Traceback" not in text
+        assert " ERROR " not in text, text

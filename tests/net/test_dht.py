@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import socket
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 import trio
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from multiaddr import Multiaddr
@@ -276,4 +278,54 @@ async def test_a_provider_record_held_by_others_carries_the_relay_circuit_announ
         [record] = holder._kad.provider_store.get_providers(key)
         assert record.peer_id == first.get_id()
         assert set(record.addrs) == {direct, circuit}
+        nursery.cancel_scope.cancel()
+
+
+async def test_connections_closing_after_the_dht_stopped_log_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Field test: stopping a daemon with peers connected printed the routing-table
+    feeder's tracebacks (its nursery had closed). Once Dht.run has ended its notifee is
+    gone, and the connections that close afterwards log no error."""
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        stopper_host = await stack.enter_async_context(
+            running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        )
+        other_host, other = await start_node(stack, nursery)
+        swarm = stopper_host.get_network()
+        assert isinstance(swarm, Swarm)
+        notifees_before = len(swarm.notifees)
+        async with trio.open_nursery() as dht_nursery:
+            stopper = Dht(stopper_host, HandlerGuard(stopper_host, HandlerLimits()), 100)
+            await dht_nursery.start(stopper.run)
+            with trio.fail_after(10):
+                await stopper_host.connect(info_from_p2p_addr(other_host.get_addrs()[0]))
+            await wait_for_table(stopper, 1)
+            await wait_for_table(other, 1)
+            dht_nursery.cancel_scope.cancel()
+        assert len(swarm.notifees) == notifees_before
+        with caplog.at_level(logging.DEBUG):
+            with trio.fail_after(10):
+                await stopper_host.disconnect(other_host.get_id())
+                # A connection opening after the stop must not reach the feeder either.
+                await stopper_host.connect(info_from_p2p_addr(other_host.get_addrs()[0]))
+                await stopper_host.disconnect(other_host.get_id())
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+        assert errors == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unspecified_address_in_a_provider_record_is_never_learnt() -> None:
+    """Older nodes announce their 0.0.0.0 listen address; dialing it reaches the finder's
+    own machine, so `find` must not show it nor the peer store keep it."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (provider, provider_dht), _, (finder, finder_dht) = await start_line(stack, nursery, 3)
+        wildcard = Multiaddr("/ip4/0.0.0.0/tcp/4001")
+        real = provider.get_transport_addrs()[0]
+        with trio.fail_after(20):
+            assert await provider_dht.provide(key, [wildcard, real]) >= 1
+            [found] = await finder_dht.find_providers(key)
+        assert found.addrs == (str(real),)
+        assert wildcard not in finder.get_peerstore().addrs(provider.get_id())
         nursery.cancel_scope.cancel()

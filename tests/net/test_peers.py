@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -14,6 +14,7 @@ from multiaddr import Multiaddr
 
 from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
+from p2pshare.net.addrs import interface_ips, is_own
 from p2pshare.net.host import running_host
 from p2pshare.net.peers import (
     ADDR_TTL,
@@ -205,3 +206,110 @@ async def test_a_stream_to_a_peer_whose_connection_is_closing_dials_a_new_connec
     await stream.reset()
     live = [c for c in ours.get_network().get_connections(theirs.get_id()) if not c.is_closed]
     assert len(live) == 1
+
+
+def _port(host: IHost) -> int:
+    return int(str(host.get_transport_addrs()[0]).split("/")[4])
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("protocol", ["dns4", "dns"])
+async def test_a_dns_address_is_resolved_before_it_is_dialed(
+    hosts: tuple[IHost, IHost], protocol: str
+) -> None:
+    """py-libp2p 0.8.1 dials a /dns4 name unresolved and fails ("IP address not found in
+    multiaddr"); ``localhost`` comes from /etc/hosts, as for any program."""
+    ours, theirs = hosts
+    named = Multiaddr(f"/{protocol}/localhost/tcp/{_port(theirs)}")
+    with trio.fail_after(TIMEOUT):
+        await connect_exactly(ours, theirs.get_id(), named, TIMEOUT)
+    assert theirs.get_id() in ours.get_connected_peers()
+    assert stored(ours, theirs)[0] == str(named), "the name is kept, to be resolved again"
+    await ours.disconnect(theirs.get_id())
+    with trio.fail_after(TIMEOUT):
+        assert await connect(ours, PeerInfo(theirs.get_id(), [named]), TIMEOUT) == named
+
+
+@pytest.mark.trio
+async def test_a_name_that_does_not_resolve_is_one_sentence(hosts: tuple[IHost, IHost]) -> None:
+    """Answered by a resolver of the test's own: no outside name is looked up."""
+
+    class NoSuchName(trio.abc.HostnameResolver):
+        async def getaddrinfo(self, *_args: object) -> list[Any]:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+        async def getnameinfo(self, *_args: object) -> tuple[str, str]:
+            raise NotImplementedError
+
+    ours, theirs = hosts
+    named = Multiaddr(f"/dns4/nowhere.example/tcp/{_port(theirs)}")
+    previous = trio.socket.set_custom_hostname_resolver(NoSuchName())
+    try:
+        with pytest.raises(
+            UserError, match=r"^could not resolve nowhere\.example: Name or service not known$"
+        ):
+            await connect_exactly(ours, theirs.get_id(), named, TIMEOUT)
+    finally:
+        trio.socket.set_custom_hostname_resolver(previous)
+    assert ours.get_connected_peers() == []
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("wildcard", ["/ip4/0.0.0.0", "/ip6/::"])
+async def test_an_unspecified_address_is_refused_and_never_dialed_or_learnt(
+    hosts: tuple[IHost, IHost], wildcard: str
+) -> None:
+    """Dialing 0.0.0.0 reaches this machine: it 'worked' between two local nodes, and
+    the address then spread to peers that reached themselves with it."""
+    ours, theirs = hosts
+    addr = Multiaddr(f"{wildcard}/tcp/{_port(theirs)}")
+    with pytest.raises(UserError, match="is the unspecified address, which names no node"):
+        await connect_exactly(ours, theirs.get_id(), addr, TIMEOUT)
+    assert theirs.get_id() not in ours.get_connected_peers()
+    # Identify, DHT answers and tickets all add addresses through the peer store.
+    ours.get_peerstore().add_addrs(theirs.get_id(), [addr, *theirs.get_transport_addrs()], 60)
+    assert stored(ours, theirs) == [str(a) for a in theirs.get_transport_addrs()]
+    ours.get_peerstore().clear_addrs(theirs.get_id())
+    with pytest.raises(UserError, match="no address to dial"):
+        await connect(ours, PeerInfo(theirs.get_id(), [addr]), TIMEOUT)
+    assert theirs.get_id() not in ours.get_connected_peers()
+
+
+@pytest.mark.trio
+async def test_this_nodes_own_address_or_peer_id_is_never_dialed(
+    hosts: tuple[IHost, IHost],
+) -> None:
+    """A record or bootstrap entry naming another peer at this node's own address (a
+    stale record, a copied config) dialed this node itself."""
+    ours, theirs = hosts
+    own_addr = ours.get_transport_addrs()[0]
+    with pytest.raises(UserError, match=f"^{own_addr} is this node's own address$"):
+        await connect_exactly(ours, theirs.get_id(), own_addr, TIMEOUT)
+    named = Multiaddr(f"/dns4/localhost/tcp/{_port(ours)}")
+    with pytest.raises(UserError, match=r"/dns4/localhost/.* is this node's own address"):
+        await connect_exactly(ours, theirs.get_id(), named, TIMEOUT)
+    with pytest.raises(UserError, match="no address to dial"):
+        await connect(ours, PeerInfo(theirs.get_id(), [own_addr]), TIMEOUT)
+    with pytest.raises(UserError, match="is this node's own peer ID; connect to another node"):
+        await connect_exactly(ours, ours.get_id(), theirs.get_transport_addrs()[0], TIMEOUT)
+    assert ours.get_connected_peers() == []
+    # Among other addresses, the own one is skipped and the peer's is dialed.
+    with trio.fail_after(TIMEOUT):
+        got = await connect(
+            ours, PeerInfo(theirs.get_id(), [own_addr, *theirs.get_transport_addrs()]), TIMEOUT
+        )
+    assert got == theirs.get_transport_addrs()[0]
+
+
+@pytest.mark.trio
+async def test_a_wildcard_listener_owns_every_interface_and_loopback_address() -> None:
+    async with AsyncExitStack() as stack:
+        ours = await stack.enter_async_context(
+            running_host(NodeKey.generate(), ["/ip4/0.0.0.0/tcp/0"])
+        )
+        port = _port(ours)
+        for ip in ["127.0.0.1", "127.0.0.2", *(i for i in interface_ips() if "." in i)]:
+            assert is_own(ours, Multiaddr(f"/ip4/{ip}/tcp/{port}")), ip
+        assert not is_own(ours, Multiaddr(f"/ip4/127.0.0.1/tcp/{port % 65535 + 1}"))
+        assert not is_own(ours, Multiaddr(f"/ip6/::1/tcp/{port}"))
+        assert not is_own(ours, Multiaddr(f"/ip4/192.0.2.1/tcp/{port}"))

@@ -8,24 +8,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import socket
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import multiaddr
+import pytest
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.peerinfo import PeerInfo
 
 from p2pshare.config import NetworkConfig
+from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
 from p2pshare.net.addrs import announce_addrs
 from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
-from p2pshare.net.peers import connect
-from p2pshare.net.relay import Relays, circuit_addrs, connection_path
+from p2pshare.net.peers import connect, connect_exactly
+from p2pshare.net.relay import NOT_A_RELAY, Relays, circuit_addrs, connection_path
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
 
 if TYPE_CHECKING:
@@ -180,4 +183,58 @@ async def test_the_relay_protocols_are_under_the_per_peer_stream_cap() -> None:
             a_relays = await _relays(nursery, a, relays=(str(relay.get_addrs()[0]),))
             assert circuit_addrs(a) == []
             assert a_relays.status()["uses_relay"] is False
+            nursery.cancel_scope.cancel()
+
+
+async def test_connect_to_a_circuit_address_reaches_the_peer_through_that_relay() -> None:
+    """`p2pshare connect RELAY/p2p-circuit/p2p/PEER` was refused ("speaks only TCP");
+    the relay's address may be a DNS name, which py-libp2p cannot dial."""
+    with trio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            relay, a, b = await _three(stack)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            await _relays(nursery, relay, relay_service=True)
+            await _relays(nursery, a, relays=(str(relay.get_addrs()[0]),))
+            await _relays(nursery, b)
+            port = str(relay.get_transport_addrs()[0]).split("/")[4]
+            circuit = multiaddr.Multiaddr(
+                f"/dns4/localhost/tcp/{port}/p2p/{relay.get_id()}/p2p-circuit"
+            )
+            assert relay.get_id() not in b.get_connected_peers()
+            await connect_exactly(b, a.get_id(), circuit, timeout=20)
+            assert connection_path(b, a.get_id()) == "relayed"
+            assert await _send(b, a.get_id(), 1 << 16) == str(1 << 16).encode()
+            own = multiaddr.Multiaddr(f"{b.get_transport_addrs()[0]}/p2p/{b.get_id()}/p2p-circuit")
+            with pytest.raises(UserError, match="names this node itself as the relay"):
+                await connect_exactly(b, relay.get_id(), own, timeout=20)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_configured_relay_that_is_no_relay_is_logged_once_and_shown_in_status(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A relay without the relay service was logged at every retry (every 10 s)."""
+    caplog.set_level(logging.INFO, logger="p2pshare.net.relay")
+    with trio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            relay, plain, a = await _three(stack)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            await _relays(nursery, relay, relay_service=True)
+            await _relays(nursery, plain)
+            configured = (str(relay.get_addrs()[0]), str(plain.get_addrs()[0]))
+            a_relays = await _relays(nursery, a, relays=configured)
+            for _ in range(3):
+                await a_relays._reserve_all(nursery)
+            about_plain = [
+                r
+                for r in caplog.records
+                if r.name == "p2pshare.net.relay" and str(plain.get_id()) in r.getMessage()
+            ]
+            assert [r.getMessage() for r in about_plain] == [
+                f"relay {plain.get_id()} refused a reservation: {NOT_A_RELAY}; retried quietly"
+            ]
+            assert a_relays.status()["relays"] == [
+                {"relay": configured[0], "state": "reserved", "reason": None},
+                {"relay": configured[1], "state": "refused", "reason": NOT_A_RELAY},
+            ]
             nursery.cancel_scope.cancel()

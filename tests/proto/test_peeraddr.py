@@ -20,8 +20,9 @@ peer_ids = st.one_of(
     st.binary(min_size=32, max_size=32).map(lambda digest: b58encode(b"\x12\x20" + digest)),
 )
 hosts = st.one_of(
-    st.ip_addresses(v=4).map(lambda ip: ("ip4", str(ip))),
-    st.ip_addresses(v=6).map(lambda ip: ("ip6", str(ip))),
+    # 0.0.0.0 and :: name no node: refused (tested below).
+    st.ip_addresses(v=4).filter(lambda ip: not ip.is_unspecified).map(lambda ip: ("ip4", str(ip))),
+    st.ip_addresses(v=6).filter(lambda ip: not ip.is_unspecified).map(lambda ip: ("ip6", str(ip))),
     # DNS labels: letters, digits and inner hyphens (a label never ends in one).
     st.from_regex(
         r"[a-z]([a-z0-9-]{0,19}[a-z0-9])?(\.[a-z]([a-z0-9-]{0,19}[a-z0-9])?){0,3}", fullmatch=True
@@ -66,6 +67,14 @@ def test_any_text_is_parsed_or_refused_with_a_value_error(text: str) -> None:
         ("/ip4/192.0.2.1/tcp/4001/p2p/nope", "is not a peer ID"),
         ("/ip4/192.0.2.1/tcp/4001/p2p/0OIl", "not a base58 peer ID"),
         ("/ip4/192.0.2.1/tcp/4001/p2p/" + "z" * 500, "too long for a peer ID"),
+        (f"/ip4/0.0.0.0/tcp/4001/p2p/{ED25519_ID}", "unspecified address 0.0.0.0"),
+        (f"/ip6/::/tcp/4001/p2p/{ED25519_ID}", "unspecified address ::"),
+        (f"/ip6/0:0::0/tcp/4001/p2p/{ED25519_ID}", "unspecified address ::"),
+        (f"/ip4/192.0.2.1/tcp/4001/p2p/{RSA_ID}/p2p-circuit", "/p2p-circuit/p2p/<peer ID>"),
+        (f"/ip4/192.0.2.1/tcp/4001/p2p-circuit/p2p/{ED25519_ID}", "does not end in /p2p/"),
+        (f"/ip4/0.0.0.0/tcp/4001/p2p/{RSA_ID}/p2p-circuit/p2p/{ED25519_ID}", "unspecified"),
+        (f"/ip4/192.0.2.1/tcp/4001/p2p/{RSA_ID}/p2p-circuit/p2p/nope", "is not a peer ID"),
+        (f"/ip4/192.0.2.1/tcp/4001/p2p/{RSA_ID}/p2p-circuit/p2p/{RSA_ID}", "same peer"),
     ],
 )
 def test_a_bad_peer_address_is_refused_saying_what_is_wrong(text: str, says: str) -> None:
@@ -77,3 +86,20 @@ def test_a_bad_peer_address_is_refused_saying_what_is_wrong(text: str, says: str
 def test_peer_ids_of_any_key_type_are_accepted(peer_id: str) -> None:
     check_peer_id(peer_id)
     assert parse_peer_addr(f"/ip6/::1/tcp/4001/p2p/{peer_id}").host == "::1"
+
+
+@given(hosts, st.integers(1, 65535), peer_ids, peer_ids)
+def test_a_peer_behind_a_relay_parses_to_the_relay_and_the_target(
+    host: tuple[str, str], port: int, relay: str, target: str
+) -> None:
+    protocol, name = host
+    text = f"/{protocol}/{name}/tcp/{port}/p2p/{relay}/p2p-circuit/p2p/{target}"
+    if relay == target:
+        return
+    assert parse_peer_addr(text) == PeerAddr(protocol, name, port, target, relay)
+    assert Multiaddr(text).value_for_protocol("p2p") == relay
+
+
+def test_a_dns_name_spelt_like_the_circuit_protocol_is_a_name() -> None:
+    text = f"/dns4/p2p-circuit/tcp/4001/p2p/{ED25519_ID}"
+    assert parse_peer_addr(text) == PeerAddr("dns4", "p2p-circuit", 4001, ED25519_ID)
