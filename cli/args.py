@@ -8,6 +8,7 @@ Only light modules are imported here (see main.py).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import click
@@ -85,3 +86,14 @@ def listen_addr(text: str) -> str:
     except ValueError as exc:
         raise UsageError(f"--listen {text!r} {exc}") from None
     return text
+
+
+def output_path(text: str) -> str:
+    """``-o`` as the daemon takes it: absolute and normalised (``-o ..`` names the parent
+    directory), with a link at its end not followed (``--force`` replaces the link, never
+    its target), and a trailing slash kept: ``-o DIR/`` puts the content in DIR under its
+    own name."""
+    absolute = os.path.abspath(text)  # noqa: PTH100 - resolve() would follow a final link
+    if text.endswith("/") and not absolute.endswith("/"):
+        absolute += "/"
+    return absolute

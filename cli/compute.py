@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -196,7 +195,12 @@ class _JobProgress:
 @click.option("--timeout", type=click.IntRange(1), help="Most seconds the job may run.")
 @click.option("--max-output", type=click.IntRange(0), help="Most bytes of stdout.")
 @click.option(
-    "-o", "--output", required=True, type=click.Path(path_type=Path), help="Where stdout goes."
+    "-o",
+    "--output",
+    required=True,
+    # A str: a Path would drop the trailing slash of -o DIR/.
+    type=click.Path(),
+    help="Where stdout goes; DIR/ (with the slash) writes DIR/MODULE.out.",
 )
 @click.option(
     "--force", is_flag=True, help="Replace an existing file or link at -o (never a directory)."
@@ -215,7 +219,7 @@ def run(
     memory: int | None,
     timeout: int | None,
     max_output: int | None,
-    output: Path,
+    output: str,
     force: bool,
     no_progress: bool,
     as_json: bool,
@@ -247,9 +251,7 @@ def run(
         "args": list(args),
         "limits": limits,
         "replicas": replicas,
-        # Normalised ("-o .." names the parent directory); resolve() would follow a
-        # link named by -o, and --force must replace the link, not its target.
-        "dest": os.path.abspath(output),  # noqa: PTH100
+        "dest": checked.output_path(output),
         "force": force,
         # The daemon writes the output, but with the mode this user's umask gives.
         "umask": read_umask(),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import click
@@ -34,8 +32,9 @@ def _home(ctx: click.Context) -> Home:
     "--output",
     "output",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Where to put the file or directory.",
+    # A str: a Path would drop the trailing slash of -o DIR/.
+    type=click.Path(),
+    help="Where to put the file or directory; DIR/ (with the slash) puts it in DIR under its name.",
 )
 @click.option(
     "--force", is_flag=True, help="Replace an existing file or link at -o (never a directory)."
@@ -44,7 +43,7 @@ def _home(ctx: click.Context) -> Home:
 @json_option
 @click.pass_context
 def get(
-    ctx: click.Context, ref: str, output: Path, force: bool, no_progress: bool, as_json: bool
+    ctx: click.Context, ref: str, output: str, force: bool, no_progress: bool, as_json: bool
 ) -> None:
     """Download CID (or a ticket) from every peer that has it, verifying each chunk.
 
@@ -58,10 +57,8 @@ def get(
 
     from .progress import ByteProgress  # noqa: PLC0415
 
-    # Normalised ("-o .." names the parent directory); resolve() would follow a link
-    # named by -o, and --force must replace the link, not its target.  The daemon
-    # creates the files, but with the modes this user's umask gives.
-    dest = os.path.abspath(output)  # noqa: PTH100
+    # The daemon creates the files, but with the modes this user's umask gives.
+    dest = args.output_path(output)
     params = {"ref": args.content_ref(ref), "dest": dest, "force": force, "umask": read_umask()}
     try:
         with (

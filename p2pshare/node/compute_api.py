@@ -38,6 +38,7 @@ from p2pshare.transfer.destination import (
 )
 from p2pshare.transfer.downloader import Source
 from p2pshare.transfer.failures import ContentTooLargeError
+from p2pshare.transfer.outpath import check_into, into_directory, job_output_name
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from p2pshare.node.transfer_api import TransferApi
     from p2pshare.proto.cid import ContentId
     from p2pshare.store.shares import PreparedShare, ShareStore
+    from p2pshare.transfer.outpath import HomeFence
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +186,9 @@ class ComputeApi:
         }
 
     async def run(self, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        request = _RunRequest.parse(params, self.transfer.daemon_umask)
-        output = _Destination(request.dest, request.force, request.umask, self.transfer)
+        fence = self.transfer.fence
+        request = _RunRequest.parse(params, self.transfer.daemon_umask, fence)
+        output = _Destination(request.dest, request.force, request.umask, self.transfer, fence)
         return await self.requester.run(request.job(), output, emit)
 
     def handlers(self) -> dict[str, Handler]:
@@ -211,12 +214,16 @@ class _RunRequest:
     force: bool
 
     @classmethod
-    def parse(cls, params: dict[str, Any], default_umask: int) -> _RunRequest:
+    def parse(cls, params: dict[str, Any], default_umask: int, fence: HomeFence) -> _RunRequest:
         module, dest = _abs_path(params, "module"), _abs_path(params, "dest")
         force = params.get("force", False)
         if not isinstance(force, bool):
             raise InvalidParamsError("parameter 'force' must be true or false")
-        check_destination(dest, force=force)
+        if into_directory(params["dest"]):
+            # -o DIR/: the output goes in DIR, named after the module.
+            check_into(dest, fence)
+            dest /= job_output_name(module)
+        check_destination(dest, force=force, fence=fence)
         stdin = params.get("stdin")
         if stdin is not None and not isinstance(stdin, str):
             raise InvalidParamsError("parameter 'stdin' must be a path or a content ID")
@@ -255,11 +262,12 @@ class _Destination:
     force: bool
     umask: int
     transfer: TransferApi
+    fence: HomeFence
 
     async def write(self, data: bytes) -> None:
         mode = file_mode(self.umask)
         await trio.to_thread.run_sync(
-            partial(write_file, self.path, data, force=self.force, mode=mode)
+            partial(write_file, self.path, data, force=self.force, mode=mode, fence=self.fence)
         )
 
     async def fetch(self, cid: ContentId, peer_id: str, digest: bytes) -> bool:
@@ -278,7 +286,7 @@ class _Destination:
                 log.warning("%s stored an output that differs from its receipt", peer_id)
                 return False
             await trio.to_thread.run_sync(staged.chmod, file_mode(self.umask))
-            move = partial(place, staged, self.path, force=self.force)
+            move = partial(place, staged, self.path, force=self.force, fence=self.fence)
             await trio.to_thread.run_sync(move)
             return True
         except (DestinationExistsError, NoSpaceError):

@@ -36,6 +36,7 @@ from p2pshare.proto.listen import ListenAddr, parse_host_port, parse_listen_addr
 from p2pshare.store.catalog import Catalog
 from p2pshare.store.guard import HomeGuard
 from p2pshare.store.shares import ShareStore
+from p2pshare.transfer.outpath import HomeFence
 from p2pshare.transfer.source import LocalContent
 from p2pshare.transfer.uploader import UploadLimiter
 
@@ -192,6 +193,7 @@ def _assemble(
         UploadLimiter(rate),
         user_umask,
         config.store.quota_bytes,
+        HomeFence.of(home.root),
     )
     transfer.register()
     shares = SharesApi(

@@ -36,12 +36,14 @@ from p2pshare.proto.signed_manifest import decode_signed_manifest
 from p2pshare.store.lifecycle import DownloadState, StopReason
 from p2pshare.transfer.destination import check_destination
 from p2pshare.transfer.failures import NoProvidersError
+from p2pshare.transfer.outpath import check_into, into_directory
 from p2pshare.transfer.output import partial_path
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from p2pshare.store.catalog import Catalog, DownloadRequest, DownloadRow
+    from p2pshare.transfer.outpath import HomeFence
 
     Progress = Callable[[dict[str, Any]], Awaitable[None]]
     Runner = Callable[[DownloadRequest, Progress], Awaitable[dict[str, Any]]]
@@ -114,8 +116,21 @@ def _completed(job: Job, request: DownloadRequest) -> bool:
         job.result is not None
         and job.request.destination == request.destination
         and not request.force
-        and Path(request.destination).exists()
+        and Path(_written(job.request.destination, job.result)).exists()
     )
+
+
+def _written(destination: str, result: dict[str, Any]) -> str:
+    """Where a completed download was written: -o DIR/ named it after the share."""
+    return str(result["destination"]) if into_directory(destination) else destination
+
+
+def written_to(destination: str, written: str) -> bool:
+    """Whether a download asked for ``destination`` writes ``written``: the same path,
+    or, for ``-o DIR/``, a name in DIR."""
+    if into_directory(destination):
+        return Path(written).parent == Path(destination)
+    return written == destination
 
 
 def remove_partial(dest: Path) -> bool:
@@ -150,8 +165,11 @@ class DownloadManager:
         retry_max: float = RETRY_MAX_S,
         give_up_after: float = GIVE_UP_AFTER_S,
         stored_at: Callable[[str], str] | None = None,
+        fence: HomeFence | None = None,
     ) -> None:
         self._catalog = catalog
+        # The node's home, which no download the user asked for may write in.
+        self._fence = fence
         self._runner = runner
         # Where a download of a cid writes when it is redirected into the store (a
         # private share's ciphertext), not to the destination the user named.
@@ -209,13 +227,13 @@ class DownloadManager:
                 f"p2pshare downloads cancel {cid}"
             )
         for other in self._catalog.download_requests():
-            if other.destination == dest and other.cid != cid:
+            if other.destination == dest and other.cid != cid and not into_directory(dest):
                 # Its partial lies where this one's would: neither may take the other's.
                 raise UserError(
                     f"an unfinished download of {other.cid} goes to {dest}; resume it, or "
                     f"discard it first with: p2pshare downloads cancel {other.cid}"
                 )
-        check_destination(Path(dest), force=request.force)
+        self._check(request)
         if stored is not None:
             known = {peer for peer, _ in request.sources}
             extra = tuple(s for s in stored.sources if s[0] not in known)
@@ -224,6 +242,17 @@ class DownloadManager:
             )
         self._catalog.save_download_request(request)
         return self._spawn(request)
+
+    def _check(self, request: DownloadRequest) -> None:
+        """Refuse a destination the download may not write; the node's own store (a
+        private share fetched to seed it) is not the user's output and is not fenced."""
+        dest = request.destination
+        own = self._stored_at is not None and dest == self._stored_at(request.cid)
+        fence = None if own else self._fence
+        if into_directory(dest):
+            check_into(Path(dest), fence)
+        else:
+            check_destination(Path(dest), force=request.force, fence=fence)
 
     async def follow(self, job: Job, emit: Emit) -> dict[str, Any]:
         """Send the job's progress to a client until it ends; return its summary.
@@ -361,7 +390,7 @@ class DownloadManager:
         if row is None or row.state != DownloadState.RUNNING:
             return None
         stored = None if self._stored_at is None else self._stored_at(request.cid)
-        if row.destination not in (request.destination, stored):
+        if row.destination != stored and not written_to(request.destination, row.destination):
             return None
         return row
 

@@ -27,10 +27,12 @@ from p2pshare.proto.ticket import parse_content_ref
 from p2pshare.proto.transfer import PROTOCOL_ID
 from p2pshare.store.catalog import DownloadRequest
 from p2pshare.store.staging import size_text
+from p2pshare.transfer.destination import check_destination, check_space, free_bytes
 from p2pshare.transfer.downloader import Download, DownloadReport, MemoryRecords, Source
 from p2pshare.transfer.failures import ContentTooLargeError, NoProvidersError
 from p2pshare.transfer.local import open_local
-from p2pshare.transfer.private import write_plaintext
+from p2pshare.transfer.outpath import into_directory, named_in, private_name
+from p2pshare.transfer.private import plaintext_size, write_plaintext
 from p2pshare.transfer.upload_slots import UploadSlots
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from p2pshare.proto.sealed import OpenedShare
     from p2pshare.proto.signed_manifest import SignedManifest
     from p2pshare.store.shares import ShareStore
+    from p2pshare.transfer.outpath import HomeFence
     from p2pshare.transfer.source import LocalContent
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,10 @@ class TransferApi:
     daemon_umask: int
     # [store] quota_bytes: what seeded (pinned) content may take with the rest of the store.
     quota_bytes: int
+    # The node's home: no download the user asked for is written inside it.
+    fence: HomeFence
+    # Bytes free on a directory's file system (tests fake a small disk).
+    free_space: Callable[[Path], int] = free_bytes
     # The chunk buffers all upload streams take turns with (docs/transfer.md).
     slots: UploadSlots = field(default_factory=UploadSlots)
     downloads: DownloadManager = field(init=False)
@@ -71,6 +78,7 @@ class TransferApi:
             self.shares.catalog,
             self._download,
             stored_at=lambda cid: str(self.shares.private_root(ContentId.parse(cid))),
+            fence=self.fence,
         )
         self.network.on_connected(self.downloads.peer_connected)
 
@@ -172,7 +180,8 @@ class TransferApi:
         report = download.report
         assert download.signed is not None
         pages = tuple(download.pages[i].hashes for i in sorted(download.pages))
-        dest = Path(request.destination)
+        # Where it went: -o DIR/ named it after the share once the manifest came.
+        dest = download.dest
         signed = download.signed
         if signed.manifest.sealed is not None:
             # The ciphertext is kept and seeded from the store; the plaintext is the user's.
@@ -229,19 +238,39 @@ class TransferApi:
             await self._open_private(request, signed, Path(row.root), report)
         return report.as_dict() | {"paths": {}, "private": True, "seed_only": seed_only}
 
-    def _private_target(self, signed: SignedManifest, *, seed_only: bool) -> Path | None:
-        """Where a private share's ciphertext goes: the store; refused if it is not ours."""
+    def _private_target(
+        self, signed: SignedManifest, *, request: DownloadRequest, seed_only: bool
+    ) -> Path | None:
+        """Where a private share's ciphertext goes: the store; refused if it is not ours,
+        or (before anything is fetched) if its plaintext may not or cannot be written."""
         if signed.manifest.sealed is None:
             if seed_only:
                 raise UserError(f"{signed.cid} is not a private share; fetch it with get -o")
             return None
+        root = self.shares.private_root(signed.cid)
+        root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if seed_only:
             self._check_seed_room(signed)
         else:
-            self._check_recipient(signed)
-        root = self.shares.private_root(signed.cid)
-        root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            opened = self._check_recipient(signed)
+            dest = self._plaintext_dest(request, opened, signed.cid)
+            check_destination(dest, force=request.force, fence=self.fence)
+            needed = plaintext_size(opened)
+            if dest.parent.stat().st_dev == root.parent.stat().st_dev:
+                # The ciphertext lands in the store first, on the same disk: both must
+                # fit (counted whole, even when part of it is already there).
+                needed += signed.manifest.total_size
+            check_space(signed.cid, dest, needed, self.free_space)
         return root
+
+    @staticmethod
+    def _plaintext_dest(request: DownloadRequest, opened: OpenedShare, cid: object) -> Path:
+        """The user's destination for a private share's plaintext: -o DIR/ names it after
+        the share, a name only its recipients learn."""
+        dest = Path(request.destination)
+        if into_directory(request.destination):
+            return named_in(dest, private_name(opened.body, cid), f"private share {cid}")
+        return dest
 
     def _check_seed_room(self, signed: SignedManifest) -> None:
         """Refuse to seed what pinned content and the quota leave no room for.
@@ -277,10 +306,19 @@ class TransferApi:
         """Decrypt a private share's stored ciphertext at ``root`` to the destination."""
         started = time.monotonic()
         opened = self._check_recipient(signed)
-        dest = Path(request.destination)
+        dest = self._plaintext_dest(request, opened, signed.cid)
+        report.destination = str(dest)
         umask = self.daemon_umask if request.umask is None else request.umask
         report.size = await trio.to_thread.run_sync(
-            lambda: write_plaintext(opened, root, dest, force=request.force, umask=umask)
+            lambda: write_plaintext(
+                opened,
+                root,
+                dest,
+                force=request.force,
+                umask=umask,
+                fence=self.fence,
+                free_space=self.free_space,
+            )
         )
         report.files = len(opened.body.entries)
         report.chunks = signed.manifest.total_chunks
@@ -296,6 +334,7 @@ class TransferApi:
         hints: list[Source],
     ) -> Download:
         key = request.cid
+        seed_only = request.destination == str(self.shares.private_root(ContentId.parse(key)))
         return Download(
             cid=ContentId.parse(key),
             dest=Path(request.destination),
@@ -310,11 +349,11 @@ class TransferApi:
             # and fetch the chunks it already holds (the seeder is not the only source).
             announce=lambda: self.discovery.provide_soon(key),
             umask=self.daemon_umask if request.umask is None else request.umask,
-            redirect=functools.partial(
-                self._private_target,
-                seed_only=request.destination
-                == str(self.shares.private_root(ContentId.parse(key))),
-            ),
+            redirect=functools.partial(self._private_target, request=request, seed_only=seed_only),
+            # Seeding writes the node's own store only: nothing for the user, no fence.
+            fence=None if seed_only else self.fence,
+            into_directory=into_directory(request.destination),
+            free_space=self.free_space,
         )
 
     async def _copy_from_store(

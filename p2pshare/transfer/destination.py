@@ -3,13 +3,18 @@
 The rules (docs/cli.md, "Where -o puts things"):
 
 * a path that does not exist is created;
-* an existing regular file, or a symbolic link (the link itself, never its target),
-  is replaced only with ``--force``, in one rename;
+* an existing regular file, or a symbolic link to something other than a directory
+  (the link itself, never its target), is replaced only with ``--force``, in one rename;
+* a symbolic link to a directory is never replaced: the user would believe their
+  directory was;
 * an existing directory is never removed, replaced or written into, ``--force`` or
   not: the command refuses and says to choose a new path.  ``-o .`` or ``-o ~`` is a
   mistake far more often than a wish to lose that directory, and putting the content
   inside it would make where a download lands depend on what happens to exist;
-* anything else (a FIFO, a socket, a device) is refused.
+* anything else (a FIFO, a socket, a device) is refused;
+* nothing is written inside the node's home (``fence``: see
+  :mod:`~p2pshare.transfer.outpath`), checked before anything else so that no hint
+  to use ``--force`` is ever given for a path there.
 
 The check runs when the command starts and again when the finished content is moved
 into place (the destination may appear during a long download), and that move cannot
@@ -34,6 +39,8 @@ from p2pshare.errors import UserError
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+    from p2pshare.transfer.outpath import HomeFence
 
 
 class Existing(Enum):
@@ -76,12 +83,17 @@ def directory_refusal(dest: Path) -> DestinationExistsError:
     )
 
 
-def check_destination(dest: Path, *, force: bool) -> Existing | None:
+def check_destination(
+    dest: Path, *, force: bool, fence: HomeFence | None = None
+) -> Existing | None:
     """Refuse a destination the command may not write (UserError); return what is there.
 
     Every hint here is safe to follow: ``--force`` is suggested only where it would
-    replace a single file or link.
+    replace a single file or link.  ``fence`` is the node's home for a user's output,
+    None for what the node writes into its own store.
     """
+    if fence is not None:
+        fence.check(dest)
     if dest.name in ("", ".", ".."):
         raise UserError(f"{dest} does not name a file; choose a path such as DIR/NAME for -o")
     try:
@@ -90,6 +102,11 @@ def check_destination(dest: Path, *, force: bool) -> Existing | None:
         raise UserError(f"cannot write {dest}: {exc.strerror}") from None
     if found is Existing.DIRECTORY:
         raise directory_refusal(dest)
+    if found is Existing.LINK and dest.is_dir():
+        raise DestinationExistsError(
+            f"{dest} is a symbolic link to a directory, which p2pshare never replaces (not "
+            f"even with --force); choose a new path for -o, such as {dest / 'NAME'}"
+        )
     if found is Existing.OTHER:
         raise DestinationExistsError(
             f"{dest} exists and is not a regular file (a FIFO, socket or device); "
@@ -106,12 +123,14 @@ def check_destination(dest: Path, *, force: bool) -> Existing | None:
     return found
 
 
-def place(staged: Path, dest: Path, *, force: bool) -> None:
+def place(staged: Path, dest: Path, *, force: bool, fence: HomeFence | None = None) -> None:
     """Move ``staged`` (a file or directory this node made) to ``dest``, under the rules.
 
     Refused or failed, ``staged`` is left where it was and nothing at ``dest`` changed.
+    The rules, the home's fence included, are checked again here, right before the
+    rename: a directory on the way may have been swapped since the command started.
     """
-    found = check_destination(dest, force=force)
+    found = check_destination(dest, force=force, fence=fence)
     try:
         if found is None:
             rename_noreplace(staged, dest)
@@ -123,7 +142,7 @@ def place(staged: Path, dest: Path, *, force: bool) -> None:
             _replace_with_directory(staged, dest)
     except FileExistsError:
         # Something appeared since the check: refuse as the check now would.
-        check_destination(dest, force=force)
+        check_destination(dest, force=force, fence=fence)
         raise DestinationExistsError(f"{dest} appeared while the download ran") from None
     except IsADirectoryError:
         raise directory_refusal(dest) from None
@@ -141,7 +160,7 @@ def _replace_with_directory(staged: Path, dest: Path) -> None:
     """
     aside = dest.with_name(f".{dest.name}.p2pshare-replaced-{secrets.token_hex(4)}")
     rename_noreplace(dest, aside)
-    if existing(aside) not in (Existing.FILE, Existing.LINK):
+    if existing(aside) not in (Existing.FILE, Existing.LINK) or aside.is_dir():
         rename_noreplace(aside, dest)
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(dest))
     try:
@@ -152,14 +171,16 @@ def _replace_with_directory(staged: Path, dest: Path) -> None:
     aside.unlink()
 
 
-def write_file(dest: Path, data: bytes, *, force: bool, mode: int = 0o600) -> None:
+def write_file(
+    dest: Path, data: bytes, *, force: bool, mode: int = 0o600, fence: HomeFence | None = None
+) -> None:
     """Write ``data`` to ``dest`` under the rules: a staged file, synced, then placed
     with ``mode``.
 
     The staged file has a name of its own each time, so an old one left by a crash
     is never reused, and it is removed whatever fails.
     """
-    check_destination(dest, force=force)
+    check_destination(dest, force=force, fence=fence)
     staged = staging_path(dest)
     try:
         fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -171,7 +192,7 @@ def write_file(dest: Path, data: bytes, *, force: bool, mode: int = 0o600) -> No
             os.fsync(fd)
         finally:
             os.close(fd)
-        place(staged, dest, force=force)
+        place(staged, dest, force=force, fence=fence)
     except OSError as exc:
         raise UserError(f"cannot write {dest}: {exc.strerror}") from None
     finally:

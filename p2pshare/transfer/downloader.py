@@ -43,6 +43,7 @@ from p2pshare.transfer import failures
 from p2pshare.transfer.blocking import RunBlocking, run_in_thread
 from p2pshare.transfer.destination import check_destination, free_bytes
 from p2pshare.transfer.links import Links
+from p2pshare.transfer.outpath import check_into, named_in, share_name
 from p2pshare.transfer.records import (
     DownloadRecords,
     DownloadReport,
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     from p2pshare.proto.cid import ContentId
     from p2pshare.proto.pages import HashPage
     from p2pshare.proto.signed_manifest import SignedManifest
+    from p2pshare.transfer.outpath import HomeFence
     from p2pshare.transfer.output import PartialOutput
     from p2pshare.transfer.peer import PeerLink
     from p2pshare.transfer.source import LocalContent
@@ -164,6 +166,8 @@ class Download:
         free_space: Callable[[Path], int] = free_bytes,
         run_blocking: RunBlocking = run_in_thread,
         redirect: Callable[[SignedManifest], Path | None] | None = None,
+        fence: HomeFence | None = None,
+        into_directory: bool = False,
     ) -> None:
         """``announce`` is called once, when the first verified chunks are on disk and
         served to other peers (``get`` announces the content in the DHT then).
@@ -172,7 +176,11 @@ class Download:
         ``run_blocking`` runs hashing, writing and fsync off the event loop.
         ``redirect`` sees the verified manifest before anything is written: it may
         raise to refuse the content, or name another destination (a private share's
-        ciphertext goes to the store, not to ``dest``), which gets PRIVATE_UMASK."""
+        ciphertext goes to the store, not to ``dest``), which gets PRIVATE_UMASK.
+        ``fence`` is the node's home, which ``dest`` must stay out of (a redirect into
+        the store is the node's own and is not fenced).  ``into_directory``: ``dest``
+        is an existing directory (``-o DIR/``) and the content goes in it under the
+        share's own name, known once the manifest came."""
         self.cid = cid
         self.dest = dest
         self._settings = _Settings(
@@ -185,6 +193,8 @@ class Download:
         self._free_space = free_space
         self._swarm = Swarm(hints)
         self._redirect = redirect
+        self._fence = fence
+        self._into_directory = into_directory
         self._transfer: Transfer | None = None
         self.report = DownloadReport(str(cid), str(dest), 0, 0, 0, banned=self._swarm.banned)
 
@@ -210,7 +220,10 @@ class Download:
     async def run(self) -> DownloadReport:
         started = time.monotonic()
         settings = self._settings
-        check_destination(self.dest, force=settings.force)
+        if self._into_directory:
+            check_into(self.dest, self._fence)
+        else:
+            check_destination(self.dest, force=settings.force, fence=self._fence)
         async with trio.open_nursery() as nursery:
             links = Links(
                 cid=self.cid,
@@ -223,6 +236,12 @@ class Download:
             target = None if self._redirect is None else self._redirect(signed)
             # A redirect goes to the node's store, not the user's files: always private.
             umask = self._umask if target is None else PRIVATE_UMASK
+            fence = self._fence if target is None else None
+            if target is None and self._into_directory:
+                what = f"share {self.cid}"
+                target = named_in(self.dest, share_name(signed.manifest, self.cid), what)
+                check_destination(target, force=settings.force, fence=fence)
+                self.report.destination = str(target)
             if target is not None:
                 self.dest = target
                 settings = self._settings = replace(settings, dest=target)
@@ -234,6 +253,7 @@ class Download:
                 catalog=settings.catalog,
                 umask=umask,
                 free_space=self._free_space,
+                fence=fence,
             )
             transfer = self._transfer = Transfer(settings, prepared, links, self.report)
             try:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
     from p2pshare.proto.chunks import BytesLike
     from p2pshare.proto.manifest import Manifest
+    from p2pshare.transfer.outpath import HomeFence
 
 PARTIAL_SUFFIX = ".p2pshare-partial"
 MAX_OPEN_FILES = 64
@@ -67,12 +68,22 @@ def _disk_error(path: Path, exc: OSError) -> UserError:
 
 
 class PartialOutput:
-    """The partial file or directory of one download; ``umask`` sets its final modes."""
+    """The partial file or directory of one download; ``umask`` sets its final modes,
+    ``fence`` the node's home, which a user's download must stay out of (None: the
+    node's own store)."""
 
-    def __init__(self, dest: Path, manifest: Manifest, *, umask: int = PRIVATE_UMASK) -> None:
+    def __init__(
+        self,
+        dest: Path,
+        manifest: Manifest,
+        *,
+        umask: int = PRIVATE_UMASK,
+        fence: HomeFence | None = None,
+    ) -> None:
         self.dest = dest
         self.manifest = manifest
         self.umask = umask
+        self.fence = fence
         self.path = partial_path(dest)
         self._fds: dict[int, int] = {}
         self._dirty: set[int] = set()
@@ -217,7 +228,7 @@ class PartialOutput:
         if self.manifest.kind is ShareKind.DIRECTORY:
             _sync_tree(self.path)
         self._set_final_modes()
-        place(self.path, self.dest, force=force)
+        place(self.path, self.dest, force=force, fence=self.fence)
 
     def _set_final_modes(self) -> None:
         """Give the files, then the directories, of the share their final modes.

@@ -18,21 +18,44 @@ from typing import TYPE_CHECKING
 from p2pshare.errors import UserError
 from p2pshare.modes import dir_mode, file_mode
 from p2pshare.proto.sealed import sealed_entry_name
-from p2pshare.transfer.destination import check_destination, place, staging_path, sync_dir
+from p2pshare.transfer.destination import (
+    check_destination,
+    check_space,
+    free_bytes,
+    place,
+    staging_path,
+    sync_dir,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from p2pshare.proto.sealed import OpenedShare
+    from p2pshare.transfer.outpath import HomeFence
+
+
+def plaintext_size(opened: OpenedShare) -> int:
+    return sum(entry.size for entry in opened.body.entries)
 
 
 def write_plaintext(
-    opened: OpenedShare, sealed_root: Path, dest: Path, *, force: bool, umask: int
+    opened: OpenedShare,
+    sealed_root: Path,
+    dest: Path,
+    *,
+    force: bool,
+    umask: int,
+    fence: HomeFence | None,
+    free_space: Callable[[Path], int] = free_bytes,
 ) -> int:
-    """Decrypt the sealed files under ``sealed_root`` to ``dest``; the plaintext bytes written."""
-    check_destination(dest, force=force)
-    staged = staging_path(dest)
+    """Decrypt the sealed files under ``sealed_root`` to ``dest`` (outside the home
+    ``fence``); the plaintext bytes written.  Refused before anything is written when
+    they cannot fit."""
+    check_destination(dest, force=force, fence=fence)
     body = opened.body
+    check_space("the decrypted share", dest, plaintext_size(opened), free_space)
+    staged = staging_path(dest)
     try:
         if body.single_file:
             _decrypt_file(opened, 0, sealed_root, staged)
@@ -45,7 +68,7 @@ def write_plaintext(
             for directory in body.directories:
                 (staged / directory).mkdir(mode=0o700, parents=True, exist_ok=True)
         _set_modes(opened, staged, umask)
-        place(staged, dest, force=force)
+        place(staged, dest, force=force, fence=fence)
     except OSError as exc:
         raise UserError(f"cannot write {dest}: {exc.strerror}") from None
     finally:
@@ -54,7 +77,7 @@ def write_plaintext(
                 shutil.rmtree(staged)
             else:
                 staged.unlink()
-    return sum(entry.size for entry in body.entries)
+    return plaintext_size(opened)
 
 
 def _decrypt_file(opened: OpenedShare, index: int, sealed_root: Path, target: Path) -> None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from p2pshare.proto.cid import ContentId
     from p2pshare.proto.pages import HashPage
     from p2pshare.transfer.links import Links
+    from p2pshare.transfer.outpath import HomeFence
     from p2pshare.transfer.records import DownloadRecords
 
 # A provider that sends nothing at all for this long is dropped.
@@ -147,6 +148,7 @@ def open_partial(
     catalog: DownloadRecords,
     umask: int,
     free_space: Callable[[Path], int],
+    fence: HomeFence | None,
 ) -> Prepared:
     """Open the partial at ``dest``: the one a record says holds verified chunks of this
     very manifest (a resume), else a new one."""
@@ -159,7 +161,7 @@ def open_partial(
         and row.destination == str(dest)
         and row.signed_manifest == signed.data
     )
-    output = PartialOutput(dest, manifest, umask=umask)
+    output = PartialOutput(dest, manifest, umask=umask, fence=fence)
     reuse = resume and output.reusable()
     verified = Bitfield(total)
     if reuse and row is not None:

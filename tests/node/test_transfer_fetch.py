@@ -16,6 +16,7 @@ from p2pshare.store.catalog import Catalog
 from p2pshare.store.shares import ShareStore
 from p2pshare.transfer.downloader import Source
 from p2pshare.transfer.local import pipe
+from p2pshare.transfer.outpath import HomeFence
 from p2pshare.transfer.source import LocalContent
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
@@ -60,6 +61,8 @@ async def test_fetch_asks_the_dht_when_the_hinted_peer_lacks_the_content(tmp_pat
         (tmp_path / "input.bin").write_bytes(data)
         cid = ContentId.parse(seed.commit(seed.prepare(tmp_path / "input.bin")).cid)
         own = ShareStore(own_catalog, tmp_path / "c2", NodeKey.generate(), MIN_CHUNK_SIZE)
+        home = tmp_path / "home"
+        home.mkdir()
         holders = {"seed": LocalContent(seed), "empty": LocalContent(own)}
         discovery = _Discovery([_Provider("seed")])
         api = TransferApi(
@@ -70,6 +73,7 @@ async def test_fetch_asks_the_dht_when_the_hinted_peer_lacks_the_content(tmp_pat
             UploadLimiter(),
             0o022,
             1 << 30,
+            HomeFence.of(home),
         )
         async with trio.open_nursery() as nursery:
 

@@ -100,11 +100,10 @@ def test_without_force_a_file_is_kept_and_the_hint_is_force(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("kind", [ShareKind.FILE, ShareKind.DIRECTORY])
 def test_force_replaces_a_symlink_itself_never_its_target(tmp_path: Path, kind: ShareKind) -> None:
-    target = victim(tmp_path)
     target_file = tmp_path / "precious.txt"
     target_file.write_bytes(b"precious")
     files = FILE if kind is ShareKind.FILE else TREE
-    for name, points_to in (("to-dir", target), ("to-file", target_file)):
+    for name, points_to in (("to-file", target_file), ("dangling", tmp_path / "nothing")):
         link = tmp_path / name
         link.symlink_to(points_to)
         with pytest.raises(DestinationExistsError, match="use --force to replace the link"):
@@ -112,8 +111,42 @@ def test_force_replaces_a_symlink_itself_never_its_target(tmp_path: Path, kind: 
         download(link, files, kind, force=True)
         assert not link.is_symlink()
     assert target_file.read_bytes() == b"precious"
-    assert (target / "important.doc").read_bytes() == b"precious"
+    assert not (tmp_path / "nothing").exists()
     assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("kind", [ShareKind.FILE, ShareKind.DIRECTORY])
+@pytest.mark.parametrize("force", [False, True])
+def test_a_symlink_to_a_directory_is_never_replaced(
+    tmp_path: Path, kind: ShareKind, force: bool
+) -> None:
+    """Replacing it would make the user think their directory was replaced; the hint
+    never suggests --force."""
+    target = victim(tmp_path)
+    link = tmp_path / "to-dir"
+    link.symlink_to(target)
+    files = FILE if kind is ShareKind.FILE else TREE
+    with pytest.raises(DestinationExistsError) as refused:
+        download(link, files, kind, force=force)
+    assert str(refused.value) == (
+        f"{link} is a symbolic link to a directory, which p2pshare never replaces (not even "
+        f"with --force); choose a new path for -o, such as {link}/NAME"
+    )
+    assert link.is_symlink()
+    assert link.resolve() == target
+    assert sorted(p.name for p in target.iterdir()) == ["important.doc", "sub"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["to-dir", "victim"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_job_output_onto_a_symlink_to_a_directory_is_refused(tmp_path: Path, force: bool) -> None:
+    target = victim(tmp_path)
+    link = tmp_path / "to-dir"
+    link.symlink_to(target)
+    with pytest.raises(DestinationExistsError, match="symbolic link to a directory"):
+        write_file(link, b"out", force=force)
+    assert link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["to-dir", "victim"]
 
 
 def test_a_directory_share_replaces_a_file_with_force_and_leaves_nothing_aside(

@@ -14,6 +14,8 @@ from p2pshare.proto.sealed import TamperedCiphertextError
 from p2pshare.proto.transfer import UnknownContentError
 from p2pshare.store.catalog import Catalog
 from p2pshare.store.shares import ShareStore
+from p2pshare.transfer.destination import NoSpaceError
+from p2pshare.transfer.outpath import HomeFence, OutputInHomeError
 from p2pshare.transfer.private import write_plaintext
 from p2pshare.transfer.source import LocalContent
 
@@ -36,6 +38,10 @@ def store(tmp_path: Path) -> Iterator[ShareStore]:
     catalog.close()
 
 
+def fence_of(tmp_path: Path) -> HomeFence:
+    return HomeFence.of(tmp_path / "home")
+
+
 def _seal(store: ShareStore, path: Path) -> tuple[Path, OpenedShare]:
     row = store.commit(store.prepare_private(path, []))
     signed = store.signed_manifest(row.cid)
@@ -54,7 +60,9 @@ def test_private_tree_decrypts_with_names_modes_and_empty_dirs(
     (tree / "run.sh").chmod(0o755)
     root, opened = _seal(store, tree)
     dest = tmp_path / "out"
-    written = write_plaintext(opened, root, dest, force=False, umask=UMASK)
+    written = write_plaintext(
+        opened, root, dest, force=False, umask=UMASK, fence=fence_of(tmp_path)
+    )
     assert written == sum(len(data) for data in files.values())
     for rel, data in files.items():
         assert (dest / rel).read_bytes() == data
@@ -68,7 +76,7 @@ def test_private_single_file_decrypts_to_a_file(store: ShareStore, tmp_path: Pat
     source.write_bytes(b"for your eyes only\n")
     root, opened = _seal(store, source)
     dest = tmp_path / "got.txt"
-    write_plaintext(opened, root, dest, force=False, umask=UMASK)
+    write_plaintext(opened, root, dest, force=False, umask=UMASK, fence=fence_of(tmp_path))
     assert dest.read_bytes() == b"for your eyes only\n"
 
 
@@ -85,8 +93,41 @@ def test_tampered_chunk_is_refused_and_no_plaintext_is_left(
     sealed.write_bytes(bytes(data))
     dest = tmp_path / "out.bin"
     with pytest.raises(TamperedCiphertextError, match="chunk 2 "):
-        write_plaintext(opened, root, dest, force=False, umask=UMASK)
+        write_plaintext(opened, root, dest, force=False, umask=UMASK, fence=fence_of(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin", "home"]
+
+
+def test_plaintext_is_never_written_inside_the_home(store: ShareStore, tmp_path: Path) -> None:
+    source = tmp_path / "note.txt"
+    source.write_bytes(b"secret\n")
+    root, opened = _seal(store, source)
+    key = tmp_path / "home" / "node.key"
+    key.write_bytes(b"the key")
+    with pytest.raises(OutputInHomeError, match="inside this node's home"):
+        write_plaintext(opened, root, key, force=True, umask=UMASK, fence=fence_of(tmp_path))
+    assert key.read_bytes() == b"the key"
+    assert not list((tmp_path / "home").glob(".node.key*"))
+
+
+def test_plaintext_that_cannot_fit_is_refused_before_a_byte_is_written(
+    store: ShareStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(3 * CHUNK))
+    root, opened = _seal(store, source)
+    dest = tmp_path / "out" / "data.bin"
+    dest.parent.mkdir()
+    with pytest.raises(NoSpaceError, match="not enough free space for the decrypted share"):
+        write_plaintext(
+            opened,
+            root,
+            dest,
+            force=False,
+            umask=UMASK,
+            fence=fence_of(tmp_path),
+            free_space=lambda _directory: 3 * CHUNK - 1,
+        )
+    assert list(dest.parent.iterdir()) == []
 
 
 FRIEND = NodeKey.from_seed(b"f" * 32).peer_id
