@@ -218,6 +218,10 @@ class PartialOutput:
 
     def finalize(self, *, force: bool) -> None:
         """Set sizes, sync, and move the finished partial to the destination."""
+        if self.fence is not None:
+            # Before a file of the partial is reopened (created, were the directory
+            # swapped for a link into the home meanwhile).
+            self.fence.check(self.dest)
         with self._lock:
             for index, entry in enumerate(self.manifest.entries):
                 fd = self._fd(index)

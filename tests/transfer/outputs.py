@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from p2pshare.transfer.outpath import HomeFence
+
 CHUNK = MIN_CHUNK_SIZE
 
 
@@ -35,6 +37,7 @@ def download(
     *,
     force: bool,
     meanwhile: Callable[[], object] | None = None,
+    fence: HomeFence | None = None,
 ) -> None:
     """What a get does to the disk: check, partial, every chunk, finalize.
 
@@ -42,8 +45,8 @@ def download(
     that appears during a long download).
     """
     manifest = manifest_of(files, kind)
-    check_destination(dest, force=force)
-    output = PartialOutput(dest, manifest)
+    check_destination(dest, force=force, fence=fence)
+    output = PartialOutput(dest, manifest, fence=fence)
     output.open(resume=False)
     for index in range(manifest.total_chunks):
         at = manifest.locate_chunk(index)
