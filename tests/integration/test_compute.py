@@ -402,6 +402,37 @@ def test_an_output_onto_a_directory_is_refused_and_nothing_is_left_behind(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counts.txt", "notes.txt", "victim2"]
 
 
+def test_an_output_into_a_directory_with_a_slash_is_named_after_the_module_never_the_home(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    stdin = tmp_path / "notes.txt"
+    stdin.write_text(TEXT)
+    home = cluster.requester.home
+    key = home.key_path.read_bytes()
+
+    def run_into(out: str, *options: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(
+            home, "compute", "run", wat("wordcount"), "--stdin", str(stdin), "-o", out, *options
+        )
+
+    missing = tmp_path / "nope"
+    result = run_into(f"{missing}/")
+    assert result.returncode == ExitCode.FAILED
+    assert result.stderr.startswith(f"error: {missing}/ names a directory")
+    for out in (str(home.key_path), f"{home.root}/"):
+        result = run_into(out, "--force")
+        assert result.returncode == ExitCode.FAILED
+        assert "inside this node's home" in result.stderr
+    assert home.key_path.read_bytes() == key
+    assert not list(home.root.glob(".node.key*"))
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    result = run_into(f"{outputs}/")
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert (outputs / "wordcount.out").read_text() == EXPECTED_WC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "outputs"]
+
+
 def test_peers_and_switching_an_offer_off_and_on(cluster: Cluster, tmp_path: Path) -> None:
     found = peers(cluster)
     assert set(found) == cluster.worker_ids
