@@ -468,6 +468,23 @@ async def test_cancel_removes_a_private_downloads_ciphertext_partial_from_the_st
     assert env.catalog.download(env.cid) is None
 
 
+async def test_a_download_into_a_directory_lists_and_cancels_the_partial_it_named(
+    env: Env, nursery: trio.Nursery
+) -> None:
+    """-o DIR/: the request keeps DIR/, the progress record names DIR/NAME."""
+    into = env.root / "into"
+    into.mkdir()
+    request = env.saved("into", PAUSED, destination=f"{into}/")
+    assert request.destination.endswith("/")
+    named = replace(request, destination=str(into / "file.bin"))
+    env.written(named, 2)
+    manager = await started(DownloadManager(env.catalog, Script()), nursery)
+    assert manager.listing()[0]["verified_chunks"] == 2
+    result = await manager.cancel(env.cid)
+    assert result["removed_partial"] is True
+    assert list(into.iterdir()) == []
+
+
 async def test_cancel_never_deletes_a_partial_this_node_did_not_write(
     env: Env, nursery: trio.Nursery
 ) -> None:
