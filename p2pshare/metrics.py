@@ -8,7 +8,7 @@ The code that moves bytes reports through one call each, into the process's
 * :meth:`Metrics.received` -- chunk payload bytes read from a peer
   (p2pshare.transfer.peer, ``PeerLink._deliver``);
 * :meth:`Metrics.chunk_checked` -- a received chunk passed or failed its hash check
-  (p2pshare.transfer.downloader, ``_check_and_write``, in a worker thread);
+  (p2pshare.transfer.output, ``check_and_write``, in a worker thread);
 * :func:`timed_lookup` and :func:`counted_provide` decorate the DHT lookup and
   provide of p2pshare.net.dht; :meth:`Metrics.dht_message` counts each
   GET_PROVIDERS exchange of a lookup;

@@ -184,18 +184,7 @@ def _assemble(
         portmap = PortMapping(net.port_mapping, candidates, network.mapped)
     node.nat_status = [reach.status, relays.status, portmap.status if portmap else off_status]
     network.mapped.on_change(discovery.addresses_changed)
-    rate = config.transfer.upload_rate if upload_rate is None else upload_rate
-    transfer = TransferApi(
-        network,
-        store,
-        LocalContent(store),
-        discovery,
-        UploadLimiter(rate),
-        user_umask,
-        config.store.quota_bytes,
-        HomeFence.of(home.root),
-    )
-    transfer.register()
+    transfer = _transfer_api(home, config, network, store, discovery, upload_rate, user_umask)
     shares = SharesApi(
         store,
         key.peer_id,
@@ -216,6 +205,31 @@ def _assemble(
     )
     services = _Services(relays, reach, transfer, discovery, compute, metrics, portmap)
     return node, server, functools.partial(_start_services, home, config, network, services)
+
+
+def _transfer_api(
+    home: Home,
+    config: Config,
+    network: Network,
+    store: ShareStore,
+    discovery: Discovery,
+    upload_rate: int | None,
+    user_umask: int,
+) -> TransferApi:
+    rate = config.transfer.upload_rate if upload_rate is None else upload_rate
+    transfer = TransferApi(
+        network,
+        store,
+        LocalContent(store),
+        discovery,
+        UploadLimiter(rate),
+        user_umask,
+        config.store.quota_bytes,
+        # No download the user asks for is written inside the home.
+        HomeFence.of(home.root),
+    )
+    transfer.register()
+    return transfer
 
 
 def _compute_api(

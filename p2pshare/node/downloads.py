@@ -34,9 +34,8 @@ from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.signed_manifest import decode_signed_manifest
 from p2pshare.store.lifecycle import DownloadState, StopReason
-from p2pshare.transfer.destination import check_destination
 from p2pshare.transfer.failures import NoProvidersError
-from p2pshare.transfer.outpath import check_into, into_directory
+from p2pshare.transfer.outpath import UserOutput, into_directory
 from p2pshare.transfer.output import partial_path
 
 if TYPE_CHECKING:
@@ -248,11 +247,8 @@ class DownloadManager:
         private share fetched to seed it) is not the user's output and is not fenced."""
         dest = request.destination
         own = self._stored_at is not None and dest == self._stored_at(request.cid)
-        fence = None if own else self._fence
-        if into_directory(dest):
-            check_into(Path(dest), fence)
-        else:
-            check_destination(Path(dest), force=request.force, fence=fence)
+        output = UserOutput(None if own else self._fence, into_directory(dest))
+        output.check(Path(dest), force=request.force)
 
     async def follow(self, job: Job, emit: Emit) -> dict[str, Any]:
         """Send the job's progress to a client until it ends; return its summary.

@@ -31,7 +31,7 @@ from p2pshare.transfer.destination import check_destination, check_space, free_b
 from p2pshare.transfer.downloader import Download, DownloadReport, MemoryRecords, Source
 from p2pshare.transfer.failures import ContentTooLargeError, NoProvidersError
 from p2pshare.transfer.local import open_local
-from p2pshare.transfer.outpath import into_directory, named_in, private_name
+from p2pshare.transfer.outpath import UserOutput, into_directory, named_in, private_name
 from p2pshare.transfer.private import plaintext_size, write_plaintext
 from p2pshare.transfer.upload_slots import UploadSlots
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
@@ -351,8 +351,9 @@ class TransferApi:
             umask=self.daemon_umask if request.umask is None else request.umask,
             redirect=functools.partial(self._private_target, request=request, seed_only=seed_only),
             # Seeding writes the node's own store only: nothing for the user, no fence.
-            fence=None if seed_only else self.fence,
-            into_directory=into_directory(request.destination),
+            output=UserOutput(
+                None if seed_only else self.fence, into_directory(request.destination)
+            ),
             free_space=self.free_space,
         )
 

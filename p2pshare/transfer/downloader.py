@@ -32,18 +32,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pshare.errors import RemoteError
-from p2pshare.metrics import METRICS
 from p2pshare.modes import PRIVATE_UMASK
-from p2pshare.proto.chunks import hash_chunk
 from p2pshare.proto.manifest import expected_chunk_hash
 from p2pshare.proto.pages import page_for_chunk
 from p2pshare.proto.transfer import NotAvailableError, UnknownContentError
 from p2pshare.store.lifecycle import DownloadState
 from p2pshare.transfer import failures
 from p2pshare.transfer.blocking import RunBlocking, run_in_thread
-from p2pshare.transfer.destination import check_destination, free_bytes
+from p2pshare.transfer.destination import free_bytes
 from p2pshare.transfer.links import Links
-from p2pshare.transfer.outpath import check_into, named_in, share_name
+from p2pshare.transfer.outpath import PLAIN_OUTPUT, UserOutput
+from p2pshare.transfer.output import Arrival
 from p2pshare.transfer.records import (
     DownloadRecords,
     DownloadReport,
@@ -69,11 +68,9 @@ if TYPE_CHECKING:
 
     from p2pshare.net.streams import ByteStream
     from p2pshare.proto.bitfield import Bitfield
-    from p2pshare.proto.chunks import BytesLike
     from p2pshare.proto.cid import ContentId
     from p2pshare.proto.pages import HashPage
     from p2pshare.proto.signed_manifest import SignedManifest
-    from p2pshare.transfer.outpath import HomeFence
     from p2pshare.transfer.output import PartialOutput
     from p2pshare.transfer.peer import PeerLink
     from p2pshare.transfer.source import LocalContent
@@ -103,32 +100,6 @@ PROGRESS_EVERY_S = 0.25
 STORE_QUEUE_BYTES = 16 << 20
 STORE_QUEUE_CHUNKS = 64
 STORE_BATCH_BYTES = 8 << 20
-
-
-@dataclass(frozen=True)
-class _Arrival:
-    """A chunk as received, not yet checked."""
-
-    peer: str
-    index: int
-    expected: bytes
-    payload: BytesLike
-
-
-def _check_and_write(output: PartialOutput, batch: list[_Arrival]) -> list[bool]:
-    """For each chunk: does it match its hash?  Only those that do are written.
-
-    Runs in a worker thread; the caller marks a chunk verified only after this
-    returned, so nothing is recorded before it is on its way to disk.
-    """
-    good = []
-    for arrival in batch:
-        ok = hash_chunk(arrival.payload) == arrival.expected
-        METRICS.chunk_checked(ok=ok)
-        if ok:
-            output.write_chunk(arrival.index, arrival.payload)
-        good.append(ok)
-    return good
 
 
 @dataclass(frozen=True)
@@ -166,8 +137,7 @@ class Download:
         free_space: Callable[[Path], int] = free_bytes,
         run_blocking: RunBlocking = run_in_thread,
         redirect: Callable[[SignedManifest], Path | None] | None = None,
-        fence: HomeFence | None = None,
-        into_directory: bool = False,
+        output: UserOutput = PLAIN_OUTPUT,
     ) -> None:
         """``announce`` is called once, when the first verified chunks are on disk and
         served to other peers (``get`` announces the content in the DHT then).
@@ -177,10 +147,7 @@ class Download:
         ``redirect`` sees the verified manifest before anything is written: it may
         raise to refuse the content, or name another destination (a private share's
         ciphertext goes to the store, not to ``dest``), which gets PRIVATE_UMASK.
-        ``fence`` is the node's home, which ``dest`` must stay out of (a redirect into
-        the store is the node's own and is not fenced).  ``into_directory``: ``dest``
-        is an existing directory (``-o DIR/``) and the content goes in it under the
-        share's own name, known once the manifest came."""
+        ``output``: where the user's content may go (never the home; -o DIR/)."""
         self.cid = cid
         self.dest = dest
         self._settings = _Settings(
@@ -193,8 +160,7 @@ class Download:
         self._free_space = free_space
         self._swarm = Swarm(hints)
         self._redirect = redirect
-        self._fence = fence
-        self._into_directory = into_directory
+        self._output = output
         self._transfer: Transfer | None = None
         self.report = DownloadReport(str(cid), str(dest), 0, 0, 0, banned=self._swarm.banned)
 
@@ -220,10 +186,7 @@ class Download:
     async def run(self) -> DownloadReport:
         started = time.monotonic()
         settings = self._settings
-        if self._into_directory:
-            check_into(self.dest, self._fence)
-        else:
-            check_destination(self.dest, force=settings.force, fence=self._fence)
+        self._output.check(self.dest, force=settings.force)
         async with trio.open_nursery() as nursery:
             links = Links(
                 cid=self.cid,
@@ -234,17 +197,15 @@ class Download:
             )
             signed, pages = await fetch_manifest(links)
             target = None if self._redirect is None else self._redirect(signed)
-            # A redirect goes to the node's store, not the user's files: always private.
-            umask = self._umask if target is None else PRIVATE_UMASK
-            fence = self._fence if target is None else None
-            if target is None and self._into_directory:
-                what = f"share {self.cid}"
-                target = named_in(self.dest, share_name(signed.manifest, self.cid), what)
-                check_destination(target, force=settings.force, fence=fence)
+            # A redirect goes to the node's store, not the user's files: private, unfenced.
+            umask, fence = (PRIVATE_UMASK, None) if target else (self._umask, self._output.fence)
+            if target is None:
+                target = self._output.named(
+                    self.dest, signed.manifest, self.cid, force=settings.force
+                )
                 self.report.destination = str(target)
-            if target is not None:
-                self.dest = target
-                settings = self._settings = replace(settings, dest=target)
+            self.dest = target
+            settings = self._settings = replace(settings, dest=target)
             prepared = open_partial(
                 cid=self.cid,
                 dest=self.dest,
@@ -297,7 +258,7 @@ class Transfer:
         self._pipelines: dict[str, trio.CancelScope] = {}
         self._changed = trio.Event()
         manifest = prepared.signed.manifest
-        self._arrivals_in, self._arrivals_out = trio.open_memory_channel[_Arrival](
+        self._arrivals_in, self._arrivals_out = trio.open_memory_channel[Arrival](
             min(STORE_QUEUE_CHUNKS, max(1, STORE_QUEUE_BYTES // manifest.chunk_size))
         )
         # Chunks handed to the storing task and not yet stored (checked or refused).
@@ -483,7 +444,7 @@ class Transfer:
                         # finished, or out of providers, while a chunk is on its way.
                         self._storing += 1
                         try:
-                            await self._arrivals_in.send(_Arrival(peer, index, expected, payload))
+                            await self._arrivals_in.send(Arrival(peer, index, expected, payload))
                         except BaseException:
                             self._storing -= 1
                             raise
@@ -518,13 +479,13 @@ class Transfer:
                 self._storing -= len(batch)
                 self._notify()
 
-    async def _store(self, batch: list[_Arrival]) -> None:
+    async def _store(self, batch: list[Arrival]) -> None:
         picker = self._picker
         # A chunk verified since it was asked for (an endgame duplicate) is not
         # written again.
         fresh = [arrival for arrival in batch if not picker.verified[arrival.index]]
         good = await self._settings.run_blocking(
-            functools.partial(_check_and_write, self.output, fresh)
+            functools.partial(self.output.check_and_write, fresh)
         )
         for arrival, ok in zip(fresh, good, strict=True):
             if not ok:

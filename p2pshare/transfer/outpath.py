@@ -24,12 +24,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from p2pshare.errors import UserError
 from p2pshare.proto.errors import UnsafePathError
 from p2pshare.proto.manifest import ShareKind
 from p2pshare.proto.paths import check_file_name
+from p2pshare.transfer.destination import check_destination
 
 if TYPE_CHECKING:
     from p2pshare.proto.manifest import Manifest
@@ -98,6 +99,35 @@ class HomeFence:
             "store and catalog, so p2pshare never writes a download or job output there "
             f"(not even with --force); choose a path outside it, such as {suggestion}"
         )
+
+
+@dataclass(frozen=True)
+class UserOutput:
+    """How a download the user asked for may write: outside ``fence`` (the node's home),
+    and for ``-o DIR/`` (``into_directory``) in DIR under the share's own name."""
+
+    fence: HomeFence | None = None
+    into_directory: bool = False
+
+    def check(self, dest: Path, *, force: bool) -> None:
+        """Refuse, before anything is fetched, what may not be written."""
+        if self.into_directory:
+            check_into(dest, self.fence)
+        else:
+            check_destination(dest, force=force, fence=self.fence)
+
+    def named(self, dest: Path, manifest: Manifest, cid: object, *, force: bool) -> Path:
+        """``dest``, or for ``-o DIR/`` DIR/NAME once the manifest names the share (checked
+        as any destination)."""
+        if not self.into_directory:
+            return dest
+        target = named_in(dest, share_name(manifest, cid), f"share {cid}")
+        check_destination(target, force=force, fence=self.fence)
+        return target
+
+
+# What the node writes for itself (a job's inputs): a plain path, no fence.
+PLAIN_OUTPUT: Final = UserOutput()
 
 
 def into_directory(text: str) -> bool:

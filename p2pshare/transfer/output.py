@@ -37,11 +37,14 @@ import errno
 import os
 import stat
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2pshare.errors import UserError
+from p2pshare.metrics import METRICS
 from p2pshare.modes import PRIVATE_UMASK, dir_mode, file_mode
+from p2pshare.proto.chunks import hash_chunk
 from p2pshare.proto.manifest import ShareKind
 from p2pshare.transfer.destination import place, sync_dir
 
@@ -58,6 +61,16 @@ MAX_OPEN_FILES = 64
 
 def partial_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}{PARTIAL_SUFFIX}")
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A chunk as received, not yet checked."""
+
+    peer: str
+    index: int
+    expected: bytes
+    payload: BytesLike
 
 
 def _disk_error(path: Path, exc: OSError) -> UserError:
@@ -180,6 +193,21 @@ class PartialOutput:
             if written != len(data):
                 raise _disk_error(self._file_path(location.entry_index), OSError(28, "short write"))
             self._dirty.add(location.entry_index)
+
+    def check_and_write(self, batch: list[Arrival]) -> list[bool]:
+        """For each chunk: does it match its hash?  Only those that do are written.
+
+        Runs in a worker thread; the caller marks a chunk verified only after this
+        returned, so nothing is recorded before it is on its way to disk.
+        """
+        good = []
+        for arrival in batch:
+            ok = hash_chunk(arrival.payload) == arrival.expected
+            METRICS.chunk_checked(ok=ok)
+            if ok:
+                self.write_chunk(arrival.index, arrival.payload)
+            good.append(ok)
+        return good
 
     def read_chunk_into(self, global_index: int, out: bytearray) -> int:
         """Read a chunk already written into ``out``; its length."""
