@@ -156,7 +156,7 @@ def check_directory(directory: Path) -> None:
         )
     raise UserError(
         f"{shown} names a directory (it ends with a slash), and {directory} is not one; "
-        "choose an existing directory, or a path without the slash"
+        "choose an existing directory for -o DIR/, or a new path without the slash"
     )
 
 
