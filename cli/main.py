@@ -22,9 +22,10 @@ from p2pshare.proto.paths import printable
 from . import args
 from .compute import compute
 from .downloads import downloads, get
-from .output import count, kv_lines, show
+from .output import count, show
 from .output import human_size as _size
 from .private import seed, unshare
+from .status_text import status_text
 
 # Long calls send progress events several times a second; this much silence means the
 # daemon is stuck, and the CLI says so instead of waiting forever.
@@ -190,107 +191,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     home = _home(ctx)
     result = call(home, "status")
 
-    def human(r: dict[str, Any]) -> str:
-        lines = kv_lines(
-            [
-                ("peer ID", r["peer_id"]),
-                ("version", r["version"]),
-                ("uptime", f"{r['uptime_s']:.0f} s"),
-                ("peers", f"{r['peers']} ({r['connections']} connections)"),
-                ("traffic", _traffic(r["traffic"])),
-                ("DHT table", f"{r['routing_table']} peers"),
-                ("announcing", f"{r['provide_queue']} under way"),
-                ("reachability", _reachability(r)),
-                ("relays", _relays(r)),
-                ("port mapping", _port_mapping(r)),
-                ("home", r["home"]),
-            ]
-        )
-        lines += f"\n{'compute:':<{_STATUS_WIDTH}} {_compute_line(r['compute'], home)}"
-        for share in r["shares"]:
-            if share["stale"]:
-                state = "stale, not announced"
-            elif share.get("withheld"):
-                state = f"never announced: {share['withheld']}"
-            elif share["provided_at"] is None:
-                state = "not announced yet"
-            else:
-                state = (
-                    f"announced to {count(share['provided_to'], 'peer')} "
-                    f"{_ago(share['provided_at'])}"
-                )
-            lines += f"\n  {share['cid']}  {state}"
-        return lines
-
-    show(result, as_json, human)
-
-
-# The width of the longest label above ("reachability:"), so the compute line lines up.
-_STATUS_WIDTH = len("reachability:")
-
-
-def _traffic(t: dict[str, Any]) -> str:
-    from .top import human_bps  # noqa: PLC0415
-
-    return (
-        f"up {human_bps(t['up_bps'])}, down {human_bps(t['down_bps'])} "
-        f"({_size(t['bytes_sent'])} sent, {_size(t['bytes_received'])} received)"
-    )
-
-
-def _compute_line(offer: dict[str, Any] | None, home: Home) -> str:
-    if offer is None or not offer["enabled"]:
-        return f"off (turn it on with: {home.command('compute', 'offer', '--on')})"
-    state = "on" if offer["ready"] else "on, starting workers"
-    return (
-        f"{state}, {count(offer['slots'], 'slot')} ({offer['running']} running, "
-        f"{offer['free']} free), {count(offer['jobs_done'], 'job')} done"
-    )
-
-
-def _reachability(r: dict[str, Any]) -> str:
-    """``private, relayed at ADDR`` and the like: what peers can reach this node at."""
-    text = str(r.get("reachability", "unknown"))
-    if r.get("confirmed_addrs"):
-        text += f" at {', '.join(r['confirmed_addrs'])}"
-    if r.get("relayed_at"):
-        text += f"; relayed at {', '.join(r['relayed_at'])}"
-    if r.get("relay_service"):
-        text += "; relaying for others"
-    return text
-
-
-def _relays(r: dict[str, Any]) -> str:
-    """Each configured relay and whether it holds a slot for this node, and if not why."""
-    relays = r.get("relays") or []
-    if not relays:
-        return "none configured"
-    return "; ".join(
-        f"{relay['relay']} {relay['state']}"
-        + (f" ({relay['reason']})" if relay.get("reason") else "")
-        for relay in relays
-    )
-
-
-def _port_mapping(r: dict[str, Any]) -> str:
-    """``natpmp mapped 203.0.113.7 (libp2p 4001->4001, ...)``, ``off``, ``... failed: why``."""
-    mapping = r.get("port_mapping") or {}
-    text = str(mapping.get("line", "off"))
-    refuted = [a for a, v in (mapping.get("addrs") or {}).items() if v == "refuted"]
-    if refuted:
-        text += f"; not reachable at {', '.join(refuted)} (AutoNAT), not announced"
-    return text
-
-
-def _ago(timestamp: int) -> str:
-    import time  # noqa: PLC0415
-
-    seconds = max(0, int(time.time()) - timestamp)
-    if seconds < 120:
-        return f"{seconds} s ago"
-    if seconds < 7200:
-        return f"{seconds // 60} min ago"
-    return f"{seconds // 3600} h ago"
+    show(result, as_json, lambda r: status_text(r, home))
 
 
 @cli.command()

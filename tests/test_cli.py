@@ -145,7 +145,7 @@ def test_exit_status_separates_failure_from_disagreement() -> None:
 
 def test_status_says_how_peers_can_reach_the_node() -> None:
     # Installed as p2pshare_cli (pyproject's package-dir), which mypy knows as cli.
-    _reachability = importlib.import_module("p2pshare_cli.main")._reachability
+    _reachability = importlib.import_module("p2pshare_cli.status_text")._reachability
 
     relayed = "/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWRelay/p2p-circuit"
     assert _reachability({"reachability": "private", "relayed_at": [relayed]}) == (
@@ -165,7 +165,7 @@ def test_status_says_how_peers_can_reach_the_node() -> None:
 
 
 def test_status_says_which_relays_hold_a_slot_and_which_refused() -> None:
-    _relays = importlib.import_module("p2pshare_cli.main")._relays
+    _relays = importlib.import_module("p2pshare_cli.status_text")._relays
 
     assert _relays({}) == "none configured"
     relays = [
@@ -183,7 +183,7 @@ def test_status_says_which_relays_hold_a_slot_and_which_refused() -> None:
 
 
 def test_status_says_what_the_router_maps() -> None:
-    _port_mapping = importlib.import_module("p2pshare_cli.main")._port_mapping
+    _port_mapping = importlib.import_module("p2pshare_cli.status_text")._port_mapping
 
     assert _port_mapping({}) == "off"
     mapped = {
