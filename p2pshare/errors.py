@@ -100,6 +100,11 @@ class IntegrityError(RemoteError):
     """Data does not match the hash or signature that names it."""
 
 
+class WouldBlockError(P2PShareError):
+    """A call asked not to wait would have had to (data not in the page cache, a lock
+    held, work too long for the event loop): make it again where it may block."""
+
+
 class LocalProtocolError(P2PShareError):
     """We were asked to build a message or object the protocol forbids."""
 

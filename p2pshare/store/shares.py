@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from p2pshare.errors import IntegrityError, UserError
+from p2pshare.errors import IntegrityError, UserError, WouldBlockError
 from p2pshare.proto.chunks import chunk_count, verify_chunk
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.manifest import (
@@ -37,6 +37,7 @@ from p2pshare.proto.signed_manifest import SignedManifest, decode_signed_manifes
 from p2pshare.store.catalog import Catalog, FileStamp, PrivateShare, ShareRow
 from p2pshare.store.checked import CheckedChunks, FileIdentity
 from p2pshare.store.guard import check_no_private_keys
+from p2pshare.store.pread import read_at
 from p2pshare.store.private import recipient_keys, seal_scan, sealed_bytes
 from p2pshare.store.scanner import HashedFile, Scan, hash_file, scan
 from p2pshare.store.staging import Staging, copy_checked, free_bytes, private_dirs
@@ -338,10 +339,14 @@ class ShareStore:
         out = bytearray(self.signed_manifest(cid).manifest.chunk_size)
         return bytes(memoryview(out)[: self.read_chunk_into(cid, global_index, out)])
 
-    def read_chunk_into(self, cid: str, global_index: int, out: bytearray) -> int:
+    def read_chunk_into(
+        self, cid: str, global_index: int, out: bytearray, *, wait: bool = True
+    ) -> int:
         """Read one chunk, verified, from the shared files now into ``out`` (at least
         a chunk long); its length.  Allocates nothing the size of a chunk: the
-        uploader reads in worker threads into buffers it lends."""
+        uploader lends the buffer.  ``wait=False``: raise WouldBlockError unless the
+        chunk is in the page cache and needs no hashing, so the event loop can serve
+        it at once and only the rest goes to a worker thread."""
         row, stamps = self._serving_info(cid)
         if row.stale_reason:
             raise StaleShareError(f"share {cid} is stale: {row.stale_reason}")
@@ -363,7 +368,7 @@ class ShareStore:
                 raise self._stale(cid, f"{path} changed on disk since it was shared")
             read_at_ns = time.time_ns()
             data = memoryview(out)[: location.length]
-            if os.preadv(fd, [data], location.offset) != location.length:
+            if read_at(fd, data, location.offset, wait=wait) != location.length:
                 raise self._stale(cid, f"{path} changed on disk since it was shared")
             # Checked after the read: an edit during it changes the identity.
             after = FileIdentity.of(os.fstat(fd))
@@ -372,6 +377,8 @@ class ShareStore:
         entry, chunk = location.entry_index, location.chunk_index
         if self._checked.trusted(cid, entry, after, chunk):
             return location.length
+        if not wait:
+            raise WouldBlockError("the chunk must be hashed first")
         page = self._page(cid, manifest, global_index) if manifest.paged else None
         try:
             verify_chunk(expected_chunk_hash(manifest, global_index, page), data)

@@ -41,11 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from p2pshare.errors import UserError
+from p2pshare.errors import UserError, WouldBlockError
 from p2pshare.metrics import METRICS
 from p2pshare.modes import PRIVATE_UMASK, dir_mode, file_mode
 from p2pshare.proto.chunks import hash_chunk
 from p2pshare.proto.manifest import ShareKind
+from p2pshare.store.pread import read_at
 from p2pshare.transfer.destination import place, sync_dir
 
 if TYPE_CHECKING:
@@ -209,12 +210,17 @@ class PartialOutput:
             good.append(ok)
         return good
 
-    def read_chunk_into(self, global_index: int, out: bytearray) -> int:
-        """Read a chunk already written into ``out``; its length."""
+    def read_chunk_into(self, global_index: int, out: bytearray, *, wait: bool = True) -> int:
+        """Read a chunk already written into ``out``; its length.  ``wait=False``:
+        WouldBlockError unless it is cached and no writer holds the files."""
         location = self.manifest.locate_chunk(global_index)
         data = memoryview(out)[: location.length]
-        with self._lock:
-            read = os.preadv(self._fd(location.entry_index), [data], location.offset)
+        if not self._lock.acquire(blocking=wait):
+            raise WouldBlockError("a chunk is being written")
+        try:
+            read = read_at(self._fd(location.entry_index), data, location.offset, wait=wait)
+        finally:
+            self._lock.release()
         if read != location.length:
             path = self._file_path(location.entry_index)
             raise OSError(errno.EIO, f"{path} is shorter than its verified chunks")

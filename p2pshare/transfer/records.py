@@ -103,5 +103,5 @@ class PartialContent:
         # worker-thread read sees one consistent snapshot.
         return self._transfer.durable.slice(first_chunk, count)
 
-    def read_chunk_into(self, global_index: int, out: bytearray) -> int:
-        return self._transfer.output.read_chunk_into(global_index, out)
+    def read_chunk_into(self, global_index: int, out: bytearray, *, wait: bool = True) -> int:
+        return self._transfer.output.read_chunk_into(global_index, out, wait=wait)

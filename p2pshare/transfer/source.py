@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Protocol
 
+from p2pshare.errors import WouldBlockError
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.transfer import NotAvailableError, UnknownContentError
 from p2pshare.store.shares import StaleShareError, UnknownShareError
@@ -26,7 +27,7 @@ class PartialContent(Protocol):
 
     def have(self, first_chunk: int, count: int) -> Bitfield: ...
 
-    def read_chunk_into(self, global_index: int, out: bytearray) -> int: ...
+    def read_chunk_into(self, global_index: int, out: bytearray, *, wait: bool = True) -> int: ...
 
 
 class ContentSource(Protocol):
@@ -38,8 +39,12 @@ class ContentSource(Protocol):
 
     def have(self, cid: ContentId, first_chunk: int, count: int) -> Bitfield: ...
 
-    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
-        """Read chunk ``global_index`` into ``out`` (at least a chunk long); its length."""
+    def read_chunk_into(
+        self, cid: ContentId, global_index: int, out: bytearray, *, wait: bool = True
+    ) -> int:
+        """Read chunk ``global_index`` into ``out`` (at least a chunk long); its length.
+        ``wait=False``: raise WouldBlockError rather than wait for the disk or a lock
+        (the uploader then makes the call again in a worker thread)."""
         ...
 
 
@@ -83,9 +88,11 @@ class StoredContent:
             have.set(offset)
         return have
 
-    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
+    def read_chunk_into(
+        self, cid: ContentId, global_index: int, out: bytearray, *, wait: bool = True
+    ) -> int:
         try:
-            return self._shares.read_chunk_into(str(cid), global_index, out)
+            return self._shares.read_chunk_into(str(cid), global_index, out, wait=wait)
         except UnknownShareError:
             raise _unknown(cid) from None
         except StaleShareError as exc:
@@ -169,13 +176,15 @@ class LocalContent:
             del self._sending[key]
         self._shares.catalog.set_job_output_fetched(str(cid), requester)
 
-    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
+    def read_chunk_into(
+        self, cid: ContentId, global_index: int, out: bytearray, *, wait: bool = True
+    ) -> int:
         partial = self._partial.get(str(cid))
         if partial is None:
-            return self.stored.read_chunk_into(cid, global_index, out)
+            return self.stored.read_chunk_into(cid, global_index, out, wait=wait)
         if not partial.has_chunk(global_index):
             raise NotAvailableError(f"chunk {global_index} of {cid} is not downloaded yet")
-        return partial.read_chunk_into(global_index, out)
+        return partial.read_chunk_into(global_index, out, wait=wait)
 
 
 class PeerContent:
@@ -210,9 +219,13 @@ class PeerContent:
         self._check(cid)
         return self._local.have(cid, first_chunk, count)
 
-    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
+    def read_chunk_into(
+        self, cid: ContentId, global_index: int, out: bytearray, *, wait: bool = True
+    ) -> int:
         job_output = self._check(cid)
-        length = self._local.read_chunk_into(cid, global_index, out)
+        if job_output and not wait:
+            raise WouldBlockError("a job output's chunks are counted in the catalog")
+        length = self._local.read_chunk_into(cid, global_index, out, wait=wait)
         if job_output:
             self._local.record_sent(cid, global_index, self._peer)
         return length

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
 
-from p2pshare.errors import RemoteProtocolError
+from p2pshare.errors import RemoteProtocolError, WouldBlockError
 from p2pshare.metrics import METRICS
 from p2pshare.net.streams import SendsBehind
 from p2pshare.proto.framing import HEADER_SIZE
@@ -486,8 +486,15 @@ class TransferServer:
         source = self._source
         copy: bytes | None = None
         async with self._slots.lend(size) as buffer:
-            read = functools.partial(source.read_chunk_into, cid, index, buffer)
-            payload = memoryview(buffer)[: await self._call(read, cid)]
+            try:
+                # Cached chunks straight from the event loop; the rest in a thread.
+                length = self._inline(
+                    functools.partial(source.read_chunk_into, cid, index, buffer, wait=False), cid
+                )
+            except WouldBlockError:
+                read = functools.partial(source.read_chunk_into, cid, index, buffer)
+                length = await self._call(read, cid)
+            payload = memoryview(buffer)[:length]
             if self._limiter is not None:
                 await self._limiter.acquire(len(payload) + DATA_FRAME_OVERHEAD)
             frame = self._session.data(req_id, index, payload)
@@ -522,8 +529,21 @@ class TransferServer:
         except TransferError:
             raise
         except Exception as exc:
-            log.exception("transfer to %s: reading %s failed", self._peer, cid)
-            raise PeerInternalError("the uploader failed to read this content") from exc
+            raise self._internal(cid) from exc
+
+    def _inline(self, fn: Callable[[], _T], cid: ContentId) -> _T:
+        """``_call`` on the event loop, for a call that raises WouldBlockError rather
+        than wait."""
+        try:
+            return fn()
+        except (TransferError, WouldBlockError):
+            raise
+        except Exception as exc:
+            raise self._internal(cid) from exc
+
+    def _internal(self, cid: ContentId) -> PeerInternalError:
+        log.exception("transfer to %s: reading %s failed", self._peer, cid)
+        return PeerInternalError("the uploader failed to read this content")
 
 
 def _check_range(cid: ContentId, shape: _Shape, first: int, count: int) -> None:

@@ -137,8 +137,10 @@ class Lies(LocalContent):
     def signed_manifest(self, cid: ContentId) -> bytes:
         return self._manifest if self._manifest is not None else super().signed_manifest(cid)
 
-    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
-        length = super().read_chunk_into(cid, global_index, out)
+    def read_chunk_into(
+        self, cid: ContentId, global_index: int, out: bytearray, *, wait: bool = True
+    ) -> int:
+        length = super().read_chunk_into(cid, global_index, out, wait=wait)
         if self._flip:
             out[0] ^= 1
         return length
@@ -376,7 +378,9 @@ class TreeSource:
             have.set(offset)
         return have
 
-    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
+    def read_chunk_into(
+        self, cid: ContentId, global_index: int, out: bytearray, *, wait: bool = True
+    ) -> int:
         if global_index >= self.total:
             raise UnknownContentError("no such chunk")
         out[0:1] = b"x"

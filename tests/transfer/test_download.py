@@ -65,8 +65,10 @@ class LyingSource(LocalContent):
         self.bad = bad
         self.served: list[int] = []
 
-    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
-        length = super().read_chunk_into(cid, global_index, out)
+    def read_chunk_into(
+        self, cid: ContentId, global_index: int, out: bytearray, *, wait: bool = True
+    ) -> int:
+        length = super().read_chunk_into(cid, global_index, out, wait=wait)
         self.served.append(global_index)
         if global_index in self.bad:
             out[0] ^= 1
@@ -82,12 +84,15 @@ class StallingSource(LocalContent):
         self.served = 0
         self.stalled = stalled
 
-    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
+    def read_chunk_into(
+        self, cid: ContentId, global_index: int, out: bytearray, *, wait: bool = True
+    ) -> int:
         if self.served >= self.limit:
             self.stalled.set()
             raise RuntimeError("unreachable: the test cancels before this")
+        length = super().read_chunk_into(cid, global_index, out, wait=wait)
         self.served += 1
-        return super().read_chunk_into(cid, global_index, out)
+        return length
 
 
 class Fixture:
@@ -334,11 +339,14 @@ class Counting(LocalContent):
         self.read = 0
         self.reached = trio.Event()
 
-    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
+    def read_chunk_into(
+        self, cid: ContentId, global_index: int, out: bytearray, *, wait: bool = True
+    ) -> int:
+        length = super().read_chunk_into(cid, global_index, out, wait=wait)
         self.read += 1
         if self.read >= self.limit:
             self.reached.set()
-        return super().read_chunk_into(cid, global_index, out)
+        return length
 
 
 def first_stream_fails(fx: Fixture, after: int, *, stall: bool = False) -> Behaviour:
@@ -689,8 +697,8 @@ class GrowingPartial:
             have.set(offset)
         return have
 
-    def read_chunk_into(self, global_index: int, out: bytearray) -> int:
-        return self.shares.read_chunk_into(self.cid, global_index, out)
+    def read_chunk_into(self, global_index: int, out: bytearray, *, wait: bool = True) -> int:
+        return self.shares.read_chunk_into(self.cid, global_index, out, wait=wait)
 
 
 async def test_a_partial_providers_new_chunks_are_asked_for(

@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2pshare.errors import LocalProtocolError, RemoteProtocolError
+from p2pshare.errors import LocalProtocolError, RemoteProtocolError, WouldBlockError
 from p2pshare.identity import NodeKey
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE, hash_chunk, verify_chunk
@@ -131,7 +131,10 @@ class MemorySource:
     shares: dict[ContentId, PatternShare] = field(default_factory=dict)
     missing: set[tuple[ContentId, int]] = field(default_factory=set)
     broken: set[tuple[ContentId, int]] = field(default_factory=set)
+    # Chunks "not in the page cache": a read that may not wait raises WouldBlockError.
+    uncached: set[tuple[ContentId, int]] = field(default_factory=set)
     reads: list[tuple[ContentId, int]] = field(default_factory=list)
+    waited: list[tuple[ContentId, int]] = field(default_factory=list)
 
     def add(self, share: PatternShare) -> PatternShare:
         self.shares[share.cid] = share
@@ -161,8 +164,14 @@ class MemorySource:
                 have.set(offset)
         return have
 
-    def read_chunk_into(self, cid: ContentId, global_index: int, out: bytearray) -> int:
+    def read_chunk_into(
+        self, cid: ContentId, global_index: int, out: bytearray, *, wait: bool = True
+    ) -> int:
         share = self._share(cid)
+        if (cid, global_index) in self.uncached and not wait:
+            raise WouldBlockError("not in the page cache")
+        if wait:
+            self.waited.append((cid, global_index))
         self.reads.append((cid, global_index))
         if (cid, global_index) in self.missing:
             raise NotAvailableError(f"chunk {global_index} of {cid} is not downloaded yet")
@@ -391,6 +400,19 @@ async def test_a_chunk_request_returns_exactly_its_chunks_in_order(
             verify_chunk(expected_chunk_hash(small_share.manifest, index), payload)
         assert len(chunks[3][1]) == 100  # a.bin ends in a short chunk
         assert responses[-1].finished
+
+
+async def test_cached_chunks_are_read_at_once_and_the_others_where_they_may_wait(
+    source: MemorySource, small_share: PatternShare
+) -> None:
+    cid = small_share.cid
+    source.uncached = {(cid, 2), (cid, 5)}
+    async with serving(source) as (client, _server):
+        request = client.chunks(small_share, 0, 8)
+        await client.send(request)
+        chunks = chunk_bytes((await client.finish(request.req_id))[request.req_id])
+    assert chunks == [(i, small_share.chunk(i)) for i in range(8)]
+    assert source.waited == [(cid, 2), (cid, 5)]
 
 
 async def test_chunks_across_a_hash_page_boundary_verify_against_their_pages(
