@@ -54,7 +54,7 @@ FIN_GRACE: Final = 2.0
 # borrows one only while it seals and writes, so a hundred idle or slow connections
 # hold none (the uploader's slots, p2pshare.transfer.upload_slots, bound how many
 # large sends run at once).
-KEPT_FRAME_BUFFERS: Final = 8
+KEPT_FRAME_BUFFERS: Final = 16
 
 # Seconds without a byte received or sent before a connection counts as dead.  Well
 # above the downloader's 60 s request timeout, so a slow but live transfer is never cut

@@ -24,9 +24,10 @@ import trio
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-# Enough to keep two cores busy reading, sealing and sending while others wait for
-# their sockets; each slot holds one chunk for the time it takes to read and send it.
-SLOTS: Final = 8
+# Each slot holds one chunk while it is read, sealed and handed to the kernel. With 8,
+# 30 downloaders got 70 MB/s together, with 16 and 32 about 95 (bench/downloaders.py,
+# docs/benchmarks.md): 16 buffers (32 MiB with their frames) whatever the crowd.
+SLOTS: Final = 16
 KEEP_UP_TO: Final = 1 << 20
 
 
