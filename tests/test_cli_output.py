@@ -11,7 +11,7 @@ from p2pshare.home import Home
 # cli/ installs as p2pshare_cli (pyproject.toml), a name mypy cannot map back to cli/.
 _main = importlib.import_module("p2pshare_cli.main")
 _output = importlib.import_module("p2pshare_cli.output")
-_compute_line = _main._compute_line
+_compute_line = importlib.import_module("p2pshare_cli.status_text")._compute_line
 _share_line = _main._share_line
 count = _output.count
 human_rate = _output.human_rate
