@@ -11,6 +11,8 @@ Prints, each next to its same-run baseline:
   fetching a different 64 MiB share from the same seeder alone just before (target:
   the crowd gets at least as much through as one downloader alone);
 * completion time min / p50 / max from the common start;
+* the seeder's CPU time (user + system) per GiB it sent, in the crowd and for the one
+  downloader alone (run with --count 10 and 100 to read off how it grows);
 * the seeder's peak RSS (VmHWM), against its peak before the crowd came (target:
   under 200 MB, as for any daemon), and what the crowd added per connection: the
   growth of the peak divided by the number of downloaders, in KiB.
@@ -24,6 +26,7 @@ Run: .venv/bin/python bench/downloaders.py [--count 100] [--size-mib 64] [--quic
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import tempfile
 import threading
@@ -47,6 +50,7 @@ from p2pshare.launcher import (
 )
 
 MIB = 1 << 20
+GIB = 1 << 30
 START_TIMEOUT = 600.0
 RSS_TARGET_MB = 200.0
 # Each daemon holds a few dozen descriptors; the seeder one or two per downloader.
@@ -74,6 +78,18 @@ def log_tail(home: Home, lines: int = 30) -> str:
     except OSError as exc:
         return f"    (no log: {exc})"
     return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:  # noqa: PTH123
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bytes_sent(home: Home) -> int:
+    """Chunk bytes the daemon of ``home`` has sent since it started (``status``)."""
+    return int(call(home, "status", {})["traffic"]["bytes_sent"])
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -115,10 +131,13 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
 
         # Baseline: one downloader alone, another share of the same size, same seeder.
         solo_out = root / "solo-got.bin"
+        cpu0, sent0 = cpu_seconds(seeder.pid), bytes_sent(homes[0])
         t0 = time.perf_counter()
         call(homes[1], "get", {"ref": solo_share["ticket"], "dest": str(solo_out)})
         solo_s = time.perf_counter() - t0
         solo_out.unlink()
+        cpu1, sent1 = cpu_seconds(seeder.pid), bytes_sent(homes[0])
+        solo_cpu = (cpu1 - cpu0) / max(sent1 - sent0, 1) * GIB
         seeder_before = peak_rss_mb(seeder.pid)
 
         outs = [root / f"got-{i}.bin" for i in range(count)]
@@ -147,6 +166,8 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
         for thread in threads:
             thread.join(timeout=START_TIMEOUT)
         seeder_peak = peak_rss_mb(seeder.pid)
+        crowd_sent = bytes_sent(homes[0]) - sent1
+        crowd_cpu = (cpu_seconds(seeder.pid) - cpu1) / max(crowd_sent, 1) * GIB
         verified = 0
         for out in outs:
             if out.exists():
@@ -188,6 +209,13 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
                 else "none finished"
             ),
             f"one downloader alone: {solo_s:.2f} s",
+            "-",
+            None,
+        ),
+        Row(
+            f"{count} concurrent downloaders: seeder CPU per GiB it sent",
+            f"{crowd_cpu:.2f} s/GiB ({crowd_sent / GIB:.1f} GiB sent)",
+            f"one downloader alone: {solo_cpu:.2f} s/GiB",
             "-",
             None,
         ),

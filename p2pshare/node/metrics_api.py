@@ -8,6 +8,7 @@ and handed to the exporter's thread as a plain snapshot once a second.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from p2pshare.proto.listen import ListenAddr
 
 log = logging.getLogger(__name__)
-GAUGE_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class MetricsApi:
                 listen.text,
             )
         registry = CollectorRegistry(auto_describe=True)
-        registry.register(_Collector(self))
+        registry.register(_Collector(self, trio.lowlevel.current_trio_token()))
         self.latest = self.gauges()
         server, thread = await trio.to_thread.run_sync(
             lambda: start_http_server(listen.port, listen.host, registry)
@@ -107,9 +107,7 @@ class MetricsApi:
         log.info("metrics at http://%s:%d/metrics", listen.host, port)
         try:
             task_status.started((str(host), int(port)))
-            while True:
-                await trio.sleep(GAUGE_INTERVAL)
-                self.latest = self.gauges()
+            await trio.sleep_forever()
         finally:
             server.shutdown()
             server.server_close()
@@ -119,8 +117,23 @@ class MetricsApi:
 class _Collector:
     """Builds every metric from one snapshot at each scrape (docs/cli.md lists them)."""
 
-    def __init__(self, api: MetricsApi) -> None:
+    def __init__(self, api: MetricsApi, token: trio.lowlevel.TrioToken) -> None:
         self._api = api
+        self._token = token
+
+    def _gauges(self) -> Gauges:
+        """The gauges now, read on the event loop that owns them (a scrape runs in
+        prometheus_client's thread): the same numbers ``status`` gives at that moment,
+        not a snapshot up to a second old.  While the daemon stops, the last ones."""
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:  # a scrape, on prometheus_client's thread
+            with contextlib.suppress(trio.RunFinishedError):
+                self._api.latest = trio.from_thread.run_sync(
+                    self._api.gauges, trio_token=self._token
+                )
+            return self._api.latest
+        return self._api.gauges()  # registering the collector, on the event loop
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import (  # noqa: PLC0415
@@ -130,7 +143,7 @@ class _Collector:
         )
 
         snap = self._api.metrics.snapshot()
-        gauges = self._api.latest
+        gauges = self._gauges()
         for name, doc, value in (
             ("p2pshare_bytes_sent", "Chunk payload bytes sent to peers.", snap["bytes_sent"]),
             (

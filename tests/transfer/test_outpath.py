@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from p2pshare.errors import UserError
@@ -194,6 +194,9 @@ def test_no_output_ever_lands_in_the_home(
         fence = HomeFence.of(home)
         # What the CLI sends: absolute and normalised, a final link not followed.
         dest = Path(os.path.abspath(root.joinpath(*parts, name)))  # noqa: PTH100
+        # Enough ".." climb out of the temporary directory, where this test would write
+        # into the real file system; every link of the tree points inside it.
+        assume(dest.is_relative_to(root))
         try:
             if into:
                 check_into(dest.parent, fence)
