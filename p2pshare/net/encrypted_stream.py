@@ -279,20 +279,13 @@ class EncryptedStream:
 
     async def flush(self) -> None:
         """Send what ``send_behind`` kept."""
-        self._start_sending()
-        try:
+        with self._sending_turn():
             await self._flush_pending()
-        except BaseException:
-            self._send_broken = True
-            raise
-        finally:
-            self._sending = False
 
     async def _send(self, data: bytes | bytearray | memoryview, *, behind: bool) -> None:
-        self._start_sending()
-        try:
+        with self._sending_turn():
             await self._flush_pending()
-            # Before any nonce is used, so a cancellation here leaves the stream intact.
+            # A send is a checkpoint even when the kernel takes everything at once.
             await trio.lowlevel.checkpoint()
             view = memoryview(data).cast("B")
             if not view.nbytes:
@@ -309,18 +302,25 @@ class EncryptedStream:
                     size = await self._seal_placement.run(seal, len(piece), checkpoint=False)
                     last = offset + MAX_PLAINTEXT >= view.nbytes
                     await self._send_frame(buffer[:size], behind and last)
-        except BaseException:
-            # A frame may be half out, or its nonce used: nothing after it would open.
-            self._send_broken = True
-            raise
-        finally:
-            self._sending = False
 
     async def _send_frame(self, frame: memoryview, behind: bool) -> None:
         if behind:
             self._write_behind(frame)
         else:
             await self._send_raw(frame)
+
+    @contextlib.contextmanager
+    def _sending_turn(self) -> Iterator[None]:
+        """The one task sending; any failure inside breaks the sending side for good."""
+        self._start_sending()
+        try:
+            yield
+        except BaseException:
+            # A frame may be half out, or its nonce used: nothing after it would open.
+            self._send_broken = True
+            raise
+        finally:
+            self._sending = False
 
     def _start_sending(self) -> None:
         if self._closed:
@@ -359,19 +359,13 @@ class EncryptedStream:
         the seeder holding most of a frame each (244 against 188 MB, docs/benchmarks.md).
         Raises like ``send_all`` if the connection broke or the peer took nothing for
         the idle timeout."""
-        self._start_sending()
-        try:
+        with self._sending_turn():
             await self._flush_pending()
             while True:
                 with trio.move_on_at(self._last_activity + self._idle_timeout):
                     await trio.lowlevel.wait_writable(self._stream.socket)
                     return
                 self._check_idle()
-        except BaseException:
-            self._send_broken = True
-            raise
-        finally:
-            self._sending = False
 
     async def _send_raw(self, data: bytes | memoryview) -> None:
         # Socket sends rather than SocketStream.send_all: each partial send is

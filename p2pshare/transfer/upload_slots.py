@@ -43,7 +43,7 @@ class UploadSlots:
 
     @property
     def kept_bytes(self) -> int:
-        """The buffers kept between chunks (for tests and status)."""
+        """The buffers kept between chunks: at most one per slot."""
         return sum(len(buffer) for buffer in self._free)
 
     @asynccontextmanager

@@ -10,9 +10,10 @@ Each stream runs two tasks:
   metadata replies, or a REQUEST chunk by chunk.  For each chunk it waits until the
   connection could take it at once, then takes one of the daemon's few
   :class:`~p2pshare.transfer.upload_slots.UploadSlots` (in turn with every other
-  stream), reads the chunk into the slot's buffer in a worker thread, paces it by the
-  daemon-wide :class:`UploadLimiter` and hands it to the stream; a slow downloader
-  holds no buffer while it drains.
+  stream), reads the chunk into the slot's buffer (on the event loop when the page
+  cache holds it, in a worker thread otherwise), paces it by the daemon-wide
+  :class:`UploadLimiter` and hands it to the stream; a slow downloader holds no
+  buffer while it drains.
 
 Both send through one lock, so frames never interleave.  Nothing grows without bound:
 the session accepts at most ``max_outstanding`` requests (the queue's capacity, so the
@@ -353,6 +354,15 @@ class TransferServer:
 
     async def _until_writable(self) -> None:
         """Wait, holding nothing shared, until the stream could take a chunk at once."""
+        await self._on_behind(lambda stream: stream.wait_send_all_might_not_block())
+
+    async def _flush(self) -> None:
+        """Send what the stream kept of the last chunk, before waiting for requests."""
+        await self._on_behind(lambda stream: stream.flush())
+
+    async def _on_behind(self, operation: Callable[[SendsBehind], Awaitable[None]]) -> None:
+        """``operation`` on a stream that SendsBehind, under the send lock, unless a
+        closing ERROR went out; a failure makes the output unusable, as in ``_write``."""
         if self._behind is None:
             await trio.lowlevel.checkpoint()
             return
@@ -361,20 +371,7 @@ class TransferServer:
                 await trio.lowlevel.checkpoint()
                 return
             try:
-                await self._behind.wait_send_all_might_not_block()
-            except BaseException:
-                self._unusable = True
-                raise
-
-    async def _flush(self) -> None:
-        """Send what the stream kept of the last chunk, before waiting for requests."""
-        if self._behind is None:
-            return
-        async with self._send_lock:
-            if self._closed:
-                return
-            try:
-                await self._behind.flush()
+                await operation(self._behind)
             except BaseException:
                 self._unusable = True
                 raise
