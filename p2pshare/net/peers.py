@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from p2pshare.net.relay import (
 from p2pshare.net.streams import LibP2PStream
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from libp2p.abc import IHost, INetConn, INetStream, INetwork, ISecureConn
 
@@ -282,23 +283,12 @@ async def connect_exactly(host: IHost, peer: ID, addr: multiaddr.Multiaddr, time
         raise UserError(f"{addr} is the unspecified address, which names no node")
     connected = has_live_connection(host, peer)
     still_up = "; the existing connection to it is still up" if connected else ""
-    try:
-        with trio.fail_after(timeout):
-            if connected:
-                await _probe(host, peer, addr)
-            else:
-                _swarm(host).unblock_peer(peer)
-                await _dial_addr(host, peer, addr)
-    except trio.TooSlowError:
-        raise UserError(
-            f"could not reach {peer} at {addr} within {timeout:g} s{still_up}"
-        ) from None
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - libp2p reports dial failures with many types
-        raise UserError(
-            f"could not connect to {peer} at {addr}: {_reason(exc)}{still_up}"
-        ) from None
+    with _dial_failures(peer, f"at {addr}", timeout, still_up):
+        if connected:
+            await _probe(host, peer, addr)
+        else:
+            _swarm(host).unblock_peer(peer)
+            await _dial_addr(host, peer, addr)
     replace_addrs(host, peer, [addr, *_known_addrs(host, peer)] if connected else [addr])
 
 
@@ -314,19 +304,23 @@ async def _connect_through_relay(
     """
     check_circuit(host, peer, circuit)
     if not has_live_connection(host, peer):
-        try:
-            with trio.fail_after(timeout):
-                await dial_circuit(host, peer, circuit, _dial_first)
-        except trio.TooSlowError:
-            raise UserError(
-                f"could not reach {peer} through {circuit} within {timeout:g} s"
-            ) from None
-        except UserError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - libp2p reports dial failures with many types
-            raise UserError(
-                f"could not connect to {peer} through {circuit}: {_reason(exc)}"
-            ) from None
+        with _dial_failures(peer, f"through {circuit}", timeout):
+            await dial_circuit(host, peer, circuit, _dial_first)
+
+
+@contextlib.contextmanager
+def _dial_failures(peer: ID, where: str, timeout: float, still_up: str = "") -> Iterator[None]:
+    """Bound a ``connect`` dial by ``timeout`` and turn its failures into the one
+    sentence the CLI prints; ``where`` is ``at ADDR`` or ``through CIRCUIT``."""
+    try:
+        with trio.fail_after(timeout):
+            yield
+    except trio.TooSlowError:
+        raise UserError(f"could not reach {peer} {where} within {timeout:g} s{still_up}") from None
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - libp2p reports dial failures with many types
+        raise UserError(f"could not connect to {peer} {where}: {_reason(exc)}{still_up}") from None
 
 
 class _OnConnected(INotifee):
