@@ -126,16 +126,20 @@ def test_not_running_gives_one_sentence_and_exit_code(home: Home) -> None:
         )
 
 
-def test_not_running_hint_names_the_home_from_the_environment(home: Home) -> None:
-    init_home(home)
-    env = {"P2PSHARE_HOME": str(home.root), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
+def _status_with(*, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``p2pshare status`` with only ``env`` (no --home): how the CLI finds the home."""
+    return subprocess.run(
         [sys.executable, "-m", "p2pshare_cli", "status"],
         capture_output=True,
         text=True,
         env=env,
         check=False,
     )
+
+
+def test_not_running_hint_names_the_home_from_the_environment(home: Home) -> None:
+    init_home(home)
+    result = _status_with(env={"P2PSHARE_HOME": str(home.root), "PATH": "/usr/bin:/bin"})
     assert result.returncode == ExitCode.DAEMON_NOT_RUNNING
     assert f"start it with: p2pshare --home {home.root} daemon\n" in result.stderr
 
@@ -144,13 +148,7 @@ def test_not_running_hint_for_the_default_home_is_the_plain_command(tmp_path: Pa
     # The platform's default home is used without --home or $P2PSHARE_HOME.
     env = {"XDG_DATA_HOME": str(tmp_path), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     (tmp_path / "p2pshare").mkdir(mode=0o700)
-    result = subprocess.run(
-        [sys.executable, "-m", "p2pshare_cli", "status"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    result = _status_with(env=env)
     assert result.returncode == ExitCode.DAEMON_NOT_RUNNING, result.stderr
     assert result.stderr.endswith("; start it with: p2pshare daemon\n")
 
