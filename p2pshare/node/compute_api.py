@@ -38,7 +38,7 @@ from p2pshare.transfer.destination import (
 )
 from p2pshare.transfer.downloader import Source
 from p2pshare.transfer.failures import ContentTooLargeError
-from p2pshare.transfer.outpath import check_into, into_directory, job_output_name
+from p2pshare.transfer.outpath import check_into, check_named, into_directory, job_output_name
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -220,10 +220,13 @@ class _RunRequest:
         if not isinstance(force, bool):
             raise InvalidParamsError("parameter 'force' must be true or false")
         if into_directory(params["dest"]):
-            # -o DIR/: the output goes in DIR, named after the module.
+            # -o DIR/: the output goes in DIR, named after the module, and replaces nothing.
             check_into(dest, fence)
             dest /= job_output_name(module)
-        check_destination(dest, force=force, fence=fence)
+            check_named(dest, fence)
+            force = False
+        else:
+            check_destination(dest, force=force, fence=fence)
         stdin = params.get("stdin")
         if stdin is not None and not isinstance(stdin, str):
             raise InvalidParamsError("parameter 'stdin' must be a path or a content ID")

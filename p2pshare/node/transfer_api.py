@@ -31,7 +31,14 @@ from p2pshare.transfer.destination import check_destination, check_space, free_b
 from p2pshare.transfer.downloader import Download, DownloadReport, MemoryRecords, Source
 from p2pshare.transfer.failures import ContentTooLargeError, NoProvidersError
 from p2pshare.transfer.local import open_local
-from p2pshare.transfer.outpath import UserOutput, into_directory, named_in, private_name
+from p2pshare.transfer.outpath import (
+    UserOutput,
+    check_named,
+    into_directory,
+    may_replace,
+    named_in,
+    private_name,
+)
 from p2pshare.transfer.private import plaintext_size, write_plaintext
 from p2pshare.transfer.upload_slots import UploadSlots
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
@@ -254,7 +261,10 @@ class TransferApi:
         else:
             opened = self._check_recipient(signed)
             dest = self._plaintext_dest(request, opened, signed.cid)
-            check_destination(dest, force=request.force, fence=self.fence)
+            if into_directory(request.destination):
+                check_named(dest, self.fence)
+            else:
+                check_destination(dest, force=request.force, fence=self.fence)
             needed = plaintext_size(opened)
             if dest.parent.stat().st_dev == root.parent.stat().st_dev:
                 # The ciphertext lands in the store first, on the same disk: both must
@@ -314,7 +324,7 @@ class TransferApi:
                 opened,
                 root,
                 dest,
-                force=request.force,
+                force=may_replace(request.destination, force=request.force),
                 umask=umask,
                 fence=self.fence,
                 free_space=self.free_space,

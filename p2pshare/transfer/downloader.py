@@ -39,7 +39,7 @@ from p2pshare.proto.transfer import NotAvailableError, UnknownContentError
 from p2pshare.store.lifecycle import DownloadState
 from p2pshare.transfer import failures
 from p2pshare.transfer.blocking import RunBlocking, run_in_thread
-from p2pshare.transfer.destination import free_bytes
+from p2pshare.transfer.destination import DestinationExistsError, free_bytes
 from p2pshare.transfer.links import Links
 from p2pshare.transfer.outpath import PLAIN_OUTPUT, UserOutput
 from p2pshare.transfer.output import Arrival
@@ -200,12 +200,12 @@ class Download:
             # A redirect goes to the node's store, not the user's files: private, unfenced.
             umask, fence = (PRIVATE_UMASK, None) if target else (self._umask, self._output.fence)
             if target is None:
-                target = self._output.named(
-                    self.dest, signed.manifest, self.cid, force=settings.force
-                )
+                target = self._output.named(self.dest, signed.manifest, self.cid)
                 self.report.destination = str(target)
             self.dest = target
-            settings = self._settings = replace(settings, dest=target)
+            settings = self._settings = replace(
+                settings, dest=target, force=self._output.may_replace(force=settings.force)
+            )
             prepared = open_partial(
                 cid=self.cid,
                 dest=self.dest,
@@ -231,7 +231,12 @@ class Download:
             finally:
                 prepared.output.close()
             nursery.cancel_scope.cancel()
-        transfer.finish()
+        try:
+            transfer.finish()
+        except DestinationExistsError:
+            # What appeared at DIR/NAME of -o DIR/ gets the refusal that offers another name.
+            self._output.recheck_named(self.dest)
+            raise
         self.report.elapsed_s = time.monotonic() - started
         return self.report
 

@@ -17,6 +17,10 @@ itself:
   or ``MODULE.out`` for a job).  DIR must exist: a missing one is refused, never
   created, and never turned into a file named DIR.  Without the slash an existing
   directory stays refused (docs/transfer.md, "What -o PATH may replace").
+* **``-o DIR/`` never replaces anything**, ``--force`` or not.  NAME was picked by
+  the share's publisher (or from the module's name), not typed by the user, so an
+  existing DIR/NAME is refused, and the refusal offers another name first; replacing
+  that file takes ``-o DIR/NAME --force``, where the user names it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ from p2pshare.errors import UserError
 from p2pshare.proto.errors import UnsafePathError
 from p2pshare.proto.manifest import ShareKind
 from p2pshare.proto.paths import check_file_name
-from p2pshare.transfer.destination import check_destination
+from p2pshare.transfer.destination import (
+    DestinationExistsError,
+    Existing,
+    check_destination,
+    existing,
+)
 
 if TYPE_CHECKING:
     from p2pshare.proto.manifest import Manifest
@@ -116,14 +125,23 @@ class UserOutput:
         else:
             check_destination(dest, force=force, fence=self.fence)
 
-    def named(self, dest: Path, manifest: Manifest, cid: object, *, force: bool) -> Path:
+    def named(self, dest: Path, manifest: Manifest, cid: object) -> Path:
         """``dest``, or for ``-o DIR/`` DIR/NAME once the manifest names the share (checked
-        as any destination)."""
+        as any destination, and never replaced)."""
         if not self.into_directory:
             return dest
         target = named_in(dest, share_name(manifest, cid), f"share {cid}")
-        check_destination(target, force=force, fence=self.fence)
+        check_named(target, self.fence)
         return target
+
+    def recheck_named(self, target: Path) -> None:
+        """For ``-o DIR/``, refuse ``target`` as :func:`check_named` does."""
+        if self.into_directory:
+            check_named(target, self.fence)
+
+    def may_replace(self, *, force: bool) -> bool:
+        """Whether the final move may replace what it finds: only a path the user named."""
+        return force and not self.into_directory
 
 
 # What the node writes for itself (a job's inputs): a plain path, no fence.
@@ -141,6 +159,30 @@ def check_into(directory: Path, fence: HomeFence | None) -> None:
     if fence is not None:
         fence.check(directory / "NAME")
     check_directory(directory)
+
+
+def may_replace(destination: str, *, force: bool) -> bool:
+    """Whether a request for ``destination`` (as sent) may replace what it finds there:
+    ``--force`` on a path the user named, never for ``-o DIR/``."""
+    return force and not into_directory(destination)
+
+
+def check_named(target: Path, fence: HomeFence | None) -> None:
+    """Refuse DIR/NAME of ``-o DIR/`` if anything is there, with a hint that replaces
+    nothing: the user never typed NAME, so ``--force`` alone must not replace it."""
+    if fence is not None:
+        fence.check(target)
+    try:
+        found = existing(target)
+    except OSError:
+        found = None
+    if found in (Existing.FILE, Existing.LINK) and not target.is_dir():
+        raise DestinationExistsError(
+            f"{target} already exists, and -o {target.parent}/ never replaces anything (not "
+            f"even with --force): save it under another name with -o {target.parent}/NEW-NAME; "
+            f"to replace {target} itself, name it: -o {target} --force"
+        )
+    check_destination(target, force=False, fence=fence)
 
 
 def check_directory(directory: Path) -> None:

@@ -229,3 +229,43 @@ def test_get_into_a_directory_with_a_slash_and_a_missing_one(
     report = cli_json(getter.home, "get", nameless["ticket"], "-o", f"{here}/")
     assert report["destination"] == str(here / nameless["cid"])
     assert (here / nameless["cid"] / "b.jpg").read_bytes() == b"b"
+
+
+def test_dir_slash_never_replaces_a_file_of_the_user_even_with_force(
+    nodes: list[DaemonProcess], tmp_path: Path
+) -> None:
+    """The name in -o DIR/ comes from the publisher (or the module): an existing DIR/NAME
+    is the user's, and the hint they follow first replaces nothing."""
+    _boot, sharer, getter = nodes
+    published = tmp_path / "pub"
+    published.mkdir()
+    (published / "notes.txt").write_bytes(b"the publisher's notes")
+    public = cli_json(sharer.home, "share", str(published / "notes.txt"))
+    private = cli_json(
+        sharer.home, "share", str(published / "notes.txt"), "--to", getter.info["peer_id"]
+    )
+    here = tmp_path / "here"
+    here.mkdir()
+    mine = here / "notes.txt"
+    mine.write_bytes(b"my own notes")
+    for shared in (public, private):
+        result = run_cli(
+            getter.home, "get", shared["ticket"], "-o", f"{here}/", "--force", timeout=120
+        )
+        assert refused(result) == (
+            f"error: {mine} already exists, and -o {here}/ never replaces anything (not even "
+            f"with --force): save it under another name with -o {here}/NEW-NAME; to replace "
+            f"{mine} itself, name it: -o {mine} --force\n"
+        )
+        assert mine.read_bytes() == b"my own notes"
+    assert sorted(p.name for p in here.iterdir()) == ["notes.txt"]
+    module = tmp_path / "notes.wat"
+    module.write_text("(module)")
+    (here / "notes.out").write_bytes(b"my own output")
+    with ControlClient(getter.home) as client, pytest.raises(ControlCallError) as error:
+        client.call("compute_run", {"module": str(module), "dest": f"{here}/", "force": True})
+    assert "never replaces anything" in str(error.value)
+    assert (here / "notes.out").read_bytes() == b"my own output"
+    # Naming the file is how it is replaced.
+    cli_json(getter.home, "get", public["ticket"], "-o", str(mine), "--force")
+    assert mine.read_bytes() == b"the publisher's notes"

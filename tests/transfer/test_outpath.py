@@ -17,12 +17,15 @@ from hypothesis import strategies as st
 
 from p2pshare.errors import UserError
 from p2pshare.proto.manifest import ShareKind
-from p2pshare.transfer.destination import check_destination, write_file
+from p2pshare.transfer.destination import DestinationExistsError, check_destination, write_file
 from p2pshare.transfer.outpath import (
     HomeFence,
     OutputInHomeError,
+    UserOutput,
     check_into,
+    check_named,
     job_output_name,
+    may_replace,
     named_in,
     share_name,
 )
@@ -254,3 +257,54 @@ def test_into_a_directory_names_the_output_after_the_share_or_the_module(tmp_pat
 def test_a_hidden_or_unsafe_share_name_is_never_picked(tmp_path: Path, name: str) -> None:
     with pytest.raises(UserError, match=f"name the output with -o {tmp_path}/NAME"):
         named_in(tmp_path, name, "share X")
+
+
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_into_a_directory_never_replaces_a_name_the_user_did_not_type(
+    tmp_path: Path, kind: str
+) -> None:
+    # The publisher names the share f.bin; the user's own f.bin (or a link of theirs)
+    # is in the directory the user gave with -o DIR/.
+    mine = tmp_path / "f.bin"
+    if kind == "file":
+        mine.write_bytes(b"mine")
+    else:
+        (tmp_path / "target").write_bytes(b"mine")
+        mine.symlink_to(tmp_path / "target")
+    output = UserOutput(into_directory=True)
+    with pytest.raises(DestinationExistsError) as refused:
+        output.named(tmp_path, manifest_of(FILE, ShareKind.FILE), "CID")
+    # The first way out replaces nothing; replacing takes the user typing the name.
+    assert str(refused.value) == (
+        f"{mine} already exists, and -o {tmp_path}/ never replaces anything (not even with "
+        f"--force): save it under another name with -o {tmp_path}/NEW-NAME; to replace "
+        f"{mine} itself, name it: -o {mine} --force"
+    )
+    assert "use --force" not in str(refused.value)
+    assert mine.read_bytes() == b"mine"
+    assert not output.may_replace(force=True)
+    assert not may_replace(f"{tmp_path}/", force=True)
+    assert may_replace(str(mine), force=True)
+
+
+def test_into_a_directory_the_final_move_never_replaces_what_appeared(tmp_path: Path) -> None:
+    # --force was given with -o DIR/; a file of the user's appears at DIR/NAME meanwhile.
+    output = UserOutput(into_directory=True)
+    target = output.named(tmp_path, manifest_of(FILE, ShareKind.FILE), "CID")
+    with pytest.raises(DestinationExistsError):
+        download(
+            target,
+            FILE,
+            ShareKind.FILE,
+            force=output.may_replace(force=True),
+            meanwhile=lambda: target.write_bytes(b"mine"),
+        )
+    assert target.read_bytes() == b"mine"
+    with pytest.raises(DestinationExistsError, match="never replaces anything"):
+        output.recheck_named(target)
+
+
+def test_into_the_home_by_name_is_refused_before_any_hint(tmp_path: Path, home: Path) -> None:
+    with pytest.raises(OutputInHomeError):
+        check_named(home / "node.key", HomeFence.of(home))
+    assert (home / "node.key").read_bytes() == b"the node key"
