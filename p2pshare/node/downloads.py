@@ -132,6 +132,14 @@ def written_to(destination: str, written: str) -> bool:
     return written == destination
 
 
+def _shown(request: DownloadRequest, row: DownloadRow | None) -> str:
+    """Where a download writes, as the user reads it: for ``-o DIR/``, DIR/NAME once the
+    manifest has named it."""
+    if row is not None and into_directory(request.destination):
+        return row.destination
+    return request.destination
+
+
 def remove_partial(dest: Path) -> bool:
     """Delete the partial file or directory of ``dest``; return whether there was one."""
     path = partial_path(dest)
@@ -411,7 +419,7 @@ class DownloadManager:
                 state, retry_in = DownloadState.RETRYING, round(self._waiting(job)["retry_in_s"], 1)
         return {
             "cid": request.cid,
-            "destination": request.destination,
+            "destination": _shown(request, row),
             "state": state,
             "error": request.error,
             "retry_in_s": retry_in,
@@ -443,8 +451,9 @@ class DownloadManager:
         self._catalog.forget_download(cid)
         if self._stored_at is not None:
             remove_empty_parent(Path(self._stored_at(cid)))
-        log.info("download of %s to %s cancelled", cid, request.destination)
-        return {"cid": cid, "destination": request.destination, "removed_partial": removed}
+        shown = _shown(request, row)
+        log.info("download of %s to %s cancelled", cid, shown)
+        return {"cid": cid, "destination": shown, "removed_partial": removed}
 
     # -- control methods
 

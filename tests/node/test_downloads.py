@@ -479,9 +479,13 @@ async def test_a_download_into_a_directory_lists_and_cancels_the_partial_it_name
     named = replace(request, destination=str(into / "file.bin"))
     env.written(named, 2)
     manager = await started(DownloadManager(env.catalog, Script()), nursery)
-    assert manager.listing()[0]["verified_chunks"] == 2
+    [entry] = manager.listing()
+    assert entry["verified_chunks"] == 2
+    # Listed where it writes, not as the bare DIR/ it was asked for.
+    assert entry["destination"] == str(into / "file.bin")
     result = await manager.cancel(env.cid)
     assert result["removed_partial"] is True
+    assert result["destination"] == str(into / "file.bin")
     assert list(into.iterdir()) == []
 
 
