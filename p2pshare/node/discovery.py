@@ -89,6 +89,11 @@ class Discovery:
         # Shares whose last announcement reached no peer (shared before joining).
         self._unannounced: set[str] = set()
         self._reannouncing = False
+        # Announcements running now, and the last one of each content that reached a
+        # peer (trio time, status): a download announces its content while partial,
+        # and the record (this peer, its addresses) is the same once it completes.
+        self._announcing: set[str] = set()
+        self._reached: dict[str, tuple[float, ProvideStatus]] = {}
 
     async def _catalog_shares(self) -> Sequence[ShareRow]:
         return self._catalog.shares()
@@ -273,6 +278,7 @@ class Discovery:
                 on_known(0)
             return ProvideStatus(started, 0)
         reported = False
+        self._announcing.add(cid)
 
         def known_sent(count: int) -> None:
             nonlocal reported
@@ -287,12 +293,15 @@ class Discovery:
         except Exception:
             log.exception("providing %s failed", cid)
             count = 0
+        finally:
+            self._announcing.discard(cid)
         if not reported and on_known is not None:
             on_known(count)
         status = ProvideStatus(started, count)
         self._catalog.set_provided(cid, status)
         if count:
             self._unannounced.discard(cid)
+            self._remember_reached(cid, status)
         else:
             self._unannounced.add(cid)
         log.info("provided %s to %d peers", cid, count)
@@ -345,6 +354,29 @@ class Discovery:
     def provide_soon(self, cid: str) -> None:
         if self._nursery is not None:
             self._nursery.start_soon(self.provide, cid)
+
+    def provide_completed(self, cid: str) -> None:
+        """Announce content a download just completed, unless its announcement while
+        partial is still running or reached a peer within ``reprovide_interval``: that
+        record is this one, and announcing it again costs a lookup and a message to
+        each of the closest peers (in a crowd of downloaders, most of their DHT work).
+        """
+        if cid in self._announcing:
+            return
+        reached = self._reached.get(cid)
+        if reached is None or trio.current_time() - reached[0] >= self._config.reprovide_interval:
+            self.provide_soon(cid)
+            return
+        # The catalog has had a row for it only since the download completed.
+        self._catalog.set_provided(cid, reached[1])
+        self._unannounced.discard(cid)
+
+    def _remember_reached(self, cid: str, status: ProvideStatus) -> None:
+        now = trio.current_time()
+        self._reached = {
+            c: r for c, r in self._reached.items() if now - r[0] < self._config.reprovide_interval
+        }
+        self._reached[cid] = (now, status)
 
     def addresses_changed(self) -> None:
         """Announce every share again, so provider records carry the new addresses

@@ -206,7 +206,7 @@ class TransferApi:
                 "seed_only": seed_only,
             }
         await trio.to_thread.run_sync(self.shares.adopt, download.signed, pages, dest)
-        self.discovery.provide_soon(key)
+        self.discovery.provide_completed(key)
         log.info(
             "downloaded %s to %s (%d bytes, %d chunks resumed, %d bytes requested)",
             key,

@@ -214,3 +214,41 @@ async def test_sharing_revoked_content_again_lifts_the_revocation_and_says_so(
 
 async def _no_emit(_name: str, _data: dict[str, Any]) -> None:
     return None
+
+
+async def test_a_completed_download_is_not_announced_again_when_its_partial_announcement_holds(
+    store: ShareStore, tmp_path: Path, running: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The record announced while partial (this peer, its addresses) is the one a
+    completed download would announce: once is enough, while it is fresh."""
+    network = AnnouncingNetwork(known=4, lookup_seconds=5.0)
+    discovery = await running(network)
+    cid = new_share(store, tmp_path)
+    discovery.provide_soon(cid)  # the download holds its first chunk
+    await trio.sleep(1.0)
+    discovery.provide_completed(cid)  # completed while that announcement still runs
+    await trio.sleep(10.0)
+    assert len(network.provided) == 1
+    discovery.provide_completed(cid)  # completed after it reached 4 peers
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(network.provided) == 1
+    assert store.catalog.provide_status()[cid].provided_to == 4
+    await trio.sleep(NetworkConfig().reprovide_interval)
+    discovery.provide_completed(cid)  # no longer fresh: announced again
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(network.provided) == 2
+
+
+async def test_a_completed_download_whose_partial_announcement_reached_no_one_is_announced(
+    store: ShareStore, tmp_path: Path, running: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    network = AnnouncingNetwork(known=0)
+    discovery = await running(network)
+    cid = new_share(store, tmp_path)
+    discovery.provide_soon(cid)
+    await trio.testing.wait_all_tasks_blocked()
+    network.known = 2
+    discovery.provide_completed(cid)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(network.provided) == 2
+    assert store.catalog.provide_status()[cid].provided_to == 2
