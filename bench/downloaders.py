@@ -87,6 +87,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as stat:  # noqa: PTH123
+        ticks = [int(x) for x in stat.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]
+    return sum(ticks) - idle, sum(ticks)
+
+
 def bytes_sent(home: Home) -> int:
     """Chunk bytes the daemon of ``home`` has sent since it started (``status``)."""
     return int(call(home, "status", {})["traffic"]["bytes_sent"])
@@ -132,12 +140,14 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
         # Baseline: one downloader alone, another share of the same size, same seeder.
         solo_out = root / "solo-got.bin"
         cpu0, sent0 = cpu_seconds(seeder.pid), bytes_sent(homes[0])
+        solo_dl0 = cpu_seconds(downloaders[0].pid)
         t0 = time.perf_counter()
         call(homes[1], "get", {"ref": solo_share["ticket"], "dest": str(solo_out)})
         solo_s = time.perf_counter() - t0
         solo_out.unlink()
         cpu1, sent1 = cpu_seconds(seeder.pid), bytes_sent(homes[0])
         solo_cpu = (cpu1 - cpu0) / max(sent1 - sent0, 1) * GIB
+        solo_dl_cpu = (cpu_seconds(downloaders[0].pid) - solo_dl0) / size * GIB
         seeder_before = peak_rss_mb(seeder.pid)
 
         outs = [root / f"got-{i}.bin" for i in range(count)]
@@ -161,10 +171,14 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
         threads = [threading.Thread(target=fetch, args=(i,)) for i in range(count)]
         for thread in threads:
             thread.start()
+        crowd_cpu0 = sum(cpu_seconds(d.pid) for d in downloaders)
+        busy0 = machine_busy()
         began = time.perf_counter()
         go.set()
         for thread in threads:
             thread.join(timeout=START_TIMEOUT)
+        busy1 = machine_busy()
+        downloaders_cpu = sum(cpu_seconds(d.pid) for d in downloaders) - crowd_cpu0
         seeder_peak = peak_rss_mb(seeder.pid)
         crowd_sent = bytes_sent(homes[0]) - sent1
         crowd_cpu = (cpu_seconds(seeder.pid) - cpu1) / max(crowd_sent, 1) * GIB
@@ -185,6 +199,8 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
     total = len(times) * size / max(times) if times else 0.0
     solo_rate = size / solo_s
     per_connection_kib = (seeder_peak - seeder_before) * 1024 / count
+    received = verified * size
+    busy = (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1)
     return [
         Row(
             f"{count} concurrent downloaders of {size_mib} MiB: completed and verified",
@@ -216,6 +232,13 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
             f"{count} concurrent downloaders: seeder CPU per GiB it sent",
             f"{crowd_cpu:.2f} s/GiB ({crowd_sent / GIB:.1f} GiB sent)",
             f"one downloader alone: {solo_cpu:.2f} s/GiB",
+            "-",
+            None,
+        ),
+        Row(
+            f"{count} concurrent downloaders: their CPU per GiB received (all of them)",
+            f"{downloaders_cpu / max(received, 1) * GIB:.2f} s/GiB; machine busy {busy:.0%}",
+            f"one downloader alone: {solo_dl_cpu:.2f} s/GiB",
             "-",
             None,
         ),
