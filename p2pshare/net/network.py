@@ -21,7 +21,7 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from p2pshare.net.addrs import announce_addrs, local_addrs, observed_addrs
+from p2pshare.net.addrs import announce_addrs, is_loopback, local_addrs, observed_addrs
 from p2pshare.net.datachannel import DataChannelServer, open_data_channel
 from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
@@ -88,10 +88,16 @@ class Network:
         return observed_addrs(self._host)
 
     def tcp_port(self) -> int | None:
-        """The TCP port of the first IPv4 listen address (what a router maps), or None."""
+        """The TCP port of the first IPv4 listen address not on loopback (what a router
+        can forward to), or None."""
         for addr in self._host.get_transport_addrs():
             parts = str(addr).split("/")
-            if len(parts) >= 5 and parts[1] == "ip4" and parts[3] == "tcp":
+            if (
+                len(parts) >= 5
+                and parts[1] == "ip4"
+                and parts[3] == "tcp"
+                and not is_loopback(addr)
+            ):
                 return int(parts[4])
         return None
 
