@@ -78,6 +78,12 @@ class Network:
         (p2pshare.net.addrs)."""
         return [str(addr) for addr in self._host.get_addrs()]
 
+    def bound_addrs(self) -> list[str]:
+        """Where this node's sockets listen, with ``/p2p/<peer ID>``: the listen
+        addresses made true (a wildcard as the interface addresses), not ``[network]
+        announce`` and not what a router maps."""
+        return [f"{addr}/p2p/{self.peer_id}" for addr in local_addrs(self._host)]
+
     def announce_addrs(self) -> list[str]:
         """What tickets and DHT records carry: the announced addresses, without ``/p2p/``,
         and the relay circuits this node holds (py-libp2p sends others

@@ -106,9 +106,21 @@ class Node:
 
 @dataclass(frozen=True)
 class ReadyInfo:
+    """What the daemon's ready line says; each address with ``/p2p/<peer ID>``."""
+
     peer_id: str
+    # What it tells others (`id`, identify, tickets): all of the below, or [network] announce.
     addrs: list[str]
+    # Where its sockets listen.
+    listening: list[str]
+    # What the router maps to it ([network] port_mapping), if mapped by then.
+    mapped: list[str]
     socket_path: str
+
+    @classmethod
+    def of(cls, net: Network, socket_path: str) -> ReadyInfo:
+        mapped = [f"{addr}/p2p/{net.peer_id}" for addr in net.mapped.announced()]
+        return cls(net.peer_id, net.listen_addrs(), net.bound_addrs(), mapped, socket_path)
 
 
 async def _stop_on_signal(node: Node, signals: AsyncIterator[int]) -> None:
@@ -381,9 +393,14 @@ async def _run_node(
         await nursery.start(server.serve, sock)
         nursery.start_soon(_stop_on_signal, node, signals)
         nursery.start_soon(logs.flush_summaries)
-        addrs = node.listen_addrs()
-        log.info("node %s listening on %s", node.key.peer_id, ", ".join(addrs))
-        on_ready(ReadyInfo(node.key.peer_id, addrs, str(home.socket_path)))
+        ready = ReadyInfo.of(node.net, str(home.socket_path))
+        log.info(
+            "node %s listening on %s; announced at %s",
+            ready.peer_id,
+            ", ".join(ready.listening),
+            ", ".join(ready.addrs),
+        )
+        on_ready(ready)
         await node.stop_requested.wait()
         server.hold_connections()
         nursery.cancel_scope.cancel()

@@ -73,7 +73,8 @@ def test_a_daemon_maps_both_ports_announces_the_mapping_and_removes_it_on_stop(
             home, listen=("/ip4/0.0.0.0/tcp/0",), port_mapping="natpmp", natpmp_gateway=gateway_ip
         )
         with DaemonProcess(home) as daemon:
-            peer_id = daemon.start()["peer_id"]
+            ready = daemon.start()
+            peer_id = ready["peer_id"]
             deadline = time.monotonic() + MAPPED_WITHIN_S
             while (status := cli_json(home, "status"))["port_mapping"]["state"] != "mapped":
                 assert time.monotonic() < deadline, status["port_mapping"]
@@ -88,6 +89,9 @@ def test_a_daemon_maps_both_ports_announces_the_mapping_and_removes_it_on_stop(
             mapped = f"/ip4/{EXTERNAL_IP}/tcp/{gateway.mappings[ports['libp2p']]}"
             assert f"{mapped}/p2p/{peer_id}" in cli_json(home, "id")["addrs"]
             assert mapping["addrs"] == {mapped: "candidate"}
+            # Mapped or not by then, the router's address is never where it listens.
+            assert not any(EXTERNAL_IP in a for a in ready["listening"])
+            assert set(ready["mapped"]) <= {f"{mapped}/p2p/{peer_id}"}
             assert mapping["line"].startswith(f"natpmp mapped {EXTERNAL_IP} (libp2p ")
             daemon.stop()
     assert gateway.mappings == {}
