@@ -109,7 +109,7 @@ class ReadyInfo:
     """What the daemon's ready line says; each address with ``/p2p/<peer ID>``."""
 
     peer_id: str
-    # What it tells others (`id`, identify, tickets): all of the below, or [network] announce.
+    # What it announces (`id`, identify, tickets): the two below, or [network] announce.
     addrs: list[str]
     # Where its sockets listen.
     listening: list[str]
