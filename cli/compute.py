@@ -205,6 +205,11 @@ class _JobProgress:
 @click.option(
     "--force", is_flag=True, help="Replace an existing file or link at -o (never a directory)."
 )
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Send files that look like private keys (id_rsa, *.pem with a key, .ssh/...) too.",
+)
 @click.option("--no-progress", is_flag=True, help="Do not show the workers' progress.")
 @json_option
 @click.pass_context
@@ -221,6 +226,7 @@ def run(
     max_output: int | None,
     output: str,
     force: bool,
+    yes: bool,
     no_progress: bool,
     as_json: bool,
 ) -> None:
@@ -253,6 +259,7 @@ def run(
         "replicas": replicas,
         "dest": checked.output_path(output),
         "force": force,
+        "yes": yes,
         # The daemon writes the output, but with the mode this user's umask gives.
         "umask": read_umask(),
     }

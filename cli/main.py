@@ -25,7 +25,7 @@ from .downloads import downloads, get
 from .output import count, show
 from .output import human_size as _size
 from .private import seed, unshare
-from .status_text import status_text
+from .status_text import ready_text, status_text
 
 # Long calls send progress events several times a second; this much silence means the
 # daemon is stuck, and the CLI says so instead of waiting forever.
@@ -144,14 +144,13 @@ def daemon(ctx: click.Context, log_level: str, upload_rate: int | None, as_json:
                 "event": "ready",
                 "peer_id": info.peer_id,
                 "addrs": info.addrs,
+                "listening": info.listening,
+                "mapped": info.mapped,
                 "socket": info.socket_path,
             }
             click.echo(json.dumps(doc))
         else:
-            click.echo(f"p2pshare daemon ready: peer {info.peer_id}")
-            for addr in info.addrs:
-                click.echo(f"  listening on {addr}")
-            click.echo(f"  control socket {info.socket_path}")
+            click.echo(ready_text(info))
         sys.stdout.flush()
 
     keep_freed_buffers()

@@ -9,6 +9,19 @@ from .output import human_size as _size
 
 if TYPE_CHECKING:
     from p2pshare.home import Home
+    from p2pshare.node.daemon import ReadyInfo
+
+
+def ready_text(info: ReadyInfo) -> str:
+    """The daemon's ready line: where it listens, what a router maps to it, and any
+    other address it announces (``[network] announce``), each under its own label."""
+    lines = [f"p2pshare daemon ready: peer {info.peer_id}"]
+    lines += [f"  listening on {addr}" for addr in info.listening]
+    lines += [f"  mapped by the router at {addr}" for addr in info.mapped]
+    shown = {*info.listening, *info.mapped}
+    lines += [f"  announced at {addr}" for addr in info.addrs if addr not in shown]
+    lines.append(f"  control socket {info.socket_path}")
+    return "\n".join(lines)
 
 
 def status_text(r: dict[str, Any], home: Home) -> str:

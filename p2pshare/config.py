@@ -101,7 +101,9 @@ class NetworkConfig:
         "off",
         'Ask the home router to forward the libp2p and data-channel ports: "off" (never '
         'ask), "natpmp", "upnp", or "auto" (NAT-PMP, then UPnP). IPv4 only; a mapped '
-        "address is announced until AutoNAT shows it unreachable (docs/discovery.md).",
+        "address is announced until AutoNAT shows it unreachable (docs/discovery.md). A "
+        "node listening only on loopback is never mapped (no router forwards there); "
+        "status says so.",
     )
     natpmp_gateway: str = _opt(
         "",

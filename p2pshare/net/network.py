@@ -21,7 +21,7 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from p2pshare.net.addrs import announce_addrs, local_addrs, observed_addrs
+from p2pshare.net.addrs import announce_addrs, is_loopback, local_addrs, observed_addrs
 from p2pshare.net.datachannel import DataChannelServer, open_data_channel
 from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
@@ -78,6 +78,12 @@ class Network:
         (p2pshare.net.addrs)."""
         return [str(addr) for addr in self._host.get_addrs()]
 
+    def bound_addrs(self) -> list[str]:
+        """Where this node's sockets listen, with ``/p2p/<peer ID>``: the listen
+        addresses made true (a wildcard as the interface addresses), not ``[network]
+        announce`` and not what a router maps."""
+        return [f"{addr}/p2p/{self.peer_id}" for addr in local_addrs(self._host)]
+
     def announce_addrs(self) -> list[str]:
         """What tickets and DHT records carry: the announced addresses, without ``/p2p/``,
         and the relay circuits this node holds (py-libp2p sends others
@@ -88,10 +94,16 @@ class Network:
         return observed_addrs(self._host)
 
     def tcp_port(self) -> int | None:
-        """The TCP port of the first IPv4 listen address (what a router maps), or None."""
+        """The TCP port of the first IPv4 listen address not on loopback (what a router
+        can forward to), or None."""
         for addr in self._host.get_transport_addrs():
             parts = str(addr).split("/")
-            if len(parts) >= 5 and parts[1] == "ip4" and parts[3] == "tcp":
+            if (
+                len(parts) >= 5
+                and parts[1] == "ip4"
+                and parts[3] == "tcp"
+                and not is_loopback(addr)
+            ):
                 return int(parts[4])
         return None
 

@@ -12,7 +12,8 @@ channel offer the router's external port to peers outside this node's networks.
 Bounded both ways: :meth:`PortMapping.run` starts at once and maps in the background,
 so a router that never answers never delays the daemon's start, and the removal on
 stop gets :data:`STOP_BUDGET` seconds at most. With ``port_mapping = "off"`` there is
-no PortMapping at all: no packet ever goes to the router.
+no PortMapping at all: no packet ever goes to the router; nor for a node that listens
+only on loopback (:func:`unmappable`), where ``status`` says why.
 """
 
 from __future__ import annotations
@@ -28,16 +29,20 @@ from p2pshare.errors import P2PShareError
 from p2pshare.net.natpmp import NatPmpMapper, gateway_or_default
 from p2pshare.net.reachability import local_networks
 from p2pshare.net.upnp import UpnpMapper
+from p2pshare.proto.listen import is_loopback
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from p2pshare.net.mapped import MappedAddrs
     from p2pshare.net.streams import LibP2PStream
+    from p2pshare.proto.listen import ListenAddr
 
 log = logging.getLogger(__name__)
 
 OFF, MAPPING, MAPPED, FAILED = "off", "mapping", "mapped", "failed"
+# Configured, but no router could forward to where this node listens: none is asked.
+NOT_ASKED = "not_asked"
 LIBP2P, DATA = "libp2p", "data"
 # Asked of the router; it may grant less (RFC 6886 recommends 7200 s).
 LIFETIME: Final = 3600
@@ -261,16 +266,42 @@ class PortMapping:
 
 def off_status() -> dict[str, Any]:
     """``status`` of a node with ``port_mapping = "off"``."""
+    return _idle_status(OFF, OFF, None, "off")
+
+
+def unmappable(listen: Sequence[ListenAddr]) -> str | None:
+    """Why no router could forward a port to a node listening on ``listen``, or None.
+
+    A router forwards to this machine's LAN address: a node listening only on loopback
+    is not there, so a mapping would announce an address that reaches nothing."""
+    ipv4 = [a for a in listen if not a.ipv6]
+    if not ipv4:
+        return "this node has no IPv4 listen address, and routers map IPv4 ports only"
+    if all(is_loopback(a) for a in ipv4):
+        hosts = ", ".join(dict.fromkeys(a.host for a in ipv4))
+        return (
+            f"this node listens only on loopback ({hosts}), which no router can forward to; "
+            "to map a port, listen on a LAN address or 0.0.0.0 ([network] listen)"
+        )
+    return None
+
+
+def not_asked_status(method: str, reason: str) -> dict[str, Any]:
+    """``status`` of a node whose router is never asked, for ``reason`` (:func:`unmappable`)."""
+    return _idle_status(method, NOT_ASKED, reason, f"{method} not asked: {reason}")
+
+
+def _idle_status(method: str, state: str, reason: str | None, line: str) -> dict[str, Any]:
     return {
         "port_mapping": {
-            "method": OFF,
+            "method": method,
             "via": None,
-            "state": OFF,
-            "reason": None,
+            "state": state,
+            "reason": reason,
             "external_ip": None,
             "ports": {},
             "addrs": {},
-            "line": "off",
+            "line": line,
         }
     }
 

@@ -5,7 +5,9 @@ blocks: SSDP discovery waits :data:`DISCOVER_MS`, and every SOAP call waits on t
 router's HTTP server. Each call runs in a trio worker thread that trio abandons when
 the caller is cancelled or :data:`CALL_TIMEOUT` passes, so a hung router never holds
 the daemon; the abandoned thread ends when miniupnpc's own socket timeouts fire. One
-lock keeps two calls from using the same miniupnpc object at once.
+lock keeps two calls from using the same miniupnpc object at once. What the C library
+prints on stderr (``connect: Connection refused``) goes to the debug log, not the
+terminal (p2pshare.net.cstderr).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import miniupnpc
 import trio
 
 from p2pshare.errors import RemoteError
+from p2pshare.net.cstderr import quietly
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,7 +73,7 @@ class UpnpMapper:
         def run() -> T:
             with self._lock:
                 try:
-                    return work(self._device())
+                    return quietly(lambda: work(self._device()), "miniupnpc")
                 except UpnpError:
                     raise
                 except Exception as exc:  # miniupnpc raises plain Exception

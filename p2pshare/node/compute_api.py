@@ -28,6 +28,7 @@ from p2pshare.node.timeouts import WORKER_FIND_TIMEOUT, WORKER_OPEN_TIMEOUT
 from p2pshare.proto.job import PROTOCOL_ID, JobRejectedError, RejectCode
 from p2pshare.proto.jobspec import JobLimits
 from p2pshare.proto.offer import COMPUTE_KEY
+from p2pshare.store.guard import check_job_file
 from p2pshare.transfer.destination import (
     DestinationExistsError,
     NoSpaceError,
@@ -188,6 +189,8 @@ class ComputeApi:
     async def run(self, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         fence = self.transfer.fence
         request = _RunRequest.parse(params, self.transfer.daemon_umask, fence)
+        if not request.yes:
+            await trio.to_thread.run_sync(_check_job_files, request)
         output = _Destination(request.dest, request.force, request.umask, self.transfer, fence)
         return await self.requester.run(request.job(), output, emit)
 
@@ -212,13 +215,15 @@ class _RunRequest:
     # The requesting user's: the output gets 0666 & ~umask, whatever the worker sent.
     umask: int
     force: bool
+    # The user said (--yes) that files looking like private keys are meant to be sent.
+    yes: bool
 
     @classmethod
     def parse(cls, params: dict[str, Any], default_umask: int, fence: HomeFence) -> _RunRequest:
         module, dest = _abs_path(params, "module"), _abs_path(params, "dest")
-        force = params.get("force", False)
-        if not isinstance(force, bool):
-            raise InvalidParamsError("parameter 'force' must be true or false")
+        force, yes = params.get("force", False), params.get("yes", False)
+        if not isinstance(force, bool) or not isinstance(yes, bool):
+            raise InvalidParamsError("parameters 'force' and 'yes' must be true or false")
         if into_directory(params["dest"]):
             # -o DIR/: the output goes in DIR, named after the module, and replaces nothing.
             check_into(dest, fence)
@@ -249,6 +254,7 @@ class _RunRequest:
             dest=dest,
             umask=umask_param(params, default_umask),
             force=force,
+            yes=yes,
         )
 
     def job(self) -> JobRequest:
@@ -342,11 +348,18 @@ def _check_size(size: int, max_bytes: int | None, cid: ContentId) -> None:
         )
 
 
+def _check_job_files(request: _RunRequest) -> None:
+    """Refuse, unless --yes, a file named for the job that looks like a private key."""
+    refs = [request.stdin, *(ref for _, ref in request.inputs)]
+    for path in [request.module, *(Path(r) for r in refs if r is not None and r.startswith("/"))]:
+        check_job_file(path)
+
+
 def _prepare_file(store: ShareStore, path: Path) -> PreparedShare:
     if not path.is_file():
         raise UserError(f"{path} is not a regular file; jobs take single files")
-    # The user named this file as a job's input; `compute run` has no --yes to ask
-    # with, and the key-file check is share's (docs/cli.md).
+    # The files the user named were checked (_check_job_files); a module built from
+    # WAT text is the node's own, in its home.
     return store.prepare(path, confirmed=True)
 
 

@@ -22,7 +22,15 @@ from p2pshare.identity import NodeKey
 from p2pshare.net.datachannel import DataChannelSetupError
 from p2pshare.net.listen import ListenError, check_can_listen
 from p2pshare.net.network import running_network
-from p2pshare.net.portmap import DATA, LIBP2P, PortMapping, mappers, off_status
+from p2pshare.net.portmap import (
+    DATA,
+    LIBP2P,
+    PortMapping,
+    mappers,
+    not_asked_status,
+    off_status,
+    unmappable,
+)
 from p2pshare.node import logs
 from p2pshare.node.compute_api import ComputeApi
 from p2pshare.node.discovery import Discovery
@@ -32,7 +40,7 @@ from p2pshare.node.metrics_api import MetricsApi
 from p2pshare.node.network_api import NetworkApi
 from p2pshare.node.shares_api import SharesApi, checked_shares
 from p2pshare.node.transfer_api import TransferApi
-from p2pshare.proto.listen import ListenAddr, parse_host_port, parse_listen_addr
+from p2pshare.proto.listen import ListenAddr, is_loopback, parse_host_port, parse_listen_addr
 from p2pshare.store.catalog import Catalog
 from p2pshare.store.guard import HomeGuard
 from p2pshare.store.shares import ShareStore
@@ -44,6 +52,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from p2pshare.compute.service import ComputeService
+    from p2pshare.config import NetworkConfig
     from p2pshare.home import Home
     from p2pshare.net.network import Network
     from p2pshare.net.reachability import Reachability
@@ -97,9 +106,21 @@ class Node:
 
 @dataclass(frozen=True)
 class ReadyInfo:
+    """What the daemon's ready line says; each address with ``/p2p/<peer ID>``."""
+
     peer_id: str
+    # What it announces (`id`, identify, tickets): the two below, or [network] announce.
     addrs: list[str]
+    # Where its sockets listen.
+    listening: list[str]
+    # What the router maps to it ([network] port_mapping), if mapped by then.
+    mapped: list[str]
     socket_path: str
+
+    @classmethod
+    def of(cls, net: Network, socket_path: str) -> ReadyInfo:
+        mapped = [f"{addr}/p2p/{net.peer_id}" for addr in net.mapped.announced()]
+        return cls(net.peer_id, net.listen_addrs(), net.bound_addrs(), mapped, socket_path)
 
 
 async def _stop_on_signal(node: Node, signals: AsyncIterator[int]) -> None:
@@ -178,11 +199,8 @@ def _assemble(
     relays = network.relays(net)
     forwarded = bool(net.announce and config.transfer.data_port)
     reach = network.reachability(net.announce, data_port_forwarded=forwarded)
-    portmap = None
-    if net.port_mapping != "off":
-        candidates = mappers(net.port_mapping, net.natpmp_gateway, net.upnp_root_url)
-        portmap = PortMapping(net.port_mapping, candidates, network.mapped)
-    node.nat_status = [reach.status, relays.status, portmap.status if portmap else off_status]
+    portmap, portmap_status = _port_mapping(net, network)
+    node.nat_status = [reach.status, relays.status, portmap_status]
     network.mapped.on_change(discovery.addresses_changed)
     transfer = _transfer_api(home, config, network, store, discovery, upload_rate, user_umask)
     shares = SharesApi(
@@ -205,6 +223,23 @@ def _assemble(
     )
     services = _Services(relays, reach, transfer, discovery, compute, metrics, portmap)
     return node, server, functools.partial(_start_services, home, config, network, services)
+
+
+def _port_mapping(
+    net: NetworkConfig, network: Network
+) -> tuple[PortMapping | None, Callable[[], dict[str, Any]]]:
+    """The router mappings ``[network] port_mapping`` asks for, if any; its ``status``."""
+    if net.port_mapping == "off":
+        return None, off_status
+    reason = unmappable([parse_listen_addr(text) for text in net.listen])
+    if reason is not None:
+        log.warning(
+            "[network] port_mapping = %r: the router is not asked: %s", net.port_mapping, reason
+        )
+        return None, functools.partial(not_asked_status, net.port_mapping, reason)
+    candidates = mappers(net.port_mapping, net.natpmp_gateway, net.upnp_root_url)
+    portmap = PortMapping(net.port_mapping, candidates, network.mapped)
+    return portmap, portmap.status
 
 
 def _transfer_api(
@@ -266,6 +301,7 @@ async def _start_services(
     await nursery.start(s.relays.run)
     await nursery.start(s.reach.run)
     data_port = None
+    data_listen = parse_listen_addr(net.listen[0])
     if config.transfer.data_channel:
         if net.announce and not config.transfer.data_port:
             # An announced address usually means a NAT that forwards fixed ports.
@@ -278,7 +314,7 @@ async def _start_services(
         data_port = await _start_data_channel(
             nursery,
             network,
-            parse_listen_addr(net.listen[0]),
+            data_listen,
             config.transfer.data_port,
             s.transfer,
             f"[transfer] data_port in {home.config_path}",
@@ -288,7 +324,10 @@ async def _start_services(
     libp2p_port = network.tcp_port()
     if s.portmap is not None and libp2p_port is not None:
         # Starts at once and maps in the background: a silent router delays nothing.
-        ports = {LIBP2P: libp2p_port} | ({DATA: data_port} if data_port else {})
+        # The data channel listens on the first listen address alone: on loopback, no
+        # router can forward to it.
+        mappable = data_port and not is_loopback(data_listen)
+        ports = {LIBP2P: libp2p_port} | ({DATA: data_port} if mappable else {})
         await nursery.start(s.portmap.run, ports)
     await nursery.start(s.discovery.run)
     # Before the control socket opens, so a get can attach to a resumed download.
@@ -354,9 +393,14 @@ async def _run_node(
         await nursery.start(server.serve, sock)
         nursery.start_soon(_stop_on_signal, node, signals)
         nursery.start_soon(logs.flush_summaries)
-        addrs = node.listen_addrs()
-        log.info("node %s listening on %s", node.key.peer_id, ", ".join(addrs))
-        on_ready(ReadyInfo(node.key.peer_id, addrs, str(home.socket_path)))
+        ready = ReadyInfo.of(node.net, str(home.socket_path))
+        log.info(
+            "node %s listening on %s; announced at %s",
+            ready.peer_id,
+            ", ".join(ready.listening),
+            ", ".join(ready.addrs),
+        )
+        on_ready(ready)
         await node.stop_requested.wait()
         server.hold_connections()
         nursery.cancel_scope.cancel()

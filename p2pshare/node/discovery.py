@@ -24,6 +24,7 @@ from p2pshare.errors import NoPeersError, UserError
 from p2pshare.net.peers import PeerAddrs, checked_peer, parse_peer_addr
 from p2pshare.proto.cid import ContentId
 from p2pshare.store.catalog import KnownPeer, ProvideStatus
+from p2pshare.store.private import received_unseeded
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -50,13 +51,16 @@ def withheld(catalog: Catalog, cid: str) -> str | None:
     A provider record tells anyone who asks that this node has the content, so it is
     withheld for revoked content (also when a ``get`` holds it here again) and for a
     private share only its recipients may fetch: a peer not named must learn no more
-    than for content no one shares.  Those recipients fetch it with its ticket.
+    than for content no one shares.  Those recipients fetch it with its ticket, and
+    their copies are not announced either, unless they seed it.
     """
     if catalog.is_revoked(cid):
         return "revoked with unshare --revoke"
     private = catalog.private_share(cid)
     if private is not None and not private.anyone_may_seed:
         return "a private share, fetched by its recipients with its ticket"
+    if private is None and received_unseeded(catalog, cid):
+        return "a private share received here, announced only if this node seeds it (seed CID)"
     return None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -149,6 +148,12 @@ class TransferApi:
             umask=umask_param(params, self.daemon_umask),
         )
         try:
+            # Seeding a private share held here (received to be read) fetches nothing:
+            # its store directory exists, and a download would refuse to write there.
+            if params.get("seed_only"):
+                held = await self._open_held_private(request, seed_only=True)
+                if held is not None:
+                    return held
             job = await self.downloads.submit(request)
             return await self.downloads.follow(job, emit)
         finally:
@@ -197,8 +202,9 @@ class TransferApi:
                 lambda: self.shares.adopt(signed, pages, root, stored=True)
             )
             self._keep_within_quota(key, seed_only=seed_only)
-            self.discovery.provide_soon(key)
-            if not seed_only:
+            if seed_only:  # a recipient's copy is never announced (store.private)
+                self.discovery.provide_soon(key)
+            else:
                 await self._open_private(request, signed, root, report)
             return report.as_dict() | {
                 "paths": {p: paths.get(p, "?") for p in report.peers},
@@ -240,6 +246,8 @@ class TransferApi:
         if seed_only:
             self._check_seed_room(signed)
             self._keep_within_quota(row.cid, seed_only=True)
+            # Held to be read until now, so never announced; seeding it is.
+            self.discovery.provide_soon(row.cid)
         report = DownloadReport(row.cid, request.destination, 0, 0, 0)
         if not seed_only:
             await self._open_private(request, signed, Path(row.root), report)
@@ -345,6 +353,19 @@ class TransferApi:
     ) -> Download:
         key = request.cid
         seed_only = request.destination == str(self.shares.private_root(ContentId.parse(key)))
+        sealed_to_read = False
+
+        def redirect(signed: SignedManifest) -> Path | None:
+            nonlocal sealed_to_read
+            sealed_to_read = signed.manifest.sealed is not None and not seed_only
+            return self._private_target(signed, request=request, seed_only=seed_only)
+
+        def announce() -> None:
+            # A recipient's copy of a private share is never announced, not even
+            # partial: only a seed is (p2pshare.store.private).
+            if not sealed_to_read:
+                self.discovery.provide_soon(key)
+
         return Download(
             cid=ContentId.parse(key),
             dest=Path(request.destination),
@@ -357,9 +378,9 @@ class TransferApi:
             progress=progress,
             # Announced while still partial, so other downloaders' lookups find it
             # and fetch the chunks it already holds (the seeder is not the only source).
-            announce=lambda: self.discovery.provide_soon(key),
+            announce=announce,
             umask=self.daemon_umask if request.umask is None else request.umask,
-            redirect=functools.partial(self._private_target, request=request, seed_only=seed_only),
+            redirect=redirect,
             # Seeding writes the node's own store only: nothing for the user, no fence.
             output=UserOutput(
                 None if seed_only else self.fence, into_directory(request.destination)

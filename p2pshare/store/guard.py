@@ -48,7 +48,8 @@ _SERVABLE_DIRS: Final = ("content", "compute")
 
 FileId = tuple[int, int]
 
-# What `share` asks the user to confirm with --yes: files that look like private keys.
+# What `share` and `compute run` ask the user to confirm with --yes: files that look like
+# private keys.
 SSH_KEY_NAMES: Final = frozenset(
     {"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ecdsa_sk", "id_ed25519_sk", "identity"}
 )
@@ -188,6 +189,18 @@ def check_no_private_keys(named: Path, files: Iterable[Path]) -> None:
                 f"cannot share {named}: {file} looks like a private key ({reason}); "
                 "if you mean to publish it, share it again with --yes"
             )
+
+
+def check_job_file(path: Path) -> None:
+    """Refuse a file the user named for a compute job (its module, ``--stdin``, an
+    ``--input``) that looks like a private key: the job sends it to other nodes, its
+    workers, as ``share`` would publish it.  ``--yes`` skips this."""
+    reason = private_key_reason(path.resolve())
+    if reason is not None:
+        raise UserError(
+            f"cannot run the job: {path} looks like a private key ({reason}), and a job's "
+            "files are sent to its workers; if you mean to send it, run the job again with --yes"
+        )
 
 
 def _looks_like_home(directory: Path) -> bool:

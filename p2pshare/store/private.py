@@ -29,12 +29,15 @@ from p2pshare.proto.sealed import (
     sealed_entry_name,
     sealed_size,
 )
+from p2pshare.proto.signed_manifest import decode_signed_manifest
 from p2pshare.store import staging
 from p2pshare.store.checked import FileIdentity
 from p2pshare.store.scanner import Scan, ScannedFile, check_unchanged, settle
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from p2pshare.store.catalog import Catalog
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,19 @@ class SealedScan:
 
     scan: Scan
     envelope: bytes
+
+
+def received_unseeded(catalog: Catalog, cid: str) -> bool:
+    """Whether this node holds ``cid`` as a private share of another node without
+    seeding it (``seed`` pins what it keeps): a recipient's copy, fetched to be read.
+
+    Such a copy is never announced: a provider record would tell anyone who asks that
+    the share exists and that this node holds it, i.e. is probably one of its
+    recipients."""
+    row = catalog.share(cid)
+    if row is None or not row.stored or row.pinned or catalog.private_share(cid) is not None:
+        return False
+    return decode_signed_manifest(row.signed_manifest).manifest.sealed is not None
 
 
 def recipient_keys(peer_ids: list[str], own_peer_id: str) -> dict[str, bytes]:

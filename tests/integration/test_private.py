@@ -8,12 +8,12 @@ the named recipient gets the plaintext through that seeder alone.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from p2pshare.home import Home
-from p2pshare.launcher import DaemonProcess, init_home, run_cli
+from p2pshare.launcher import DaemonProcess, init_home, run_cli, wait_announced
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.ticket import Ticket
 from tests.integration.cluster import bootstrapped, cli_json
@@ -128,3 +128,36 @@ def test_a_peer_not_named_gets_the_answer_for_content_no_one_shares(
     report = cli_json(friend.home, "get", shared["ticket"], "-o", str(got))
     assert report["private"]
     assert got.read_text() == "dear diary\n"
+
+
+def _share_status(node: DaemonProcess, cid: str) -> dict[str, Any]:
+    shares = cli_json(node.home, "status")["shares"]
+    return next(s for s in shares if s["cid"] == cid)
+
+
+def test_a_recipient_announces_its_copy_only_once_it_seeds_it(
+    nodes: list[DaemonProcess], tmp_path: Path
+) -> None:
+    """A provider record of the recipient would tell anyone that the share exists and
+    that this node holds it (field test: the recipient re-announced the ciphertext)."""
+    _boot, sharer, recipient, _other = nodes
+    source = tmp_path / "letter.txt"
+    source.write_text("for your eyes\n")
+    to = recipient.info["peer_id"]
+    shared = cli_json(sharer.home, "share", str(source), "--to", to, "--anyone-may-seed")
+    cli_json(recipient.home, "get", shared["ticket"], "-o", str(tmp_path / "got.txt"))
+    # Restarted, it announces every share again: this one still not.
+    recipient.stop()
+    with DaemonProcess(recipient.home) as again:
+        again.start()
+        held = _share_status(again, shared["cid"])
+        assert (held["provided_at"], held["withheld"]) == (
+            None,
+            "a private share received here, announced only if this node seeds it (seed CID)",
+        )
+        # Seeding the copy it holds fetches nothing and announces it.
+        seeded = cli_json(again.home, "seed", shared["cid"])
+        assert (seeded["seed_only"], seeded["peers"]) == (True, [])
+        wait_announced(again.home, shared["cid"])
+        assert _share_status(again, shared["cid"])["withheld"] is None
+        again.stop()

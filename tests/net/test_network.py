@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
 from p2pshare.net.network import Network, running_network
 from p2pshare.net.peers import PeerAddrs, checked_peer, parse_peer_addr, peer_info
+from p2pshare.node.daemon import ReadyInfo
 
 if TYPE_CHECKING:
     from p2pshare.net.streams import LibP2PStream
@@ -21,6 +23,8 @@ LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 ECHO = "/p2pshare-test/echo/1.0.0"
 BLAKE3_MULTIHASH = b"\x1e\x20"
 TIMEOUT = 10.0
+# cli/ installs as p2pshare_cli (pyproject.toml), a name mypy cannot map back to cli/.
+ready_text = importlib.import_module("p2pshare_cli.status_text").ready_text
 
 
 async def start(stack: AsyncExitStack) -> Network:
@@ -72,6 +76,32 @@ async def test_a_provider_record_carries_the_announced_address_strings() -> None
         ]
         assert ours.routing_table_size() == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_the_ready_line_never_says_the_node_listens_on_a_mapped_address() -> None:
+    """A router's external address is announced, but no socket of this node is there
+    (field test: the ready line printed it under "listening on")."""
+    async with AsyncExitStack() as stack:
+        network = await start(stack)
+        network.mapped.set(["/ip4/203.0.113.7/tcp/40001"])
+        mapped = f"/ip4/203.0.113.7/tcp/40001/p2p/{network.peer_id}"
+        ready = ReadyInfo.of(network, "/run/p2pshare.sock")
+        text = ready_text(ready)
+    assert mapped in ready.addrs
+    assert (ready.listening, ready.mapped) == ([a for a in ready.addrs if a != mapped], [mapped])
+    assert text.splitlines() == [
+        f"p2pshare daemon ready: peer {network.peer_id}",
+        *(f"  listening on {a}" for a in ready.listening),
+        f"  mapped by the router at {mapped}",
+        "  control socket /run/p2pshare.sock",
+    ]
+
+
+def test_an_announced_address_of_the_config_is_not_shown_as_listened_on() -> None:
+    peer = NodeKey.from_seed(bytes(32)).peer_id
+    here, told = f"/ip4/127.0.0.1/tcp/4001/p2p/{peer}", f"/ip4/198.51.100.4/tcp/4001/p2p/{peer}"
+    text = ready_text(ReadyInfo(peer, [told], [here], [], "/s"))
+    assert text.splitlines()[1:3] == [f"  listening on {here}", f"  announced at {told}"]
 
 
 def test_a_peer_address_parses_to_its_peer_id_and_address() -> None:

@@ -26,7 +26,9 @@ from p2pshare.net.portmap import (
     STOP_BUDGET,
     PortMapping,
     mappers,
+    unmappable,
 )
+from p2pshare.proto.listen import parse_listen_addr
 from p2pshare.proto.natpmp import (
     ExternalAddressRequest,
     MapRequest,
@@ -127,6 +129,27 @@ def test_off_builds_no_mapper_at_all() -> None:
     """With ``port_mapping = "off"`` (the default) nothing could send the router a packet."""
     assert mappers("off", "192.168.1.1", "http://192.168.1.1/x.xml") == []
     assert [m.method for m in mappers("auto", "", "")] == ["natpmp", "upnp"]
+
+
+@pytest.mark.parametrize(
+    ("listen", "why"),
+    [
+        (["/ip4/127.0.0.1/tcp/4001"], "listens only on loopback (127.0.0.1)"),
+        (["/ip4/127.0.0.1/tcp/4001", "/ip4/127.0.0.2/tcp/4002"], "(127.0.0.1, 127.0.0.2)"),
+        (["/ip4/127.0.0.1/tcp/4001", "/ip6/2001:db8::1/tcp/4001"], "only on loopback"),
+        (["/ip6/2001:db8::1/tcp/4001"], "no IPv4 listen address"),
+        (["/ip4/0.0.0.0/tcp/4001"], None),
+        (["/ip4/192.168.1.5/tcp/4001"], None),
+        (["/ip4/127.0.0.1/tcp/4001", "/ip4/0.0.0.0/tcp/4002"], None),
+    ],
+)
+def test_a_node_no_router_can_forward_to_is_told_why(listen: list[str], why: str | None) -> None:
+    reason = unmappable([parse_listen_addr(text) for text in listen])
+    if why is None:
+        assert reason is None
+    else:
+        assert reason is not None
+        assert why in reason
 
 
 async def test_mappings_are_renewed_before_they_expire_and_removed_on_stop(
