@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from typing import TYPE_CHECKING
 
 import ifaddr
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from p2pshare.net.mapped import MappedAddrs
 
 _WILDCARDS = {"/ip4/0.0.0.0": 4, "/ip6/::": 6}
+# How long the interface addresses read once are used before they are read again.
+INTERFACES_MAX_AGE = 2.0
 
 
 def interface_ips() -> list[str]:
@@ -59,6 +62,35 @@ def interface_ips() -> list[str]:
             except ValueError:
                 continue
     return sorted(set(found))
+
+
+class RecentInterfaceIps:
+    """:func:`interface_ips`, read again once ``max_age`` seconds have passed.
+
+    py-libp2p asks for the host's addresses at every identify and every DHT message it
+    answers (a signed peer record each time); getifaddrs(3) through ctypes took about
+    0.5 ms a call, 5% of a downloader's CPU in a crowd of 30 (py-spy).  An address that
+    appears (DHCP, a new VPN) is still announced within ``max_age``.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], list[str]] = interface_ips,
+        clock: Callable[[], float] = time.monotonic,
+        max_age: float = INTERFACES_MAX_AGE,
+    ) -> None:
+        self._read = read
+        self._clock = clock
+        self._max_age = max_age
+        self._ips: list[str] = []
+        self._read_at: float | None = None
+
+    def __call__(self) -> list[str]:
+        now = self._clock()
+        if self._read_at is None or now - self._read_at >= self._max_age:
+            self._ips = self._read()
+            self._read_at = now
+        return list(self._ips)
 
 
 def _ip_of(addr: multiaddr.Multiaddr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -184,12 +216,15 @@ def announced(
 
 def addrs_factory(
     configured: Sequence[str],
-    ips: Callable[[], Sequence[str]] = interface_ips,
+    ips: Callable[[], Sequence[str]] | None = None,
     mapped: MappedAddrs | None = None,
 ) -> Callable[[list[multiaddr.Multiaddr]], list[multiaddr.Multiaddr]]:
     """:func:`announced` as py-libp2p's ``addrs_factory``, then the ``mapped`` addresses
-    not refuted; interfaces are read at each call, so an address that appears after
-    start (DHCP, a new VPN) is announced."""
+    not refuted; interfaces are read again after a few seconds
+    (:class:`RecentInterfaceIps`), so an address that appears after start (DHCP, a new
+    VPN) is announced."""
+    if ips is None:
+        ips = RecentInterfaceIps()
 
     def factory(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
         result = announced(candidates, configured, ips())

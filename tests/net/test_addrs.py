@@ -16,6 +16,7 @@ from libp2p.peer.peerinfo import PeerInfo
 
 from p2pshare.identity import NodeKey
 from p2pshare.net.addrs import (
+    RecentInterfaceIps,
     addrs_factory,
     announce_addrs,
     announced,
@@ -157,3 +158,25 @@ def test_an_address_one_peer_observed_is_reported_before_libp2p_confirms_it() ->
     )
     assert observed_addrs(host) == ["/ip4/203.0.113.5/tcp/4001"]
     assert "/ip4/203.0.113.5/tcp/4001" not in texts(announce_addrs(host)), "one peer is not enough"
+
+
+def test_interface_addresses_are_read_again_only_after_max_age() -> None:
+    reads: list[float] = []
+    now = [100.0]
+    found = [["192.0.2.1"]]
+
+    def read() -> list[str]:
+        reads.append(now[0])
+        return list(found[0])
+
+    ips = RecentInterfaceIps(read, clock=lambda: now[0], max_age=2.0)
+    assert ips() == ["192.0.2.1"]
+    now[0] += 1.9
+    found[0] = ["192.0.2.1", "198.51.100.7"]  # a VPN comes up
+    assert ips() == ["192.0.2.1"]
+    now[0] += 0.1
+    assert ips() == ["192.0.2.1", "198.51.100.7"]
+    assert reads == [100.0, 102.0]
+    # What a caller does with the list does not change what the next one gets.
+    ips().clear()
+    assert ips() == ["192.0.2.1", "198.51.100.7"]
