@@ -189,6 +189,11 @@ class ComputeApi:
     async def run(self, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         fence = self.transfer.fence
         request = _RunRequest.parse(params, self.transfer.daemon_umask, fence)
+        guard = self.store.guard
+        if guard is not None:
+            # Never sent to a worker, --yes or not: what `share` refuses in the home.
+            for path in _job_files(request):
+                await trio.to_thread.run_sync(guard.check_share_path, path)
         if not request.yes:
             await trio.to_thread.run_sync(_check_job_files, request)
         output = _Destination(request.dest, request.force, request.umask, self.transfer, fence)
@@ -348,10 +353,15 @@ def _check_size(size: int, max_bytes: int | None, cid: ContentId) -> None:
         )
 
 
+def _job_files(request: _RunRequest) -> list[Path]:
+    """The files the user named for the job (the others are content IDs)."""
+    refs = [request.stdin, *(ref for _, ref in request.inputs)]
+    return [request.module, *(Path(r) for r in refs if r is not None and r.startswith("/"))]
+
+
 def _check_job_files(request: _RunRequest) -> None:
     """Refuse, unless --yes, a file named for the job that looks like a private key."""
-    refs = [request.stdin, *(ref for _, ref in request.inputs)]
-    for path in [request.module, *(Path(r) for r in refs if r is not None and r.startswith("/"))]:
+    for path in _job_files(request):
         check_job_file(path)
 
 

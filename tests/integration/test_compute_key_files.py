@@ -41,3 +41,22 @@ def test_a_key_file_is_sent_to_workers_only_with_yes(
     # With --yes the key is no obstacle: the job goes on to look for workers.
     confirmed = run_cli(daemon.home, "compute", "run", module, option, str(key), "-o", out, "--yes")
     assert (confirmed.returncode, confirmed.stderr) == (1, f"error: {JOIN_FIRST}\n")
+
+
+def test_a_file_of_the_node_home_is_never_sent_to_workers_not_even_with_yes(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    catalog = daemon.home.root / "catalog.sqlite"
+    module, out = str(WAT_DIR / "wordcount.wat"), str(tmp_path / "out")
+    for extra in ((), ("--yes",)):
+        refused = run_cli(
+            daemon.home, "compute", "run", module, "--input", f"db={catalog}", "-o", out, *extra
+        )
+        assert refused.returncode == 1
+        assert refused.stderr == (
+            f"error: cannot share {catalog}: it is inside the node home "
+            f"{daemon.home.root.resolve()}, which holds the node's private key and catalog; "
+            "share files from outside the home instead\n"
+        )
+    listed = run_cli(daemon.home, "ls", "--json")
+    assert json.loads(listed.stdout)["shares"] == []
