@@ -8,7 +8,8 @@ test.  :class:`Libp2pNoiseFilter` lets the first such line of a kind through and
 then counts them; :meth:`Libp2pNoiseFilter.flush` (called by the daemon about
 once per interval) returns one summary per kind.  Its relay and DCUtR also log an
 ERROR for every reservation or relayed stream that ends normally; those are
-summarised the same way.  Unknown libp2p warnings pass.
+summarised the same way.  A connection set-up that was cancelled (a dial's deadline,
+the node stopping) is not logged at all.  Unknown libp2p warnings pass.
 
 Only p2pshare.net imports libp2p; its import turns propagation of the "libp2p"
 logger off, which :func:`quiet_libp2p_logging` undoes after importing it.
@@ -52,6 +53,14 @@ KNOWN_NOISE: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+# Warnings that say nothing went wrong: py-libp2p logs the cancellation of a connection
+# being set up, with its whole traceback, whether a dial gave up at its deadline or the
+# node is stopping.
+NOT_WARNINGS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"^\[ADDCONN_FAIL\] add_conn failed for peer \S+: Cancelled\("),
+)
+
+
 class Libp2pNoiseFilter(logging.Filter):
     """A handler filter: libp2p's known noise about gone peers, summarised.
 
@@ -80,6 +89,8 @@ class Libp2pNoiseFilter(logging.Filter):
         if not record.name.startswith("libp2p"):
             return True
         message = record.getMessage()
+        if any(pattern.search(message) for pattern in NOT_WARNINGS):
+            return False
         for kind, pattern in KNOWN_NOISE:
             if pattern.search(message):
                 summariser = self._summarisers.setdefault(kind, LogSummariser(self._interval))

@@ -113,3 +113,16 @@ def test_relay_errors_that_say_something_else_pass() -> None:
     ):
         for _ in range(3):
             assert noise.filter(_record(relay, text, logging.ERROR))
+
+
+def test_a_cancelled_connection_set_up_is_not_logged_but_other_add_conn_failures_are() -> None:
+    """Field: a node stopping while a peer connected logged py-libp2p's traceback."""
+    noise = Libp2pNoiseFilter()
+    cancelled = (
+        f"[ADDCONN_FAIL] add_conn failed for peer {PEER}: Cancelled(source='nursery', "
+        "reason=None)\nTraceback (most recent call last):\n  ...\ntrio.Cancelled: ..."
+    )
+    assert not noise.filter(_record("libp2p.network.swarm", cancelled))
+    failed = f"[ADDCONN_FAIL] add_conn failed for peer {PEER}: SwarmException('limit')\n..."
+    assert noise.filter(_record("libp2p.network.swarm", failed))
+    assert noise.flush() == []
