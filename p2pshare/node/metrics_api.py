@@ -172,6 +172,16 @@ class _Collector:
                 "Bytes of GET_PROVIDERS requests and their answers.",
                 snap["dht"]["message_bytes"],
             ),
+            (
+                "p2pshare_dht_provide_messages",
+                "Messages sent by provides: FIND_NODE requests of their lookups, ADD_PROVIDERs.",
+                snap["dht"]["provide_messages"],
+            ),
+            (
+                "p2pshare_dht_provide_message_bytes",
+                "Bytes of those messages, FIND_NODE answers included.",
+                snap["dht"]["provide_message_bytes"],
+            ),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         jobs = CounterMetricFamily(
