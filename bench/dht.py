@@ -131,13 +131,19 @@ class Findable:
     seconds: float
     share_s: float
     finds_s: tuple[float, ...]
+    # Peers the last find's lookup asked (`find`'s `lookup.queried`).
+    queried: int = 0
 
     def parts(self) -> str:
         empty = self.finds_s[:-1]
         return (
             f"{self.seconds:.2f} s = share {self.share_s:.2f} s + {len(empty)} empty find(s)"
             f" {sum(empty):.2f} s ({', '.join(f'{x:.2f}' for x in empty) or '-'})"
-            f" + the find that answered {self.finds_s[-1]:.2f} s"
+            + (
+                f" + the find that answered {self.finds_s[-1]:.2f} s, asking {self.queried} peers"
+                if math.isfinite(self.seconds)
+                else f" + the last find {self.finds_s[-1]:.2f} s; none answered"
+            )
         )
 
 
@@ -152,7 +158,8 @@ def until_findable(root: Path, sharer: Home, finder: Home, index: int) -> Findab
         finds.append(elapsed)
         assert isinstance(result, dict)
         if result["providers"]:
-            return Findable(time.perf_counter() - t0, share_s, tuple(finds))
+            queried = int(result["lookup"]["queried"])
+            return Findable(time.perf_counter() - t0, share_s, tuple(finds), queried)
         attempts.append(result.get("lookup", {}))
     # Say why, so the defect can be chased: did the announcement go out, and how
     # far did each find get?
@@ -171,6 +178,8 @@ class SizeResult:
     size: int
     startup_s: float
     rtt_ms: float
+    # Routing-table sizes of the daemons when the rounds begin, smallest first.
+    tables: list[int] = field(default_factory=list)
     findable: list[float] = field(default_factory=list)
     slowest: Findable | None = None
     lookups: list[float] = field(default_factory=list)
@@ -203,6 +212,7 @@ def run_size(size: int, rounds: int, rng: random.Random) -> SizeResult:
         startup = time.perf_counter() - t0
         rtt = [timed_call(rng.choice(homes), "id", {})[0] for _ in range(rounds)]
         result = SizeResult(size, startup, statistics.median(rtt) * 1000)
+        result.tables = sorted(timed_call(home, "status", {})[1]["routing_table"] for home in homes)
         for index in range(rounds):
             sharer, finder = rng.sample(homes, 2)
             findable = until_findable(root, sharer, finder, index)
@@ -309,7 +319,8 @@ def loopback_rows(results: list[SizeResult], target_size: int = 50) -> list[Row]
                 f"DHT loopback {r.size} nodes: new share findable, p50 / max",
                 f"{p50:.2f} s / "
                 + (f"{worst:.2f} s" if never == 0 else f"never ({never} of {len(r.findable)})"),
-                f"control-API round trip {r.rtt_ms:.1f} ms; start-up {r.startup_s:.0f} s",
+                f"control-API round trip {r.rtt_ms:.1f} ms; start-up {r.startup_s:.0f} s; "
+                f"routing tables at the start min / p50 {_table_sizes(r.tables)}",
                 "<= 1 s (50 nodes)" if at_target else "-",
                 (p50 <= 1.0 and worst <= 1.0) if at_target else None,
             )
@@ -362,6 +373,10 @@ def _cost_row(name: str, messages: Sequence[float], nbytes: Sequence[float], cou
         f"{statistics.median(kib):.1f} / {max(kib):.1f} KiB",
         counted,
     )
+
+
+def _table_sizes(sizes: list[int]) -> str:
+    return f"{min(sizes)} / {statistics.median(sizes):g}" if sizes else "none"
 
 
 def _hops(hops: list[int]) -> str:
