@@ -9,6 +9,9 @@ bootstrap daemon on 127.0.0.1 and N-1 daemons that know only the bootstrap node,
 * find latency: `find` calls for content whose announcement has gone out, from random nodes,
   timed at the control API (no CLI start-up in the figure); p50 and p95, and the lookup's
   hops (referral chain to the first peer holding the record, from `find`'s `lookup`).
+* DHT messages and bytes per find (the finder's GET_PROVIDERS exchanges) and per
+  provide (the sharer's FIND_NODE lookup for the closest peers and its ADD_PROVIDERs),
+  from the daemons' `metrics` counters.
 Baseline measured in the same run: one control-API round trip (`id`) on the same
 daemons, the floor under every find. Targets for 50 nodes: findable within 1 s,
 find p50 at most 500 ms.
@@ -40,7 +43,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import netlab
 from rows import Row, median, percentile, print_table
@@ -55,6 +58,9 @@ from p2pshare.launcher import (
     stop_all,
     wait_announced,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 FIND_TIMEOUT = 10.0
 FINDABLE_DEADLINE = 30.0
@@ -82,6 +88,28 @@ def counted_find(home: Home, cid: str, result: SizeResult) -> tuple[float, Any]:
     return elapsed, found
 
 
+def dht_counters(home: Home) -> dict[str, int]:
+    _, snapshot = timed_call(home, "metrics", {})
+    return dict(snapshot["dht"])
+
+
+def counted_provide(home: Home, before: dict[str, int], result: SizeResult) -> None:
+    """Wait until the provides ``home`` began since ``before`` (its ``dht_counters``)
+    have ended, network lookup and all, and put what one cost into ``result``."""
+    deadline = time.monotonic() + FINDABLE_DEADLINE
+    while time.monotonic() < deadline:
+        after = dht_counters(home)
+        provides = after["provides"] - before["provides"]
+        if provides and not after["provides_running"]:
+            sent = after["provide_messages"] - before["provide_messages"]
+            nbytes = after["provide_message_bytes"] - before["provide_message_bytes"]
+            result.provide_messages.append(sent / provides)
+            result.provide_bytes.append(nbytes / provides)
+            return
+        time.sleep(0.05)
+    print(f"  provides of {home.root.name} still running after 30 s", file=sys.stderr)
+
+
 def share_file(root: Path, home: Home, index: int, size: int = 4096) -> str:
     path = root / f"content-{index}.bin"
     path.write_bytes(os.urandom(size))
@@ -103,13 +131,19 @@ class Findable:
     seconds: float
     share_s: float
     finds_s: tuple[float, ...]
+    # Peers the last find's lookup asked (`find`'s `lookup.queried`).
+    queried: int = 0
 
     def parts(self) -> str:
         empty = self.finds_s[:-1]
         return (
             f"{self.seconds:.2f} s = share {self.share_s:.2f} s + {len(empty)} empty find(s)"
             f" {sum(empty):.2f} s ({', '.join(f'{x:.2f}' for x in empty) or '-'})"
-            f" + the find that answered {self.finds_s[-1]:.2f} s"
+            + (
+                f" + the find that answered {self.finds_s[-1]:.2f} s, asking {self.queried} peers"
+                if math.isfinite(self.seconds)
+                else f" + the last find {self.finds_s[-1]:.2f} s; none answered"
+            )
         )
 
 
@@ -124,7 +158,8 @@ def until_findable(root: Path, sharer: Home, finder: Home, index: int) -> Findab
         finds.append(elapsed)
         assert isinstance(result, dict)
         if result["providers"]:
-            return Findable(time.perf_counter() - t0, share_s, tuple(finds))
+            queried = int(result["lookup"]["queried"])
+            return Findable(time.perf_counter() - t0, share_s, tuple(finds), queried)
         attempts.append(result.get("lookup", {}))
     # Say why, so the defect can be chased: did the announcement go out, and how
     # far did each find get?
@@ -143,6 +178,8 @@ class SizeResult:
     size: int
     startup_s: float
     rtt_ms: float
+    # Routing-table sizes of the daemons when the rounds begin, smallest first.
+    tables: list[int] = field(default_factory=list)
     findable: list[float] = field(default_factory=list)
     slowest: Findable | None = None
     lookups: list[float] = field(default_factory=list)
@@ -153,6 +190,9 @@ class SizeResult:
     # Per timed find: GET_PROVIDERS requests answered, and their bytes both ways.
     messages: list[int] = field(default_factory=list)
     message_bytes: list[int] = field(default_factory=list)
+    # Per provide: FIND_NODE requests and ADD_PROVIDERs sent, and their bytes both ways.
+    provide_messages: list[float] = field(default_factory=list)
+    provide_bytes: list[float] = field(default_factory=list)
 
 
 def run_size(size: int, rounds: int, rng: random.Random) -> SizeResult:
@@ -172,6 +212,7 @@ def run_size(size: int, rounds: int, rng: random.Random) -> SizeResult:
         startup = time.perf_counter() - t0
         rtt = [timed_call(rng.choice(homes), "id", {})[0] for _ in range(rounds)]
         result = SizeResult(size, startup, statistics.median(rtt) * 1000)
+        result.tables = sorted(timed_call(home, "status", {})[1]["routing_table"] for home in homes)
         for index in range(rounds):
             sharer, finder = rng.sample(homes, 2)
             findable = until_findable(root, sharer, finder, index)
@@ -181,8 +222,10 @@ def run_size(size: int, rounds: int, rng: random.Random) -> SizeResult:
         cids: list[tuple[str, Home]] = []
         for index in range(rounds):
             sharer, finder = rng.sample(homes, 2)
+            before = dht_counters(sharer)
             cid = share_file(root, sharer, rounds + index)
             wait_announced(sharer, cid)
+            counted_provide(sharer, before, result)
             cids.append((cid, finder))
         for cid, finder in cids:
             elapsed, found = counted_find(finder, cid, result)
@@ -228,11 +271,13 @@ def run_netns_size(
         rtt = [timed_call(rng.choice(homes), "id", {})[0] for _ in range(rounds)]
         result = SizeResult(size, startup, statistics.median(rtt) * 1000)
         contents: list[tuple[str, bytes]] = []
+        counters = [dht_counters(home) for home in homes]
         for index, home in enumerate(homes):
             cid = share_file(root, home, index, NETNS_SHARE_BYTES)
             contents.append((cid, (root / f"content-{index}.bin").read_bytes()))
-        for home, (cid, _) in zip(homes, contents, strict=True):
+        for home, (cid, _), before in zip(homes, contents, counters, strict=True):
             wait_announced(home, cid, limit=120)
+            counted_provide(home, before, result)
         for index in range(rounds):
             s, f = rng.sample(range(size), 2)
             cid, data = contents[s]
@@ -274,7 +319,8 @@ def loopback_rows(results: list[SizeResult], target_size: int = 50) -> list[Row]
                 f"DHT loopback {r.size} nodes: new share findable, p50 / max",
                 f"{p50:.2f} s / "
                 + (f"{worst:.2f} s" if never == 0 else f"never ({never} of {len(r.findable)})"),
-                f"control-API round trip {r.rtt_ms:.1f} ms; start-up {r.startup_s:.0f} s",
+                f"control-API round trip {r.rtt_ms:.1f} ms; start-up {r.startup_s:.0f} s; "
+                f"routing tables at the start min / p50 {_table_sizes(r.tables)}",
                 "<= 1 s (50 nodes)" if at_target else "-",
                 (p50 <= 1.0 and worst <= 1.0) if at_target else None,
             )
@@ -293,21 +339,44 @@ def loopback_rows(results: list[SizeResult], target_size: int = 50) -> list[Row]
                 (find_p50 <= 500 and len(r.lookups) == r.asked) if at_target else None,
             )
         )
-        rows.append(message_row(r, "DHT loopback"))
+        rows += message_rows(r, "DHT loopback")
     return rows
 
 
-def message_row(r: SizeResult, name: str) -> Row:
-    """What one find cost on the wire, from the finder's DHT counters."""
-    if not r.messages:
-        return Row(f"{name} {r.size} nodes: DHT messages per find", "none")
-    per_find = [b / 1024 for b in r.message_bytes]
+def message_rows(r: SizeResult, name: str) -> list[Row]:
+    """What one find and one provide cost on the wire, from the daemons' DHT counters."""
+    return [
+        _cost_row(
+            f"{name} {r.size} nodes: DHT messages / KiB per find",
+            r.messages,
+            r.message_bytes,
+            "GET_PROVIDERS requests and answers, counted by the finder "
+            "(p2pshare_dht_messages_total)",
+        ),
+        _cost_row(
+            f"{name} {r.size} nodes: DHT messages / KiB per provide",
+            r.provide_messages,
+            r.provide_bytes,
+            "FIND_NODE requests and answers of the lookup for the closest peers, and the "
+            "ADD_PROVIDERs, counted by the sharer (p2pshare_dht_provide_messages_total)",
+        ),
+    ]
+
+
+def _cost_row(name: str, messages: Sequence[float], nbytes: Sequence[float], counted: str) -> Row:
+    if not messages:
+        return Row(name, "none")
+    kib = [b / 1024 for b in nbytes]
     return Row(
-        f"{name} {r.size} nodes: DHT messages / KiB per find, p50 / max",
-        f"{statistics.median(r.messages):g} / {max(r.messages)} messages, "
-        f"{statistics.median(per_find):.1f} / {max(per_find):.1f} KiB",
-        "GET_PROVIDERS requests and answers, counted by the finder (p2pshare_dht_messages_total)",
+        f"{name}, p50 / max",
+        f"{statistics.median(messages):g} / {max(messages):g} messages, "
+        f"{statistics.median(kib):.1f} / {max(kib):.1f} KiB",
+        counted,
     )
+
+
+def _table_sizes(sizes: list[int]) -> str:
+    return f"{min(sizes)} / {statistics.median(sizes):g}" if sizes else "none"
 
 
 def _hops(hops: list[int]) -> str:
@@ -339,7 +408,7 @@ def netns_rows(results: list[SizeResult], target_size: int = 50) -> list[Row]:
                 r.fetched_ok == r.asked,
             )
         )
-        rows.append(message_row(r, "DHT netns"))
+        rows += message_rows(r, "DHT netns")
     return rows
 
 

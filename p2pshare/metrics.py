@@ -11,7 +11,8 @@ The code that moves bytes reports through one call each, into the process's
   (p2pshare.transfer.output, ``check_and_write``, in a worker thread);
 * :func:`timed_lookup` and :func:`counted_provide` decorate the DHT lookup and
   provide of p2pshare.net.dht; :meth:`Metrics.dht_message` counts each
-  GET_PROVIDERS exchange of a lookup;
+  GET_PROVIDERS exchange of a lookup, :meth:`Metrics.provide_message` each message
+  a provide sends (its FIND_NODE lookup and its ADD_PROVIDERs);
 * :meth:`Metrics.job_run` -- a compute job this node ran for a peer ended
   (p2pshare.compute.service).
 
@@ -65,6 +66,8 @@ class _Dht:
     provides_running: int = 0
     messages: int = 0
     message_bytes: int = 0
+    provide_messages: int = 0
+    provide_message_bytes: int = 0
 
 
 class Metrics:
@@ -120,6 +123,13 @@ class Metrics:
         with self._lock:
             self.dht.messages += 1
             self.dht.message_bytes += nbytes
+
+    def provide_message(self, nbytes: int) -> None:
+        """One message a provide sent to put its record (a FIND_NODE request, with its
+        answer, or an ADD_PROVIDER), ``nbytes`` both ways."""
+        with self._lock:
+            self.dht.provide_messages += 1
+            self.dht.provide_message_bytes += nbytes
 
     def lookup_done(self, seconds: float) -> None:
         with self._lock:
@@ -186,6 +196,8 @@ class Metrics:
                     "provides_running": dht.provides_running,
                     "messages": dht.messages,
                     "message_bytes": dht.message_bytes,
+                    "provide_messages": dht.provide_messages,
+                    "provide_message_bytes": dht.provide_message_bytes,
                 },
             }
 

@@ -31,7 +31,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 from libp2p.abc import INotifee
@@ -39,6 +39,7 @@ from libp2p.kad_dht import DHTMode, KadDHT
 from libp2p.kad_dht.common import ALPHA, MAX_DHT_MESSAGE_SIZE
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
+from libp2p.kad_dht.peer_routing import PeerRouting
 from libp2p.kad_dht.utils import maybe_consume_signed_record, sort_peer_ids_by_distance
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from libp2p.abc import IHost, INetConn, INetStream, INetwork
+    from libp2p.custom_types import TProtocol
 
     from p2pshare.net.streams import HandlerGuard, LibP2PStream
 
@@ -165,12 +167,54 @@ async def send_add_provider(host: IHost, peer: ID, key: bytes, addrs: Sequence[M
         return False
     try:
         await stream.write(encode_varint_prefixed(request.SerializeToString()))
+        METRICS.provide_message(request.ByteSize())
     except Exception as exc:  # noqa: BLE001 - a peer that hangs up just does not hold it
         log.debug("ADD_PROVIDER to %s failed: %s", peer, exc)
         return False
     finally:
         await stream.close()
     return True
+
+
+class _CountedStream:
+    """A stream of py-libp2p's FIND_NODE lookup run for a provide: its bytes both ways
+    are counted as one provide message when it closes."""
+
+    def __init__(self, stream: INetStream) -> None:
+        self._stream = stream
+        self._bytes = 0
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write(data)
+        self._bytes += len(data)
+
+    async def read(self, n: int | None = None) -> bytes:
+        data = await self._stream.read(n)
+        self._bytes += len(data)
+        return data
+
+    async def close(self) -> None:
+        METRICS.provide_message(self._bytes)
+        await self._stream.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _CountingHost:
+    """The host as py-libp2p's peer lookup sees it when a provide runs it: py-libp2p
+    offers no hook to count the FIND_NODE requests it sends, and it opens each through
+    ``host.new_stream``."""
+
+    def __init__(self, host: IHost) -> None:
+        self._host = host
+
+    async def new_stream(self, peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
+        stream = await self._host.new_stream(peer_id, protocol_ids)
+        return cast("INetStream", _CountedStream(stream))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
 
 
 def _multiaddrs(raw: Iterable[bytes]) -> list[Multiaddr]:
@@ -314,6 +358,11 @@ class Dht:
         self._host = host
         self._kad = KadDHT(host, DHTMode.SERVER)
         self._kad._provider_rate_max = PROVIDER_RATE_MAX  # noqa: SLF001 - no public setter
+        # The lookup a provide runs for the closest peers, its messages counted as the
+        # provide's (metrics); the routing table is the DHT's own.
+        self._provide_routing = PeerRouting(
+            cast("IHost", _CountingHost(host)), self._kad.routing_table
+        )
         self._limits = PerKeyBuckets(rate=requests_per_second, burst=4 * requests_per_second)
         guard.register(str(KAD_PROTOCOL), self._limited_handler)
         logging.getLogger("libp2p.kad_dht.kad_dht").addFilter(_DropCleanEOF())
@@ -406,7 +455,7 @@ class Dht:
         if on_known_sent is not None:
             on_known_sent(len(accepted))
         # Then to the closest in the whole network, skipping those already sent to.
-        await send_all(await self._kad.peer_routing.find_closest_peers_network(key))
+        await send_all(await self._provide_routing.find_closest_peers_network(key))
         return len(accepted)
 
     @timed_lookup(trio.current_time)

@@ -144,35 +144,7 @@ class _Collector:
 
         snap = self._api.metrics.snapshot()
         gauges = self._gauges()
-        for name, doc, value in (
-            ("p2pshare_bytes_sent", "Chunk payload bytes sent to peers.", snap["bytes_sent"]),
-            (
-                "p2pshare_bytes_received",
-                "Chunk payload bytes received from peers.",
-                snap["bytes_received"],
-            ),
-            (
-                "p2pshare_chunks_verified",
-                "Received chunks that matched the signed manifest.",
-                snap["chunks_verified"],
-            ),
-            (
-                "p2pshare_chunks_rejected",
-                "Received chunks that failed their hash check; the sender was dropped.",
-                snap["chunks_rejected"],
-            ),
-            ("p2pshare_dht_provides", "DHT provides finished.", snap["dht"]["provides"]),
-            (
-                "p2pshare_dht_messages",
-                "GET_PROVIDERS requests answered during lookups.",
-                snap["dht"]["messages"],
-            ),
-            (
-                "p2pshare_dht_message_bytes",
-                "Bytes of GET_PROVIDERS requests and their answers.",
-                snap["dht"]["message_bytes"],
-            ),
-        ):
+        for name, doc, value in _counters(snap):
             yield CounterMetricFamily(name, doc, value=value)
         jobs = CounterMetricFamily(
             "p2pshare_jobs_run", "Compute jobs run for peers, by outcome.", labels=["outcome"]
@@ -187,6 +159,49 @@ class _Collector:
             ("p2pshare_provide_queue", "DHT provides under way.", gauges.provide_queue),
         ):
             yield GaugeMetricFamily(name, doc, value=value)
+
+
+def _counters(snap: dict[str, Any]) -> tuple[tuple[str, str, float], ...]:
+    """The counters of ``snap`` (Metrics.snapshot): name, help text, value."""
+    return (
+        ("p2pshare_bytes_sent", "Chunk payload bytes sent to peers.", snap["bytes_sent"]),
+        (
+            "p2pshare_bytes_received",
+            "Chunk payload bytes received from peers.",
+            snap["bytes_received"],
+        ),
+        (
+            "p2pshare_chunks_verified",
+            "Received chunks that matched the signed manifest.",
+            snap["chunks_verified"],
+        ),
+        (
+            "p2pshare_chunks_rejected",
+            "Received chunks that failed their hash check; the sender was dropped.",
+            snap["chunks_rejected"],
+        ),
+        ("p2pshare_dht_provides", "DHT provides finished.", snap["dht"]["provides"]),
+        (
+            "p2pshare_dht_messages",
+            "GET_PROVIDERS requests answered during lookups.",
+            snap["dht"]["messages"],
+        ),
+        (
+            "p2pshare_dht_message_bytes",
+            "Bytes of GET_PROVIDERS requests and their answers.",
+            snap["dht"]["message_bytes"],
+        ),
+        (
+            "p2pshare_dht_provide_messages",
+            "Messages sent by provides: FIND_NODE requests of their lookups, ADD_PROVIDERs.",
+            snap["dht"]["provide_messages"],
+        ),
+        (
+            "p2pshare_dht_provide_message_bytes",
+            "Bytes of those messages, FIND_NODE answers included.",
+            snap["dht"]["provide_message_bytes"],
+        ),
+    )
 
 
 def _lookup_histogram(family: Any, dht: dict[str, Any]) -> Metric:

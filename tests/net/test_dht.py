@@ -110,6 +110,24 @@ async def test_a_lookup_is_counted_with_its_get_providers_messages_and_bytes() -
         nursery.cancel_scope.cancel()
 
 
+async def test_a_provide_counts_its_find_node_lookup_and_add_provider_messages() -> None:
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (first, first_dht), *_ = await start_line(stack, nursery, 3)
+        before = METRICS.snapshot()["dht"]
+        with trio.fail_after(20):
+            accepted = await first_dht.provide(key, first.get_addrs())
+        after = METRICS.snapshot()["dht"]
+        # One ADD_PROVIDER per peer that took the record, and the lookup that found the
+        # third node through the second asked at least one FIND_NODE on top.
+        assert accepted == 2
+        sent = after["provide_messages"] - before["provide_messages"]
+        assert sent >= accepted + 1
+        assert after["provide_message_bytes"] - before["provide_message_bytes"] > 100 * sent
+        assert after["messages"] == before["messages"], "no GET_PROVIDERS: that is a find's"
+        nursery.cancel_scope.cancel()
+
+
 async def test_provide_reports_once_the_known_peers_hold_the_record(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -127,7 +145,7 @@ async def test_provide_reports_once_the_known_peers_hold_the_record(
         # The network lookup for closer peers never ends here; the record still goes
         # out to the one peer `first` knows, and the caller hears of it.
         monkeypatch.setattr(
-            first_dht._kad.peer_routing, "find_closest_peers_network", endless_lookup
+            first_dht._provide_routing, "find_closest_peers_network", endless_lookup
         )
         counts: list[int] = []
         nursery.start_soon(first_dht.provide, key, first.get_addrs(), counts.append)

@@ -27,6 +27,8 @@ METRIC_NAMES = [
     "p2pshare_dht_provides_total",
     "p2pshare_dht_messages_total",
     "p2pshare_dht_message_bytes_total",
+    "p2pshare_dht_provide_messages_total",
+    "p2pshare_dht_provide_message_bytes_total",
     "p2pshare_jobs_run_total",
 ]
 
@@ -45,6 +47,7 @@ def api() -> MetricsApi:
     counters.job_run("result")
     counters.lookup_done(0.3)
     counters.dht_message(250)
+    counters.provide_message(90)
     return MetricsApi(lambda: 2, lambda: 3, counters)
 
 
@@ -59,6 +62,7 @@ async def test_exporter_serves_every_documented_metric_and_stops_with_its_task()
     assert "p2pshare_bytes_sent_total 5000.0" in text
     assert "p2pshare_bytes_received_total 7000.0" in text
     assert "p2pshare_chunks_rejected_total 1.0" in text
+    assert "p2pshare_dht_provide_message_bytes_total 90.0" in text
     assert 'p2pshare_jobs_run_total{outcome="result"} 1.0' in text
     assert "p2pshare_peers 2.0" in text
     assert "p2pshare_connections 3.0" in text
