@@ -17,10 +17,18 @@ Prints, each next to its same-run baseline:
   under 200 MB, as for any daemon), and what the crowd added per connection: the
   growth of the peak divided by the number of downloaders, in KiB.
 
+* the downloaders' own CPU time per GiB they received, against the one downloader alone,
+  and how busy the machine was meanwhile; per downloader, the DHT messages it sent (its
+  finds and provides) and its connections at the end.
+
 A downloader that finishes announces the content like any other; the report says how
 many downloads also took chunks from other downloaders.
 
-Run: .venv/bin/python bench/downloaders.py [--count 100] [--size-mib 64] [--quick]
+``--settled`` starts the crowd only once the downloaders' first routing-table refresh
+(30 s after each joined) is over: started together, they would all refresh during the
+crowd, a burst a network whose nodes joined at different times does not have.
+
+Run: .venv/bin/python bench/downloaders.py [--count 100] [--size-mib 64] [--quick] [--settled]
 """
 
 from __future__ import annotations
@@ -48,11 +56,14 @@ from p2pshare.launcher import (
     stop_all,
     write_varied_file,
 )
+from p2pshare.node.discovery import FIRST_REFRESH_DELAY
 
 MIB = 1 << 20
 GIB = 1 << 30
 START_TIMEOUT = 600.0
 RSS_TARGET_MB = 200.0
+# After the downloaders' first routing-table refresh began, time for it to end.
+SETTLE_MARGIN = 15.0
 # Each daemon holds a few dozen descriptors; the seeder one or two per downloader.
 FDS_PER_DAEMON = 64
 
@@ -111,7 +122,20 @@ def raise_fd_limit(needed: int) -> int:
     return soft
 
 
-def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> list[Row]:
+def dht_costs(homes: list[Home]) -> tuple[int, int]:
+    """DHT messages the daemons of ``homes`` sent (finds and provides), and their
+    connections now."""
+    messages = connections = 0
+    for home in homes:
+        snap = call(home, "metrics", {})
+        messages += snap["dht"]["messages"] + snap["dht"]["provide_messages"]
+        connections += snap["connections"]
+    return messages, connections
+
+
+def measure(
+    quick: bool, *, count: int | None = None, size_mib: int = 64, settled: bool = False
+) -> list[Row]:
     count = count or (20 if quick else 100)
     size = size_mib * MIB
     raise_fd_limit(FDS_PER_DAEMON * (count + 2))
@@ -136,6 +160,8 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
         start_all(downloaders, timeout=START_TIMEOUT)
         startup = time.perf_counter() - t0
         print(f"  {count} downloaders started in {startup:.0f} s", flush=True)
+        if settled:
+            time.sleep(FIRST_REFRESH_DELAY + SETTLE_MARGIN)
 
         # Baseline: one downloader alone, another share of the same size, same seeder.
         solo_out = root / "solo-got.bin"
@@ -150,6 +176,7 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
         solo_dl_cpu = (cpu_seconds(downloaders[0].pid) - solo_dl0) / size * GIB
         seeder_before = peak_rss_mb(seeder.pid)
 
+        dht0, _ = dht_costs(homes[1:])
         outs = [root / f"got-{i}.bin" for i in range(count)]
         finished: list[float | None] = [None] * count
         reports: list[dict[str, Any] | None] = [None] * count
@@ -179,6 +206,7 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
             thread.join(timeout=START_TIMEOUT)
         busy1 = machine_busy()
         downloaders_cpu = sum(cpu_seconds(d.pid) for d in downloaders) - crowd_cpu0
+        dht1, connections = dht_costs(homes[1:])
         seeder_peak = peak_rss_mb(seeder.pid)
         crowd_sent = bytes_sent(homes[0]) - sent1
         crowd_cpu = (cpu_seconds(seeder.pid) - cpu1) / max(crowd_sent, 1) * GIB
@@ -243,6 +271,13 @@ def measure(quick: bool, *, count: int | None = None, size_mib: int = 64) -> lis
             None,
         ),
         Row(
+            f"{count} concurrent downloaders: per downloader, DHT messages sent and connections",
+            f"{(dht1 - dht0) / count:.1f} messages; {connections / count:.1f} connections",
+            "-",
+            "-",
+            None,
+        ),
+        Row(
             f"{count} concurrent downloaders: seeder peak RSS",
             f"{seeder_peak:.0f} MB; {per_connection_kib:.0f} KiB per connection",
             f"seeder before the crowd: {seeder_before:.0f} MB",
@@ -257,8 +292,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="20 downloaders")
+    parser.add_argument(
+        "--settled", action="store_true", help="start the crowd after the first DHT refresh"
+    )
     args = parser.parse_args()
-    print_table(measure(args.quick, count=args.count, size_mib=args.size_mib))
+    print_table(measure(args.quick, count=args.count, size_mib=args.size_mib, settled=args.settled))
 
 
 if __name__ == "__main__":
