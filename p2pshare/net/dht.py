@@ -401,6 +401,12 @@ class Dht:
         self._kad.provider_store.cleanup_expired()
         self._kad.value_store.cleanup_expired()
 
+    async def find_neighbours(self) -> None:
+        """Look up this node's own ID, as a Kademlia node does when it joins: the
+        routing table learns the peers closest to this node, and they learn of it (a
+        query connects, and a connection adds the peer to both tables)."""
+        await self._kad.peer_routing.find_closest_peers_network(self._host.get_id().to_bytes())
+
     async def add_peer(self, peer_id: ID) -> bool:
         return bool(await self._kad.add_peer(peer_id))
 

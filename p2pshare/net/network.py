@@ -214,6 +214,9 @@ class Network:
     async def maintain_dht(self) -> None:
         await self._dht.maintain()
 
+    async def find_neighbours(self) -> None:
+        await self._dht.find_neighbours()
+
     async def add_to_routing_table(self, peer_id: str) -> bool:
         return await self._dht.add_peer(ID.from_base58(peer_id))
 

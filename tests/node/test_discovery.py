@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trio
+import trio.testing
 
 from p2pshare.config import NetworkConfig
 from p2pshare.errors import UserError
@@ -108,3 +109,63 @@ async def test_addresses_changing_while_the_daemon_stops_is_harmless(catalog: Ca
     async with trio.open_nursery() as nursery:
         discovery._nursery = nursery
     discovery.addresses_changed()
+
+
+class JoiningNetwork(FakeNetwork):
+    """FakeNetwork with what Discovery.run needs; its own-ID lookup takes ``lookup_s``
+    (or fails) and is recorded with the time it ended."""
+
+    def __init__(self, lookup_s: float = 0.5, *, fails: bool = False) -> None:
+        super().__init__()
+        self.lookup_s = lookup_s
+        self.fails = fails
+        self.lookups_done: list[float] = []
+
+    async def run_dht(self, *, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    def on_connected(self, _callback: object) -> None:
+        return
+
+    async def find_neighbours(self) -> None:
+        await trio.sleep(self.lookup_s)
+        if self.fails:
+            raise RuntimeError("lookup failed")
+        self.lookups_done.append(trio.current_time())
+
+
+async def _ready_after(network: JoiningNetwork, catalog: Catalog, config: NetworkConfig) -> float:
+    """Seconds until Discovery.run says the node is ready."""
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(Discovery(network, catalog, config).run)  # type: ignore[arg-type]
+        ready = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    return ready
+
+
+async def test_a_node_that_joined_looks_up_its_own_neighbours_before_it_is_ready(
+    catalog: Catalog, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The Kademlia join: a node knowing only its bootstrap peers fills its routing
+    table with the peers closest to it (and they learn of it) before it says ready."""
+    catalog.save_peers([KnownPeer(REMEMBERED, ("/ip4/192.0.2.1/tcp/4001",), 1)], 10)
+    network = JoiningNetwork(lookup_s=0.5)
+    assert await _ready_after(network, catalog, NetworkConfig()) == pytest.approx(0.5)
+    assert network.lookups_done == [pytest.approx(0.5)]
+
+
+async def test_no_lookup_without_a_peer_and_a_slow_or_failing_one_never_holds_up_readiness(
+    catalog: Catalog, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    alone = JoiningNetwork()
+    assert await _ready_after(alone, catalog, NetworkConfig()) == 0
+    assert alone.lookups_done == []
+    catalog.save_peers([KnownPeer(REMEMBERED, ("/ip4/192.0.2.1/tcp/4001",), 1)], 10)
+    config = NetworkConfig()
+    slow = JoiningNetwork(lookup_s=10 * config.connect_timeout)
+    assert await _ready_after(slow, catalog, config) == pytest.approx(config.connect_timeout)
+    failing = JoiningNetwork(fails=True)
+    assert await _ready_after(failing, catalog, config) == pytest.approx(0.5)
+    assert "looking up this node's neighbours failed" in caplog.text
