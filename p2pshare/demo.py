@@ -68,7 +68,12 @@ def run_demo(progress: Callable[[str], None] | None = None) -> dict[str, Any]:
             start_all([fetcher])
             peers = {p["peer_id"] for p in _call(homes[2], "peers")["peers"]}
             report["fetcher_connected_to_sharer_before_find"] = sharer.info["peer_id"] in peers
-            say(f"node2 {fetcher.info['peer_id']} joined through node0 only")
+            # Its join lookup (of its own ID) may have met node1 already; the find below
+            # still asks the DHT who provides the content.
+            say(
+                f"node2 {fetcher.info['peer_id']} joined knowing only node0, and met "
+                f"{len(peers)} peer(s) looking up its neighbours"
+            )
             _find_and_fetch(root, homes[2], sharer, data, cid, report, say)
             _private_share(root, homes, fetcher.info["peer_id"], report, say)
             _compute(root, homes[2], [boot, sharer, fetcher], data, cid, report, say)

@@ -78,7 +78,9 @@ def test_find_through_the_dht_and_reprovide_after_restart(
     finder = DaemonProcess(finder_home)
     network.append(finder)
     finder.start()
-    assert peer_ids(finder.home) == {boot.info["peer_id"]}
+    # Its join lookup may connect it to more peers than the bootstrap node; the provider
+    # is still learnt from the DHT's records, which `find` asks for.
+    assert boot.info["peer_id"] in peer_ids(finder.home)
 
     t0 = time.monotonic()
     found = cli_json(finder.home, "find", cid, "--timeout", str(FIND_BOUND_S))
