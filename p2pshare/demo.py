@@ -71,8 +71,8 @@ def run_demo(progress: Callable[[str], None] | None = None) -> dict[str, Any]:
             # Its join lookup (of its own ID) may have met node1 already; the find below
             # still asks the DHT who provides the content.
             say(
-                f"node2 {fetcher.info['peer_id']} joined knowing only node0, and met "
-                f"{len(peers)} peer(s) looking up its neighbours"
+                f"node2 {fetcher.info['peer_id']} joined knowing only node0; after looking "
+                f"up its neighbours it is connected to {len(peers)} peer(s)"
             )
             _find_and_fetch(root, homes[2], sharer, data, cid, report, say)
             _private_share(root, homes, fetcher.info["peer_id"], report, say)
