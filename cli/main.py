@@ -91,10 +91,19 @@ def init(ctx: click.Context, force: bool, listen: tuple[str, ...], as_json: bool
     home = _home(ctx)
     listen = tuple(args.listen_addr(addr) for addr in listen)
     result = initialise(home, force=force, listen=listen)
+    replaced = None if result.replaced_key is None else str(result.replaced_key)
     show(
-        {"peer_id": result.peer_id, "home": str(home.root), "config": str(home.config_path)},
+        {
+            "peer_id": result.peer_id,
+            "home": str(home.root),
+            "config": str(home.config_path),
+            "replaced_key": replaced,
+        },
         as_json,
-        lambda r: f"initialised node {r['peer_id']} in {r['home']}",
+        lambda r: (
+            f"initialised node {r['peer_id']} in {r['home']}"
+            + ("" if replaced is None else f"; the key it replaced is kept as {replaced}")
+        ),
     )
 
 

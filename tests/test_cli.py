@@ -8,7 +8,8 @@ import stat
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -17,9 +18,7 @@ from p2pshare.control import client as _client
 from p2pshare.errors import ExitCode
 from p2pshare.home import Home
 from p2pshare.launcher import run_cli
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from p2pshare.node.lock import HomeLock
 
 
 def test_init_creates_config_and_private_key(home: Home) -> None:
@@ -34,12 +33,52 @@ def test_init_creates_config_and_private_key(home: Home) -> None:
 
 def test_init_refuses_to_replace_a_key_without_force(home: Home) -> None:
     first = json.loads(run_cli(home, "init", "--json").stdout)["peer_id"]
+    key = home.key_path.read_bytes()
     again = run_cli(home, "init")
     assert again.returncode == ExitCode.FAILED
-    assert "use --force" in again.stderr
-    assert first in again.stderr
-    forced = json.loads(run_cli(home, "init", "--force", "--json").stdout)["peer_id"]
-    assert forced != first
+    # The first way out starts the node it already is; a new identity is the second.
+    # run_cli passes --home, which every hint keeps.
+    named = Home(home.root, explicit=True)
+    assert again.stderr == (
+        f"error: {home.root} already holds node {first}, ready to use: start it with: "
+        f"{named.command('daemon')}. To give it a new identity instead, "
+        f"{named.command('init', '--force')} keeps the current key beside it\n"
+    )
+    assert home.key_path.read_bytes() == key
+
+
+def test_init_force_keeps_the_key_it_replaces(home: Home) -> None:
+    """Field: `init --force` overwrote node.key; the identity could not be put back."""
+    run_cli(home, "init")
+    first_key = home.key_path.read_bytes()
+    forced = json.loads(run_cli(home, "init", "--force", "--json").stdout)
+    kept = Path(forced["replaced_key"])
+    assert kept.parent == home.root
+    assert kept.name.startswith("node.key.replaced-")
+    assert kept.read_bytes() == first_key
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert home.key_path.read_bytes() != first_key
+    # A second replacement in the same second keeps both old keys.
+    again = json.loads(run_cli(home, "init", "--force", "--json").stdout)
+    assert again["replaced_key"] != forced["replaced_key"]
+    assert kept.read_bytes() == first_key
+    assert len(list(home.root.glob("node.key.replaced-*"))) == 2
+
+
+def test_init_force_refuses_while_the_daemon_runs(home: Home) -> None:
+    run_cli(home, "init")
+    key = home.key_path.read_bytes()
+    lock = HomeLock(home.lock_path)
+    lock.acquire()
+    try:
+        refused = run_cli(home, "init", "--force")
+    finally:
+        lock.release()
+    assert refused.returncode == ExitCode.FAILED
+    stop = Home(home.root, explicit=True).command("stop")
+    assert f"stop it first with: {stop}" in refused.stderr
+    assert home.key_path.read_bytes() == key
+    assert list(home.root.glob("node.key.replaced-*")) == []
 
 
 def test_init_writes_listen_addresses(home: Home) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from p2pshare.config import load_config, parse_config, render_config
 from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
+from p2pshare.node.lock import is_held
+from p2pshare.transfer.destination import rename_noreplace
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -20,6 +23,8 @@ if TYPE_CHECKING:
 class InitResult:
     peer_id: str
     created_config: bool
+    # Where ``--force`` put the key it replaced; None when there was none.
+    replaced_key: Path | None = None
 
 
 def initialise(
@@ -36,12 +41,21 @@ def initialise(
     ``listen``, ``network`` (other [network] keys) and ``compute`` ([compute] keys)
     are written into config.toml.
     """
-    if home.key_path.exists() and not force:
+    replaced = None
+    if home.key_path.exists():
         existing = NodeKey.load(home.key_path)
-        raise UserError(
-            f"{home.root} already holds node {existing.peer_id}; "
-            "use --force to replace its key (this changes the node's identity)"
-        )
+        if not force:
+            raise UserError(
+                f"{home.root} already holds node {existing.peer_id}, ready to use: start it "
+                f"with: {home.command('daemon')}. To give it a new identity instead, "
+                f"{home.command('init', '--force')} keeps the current key beside it"
+            )
+        if is_held(home.lock_path):
+            raise UserError(
+                f"node {existing.peer_id} is running from {home.root}; stop it first with: "
+                f"{home.command('stop')}"
+            )
+        replaced = _keep_aside(home.key_path)
     home.create()
     created_config = not home.config_path.exists()
     overrides = dict(network or {})
@@ -59,7 +73,21 @@ def initialise(
         _write_private(home.config_path, text)
     key = NodeKey.generate()
     key.save(home.key_path)
-    return InitResult(key.peer_id, created_config)
+    return InitResult(key.peer_id, created_config, replaced)
+
+
+def _keep_aside(key_path: Path) -> Path:
+    """Rename the node key to a name of its own, never over another file: an identity
+    replaced by ``init --force`` can be put back."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for n in range(100):
+        aside = key_path.with_name(f"{key_path.name}.replaced-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            rename_noreplace(key_path, aside)
+        except FileExistsError:
+            continue
+        return aside
+    raise UserError(f"cannot keep the node key aside in {key_path.parent}: too many old keys")
 
 
 def _write_private(path: Path, text: str) -> None:
