@@ -76,7 +76,7 @@ def test_init_force_refuses_while_the_daemon_runs(home: Home) -> None:
         lock.release()
     assert refused.returncode == ExitCode.FAILED
     stop = Home(home.root, explicit=True).command("stop")
-    assert f"stop it first with: {stop}" in refused.stderr
+    assert f"is already running for {home.root}; stop it with: {stop}" in refused.stderr
     assert home.key_path.read_bytes() == key
     assert list(home.root.glob("node.key.replaced-*")) == []
 
@@ -279,3 +279,21 @@ def test_share_says_on_how_many_peers_the_record_is_in_words(tmp_path: Path) -> 
     assert announced(None, home) == (
         f"going on in the background (`p2pshare --home {tmp_path} status` shows when it is done)"
     )
+
+
+def test_init_force_replaces_a_damaged_key_and_keeps_it(home: Home) -> None:
+    run_cli(home, "init")
+    home.key_path.write_bytes(b"garbage")
+    forced = run_cli(home, "init", "--force", "--json")
+    assert forced.returncode == 0, forced.stderr
+    assert Path(json.loads(forced.stdout)["replaced_key"]).read_bytes() == b"garbage"
+
+
+def test_init_force_with_a_config_it_cannot_write_leaves_the_key_in_place(home: Home) -> None:
+    run_cli(home, "init")
+    key = home.key_path.read_bytes()
+    home.config_path.write_text("[network\n")
+    refused = run_cli(home, "init", "--force", "--listen", "/ip4/127.0.0.1/tcp/0")
+    assert refused.returncode != 0
+    assert home.key_path.read_bytes() == key
+    assert list(home.root.glob("node.key.replaced-*")) == []

@@ -13,13 +13,16 @@ every descriptor it inherited but 0, 1 and 2 -- a copy would keep files and sock
 other threads close open (a listener still accepting, a peer not getting its FIN) until
 the thread ends -- and only then points its own descriptor 2 at a temporary file. The
 calling thread and every other keep their stderr. What the library wrote is logged at
-debug level. Where the kernel refuses unshare (a seccomp filter), the call runs as it
-is and the noise stays: losing other threads' output would be worse.
+debug level. The garbage collector is off meanwhile, so no other thread's object is
+finalised in that table (the calls are serialised by their caller). Where the kernel
+refuses unshare (a seccomp filter), the call runs as it is and the noise stays: losing
+other threads' output would be worse.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import tempfile
@@ -57,15 +60,24 @@ def quietly(work: Callable[[], T], what: str) -> T:
     said = bytearray()
 
     def in_own_thread() -> T:
-        if not _own_descriptor_table():
-            return work()
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
+        # A collection run in this thread would finalise other threads' objects against
+        # the private descriptor table: a socket closed there stays open for the process,
+        # a file flushed there writes into whatever holds that number here.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            if not _own_descriptor_table():
                 return work()
-            finally:
-                sink.seek(0)
-                said.extend(sink.read(MAX_KEPT))
+            with tempfile.TemporaryFile() as sink:
+                os.dup2(sink.fileno(), 2)
+                try:
+                    return work()
+                finally:
+                    sink.seek(0)
+                    said.extend(sink.read(MAX_KEPT))
+        finally:
+            if collecting:
+                gc.enable()
 
     thread = threading.Thread(
         target=lambda: result.append(outcome.capture(in_own_thread)),

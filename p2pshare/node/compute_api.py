@@ -39,7 +39,13 @@ from p2pshare.transfer.destination import (
 )
 from p2pshare.transfer.downloader import Source
 from p2pshare.transfer.failures import ContentTooLargeError
-from p2pshare.transfer.outpath import check_into, check_named, into_directory, job_output_name
+from p2pshare.transfer.outpath import (
+    check_into,
+    check_named,
+    into_directory,
+    job_output_name,
+    named_refusal,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -196,7 +202,9 @@ class ComputeApi:
                 await trio.to_thread.run_sync(guard.check_share_path, path)
         if not request.yes:
             await trio.to_thread.run_sync(_check_job_files, request)
-        output = _Destination(request.dest, request.force, request.umask, self.transfer, fence)
+        output = _Destination(
+            request.dest, request.force, request.umask, self.transfer, fence, request.into
+        )
         return await self.requester.run(request.job(), output, emit)
 
     def handlers(self) -> dict[str, Handler]:
@@ -222,6 +230,8 @@ class _RunRequest:
     force: bool
     # The user said (--yes) that files looking like private keys are meant to be sent.
     yes: bool
+    # -o DIR/: dest is DIR/MODULE.out, which is never replaced.
+    into: bool
 
     @classmethod
     def parse(cls, params: dict[str, Any], default_umask: int, fence: HomeFence) -> _RunRequest:
@@ -260,6 +270,7 @@ class _RunRequest:
             umask=umask_param(params, default_umask),
             force=force,
             yes=yes,
+            into=into_directory(params["dest"]),
         )
 
     def job(self) -> JobRequest:
@@ -277,12 +288,14 @@ class _Destination:
     umask: int
     transfer: TransferApi
     fence: HomeFence
+    into: bool
 
     async def write(self, data: bytes) -> None:
         mode = file_mode(self.umask)
-        await trio.to_thread.run_sync(
-            partial(write_file, self.path, data, force=self.force, mode=mode, fence=self.fence)
-        )
+        with named_refusal(self.path, self.fence, into=self.into):
+            await trio.to_thread.run_sync(
+                partial(write_file, self.path, data, force=self.force, mode=mode, fence=self.fence)
+            )
 
     async def fetch(self, cid: ContentId, peer_id: str, digest: bytes) -> bool:
         """Fetch a replica's stored stdout; False if it cannot be had or does not match.
@@ -301,7 +314,8 @@ class _Destination:
                 return False
             await trio.to_thread.run_sync(staged.chmod, file_mode(self.umask))
             move = partial(place, staged, self.path, force=self.force, fence=self.fence)
-            await trio.to_thread.run_sync(move)
+            with named_refusal(self.path, self.fence, into=self.into):
+                await trio.to_thread.run_sync(move)
             return True
         except (DestinationExistsError, NoSpaceError):
             raise

@@ -135,8 +135,13 @@ def written_to(destination: str, written: str) -> bool:
 def _shown(request: DownloadRequest, row: DownloadRow | None) -> str:
     """Where a download writes, as the user reads it: for ``-o DIR/``, DIR/NAME once the
     manifest has named it."""
-    if row is not None and into_directory(request.destination):
+    if (
+        row is not None
+        and into_directory(request.destination)
+        and written_to(request.destination, row.destination)
+    ):
         return row.destination
+    # A private share's progress row names the ciphertext in the store: not the user's.
     return request.destination
 
 

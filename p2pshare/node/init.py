@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from p2pshare.config import load_config, parse_config, render_config
 from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
-from p2pshare.node.lock import is_held
+from p2pshare.node.lock import HomeLock
 from p2pshare.transfer.destination import rename_noreplace
 
 if TYPE_CHECKING:
@@ -41,22 +41,36 @@ def initialise(
     ``listen``, ``network`` (other [network] keys) and ``compute`` ([compute] keys)
     are written into config.toml.
     """
-    replaced = None
-    if home.key_path.exists():
+    if home.key_path.exists() and not force:
         existing = NodeKey.load(home.key_path)
-        if not force:
-            raise UserError(
-                f"{home.root} already holds node {existing.peer_id}, ready to use: start it "
-                f"with: {home.command('daemon')}. To give it a new identity instead, "
-                f"{home.command('init', '--force')} keeps the current key beside it"
-            )
-        if is_held(home.lock_path):
-            raise UserError(
-                f"node {existing.peer_id} is running from {home.root}; stop it first with: "
-                f"{home.command('stop')}"
-            )
-        replaced = _keep_aside(home.key_path)
+        raise UserError(
+            f"{home.root} already holds node {existing.peer_id}, ready to use: start it "
+            f"with: {home.command('daemon')}. To give it a new identity instead, "
+            f"{home.command('init', '--force')} keeps the current key beside it"
+        )
     home.create()
+    # Held until the new key is in place: no daemon starts with the old key meanwhile,
+    # and none running keeps using a key this replaces.
+    lock = HomeLock(home.lock_path, home.command("stop"))
+    lock.acquire()
+    try:
+        created_config = _write_config(home, listen, network, compute)
+        # Only once nothing else can fail: a refused config leaves the key where it was.
+        replaced = _keep_aside(home.key_path) if home.key_path.exists() else None
+        key = NodeKey.generate()
+        key.save(home.key_path)
+    finally:
+        lock.release()
+    return InitResult(key.peer_id, created_config, replaced)
+
+
+def _write_config(
+    home: Home,
+    listen: Sequence[str],
+    network: Mapping[str, Any] | None,
+    compute: Mapping[str, Any] | None,
+) -> bool:
+    """Write config.toml if it is missing or options change it; whether it was created."""
     created_config = not home.config_path.exists()
     overrides = dict(network or {})
     if listen:
@@ -71,9 +85,7 @@ def initialise(
         text = render_config(config)
         parse_config(text, home.config_path)
         _write_private(home.config_path, text)
-    key = NodeKey.generate()
-    key.save(home.key_path)
-    return InitResult(key.peer_id, created_config, replaced)
+    return created_config
 
 
 def _keep_aside(key_path: Path) -> Path:

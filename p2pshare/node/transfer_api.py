@@ -36,6 +36,7 @@ from p2pshare.transfer.outpath import (
     into_directory,
     may_replace,
     named_in,
+    named_refusal,
     private_name,
 )
 from p2pshare.transfer.private import plaintext_size, write_plaintext
@@ -327,17 +328,18 @@ class TransferApi:
         dest = self._plaintext_dest(request, opened, signed.cid)
         report.destination = str(dest)
         umask = self.daemon_umask if request.umask is None else request.umask
-        report.size = await trio.to_thread.run_sync(
-            lambda: write_plaintext(
-                opened,
-                root,
-                dest,
-                force=may_replace(request.destination, force=request.force),
-                umask=umask,
-                fence=self.fence,
-                free_space=self.free_space,
+        with named_refusal(dest, self.fence, into=into_directory(request.destination)):
+            report.size = await trio.to_thread.run_sync(
+                lambda: write_plaintext(
+                    opened,
+                    root,
+                    dest,
+                    force=may_replace(request.destination, force=request.force),
+                    umask=umask,
+                    fence=self.fence,
+                    free_space=self.free_space,
+                )
             )
-        )
         report.files = len(opened.body.entries)
         report.chunks = signed.manifest.total_chunks
         report.elapsed_s += time.monotonic() - started

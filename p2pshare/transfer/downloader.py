@@ -39,9 +39,9 @@ from p2pshare.proto.transfer import NotAvailableError, UnknownContentError
 from p2pshare.store.lifecycle import DownloadState
 from p2pshare.transfer import failures
 from p2pshare.transfer.blocking import RunBlocking, run_in_thread
-from p2pshare.transfer.destination import DestinationExistsError, free_bytes
+from p2pshare.transfer.destination import free_bytes
 from p2pshare.transfer.links import Links
-from p2pshare.transfer.outpath import PLAIN_OUTPUT, UserOutput
+from p2pshare.transfer.outpath import PLAIN_OUTPUT, UserOutput, named_refusal
 from p2pshare.transfer.output import Arrival
 from p2pshare.transfer.records import (
     DownloadRecords,
@@ -231,12 +231,8 @@ class Download:
             finally:
                 prepared.output.close()
             nursery.cancel_scope.cancel()
-        try:
+        with named_refusal(self.dest, self._output.fence, into=self._output.into_directory):
             transfer.finish()
-        except DestinationExistsError:
-            # What appeared at DIR/NAME of -o DIR/ gets the refusal that offers another name.
-            self._output.recheck_named(self.dest)
-            raise
         self.report.elapsed_s = time.monotonic() - started
         return self.report
 

@@ -25,6 +25,7 @@ itself:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ from p2pshare.transfer.destination import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from p2pshare.proto.manifest import Manifest
     from p2pshare.proto.sealed import PrivateBody
 
@@ -134,11 +137,6 @@ class UserOutput:
         check_named(target, self.fence)
         return target
 
-    def recheck_named(self, target: Path) -> None:
-        """For ``-o DIR/``, refuse ``target`` as :func:`check_named` does."""
-        if self.into_directory:
-            check_named(target, self.fence)
-
     def may_replace(self, *, force: bool) -> bool:
         """Whether the final move may replace what it finds: only a path the user named."""
         return force and not self.into_directory
@@ -183,6 +181,19 @@ def check_named(target: Path, fence: HomeFence | None) -> None:
             f"to replace {target} itself, name it: -o {target} --force"
         )
     check_destination(target, force=False, fence=fence)
+
+
+@contextlib.contextmanager
+def named_refusal(target: Path, fence: HomeFence | None, *, into: bool) -> Iterator[None]:
+    """For ``-o DIR/`` (``into``), a DestinationExistsError raised inside, at the start
+    or at the final move, becomes :func:`check_named`'s refusal, which never suggests
+    ``--force`` alone."""
+    try:
+        yield
+    except DestinationExistsError:
+        if into:
+            check_named(target, fence)
+        raise
 
 
 def check_directory(directory: Path) -> None:

@@ -259,6 +259,12 @@ def test_dir_slash_never_replaces_a_file_of_the_user_even_with_force(
         )
         assert mine.read_bytes() == b"my own notes"
     assert sorted(p.name for p in here.iterdir()) == ["notes.txt"]
+    # A private share this node already holds is opened from its store: the same refusal.
+    cli_json(getter.home, "get", private["ticket"], "-o", str(tmp_path / "read.txt"))
+    result = run_cli(getter.home, "get", private["ticket"], "-o", f"{here}/", "--force")
+    assert "never replaces anything" in refused(result)
+    assert "use --force" not in result.stderr
+    assert mine.read_bytes() == b"my own notes"
     module = tmp_path / "notes.wat"
     module.write_text("(module)")
     (here / "notes.out").write_bytes(b"my own output")

@@ -489,6 +489,23 @@ async def test_a_download_into_a_directory_lists_and_cancels_the_partial_it_name
     assert list(into.iterdir()) == []
 
 
+async def test_a_private_download_into_a_directory_is_listed_as_the_directory_not_the_store(
+    env: Env, nursery: trio.Nursery
+) -> None:
+    """Its progress record names the ciphertext in the node's store, an internal path."""
+    into = env.root / "into"
+    into.mkdir()
+    stored = env.root / "content" / ("cd" * 32) / "tree"
+    request = env.saved("into", PAUSED, destination=f"{into}/")
+    env.record(replace(request, destination=str(stored)), chunks=2)
+    manager = await started(
+        DownloadManager(env.catalog, Script(), stored_at=lambda _cid: str(stored)), nursery
+    )
+    [entry] = manager.listing()
+    assert entry["verified_chunks"] == 2
+    assert entry["destination"] == f"{into}/"
+
+
 async def test_cancel_never_deletes_a_partial_this_node_did_not_write(
     env: Env, nursery: trio.Nursery
 ) -> None:
