@@ -32,7 +32,6 @@ from p2pshare.store.guard import check_job_file
 from p2pshare.transfer.destination import (
     DestinationExistsError,
     NoSpaceError,
-    check_destination,
     place,
     staging_path,
     write_file,
@@ -41,7 +40,7 @@ from p2pshare.transfer.downloader import Source
 from p2pshare.transfer.failures import ContentTooLargeError
 from p2pshare.transfer.outpath import (
     check_into,
-    check_named,
+    check_output,
     into_directory,
     job_output_name,
     named_refusal,
@@ -58,6 +57,7 @@ if TYPE_CHECKING:
     from p2pshare.node.discovery import Discovery
     from p2pshare.node.transfer_api import TransferApi
     from p2pshare.proto.cid import ContentId
+    from p2pshare.store.guard import HomeGuard
     from p2pshare.store.shares import PreparedShare, ShareStore
     from p2pshare.transfer.outpath import HomeFence
 
@@ -195,13 +195,7 @@ class ComputeApi:
     async def run(self, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         fence = self.transfer.fence
         request = _RunRequest.parse(params, self.transfer.daemon_umask, fence)
-        guard = self.store.guard
-        if guard is not None:
-            # Never sent to a worker, --yes or not: what `share` refuses in the home.
-            for path in _job_files(request):
-                await trio.to_thread.run_sync(guard.check_share_path, path)
-        if not request.yes:
-            await trio.to_thread.run_sync(_check_job_files, request)
+        await trio.to_thread.run_sync(_check_job_files, request, self.store.guard)
         output = _Destination(
             request.dest, request.force, request.umask, self.transfer, fence, request.into
         )
@@ -239,14 +233,13 @@ class _RunRequest:
         force, yes = params.get("force", False), params.get("yes", False)
         if not isinstance(force, bool) or not isinstance(yes, bool):
             raise InvalidParamsError("parameters 'force' and 'yes' must be true or false")
-        if into_directory(params["dest"]):
+        into = into_directory(params["dest"])
+        if into:
             # -o DIR/: the output goes in DIR, named after the module, and replaces nothing.
             check_into(dest, fence)
             dest /= job_output_name(module)
-            check_named(dest, fence)
             force = False
-        else:
-            check_destination(dest, force=force, fence=fence)
+        check_output(dest, fence, into=into, force=force)
         stdin = params.get("stdin")
         if stdin is not None and not isinstance(stdin, str):
             raise InvalidParamsError("parameter 'stdin' must be a path or a content ID")
@@ -270,7 +263,7 @@ class _RunRequest:
             umask=umask_param(params, default_umask),
             force=force,
             yes=yes,
-            into=into_directory(params["dest"]),
+            into=into,
         )
 
     def job(self) -> JobRequest:
@@ -367,16 +360,18 @@ def _check_size(size: int, max_bytes: int | None, cid: ContentId) -> None:
         )
 
 
-def _job_files(request: _RunRequest) -> list[Path]:
-    """The files the user named for the job (the others are content IDs)."""
+def _check_job_files(request: _RunRequest, guard: HomeGuard | None) -> None:
+    """Refuse a file the user named for the job (the others are content IDs) that
+    `share` refuses in the node's home, --yes or not, or that looks like a private key,
+    unless --yes: the job sends it to its workers."""
     refs = [request.stdin, *(ref for _, ref in request.inputs)]
-    return [request.module, *(Path(r) for r in refs if r is not None and r.startswith("/"))]
-
-
-def _check_job_files(request: _RunRequest) -> None:
-    """Refuse, unless --yes, a file named for the job that looks like a private key."""
-    for path in _job_files(request):
-        check_job_file(path)
+    files = [request.module, *(Path(r) for r in refs if r is not None and r.startswith("/"))]
+    if guard is not None:
+        for path in files:
+            guard.check_share_path(path)
+    if not request.yes:
+        for path in files:
+            check_job_file(path)
 
 
 def _prepare_file(store: ShareStore, path: Path) -> PreparedShare:

@@ -26,13 +26,13 @@ from p2pshare.proto.ticket import parse_content_ref
 from p2pshare.proto.transfer import PROTOCOL_ID
 from p2pshare.store.catalog import DownloadRequest
 from p2pshare.store.staging import size_text
-from p2pshare.transfer.destination import check_destination, check_space, free_bytes
+from p2pshare.transfer.destination import check_space, free_bytes
 from p2pshare.transfer.downloader import Download, DownloadReport, MemoryRecords, Source
 from p2pshare.transfer.failures import ContentTooLargeError, NoProvidersError
 from p2pshare.transfer.local import open_local
 from p2pshare.transfer.outpath import (
     UserOutput,
-    check_named,
+    check_output,
     into_directory,
     may_replace,
     named_in,
@@ -270,10 +270,9 @@ class TransferApi:
         else:
             opened = self._check_recipient(signed)
             dest = self._plaintext_dest(request, opened, signed.cid)
-            if into_directory(request.destination):
-                check_named(dest, self.fence)
-            else:
-                check_destination(dest, force=request.force, fence=self.fence)
+            check_output(
+                dest, self.fence, into=into_directory(request.destination), force=request.force
+            )
             needed = plaintext_size(opened)
             if dest.parent.stat().st_dev == root.parent.stat().st_dev:
                 # The ciphertext lands in the store first, on the same disk: both must

@@ -183,6 +183,15 @@ def check_named(target: Path, fence: HomeFence | None) -> None:
     check_destination(target, force=False, fence=fence)
 
 
+def check_output(target: Path, fence: HomeFence | None, *, into: bool, force: bool) -> None:
+    """Refuse writing ``target``: by :func:`check_named` for ``-o DIR/`` (``into``), where
+    ``--force`` does not count, else by the rules of the path the user named."""
+    if into:
+        check_named(target, fence)
+    else:
+        check_destination(target, force=force, fence=fence)
+
+
 @contextlib.contextmanager
 def named_refusal(target: Path, fence: HomeFence | None, *, into: bool) -> Iterator[None]:
     """For ``-o DIR/`` (``into``), a DestinationExistsError raised inside, at the start
