@@ -3,13 +3,18 @@
 Pure bookkeeping, no I/O, so every rule is tested directly:
 
 * a chunk is asked from at most one peer until every missing chunk is in flight;
-* among chunks a peer holds, the one held by the fewest peers goes first (ties go
-  to the lowest index, which keeps the file's writes and reads mostly sequential);
+* among chunks a peer holds, the one held by the fewest peers goes first; ties go to
+  the first in turn from ``start``, wrapping around at the end.  Each download starts
+  at its own chunk (setup.py draws it), so downloaders that know only the seeder ask it
+  for different chunks and then have something to give each other; in turn, the
+  file's writes and reads stay mostly sequential;
 * endgame: once nothing unassigned is left, idle peers duplicate chunks still in
   flight elsewhere (at most ``MAX_DUPLICATES`` copies), so one slow peer cannot
   hold back the end of a download;
 * a peer that leaves or fails gives its chunks back;
-* a partial peer's chunk list may be replaced as it grows, without losing its requests.
+* a partial peer's chunk list may be replaced as it grows, without losing its requests;
+* a peer found with nothing to ask for is not searched again until a chunk goes back
+  or a chunk list changes: only those give it something new.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from p2pshare.proto.bitfield import Bitfield
 
 MAX_DUPLICATES = 2
@@ -27,14 +34,22 @@ SCAN_WINDOW = 4096
 
 
 class Picker:
-    def __init__(self, verified: Bitfield, batch: int = 1) -> None:
+    def __init__(self, verified: Bitfield, batch: int = 1, start: int = 0) -> None:
         self._verified = verified
         self._batch = max(1, batch)
+        self._start = start % max(1, len(verified))
         self._haves: dict[str, Bitfield] = {}
         self._availability: defaultdict[int, int] = defaultdict(int)
         self._in_flight: defaultdict[int, set[str]] = defaultdict(set)
         self._by_peer: defaultdict[str, set[int]] = defaultdict(set)
+        # The first chunk in turn not yet verified, before and from ``start``.
         self._cursor = 0
+        self._ahead = self._start
+        # Bumped by every change that can give a peer something to ask for; a peer's
+        # fetch loops all wake at each chunk stored, and a partial provider holding
+        # nothing new would have each of them search every missing chunk again.
+        self._freed = 0
+        self._nothing_for: dict[str, int] = {}
 
     @property
     def verified(self) -> Bitfield:
@@ -55,6 +70,7 @@ class Picker:
     def add_peer(self, peer: str, have: Bitfield) -> None:
         if peer in self._haves:
             self.remove_peer(peer)
+        self._freed += 1
         self._haves[peer] = have
         for index in have.iter_set():
             self._availability[index] += 1
@@ -69,6 +85,7 @@ class Picker:
         old = self._haves.get(peer)
         if old is None:
             return
+        self._freed += 1
         self._haves[peer] = have
         for index in have.difference(old).iter_set():
             self._availability[index] += 1
@@ -76,6 +93,8 @@ class Picker:
             self._availability[index] -= 1
 
     def remove_peer(self, peer: str) -> None:
+        self._freed += 1
+        self._nothing_for.pop(peer, None)
         have = self._haves.pop(peer, None)
         if have is not None:
             for index in have.iter_set():
@@ -91,12 +110,13 @@ class Picker:
     def next_request(self, peer: str) -> range | None:
         """The next run of chunks to ask ``peer`` for, now marked in flight; None if none."""
         have = self._haves.get(peer)
-        if have is None or self.done:
+        if have is None or self.done or self._nothing_for.get(peer) == self._freed:
             return None
         first = self._pick_fresh(peer, have)
         if first is None:
             first = self._pick_endgame(peer, have)
             if first is None:
+                self._nothing_for[peer] = self._freed
                 return None
             self._assign(peer, first)
             return range(first, first + 1)
@@ -114,13 +134,24 @@ class Picker:
     def _is_free(self, index: int, have: Bitfield) -> bool:
         return not self._verified[index] and index not in self._in_flight and have[index]
 
-    def _pick_fresh(self, peer: str, have: Bitfield) -> int | None:
-        while self._cursor < len(self._verified) and self._verified[self._cursor]:
+    def _missing_in_turn(self) -> Iterator[int]:
+        """Missing chunks from ``start`` to the end, then from the first to ``start``."""
+        verified, size = self._verified, len(self._verified)
+        while self._ahead < size and verified[self._ahead]:
+            self._ahead += 1
+        while self._cursor < self._start and verified[self._cursor]:
             self._cursor += 1
+        yield from verified.iter_missing(self._ahead)
+        for index in verified.iter_missing(self._cursor):
+            if index >= self._start:
+                return
+            yield index
+
+    def _pick_fresh(self, peer: str, have: Bitfield) -> int | None:
         best: int | None = None
         best_rarity = 0
         scanned = 0
-        for index in self._verified.iter_missing(self._cursor):
+        for index in self._missing_in_turn():
             if scanned >= SCAN_WINDOW and best is not None:
                 break
             scanned += 1
@@ -147,6 +178,7 @@ class Picker:
 
     def release(self, peer: str, index: int) -> None:
         """``peer`` will not deliver ``index`` (cancelled, failed, or a duplicate)."""
+        self._freed += 1
         holders = self._in_flight.get(index)
         if holders is not None:
             holders.discard(peer)

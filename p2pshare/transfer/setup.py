@@ -8,6 +8,7 @@ nothing optional left to check.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -174,4 +175,11 @@ def open_partial(
         catalog.save_download(progress_row(cid, dest, signed, verified, DownloadState.RUNNING))
     output.open(resume=reuse)
     batch = max(1, min(MAX_CHUNKS_PER_REQUEST, REQUEST_BYTES // manifest.chunk_size))
-    return Prepared(signed, pages, output, verified, Picker(verified.copy(), batch=batch))
+    picker = Picker(verified.copy(), batch=batch, start=first_chunk(total))
+    return Prepared(signed, pages, output, verified, picker)
+
+
+def first_chunk(total: int) -> int:
+    """Where a download starts asking (picker.py): its own draw, so downloaders of the
+    same share start apart."""
+    return secrets.randbelow(max(1, total))
