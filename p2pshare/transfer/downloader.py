@@ -55,11 +55,13 @@ from p2pshare.transfer.swarm import (
     CONNECT_TIMEOUT,
     HAVE_REFRESH_S,
     LOOKUP_INTERVAL,
+    MAX_PROVIDERS,
     REATTACH_DELAYS,
     Refresh,
     Source,
     Swarm,
     Tick,
+    slow,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
     from p2pshare.proto.cid import ContentId
     from p2pshare.proto.pages import HashPage
     from p2pshare.proto.signed_manifest import SignedManifest
+    from p2pshare.transfer.links import FindSources
     from p2pshare.transfer.output import PartialOutput
     from p2pshare.transfer.peer import PeerLink
     from p2pshare.transfer.source import LocalContent
@@ -128,7 +131,7 @@ class Download:
         catalog: DownloadRecords,
         local: LocalContent,
         open_stream: Callable[[Source], Awaitable[ByteStream]],
-        find_sources: Callable[[], Awaitable[list[Source]]],
+        find_sources: FindSources,
         hints: list[Source],
         progress: Progress | None = None,
         pipeline: int = PIPELINE,
@@ -139,8 +142,9 @@ class Download:
         redirect: Callable[[SignedManifest], Path | None] | None = None,
         output: UserOutput = PLAIN_OUTPUT,
     ) -> None:
-        """``announce`` is called once, when the first verified chunks are on disk and
-        served to other peers (``get`` announces the content in the DHT then).
+        """``announce`` is called at most once, while partial: when verified chunks are on
+        disk and served to other peers, and the download is worth finding before it
+        completes (swarm.slow; ``get`` announces the content in the DHT then).
         ``umask`` sets the final modes of what is written (p2pshare.modes).
         ``free_space`` tells the bytes free in a directory (tests fake a small disk).
         ``run_blocking`` runs hashing, writing and fsync off the event loop.
@@ -221,7 +225,6 @@ class Download:
                 transfer.save_row(DownloadState.RUNNING)
                 self._local.register(self.cid, PartialContent(transfer))
                 try:
-                    transfer.announce_partial()
                     await transfer.run()
                 finally:
                     self._local.unregister(self.cid)
@@ -269,6 +272,7 @@ class Transfer:
         self._last_persist = 0.0
         self._persisting = False
         self._announced = False
+        self._started = trio.current_time()
         verified = prepared.verified
         self._done_bytes = sum(manifest.locate_chunk(i).length for i in verified.iter_set())
         report.size = manifest.total_size
@@ -288,7 +292,8 @@ class Transfer:
         """Fetch every missing chunk; give up once no provider that could send one was
         left, or found, for ``CONNECT_TIMEOUT`` (and no lookup is still under way)."""
         picker, swarm = self._picker, self._swarm
-        swarm.start_transfer(trio.current_time())
+        self._started = trio.current_time()
+        swarm.start_transfer(self._started)
         async with trio.open_nursery() as workers:
             workers.start_soon(self._report_progress)
             workers.start_soon(self._store_loop)
@@ -302,6 +307,7 @@ class Transfer:
                     break
                 if tick is Tick.LOOK_UP:
                     self._notify()
+                self.announce_partial()
                 await self._wait_change(1.0)
             workers.cancel_scope.cancel()
         if not picker.done:
@@ -348,7 +354,8 @@ class Transfer:
                 await self._wait_change(wait)
             swarm.on_lookup_start()
             try:
-                found = await self._links.lookup()
+                # A fast download only needs one provider to go on with.
+                found = await self._links.lookup(MAX_PROVIDERS if self._slow() else 1)
             finally:
                 swarm.on_lookup_end(trio.current_time())
             for source in swarm.on_found(found):
@@ -532,13 +539,24 @@ class Transfer:
             await self.persist()
             self.announce_partial()
 
+    def _slow(self) -> bool:
+        verified = self._picker.verified.count()
+        return slow(
+            missing=self.report.chunks - verified,
+            fetched=verified - self.report.resumed_chunks,
+            elapsed=trio.current_time() - self._started,
+        )
+
     def announce_partial(self) -> None:
-        """Tell ``announce`` once there is something to serve (only while registered)."""
+        """Tell ``announce`` once, when the download holds chunks to serve and is worth
+        finding while partial (only while registered)."""
         if self._announced or self._settings.announce is None:
             return
-        if self.durable.count() > 0:
+        if self.durable.count() > 0 and self._slow():
             self._announced = True
             self._settings.announce()
+            self._swarm.on_announced(trio.current_time())
+            self._notify()
 
     async def persist(self) -> None:
         """fsync what was written, then record it: never the other way round.

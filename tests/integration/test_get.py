@@ -282,9 +282,10 @@ def test_a_partial_downloader_serves_a_third_peer(short_tmp: Path, tmp_path: Pat
     init_home(homes["a"])
     data = make_file(tmp_path / "slow.bin", 24 * MIB)
     out_b, out_c = tmp_path / "b.bin", tmp_path / "c.bin"
-    # 2 MB/s: B alone needs about twelve seconds, time enough for C to find it partial.
+    # 1 MB/s: B alone needs about 25 s, so it would still run at the next lookup and
+    # announces itself partial (swarm.slow), and C has time to find it so.
     with ExitStack() as stack:
-        seeder = stack.enter_context(DaemonProcess(homes["a"], args=["--upload-rate", "2000000"]))
+        seeder = stack.enter_context(DaemonProcess(homes["a"], args=["--upload-rate", "1000000"]))
         seeder.start()
         for name in ("b", "c"):
             init_home(homes[name], bootstrap=(seeder.info["addrs"][0],))

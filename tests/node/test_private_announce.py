@@ -16,6 +16,7 @@ from p2pshare.node.transfer_api import TransferApi
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
 from p2pshare.store.catalog import Catalog
 from p2pshare.store.shares import ShareStore
+from p2pshare.transfer import downloader
 from p2pshare.transfer.local import pipe
 from p2pshare.transfer.outpath import HomeFence
 from p2pshare.transfer.source import LocalContent
@@ -53,7 +54,7 @@ class _Discovery:
     def require_peers(self) -> None:
         return
 
-    async def find(self, _key: str, _timeout: float) -> list[_Provider]:
+    async def find(self, _key: str, _timeout: float, want: int = 1) -> list[_Provider]:
         return [_Provider()]
 
     def provide_soon(self, cid: str) -> None:
@@ -116,8 +117,10 @@ def pair(tmp_path: Path) -> Iterator[_Pair]:
 
 
 async def test_a_recipient_s_get_never_announces_the_share_until_it_seeds_it(
-    pair: _Pair, tmp_path: Path
+    pair: _Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every download slow, so announcing while partial is tried too.
+    monkeypatch.setattr(downloader, "slow", lambda **_: True)
     got = await pair.get(dest=str(tmp_path / "got.bin"))
     assert got["private"]
     assert (tmp_path / "got.bin").read_bytes() == (tmp_path / "note.bin").read_bytes()
@@ -132,7 +135,12 @@ async def test_a_recipient_s_get_never_announces_the_share_until_it_seeds_it(
     assert withheld(pair.own.catalog, pair.cid) is None
 
 
-async def test_a_seed_is_announced_while_partial_and_when_complete(pair: _Pair) -> None:
+async def test_a_seed_is_announced_while_partial_and_when_complete(
+    pair: _Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A download this fast is not worth finding while partial (swarm.slow, tested on
+    # its own): here every download is slow, to see the seed's partial announced.
+    monkeypatch.setattr(downloader, "slow", lambda **_: True)
     assert (await pair.get(seed_only=True))["seed_only"]
     assert pair.discovery.announced == [pair.cid, pair.cid]
     assert withheld(pair.own.catalog, pair.cid) is None

@@ -10,7 +10,9 @@ from p2pshare.proto.bitfield import Bitfield
 from p2pshare.transfer import failures
 from p2pshare.transfer.picker import Picker
 from p2pshare.transfer.swarm import (
+    ANNOUNCE_JUDGED_AFTER,
     CONNECT_TIMEOUT,
+    LOOKUP_AFTER_ANNOUNCING,
     LOOKUP_INTERVAL,
     MAX_PROVIDERS,
     REATTACH_DELAYS,
@@ -18,6 +20,7 @@ from p2pshare.transfer.swarm import (
     Source,
     Swarm,
     Tick,
+    slow,
 )
 
 PEERS = ["a", "b", "c", "liar"]
@@ -224,3 +227,50 @@ def test_endgame_asks_duplicates_only_at_the_end(
         duplicate = any(i in picker.in_flight(p) for p, _ in peers if p != peer for i in run)
         if duplicate:
             assert free == [], "a duplicate only once this peer has no unasked chunk left"
+
+
+def test_a_download_that_finishes_before_the_next_lookup_is_not_slow() -> None:
+    # 64 chunks, 20 of them in 2 s: 44 more take 4.4 s, before any lookup finds it.
+    assert not slow(missing=44, fetched=20, elapsed=2.0)
+    # 2 of them in 2 s: 62 more take 62 s, so others should fetch what it holds.
+    assert slow(missing=62, fetched=2, elapsed=2.0)
+
+
+@given(
+    missing=st.integers(0, 1000),
+    fetched=st.integers(0, 1000),
+    elapsed=st.floats(0, 3600, allow_nan=False),
+)
+def test_a_download_is_slow_if_it_would_finish_after_the_next_lookup(
+    missing: int, fetched: int, elapsed: float
+) -> None:
+    judged = slow(missing=missing, fetched=fetched, elapsed=elapsed)
+    if missing == 0 or elapsed < ANNOUNCE_JUDGED_AFTER:
+        assert not judged, "complete, or too early to judge"
+    elif elapsed >= LOOKUP_INTERVAL or fetched == 0:
+        assert judged, "running a lookup interval already, or nothing came since it began"
+    else:
+        finish_in = missing / (fetched / elapsed)
+        assert judged == (finish_in >= LOOKUP_INTERVAL)
+
+
+def test_a_stalled_download_turns_slow_as_its_rate_falls() -> None:
+    """12 chunks came in the first second, then nothing: the estimate grows with time."""
+    times = [t / 10 for t in range(20, 10 * int(LOOKUP_INTERVAL) + 1)]
+    first = next(t for t in times if slow(missing=29, fetched=12, elapsed=t))
+    assert first == pytest.approx(12 / 29 * LOOKUP_INTERVAL, abs=0.1)
+
+
+def test_a_download_that_announced_itself_partial_looks_up_again_soon() -> None:
+    swarm = Swarm()
+    swarm.looked_up = True
+    swarm.start_transfer(0.0)
+    assert swarm.lookup_due(2.0) == pytest.approx(LOOKUP_INTERVAL - 2.0)
+    swarm.on_announced(2.0)
+    assert swarm.lookup_due(2.0) == pytest.approx(LOOKUP_AFTER_ANNOUNCING)
+    assert swarm.lookup_due(2.0 + LOOKUP_AFTER_ANNOUNCING) is None
+    swarm.on_lookup_start()
+    swarm.on_lookup_end(5.0)
+    assert swarm.lookup_due(5.0) == pytest.approx(LOOKUP_INTERVAL), "then every interval"
+    swarm.on_announced(LOOKUP_INTERVAL + 4.0)
+    assert swarm.lookup_due(5.0) == pytest.approx(LOOKUP_INTERVAL), "never later than due"
