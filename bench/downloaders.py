@@ -24,11 +24,17 @@ Prints, each next to its same-run baseline:
 A downloader that finishes announces the content like any other; the report says how
 many downloads also took chunks from other downloaders.
 
+``--seeder-rate MBPS`` caps the seeder's upload (``daemon --upload-rate``), as a home
+uplink would: one downloader alone gets at most that, and a crowd gets more only by
+fetching from each other. On one machine without a cap the crowd is bound by the CPU
+the daemons share, not by any uplink (docs/benchmarks.md).
+
 ``--settled`` starts the crowd only once the downloaders' first routing-table refresh
 (30 s after each joined) is over: started together, they would all refresh during the
 crowd, a burst a network whose nodes joined at different times does not have.
 
 Run: .venv/bin/python bench/downloaders.py [--count 100] [--size-mib 64] [--quick] [--settled]
+     [--seeder-rate MBPS]
 """
 
 from __future__ import annotations
@@ -134,7 +140,12 @@ def dht_costs(homes: list[Home]) -> tuple[int, int]:
 
 
 def measure(
-    quick: bool, *, count: int | None = None, size_mib: int = 64, settled: bool = False
+    quick: bool,
+    *,
+    count: int | None = None,
+    size_mib: int = 64,
+    settled: bool = False,
+    seeder_rate: float = 0.0,
 ) -> list[Row]:
     count = count or (20 if quick else 100)
     size = size_mib * MIB
@@ -148,7 +159,8 @@ def measure(
         homes = [Home(root / f"d{i}") for i in range(count + 1)]
         for home in homes:
             init_home(home)
-        seeder = stack.enter_context(DaemonProcess(homes[0], log_level="warning"))
+        cap = ["--upload-rate", str(int(seeder_rate * 1e6))] if seeder_rate else []
+        seeder = stack.enter_context(DaemonProcess(homes[0], log_level="warning", args=cap))
         seeder.start(START_TIMEOUT)
         crowd_share = call(homes[0], "share", {"path": str(data)})
         solo_share = call(homes[0], "share", {"path": str(solo_data)})
@@ -225,6 +237,7 @@ def measure(
         1 for r in reports if r is not None and set(r.get("chunks_from", {})) - {seeder_id}
     )
     total = len(times) * size / max(times) if times else 0.0
+    capped = f"; seeder capped at {seeder_rate:g} MB/s" if seeder_rate else ""
     solo_rate = size / solo_s
     per_connection_kib = (seeder_peak - seeder_before) * 1024 / count
     received = verified * size
@@ -240,7 +253,7 @@ def measure(
         Row(
             f"{count} concurrent downloaders: total throughput",
             f"{total / 1e6:.0f} MB/s",
-            f"one downloader alone: {solo_rate / 1e6:.0f} MB/s",
+            f"one downloader alone: {solo_rate / 1e6:.0f} MB/s{capped}",
             ">= one downloader alone",
             total >= solo_rate,
         ),
@@ -287,6 +300,16 @@ def measure(
     ]
 
 
+# A fast home uplink (200 Mbit/s): what a crowd shares when the seeder's uplink, not
+# the machine's CPU, is what is scarce, as on a real network.
+CAPPED_SEEDER_MBPS = 25.0
+
+
+def measure_capped(quick: bool) -> list[Row]:
+    """The crowd with the seeder's upload capped at ``CAPPED_SEEDER_MBPS``."""
+    return measure(quick, seeder_rate=CAPPED_SEEDER_MBPS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=None)
@@ -295,8 +318,19 @@ def main() -> None:
     parser.add_argument(
         "--settled", action="store_true", help="start the crowd after the first DHT refresh"
     )
+    parser.add_argument(
+        "--seeder-rate", type=float, default=0.0, help="cap the seeder's upload, MB/s"
+    )
     args = parser.parse_args()
-    print_table(measure(args.quick, count=args.count, size_mib=args.size_mib, settled=args.settled))
+    print_table(
+        measure(
+            args.quick,
+            count=args.count,
+            size_mib=args.size_mib,
+            settled=args.settled,
+            seeder_rate=args.seeder_rate,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Every benchmark in one go, one table: figure | value | same-run baseline | target | met?
 
 Runs, in this order: share import, transfer, CLI latency, DHT (loopback and, where the
-machine allows, network namespaces with a 20 ms round trip), many downloaders, compute
+machine allows, network namespaces with a 20 ms round trip), many downloaders (with the
+seeder's upload free, then capped as a home uplink would cap it), compute
 (worker pool in-process) and compute through daemons (bench/compute_jobs.py).
 Each benchmark module exposes ``measure(quick) -> list[Row]`` (bench/rows.py); a new
 figure only has to be added to its module's rows. A benchmark that fails is reported
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "cli_latency": cli_latency.measure,
     "dht": dht.measure,
     "downloaders": downloaders.measure,
+    "downloaders_capped": downloaders.measure_capped,
     "compute": compute.measure,
     "compute_jobs": compute_jobs.measure,
 }
