@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from p2pshare.proto.sealed import OpenedShare
     from p2pshare.proto.signed_manifest import SignedManifest
     from p2pshare.store.shares import ShareStore
-    from p2pshare.transfer.links import FindSources
     from p2pshare.transfer.outpath import HomeFence
     from p2pshare.transfer.source import LocalContent
 
@@ -350,7 +349,7 @@ class TransferApi:
         request: DownloadRequest,
         progress: Progress,
         open_stream: Callable[[Source], Awaitable[ByteStream]],
-        find_sources: FindSources,
+        find_sources: Callable[[], Awaitable[list[Source]]],
         hints: list[Source],
     ) -> Download:
         key = request.cid
@@ -395,7 +394,7 @@ class TransferApi:
     ) -> Download:
         me = self.network.peer_id
 
-        async def nobody(_want: int) -> list[Source]:
+        async def nobody() -> list[Source]:
             return []
 
         async with trio.open_nursery() as nursery:
@@ -419,8 +418,8 @@ class TransferApi:
             # A ticket's provider is dialed at its addresses; a bare content ID needs peers.
             self.discovery.require_peers()
 
-        async def find(want: int) -> list[Source]:
-            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT, want=want)
+        async def find() -> list[Source]:
+            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT)
             return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
 
         async def open_(source: Source) -> ByteStream:
@@ -443,8 +442,8 @@ class TransferApi:
         me = self.network.peer_id
         key = str(cid)
 
-        async def find(want: int) -> list[Source]:
-            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT, want=want)
+        async def find() -> list[Source]:
+            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT)
             return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
 
         async def check_size(data: dict[str, Any]) -> None:
@@ -454,7 +453,7 @@ class TransferApi:
                     f"{key} has {total} bytes, more than the {max_bytes} allowed"
                 )
 
-        async def nobody(_want: int) -> list[Source]:
+        async def nobody() -> list[Source]:
             return []
 
         paths: dict[str, str] = {}
@@ -464,7 +463,7 @@ class TransferApi:
 
         hinted = [h for h in hints if h.peer_id != me]
 
-        async def attempt(find_sources: FindSources) -> DownloadReport:
+        async def attempt(find_sources: Callable[[], Awaitable[list[Source]]]) -> DownloadReport:
             download = Download(
                 cid=cid,
                 dest=dest,

@@ -55,7 +55,6 @@ from p2pshare.transfer.swarm import (
     CONNECT_TIMEOUT,
     HAVE_REFRESH_S,
     LOOKUP_INTERVAL,
-    MAX_PROVIDERS,
     REATTACH_DELAYS,
     Refresh,
     Source,
@@ -354,8 +353,7 @@ class Transfer:
                 await self._wait_change(wait)
             swarm.on_lookup_start()
             try:
-                # A fast download only needs one provider to go on with.
-                found = await self._links.lookup(MAX_PROVIDERS if self._slow() else 1)
+                found = await self._links.lookup()
             finally:
                 swarm.on_lookup_end(trio.current_time())
             for source in swarm.on_found(found):
@@ -555,8 +553,6 @@ class Transfer:
         if self.durable.count() > 0 and self._slow():
             self._announced = True
             self._settings.announce()
-            self._swarm.on_announced(trio.current_time())
-            self._notify()
 
     async def persist(self) -> None:
         """fsync what was written, then record it: never the other way round.

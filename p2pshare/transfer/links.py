@@ -23,9 +23,7 @@ if TYPE_CHECKING:
     from p2pshare.transfer.swarm import Source, Swarm
 
     OpenStream = Callable[[Source], Awaitable[ByteStream]]
-    # Called with how many providers are wanted: one to start with, more while a
-    # download runs slowly enough to look again.
-    FindSources = Callable[[int], Awaitable[list[Source]]]
+    FindSources = Callable[[], Awaitable[list[Source]]]
 
 log = logging.getLogger(__name__)
 # A discarded stream gets this long to close before it is left to the peer.
@@ -62,9 +60,9 @@ class Links:
     def items(self) -> ItemsView[str, PeerLink]:
         return self._links.items()
 
-    async def lookup(self, want: int = 1) -> list[Source]:
+    async def lookup(self) -> list[Source]:
         """The hinted providers (a ticket's provider that could not be reached at first is
-        tried again), then those found now, asking on until ``want`` are known.
+        tried again), then those found now.
 
         The lookup is never cut short but by CONNECT_TIMEOUT: it dials peers itself,
         and a dial cancelled half way leaves py-libp2p unable to dial that peer again
@@ -73,7 +71,7 @@ class Links:
         found = list(self.swarm.hints.values())
         try:
             with trio.move_on_after(CONNECT_TIMEOUT):
-                found += await self._find_sources(want)
+                found += await self._find_sources()
         except Exception:
             log.warning("provider lookup for %s failed", self.cid, exc_info=True)
         return found

@@ -10,14 +10,13 @@ shell (transfer/downloader.py) tells it what happened and does what it decides:
   chunk starts the count over), and given up after the last;
 * a provider that lied (a forged manifest or hash page, a bad chunk) is banned, and
   one that refused the content is given up: neither is ever dialed again;
-* providers are looked up every ``LOOKUP_INTERVAL``, at once when no link is left or
-  no provider could send a missing chunk, and soon after the download announced itself
-  partial;
+* providers are looked up every ``LOOKUP_INTERVAL`` and at once when no link is
+  left or no provider could send a missing chunk;
 * the download fails only once no provider that could send a missing chunk has
   been left, or found, for ``CONNECT_TIMEOUT`` and no lookup is under way;
 * a partial provider's chunk list is asked again while nothing is in flight with it;
-* the download announces itself as a partial provider, and looks for more than one
-  provider, only once it would not finish before the next lookup (``slow``).
+* the download announces itself as a partial provider only once it would not finish
+  before the next lookup (``slow``).
 
 The retries of a whole download (after it failed) belong to node/downloads.py.
 """
@@ -47,9 +46,6 @@ REATTACH_DELAYS = (1.0, 4.0, 10.0)
 LOOKUP_INTERVAL = 15.0
 # Running for less than this, a download's rate says too little to judge it by.
 ANNOUNCE_JUDGED_AFTER = 2.0
-# A download slow enough to announce itself partial looks up providers again this soon
-# after: those of a crowd that started with it announce themselves about then.
-LOOKUP_AFTER_ANNOUNCING = 3.0
 # Providers linked, being dialed or waiting to be dialed again, at most.
 MAX_PROVIDERS = 32
 # A partial provider verifies more chunks as it downloads: its chunk list is asked
@@ -78,11 +74,10 @@ def slow(*, missing: int, fetched: int, elapsed: float) -> bool:
 
     ``missing``: chunks still to get, ``fetched``: chunks verified since the transfer
     started ``elapsed`` seconds ago.  Others find a partial provider by a lookup, every
-    ``LOOKUP_INTERVAL``: a slow download holding chunks is worth finding while partial,
-    and its own lookups want every provider it can use.  A fast one would be found too
-    late to help, and its announcement would cost a DHT provide and the connections
-    of those who find it for nothing (a crowd of 30 on one machine: docs/benchmarks.md);
-    complete, it is announced anyway.
+    ``LOOKUP_INTERVAL``: a slow download holding chunks is worth finding while partial.
+    A fast one would be found too late to help, and its announcement would cost a DHT
+    provide and the connections of those who find it for nothing (a crowd of 30 on one
+    machine: docs/benchmarks.md); complete, it is announced anyway.
     """
     if missing == 0 or elapsed < ANNOUNCE_JUDGED_AFTER:
         return False
@@ -196,10 +191,6 @@ class Swarm:
         if self._lookup_wanted or now >= self._next_lookup:
             return None
         return self._next_lookup - now
-
-    def on_announced(self, now: float) -> None:
-        """The download announced itself partial: look for its fellows soon."""
-        self._next_lookup = min(self._next_lookup, now + LOOKUP_AFTER_ANNOUNCING)
 
     def on_lookup_start(self) -> None:
         self._lookup_wanted = False

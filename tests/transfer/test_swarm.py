@@ -12,7 +12,6 @@ from p2pshare.transfer.picker import Picker
 from p2pshare.transfer.swarm import (
     ANNOUNCE_JUDGED_AFTER,
     CONNECT_TIMEOUT,
-    LOOKUP_AFTER_ANNOUNCING,
     LOOKUP_INTERVAL,
     MAX_PROVIDERS,
     REATTACH_DELAYS,
@@ -259,18 +258,3 @@ def test_a_stalled_download_turns_slow_as_its_rate_falls() -> None:
     times = [t / 10 for t in range(20, 10 * int(LOOKUP_INTERVAL) + 1)]
     first = next(t for t in times if slow(missing=29, fetched=12, elapsed=t))
     assert first == pytest.approx(12 / 29 * LOOKUP_INTERVAL, abs=0.1)
-
-
-def test_a_download_that_announced_itself_partial_looks_up_again_soon() -> None:
-    swarm = Swarm()
-    swarm.looked_up = True
-    swarm.start_transfer(0.0)
-    assert swarm.lookup_due(2.0) == pytest.approx(LOOKUP_INTERVAL - 2.0)
-    swarm.on_announced(2.0)
-    assert swarm.lookup_due(2.0) == pytest.approx(LOOKUP_AFTER_ANNOUNCING)
-    assert swarm.lookup_due(2.0 + LOOKUP_AFTER_ANNOUNCING) is None
-    swarm.on_lookup_start()
-    swarm.on_lookup_end(5.0)
-    assert swarm.lookup_due(5.0) == pytest.approx(LOOKUP_INTERVAL), "then every interval"
-    swarm.on_announced(LOOKUP_INTERVAL + 4.0)
-    assert swarm.lookup_due(5.0) == pytest.approx(LOOKUP_INTERVAL), "never later than due"
