@@ -10,7 +10,7 @@ as a row saying so; the others still run.
 
 Run: .venv/bin/python bench/run.py [--quick] [--only dht,downloaders] [--out FILE]
      --quick: a few minutes (smaller files, 10 nodes, 20 downloaders);
-     full: about 30-45 minutes on an otherwise idle 2-core VM (far longer under load).
+     full: about 40-55 minutes on an otherwise idle 2-core VM (far longer under load).
 """
 
 from __future__ import annotations
