@@ -271,6 +271,7 @@ class Transfer:
         self._last_persist = 0.0
         self._persisting = False
         self._announced = False
+        # The transfer runs from its making on: its rate is judged from here.
         self._started = trio.current_time()
         verified = prepared.verified
         self._done_bytes = sum(manifest.locate_chunk(i).length for i in verified.iter_set())
@@ -291,7 +292,6 @@ class Transfer:
         """Fetch every missing chunk; give up once no provider that could send one was
         left, or found, for ``CONNECT_TIMEOUT`` (and no lookup is still under way)."""
         picker, swarm = self._picker, self._swarm
-        self._started = trio.current_time()
         swarm.start_transfer(self._started)
         async with trio.open_nursery() as workers:
             workers.start_soon(self._report_progress)
@@ -306,7 +306,8 @@ class Transfer:
                     break
                 if tick is Tick.LOOK_UP:
                     self._notify()
-                self.announce_partial()
+                # Also with nothing stored: a stalled download's rate falls with time.
+                self._announce_partial()
                 await self._wait_change(1.0)
             workers.cancel_scope.cancel()
         if not picker.done:
@@ -535,22 +536,19 @@ class Transfer:
             await self._persist_wanted.wait()
             self._persist_wanted = trio.Event()
             await self.persist()
-            self.announce_partial()
+            self._announce_partial()
 
-    def _slow(self) -> bool:
+    def _announce_partial(self) -> None:
+        """Tell ``announce`` once, when the download holds chunks to serve and is worth
+        finding while partial (only while registered)."""
+        if self._announced or self._settings.announce is None or not self.durable.count():
+            return
         verified = self._picker.verified.count()
-        return slow(
+        if slow(
             missing=self.report.chunks - verified,
             fetched=verified - self.report.resumed_chunks,
             elapsed=trio.current_time() - self._started,
-        )
-
-    def announce_partial(self) -> None:
-        """Tell ``announce`` once, when the download holds chunks to serve and is worth
-        finding while partial (only while registered)."""
-        if self._announced or self._settings.announce is None:
-            return
-        if self.durable.count() > 0 and self._slow():
+        ):
             self._announced = True
             self._settings.announce()
 
