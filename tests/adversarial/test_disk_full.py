@@ -107,7 +107,8 @@ async def test_a_full_disk_fails_clearly_and_resumes_without_refetching(
     cid = ContentId.parse(store.commit(store.prepare(tmp_path / "file.bin")).cid)
     (tmp_path / "out").mkdir()
     dest = tmp_path / "out" / "file.bin"
-    disk = Disk(free=10 * CHUNK + CHUNK // 2)
+    room = 10 * CHUNK + CHUNK // 2
+    disk = Disk(free=room)
     monkeypatch.setattr(os, "pwrite", disk.pwrite)
     try:
         with trio.fail_after(30):
@@ -122,8 +123,12 @@ async def test_a_full_disk_fails_clearly_and_resumes_without_refetching(
             disk.free = len(data)
             report = await download(tmp_path, store, catalog, cid)
         assert dest.read_bytes() == data
-        assert 0 < report.resumed_chunks <= 10
-        assert report.requested_bytes == len(data) - report.resumed_chunks * CHUNK
+        # Each download starts at a chunk of its own, so the short last chunk may be
+        # among those the full disk let through.
+        resumed = report.resumed_chunks
+        kept = len(data) - report.requested_bytes
+        assert 0 < kept <= room
+        assert kept in {resumed * CHUNK, (resumed - 1) * CHUNK + 77}
     finally:
         seed_catalog.close()
         catalog.close()
