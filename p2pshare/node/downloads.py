@@ -73,6 +73,10 @@ class UnknownDownloadError(UserError):
     """No unfinished download of that content."""
 
 
+# Device, inode, size and modification time (ns) of a file.
+FileIdentity = tuple[int, int, int, int]
+
+
 @dataclass(eq=False)
 class Job:
     """One download in this daemon run, from request to outcome."""
@@ -90,6 +94,8 @@ class Job:
     last_error: str | None = None
     # Set when a provider the request names connects while the job waits to retry.
     provider_back: bool = False
+    # What the completed download put in place, as ``_placed`` saw it then.
+    placed: FileIdentity | None = None
 
     async def set_progress(self, data: dict[str, Any]) -> None:
         self.progress = data
@@ -108,14 +114,27 @@ def _transient(error: UserError) -> bool:
     return isinstance(error, NoProvidersError | NoPeersError)
 
 
+def _placed(job: Job) -> FileIdentity | None:
+    """What is at the completed ``job``'s output now: device, inode, size and mtime."""
+    assert job.result is not None
+    try:
+        st = Path(_written(job.request.destination, job.result)).lstat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _completed(job: Job, request: DownloadRequest) -> bool:
     """Whether ``job`` already put this very request in place during this daemon run
-    (a get run after the daemon resumed and finished it returns that summary)."""
+    (a get run after the daemon resumed and finished it returns that summary), and
+    what it put there is still there: a file the user changed or replaced since is
+    not the download's, and a get reporting it saved would be false."""
     return (
         job.result is not None
         and job.request.destination == request.destination
         and not request.force
-        and Path(_written(job.request.destination, job.result)).exists()
+        and job.placed is not None
+        and _placed(job) == job.placed
     )
 
 
@@ -331,6 +350,7 @@ class DownloadManager:
             except Exception as exc:  # noqa: BLE001 - a failing download must not stop the daemon
                 error = _user_error(exc, cid)
             else:
+                job.placed = _placed(job)
                 self._catalog.remove_download_request(cid)
                 return
             now = trio.current_time()

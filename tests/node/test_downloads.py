@@ -322,7 +322,14 @@ async def test_other_failures_are_marked_failed_at_once(
 
 async def test_a_get_attaches_to_the_running_download(env: Env, nursery: trio.Nursery) -> None:
     release = trio.Event()
-    script = Script(blocked(release, {"done": 1, "total": 2, "peers": 1}))
+    step = blocked(release, {"done": 1, "total": 2, "peers": 1})
+
+    async def write_when_released(request: DownloadRequest, progress: Progress) -> dict[str, Any]:
+        summary = await step(request, progress)
+        (env.root / "a.bin").write_bytes(b"done")
+        return summary
+
+    script = Script(write_when_released)
     manager = await started(DownloadManager(env.catalog, script), nursery)
     first = await manager.submit(env.request("a.bin"))
     second = await manager.submit(env.request("a.bin", sources=()))
@@ -339,8 +346,43 @@ async def test_a_get_attaches_to_the_running_download(env: Env, nursery: trio.Nu
     assert events[0] == ("progress", {"done": 1, "total": 2, "peers": 1})
     assert len(script.requests) == 1
     # Asked for again after it completed: the summary, not "already exists".
-    (env.root / "a.bin").write_bytes(b"done")
     assert await manager.submit(env.request("a.bin")) is first
+
+
+@pytest.mark.parametrize("change", ["rewritten", "replaced", "removed"])
+async def test_a_completed_download_the_user_changed_since_is_not_reported_saved(
+    env: Env, nursery: trio.Nursery, change: str
+) -> None:
+    """A get run again after the user changed the file must not say it was saved."""
+    out = env.root / "a.bin"
+
+    async def write(_request: DownloadRequest, _progress: Progress) -> dict[str, Any]:
+        out.write_bytes(b"the content")
+        return SUMMARY
+
+    script = Script(write, succeed)
+    manager = await started(DownloadManager(env.catalog, script), nursery)
+    first = await manager.submit(env.request("a.bin"))
+    assert await manager.follow(first, quiet) == SUMMARY
+    if change == "rewritten":
+        # The same size, in place; the file clock is coarse enough for two writes in
+        # a test to share an mtime, which a user's edit would not.
+        out.write_bytes(b"the user's!")
+        os.utime(out, ns=(0, 0))
+    elif change == "replaced":
+        other = env.root / "other"
+        other.write_bytes(b"the content")
+        other.replace(out)
+    else:
+        out.unlink()
+    if change == "removed":
+        again = await manager.submit(env.request("a.bin"))
+        assert again is not first
+        assert await manager.follow(again, quiet) == SUMMARY
+        assert len(script.requests) == 2
+    else:
+        with pytest.raises(DestinationExistsError, match="already exists; use --force"):
+            await manager.submit(env.request("a.bin"))
 
 
 async def test_ctrl_c_of_the_last_get_pauses_and_keeps_the_progress(
