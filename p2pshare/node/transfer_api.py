@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from p2pshare.proto.sealed import OpenedShare
     from p2pshare.proto.signed_manifest import SignedManifest
     from p2pshare.store.shares import ShareStore
+    from p2pshare.transfer.links import FindSources
     from p2pshare.transfer.outpath import HomeFence
     from p2pshare.transfer.source import LocalContent
 
@@ -349,7 +350,7 @@ class TransferApi:
         request: DownloadRequest,
         progress: Progress,
         open_stream: Callable[[Source], Awaitable[ByteStream]],
-        find_sources: Callable[[], Awaitable[list[Source]]],
+        find_sources: FindSources,
         hints: list[Source],
     ) -> Download:
         key = request.cid
@@ -463,7 +464,7 @@ class TransferApi:
 
         hinted = [h for h in hints if h.peer_id != me]
 
-        async def attempt(find_sources: Callable[[], Awaitable[list[Source]]]) -> DownloadReport:
+        async def attempt(find_sources: FindSources) -> DownloadReport:
             download = Download(
                 cid=cid,
                 dest=dest,
