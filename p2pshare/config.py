@@ -68,7 +68,9 @@ class NetworkConfig:
         default=False, doc="Find and connect to peers on the local network with mDNS."
     )
     connect_timeout: float = _opt(10.0, "Seconds to wait for one dial to succeed.")
-    max_connections: int = _opt(300, "Most libp2p connections open at once.")
+    max_connections: int = _opt(
+        300, "Most libp2p connections open at once, and most data channels served at once."
+    )
     streams_per_peer: int = _opt(64, "Most inbound streams one peer may have open at once.")
     dht_requests_per_second: float = _opt(
         50.0, "Inbound DHT requests accepted per second from one peer (bursts of 4x)."

@@ -284,6 +284,10 @@ class DataChannelServer:
             return Refuse(RefuseCode.UNAVAILABLE, "this node is not accepting data channels now")
         if self._active[peer] >= self._limits.max_connections_per_peer:
             raise SessionLimitError(f"{peer} has too many data channels open")
+        # Refused here, the peer learns it is busy at once; refused at the claim (checked
+        # again there, for connections made meanwhile) it sees a connection close.
+        if self.active_connections() >= self._limits.max_connections:
+            raise SessionLimitError("this node has as many data channels open as it takes")
         return self._table.offer(
             request,
             peer_id=peer,

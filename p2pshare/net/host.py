@@ -95,12 +95,28 @@ def build_host(
         # Not create_yamux_muxer_option(): it adds mplex as a fallback, which a peer
         # could then select.
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        connection_config=ConnectionConfig(
-            max_connections_per_peer=1, max_connections=max_connections
-        ),
+        connection_config=connection_config(max_connections),
         enable_mDNS=False,
         addrs_factory=addrs_factory(announce, mapped=mapped),
         peerstore_opt=_PeerStore(),
+    )
+
+
+def connection_config(max_connections: int) -> ConnectionConfig:
+    """py-libp2p's connection limits for ``[network] max_connections``.
+
+    Its defaults prune connections above 300 and refuse a ``max_connections`` below
+    that (a ValueError at start); its watermarks only matter to the auto-connector
+    (stopped: see running_host) and the pruner, so they follow the cap.
+    """
+    defaults = ConnectionConfig()
+    low = min(defaults.low_watermark, max_connections)
+    return ConnectionConfig(
+        max_connections_per_peer=1,
+        max_connections=max_connections,
+        high_watermark=max_connections,
+        low_watermark=low,
+        min_connections=min(defaults.min_connections, low),
     )
 
 

@@ -22,7 +22,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from p2pshare.net.addrs import announce_addrs, is_loopback, local_addrs, observed_addrs
-from p2pshare.net.datachannel import DataChannelServer, open_data_channel
+from p2pshare.net.datachannel import DataChannelLimits, DataChannelServer, open_data_channel
 from p2pshare.net.dht import Dht
 from p2pshare.net.host import running_host
 from p2pshare.net.mapped import MappedAddrs
@@ -60,11 +60,16 @@ class Network:
         self,
         host: IHost,
         *,
+        max_connections: int,
         streams_per_peer: int = HandlerLimits.streams_per_peer,
         dht_requests_per_second: float,
         mapped: MappedAddrs | None = None,
     ) -> None:
         self._host = host
+        # As many data channels as libp2p connections: a peer refused a data channel
+        # is served over its libp2p stream anyway, at several times the CPU per byte on
+        # both sides (docs/benchmarks.md, "Data channels for the whole crowd").
+        self._data_limits = DataChannelLimits(max_connections=max_connections)
         # Router-mapped addresses: announced by the host, judged by reachability.
         self.mapped = mapped if mapped is not None else MappedAddrs()
         self._guard = HandlerGuard(host, HandlerLimits(streams_per_peer=streams_per_peer))
@@ -186,6 +191,7 @@ class Network:
             serve=serve,
             refuse=refuse,
             offer_port=offer_port,
+            limits=self._data_limits,
         )
 
     # -- NAT: relays, hole punching, reachability (p2pshare.net.relay, .reachability)
@@ -292,6 +298,7 @@ async def running_network(
     ) as host:
         yield Network(
             host,
+            max_connections=max_connections,
             streams_per_peer=streams_per_peer,
             dht_requests_per_second=dht_requests_per_second,
             mapped=mapped,

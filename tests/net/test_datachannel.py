@@ -453,6 +453,31 @@ async def test_a_busy_server_refuses_and_a_stopped_one_too() -> None:
             assert info.value.__cause__.code == "unavailable"
 
 
+async def test_a_server_at_its_connection_cap_refuses_the_offer_as_busy() -> None:
+    """Refused at the OPEN, the peer hears "busy" at once; refused only at the claim,
+    it saw its TCP connection closed during the handshake."""
+    gate = trio.Event()
+
+    async def hold(stream: ByteStream, peer: str) -> None:
+        await gate.wait()
+
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            setup = await prepare(stack, hold, limits=DataChannelLimits(max_connections=1))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(setup.server.run)
+                first = await setup.open()
+                with pytest.raises(DataChannelOpenError) as info:
+                    await setup.open()
+                assert isinstance(info.value.__cause__, DataChannelRefusedError)
+                assert info.value.__cause__.code == "busy"
+                assert setup.server.refused == {"SessionLimitError": 1}
+                gate.set()
+                assert await first.receive_some() == b""
+                await first.aclose()
+                nursery.cancel_scope.cancel()
+
+
 async def test_one_failing_connection_leaves_the_others_alone() -> None:
     async def serve(stream: ByteStream, peer: str) -> None:
         first = await stream.receive_some()

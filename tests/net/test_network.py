@@ -12,12 +12,13 @@ import trio
 
 from p2pshare.errors import UserError
 from p2pshare.identity import NodeKey
+from p2pshare.net.datachannel import DataChannelOpenError
 from p2pshare.net.network import Network, running_network
 from p2pshare.net.peers import PeerAddrs, checked_peer, parse_peer_addr, peer_info
 from p2pshare.node.daemon import ReadyInfo
 
 if TYPE_CHECKING:
-    from p2pshare.net.streams import LibP2PStream
+    from p2pshare.net.streams import ByteStream, LibP2PStream
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 ECHO = "/p2pshare-test/echo/1.0.0"
@@ -58,6 +59,37 @@ async def test_two_networks_dial_and_stream_by_peer_id_and_address_strings() -> 
             assert await stream.receive_some() == b"ping"
             await stream.aclose()
             assert await ours.ping_ms(theirs.peer_id, TIMEOUT) is not None
+
+
+async def _hold(stream: ByteStream, _peer: str) -> None:
+    await stream.receive_some()
+
+
+@pytest.mark.parametrize("max_connections", [1, 2])
+async def test_a_node_takes_as_many_data_channels_as_connections(max_connections: int) -> None:
+    """A peer refused a data channel is served over libp2p anyway, at a higher cost."""
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        ours = await start(stack)
+        theirs = await stack.enter_async_context(
+            running_network(
+                NodeKey.generate(),
+                LOOPBACK,
+                max_connections=max_connections,
+                dht_requests_per_second=100,
+            )
+        )
+        await nursery.start(theirs.data_channel_server("127.0.0.1", 0, _hold).run)
+        addrs = theirs.announce_addrs()
+        with trio.fail_after(TIMEOUT):
+            channels = [
+                await ours.open_data_channel(theirs.peer_id, addrs, TIMEOUT)
+                for _ in range(max_connections)
+            ]
+            with pytest.raises(DataChannelOpenError, match="busy"):
+                await ours.open_data_channel(theirs.peer_id, addrs, TIMEOUT)
+            for channel in channels:
+                await channel.aclose()
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_provider_record_carries_the_announced_address_strings() -> None:
