@@ -67,8 +67,18 @@ class PeerLink:
         self.bytes_received = 0
 
     async def _send(self, message: Message) -> None:
+        """Send ``message``; a link closed or broken meanwhile (also while this waited
+        for another send) fails it as the peer gone, never as trio's error, which the
+        download would take for a bug of ours."""
         async with self._send_lock:
-            await self._stream.send_all(encode(message))
+            if self._failure is not None:
+                raise self._failure
+            try:
+                await self._stream.send_all(encode(message))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                gone = PeerGoneError(f"{self.peer_id}: stream closed ({exc!r})")
+                self._fail(gone)
+                raise self._failure or gone from exc
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send HELLO, then route every response until the stream ends."""
