@@ -282,12 +282,9 @@ class DataChannelServer:
         if port is None:
             self.refused["not_running"] += 1
             return Refuse(RefuseCode.UNAVAILABLE, "this node is not accepting data channels now")
-        if self._active[peer] >= self._limits.max_connections_per_peer:
-            raise SessionLimitError(f"{peer} has too many data channels open")
         # Refused here, the peer learns it is busy at once; refused at the claim (checked
         # again there, for connections made meanwhile) it sees a connection close.
-        if self.active_connections() >= self._limits.max_connections:
-            raise SessionLimitError("this node has as many data channels open as it takes")
+        self._check_room(peer)
         return self._table.offer(
             request,
             peer_id=peer,
@@ -396,13 +393,17 @@ class DataChannelServer:
     async def _claim(self, conn: trio.SocketStream) -> PendingSession:
         session_id = await _receive_exact(conn, SESSION_ID_SIZE, "handshake")
         session = self._table.claim(session_id, self._clock())
-        peer = session.peer_id
-        if (
-            self._active[peer] >= self._limits.max_connections_per_peer
-            or self.active_connections() >= self._limits.max_connections
-        ):
-            raise SessionLimitError(f"too many data channels open (now from {peer})")
+        self._check_room(session.peer_id)
         return session
+
+    def _check_room(self, peer: str) -> None:
+        """Refuse one more data channel from ``peer`` past either connection cap."""
+        if self._active[peer] >= self._limits.max_connections_per_peer:
+            raise SessionLimitError(f"{peer} has too many data channels open")
+        if self.active_connections() >= self._limits.max_connections:
+            raise SessionLimitError(
+                f"this node has as many data channels open as it takes ({peer})"
+            )
 
     async def _prove(self, conn: trio.SocketStream, session: PendingSession) -> EncryptedStream:
         peer = session.peer_id

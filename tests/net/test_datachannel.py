@@ -426,7 +426,14 @@ async def test_a_peer_without_a_data_channel_fails_fast() -> None:
             assert trio.current_time() - started < 5
 
 
-async def test_a_busy_server_refuses_and_a_stopped_one_too() -> None:
+@pytest.mark.parametrize(
+    "limits",
+    [DataChannelLimits(max_connections_per_peer=1), DataChannelLimits(max_connections=1)],
+    ids=["per_peer_cap", "total_cap"],
+)
+async def test_a_busy_server_refuses_and_a_stopped_one_too(limits: DataChannelLimits) -> None:
+    """Either cap refuses at the OPEN, so the peer hears "busy" at once; refused only at
+    the claim, it saw its TCP connection closed during the handshake."""
     gate = trio.Event()
 
     async def hold(stream: ByteStream, peer: str) -> None:
@@ -434,36 +441,7 @@ async def test_a_busy_server_refuses_and_a_stopped_one_too() -> None:
 
     with trio.fail_after(30):
         async with AsyncExitStack() as stack:
-            setup = await prepare(stack, hold, limits=DataChannelLimits(max_connections_per_peer=1))
-            async with trio.open_nursery() as nursery:
-                await nursery.start(setup.server.run)
-                first = await setup.open()
-                with pytest.raises(DataChannelOpenError) as info:
-                    await setup.open()
-                assert isinstance(info.value.__cause__, DataChannelRefusedError)
-                assert info.value.__cause__.code == "busy"
-                gate.set()
-                assert await first.receive_some() == b""
-                await first.aclose()
-                nursery.cancel_scope.cancel()
-            # The handler stays registered on the host; with run() ended it refuses.
-            with pytest.raises(DataChannelOpenError) as info:
-                await setup.open()
-            assert isinstance(info.value.__cause__, DataChannelRefusedError)
-            assert info.value.__cause__.code == "unavailable"
-
-
-async def test_a_server_at_its_connection_cap_refuses_the_offer_as_busy() -> None:
-    """Refused at the OPEN, the peer hears "busy" at once; refused only at the claim,
-    it saw its TCP connection closed during the handshake."""
-    gate = trio.Event()
-
-    async def hold(stream: ByteStream, peer: str) -> None:
-        await gate.wait()
-
-    with trio.fail_after(30):
-        async with AsyncExitStack() as stack:
-            setup = await prepare(stack, hold, limits=DataChannelLimits(max_connections=1))
+            setup = await prepare(stack, hold, limits=limits)
             async with trio.open_nursery() as nursery:
                 await nursery.start(setup.server.run)
                 first = await setup.open()
@@ -476,6 +454,11 @@ async def test_a_server_at_its_connection_cap_refuses_the_offer_as_busy() -> Non
                 assert await first.receive_some() == b""
                 await first.aclose()
                 nursery.cancel_scope.cancel()
+            # The handler stays registered on the host; with run() ended it refuses.
+            with pytest.raises(DataChannelOpenError) as info:
+                await setup.open()
+            assert isinstance(info.value.__cause__, DataChannelRefusedError)
+            assert info.value.__cause__.code == "unavailable"
 
 
 async def test_one_failing_connection_leaves_the_others_alone() -> None:
