@@ -45,6 +45,7 @@ import resource
 import tempfile
 import threading
 import time
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,16 @@ def machine_busy() -> tuple[float, float]:
 def bytes_sent(home: Home) -> int:
     """Chunk bytes the daemon of ``home`` has sent since it started (``status``)."""
     return int(call(home, "status", {})["traffic"]["bytes_sent"])
+
+
+def chunks_by_path(reports: list[dict[str, Any] | None]) -> Counter[str]:
+    """Chunks received over each path (data channel, libp2p stream, relay), all downloads."""
+    counts: Counter[str] = Counter()
+    for report in reports:
+        if report is not None:
+            for peer, chunks in report.get("chunks_from", {}).items():
+                counts[report["paths"].get(peer, "?")] += chunks
+    return counts
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -237,6 +248,7 @@ def measure(
         1 for r in reports if r is not None and set(r.get("chunks_from", {})) - {seeder_id}
     )
     total = len(times) * size / max(times) if times else 0.0
+    by_path = chunks_by_path(reports)
     capped = f"; seeder capped at {seeder_rate:g} MB/s" if seeder_rate else ""
     solo_rate = size / solo_s
     per_connection_kib = (seeder_peak - seeder_before) * 1024 / count
@@ -286,6 +298,13 @@ def measure(
         Row(
             f"{count} concurrent downloaders: per downloader, DHT messages sent and connections",
             f"{(dht1 - dht0) / count:.1f} messages; {connections / count:.1f} connections",
+            "-",
+            "-",
+            None,
+        ),
+        Row(
+            f"{count} concurrent downloaders: chunks received by path",
+            ", ".join(f"{path} {n}" for path, n in by_path.most_common()) or "none",
             "-",
             "-",
             None,
