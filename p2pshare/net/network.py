@@ -167,9 +167,15 @@ class Network:
         return await open_stream(self._host, peer_id, addrs, protocol, timeout)
 
     async def open_data_channel(
-        self, peer_id: str, addrs: Sequence[str], timeout: float
+        self, peer_id: str, addrs: Sequence[str], *, offer_timeout: float, connect_timeout: float
     ) -> EncryptedStream:
-        return await open_data_channel(self._host, peer_id, addrs, timeout=timeout)
+        return await open_data_channel(
+            self._host,
+            peer_id,
+            addrs,
+            offer_timeout=offer_timeout,
+            connect_timeout=connect_timeout,
+        )
 
     def data_channel_server(
         self,

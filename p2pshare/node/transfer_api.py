@@ -13,13 +13,19 @@ import trio
 from p2pshare.control.server import Emit, Handler, InvalidParamsError, umask_param
 from p2pshare.errors import P2PShareError, UserError, leaf_errors
 from p2pshare.net.datachannel import DataChannelOpenError
+from p2pshare.net.peers import PeerAddrs
 from p2pshare.node.downloads import (
     ACTIVE,
     DownloadManager,
     remove_empty_parent,
     remove_partial,
 )
-from p2pshare.node.timeouts import PROVIDER_FIND_TIMEOUT, PROVIDER_OPEN_TIMEOUT
+from p2pshare.node.timeouts import (
+    DATA_CONNECT_TIMEOUT,
+    DATA_OFFER_TIMEOUT,
+    PROVIDER_FIND_TIMEOUT,
+    PROVIDER_OPEN_TIMEOUT,
+)
 from p2pshare.proto.cid import ContentId
 from p2pshare.proto.sealed import NotARecipientError
 from p2pshare.proto.ticket import parse_content_ref
@@ -58,7 +64,6 @@ if TYPE_CHECKING:
     from p2pshare.transfer.source import LocalContent
 
 log = logging.getLogger(__name__)
-DATA_CHANNEL_TIMEOUT = 5.0
 
 
 @dataclass
@@ -105,10 +110,19 @@ class TransferApi:
         )
 
     async def _open(self, source: Source, paths: dict[str, str]) -> ByteStream:
-        """The encrypted data channel if the provider offers one, else a libp2p stream."""
+        """The encrypted data channel if the provider offers one, else a libp2p stream.
+
+        Both ride on a libp2p connection, made first: a provider that cannot be reached
+        fails once, and its dial does not eat into the offer's time.  A slow offer is
+        waited for (node/timeouts.py says why).
+        """
+        await self.network.connect(PeerAddrs(source.peer_id, source.addrs), PROVIDER_OPEN_TIMEOUT)
         try:
             stream: ByteStream = await self.network.open_data_channel(
-                source.peer_id, list(source.addrs), DATA_CHANNEL_TIMEOUT
+                source.peer_id,
+                list(source.addrs),
+                offer_timeout=DATA_OFFER_TIMEOUT,
+                connect_timeout=DATA_CONNECT_TIMEOUT,
             )
             paths[source.peer_id] = "data-channel"
         except DataChannelOpenError as exc:

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from libp2p.abc import IHost
 
-    from p2pshare.net.streams import ByteStream
+    from p2pshare.net.streams import ByteStream, LibP2PStream
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
@@ -72,8 +72,10 @@ class Setup:
     def client_id(self) -> str:
         return self.client_host.get_id().to_base58()
 
-    async def open(self, timeout: float = 10) -> EncryptedStream:
-        return await open_data_channel(self.client_host, self.server_id, [], timeout=timeout)
+    async def open(self) -> EncryptedStream:
+        return await open_data_channel(
+            self.client_host, self.server_id, [], offer_timeout=10, connect_timeout=10
+        )
 
 
 async def start(
@@ -216,7 +218,11 @@ async def test_a_transfer_runs_unchanged_over_the_data_channel(tmp_path: Path) -
 
                 async def open_stream(src: Source) -> ByteStream:
                     stream = await open_data_channel(
-                        setup.client_host, src.peer_id, list(src.addrs), timeout=10
+                        setup.client_host,
+                        src.peer_id,
+                        list(src.addrs),
+                        offer_timeout=10,
+                        connect_timeout=10,
                     )
                     opened.append(stream)
                     return stream
@@ -400,6 +406,35 @@ async def test_a_closed_data_port_fails_fast() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_slow_offer_has_its_own_time_apart_from_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A busy peer may take longer to offer than its data port may take to answer: each
+    has its own budget.  With one deadline for both, a crowd's downloaders took nearly
+    every slow offer for a missing data channel and fell back to libp2p streams."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            setup = await prepare(stack, echo)
+            handle_open = setup.server._handle_open
+
+            async def busy(stream: LibP2PStream) -> None:
+                await trio.sleep(1.0)
+                await handle_open(stream)
+
+            monkeypatch.setattr(setup.server, "_handle_open", busy)
+            setup.port = await nursery.start(setup.server.run)
+            stream = await open_data_channel(
+                setup.client_host, setup.server_id, [], offer_timeout=10, connect_timeout=0.5
+            )
+            assert await exchange(stream, b"after a slow offer") == b"after a slow offer"
+            await stream.aclose()
+            with pytest.raises(DataChannelOpenError, match="no data channel offer in time"):
+                await open_data_channel(
+                    setup.client_host, setup.server_id, [], offer_timeout=0.5, connect_timeout=10
+                )
+            nursery.cancel_scope.cancel()
+
+
 async def test_an_offer_with_no_time_left_fails_as_an_open_error() -> None:
     """The caller's deadline may pass before the connection is tried (a busy node): the
     download then falls back to libp2p, it does not fail on an internal error."""
@@ -422,7 +457,9 @@ async def test_a_peer_without_a_data_channel_fails_fast() -> None:
             await a.connect(info_from_p2p_addr(b.get_addrs()[0]))
             started = trio.current_time()
             with pytest.raises(DataChannelOpenError):
-                await open_data_channel(a, b.get_id().to_base58(), [], timeout=10)
+                await open_data_channel(
+                    a, b.get_id().to_base58(), [], offer_timeout=10, connect_timeout=10
+                )
             assert trio.current_time() - started < 5
 
 
@@ -773,7 +810,7 @@ async def test_a_node_behind_nat_is_reached_at_its_announced_address() -> None:
                 await setup.open()
             announced = [f"/ip4/127.0.0.2/tcp/4001/p2p/{setup.server_id}"]
             stream = await open_data_channel(
-                setup.client_host, setup.server_id, announced, timeout=10
+                setup.client_host, setup.server_id, announced, offer_timeout=10, connect_timeout=10
             )
             assert await exchange(stream, b"through the forwarded port") == (
                 b"through the forwarded port"

@@ -82,11 +82,15 @@ async def test_a_node_takes_as_many_data_channels_as_connections(max_connections
         addrs = theirs.announce_addrs()
         with trio.fail_after(TIMEOUT):
             channels = [
-                await ours.open_data_channel(theirs.peer_id, addrs, TIMEOUT)
+                await ours.open_data_channel(
+                    theirs.peer_id, addrs, offer_timeout=TIMEOUT, connect_timeout=TIMEOUT
+                )
                 for _ in range(max_connections)
             ]
             with pytest.raises(DataChannelOpenError, match="busy"):
-                await ours.open_data_channel(theirs.peer_id, addrs, TIMEOUT)
+                await ours.open_data_channel(
+                    theirs.peer_id, addrs, offer_timeout=TIMEOUT, connect_timeout=TIMEOUT
+                )
             for channel in channels:
                 await channel.aclose()
         nursery.cancel_scope.cancel()
