@@ -10,7 +10,8 @@ Prints, each next to its same-run baseline:
 * total throughput, N x size / time until the last finished, against one downloader
   fetching a different 64 MiB share from the same seeder alone just before (target:
   the crowd gets at least as much through as one downloader alone);
-* completion time min / p50 / max from the common start;
+* completion time min / p50 / p95 / max from the common start (target, fairness:
+  p95 within 1.5 x p50);
 * the seeder's CPU time (user + system) per GiB it sent, in the crowd and for the one
   downloader alone (run with --count 10 and 100 to read off how it grows);
 * the seeder's peak RSS (VmHWM), against its peak before the crowd came (target:
@@ -51,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-from rows import Row, median, print_table
+from rows import Row, median, percentile, print_table
 
 from p2pshare.control.client import ControlClient
 from p2pshare.home import Home
@@ -69,6 +70,8 @@ MIB = 1 << 20
 GIB = 1 << 30
 START_TIMEOUT = 600.0
 RSS_TARGET_MB = 200.0
+# Fairness: the slower downloaders finish within this factor of the median.
+FAIRNESS_TARGET = 1.5
 # After the downloaders' first routing-table refresh began, time for it to end.
 SETTLE_MARGIN = 15.0
 # Each daemon holds a few dozen descriptors; the seeder one or two per downloader.
@@ -270,16 +273,16 @@ def measure(
             total >= solo_rate,
         ),
         Row(
-            f"{count} concurrent downloaders: completion time min / p50 / max",
+            f"{count} concurrent downloaders: completion time min / p50 / p95 / max",
             (
-                f"{min(times):.1f} / {median(times):.1f} / {max(times):.1f} s; "
-                f"{helped} also fetched from other downloaders"
+                f"{min(times):.1f} / {median(times):.1f} / {percentile(times, 0.95):.1f} / "
+                f"{max(times):.1f} s; {helped} also fetched from other downloaders"
                 if times
                 else "none finished"
             ),
             f"one downloader alone: {solo_s:.2f} s",
-            "-",
-            None,
+            f"p95 <= {FAIRNESS_TARGET:g} x p50",
+            bool(times) and percentile(times, 0.95) <= FAIRNESS_TARGET * median(times),
         ),
         Row(
             f"{count} concurrent downloaders: seeder CPU per GiB it sent",
