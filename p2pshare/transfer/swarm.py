@@ -11,7 +11,8 @@ shell (transfer/downloader.py) tells it what happened and does what it decides:
 * a provider that lied (a forged manifest or hash page, a bad chunk) is banned, and
   one that refused the content is given up: neither is ever dialed again;
 * providers are looked up every ``LOOKUP_INTERVAL`` and at once when no link is
-  left or no provider could send a missing chunk;
+  left or no provider could send a missing chunk; of more than there is room for
+  (``MAX_PROVIDERS``), the hinted ones and then a random draw get a link;
 * the download fails only once no provider that could send a missing chunk has
   been left, or found, for ``CONNECT_TIMEOUT`` and no lookup is under way;
 * a partial provider's chunk list is asked again while nothing is in flight with it;
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -97,8 +99,9 @@ class Refresh(enum.Enum):
 class Swarm:
     """Every provider of one download and what is known of it."""
 
-    def __init__(self, hints: Iterable[Source] = ()) -> None:
+    def __init__(self, hints: Iterable[Source] = (), rng: random.Random | None = None) -> None:
         self.hints = {s.peer_id: s for s in hints}
+        self._rng = rng or random.SystemRandom()
         # Every provider seen, with the addresses it was last seen with.
         self.sources: dict[str, Source] = {}
         # Providers with a task of their own: linked, being dialed or waiting to be.
@@ -133,7 +136,7 @@ class Swarm:
         for peer in (*self.given_up, *self.banned, *self.no_manifest):
             fresh.pop(peer, None)
         self.sources.update(fresh)
-        return list(fresh.values())
+        return self._spread(fresh.values())
 
     def on_unreachable(self, peer: str) -> None:
         self.why[peer] = failures.UNREACHABLE
@@ -203,7 +206,7 @@ class Swarm:
     def on_found(self, found: Iterable[Source]) -> list[Source]:
         """What a lookup during the transfer found: the new providers to dial."""
         new = []
-        for source in found:
+        for source in self._spread(found):
             peer = source.peer_id
             if self.excluded(peer):
                 continue
@@ -214,6 +217,20 @@ class Swarm:
                 self.keep(peer)
                 new.append(source)
         return new
+
+    def _spread(self, found: Iterable[Source]) -> list[Source]:
+        """``found`` with the hinted providers first, the others in random order.
+
+        A lookup returns the same providers in the same order to everyone, the earliest
+        to announce first: a crowd that linked to the first ``MAX_PROVIDERS`` of them
+        piled onto a few dozen downloaders, each dialed by nearly the whole crowd,
+        while the rest were found by nobody (bench/downloaders.py).
+        """
+        sources = list(found)
+        hinted = [s for s in sources if s.peer_id in self.hints]
+        others = [s for s in sources if s.peer_id not in self.hints]
+        self._rng.shuffle(others)
+        return hinted + others
 
     def hopeful(self, picker: Picker) -> bool:
         """Whether a provider may still send a missing chunk: one being dialed, waiting to

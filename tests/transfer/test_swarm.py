@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -176,6 +179,25 @@ def test_lookup_adds_providers_up_to_the_limit() -> None:
     found = [Source(f"p{i}") for i in range(MAX_PROVIDERS + 5)]
     assert len(swarm.on_found(found)) == MAX_PROVIDERS
     assert swarm.on_found(found) == [], "those kept are not dialed twice"
+
+
+def test_a_crowd_spreads_over_every_provider_found() -> None:
+    """Each downloader links to its own draw of the providers a lookup returns (in the
+    same order to all), the hinted ones first, not the first ``MAX_PROVIDERS`` of them."""
+    hint = Source("seeder")
+    found = [hint, *(Source(f"p{i}") for i in range(2 * MAX_PROVIDERS))]
+    times_linked: Counter[str] = Counter()
+    for seed in range(20):
+        first = Swarm([hint], rng=random.Random(seed)).on_first_lookup(found)
+        assert first[0] == hint
+        assert sorted(s.peer_id for s in first) == sorted(s.peer_id for s in found)
+        later = Swarm([hint], rng=random.Random(seed))
+        later.keep("seeder")
+        linked = later.on_found(found)
+        assert len(linked) == MAX_PROVIDERS - 1, "the seeder has a link already"
+        times_linked.update(s.peer_id for s in linked)
+    assert set(times_linked) == {s.peer_id for s in found[1:]}, "every provider is used"
+    assert max(times_linked.values()) < 20, "none is linked by the whole crowd"
 
 
 def test_partial_provider_is_asked_again_only_with_nothing_in_flight() -> None:
