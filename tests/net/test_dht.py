@@ -183,6 +183,29 @@ async def test_many_providers_are_handed_out_at_random_not_first_come() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_record_this_node_holds_does_not_end_the_lookup() -> None:
+    """A downloader held the seeder's record (the seeder provides to the peers it knows)
+    and so never asked the network: of a crowd of 100, 24 found nobody but the seeder
+    in 12 lookups each and finished last (bench/downloaders.py)."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (_, asker), (_, holder) = await start_line(stack, nursery, 2)
+        seeder, other_downloader = (ID.from_base58(NodeKey.generate().peer_id) for _ in "ab")
+        asker._kad.provider_store.add_provider(
+            key, PeerInfo(seeder, [Multiaddr("/ip4/127.0.0.1/tcp/40001")])
+        )
+        holder._kad.provider_store.add_provider(
+            key, PeerInfo(other_downloader, [Multiaddr("/ip4/127.0.0.1/tcp/40002")])
+        )
+        with trio.fail_after(10):
+            providers = await asker.find_providers(key)
+        assert {p.peer_id for p in providers} == {
+            seeder.to_base58(),
+            other_downloader.to_base58(),
+        }
+        nursery.cancel_scope.cancel()
+
+
 async def test_lookup_trace_tells_a_finished_lookup_from_one_that_timed_out() -> None:
     """`find` said "within 10 s" after 0.77 s (field test #20): the trace must say
     whether the lookup ran out of peers to ask or out of time."""
