@@ -32,6 +32,7 @@ import multiaddr
 import trio
 
 from p2pshare.errors import UserError
+from p2pshare.proto.peeraddr import leading_ip_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -94,13 +95,7 @@ class RecentInterfaceIps:
 
 
 def _ip_of(addr: multiaddr.Multiaddr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    parts = str(addr).split("/")
-    if len(parts) < 3 or parts[1] not in ("ip4", "ip6"):
-        return None
-    try:
-        return ipaddress.ip_address(parts[2])
-    except ValueError:
-        return None
+    return leading_ip_port(addr.to_bytes())[0]
 
 
 def is_loopback(addr: multiaddr.Multiaddr) -> bool:
@@ -114,10 +109,7 @@ def is_wildcard(addr: multiaddr.Multiaddr) -> bool:
 
 
 def _tcp_port(addr: multiaddr.Multiaddr) -> int | None:
-    parts = str(addr).split("/")
-    if len(parts) < 5 or parts[3] != "tcp" or not parts[4].isdigit():
-        return None
-    return int(parts[4])
+    return leading_ip_port(addr.to_bytes())[1]
 
 
 def is_own(host: IHost, addr: multiaddr.Multiaddr) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,7 +12,10 @@ from multiaddr import Multiaddr
 
 from p2pshare.proto.keys import peer_id_from_public_key
 from p2pshare.proto.multiformats import b58encode
-from p2pshare.proto.peeraddr import PeerAddr, check_peer_id, parse_peer_addr
+from p2pshare.proto.peeraddr import PeerAddr, check_peer_id, leading_ip_port, parse_peer_addr
+
+if TYPE_CHECKING:
+    import ipaddress
 
 ED25519_ID = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
 RSA_ID = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
@@ -103,3 +108,20 @@ def test_a_peer_behind_a_relay_parses_to_the_relay_and_the_target(
 def test_a_dns_name_spelt_like_the_circuit_protocol_is_a_name() -> None:
     text = f"/dns4/p2p-circuit/tcp/4001/p2p/{ED25519_ID}"
     assert parse_peer_addr(text) == PeerAddr("dns4", "p2p-circuit", 4001, ED25519_ID)
+
+
+@given(st.ip_addresses(), st.integers(0, 65535), peer_ids)
+def test_the_leading_ip_and_port_are_read_from_the_bytes_as_multiaddr_writes_them(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, peer_id: str
+) -> None:
+    family = "ip4" if ip.version == 4 else "ip6"
+    with_tcp = Multiaddr(f"/{family}/{ip}/tcp/{port}/p2p/{peer_id}")
+    assert leading_ip_port(with_tcp.to_bytes()) == (ip, port)
+    assert leading_ip_port(Multiaddr(f"/{family}/{ip}/udp/{port}").to_bytes()) == (ip, None)
+    assert leading_ip_port(Multiaddr(f"/dns4/example.org/tcp/{port}").to_bytes()) == (None, None)
+
+
+@given(st.binary(max_size=40))
+def test_any_bytes_give_an_address_and_port_or_none(raw: bytes) -> None:
+    ip, port = leading_ip_port(raw)
+    assert ip is not None or port is None
