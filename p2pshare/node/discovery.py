@@ -40,6 +40,8 @@ KNOWN_PEERS_KEPT = 200
 REMEMBER_INTERVAL = 60.0
 PING_TIMEOUT = 5.0
 FIRST_REFRESH_DELAY = 30.0
+# Providers a `find` names at most (a random draw of those found).
+FIND_LIMIT = 20
 MDNS_BACKLOG = 64
 # How long `share` waits for the peers already known to hold a new share's record.
 FIRST_ANNOUNCE_WAIT = 2.0
@@ -424,11 +426,15 @@ class Discovery:
             raise NoPeersError
 
     async def find(
-        self, cid: str, timeout: float, trace: LookupTrace | None = None
+        self, cid: str, timeout: float, trace: LookupTrace | None = None, want: int = 1
     ) -> list[Provider]:
+        """Providers of ``cid``: the lookup asks on until ``want`` are known (or the time
+        is up), and returns up to ``FIND_LIMIT`` of them, or ``want`` if more."""
         key = ContentId.parse(cid).multihash
         give_up_at = trio.current_time() + timeout
-        return await self._network.find_providers(key, trace=trace, give_up_at=give_up_at)
+        return await self._network.find_providers(
+            key, limit=max(want, FIND_LIMIT), trace=trace, want=want, give_up_at=give_up_at
+        )
 
     async def find_key(self, key: bytes, timeout: float, want: int) -> list[Provider]:
         """Providers of ``key``, asking on until ``want`` are known or the time is up.

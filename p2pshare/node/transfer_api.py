@@ -409,16 +409,13 @@ class TransferApi:
     ) -> Download:
         me = self.network.peer_id
 
-        async def nobody() -> list[Source]:
-            return []
-
         async with trio.open_nursery() as nursery:
 
             async def open_(_source: Source) -> ByteStream:
                 paths[me] = "local"
                 return await open_local(nursery, self.local.stored)
 
-            download = self._download_of(request, progress, open_, nobody, [Source(me, ())])
+            download = self._download_of(request, progress, open_, _nobody, [Source(me, ())])
             await download.run()
             nursery.cancel_scope.cancel()
         return download
@@ -433,14 +430,10 @@ class TransferApi:
             # A ticket's provider is dialed at its addresses; a bare content ID needs peers.
             self.discovery.require_peers()
 
-        async def find() -> list[Source]:
-            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT)
-            return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
-
         async def open_(source: Source) -> ByteStream:
             return await self._open(source, paths)
 
-        download = self._download_of(request, progress, open_, find, hints)
+        download = self._download_of(request, progress, open_, self._finder(key), hints)
         await download.run()
         return download
 
@@ -457,19 +450,12 @@ class TransferApi:
         me = self.network.peer_id
         key = str(cid)
 
-        async def find() -> list[Source]:
-            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT)
-            return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
-
         async def check_size(data: dict[str, Any]) -> None:
             total = data.get("total")
             if max_bytes is not None and isinstance(total, int) and total > max_bytes:
                 raise ContentTooLargeError(
                     f"{key} has {total} bytes, more than the {max_bytes} allowed"
                 )
-
-        async def nobody() -> list[Source]:
-            return []
 
         paths: dict[str, str] = {}
 
@@ -496,13 +482,28 @@ class TransferApi:
         if hinted:
             # The peer that asked usually holds the content: skip the DHT lookup then.
             try:
-                return await attempt(nobody)
+                return await attempt(_nobody)
             except NoProvidersError as exc:
                 log.info("hinted peers lack %s (%s); asking the DHT", key, exc)
-        return await attempt(find)
+        return await attempt(self._finder(key))
 
     def handlers(self) -> dict[str, Handler]:
         return {"get": self.get} | self.downloads.handlers()
+
+    def _finder(self, key: str) -> FindSources:
+        """The providers of ``key`` but this node, by a DHT lookup."""
+        me = self.network.peer_id
+
+        async def find(want: int) -> list[Source]:
+            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT, want=want)
+            return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
+
+        return find
+
+
+async def _nobody(_want: int) -> list[Source]:
+    """Finds no provider: the content is local, or only the hinted peers are asked."""
+    return []
 
 
 async def _run_once(download: Download, dest: Path) -> DownloadReport:

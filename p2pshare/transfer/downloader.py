@@ -55,6 +55,7 @@ from p2pshare.transfer.swarm import (
     CONNECT_TIMEOUT,
     HAVE_REFRESH_S,
     LOOKUP_INTERVAL,
+    MAX_PROVIDERS,
     REATTACH_DELAYS,
     Refresh,
     Source,
@@ -347,14 +348,19 @@ class Transfer:
             self._notify()
 
     async def _lookup_loop(self, workers: trio.Nursery) -> None:
-        """Ask for providers every ``LOOKUP_INTERVAL``, and at once when no link is left."""
+        """Ask for providers every ``LOOKUP_INTERVAL``, and at once when no link is left.
+
+        Each lookup asks on until it knows as many providers as there is room for: one
+        that stopped at the first answer naming anyone got the seeder alone, lookup
+        after lookup, wherever the other downloaders' records were (bench/downloaders.py).
+        """
         swarm = self._swarm
         while True:
             while (wait := swarm.lookup_due(trio.current_time())) is not None:
                 await self._wait_change(wait)
             swarm.on_lookup_start()
             try:
-                found = await self._links.lookup()
+                found = await self._links.lookup(want=MAX_PROVIDERS)
             finally:
                 swarm.on_lookup_end(trio.current_time())
             for source in swarm.on_found(found):

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from p2pshare.transfer.swarm import Source, Swarm
 
     OpenStream = Callable[[Source], Awaitable[ByteStream]]
-    FindSources = Callable[[], Awaitable[list[Source]]]
+    # Called with how many providers the lookup should go on asking for.
+    FindSources = Callable[[int], Awaitable[list[Source]]]
 
 log = logging.getLogger(__name__)
 # A discarded stream gets this long to close before it is left to the peer.
@@ -60,9 +61,9 @@ class Links:
     def items(self) -> ItemsView[str, PeerLink]:
         return self._links.items()
 
-    async def lookup(self) -> list[Source]:
+    async def lookup(self, want: int) -> list[Source]:
         """The hinted providers (a ticket's provider that could not be reached at first is
-        tried again), then those found now.
+        tried again), then those found now, asking on until ``want`` are known.
 
         The lookup is never cut short but by CONNECT_TIMEOUT: it dials peers itself,
         and a dial cancelled half way leaves py-libp2p unable to dial that peer again
@@ -71,7 +72,7 @@ class Links:
         found = list(self.swarm.hints.values())
         try:
             with trio.move_on_after(CONNECT_TIMEOUT):
-                found += await self._find_sources()
+                found += await self._find_sources(want)
         except Exception:
             log.warning("provider lookup for %s failed", self.cid, exc_info=True)
         return found

@@ -85,7 +85,8 @@ async def _look_up_and_dial(links: Links) -> None:
     """Look providers up, then dial them and the hinted ones; called when no link
     is left (none made yet, or none sent the manifest)."""
     cid, swarm = links.cid, links.swarm
-    sources = swarm.on_first_lookup(await links.lookup())
+    # The first provider found starts the download; the transfer looks for more.
+    sources = swarm.on_first_lookup(await links.lookup(want=1))
     if not sources and swarm.why:
         raise failures.no_manifest(cid, swarm.why)
     if not sources:

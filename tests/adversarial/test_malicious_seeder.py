@@ -231,7 +231,7 @@ class Outcome:
     elapsed: float
 
 
-async def no_more_sources() -> list[Source]:
+async def no_more_sources(_want: int) -> list[Source]:
     return []
 
 

@@ -47,7 +47,7 @@ class _Discovery:
         self.providers = providers
         self.lookups = 0
 
-    async def find(self, _key: str, _timeout: float) -> list[_Provider]:
+    async def find(self, _key: str, _timeout: float, want: int = 1) -> list[_Provider]:
         self.lookups += 1
         return self.providers
 

@@ -41,6 +41,7 @@ from p2pshare.transfer.downloader import (
 from p2pshare.transfer.failures import NoProvidersError
 from p2pshare.transfer.output import PartialOutput, partial_path
 from p2pshare.transfer.source import LocalContent
+from p2pshare.transfer.swarm import MAX_PROVIDERS
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ async def _serve(
         await stream.aclose()
 
 
-async def no_more_sources() -> list[Source]:
+async def no_more_sources(_want: int) -> list[Source]:
     return []
 
 
@@ -372,8 +373,8 @@ def first_stream_fails(fx: Fixture, after: int, *, stall: bool = False) -> Behav
     return behave
 
 
-def finder(*peers: str) -> Callable[[], Awaitable[list[Source]]]:
-    async def find() -> list[Source]:
+def finder(*peers: str) -> Callable[[int], Awaitable[list[Source]]]:
+    async def find(_want: int) -> list[Source]:
         return [Source(peer) for peer in peers]
 
     return find
@@ -384,7 +385,7 @@ def swarm_download(
     net: Net,
     dest: Path,
     hints: list[str],
-    find: Callable[[], Awaitable[list[Source]]] = no_more_sources,
+    find: Callable[[int], Awaitable[list[Source]]] = no_more_sources,
     announce: Callable[[], None] | None = None,
 ) -> Download:
     return Download(
@@ -477,7 +478,7 @@ async def test_a_banned_or_refusing_provider_is_never_dialed_again(
     source = LyingSource(fx.seed, bad=set(range(41))) if bad == "liar" else fx.third
     lookups = 0
 
-    async def find() -> list[Source]:
+    async def find(_want: int) -> list[Source]:
         nonlocal lookups
         lookups += 1
         return [Source(bad), Source("slow")]
@@ -539,7 +540,7 @@ async def test_a_ticket_get_does_not_wait_for_a_slow_lookup(
     started = trio.current_time()
     lookups: list[float] = []
 
-    async def slow_find() -> list[Source]:
+    async def slow_find(_want: int) -> list[Source]:
         lookups.append(trio.current_time() - started)
         await trio.sleep(10)
         return []
@@ -573,7 +574,7 @@ async def test_the_periodic_lookup_attaches_a_provider_found_mid_download(
 ) -> None:
     started = trio.current_time()
 
-    async def find() -> list[Source]:
+    async def find(_want: int) -> list[Source]:
         return [Source("late")] if trio.current_time() - started >= 5 else []
 
     dest = fx.root / "out.bin"
@@ -591,13 +592,35 @@ async def test_the_periodic_lookup_attaches_a_provider_found_mid_download(
     assert trio.current_time() - started < 41, "faster than the slow provider alone"
 
 
+async def test_the_first_lookup_stops_at_a_provider_and_the_later_ones_ask_for_more(
+    fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
+) -> None:
+    """A lookup that stops at the first answer naming a provider found the seeder alone,
+    lookup after lookup, in a crowd where the other downloaders were providers too."""
+    wants: list[int] = []
+
+    async def find(want: int) -> list[Source]:
+        wants.append(want)
+        return [Source("slow")]
+
+    dest = fx.root / "out.bin"
+    async with trio.open_nursery() as nursery:
+        net = Net(nursery, {"slow": honest(LocalContent(fx.seed), CHUNK)})
+        await swarm_download(fx, net, dest, [], find).run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == fx.data
+    assert len(wants) >= 3, "the download outlived two periodic lookups"
+    assert wants[0] == 1, "the first provider found starts the download"
+    assert set(wants[1:]) == {MAX_PROVIDERS}
+
+
 async def test_when_no_link_is_left_the_lookup_runs_at_once(
     fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
 ) -> None:
     started = trio.current_time()
     lookups = 0
 
-    async def find() -> list[Source]:
+    async def find(_want: int) -> list[Source]:
         nonlocal lookups
         lookups += 1
         return [] if lookups == 1 else [Source("rescuer")]
