@@ -44,7 +44,7 @@ from libp2p.kad_dht.utils import maybe_consume_signed_record, sort_peer_ids_by_d
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
-from libp2p.peer.peerstore import env_to_send_in_RPC
+from libp2p.peer.peerstore import PeerStoreError, env_to_send_in_RPC
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 from multiaddr import Multiaddr
 
@@ -250,6 +250,13 @@ async def _forget_if_unreachable(host: IHost, kad: KadDHT, peer: ID, timeout: fl
     return False
 
 
+def _has_addrs(host: IHost, peer: ID) -> bool:
+    try:
+        return bool(host.get_peerstore().addrs(peer))
+    except PeerStoreError:  # not met yet
+        return False
+
+
 def _forget(kad: KadDHT, peer: ID, why: str) -> bool:
     if not kad.routing_table.remove_peer(peer):
         return False
@@ -281,10 +288,14 @@ class _RoutingFeeder(INotifee):
         self._start(self._add, conn.muxed_conn.peer_id)
 
     async def _add(self, peer_id: ID) -> None:
-        # The listening side learns the dialer's addresses only once identify is done.
+        """Add the peer once its addresses are known: the listening side learns the
+        dialer's only once identify is done.  Tried once: when the peer's bucket is
+        full, py-libp2p pings the bucket's oldest peer and keeps it if it answers, and
+        asking again every 50 ms pinged it up to 100 times per new connection."""
         with trio.move_on_after(PEER_FEED_TIMEOUT):
-            while not await self._dht.add_peer(peer_id):
+            while not _has_addrs(self._host, peer_id):
                 await trio.sleep(0.05)
+            await self._dht.add_peer(peer_id)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self._start(self._check, conn.muxed_conn.peer_id)
@@ -358,12 +369,34 @@ class _Lookup:
         return found
 
 
+class _KadDHT(KadDHT):
+    """py-libp2p's DHT, whose request handler never waits on the routing table.
+
+    Before reading a request, py-libp2p's handler adds the asking peer to the routing
+    table, and when the peer's bucket is full that pings the bucket's oldest peer (with
+    no time limit), all while holding one of the 12 handler slots; with all 12 taken
+    every further request is reset.  A seeder with 100 downloaders connected reset
+    every GET_PROVIDERS of theirs that way, and 54 of them never learnt of another
+    provider (bench/downloaders.py).  Here the handler only marks a peer already in the
+    table as seen: _RoutingFeeder adds every connected peer, outside the handler.
+    """
+
+    async def add_peer(self, peer_id: ID, *, skip_server_mode_check: bool = False) -> bool:
+        if not skip_server_mode_check:
+            return await super().add_peer(peer_id)
+        # Only the request handler skips the check (the peer asked us over KAD).
+        table = self.routing_table
+        return table.peer_in_table(peer_id) and table.find_bucket(peer_id).refresh_peer_last_seen(
+            peer_id
+        )
+
+
 class Dht:
     """Provider records on the standard Kademlia DHT."""
 
     def __init__(self, host: IHost, guard: HandlerGuard, requests_per_second: float) -> None:
         self._host = host
-        self._kad = KadDHT(host, DHTMode.SERVER)
+        self._kad = _KadDHT(host, DHTMode.SERVER)
         self._kad._provider_rate_max = PROVIDER_RATE_MAX  # noqa: SLF001 - no public setter
         # The lookup a provide runs for the closest peers, its messages counted as the
         # provide's (metrics); the routing table is the DHT's own.

@@ -7,23 +7,25 @@ import logging
 import os
 import socket
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import trio
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.peer.peerstore import PeerStore
 from multiaddr import Multiaddr
 
 from p2pshare.identity import NodeKey
 from p2pshare.metrics import METRICS
-from p2pshare.net.dht import Dht, LookupTrace
+from p2pshare.net.dht import Dht, LookupTrace, _RoutingFeeder
 from p2pshare.net.host import running_host
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
 
 if TYPE_CHECKING:
     import pytest
     from libp2p.abc import IHost
+    from libp2p.kad_dht import KadDHT
 
 BLAKE3_MULTIHASH = b"\x1e\x20"
 
@@ -204,6 +206,54 @@ async def test_a_record_this_node_holds_does_not_end_the_lookup() -> None:
             other_downloader.to_base58(),
         }
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_is_answered_while_the_routing_table_is_busy() -> None:
+    """py-libp2p's handler added the asking peer to the routing table before reading
+    the request; with the peer's bucket full that pings the oldest peer, with no time
+    limit, in one of 12 handler slots. A crowd's seeder reset every request that way."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (asker_host, asker), (holder_host, holder) = await start_line(stack, nursery, 2)
+        await wait_for_table(asker, 1)
+        holder._kad.provider_store.add_provider(
+            key, PeerInfo(holder_host.get_id(), holder_host.get_transport_addrs())
+        )
+
+        async def ping_that_never_ends(*_args: object, **_kwargs: object) -> NoReturn:
+            await trio.sleep_forever()
+
+        holder._kad.routing_table.remove_peer(asker_host.get_id())
+        holder._kad.routing_table.add_peer = ping_that_never_ends  # type: ignore[method-assign]
+        with trio.fail_after(5):
+            providers = await asker.find_providers(key)
+        assert [p.peer_id for p in providers] == [holder_host.get_id().to_base58()]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_new_connection_is_offered_to_the_routing_table_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """When the bucket is full and its oldest peer answers a ping, the new peer is not
+    added; asking again every 50 ms pinged that peer up to 100 times."""
+    peer = ID.from_base58(NodeKey.generate().peer_id)
+    peerstore = PeerStore()
+    peerstore.add_addrs(peer, [Multiaddr("/ip4/127.0.0.1/tcp/4001")], 3600)
+    offers: list[ID] = []
+
+    class Host:
+        def get_peerstore(self) -> PeerStore:
+            return peerstore
+
+    class FullTable:
+        async def add_peer(self, peer_id: ID) -> bool:
+            offers.append(peer_id)
+            return False
+
+    async with trio.open_nursery() as nursery:
+        feeder = _RoutingFeeder(cast("IHost", Host()), cast("KadDHT", FullTable()), nursery)
+        await feeder._add(peer)
+    assert offers == [peer]
 
 
 async def test_lookup_trace_tells_a_finished_lookup_from_one_that_timed_out() -> None:
