@@ -512,6 +512,7 @@ class Dht:
         trace: LookupTrace | None = None,
         want: int = 1,
         give_up_at: float = math.inf,
+        ask: Iterable[ID] = (),
     ) -> list[Provider]:
         """Ask the network (never only the local cache) who provides ``key``; one entry per peer.
 
@@ -522,11 +523,13 @@ class Dht:
         has 20 providers, i.e. the whole network when there is only one.)
         ``trace``, if given, is updated as the lookup goes.  At ``give_up_at`` (trio
         time) the queries still out are abandoned and what was found is returned.
+        The peers in ``ask`` are asked too, whether or not the routing table has them.
         """
         trace = trace if trace is not None else LookupTrace()
         me = self._host.get_id()
         known = set(self._kad.routing_table.find_local_closest_peers(key, K_CLOSEST))
         known.update(self._host.get_connected_peers())
+        known.update(ask)
         known.discard(me)
         lookup = _Lookup(key, me, known, trace, want)
         # This node's own records do not end the lookup: a downloader that holds the
@@ -534,7 +537,7 @@ class Dht:
         # else, and of a crowd of 100 a quarter fetched everything from the seeder alone.
         cached = self._kad.provider_store.get_providers(key)
 
-        async def ask(peer: ID, answered: trio.MemorySendChannel[None]) -> None:
+        async def query(peer: ID, answered: trio.MemorySendChannel[None]) -> None:
             lookup.answer(peer, *await self._get_providers(peer, key))
             answered.send_nowait(None)
 
@@ -549,7 +552,7 @@ class Dht:
                 while not lookup.enough():
                     while in_flight < ALPHA and (peer := lookup.next_peer()) is not None:
                         in_flight += 1
-                        nursery.start_soon(ask, peer, answered)
+                        nursery.start_soon(query, peer, answered)
                     if in_flight == 0:
                         break
                     await answers.receive()

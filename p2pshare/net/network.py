@@ -253,9 +253,15 @@ class Network:
         trace: LookupTrace | None = None,
         want: int = 1,
         give_up_at: float = math.inf,
+        ask: Sequence[str] = (),
     ) -> list[Provider]:
         return await self._dht.find_providers(
-            key, limit=limit, trace=trace, want=want, give_up_at=give_up_at
+            key,
+            limit=limit,
+            trace=trace,
+            want=want,
+            give_up_at=give_up_at,
+            ask=[ID.from_base58(peer) for peer in ask],
         )
 
     # -- mDNS

@@ -426,14 +426,25 @@ class Discovery:
             raise NoPeersError
 
     async def find(
-        self, cid: str, timeout: float, trace: LookupTrace | None = None, want: int = 1
+        self,
+        cid: str,
+        timeout: float,
+        trace: LookupTrace | None = None,
+        want: int = 1,
+        ask: Sequence[str] = (),
     ) -> list[Provider]:
         """Providers of ``cid``: the lookup asks on until ``want`` are known (or the time
-        is up), and returns up to ``FIND_LIMIT`` of them, or ``want`` if more."""
+        is up), the peers in ``ask`` too, and returns up to ``FIND_LIMIT`` of them, or
+        ``want`` if more."""
         key = ContentId.parse(cid).multihash
         give_up_at = trio.current_time() + timeout
         return await self._network.find_providers(
-            key, limit=max(want, FIND_LIMIT), trace=trace, want=want, give_up_at=give_up_at
+            key,
+            limit=max(want, FIND_LIMIT),
+            trace=trace,
+            want=want,
+            give_up_at=give_up_at,
+            ask=ask,
         )
 
     async def find_key(self, key: bytes, timeout: float, want: int) -> list[Provider]:

@@ -494,14 +494,14 @@ class TransferApi:
         """The providers of ``key`` but this node, by a DHT lookup."""
         me = self.network.peer_id
 
-        async def find(want: int) -> list[Source]:
-            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT, want=want)
+        async def find(want: int, ask: list[str]) -> list[Source]:
+            found = await self.discovery.find(key, PROVIDER_FIND_TIMEOUT, want=want, ask=ask)
             return [Source(p.peer_id, p.addrs) for p in found if p.peer_id != me]
 
         return find
 
 
-async def _nobody(_want: int) -> list[Source]:
+async def _nobody(_want: int, _ask: list[str]) -> list[Source]:
     """Finds no provider: the content is local, or only the hinted peers are asked."""
     return []
 

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from p2pshare.transfer.swarm import Source, Swarm
 
     OpenStream = Callable[[Source], Awaitable[ByteStream]]
-    # Called with how many providers the lookup should go on asking for.
-    FindSources = Callable[[int], Awaitable[list[Source]]]
+    # Called with how many providers the lookup should go on asking for, and the peers
+    # it should ask besides those the DHT knows (the providers linked now).
+    FindSources = Callable[[int, list[str]], Awaitable[list[Source]]]
 
 log = logging.getLogger(__name__)
 # A discarded stream gets this long to close before it is left to the peer.
@@ -65,6 +66,11 @@ class Links:
         """The hinted providers (a ticket's provider that could not be reached at first is
         tried again), then those found now, asking on until ``want`` are known.
 
+        The providers linked now are asked too: they hold the content, so they are
+        likely to know its other providers, and a downloader whose only libp2p peer was
+        the seeder lost it from its routing table when that connection closed, and then
+        asked nobody, lookup after lookup (bench/downloaders.py).
+
         The lookup is never cut short but by CONNECT_TIMEOUT: it dials peers itself,
         and a dial cancelled half way leaves py-libp2p unable to dial that peer again
         at once.  A failing lookup finds nothing; it must not end a download that runs.
@@ -72,7 +78,7 @@ class Links:
         found = list(self.swarm.hints.values())
         try:
             with trio.move_on_after(CONNECT_TIMEOUT):
-                found += await self._find_sources(want)
+                found += await self._find_sources(want, list(self._links))
         except Exception:
             log.warning("provider lookup for %s failed", self.cid, exc_info=True)
         return found

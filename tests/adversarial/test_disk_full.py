@@ -53,7 +53,7 @@ class Disk:
         return written
 
 
-async def no_more_sources(_want: int) -> list[Source]:
+async def no_more_sources(_want: int, _ask: list[str]) -> list[Source]:
     return []
 
 

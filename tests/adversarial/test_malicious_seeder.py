@@ -231,7 +231,7 @@ class Outcome:
     elapsed: float
 
 
-async def no_more_sources(_want: int) -> list[Source]:
+async def no_more_sources(_want: int, _ask: list[str]) -> list[Source]:
     return []
 
 

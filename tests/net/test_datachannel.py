@@ -227,7 +227,7 @@ async def test_a_transfer_runs_unchanged_over_the_data_channel(tmp_path: Path) -
                     opened.append(stream)
                     return stream
 
-                async def no_more(_want: int) -> list[Source]:
+                async def no_more(_want: int, _ask: list[str]) -> list[Source]:
                     return []
 
                 download = Download(

@@ -256,6 +256,27 @@ async def test_a_new_connection_is_offered_to_the_routing_table_once(
     assert offers == [peer]
 
 
+async def test_a_lookup_asks_the_peers_it_is_given_beyond_its_routing_table() -> None:
+    """A downloader whose only peer was the seeder lost it from its routing table when
+    that connection closed, and its lookups then asked nobody; a download now names
+    the providers it is linked to, whose addresses it has."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        [(_, asker)] = await start_line(stack, nursery, 1)
+        [(holder_host, holder)] = await start_line(stack, nursery, 1)
+        holder._kad.provider_store.add_provider(
+            key, PeerInfo(holder_host.get_id(), holder_host.get_transport_addrs())
+        )
+        asker._host.get_peerstore().add_addrs(
+            holder_host.get_id(), holder_host.get_transport_addrs(), 3600
+        )
+        with trio.fail_after(10):
+            assert await asker.find_providers(key) == []
+            providers = await asker.find_providers(key, ask=[holder_host.get_id()])
+        assert [p.peer_id for p in providers] == [holder_host.get_id().to_base58()]
+        nursery.cancel_scope.cancel()
+
+
 async def test_lookup_trace_tells_a_finished_lookup_from_one_that_timed_out() -> None:
     """`find` said "within 10 s" after 0.77 s (field test #20): the trace must say
     whether the lookup ran out of peers to ask or out of time."""

@@ -23,7 +23,7 @@ from p2pshare.transfer.source import LocalContent
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
     from p2pshare.net.streams import ByteStream
@@ -54,7 +54,9 @@ class _Discovery:
     def require_peers(self) -> None:
         return
 
-    async def find(self, _key: str, _timeout: float, want: int = 1) -> list[_Provider]:
+    async def find(
+        self, _key: str, _timeout: float, want: int = 1, ask: Sequence[str] = ()
+    ) -> list[_Provider]:
         return [_Provider()]
 
     def provide_soon(self, cid: str) -> None:

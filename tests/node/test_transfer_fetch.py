@@ -21,6 +21,7 @@ from p2pshare.transfer.source import LocalContent
 from p2pshare.transfer.uploader import UploadLimiter, serve_transfer
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from p2pshare.net.streams import ByteStream
@@ -47,7 +48,9 @@ class _Discovery:
         self.providers = providers
         self.lookups = 0
 
-    async def find(self, _key: str, _timeout: float, want: int = 1) -> list[_Provider]:
+    async def find(
+        self, _key: str, _timeout: float, want: int = 1, ask: Sequence[str] = ()
+    ) -> list[_Provider]:
         self.lookups += 1
         return self.providers
 

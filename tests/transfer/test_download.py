@@ -139,7 +139,7 @@ async def _serve(
         await stream.aclose()
 
 
-async def no_more_sources(_want: int) -> list[Source]:
+async def no_more_sources(_want: int, _ask: list[str]) -> list[Source]:
     return []
 
 
@@ -373,8 +373,8 @@ def first_stream_fails(fx: Fixture, after: int, *, stall: bool = False) -> Behav
     return behave
 
 
-def finder(*peers: str) -> Callable[[int], Awaitable[list[Source]]]:
-    async def find(_want: int) -> list[Source]:
+def finder(*peers: str) -> Callable[[int, list[str]], Awaitable[list[Source]]]:
+    async def find(_want: int, _ask: list[str]) -> list[Source]:
         return [Source(peer) for peer in peers]
 
     return find
@@ -385,7 +385,7 @@ def swarm_download(
     net: Net,
     dest: Path,
     hints: list[str],
-    find: Callable[[int], Awaitable[list[Source]]] = no_more_sources,
+    find: Callable[[int, list[str]], Awaitable[list[Source]]] = no_more_sources,
     announce: Callable[[], None] | None = None,
 ) -> Download:
     return Download(
@@ -478,7 +478,7 @@ async def test_a_banned_or_refusing_provider_is_never_dialed_again(
     source = LyingSource(fx.seed, bad=set(range(41))) if bad == "liar" else fx.third
     lookups = 0
 
-    async def find(_want: int) -> list[Source]:
+    async def find(_want: int, _ask: list[str]) -> list[Source]:
         nonlocal lookups
         lookups += 1
         return [Source(bad), Source("slow")]
@@ -540,7 +540,7 @@ async def test_a_ticket_get_does_not_wait_for_a_slow_lookup(
     started = trio.current_time()
     lookups: list[float] = []
 
-    async def slow_find(_want: int) -> list[Source]:
+    async def slow_find(_want: int, _ask: list[str]) -> list[Source]:
         lookups.append(trio.current_time() - started)
         await trio.sleep(10)
         return []
@@ -574,7 +574,7 @@ async def test_the_periodic_lookup_attaches_a_provider_found_mid_download(
 ) -> None:
     started = trio.current_time()
 
-    async def find(_want: int) -> list[Source]:
+    async def find(_want: int, _ask: list[str]) -> list[Source]:
         return [Source("late")] if trio.current_time() - started >= 5 else []
 
     dest = fx.root / "out.bin"
@@ -596,11 +596,15 @@ async def test_the_first_lookup_stops_at_a_provider_and_the_later_ones_ask_for_m
     fx: Fixture, autojump_clock: trio.testing.MockClock, inline_threads: None
 ) -> None:
     """A lookup that stops at the first answer naming a provider found the seeder alone,
-    lookup after lookup, in a crowd where the other downloaders were providers too."""
+    lookup after lookup, in a crowd where the other downloaders were providers too; and
+    one that asked only the DHT's peers asked nobody once the downloader's connection
+    to the seeder had closed. The later lookups ask the linked providers too."""
     wants: list[int] = []
+    asked: list[list[str]] = []
 
-    async def find(want: int) -> list[Source]:
+    async def find(want: int, ask: list[str]) -> list[Source]:
         wants.append(want)
+        asked.append(ask)
         return [Source("slow")]
 
     dest = fx.root / "out.bin"
@@ -612,6 +616,8 @@ async def test_the_first_lookup_stops_at_a_provider_and_the_later_ones_ask_for_m
     assert len(wants) >= 3, "the download outlived two periodic lookups"
     assert wants[0] == 1, "the first provider found starts the download"
     assert set(wants[1:]) == {MAX_PROVIDERS}
+    assert asked[0] == [], "nobody linked yet"
+    assert all(ask == ["slow"] for ask in asked[1:])
 
 
 async def test_when_no_link_is_left_the_lookup_runs_at_once(
@@ -620,7 +626,7 @@ async def test_when_no_link_is_left_the_lookup_runs_at_once(
     started = trio.current_time()
     lookups = 0
 
-    async def find(_want: int) -> list[Source]:
+    async def find(_want: int, _ask: list[str]) -> list[Source]:
         nonlocal lookups
         lookups += 1
         return [] if lookups == 1 else [Source("rescuer")]
