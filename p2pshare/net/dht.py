@@ -34,8 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
-from libp2p.abc import INotifee
-from libp2p.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht import DHTMode
 from libp2p.kad_dht.common import ALPHA, MAX_DHT_MESSAGE_SIZE
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
@@ -44,7 +43,7 @@ from libp2p.kad_dht.utils import maybe_consume_signed_record, sort_peer_ids_by_d
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
-from libp2p.peer.peerstore import PeerStoreError, env_to_send_in_RPC
+from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 from multiaddr import Multiaddr
 
@@ -52,21 +51,18 @@ from p2pshare.errors import UserError
 from p2pshare.metrics import METRICS, counted_provide, timed_lookup
 from p2pshare.net.addrs import is_wildcard
 from p2pshare.net.peers import connect
+from p2pshare.net.routing import RoutingFeeder, ServingKadDHT, forget
 from p2pshare.proto.ratelimit import PerKeyBuckets
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
-    from libp2p.abc import IHost, INetConn, INetStream, INetwork
+    from libp2p.abc import IHost, INetStream
     from libp2p.custom_types import TProtocol
 
     from p2pshare.net.streams import HandlerGuard, LibP2PStream
 
 log = logging.getLogger(__name__)
-PEER_FEED_TIMEOUT = 5.0
-# A peer whose last connection closed is dialed once more within this long
-# (seconds); if that fails, it leaves the routing table.
-REDIAL_TIMEOUT = 5.0
 QUERY_TIMEOUT = 10.0
 K_CLOSEST = 20
 PEER_ADDR_TTL = 3600
@@ -240,83 +236,6 @@ class _DropCleanEOF(logging.Filter):
         )
 
 
-async def _forget_if_unreachable(host: IHost, kad: KadDHT, peer: ID, timeout: float) -> bool:
-    """Dial ``peer`` unless a connection is up; on failure remove it from the routing
-    table (True), so lookups and ``status`` stop counting a peer that is gone."""
-    try:
-        await connect(host, PeerInfo(peer, []), timeout)
-    except UserError as exc:
-        return _forget(kad, peer, str(exc))
-    return False
-
-
-def _has_addrs(host: IHost, peer: ID) -> bool:
-    try:
-        return bool(host.get_peerstore().addrs(peer))
-    except PeerStoreError:  # not met yet
-        return False
-
-
-def _forget(kad: KadDHT, peer: ID, why: str) -> bool:
-    if not kad.routing_table.remove_peer(peer):
-        return False
-    log.debug("%s left the DHT routing table: %s", peer, why)
-    return True
-
-
-class _RoutingFeeder(INotifee):
-    """Adds every connected peer to the routing table, and removes one that cannot
-    be re-dialed once its last connection closed.
-
-    Its work runs in the DHT's nursery; once that is closing (the daemon stops with
-    peers connected, each connection closing notifies) it does nothing: the swarm
-    may already have started a call before the feeder was unregistered.
-    """
-
-    def __init__(self, host: IHost, dht: KadDHT, nursery: trio.Nursery) -> None:
-        self._host = host
-        self._dht = dht
-        self._nursery = nursery
-        self.closed = False
-
-    def _start(self, job: Callable[[ID], Awaitable[None]], peer_id: ID) -> None:
-        if not self.closed:
-            self._nursery.start_soon(job, peer_id)
-
-    async def connected(self, network: INetwork, conn: INetConn) -> None:
-        # Awaited inline while the connection is being set up: hand the work off.
-        self._start(self._add, conn.muxed_conn.peer_id)
-
-    async def _add(self, peer_id: ID) -> None:
-        """Add the peer once its addresses are known: the listening side learns the
-        dialer's only once identify is done.  Tried once: when the peer's bucket is
-        full, py-libp2p pings the bucket's oldest peer and keeps it if it answers, and
-        asking again every 50 ms pinged it up to 100 times per new connection."""
-        with trio.move_on_after(PEER_FEED_TIMEOUT):
-            while not _has_addrs(self._host, peer_id):
-                await trio.sleep(0.05)
-            await self._dht.add_peer(peer_id)
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        self._start(self._check, conn.muxed_conn.peer_id)
-
-    async def _check(self, peer_id: ID) -> None:
-        if self._dht.routing_table.peer_in_table(peer_id):
-            await _forget_if_unreachable(self._host, self._dht, peer_id, REDIAL_TIMEOUT)
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return
-
-    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        return
-
-    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        return
-
-
 class _Lookup:
     """What one GET_PROVIDERS lookup knows: the providers found, the peers known and
     asked, and how many referrals away each peer was first named."""
@@ -369,34 +288,12 @@ class _Lookup:
         return found
 
 
-class _KadDHT(KadDHT):
-    """py-libp2p's DHT, whose request handler never waits on the routing table.
-
-    Before reading a request, py-libp2p's handler adds the asking peer to the routing
-    table, and when the peer's bucket is full that pings the bucket's oldest peer (with
-    no time limit), all while holding one of the 12 handler slots; with all 12 taken
-    every further request is reset.  A seeder with 100 downloaders connected reset
-    every GET_PROVIDERS of theirs that way, and 54 of them never learnt of another
-    provider (bench/downloaders.py).  Here the handler only marks a peer already in the
-    table as seen: _RoutingFeeder adds every connected peer, outside the handler.
-    """
-
-    async def add_peer(self, peer_id: ID, *, skip_server_mode_check: bool = False) -> bool:
-        if not skip_server_mode_check:
-            return await super().add_peer(peer_id)
-        # Only the request handler skips the check (the peer asked us over KAD).
-        table = self.routing_table
-        return table.peer_in_table(peer_id) and table.find_bucket(peer_id).refresh_peer_last_seen(
-            peer_id
-        )
-
-
 class Dht:
     """Provider records on the standard Kademlia DHT."""
 
     def __init__(self, host: IHost, guard: HandlerGuard, requests_per_second: float) -> None:
         self._host = host
-        self._kad = _KadDHT(host, DHTMode.SERVER)
+        self._kad = ServingKadDHT(host, DHTMode.SERVER)
         self._kad._provider_rate_max = PROVIDER_RATE_MAX  # noqa: SLF001 - no public setter
         # The lookup a provide runs for the closest peers, its messages counted as the
         # provide's (metrics); the routing table is the DHT's own.
@@ -423,7 +320,7 @@ class Dht:
         """
         network = self._host.get_network()
         async with trio.open_nursery() as nursery:
-            feeder = _RoutingFeeder(self._host, self._kad, nursery)
+            feeder = RoutingFeeder(self._host, self._kad, nursery)
             network.register_notifee(feeder)
             try:
                 for peer in self._host.get_connected_peers():
@@ -481,7 +378,7 @@ class Dht:
                         await connect(self._host, PeerInfo(peer, []), QUERY_TIMEOUT)
                     except UserError as exc:
                         log.debug("not providing to %s: %s", peer, exc)
-                        _forget(self._kad, peer, str(exc))
+                        forget(self._kad, peer, str(exc))
                         return
                     if await send_add_provider(self._host, peer, key, announce):
                         accepted.add(peer)
@@ -575,7 +472,7 @@ class Dht:
                 log.debug("GET_PROVIDERS to %s failed: %s", peer, exc)
                 why = str(exc)
         if peer not in self._host.get_connected_peers():
-            _forget(self._kad, peer, why)
+            forget(self._kad, peer, why)
         return [], []
 
     def _as_providers(self, found: dict[ID, set[Multiaddr]]) -> list[Provider]:

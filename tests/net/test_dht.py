@@ -18,8 +18,9 @@ from multiaddr import Multiaddr
 
 from p2pshare.identity import NodeKey
 from p2pshare.metrics import METRICS
-from p2pshare.net.dht import Dht, LookupTrace, _RoutingFeeder
+from p2pshare.net.dht import Dht, LookupTrace
 from p2pshare.net.host import running_host
+from p2pshare.net.routing import RoutingFeeder
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
 
 if TYPE_CHECKING:
@@ -251,7 +252,7 @@ async def test_a_new_connection_is_offered_to_the_routing_table_once(
             return False
 
     async with trio.open_nursery() as nursery:
-        feeder = _RoutingFeeder(cast("IHost", Host()), cast("KadDHT", FullTable()), nursery)
+        feeder = RoutingFeeder(cast("IHost", Host()), cast("KadDHT", FullTable()), nursery)
         await feeder._add(peer)
     assert offers == [peer]
 
