@@ -108,10 +108,6 @@ def is_wildcard(addr: multiaddr.Multiaddr) -> bool:
     return ip is not None and ip.is_unspecified
 
 
-def _tcp_port(addr: multiaddr.Multiaddr) -> int | None:
-    return leading_ip_port(addr.to_bytes())[1]
-
-
 def is_own(host: IHost, addr: multiaddr.Multiaddr) -> bool:
     """Whether dialing ``addr`` (an IP address, not a relay circuit) reaches this node:
     one of its listen sockets, or an address it announces.
@@ -119,12 +115,12 @@ def is_own(host: IHost, addr: multiaddr.Multiaddr) -> bool:
     A listen address 0.0.0.0 (or ``::``) answers at every interface and loopback
     address of its family.
     """
-    ip, port = _ip_of(addr), _tcp_port(addr)
+    ip, port = leading_ip_port(addr.to_bytes())
     if ip is None or port is None or "/p2p-circuit" in str(addr):
         return False
     for own in [*host.get_transport_addrs(), *host.get_addrs()]:
-        own_ip = _ip_of(own)
-        if own_ip is None or _tcp_port(own) != port or own_ip.version != ip.version:
+        own_ip, own_port = leading_ip_port(own.to_bytes())
+        if own_ip is None or own_port != port or own_ip.version != ip.version:
             continue
         if own_ip == ip:
             return True

@@ -280,13 +280,6 @@ class _Lookup:
     def enough(self) -> bool:
         return len(self.found.keys() - {self.me}) >= self.want
 
-    def result(self, cached: list[PeerInfo]) -> dict[ID, set[Multiaddr]]:
-        """The providers the network named, then those only this node's store knows."""
-        found = {peer: set(addrs) for peer, addrs in self.found.items()}
-        for info in cached:
-            found.setdefault(info.peer_id, set()).update(info.addrs)
-        return found
-
 
 class Dht:
     """Provider records on the standard Kademlia DHT."""
@@ -429,10 +422,6 @@ class Dht:
         known.update(ask)
         known.discard(me)
         lookup = _Lookup(key, me, known, trace, want)
-        # This node's own records do not end the lookup: a downloader that holds the
-        # seeder's record (the seeder provides to the peers it knows) never asked anyone
-        # else, and of a crowd of 100 a quarter fetched everything from the seeder alone.
-        cached = self._kad.provider_store.get_providers(key)
 
         async def query(peer: ID, answered: trio.MemorySendChannel[None]) -> None:
             lookup.answer(peer, *await self._get_providers(peer, key))
@@ -456,7 +445,13 @@ class Dht:
                     in_flight -= 1
                 nursery.cancel_scope.cancel()  # found enough: the rest are not needed
         trace.timed_out = deadline.cancelled_caught
-        return _at_most(self._as_providers(lookup.result(cached)), limit)
+        # This node's own records are added only now, so they never end the lookup: a
+        # downloader that held the seeder's record (the seeder provides to the peers it
+        # knows) asked no one else, and of a crowd of 100 a quarter fetched everything
+        # from the seeder alone.
+        for info in self._kad.provider_store.get_providers(key):
+            lookup.found.setdefault(info.peer_id, set()).update(info.addrs)
+        return _at_most(self._as_providers(lookup.found), limit)
 
     async def _get_providers(self, peer: ID, key: bytes) -> tuple[list[PeerInfo], list[ID]]:
         """One GET_PROVIDERS query; a failed or unanswered one is an empty answer.

@@ -119,15 +119,13 @@ class ServingKadDHT(KadDHT):
     no time limit), all while holding one of the 12 handler slots; with all 12 taken
     every further request is reset.  A seeder with 100 downloaders connected reset
     448 of 474 of their GET_PROVIDERS in one run, and about half of them never learnt
-    of another provider (bench/downloaders.py).  Here the handler only marks a peer already in the
-    table as seen: RoutingFeeder adds every connected peer, outside the handler.
+    of another provider (bench/downloaders.py).  Here the handler only marks a peer
+    already in the table as seen: RoutingFeeder adds every connected peer, outside the
+    handler.
     """
 
     async def add_peer(self, peer_id: ID, *, skip_server_mode_check: bool = False) -> bool:
         if not skip_server_mode_check:
             return await super().add_peer(peer_id)
         # Only the request handler skips the check (the peer asked us over KAD).
-        table = self.routing_table
-        return table.peer_in_table(peer_id) and table.find_bucket(peer_id).refresh_peer_last_seen(
-            peer_id
-        )
+        return self.routing_table.find_bucket(peer_id).refresh_peer_last_seen(peer_id)
