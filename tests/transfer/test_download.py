@@ -680,7 +680,8 @@ async def test_a_partial_download_serves_its_verified_chunks_to_a_third_peer(
     inline_threads: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """B's only stream stalls after 12 chunks, so B stays partial; C gets those from B."""
+    """B's only stream stalls after 12 chunks, so B stays partial.  C's other provider
+    lacks exactly those chunks, so C can only finish by getting them from B."""
     monkeypatch.setattr(downloader, "PERSIST_EVERY_CHUNKS", 2)
     announced: list[int] = []
     b_announced, b_finished = trio.Event(), trio.Event()
@@ -710,7 +711,9 @@ async def test_a_partial_download_serves_its_verified_chunks_to_a_third_peer(
             await b_announced.wait()
         assert b.durable is not None
         held = set(b.durable.iter_set())
-        c_net = Net(nursery, {"A": honest(LocalContent(fx.seed), CHUNK), "B": honest(fx.local)})
+        lacking = LocalContent(fx.seed)
+        lacking.register(fx.cid, SeedLacking(fx, held))
+        c_net = Net(nursery, {"A": honest(lacking, CHUNK), "B": honest(fx.local)})
         c = Download(
             cid=fx.cid,
             dest=fx.root / "c.bin",
@@ -759,6 +762,24 @@ class GrowingPartial:
 
     def read_chunk_into(self, global_index: int, out: bytearray, *, wait: bool = True) -> int:
         return self.shares.read_chunk_into(self.cid, global_index, out, wait=wait)
+
+
+class SeedLacking(GrowingPartial):
+    """The whole share as a partial that holds every chunk but those in ``missing``."""
+
+    def __init__(self, fx: Fixture, missing: set[int]) -> None:
+        super().__init__(fx, held=0)
+        self.missing = missing
+
+    def has_chunk(self, global_index: int) -> bool:
+        return global_index not in self.missing
+
+    def have(self, first_chunk: int, count: int) -> Bitfield:
+        have = Bitfield(count)
+        for offset in range(count):
+            if first_chunk + offset not in self.missing:
+                have.set(offset)
+        return have
 
 
 async def test_a_partial_providers_new_chunks_are_asked_for(
