@@ -28,6 +28,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2pshare.net.addrs import addrs_factory, is_wildcard
 from p2pshare.net.listen import ListenError, check_can_listen, parse_listen_addrs
+from p2pshare.net.muxer import use_atomic_frames
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -87,6 +88,7 @@ def build_host(
     before a handler is registered; ``[network] mdns`` is p2pshare.net.mdns, run
     from Discovery.
     """
+    use_atomic_frames()
     key_pair = create_new_key_pair(key.seed)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     return new_host(
