@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -51,16 +52,17 @@ from p2pshare.errors import UserError
 from p2pshare.metrics import METRICS, counted_provide, timed_lookup
 from p2pshare.net.addrs import is_wildcard
 from p2pshare.net.peers import connect
-from p2pshare.net.routing import RoutingFeeder, ServingKadDHT, forget
+from p2pshare.net.routing import IdleBoundStream, RoutingFeeder, ServingKadDHT, forget
+from p2pshare.net.streams import LibP2PStream
 from p2pshare.proto.ratelimit import PerKeyBuckets
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
     from libp2p.abc import IHost, INetStream
     from libp2p.custom_types import TProtocol
 
-    from p2pshare.net.streams import HandlerGuard, LibP2PStream
+    from p2pshare.net.streams import HandlerGuard
 
 log = logging.getLogger(__name__)
 QUERY_TIMEOUT = 10.0
@@ -105,8 +107,7 @@ async def get_providers_and_closers(
     """
     # Dialed here, not by new_stream: py-libp2p would try one, possibly stale, address.
     await connect(host, PeerInfo(peer, []), QUERY_TIMEOUT)
-    stream = await host.new_stream(peer, [KAD_PROTOCOL])
-    try:
+    async with kad_stream(host, peer) as stream:
         request = Message()
         request.type = Message.MessageType.GET_PROVIDERS
         request.key = key
@@ -116,8 +117,6 @@ async def get_providers_and_closers(
         answer = await read_varint_prefixed_bytes_limited(stream, MAX_DHT_MESSAGE_SIZE)
         METRICS.dht_message(request.ByteSize() + len(answer))
         response.ParseFromString(answer)
-    finally:
-        await stream.close()
     if response.type != Message.MessageType.GET_PROVIDERS or not maybe_consume_signed_record(
         response, host, peer
     ):
@@ -157,19 +156,33 @@ async def send_add_provider(host: IHost, peer: ID, key: bytes, addrs: Sequence[M
     provider.addrs.extend(addr.to_bytes() for addr in addrs)
     provider.signedRecord = envelope
     try:
-        stream = await host.new_stream(peer, [KAD_PROTOCOL])
+        async with kad_stream(host, peer) as stream:
+            await stream.write(encode_varint_prefixed(request.SerializeToString()))
+            METRICS.provide_message(request.ByteSize())
     except Exception as exc:  # noqa: BLE001 - libp2p reports refusals with many types
-        log.debug("no DHT stream to %s: %s", peer, exc)
-        return False
-    try:
-        await stream.write(encode_varint_prefixed(request.SerializeToString()))
-        METRICS.provide_message(request.ByteSize())
-    except Exception as exc:  # noqa: BLE001 - a peer that hangs up just does not hold it
         log.debug("ADD_PROVIDER to %s failed: %s", peer, exc)
         return False
-    finally:
-        await stream.close()
     return True
+
+
+@asynccontextmanager
+async def kad_stream(host: IHost, peer: ID) -> AsyncIterator[INetStream]:
+    """A DHT stream to ``peer`` that this node closes, however its request ends.
+
+    A DHT server (py-libp2p's, so ours) serves a stream until the asker closes it, in
+    one of 12 slots shared by all peers.  A request cancelled (its lookup had found
+    enough) left its stream open and the slot held: after 12 of them the node reset
+    every DHT request from anyone (docs/discovery.md).  Closed, not reset: the server
+    then ends the stream quietly instead of logging a warning for the reset.  The
+    stream is opened shielded too: py-libp2p's own reset of a stream whose
+    negotiation was cancelled never goes out.
+    """
+    with trio.CancelScope(shield=True), trio.fail_after(QUERY_TIMEOUT):
+        raw = await host.new_stream(peer, [KAD_PROTOCOL])
+    try:
+        yield raw
+    finally:
+        await LibP2PStream(raw).aclose()
 
 
 class _CountedStream:
@@ -302,7 +315,7 @@ class Dht:
             log.debug("DHT requests from %s over the rate limit; stream reset", stream.peer_id)
             await stream.reset()
             return
-        await self._kad.handle_stream(stream.raw)
+        await self._kad.handle_stream(cast("INetStream", IdleBoundStream(stream.raw)))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Feed the routing table from connections and ping stale peers until cancelled.

@@ -9,7 +9,7 @@ docs/discovery.md for what each of these did to p2pshare and the tests that show
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from libp2p.abc import INotifee
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PEER_FEED_TIMEOUT = 5.0
+# Seconds a DHT stream may stay silent before its handler takes that as the asker's
+# last request; go-libp2p-kad-dht allows a minute, but that is 1 of 12 slots held.
+KAD_IDLE_LIMIT = 10.0
 # A peer whose last connection closed is dialed once more within this long
 # (seconds); if that fails, it leaves the routing table.
 REDIAL_TIMEOUT = 5.0
@@ -129,3 +132,25 @@ class ServingKadDHT(KadDHT):
             return await super().add_peer(peer_id)
         # Only the request handler skips the check (the peer asked us over KAD).
         return self.routing_table.find_bucket(peer_id).refresh_peer_last_seen(peer_id)
+
+
+class IdleBoundStream:
+    """A DHT stream as py-libp2p's request handler reads it: silence for
+    KAD_IDLE_LIMIT seconds reads as the end of the stream.
+
+    The handler serves a stream until the asker closes it, in one of 12 slots shared by
+    every peer, so an asker that went quiet without closing (a request of py-libp2p's
+    own lookups that was cancelled) held a slot until the handler's time bound.
+    """
+
+    def __init__(self, stream: INetStream) -> None:
+        self._stream = stream
+
+    async def read(self, n: int | None = None) -> bytes:
+        with trio.move_on_after(KAD_IDLE_LIMIT):
+            return await self._stream.read(n)
+        log.debug("DHT stream from %s silent; ending it", self._stream.muxed_conn.peer_id)
+        return b""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -7,9 +7,10 @@ import logging
 import os
 import socket
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import trio
+from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -18,14 +19,18 @@ from multiaddr import Multiaddr
 
 from p2pshare.identity import NodeKey
 from p2pshare.metrics import METRICS
-from p2pshare.net.dht import Dht, LookupTrace
+from p2pshare.net import routing
+from p2pshare.net.dht import Dht, LookupTrace, get_providers_and_closers
 from p2pshare.net.host import running_host
-from p2pshare.net.routing import RoutingFeeder
+from p2pshare.net.routing import KAD_IDLE_LIMIT, RoutingFeeder
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pytest
-    from libp2p.abc import IHost
+    from libp2p.abc import IHost, INetStream
+    from libp2p.custom_types import TProtocol
     from libp2p.kad_dht import KadDHT
 
 BLAKE3_MULTIHASH = b"\x1e\x20"
@@ -275,6 +280,65 @@ async def test_a_lookup_asks_the_peers_it_is_given_beyond_its_routing_table() ->
             assert await asker.find_providers(key) == []
             providers = await asker.find_providers(key, ask=[holder_host.get_id()])
         assert [p.peer_id for p in providers] == [holder_host.get_id().to_base58()]
+        nursery.cancel_scope.cancel()
+
+
+def watch_serving(dht: Dht) -> trio.Event:
+    """An event set as the DHT's request handler has served a stream to its end."""
+    served = trio.Event()
+    handle = dht._kad.handle_stream
+
+    async def watched(stream: INetStream) -> None:
+        await handle(stream)
+        served.set()
+
+    dht._kad.handle_stream = watched  # type: ignore[method-assign]
+    return served
+
+
+class CancelledOnceOpen:
+    """A host whose DHT request is cancelled as soon as its stream is open."""
+
+    def __init__(self, host: IHost, request: trio.CancelScope) -> None:
+        self._host = host
+        self._request = request
+
+    async def new_stream(self, peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
+        stream = await self._host.new_stream(peer_id, protocol_ids)
+        self._request.cancel()
+        return stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
+
+
+async def test_a_request_cancelled_once_its_stream_is_open_frees_the_servers_slot_at_once() -> None:
+    """A lookup that has found enough cancels its other queries. Their streams were
+    left open, and the server (12 handler slots for all peers) served each until the
+    asker closed it: a seeder with a crowd reset every request once 12 were held."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (asker_host, _), (holder_host, holder) = await start_line(stack, nursery, 2)
+        served = watch_serving(holder)
+        with trio.CancelScope() as request:
+            asker = cast("IHost", CancelledOnceOpen(asker_host, request))
+            await get_providers_and_closers(asker, holder_host.get_id(), key)
+        assert request.cancelled_caught
+        with trio.fail_after(KAD_IDLE_LIMIT / 2):
+            await served.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_silent_dht_stream_is_ended_by_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An asker that opens a DHT stream and never writes nor closes it (py-libp2p's own
+    lookups, cancelled) held one of the server's 12 slots for the handler's whole bound."""
+    monkeypatch.setattr(routing, "KAD_IDLE_LIMIT", 0.2)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (asker_host, _), (holder_host, holder) = await start_line(stack, nursery, 2)
+        served = watch_serving(holder)
+        with trio.fail_after(5):
+            await asker_host.new_stream(holder_host.get_id(), [KAD_PROTOCOL])
+            await served.wait()
         nursery.cancel_scope.cancel()
 
 
