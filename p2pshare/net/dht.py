@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -70,6 +71,9 @@ K_CLOSEST = 20
 PEER_ADDR_TTL = 3600
 # The 10-per-10-s default drops re-provides of a node with more than ten shares.
 PROVIDER_RATE_MAX = 10_000
+# DHT streams served at once for one peer: py-libp2p serves 12 in all, so one peer
+# holding silent streams open could otherwise take every slot.
+KAD_STREAMS_PER_PEER = 3
 
 
 @dataclass(frozen=True)
@@ -307,15 +311,29 @@ class Dht:
             cast("IHost", _CountingHost(host)), self._kad.routing_table
         )
         self._limits = PerKeyBuckets(rate=requests_per_second, burst=4 * requests_per_second)
+        self._serving: Counter[str] = Counter()
         guard.register(str(KAD_PROTOCOL), self._limited_handler)
         logging.getLogger("libp2p.kad_dht.kad_dht").addFilter(_DropCleanEOF())
 
     async def _limited_handler(self, stream: LibP2PStream) -> None:
-        if not self._limits.take(stream.peer_id, trio.current_time()):
-            log.debug("DHT requests from %s over the rate limit; stream reset", stream.peer_id)
+        peer = stream.peer_id
+        if not self._limits.take(peer, trio.current_time()):
+            log.debug("DHT requests from %s over the rate limit; stream reset", peer)
             await stream.reset()
             return
-        await self._kad.handle_stream(cast("INetStream", IdleBoundStream(stream.raw)))
+        if self._serving[peer] >= KAD_STREAMS_PER_PEER:
+            log.debug(
+                "%s has %d DHT streams served already; stream reset", peer, self._serving[peer]
+            )
+            await stream.reset()
+            return
+        self._serving[peer] += 1
+        try:
+            await self._kad.handle_stream(cast("INetStream", IdleBoundStream(stream.raw)))
+        finally:
+            self._serving[peer] -= 1
+            if not self._serving[peer]:
+                del self._serving[peer]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Feed the routing table from connections and ping stale peers until cancelled.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -339,6 +340,25 @@ async def test_a_silent_dht_stream_is_ended_by_the_server(monkeypatch: pytest.Mo
         with trio.fail_after(5):
             await asker_host.new_stream(holder_host.get_id(), [KAD_PROTOCOL])
             await served.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_peer_holding_silent_dht_streams_leaves_others_answered() -> None:
+    """py-libp2p serves 12 DHT streams at once for all peers: one peer opening 12
+    streams and saying nothing took them all, and every other peer's request was reset."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        # A line: the holder is connected to both.
+        (asker_host, _), (holder_host, holder), (hog_host, _) = await start_line(stack, nursery, 3)
+        holder._kad.provider_store.add_provider(
+            key, PeerInfo(holder_host.get_id(), holder_host.get_transport_addrs())
+        )
+        with trio.fail_after(10):
+            for _ in range(12):
+                with contextlib.suppress(Exception):
+                    await hog_host.new_stream(holder_host.get_id(), [KAD_PROTOCOL])
+            providers, _ = await get_providers_and_closers(asker_host, holder_host.get_id(), key)
+        assert [p.peer_id for p in providers] == [holder_host.get_id()]
         nursery.cancel_scope.cancel()
 
 
