@@ -20,7 +20,9 @@ Prints, each next to its same-run baseline:
 
 * the downloaders' own CPU time per GiB they received, against the one downloader alone,
   and how busy the machine was meanwhile; per downloader, the DHT messages it sent (its
-  finds and provides) and its connections at the end.
+  finds and provides) and its connections at the end;
+* the chunk bytes the downloaders received per byte of the share they kept: above 1.00
+  is waste (endgame duplicates, requests that timed out and were asked again).
 
 A downloader that finishes announces the content like any other; the report says how
 many downloads also took chunks from other downloaders.
@@ -194,7 +196,9 @@ def measure(
         cpu0, sent0 = cpu_seconds(seeder.pid), bytes_sent(homes[0])
         solo_dl0 = cpu_seconds(downloaders[0].pid)
         t0 = time.perf_counter()
-        call(homes[1], "get", {"ref": solo_share["ticket"], "dest": str(solo_out)})
+        solo_received = call(homes[1], "get", {"ref": solo_share["ticket"], "dest": str(solo_out)})[
+            "received_bytes"
+        ]
         solo_s = time.perf_counter() - t0
         solo_out.unlink()
         cpu1, sent1 = cpu_seconds(seeder.pid), bytes_sent(homes[0])
@@ -252,6 +256,8 @@ def measure(
     )
     total = len(times) * size / max(times) if times else 0.0
     by_path = chunks_by_path(reports)
+    # Duplicates (endgame, requests timed out and asked again) count; verified or not.
+    crowd_received = sum(r["received_bytes"] for r in reports if r is not None)
     capped = f"; seeder capped at {seeder_rate:g} MB/s" if seeder_rate else ""
     solo_rate = size / solo_s
     per_connection_kib = (seeder_peak - seeder_before) * 1024 / count
@@ -302,6 +308,13 @@ def measure(
             f"{count} concurrent downloaders: per downloader, DHT messages sent and connections",
             f"{(dht1 - dht0) / count:.1f} messages; {connections / count:.1f} connections",
             "-",
+            "-",
+            None,
+        ),
+        Row(
+            f"{count} concurrent downloaders: chunk bytes received per byte of the share",
+            f"{crowd_received / max(received, 1):.2f}",
+            f"one downloader alone: {solo_received / size:.2f}",
             "-",
             None,
         ),
