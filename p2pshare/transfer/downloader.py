@@ -40,6 +40,7 @@ from p2pshare.store.lifecycle import DownloadState
 from p2pshare.transfer import failures
 from p2pshare.transfer.blocking import RunBlocking, run_in_thread
 from p2pshare.transfer.destination import free_bytes
+from p2pshare.transfer.inflight import InFlight
 from p2pshare.transfer.links import Links
 from p2pshare.transfer.outpath import PLAIN_OUTPUT, UserOutput, named_refusal
 from p2pshare.transfer.output import Arrival
@@ -258,7 +259,7 @@ class Transfer:
         # Chunks fsynced and recorded: what other peers are told we hold.
         self.durable = prepared.verified.copy()
         self._picker = prepared.picker
-        self._waiting: dict[str, set[trio.CancelScope]] = {}
+        self._in_flight = InFlight(REQUEST_TIMEOUT)
         self._pipelines: dict[str, trio.CancelScope] = {}
         self._changed = trio.Event()
         manifest = prepared.signed.manifest
@@ -441,39 +442,35 @@ class Transfer:
             return manifest.locate_chunk(index).length
 
         self.report.requested_bytes += sum(length(i) for i in run)
-        pending = set(run)
-        # A request waits behind this peer's others (and a busy seeder's other
-        # downloaders): it times out only when nothing at all comes from the peer.
-        waiting = trio.CancelScope(deadline=trio.current_time() + REQUEST_TIMEOUT)
-        scopes = self._waiting.setdefault(peer, set())
-        scopes.add(waiting)
+        with self._in_flight.request(peer, run) as request:
+            try:
+                with request.scope:
+                    async with aclosing(link.chunks(self.cid, run, length)) as chunks:
+                        async for index, payload in chunks:
+                            await self._arrived(peer, index, payload)
+                            # Still in flight for this peer until stored.
+                            request.pending.discard(index)
+                if request.scope.cancelled_caught and not request.superseded:
+                    raise trio.TooSlowError
+            finally:
+                if peer in self._links:
+                    for index in request.pending:
+                        self._picker.release(peer, index)
+
+    async def _arrived(self, peer: str, index: int, payload: memoryview) -> None:
+        manifest = self.signed.manifest
+        page = self.pages.get(page_for_chunk(index)[0]) if manifest.paged else None
+        expected = expected_chunk_hash(manifest, index, page)
+        # Counted before the await, so the download never looks finished, or out of
+        # providers, while a chunk is on its way.
+        self._storing += 1
         try:
-            with waiting:
-                async with aclosing(link.chunks(self.cid, run, length)) as chunks:
-                    async for index, payload in chunks:
-                        page = self.pages.get(page_for_chunk(index)[0]) if manifest.paged else None
-                        expected = expected_chunk_hash(manifest, index, page)
-                        # Counted before the await, so the download never looks
-                        # finished, or out of providers, while a chunk is on its way.
-                        self._storing += 1
-                        try:
-                            await self._arrivals_in.send(Arrival(peer, index, expected, payload))
-                        except BaseException:
-                            self._storing -= 1
-                            raise
-                        # Still in flight for this peer until stored.
-                        pending.discard(index)
-                        self.report.received_bytes += len(payload)
-                        alive_until = trio.current_time() + REQUEST_TIMEOUT
-                        for scope in scopes:
-                            scope.deadline = alive_until
-            if waiting.cancelled_caught:
-                raise trio.TooSlowError
-        finally:
-            scopes.discard(waiting)
-            if peer in self._links:
-                for index in pending:
-                    self._picker.release(peer, index)
+            await self._arrivals_in.send(Arrival(peer, index, expected, payload))
+        except BaseException:
+            self._storing -= 1
+            raise
+        self.report.received_bytes += len(payload)
+        self._in_flight.arrived(peer)
 
     async def _store_loop(self) -> None:
         """Check and write what arrives, in batches of what has queued up meanwhile."""
@@ -509,7 +506,8 @@ class Transfer:
                     ban=True,
                 )
                 continue
-            new, _others = picker.received(arrival.peer, arrival.index)
+            new, others = picker.received(arrival.peer, arrival.index)
+            self._in_flight.cancel_superseded(others, picker.verified)
             if new:
                 self._done_bytes += len(arrival.payload)
                 self._unsynced += 1

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 RECEIVE_SIZE = 1 << 20
+# Seconds a CANCEL may wait to be sent (behind a chunk request on a full stream).
+CANCEL_SEND_LIMIT = 5.0
 
 
 class PeerGoneError(RemoteError):
@@ -109,19 +111,36 @@ class PeerLink:
         self._waiters.clear()
 
     async def _deliver(self, response: Response) -> None:
-        waiter = self._waiters.get(response.request.req_id)
-        if waiter is None:
-            return
         if isinstance(response.message, ChunkData):
             self.bytes_received += len(response.message.payload)
             METRICS.received(self.peer_id, len(response.message.payload))
-        await waiter.send.send(response)
+        waiter = self._waiters.get(response.request.req_id)
+        if waiter is not None:
+            try:
+                await waiter.send.send(response)
+            except trio.BrokenResourceError:
+                # Its reader left (a cancelled request): what still comes is dropped.
+                self._waiters.pop(response.request.req_id, None)
         if response.finished:
-            waiter.send.close()
+            if waiter is not None:
+                waiter.send.close()
             # Closing the link while the send above waited has dropped every waiter.
             self._waiters.pop(response.request.req_id, None)
             async with self._capacity:
                 self._capacity.notify_all()
+
+    async def _cancel(self, req_id: int) -> None:
+        """Ask the provider to stop a request nobody reads any more; what it sent
+        before the CANCEL reached it is dropped on arrival."""
+        self._waiters.pop(req_id, None)
+        cancel = self._session.cancel(req_id)
+        if cancel is None or self._failure is not None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_SEND_LIMIT):
+            try:
+                await self._send(cancel)
+            except RemoteError as exc:
+                log.debug("CANCEL to %s not sent: %s", self.peer_id, exc)
 
     async def aclose(self) -> None:
         self._fail(PeerGoneError(f"{self.peer_id}: closed by us"))
@@ -129,7 +148,7 @@ class PeerLink:
 
     async def _start(
         self, make: Callable[[], ClientRequest]
-    ) -> trio.MemoryReceiveChannel[Response]:
+    ) -> tuple[int, trio.MemoryReceiveChannel[Response]]:
         if self._failure is not None:
             raise self._failure
         async with self._capacity:
@@ -141,10 +160,10 @@ class PeerLink:
         send, receive = trio.open_memory_channel[Response](64)
         self._waiters[request.req_id] = _Waiter(send)
         await self._send(request)
-        return receive
+        return request.req_id, receive
 
     async def _single(self, make: Callable[[], ClientRequest]) -> Response:
-        receive = await self._start(make)
+        _, receive = await self._start(make)
         async with receive:
             async for response in receive:
                 if isinstance(response.message, ErrorReply):
@@ -176,22 +195,31 @@ class PeerLink:
     async def chunks(
         self, cid: ContentId, run: range, chunk_length: Callable[[int], int]
     ) -> AsyncGenerator[tuple[int, memoryview], None]:
-        """Yield ``(index, payload)`` for each chunk of ``run`` as it arrives."""
-        receive = await self._start(
+        """Yield ``(index, payload)`` for each chunk of ``run`` as it arrives.
+
+        Left before the last chunk (closed, or cancelled: another provider delivered
+        them first), the provider is told to stop sending the rest.
+        """
+        req_id, receive = await self._start(
             partial(self._session.get_chunks, cid, run.start, len(run), chunk_length)
         )
         delivered = 0
-        async with receive:
-            async for response in receive:
-                message = response.message
-                if isinstance(message, ErrorReply):
-                    raise message.exception()
-                if not isinstance(message, ChunkData):
-                    raise RemoteProtocolError("a chunk request was answered with metadata")
-                delivered += 1
-                # No copy: the decoder's payloads are views of memory nothing writes to
-                # again (the received bytes, or a buffer it handed over), so they stay
-                # unchanged across the awaits between here and the hash check and write.
-                yield message.chunk_index, memoryview(message.payload)
+        try:
+            async with receive:
+                async for response in receive:
+                    message = response.message
+                    if isinstance(message, ErrorReply):
+                        raise message.exception()
+                    if not isinstance(message, ChunkData):
+                        raise RemoteProtocolError("a chunk request was answered with metadata")
+                    delivered += 1
+                    # No copy: the decoder's payloads are views of memory nothing writes
+                    # to again (the received bytes, or a buffer it handed over), so they
+                    # stay unchanged across the awaits between here and the hash check
+                    # and write.
+                    yield message.chunk_index, memoryview(message.payload)
+        finally:
+            if delivered != len(run):
+                await self._cancel(req_id)
         if delivered != len(run):
             raise self._failure or PeerGoneError(f"{self.peer_id} went away mid-request")

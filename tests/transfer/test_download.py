@@ -26,9 +26,10 @@ from p2pshare.net.streams import StreamBrokenError
 from p2pshare.proto.bitfield import Bitfield
 from p2pshare.proto.chunks import MIN_CHUNK_SIZE
 from p2pshare.proto.cid import ContentId
+from p2pshare.proto.transfer import Cancel, Message, Role, TransferDecoder
 from p2pshare.store.catalog import Catalog, DownloadRow
 from p2pshare.store.shares import ShareStore
-from p2pshare.transfer import downloader
+from p2pshare.transfer import downloader, setup
 from p2pshare.transfer.blocking import RunBlocking, run_in_thread
 from p2pshare.transfer.destination import DestinationExistsError
 from p2pshare.transfer.downloader import (
@@ -869,3 +870,71 @@ async def test_every_chunk_check_and_byte_moved_is_counted_in_the_node_metrics(
     assert after["bytes_received"] - before["bytes_received"] >= len(fx.data)
     # This process also ran the uploaders, so it counted the same bytes going out.
     assert after["bytes_sent"] - before["bytes_sent"] >= len(fx.data)
+
+
+class ClientMessages:
+    """A provider's stream that also decodes what the downloader sends on it."""
+
+    def __init__(self, stream: ByteStream, seen: list[Message]) -> None:
+        self._stream = stream
+        self._decoder = TransferDecoder(Role.SERVER, max_chunk_size=CHUNK)
+        self._seen = seen
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self._stream.receive_some(max_bytes)
+        self._decoder.feed(data)
+        while (message := self._decoder.next_message()) is not None:
+            self._seen.append(message)
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def test_an_endgame_duplicate_that_lost_is_cancelled_at_its_provider(
+    fx: Fixture,
+    autojump_clock: trio.testing.MockClock,
+    inline_threads: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow provider's requests are duplicated at the fast one once every chunk is in
+    flight; those whose chunks all came from the fast one are cancelled, rather than
+    sent in full for nothing, and the slow provider is not dropped for it.  The last
+    chunk is held only by a slower provider still, so the download goes on meanwhile."""
+    monkeypatch.setattr(setup, "REQUEST_BYTES", 2 * CHUNK)
+    last = 40
+
+    def lacking_last() -> LocalContent:
+        content = LocalContent(fx.seed)
+        content.register(fx.cid, SeedLacking(fx, {last}))
+        return content
+
+    to_slow: list[Message] = []
+    slow = honest(lacking_last(), CHUNK / 20)
+
+    async def recorded_slow(stream: ByteStream) -> None:
+        await slow(ClientMessages(stream, to_slow))
+
+    fast = honest(lacking_last())
+
+    async def fast_once_the_others_have_requests(stream: ByteStream) -> None:
+        await trio.sleep(5)
+        await fast(stream)
+
+    providers = {
+        "slow": recorded_slow,
+        "fast": fast_once_the_others_have_requests,
+        "slowest": honest(LocalContent(fx.seed), CHUNK / 200),
+    }
+    dest = fx.root / "out.bin"
+    async with trio.open_nursery() as nursery:
+        net = Net(nursery, providers)
+        report = await swarm_download(fx, net, dest, list(providers)).run()
+        nursery.cancel_scope.cancel()
+    assert dest.read_bytes() == fx.data
+    assert any(isinstance(message, Cancel) for message in to_slow)
+    assert net.dials_of("slow") == [0.0], "never dropped and dialed again"
+    assert report.chunks_from["slowest"] == 1
