@@ -27,6 +27,7 @@ providers and we theirs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -312,6 +313,8 @@ class Dht:
         )
         self._limits = PerKeyBuckets(rate=requests_per_second, burst=4 * requests_per_second)
         self._serving: Counter[str] = Counter()
+        # Where a lookup's queries run (see find_providers); set while ``run`` runs.
+        self._queries: trio.Nursery | None = None
         guard.register(str(KAD_PROTOCOL), self._limited_handler)
         logging.getLogger("libp2p.kad_dht.kad_dht").addFilter(_DropCleanEOF())
 
@@ -344,6 +347,7 @@ class Dht:
         """
         network = self._host.get_network()
         async with trio.open_nursery() as nursery:
+            self._queries = nursery
             feeder = RoutingFeeder(self._host, self._kad, nursery)
             network.register_notifee(feeder)
             try:
@@ -456,25 +460,30 @@ class Dht:
 
         async def query(peer: ID, answered: trio.MemorySendChannel[None]) -> None:
             lookup.answer(peer, *await self._get_providers(peer, key))
-            answered.send_nowait(None)
+            with contextlib.suppress(trio.BrokenResourceError):  # the lookup is over
+                answered.send_nowait(None)
 
         # A sliding window of ALPHA queries: each answer starts the next query at once.
         # In lock-step rounds one slow peer held up its whole round for the query
         # timeout, which is also find's default timeout; on a busy 50-node network
-        # finds timed out that way (bench/dht.py; docs/benchmarks.md).
+        # finds timed out that way (bench/dht.py; docs/benchmarks.md).  Queries run in
+        # the DHT's own nursery: once the lookup has enough, those still out finish
+        # there (each within QUERY_TIMEOUT) instead of being cancelled, so the lookup
+        # returns at once and no request is cut off part way (see kad_stream).
+        queries = self._queries
+        if queries is None:
+            raise RuntimeError("find_providers needs the DHT running (Dht.run)")
         answered, answers = trio.open_memory_channel[None](math.inf)
         in_flight = 0
-        with trio.move_on_at(give_up_at) as deadline:
-            async with trio.open_nursery() as nursery:
-                while not lookup.enough():
-                    while in_flight < ALPHA and (peer := lookup.next_peer()) is not None:
-                        in_flight += 1
-                        nursery.start_soon(query, peer, answered)
-                    if in_flight == 0:
-                        break
-                    await answers.receive()
-                    in_flight -= 1
-                nursery.cancel_scope.cancel()  # found enough: the rest are not needed
+        with answers, trio.move_on_at(give_up_at) as deadline:
+            while not lookup.enough():
+                while in_flight < ALPHA and (peer := lookup.next_peer()) is not None:
+                    in_flight += 1
+                    queries.start_soon(query, peer, answered)
+                if in_flight == 0:
+                    break
+                await answers.receive()
+                in_flight -= 1
         trace.timed_out = deadline.cancelled_caught
         # This node's own records are added only now, so they never end the lookup: a
         # downloader that held the seeder's record (the seeder provides to the peers it

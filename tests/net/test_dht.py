@@ -21,7 +21,7 @@ from multiaddr import Multiaddr
 from p2pshare.identity import NodeKey
 from p2pshare.metrics import METRICS
 from p2pshare.net import routing
-from p2pshare.net.dht import Dht, LookupTrace, get_providers_and_closers
+from p2pshare.net.dht import QUERY_TIMEOUT, Dht, LookupTrace, get_providers_and_closers
 from p2pshare.net.host import running_host
 from p2pshare.net.routing import KAD_IDLE_LIMIT, RoutingFeeder
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
@@ -359,6 +359,39 @@ async def test_one_peer_holding_silent_dht_streams_leaves_others_answered() -> N
                     await hog_host.new_stream(holder_host.get_id(), [KAD_PROTOCOL])
             providers, _ = await get_providers_and_closers(asker_host, holder_host.get_id(), key)
         assert [p.peer_id for p in providers] == [holder_host.get_id()]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lookup_with_enough_returns_without_waiting_for_its_other_queries() -> None:
+    """A query's stream is opened and closed shielded (kad_stream), so a lookup that
+    cancelled its other queries once it had enough waited for each one's stream to
+    open: on a busy machine, seconds. Its queries now finish on their own."""
+    key = BLAKE3_MULTIHASH + os.urandom(32)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (slow_host, _), (asker_host, asker), (holder_host, holder) = await start_line(
+            stack, nursery, 3
+        )
+        holder._kad.provider_store.add_provider(
+            key, PeerInfo(holder_host.get_id(), holder_host.get_transport_addrs())
+        )
+        opening, released = trio.Event(), trio.Event()
+        new_stream = asker_host.new_stream
+
+        async def slow_to_open(peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
+            if peer_id == slow_host.get_id():
+                opening.set()
+                await released.wait()
+            return await new_stream(peer_id, protocol_ids)
+
+        asker_host.new_stream = slow_to_open  # type: ignore[method-assign]
+        with trio.fail_after(QUERY_TIMEOUT / 2):
+            providers = await asker.find_providers(
+                key, ask=[slow_host.get_id(), holder_host.get_id()]
+            )
+            await trio.lowlevel.checkpoint()  # a deadline passed while shielded counts
+        assert opening.is_set(), "the slow peer was asked"
+        assert [p.peer_id for p in providers] == [holder_host.get_id().to_base58()]
+        released.set()
         nursery.cancel_scope.cancel()
 
 
