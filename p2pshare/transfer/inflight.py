@@ -52,8 +52,8 @@ class InFlight:
 
     def cancel_superseded(self, peers: set[str], verified: Bitfield) -> None:
         """Cancel the requests of ``peers`` whose every chunk came from elsewhere first
-        (endgame duplicates that lost).  Left to run, they made a sixth to a quarter of
-        a crowd's chunk bytes duplicates (bench/downloaders.py)."""
+        (endgame duplicates that lost).  Left to run, a crowd of 100 received 1.17-1.26
+        bytes per byte of the share, 1.08 with them cancelled (bench/downloaders.py)."""
         for peer in peers:
             for request in self._by_peer.get(peer, ()):
                 if all(verified[index] for index in request.pending):

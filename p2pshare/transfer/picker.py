@@ -11,8 +11,8 @@ Pure bookkeeping, no I/O, so every rule is tested directly:
 * endgame: once every missing chunk is in flight, idle peers duplicate chunks still
   in flight elsewhere (at most ``MAX_DUPLICATES`` copies), so one slow peer cannot
   hold back the end of a download.  Not before: in a crowd most peers are partial and
-  hold only chunks others are already fetching, and duplicating whenever a peer had
-  nothing fresh made a quarter to a third of every downloader's bytes duplicates;
+  hold only chunks others are already fetching, so duplicating whenever a peer had
+  nothing fresh went on all through a download, not only at its end;
 * a peer that leaves or fails gives its chunks back;
 * a partial peer's chunk list may be replaced as it grows, without losing its requests;
 * a peer found with nothing to ask for is not searched again until a chunk goes back,

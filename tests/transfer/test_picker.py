@@ -167,9 +167,8 @@ def test_a_peer_that_had_nothing_to_ask_for_gets_a_chunk_given_back_or_newly_hel
 
 
 def test_duplicates_wait_until_every_missing_chunk_is_in_flight() -> None:
-    """A partial peer in a crowd holds chunks others are fetching already; asking it
-    for them whenever it had nothing fresh made a quarter to a third of each
-    downloader's bytes duplicates."""
+    """A partial peer in a crowd holds chunks others are fetching already; it was asked
+    for them whenever it had nothing fresh, all through a download, not only at its end."""
     picker = Picker(Bitfield(3))
     picker.add_peer("seed", Bitfield.full(3))
     picker.add_peer("a", field(3, [0]))
