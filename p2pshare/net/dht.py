@@ -27,12 +27,11 @@ providers and we theirs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
 from collections import Counter
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -460,7 +459,7 @@ class Dht:
 
         async def query(peer: ID, answered: trio.MemorySendChannel[None]) -> None:
             lookup.answer(peer, *await self._get_providers(peer, key))
-            with contextlib.suppress(trio.BrokenResourceError):  # the lookup is over
+            with suppress(trio.BrokenResourceError):  # the lookup is over
                 answered.send_nowait(None)
 
         # A sliding window of ALPHA queries: each answer starts the next query at once.
