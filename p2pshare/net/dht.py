@@ -469,9 +469,7 @@ class Dht:
         # the DHT's own nursery: once the lookup has enough, those still out finish
         # there (each within QUERY_TIMEOUT) instead of being cancelled, so the lookup
         # returns at once and no request is cut off part way (see kad_stream).
-        queries = self._queries
-        if queries is None:
-            raise RuntimeError("find_providers needs the DHT running (Dht.run)")
+        queries = self._running_queries()
         answered, answers = trio.open_memory_channel[None](math.inf)
         in_flight = 0
         with answers, trio.move_on_at(give_up_at) as deadline:
@@ -491,6 +489,11 @@ class Dht:
         for info in self._kad.provider_store.get_providers(key):
             lookup.found.setdefault(info.peer_id, set()).update(info.addrs)
         return _at_most(self._as_providers(lookup.found), limit)
+
+    def _running_queries(self) -> trio.Nursery:
+        if self._queries is None:
+            raise RuntimeError("a lookup needs the DHT running (Dht.run)")
+        return self._queries
 
     async def _get_providers(self, peer: ID, key: bytes) -> tuple[list[PeerInfo], list[ID]]:
         """One GET_PROVIDERS query; a failed or unanswered one is an empty answer.
