@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import Counter
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -311,31 +310,17 @@ class Dht:
             cast("IHost", _CountingHost(host)), self._kad.routing_table
         )
         self._limits = PerKeyBuckets(rate=requests_per_second, burst=4 * requests_per_second)
-        self._serving: Counter[str] = Counter()
         # Where a lookup's queries run (see find_providers); set while ``run`` runs.
         self._queries: trio.Nursery | None = None
-        guard.register(str(KAD_PROTOCOL), self._limited_handler)
+        guard.register(str(KAD_PROTOCOL), self._limited_handler, per_peer=KAD_STREAMS_PER_PEER)
         logging.getLogger("libp2p.kad_dht.kad_dht").addFilter(_DropCleanEOF())
 
     async def _limited_handler(self, stream: LibP2PStream) -> None:
-        peer = stream.peer_id
-        if not self._limits.take(peer, trio.current_time()):
-            log.debug("DHT requests from %s over the rate limit; stream reset", peer)
+        if not self._limits.take(stream.peer_id, trio.current_time()):
+            log.debug("DHT requests from %s over the rate limit; stream reset", stream.peer_id)
             await stream.reset()
             return
-        if self._serving[peer] >= KAD_STREAMS_PER_PEER:
-            log.debug(
-                "%s has %d DHT streams served already; stream reset", peer, self._serving[peer]
-            )
-            await stream.reset()
-            return
-        self._serving[peer] += 1
-        try:
-            await self._kad.handle_stream(cast("INetStream", IdleBoundStream(stream.raw)))
-        finally:
-            self._serving[peer] -= 1
-            if not self._serving[peer]:
-                del self._serving[peer]
+        await self._kad.handle_stream(cast("INetStream", IdleBoundStream(stream.raw)))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Feed the routing table from connections and ping stale peers until cancelled.

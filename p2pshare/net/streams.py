@@ -6,9 +6,11 @@ around line 1554).  Every handler we register therefore goes through
 :class:`HandlerGuard`, which bounds its time, caps concurrent streams per peer and
 turns any failure into a reset of that one stream and a log line.
 
-Cancelling a py-libp2p write at the wrong moment kills the whole connection (see
-:meth:`LibP2PStream.send_all`), so :class:`LibP2PStream` writes, closes and resets
-shielded; a cancellation takes effect once the frame in flight is out.
+:class:`LibP2PStream` writes, closes and resets shielded and bounded in time: a
+cancellation takes effect between pieces of a write, and a close or reset goes out
+even from a cancelled task, so the peer's handler for the stream ends (a DHT request
+cancelled part way, p2pshare.net.dht.kad_stream).  That a cancelled write no longer
+kills the whole connection is p2pshare.net.muxer's doing, for every stream.
 """
 
 from __future__ import annotations
@@ -86,12 +88,12 @@ class LibP2PStream:
             raise StreamBrokenError(f"stream from {self.peer_id} broke: {exc!r}") from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Send ``data``; a cancellation takes effect between pieces, never inside one.
+        """Send ``data``; a cancellation takes effect between pieces, never inside one,
+        so what the peer receives of a cancelled write ends at a piece's end.
 
-        py-libp2p encrypts a frame (advancing the Noise nonce) before it hands it to the
-        socket, with checkpoints in between: a write cancelled there leaves the two ends'
-        nonces apart and the whole connection dies ("No valid connections available for
-        peer"), not just this stream.  So each piece is written shielded.
+        This shield came first against the fault p2pshare.net.muxer now mends for every
+        stream: py-libp2p encrypted a frame, advancing the Noise nonce, before handing it
+        to the socket, and a write cancelled in between killed the whole connection.
         """
         view = memoryview(data)
         for start in range(0, len(view), _SEND_PIECE):
@@ -138,6 +140,7 @@ class HandlerGuard:
         self._host = host
         self._limits = limits
         self._active: Counter[str] = Counter()
+        self._active_of: Counter[tuple[str, str]] = Counter()
 
     def register(
         self,
@@ -145,11 +148,14 @@ class HandlerGuard:
         handler: Callable[[LibP2PStream], Awaitable[None]],
         *,
         bounded: bool = True,
+        per_peer: int | None = None,
     ) -> None:
         """Guard ``handler``; ``bounded=False`` drops the time bound, for streams that
-        legitimately last as long as a transfer does."""
+        legitimately last as long as a transfer does.  ``per_peer`` caps one peer's
+        streams of this protocol below the cap on all of its streams."""
         limit = self._limits.handler_timeout if bounded else math.inf
-        guarded = self._guarded(protocol, handler, limit, close_after=True)
+        cap = self._limits.streams_per_peer if per_peer is None else per_peer
+        guarded = self._guarded(protocol, handler, limit, cap, close_after=True)
         self._host.set_stream_handler(TProtocol(protocol), guarded)
 
     def adopt(self, protocol: str, *, bounded: bool = False) -> None:
@@ -167,7 +173,8 @@ class HandlerGuard:
             await raw_handler(stream.raw)
 
         limit = self._limits.handler_timeout if bounded else math.inf
-        guarded = self._guarded(protocol, handler, limit, close_after=False)
+        cap = self._limits.streams_per_peer
+        guarded = self._guarded(protocol, handler, limit, cap, close_after=False)
         self._host.set_stream_handler(TProtocol(protocol), guarded)
 
     def _guarded(
@@ -175,17 +182,20 @@ class HandlerGuard:
         protocol: str,
         handler: Callable[[LibP2PStream], Awaitable[None]],
         limit: float,
+        cap: int,
         *,
         close_after: bool,
     ) -> Callable[[INetStream], Awaitable[None]]:
         async def guarded(raw: INetStream) -> None:
             stream = LibP2PStream(raw)
             peer = stream.peer_id
-            if self._active[peer] >= self._limits.streams_per_peer:
+            key = (protocol, peer)
+            if self._active[peer] >= self._limits.streams_per_peer or self._active_of[key] >= cap:
                 log.info("refusing a %s stream: %s has too many open", protocol, peer)
                 await stream.reset()
                 return
             self._active[peer] += 1
+            self._active_of[key] += 1
             try:
                 with trio.fail_after(limit):
                     await handler(stream)
@@ -205,6 +215,9 @@ class HandlerGuard:
                 self._active[peer] -= 1
                 if not self._active[peer]:
                     del self._active[peer]
+                self._active_of[key] -= 1
+                if not self._active_of[key]:
+                    del self._active_of[key]
 
         return guarded
 
