@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import struct
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.stream_muxer.yamux.yamux import TYPE_WINDOW_UPDATE, YAMUX_HEADER_FORMAT
 
 from p2pshare.identity import NodeKey
 from p2pshare.net.host import running_host
@@ -70,3 +72,83 @@ async def test_a_write_cancelled_after_its_frame_was_encrypted_leaves_the_connec
             await stream.write(b"hello")
             assert await stream.read(5) == b"hello"
         assert asker.get_network().get_connections(server.get_id()) == [conn]
+
+
+WINDOW_PROTOCOL = TProtocol("/p2pshare-test/window/1")
+
+
+def count_window_updates(conn: object) -> list[int]:
+    """Patch ``conn``'s frame writer to count the plain WINDOW_UPDATE frames it sends."""
+    muxed = conn.muxed_conn  # type: ignore[attr-defined]
+    write_frame = muxed._write_frame
+    counted = [0]
+
+    async def counting(data: bytes) -> None:
+        _version, kind, flags, _stream, _length = struct.unpack(YAMUX_HEADER_FORMAT, data[:12])
+        if kind == TYPE_WINDOW_UPDATE and flags == 0:
+            counted[0] += 1
+        await write_frame(data)
+
+    muxed._write_frame = counting
+    return counted
+
+
+async def test_small_reads_send_no_window_update_until_half_the_window_is_read() -> None:
+    """py-libp2p credited the sender after every small read: one more encrypted frame
+    and send per DHT request, chunk list or multistream line."""
+    messages, size = 1000, 100
+    async with AsyncExitStack() as stack:
+        asker = await stack.enter_async_context(
+            running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        )
+        server = await stack.enter_async_context(
+            running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        )
+
+        async def read_small(stream: INetStream) -> None:
+            for _ in range(messages):
+                assert len(await stream.read(size)) == size
+            await stream.write(b"done")
+            await stream.close()
+
+        server.set_stream_handler(WINDOW_PROTOCOL, read_small)
+        with trio.fail_after(10):
+            await asker.connect(info_from_p2p_addr(server.get_addrs()[0]))
+            [conn] = server.get_network().get_connections(asker.get_id())
+            updates = count_window_updates(conn)
+            stream = await asker.new_stream(server.get_id(), [WINDOW_PROTOCOL])
+            for _ in range(messages):
+                await stream.write(b"x" * size)
+            assert await stream.read(4) == b"done"
+        # 100 kB read of a 256 KiB window: nothing to credit yet.
+        assert updates[0] == 0
+
+
+async def test_a_bulk_write_read_in_small_pieces_is_never_left_waiting_for_credit() -> None:
+    total, piece = 4 << 20, 1000
+    async with AsyncExitStack() as stack:
+        asker = await stack.enter_async_context(
+            running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        )
+        server = await stack.enter_async_context(
+            running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+        )
+
+        async def read_all(stream: INetStream) -> None:
+            got = 0
+            while got < total:
+                got += len(await stream.read(piece))
+            await stream.write(got.to_bytes(8, "big"))
+            await stream.close()
+
+        server.set_stream_handler(WINDOW_PROTOCOL, read_all)
+        with trio.fail_after(30):
+            await asker.connect(info_from_p2p_addr(server.get_addrs()[0]))
+            [conn] = server.get_network().get_connections(asker.get_id())
+            updates = count_window_updates(conn)
+            stream = await asker.new_stream(server.get_id(), [WINDOW_PROTOCOL])
+            for _ in range(total // (64 << 10)):
+                await stream.write(b"y" * (64 << 10))
+            assert int.from_bytes(await stream.read(8), "big") == total
+        # Credit in halves of the window (which may grow), not per read.
+        assert 0 < updates[0] <= total // (128 << 10)
