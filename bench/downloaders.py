@@ -318,7 +318,11 @@ def measure(
         ),
         Row(
             f"{count} concurrent downloaders: their CPU per GiB received (all of them)",
-            f"{downloaders_cpu / max(received, 1) * GIB:.2f} s/GiB; machine busy {busy:.0%}",
+            (
+                f"{downloaders_cpu / received * GIB:.2f} s/GiB; machine busy {busy:.0%}"
+                if received
+                else f"nothing received; machine busy {busy:.0%}"
+            ),
             f"one downloader alone: {solo_dl_cpu:.2f} s/GiB",
             "-",
             None,
@@ -332,7 +336,7 @@ def measure(
         ),
         Row(
             f"{count} concurrent downloaders: chunk bytes received per byte of the share",
-            f"{crowd_received / max(received, 1):.2f}",
+            f"{crowd_received / received:.2f}" if received else "nothing received",
             f"one downloader alone: {solo_received / size:.2f}",
             "-",
             None,
