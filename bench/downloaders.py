@@ -35,11 +35,15 @@ the daemons share, not by any uplink (docs/benchmarks.md).
 ``--settled`` starts the crowd only once the downloaders' first routing-table refresh
 (30 s after each joined) is over, that is once the machine has been less than half busy
 for 10 s: started together, they would all refresh during the crowd, a burst a network
-whose nodes joined at different times does not have. On two cores the refreshes of 100
-daemons take minutes, not the 30 s a node waits before its own.
+whose nodes joined at different times does not have. The wait is measured, not assumed
+(it ended 40 s after the downloaders started in the runs of 2026-12-07).
+
+``--timeline`` prints, every 5 s of the crowd, how busy the machine was, the seeder's CPU
+and the time its main thread waited for a CPU while it had work (/proc/PID/schedstat),
+what it sent, and the downloaders' CPU.
 
 Run: .venv/bin/python bench/downloaders.py [--count 100] [--size-mib 64] [--quick] [--settled]
-     [--seeder-rate MBPS]
+     [--seeder-rate MBPS] [--timeline]
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ RSS_TARGET_MB = 200.0
 # Fairness: the slower downloaders finish within this factor of the median.
 FAIRNESS_TARGET = 1.5
 # After the downloaders' first routing-table refresh began, time for it to end.
+TIMELINE_EVERY = 5.0
 # --settled: the machine counts as settled once less busy than this over SETTLE_WINDOW s.
 SETTLED_BUSY = 0.5
 SETTLE_WINDOW = 10.0
@@ -112,6 +117,45 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:  # noqa: PTH123
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_queue_wait(pid: int) -> float:
+    """Seconds the main thread of ``pid`` has waited for a CPU while runnable
+    (/proc/PID/schedstat)."""
+    with open(f"/proc/{pid}/schedstat", encoding="ascii") as stat:  # noqa: PTH123
+        return int(stat.read().split()[1]) / 1e9
+
+
+def print_timeline(
+    seeder: DaemonProcess, downloaders: list[int], began: float, done: threading.Event
+) -> None:
+    """Every TIMELINE_EVERY s from ``began`` until ``done``: how busy the machine was,
+    the seeder's CPU and run-queue wait (each as a share of the interval), the
+    downloaders' CPU (sum) and what the seeder sent."""
+
+    def sample() -> tuple[float, tuple[float, float], float, float, float, int]:
+        return (
+            time.perf_counter(),
+            machine_busy(),
+            cpu_seconds(seeder.pid),
+            run_queue_wait(seeder.pid),
+            sum(cpu_seconds(pid) for pid in downloaders),
+            bytes_sent(seeder.home),
+        )
+
+    last = sample()
+    while not done.wait(TIMELINE_EVERY):
+        now = sample()
+        span = now[0] - last[0]
+        busy = (now[1][0] - last[1][0]) / max(now[1][1] - last[1][1], 1)
+        print(
+            f"  t={now[0] - began:5.0f} s: machine busy {busy:4.0%}; seeder CPU "
+            f"{(now[2] - last[2]) / span:4.0%}, waiting for a CPU {(now[3] - last[3]) / span:4.0%},"
+            f" sent {(now[5] - last[5]) / span / 1e6:5.1f} MB/s; downloaders' CPU "
+            f"{(now[4] - last[4]) / span:5.0%}",
+            flush=True,
+        )
+        last = now
 
 
 def machine_busy() -> tuple[float, float]:
@@ -180,6 +224,7 @@ def measure(
     size_mib: int = 64,
     settled: bool = False,
     seeder_rate: float = 0.0,
+    timeline: bool = False,
 ) -> list[Row]:
     count = count or (20 if quick else 100)
     size = size_mib * MIB
@@ -250,9 +295,18 @@ def measure(
         crowd_cpu0 = sum(cpu_seconds(d.pid) for d in downloaders)
         busy0 = machine_busy()
         began = time.perf_counter()
+        done = threading.Event()
+        sampler = threading.Thread(
+            target=print_timeline, args=(seeder, [d.pid for d in downloaders], began, done)
+        )
+        if timeline:
+            sampler.start()
         go.set()
         for thread in threads:
             thread.join(timeout=START_TIMEOUT)
+        done.set()
+        if timeline:
+            sampler.join()
         busy1 = machine_busy()
         downloaders_cpu = sum(cpu_seconds(d.pid) for d in downloaders) - crowd_cpu0
         dht1, connections = dht_costs(homes[1:])
@@ -379,6 +433,11 @@ def main() -> None:
     parser.add_argument(
         "--seeder-rate", type=float, default=0.0, help="cap the seeder's upload, MB/s"
     )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="print machine, seeder and downloader CPU every 5 s during the crowd",
+    )
     args = parser.parse_args()
     print_table(
         measure(
@@ -387,6 +446,7 @@ def main() -> None:
             size_mib=args.size_mib,
             settled=args.settled,
             seeder_rate=args.seeder_rate,
+            timeline=args.timeline,
         )
     )
 
