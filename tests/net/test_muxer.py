@@ -15,6 +15,8 @@ from p2pshare.identity import NodeKey
 from p2pshare.net.host import running_host
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from libp2p.abc import INetStream
 
 ECHO = TProtocol("/p2pshare-test/echo/1")
@@ -93,62 +95,60 @@ def count_window_updates(conn: object) -> list[int]:
     return counted
 
 
+async def counted_stream(
+    stack: AsyncExitStack, handler: Callable[[INetStream], Awaitable[None]]
+) -> tuple[INetStream, list[int]]:
+    """A stream to a host serving ``handler``, and the count of the WINDOW_UPDATE
+    frames that host sends."""
+    asker = await stack.enter_async_context(
+        running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+    )
+    server = await stack.enter_async_context(
+        running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+    )
+    server.set_stream_handler(WINDOW_PROTOCOL, handler)
+    await asker.connect(info_from_p2p_addr(server.get_addrs()[0]))
+    [conn] = server.get_network().get_connections(asker.get_id())
+    updates = count_window_updates(conn)
+    return await asker.new_stream(server.get_id(), [WINDOW_PROTOCOL]), updates
+
+
 async def test_small_reads_send_no_window_update_until_half_the_window_is_read() -> None:
     """py-libp2p credited the sender after every small read: one more encrypted frame
     and send per DHT request, chunk list or multistream line."""
     messages, size = 1000, 100
-    async with AsyncExitStack() as stack:
-        asker = await stack.enter_async_context(
-            running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
-        )
-        server = await stack.enter_async_context(
-            running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
-        )
 
-        async def read_small(stream: INetStream) -> None:
-            for _ in range(messages):
-                assert len(await stream.read(size)) == size
-            await stream.write(b"done")
-            await stream.close()
+    async def read_small(stream: INetStream) -> None:
+        for _ in range(messages):
+            assert len(await stream.read(size)) == size
+        await stream.write(b"done")
+        await stream.close()
 
-        server.set_stream_handler(WINDOW_PROTOCOL, read_small)
-        with trio.fail_after(10):
-            await asker.connect(info_from_p2p_addr(server.get_addrs()[0]))
-            [conn] = server.get_network().get_connections(asker.get_id())
-            updates = count_window_updates(conn)
-            stream = await asker.new_stream(server.get_id(), [WINDOW_PROTOCOL])
+    with trio.fail_after(10):
+        async with AsyncExitStack() as stack:
+            stream, updates = await counted_stream(stack, read_small)
             for _ in range(messages):
                 await stream.write(b"x" * size)
             assert await stream.read(4) == b"done"
-        # 100 kB read of a 256 KiB window: nothing to credit yet.
-        assert updates[0] == 0
+    # 100 kB read of a 256 KiB window: nothing to credit yet.
+    assert updates[0] == 0
 
 
 async def test_a_bulk_write_read_in_small_pieces_is_never_left_waiting_for_credit() -> None:
     total, piece = 4 << 20, 1000
-    async with AsyncExitStack() as stack:
-        asker = await stack.enter_async_context(
-            running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
-        )
-        server = await stack.enter_async_context(
-            running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
-        )
 
-        async def read_all(stream: INetStream) -> None:
-            got = 0
-            while got < total:
-                got += len(await stream.read(piece))
-            await stream.write(got.to_bytes(8, "big"))
-            await stream.close()
+    async def read_all(stream: INetStream) -> None:
+        got = 0
+        while got < total:
+            got += len(await stream.read(piece))
+        await stream.write(got.to_bytes(8, "big"))
+        await stream.close()
 
-        server.set_stream_handler(WINDOW_PROTOCOL, read_all)
-        with trio.fail_after(30):
-            await asker.connect(info_from_p2p_addr(server.get_addrs()[0]))
-            [conn] = server.get_network().get_connections(asker.get_id())
-            updates = count_window_updates(conn)
-            stream = await asker.new_stream(server.get_id(), [WINDOW_PROTOCOL])
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            stream, updates = await counted_stream(stack, read_all)
             for _ in range(total // (64 << 10)):
                 await stream.write(b"y" * (64 << 10))
             assert int.from_bytes(await stream.read(8), "big") == total
-        # Credit in halves of the window (which may grow), not per read.
-        assert 0 < updates[0] <= total // (128 << 10)
+    # Credit in halves of the window (which may grow), not per read.
+    assert 0 < updates[0] <= total // (128 << 10)
