@@ -16,8 +16,8 @@ the one a write to a closed socket raises, which py-libp2p's callers handle.
 
 py-libp2p 0.8.1 also credits the sender after every read that leaves its window
 short at all: each small message read (a DHT request, a chunk list, a multistream
-line) costs one more encrypted WINDOW_UPDATE frame and a send, 6% of the CPU of a
-downloader in a crowd of 100 (docs/benchmarks.md).  :class:`BatchedWindowStream`
+line) costs one more encrypted WINDOW_UPDATE frame and a send, 6-8% of the CPU of
+a daemon in a crowd of 100 in cProfile (docs/benchmarks.md).  :class:`BatchedWindowStream`
 credits as go-yamux does, once half the receive window has been read: a sender
 blocked on its window always has that much read on this side (the stream's buffer
 is empty only once what was sent has been read), so no stream waits on a credit.

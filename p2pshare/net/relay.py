@@ -98,7 +98,8 @@ class RelayedOnlyDCUtR(DCUtRProtocol):
                     log.debug("hole punch to %s: %s", peer, exc)
 
     def peers_to_drive(self) -> list[ID]:
-        """The peers connected only through relays, still worth a hole punch."""
+        """The peers with a relayed connection that a hole punch may still be started
+        with (initiate_hole_punch returns at once for one also connected directly)."""
         me = self.host.get_id()
         return [
             peer
