@@ -108,20 +108,30 @@ class RelayedOnlyDCUtR(DCUtRProtocol):
             and peer not in self._in_progress
             and peer not in self._direct_connections
             and self._hole_punch_attempts.get(peer, 0) < MAX_HOLE_PUNCH_ATTEMPTS
-            and any(self._is_relayed(c) for c in (conns if isinstance(conns, list) else [conns]))
+            and any(self._is_relayed(c) for c in _each(conns))
         ]
 
     def _is_relayed(self, conn: INetConn) -> bool:
         known = self._relayed.get(conn)
         if known is None:
-            try:
-                addrs = conn.get_transport_addresses()
-            except Exception:  # noqa: BLE001 - a closing connection has no addresses
-                return False
-            if not addrs:
+            addrs = _transport_addrs(conn)
+            if not addrs:  # closing, or none yet: asked again at the next pass
                 return False
             known = self._relayed[conn] = any(is_circuit(a) for a in addrs)
         return known
+
+
+def _each(conns: INetConn | list[INetConn]) -> list[INetConn]:
+    """py-libp2p's network maps a peer to a list of connections, or to one."""
+    return conns if isinstance(conns, list) else [conns]
+
+
+def _transport_addrs(conn: INetConn) -> list[multiaddr.Multiaddr] | None:
+    """``conn``'s transport addresses; None once it is closing and has none to give."""
+    try:
+        return conn.get_transport_addresses()
+    except Exception:  # noqa: BLE001 - a closing connection has no addresses
+        return None
 
 
 def connection_path(host: IHost, peer: ID) -> str | None:
@@ -131,12 +141,9 @@ def connection_path(host: IHost, peer: ID) -> str | None:
     if not conns:
         return None
     relayed = True
-    for conn in conns if isinstance(conns, list) else [conns]:
-        try:
-            addrs = conn.get_transport_addresses()
-        except Exception:  # noqa: BLE001, S112 - a closing connection has no addresses
-            continue
-        if not any(is_circuit(a) for a in addrs):
+    for conn in _each(conns):
+        addrs = _transport_addrs(conn)
+        if addrs is not None and not any(is_circuit(a) for a in addrs):
             relayed = False
     return "relayed" if relayed else "direct"
 
