@@ -147,7 +147,7 @@ def print_timeline(
     while not done.wait(TIMELINE_EVERY):
         now = sample()
         span = now[0] - last[0]
-        busy = (now[1][0] - last[1][0]) / max(now[1][1] - last[1][1], 1)
+        busy = busy_share(last[1], now[1])
         print(
             f"  t={now[0] - began:5.0f} s: machine busy {busy:4.0%}; seeder CPU "
             f"{(now[2] - last[2]) / span:4.0%}, waiting for a CPU {(now[3] - last[3]) / span:4.0%},"
@@ -166,6 +166,11 @@ def machine_busy() -> tuple[float, float]:
     return sum(ticks) - idle, sum(ticks)
 
 
+def busy_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """How busy the machine was between two :func:`machine_busy` readings."""
+    return (after[0] - before[0]) / max(after[1] - before[1], 1)
+
+
 def wait_until_settled(timeout: float) -> float:
     """Wait for the downloaders' first DHT refresh, then until the machine is quiet;
     return the seconds waited (``timeout`` at most)."""
@@ -174,8 +179,7 @@ def wait_until_settled(timeout: float) -> float:
     while time.perf_counter() - began < timeout:
         before = machine_busy()
         time.sleep(SETTLE_WINDOW)
-        after = machine_busy()
-        if (after[0] - before[0]) / max(after[1] - before[1], 1) < SETTLED_BUSY:
+        if busy_share(before, machine_busy()) < SETTLED_BUSY:
             break
     return time.perf_counter() - began
 
@@ -335,7 +339,7 @@ def measure(
     solo_rate = size / solo_s
     per_connection_kib = (seeder_peak - seeder_before) * 1024 / count
     received = verified * size
-    busy = (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1)
+    busy = busy_share(busy0, busy1)
     return [
         Row(
             f"{count} concurrent downloaders of {size_mib} MiB: completed and verified",
