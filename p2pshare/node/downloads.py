@@ -44,13 +44,17 @@ if TYPE_CHECKING:
     from p2pshare.store.catalog import Catalog, DownloadRequest, DownloadRow
     from p2pshare.transfer.outpath import HomeFence
 
-    Progress = Callable[[dict[str, Any]], Awaitable[None]]
-    Runner = Callable[[DownloadRequest, Progress], Awaitable[dict[str, Any]]]
+    # What a running attempt reports when asked: bytes done, total and peers, or None
+    # before it knows them.  The runner hands one to its ``Watch`` once it has it.
+    Probe = Callable[[], dict[str, Any] | None]
+    Watch = Callable[[Probe], None]
+    Runner = Callable[[DownloadRequest, Watch], Awaitable[dict[str, Any]]]
 
 log = logging.getLogger(__name__)
 
 ACTIVE, PAUSED, FAILED = DownloadState.ACTIVE, DownloadState.PAUSED, DownloadState.FAILED
-PROGRESS_EVERY_S = 0.25
+# How often a following `get` is told the progress: rich draws the bar between events.
+PROGRESS_EVERY_S = 0.5
 # A get run again right after Ctrl-C waits this long for the paused job to let go.
 TAKEOVER_WAIT = 10.0
 # This layer owns the retries of a whole download (the swarm of transfer/swarm.py
@@ -85,7 +89,7 @@ class Job:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     finished: trio.Event = field(default_factory=trio.Event)
     wake: trio.Event = field(default_factory=trio.Event)
-    progress: dict[str, Any] | None = None
+    probe: Probe | None = None
     result: dict[str, Any] | None = None
     error: UserError | None = None
     stop: StopReason | None = None
@@ -97,8 +101,12 @@ class Job:
     # What the completed download put in place, as ``_placed`` saw it then.
     placed: FileIdentity | None = None
 
-    async def set_progress(self, data: dict[str, Any]) -> None:
-        self.progress = data
+    @property
+    def progress(self) -> dict[str, Any] | None:
+        return None if self.probe is None else self.probe()
+
+    def watch(self, probe: Probe) -> None:
+        self.probe = probe
 
 
 def _user_error(exc: Exception, cid: str) -> UserError:
@@ -295,8 +303,8 @@ class DownloadManager:
                 if job.finished.is_set():
                     break
                 try:
-                    if job.progress is not None:
-                        await emit("progress", job.progress)
+                    if (progress := job.progress) is not None:
+                        await emit("progress", progress)
                     else:
                         await emit("waiting", self._waiting(job))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -346,7 +354,7 @@ class DownloadManager:
         first_failure: float | None = None
         while True:
             try:
-                job.result = await self._runner(job.request, job.set_progress)
+                job.result = await self._runner(job.request, job.watch)
             except Exception as exc:  # noqa: BLE001 - a failing download must not stop the daemon
                 error = _user_error(exc, cid)
             else:
@@ -365,7 +373,7 @@ class DownloadManager:
                     await job.wake.wait()
                 job.wake = trio.Event()
                 job.retry_at = None
-                job.progress = None
+                job.probe = None
                 # A provider that came back is news: the schedule starts over.
                 delay = self._retry_first if job.provider_back else min(delay * 2, self._retry_max)
                 job.provider_back = False

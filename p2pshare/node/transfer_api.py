@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from p2pshare.net.network import Network
     from p2pshare.net.streams import ByteStream, LibP2PStream
     from p2pshare.node.discovery import Discovery
-    from p2pshare.node.downloads import Progress
+    from p2pshare.node.downloads import Watch
     from p2pshare.proto.sealed import OpenedShare
     from p2pshare.proto.signed_manifest import SignedManifest
     from p2pshare.store.shares import ShareStore
@@ -178,7 +178,7 @@ class TransferApi:
                 # share's ciphertext that holds nothing must not stay.
                 remove_empty_parent(self.shares.private_root(cid))
 
-    async def _download(self, request: DownloadRequest, progress: Progress) -> dict[str, Any]:
+    async def _download(self, request: DownloadRequest, watch: Watch) -> dict[str, Any]:
         """One attempt at ``request``; a completed download is served from where it lies.
 
         Content this node already holds complete is copied from its own store, not
@@ -196,7 +196,7 @@ class TransferApi:
         if self.local.stored.holds(cid):
             # except*: the downloader's nursery wraps its error in an ExceptionGroup.
             try:
-                download = await self._copy_from_store(request, progress, paths)
+                download = await self._copy_from_store(request, watch, paths)
             except* NoProvidersError as group:
                 log.info(
                     "copying %s from this node's store failed (%s); asking peers",
@@ -204,7 +204,7 @@ class TransferApi:
                     leaf_errors(group)[0],
                 )
         if download is None:
-            download = await self._fetch_from_peers(request, progress, paths)
+            download = await self._fetch_from_peers(request, watch, paths)
         report = download.report
         assert download.signed is not None
         pages = tuple(download.pages[i].hashes for i in sorted(download.pages))
@@ -362,7 +362,7 @@ class TransferApi:
     def _download_of(
         self,
         request: DownloadRequest,
-        progress: Progress,
+        watch: Watch,
         open_stream: Callable[[Source], Awaitable[ByteStream]],
         find_sources: FindSources,
         hints: list[Source],
@@ -382,7 +382,7 @@ class TransferApi:
             if not sealed_to_read:
                 self.discovery.provide_soon(key)
 
-        return Download(
+        download = Download(
             cid=ContentId.parse(key),
             dest=Path(request.destination),
             force=request.force,
@@ -391,7 +391,6 @@ class TransferApi:
             open_stream=open_stream,
             find_sources=find_sources,
             hints=hints,
-            progress=progress,
             # Announced while still partial, so other downloaders' lookups find it
             # and fetch the chunks it already holds (the seeder is not the only source).
             announce=announce,
@@ -403,9 +402,11 @@ class TransferApi:
             ),
             free_space=self.free_space,
         )
+        watch(download.progress)
+        return download
 
     async def _copy_from_store(
-        self, request: DownloadRequest, progress: Progress, paths: dict[str, str]
+        self, request: DownloadRequest, watch: Watch, paths: dict[str, str]
     ) -> Download:
         me = self.network.peer_id
 
@@ -415,13 +416,13 @@ class TransferApi:
                 paths[me] = "local"
                 return await open_local(nursery, self.local.stored)
 
-            download = self._download_of(request, progress, open_, _nobody, [Source(me, ())])
+            download = self._download_of(request, watch, open_, _nobody, [Source(me, ())])
             await download.run()
             nursery.cancel_scope.cancel()
         return download
 
     async def _fetch_from_peers(
-        self, request: DownloadRequest, progress: Progress, paths: dict[str, str]
+        self, request: DownloadRequest, watch: Watch, paths: dict[str, str]
     ) -> Download:
         key = request.cid
         me = self.network.peer_id
@@ -433,7 +434,7 @@ class TransferApi:
         async def open_(source: Source) -> ByteStream:
             return await self._open(source, paths)
 
-        download = self._download_of(request, progress, open_, self._finder(key), hints)
+        download = self._download_of(request, watch, open_, self._finder(key), hints)
         await download.run()
         return download
 
@@ -450,9 +451,10 @@ class TransferApi:
         me = self.network.peer_id
         key = str(cid)
 
-        async def check_size(data: dict[str, Any]) -> None:
-            total = data.get("total")
-            if max_bytes is not None and isinstance(total, int) and total > max_bytes:
+        def check_input(signed: SignedManifest) -> None:
+            _no_private_input(signed)
+            total = signed.manifest.total_size
+            if max_bytes is not None and total > max_bytes:
                 raise ContentTooLargeError(
                     f"{key} has {total} bytes, more than the {max_bytes} allowed"
                 )
@@ -474,8 +476,7 @@ class TransferApi:
                 open_stream=open_,
                 find_sources=find_sources,
                 hints=hinted,
-                progress=check_size,
-                redirect=_no_private_input,
+                redirect=check_input,
             )
             return await _run_once(download, dest)
 

@@ -79,7 +79,6 @@ if TYPE_CHECKING:
     from p2pshare.transfer.peer import PeerLink
     from p2pshare.transfer.source import LocalContent
 
-    Progress = Callable[[dict[str, Any]], Awaitable[None]]
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -97,7 +96,6 @@ log = logging.getLogger(__name__)
 PIPELINE = 4
 PERSIST_EVERY_CHUNKS = 32
 PERSIST_EVERY_S = 1.0
-PROGRESS_EVERY_S = 0.25
 # Chunks received and not yet stored (about 16 MiB, at most 64 chunks since a small
 # chunk may keep a whole received buffer alive), and the most one worker-thread call
 # hashes and writes: bounds the memory a fast link can fill while the disk lags.
@@ -114,7 +112,6 @@ class _Settings:
     dest: Path
     force: bool
     catalog: DownloadRecords
-    progress: Progress | None
     pipeline: int
     announce: Callable[[], None] | None
     run_blocking: RunBlocking
@@ -134,7 +131,6 @@ class Download:
         open_stream: Callable[[Source], Awaitable[ByteStream]],
         find_sources: FindSources,
         hints: list[Source],
-        progress: Progress | None = None,
         pipeline: int = PIPELINE,
         announce: Callable[[], None] | None = None,
         umask: int = PRIVATE_UMASK,
@@ -155,9 +151,7 @@ class Download:
         ``output``: where the user's content may go (never the home; -o DIR/)."""
         self.cid = cid
         self.dest = dest
-        self._settings = _Settings(
-            cid, dest, force, catalog, progress, pipeline, announce, run_blocking
-        )
+        self._settings = _Settings(cid, dest, force, catalog, pipeline, announce, run_blocking)
         self._local = local
         self._open_stream = open_stream
         self._find_sources = find_sources
@@ -187,6 +181,13 @@ class Download:
     @property
     def durable(self) -> Bitfield | None:
         return None if self._transfer is None else self._transfer.durable
+
+    def progress(self) -> dict[str, Any] | None:
+        """Bytes verified of the total and providers linked; None until the manifest came.
+
+        Read when someone asks (a `get` shows it a few times a second), not pushed: a
+        download in a crowd would otherwise wake up for it even when nobody watches."""
+        return None if self._transfer is None else self._transfer.progress()
 
     async def run(self) -> DownloadReport:
         started = time.monotonic()
@@ -296,7 +297,6 @@ class Transfer:
         picker, swarm = self._picker, self._swarm
         swarm.start_transfer(self._started)
         async with trio.open_nursery() as workers:
-            workers.start_soon(self._report_progress)
             workers.start_soon(self._store_loop)
             workers.start_soon(self._persist_loop)
             for peer, link in list(self._links.items()):
@@ -580,18 +580,8 @@ class Transfer:
         row = progress_row(self.cid, self._settings.dest, self.signed, bits, state)
         self._settings.catalog.save_download(row)
 
-    async def _report_progress(self) -> None:
-        if self._settings.progress is None:
-            return
-        while True:
-            await self._settings.progress(
-                {
-                    "done": self._done_bytes,
-                    "total": self.report.size,
-                    "peers": len(self._links),
-                }
-            )
-            await trio.sleep(PROGRESS_EVERY_S)
+    def progress(self) -> dict[str, Any]:
+        return {"done": self._done_bytes, "total": self.report.size, "peers": len(self._links)}
 
     def finish(self) -> None:
         self.output.finalize(force=self._settings.force)

@@ -17,6 +17,7 @@ from p2pshare.node.downloads import (
     ACTIVE,
     FAILED,
     PAUSED,
+    PROGRESS_EVERY_S,
     ClientGoneError,
     DownloadManager,
     DownloadStoppedError,
@@ -35,9 +36,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
     from pathlib import Path
 
-    from p2pshare.node.downloads import Job, Progress
+    from p2pshare.node.downloads import Job, Watch
 
-    Step = Callable[[DownloadRequest, Progress], Awaitable[dict[str, Any]]]
+    Step = Callable[[DownloadRequest, Watch], Awaitable[dict[str, Any]]]
 
 CHUNK = MIN_CHUNK_SIZE
 SUMMARY = {"cid": "done"}
@@ -51,24 +52,24 @@ class Script:
         self.started: list[float] = []
         self.requests: list[DownloadRequest] = []
 
-    async def __call__(self, request: DownloadRequest, progress: Progress) -> dict[str, Any]:
+    async def __call__(self, request: DownloadRequest, watch: Watch) -> dict[str, Any]:
         self.started.append(trio.current_time())
         self.requests.append(request)
-        return await self.steps.pop(0)(request, progress)
+        return await self.steps.pop(0)(request, watch)
 
 
-async def succeed(_request: DownloadRequest, _progress: Progress) -> dict[str, Any]:
+async def succeed(_request: DownloadRequest, _watch: Watch) -> dict[str, Any]:
     return SUMMARY
 
 
-async def no_providers(request: DownloadRequest, _progress: Progress) -> dict[str, Any]:
+async def no_providers(request: DownloadRequest, _watch: Watch) -> dict[str, Any]:
     raise NoProvidersError(f"no providers found for {request.cid}")
 
 
 def blocked(release: trio.Event, progress_data: dict[str, Any] | None = None) -> Step:
-    async def step(_request: DownloadRequest, progress: Progress) -> dict[str, Any]:
+    async def step(_request: DownloadRequest, watch: Watch) -> dict[str, Any]:
         if progress_data is not None:
-            await progress(progress_data)
+            watch(lambda: progress_data)
         await release.wait()
         return SUMMARY
 
@@ -305,7 +306,7 @@ async def test_a_resume_gives_up_after_its_window_and_says_why(
 async def test_other_failures_are_marked_failed_at_once(
     env: Env, nursery: trio.Nursery, error: Exception, reason: str
 ) -> None:
-    async def fail(_request: DownloadRequest, _progress: Progress) -> dict[str, Any]:
+    async def fail(_request: DownloadRequest, _watch: Watch) -> dict[str, Any]:
         raise error
 
     env.saved("x.bin")
@@ -324,8 +325,8 @@ async def test_a_get_attaches_to_the_running_download(env: Env, nursery: trio.Nu
     release = trio.Event()
     step = blocked(release, {"done": 1, "total": 2, "peers": 1})
 
-    async def write_when_released(request: DownloadRequest, progress: Progress) -> dict[str, Any]:
-        summary = await step(request, progress)
+    async def write_when_released(request: DownloadRequest, watch: Watch) -> dict[str, Any]:
+        summary = await step(request, watch)
         (env.root / "a.bin").write_bytes(b"done")
         return summary
 
@@ -349,6 +350,36 @@ async def test_a_get_attaches_to_the_running_download(env: Env, nursery: trio.Nu
     assert await manager.submit(env.request("a.bin")) is first
 
 
+async def test_a_following_get_is_told_the_progress_as_it_is_when_sent(
+    env: Env, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """The download is asked at each event (every PROGRESS_EVERY_S), not made to push."""
+    release = trio.Event()
+    state = {"done": 0, "total": 3, "peers": 1}
+
+    async def step(_request: DownloadRequest, watch: Watch) -> dict[str, Any]:
+        watch(lambda: dict(state))
+        await release.wait()
+        return SUMMARY
+
+    manager = await started(DownloadManager(env.catalog, Script(step)), nursery)
+    job = await manager.submit(env.request("p.bin"))
+    sent: list[float] = []
+    began = trio.current_time()
+
+    async def record(name: str, data: dict[str, Any]) -> None:
+        assert name == "progress"
+        sent.append(data["done"])
+        state["done"] += 1
+        if state["done"] == 3:
+            release.set()
+
+    with trio.fail_after(10):
+        assert await manager.follow(job, record) == SUMMARY
+    assert sent == [0, 1, 2]
+    assert trio.current_time() - began == pytest.approx(3 * PROGRESS_EVERY_S)
+
+
 @pytest.mark.parametrize("change", ["rewritten", "replaced", "removed"])
 async def test_a_completed_download_the_user_changed_since_is_not_reported_saved(
     env: Env, nursery: trio.Nursery, change: str
@@ -356,7 +387,7 @@ async def test_a_completed_download_the_user_changed_since_is_not_reported_saved
     """A get run again after the user changed the file must not say it was saved."""
     out = env.root / "a.bin"
 
-    async def write(_request: DownloadRequest, _progress: Progress) -> dict[str, Any]:
+    async def write(_request: DownloadRequest, _watch: Watch) -> dict[str, Any]:
         out.write_bytes(b"the content")
         return SUMMARY
 
@@ -388,9 +419,9 @@ async def test_a_completed_download_the_user_changed_since_is_not_reported_saved
 async def test_ctrl_c_of_the_last_get_pauses_and_keeps_the_progress(
     env: Env, nursery: trio.Nursery
 ) -> None:
-    async def write_then_wait(req: DownloadRequest, progress: Progress) -> dict[str, Any]:
+    async def write_then_wait(req: DownloadRequest, watch: Watch) -> dict[str, Any]:
         env.written(req, 2)
-        await progress({"done": 2, "total": 5, "peers": 1})
+        watch(lambda: {"done": 2, "total": 5, "peers": 1})
         await trio.sleep_forever()
         raise AssertionError
 
