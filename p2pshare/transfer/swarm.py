@@ -10,9 +10,10 @@ shell (transfer/downloader.py) tells it what happened and does what it decides:
   chunk starts the count over), and given up after the last;
 * a provider that lied (a forged manifest or hash page, a bad chunk) is banned, and
   one that refused the content is given up: neither is ever dialed again;
-* providers are looked up every ``LOOKUP_INTERVAL`` and at once when no link is
-  left or no provider could send a missing chunk; of more than there is room for
-  (``MAX_PROVIDERS``), the hinted ones and then a random draw get a link;
+* providers are looked up every ``LOOKUP_INTERVAL`` while there is room for more
+  (``MAX_PROVIDERS``), and at once when no link is left or no provider could send a
+  missing chunk; of more than there is room for, the hinted ones and then a random
+  draw get a link;
 * the download fails only once no provider that could send a missing chunk has
   been left, or found, for ``CONNECT_TIMEOUT`` and no lookup is under way;
 * a partial provider's chunk list is asked again while nothing is in flight with it;
@@ -188,10 +189,21 @@ class Swarm:
         self.active.discard(peer)
 
     def lookup_due(self, now: float) -> float | None:
-        """None when a lookup should start now, else how long until one is due."""
+        """None when a lookup should start now, else how long until one is due.
+
+        A periodic lookup waits while every provider slot is taken: nothing it found
+        could get a link (``on_found``), and in a crowd each one costs GET_PROVIDERS
+        at several nodes.  It runs once a slot frees (the caller asks again on any
+        change), and a lookup wanted now (no link left, no provider could send a
+        missing chunk) runs regardless.
+        """
         if self.looking:
             return LOOKUP_INTERVAL
-        if self._lookup_wanted or now >= self._next_lookup:
+        if self._lookup_wanted:
+            return None
+        if len(self.active) >= MAX_PROVIDERS:
+            return max(self._next_lookup - now, LOOKUP_INTERVAL)
+        if now >= self._next_lookup:
             return None
         return self._next_lookup - now
 

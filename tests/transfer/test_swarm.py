@@ -168,6 +168,20 @@ def test_lookup_runs_every_interval_or_at_once_when_wanted(
             assert due == pytest.approx(last + LOOKUP_INTERVAL - now)
 
 
+def test_periodic_lookup_waits_while_every_provider_slot_is_taken() -> None:
+    swarm = Swarm()
+    swarm.looked_up = True
+    swarm.start_transfer(0.0)
+    swarm.on_found([Source(f"p{i}") for i in range(MAX_PROVIDERS)])
+    late = 3 * LOOKUP_INTERVAL
+    assert swarm.lookup_due(late) == LOOKUP_INTERVAL, "full: nothing found could be linked"
+    swarm.on_gone("p0")
+    assert swarm.lookup_due(late) is None, "a slot freed: the overdue lookup runs"
+    swarm.keep("p0")
+    swarm.on_drop("p1", failures.GONE, last=True)
+    assert swarm.lookup_due(late) is None, "wanted now: runs even when full"
+
+
 def test_first_lookup_runs_at_once_when_the_setup_left_it() -> None:
     swarm = Swarm([Source("hint")])
     swarm.start_transfer(0.0)
