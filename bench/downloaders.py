@@ -80,7 +80,7 @@ START_TIMEOUT = 600.0
 RSS_TARGET_MB = 200.0
 # Fairness: the slower downloaders finish within this factor of the median.
 FAIRNESS_TARGET = 1.5
-# After the downloaders' first routing-table refresh began, time for it to end.
+# --timeline: seconds between two printed samples of the crowd.
 TIMELINE_EVERY = 5.0
 # --settled: the machine counts as settled once less busy than this over SETTLE_WINDOW s.
 SETTLED_BUSY = 0.5
