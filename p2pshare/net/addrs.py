@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import ifaddr
 import multiaddr
@@ -42,8 +42,10 @@ if TYPE_CHECKING:
     from p2pshare.net.mapped import MappedAddrs
 
 _WILDCARDS = {"/ip4/0.0.0.0": 4, "/ip6/::": 6}
-# How long the interface addresses read once are used before they are read again.
-INTERFACES_MAX_AGE = 2.0
+# How long the interface addresses, or the host's, once read are used before they are
+# read again (Recent).
+RECENT_MAX_AGE = 2.0
+_T = TypeVar("_T")
 
 
 def interface_ips() -> list[str]:
@@ -65,33 +67,51 @@ def interface_ips() -> list[str]:
     return sorted(set(found))
 
 
-class RecentInterfaceIps:
-    """:func:`interface_ips`, read again once ``max_age`` seconds have passed.
+class Recent(Generic[_T]):
+    """What ``read()`` returns, read again once ``max_age`` seconds have passed, once
+    ``version()`` returns something else, or after :meth:`forget`.
 
     py-libp2p asks for the host's addresses at every identify and every DHT message it
-    answers (a signed peer record each time); getifaddrs(3) through ctypes took about
-    0.5 ms a call, 5% of a downloader's CPU in a crowd of 30 (py-spy).  An address that
-    appears (DHCP, a new VPN) is still announced within ``max_age``.
+    sends or answers (a signed peer record each time), and p2pshare at every address a
+    dial considers (:func:`is_own`).  Reading the interfaces (getifaddrs(3) through
+    ctypes) took about 0.5 ms a call, 5% of a downloader's CPU in a crowd of 30
+    (py-spy); ``host.get_addrs()`` as a whole, about 1.4 ms, 4% of a crowd
+    downloader's CPU (cProfile; docs/benchmarks.md).  An address that appears (DHCP, a
+    new VPN) is still announced within ``max_age``.
     """
 
     def __init__(
         self,
-        read: Callable[[], list[str]] = interface_ips,
+        read: Callable[[], list[_T]],
+        *,
+        version: Callable[[], object] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
-        max_age: float = INTERFACES_MAX_AGE,
+        max_age: float = RECENT_MAX_AGE,
     ) -> None:
         self._read = read
+        self._version = version
         self._clock = clock
         self._max_age = max_age
-        self._ips: list[str] = []
+        self._value: list[_T] = []
+        self._read_as: object = None
         self._read_at: float | None = None
 
-    def __call__(self) -> list[str]:
+    def __call__(self) -> list[_T]:
         now = self._clock()
-        if self._read_at is None or now - self._read_at >= self._max_age:
-            self._ips = self._read()
+        version = self._version()
+        if (
+            self._read_at is None
+            or now - self._read_at >= self._max_age
+            or version != self._read_as
+        ):
+            self._value = self._read()
             self._read_at = now
-        return list(self._ips)
+            self._read_as = version
+        return list(self._value)
+
+    def forget(self) -> None:
+        """The next call reads again."""
+        self._read_at = None
 
 
 def _ip_of(addr: multiaddr.Multiaddr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -209,10 +229,10 @@ def addrs_factory(
 ) -> Callable[[list[multiaddr.Multiaddr]], list[multiaddr.Multiaddr]]:
     """:func:`announced` as py-libp2p's ``addrs_factory``, then the ``mapped`` addresses
     not refuted; interfaces are read again after a few seconds
-    (:class:`RecentInterfaceIps`), so an address that appears after start (DHCP, a new
+    (:class:`Recent`), so an address that appears after start (DHCP, a new
     VPN) is announced."""
     if ips is None:
-        ips = RecentInterfaceIps()
+        ips = Recent(interface_ips)
 
     def factory(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
         result = announced(candidates, configured, ips())

@@ -26,7 +26,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from p2pshare.net.addrs import addrs_factory, is_wildcard
+from p2pshare.net.addrs import Recent, addrs_factory, is_wildcard
 from p2pshare.net.listen import ListenError, check_can_listen, parse_listen_addrs
 from p2pshare.net.muxer import use_atomic_frames
 
@@ -91,7 +91,7 @@ def build_host(
     use_atomic_frames()
     key_pair = create_new_key_pair(key.seed)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         # Not create_yamux_muxer_option(): it adds mplex as a fallback, which a peer
@@ -102,6 +102,15 @@ def build_host(
         addrs_factory=addrs_factory(announce, mapped=mapped),
         peerstore_opt=_PeerStore(),
     )
+    # py-libp2p builds the list afresh at every call and offers no hook to keep it;
+    # it changes when a listener starts, the mapped addresses change, or within
+    # Recent's max age (interfaces, confirmed observed addresses).
+    network = host.get_network()
+    addrs = Recent(host.get_addrs, version=lambda: len(network.listeners))
+    if mapped is not None:
+        mapped.on_change(addrs.forget)
+    host.get_addrs = addrs  # type: ignore[method-assign]
+    return host
 
 
 def connection_config(max_connections: int) -> ConnectionConfig:

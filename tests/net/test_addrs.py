@@ -16,7 +16,7 @@ from libp2p.peer.peerinfo import PeerInfo
 
 from p2pshare.identity import NodeKey
 from p2pshare.net.addrs import (
-    RecentInterfaceIps,
+    Recent,
     addrs_factory,
     announce_addrs,
     announced,
@@ -24,6 +24,7 @@ from p2pshare.net.addrs import (
     observed_addrs,
 )
 from p2pshare.net.host import build_host, running_host
+from p2pshare.net.mapped import MappedAddrs
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
@@ -169,7 +170,7 @@ def test_interface_addresses_are_read_again_only_after_max_age() -> None:
         reads.append(now[0])
         return list(found[0])
 
-    ips = RecentInterfaceIps(read, clock=lambda: now[0], max_age=2.0)
+    ips = Recent(read, clock=lambda: now[0], max_age=2.0)
     assert ips() == ["192.0.2.1"]
     now[0] += 1.9
     found[0] = ["192.0.2.1", "198.51.100.7"]  # a VPN comes up
@@ -180,3 +181,34 @@ def test_interface_addresses_are_read_again_only_after_max_age() -> None:
     # What a caller does with the list does not change what the next one gets.
     ips().clear()
     assert ips() == ["192.0.2.1", "198.51.100.7"]
+
+
+def test_a_new_version_or_forget_reads_again_within_max_age() -> None:
+    reads = []
+    version = [1]
+
+    def read() -> list[int]:
+        reads.append(version[0])
+        return [len(reads)]
+
+    recent = Recent(read, version=lambda: version[0], clock=lambda: 5.0, max_age=2.0)
+    assert recent() == [1]
+    assert recent() == [1]
+    version[0] = 2  # a listener started
+    assert recent() == [2]
+    recent.forget()  # the mapped addresses changed
+    assert recent() == [3]
+    assert recent() == [3]
+    assert reads == [1, 2, 2]
+
+
+async def test_host_addresses_follow_a_new_listener_and_a_mapped_address_at_once() -> None:
+    mapped = MappedAddrs()
+    async with running_host(NodeKey.generate(), ["/ip4/127.0.0.1/tcp/0"], mapped=mapped) as host:
+        before = texts(announce_addrs(host))
+        assert len(before) == 1
+        assert before[0].startswith("/ip4/127.0.0.1/tcp/")
+        mapped.set(["/ip4/203.0.113.9/tcp/4001"])
+        assert texts(announce_addrs(host)) == [*before, "/ip4/203.0.113.9/tcp/4001"]
+        mapped.judge("/ip4/203.0.113.9/tcp/4001", reachable=False)
+        assert texts(announce_addrs(host)) == before
