@@ -12,7 +12,9 @@ The code that moves bytes reports through one call each, into the process's
 * :func:`timed_lookup` and :func:`counted_provide` decorate the DHT lookup and
   provide of p2pshare.net.dht; :meth:`Metrics.dht_message` counts each
   GET_PROVIDERS exchange of a lookup, :meth:`Metrics.provide_message` each message
-  a provide sends (its FIND_NODE lookup and its ADD_PROVIDERs);
+  a provide sends (its FIND_NODE lookup and its ADD_PROVIDERs),
+  :meth:`Metrics.routing_message` each FIND_NODE exchange of the walks that keep the
+  routing table (joining, refreshing);
 * :meth:`Metrics.job_run` -- a compute job this node ran for a peer ended
   (p2pshare.compute.service).
 
@@ -68,6 +70,8 @@ class _Dht:
     message_bytes: int = 0
     provide_messages: int = 0
     provide_message_bytes: int = 0
+    routing_messages: int = 0
+    routing_message_bytes: int = 0
 
 
 class Metrics:
@@ -130,6 +134,13 @@ class Metrics:
         with self._lock:
             self.dht.provide_messages += 1
             self.dht.provide_message_bytes += nbytes
+
+    def routing_message(self, nbytes: int) -> None:
+        """One FIND_NODE request of a routing-table walk (joining, refreshing) and its
+        answer, ``nbytes`` together."""
+        with self._lock:
+            self.dht.routing_messages += 1
+            self.dht.routing_message_bytes += nbytes
 
     def lookup_done(self, seconds: float) -> None:
         with self._lock:
@@ -198,6 +209,8 @@ class Metrics:
                     "message_bytes": dht.message_bytes,
                     "provide_messages": dht.provide_messages,
                     "provide_message_bytes": dht.provide_message_bytes,
+                    "routing_messages": dht.routing_messages,
+                    "routing_message_bytes": dht.routing_message_bytes,
                 },
             }
 

@@ -32,15 +32,13 @@ import math
 import random
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar, cast
 
 import trio
 from libp2p.kad_dht import DHTMode
 from libp2p.kad_dht.common import ALPHA, MAX_DHT_MESSAGE_SIZE
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
-from libp2p.kad_dht.peer_routing import PeerRouting
-from libp2p.kad_dht.utils import maybe_consume_signed_record, sort_peer_ids_by_distance
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -52,21 +50,36 @@ from p2pshare.errors import UserError
 from p2pshare.metrics import METRICS, counted_provide, timed_lookup
 from p2pshare.net.addrs import is_wildcard
 from p2pshare.net.peers import connect
+from p2pshare.net.records import VerifiedRecords
 from p2pshare.net.routing import IdleBoundStream, RoutingFeeder, ServingKadDHT, forget
 from p2pshare.net.streams import LibP2PStream
+from p2pshare.net.walks import (
+    K_CLOSEST,
+    ClosestWalk,
+    LookupTrace,
+    ProviderLookup,
+    Walk,
+    key_in_range,
+)
 from p2pshare.proto.ratelimit import PerKeyBuckets
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
     from libp2p.abc import IHost, INetStream
-    from libp2p.custom_types import TProtocol
 
     from p2pshare.net.streams import HandlerGuard
 
 log = logging.getLogger(__name__)
 QUERY_TIMEOUT = 10.0
-K_CLOSEST = 20
+# A closest-peers walk asks three peers at a time (the Kademlia paper's alpha): it
+# runs in the background (a provide's record is already with the peers known, a refresh
+# serves later lookups), and ten at a time asked peers about to drop out of the
+# closest.  py-libp2p's bound on one walk, 30 s, is kept.
+WALK_ALPHA = 3
+WALK_TIMEOUT = 30.0
+_R = TypeVar("_R")
+_Args = ParamSpec("_Args")
 PEER_ADDR_TTL = 3600
 # The 10-per-10-s default drops re-provides of a node with more than ten shares.
 PROVIDER_RATE_MAX = 10_000
@@ -81,25 +94,8 @@ class Provider:
     addrs: tuple[str, ...]
 
 
-@dataclass
-class LookupTrace:
-    """How a provider lookup went; filled in as it runs, so a caller that times the
-    lookup out still sees how far it got.
-
-    ``hops`` is the length of the referral chain to the first peer that answered with
-    a provider: 1 when a peer we already knew had the record, 2 when a peer it named
-    had it, ...; 0 when this node held the record itself or nothing was found.
-    ``timed_out`` tells a lookup cut short at its deadline from one that ran out of
-    peers to ask.
-    """
-
-    hops: int = 0
-    queried: int = 0
-    timed_out: bool = False
-
-
 async def get_providers_and_closers(
-    host: IHost, peer: ID, key: bytes
+    host: IHost, records: VerifiedRecords, peer: ID, key: bytes
 ) -> tuple[list[PeerInfo], list[ID]]:
     """One GET_PROVIDERS request: the providers ``peer`` knows and the closer peers it names.
 
@@ -108,30 +104,69 @@ async def get_providers_and_closers(
     reached peers it knew before. Here their addresses go into the peerstore, as
     py-libp2p does for FIND_NODE answers.
     """
+    response = await _request(
+        host, records, peer, Message.MessageType.GET_PROVIDERS, key, METRICS.dht_message
+    )
+    if response is None:
+        return [], []
+    providers = [
+        PeerInfo(ID(entry.id), _multiaddrs(entry.addrs))
+        for entry in response.providerPeers
+        if _signed(host, records, entry)
+    ]
+    return providers, _closer_peers(host, records, response)
+
+
+async def find_node(
+    host: IHost, records: VerifiedRecords, peer: ID, key: bytes, count: Callable[[int], None]
+) -> list[ID]:
+    """One FIND_NODE request: the peers closer to ``key`` that ``peer`` names, their
+    addresses learnt; ``count`` is given the bytes of the request and its answer."""
+    response = await _request(host, records, peer, Message.MessageType.FIND_NODE, key, count)
+    return [] if response is None else _closer_peers(host, records, response)
+
+
+async def _request(
+    host: IHost,
+    records: VerifiedRecords,
+    peer: ID,
+    kind: Message.MessageType,
+    key: bytes,
+    count: Callable[[int], None],
+) -> Message | None:
+    """One request of ``kind`` about ``key`` to ``peer``, and its answer; None for an
+    answer of another kind or signed by another peer."""
     # Dialed here, not by new_stream: py-libp2p would try one, possibly stale, address.
     await connect(host, PeerInfo(peer, []), QUERY_TIMEOUT)
     async with kad_stream(host, peer) as stream:
         request = Message()
-        request.type = Message.MessageType.GET_PROVIDERS
+        request.type = kind
         request.key = key
         request.senderRecord, _ = env_to_send_in_RPC(host)
         await stream.write(encode_varint_prefixed(request.SerializeToString()))
-        response = Message()
         answer = await read_varint_prefixed_bytes_limited(stream, MAX_DHT_MESSAGE_SIZE)
-        METRICS.dht_message(request.ByteSize() + len(answer))
-        response.ParseFromString(answer)
-    if response.type != Message.MessageType.GET_PROVIDERS or not maybe_consume_signed_record(
-        response, host, peer
-    ):
-        return [], []
+    count(request.ByteSize() + len(answer))
+    response = Message()
+    response.ParseFromString(answer)
+    if response.type != kind:
+        return None
+    if response.HasField("senderRecord") and not records.consume(host, response.senderRecord, peer):
+        return None
+    return response
+
+
+def _signed(host: IHost, records: VerifiedRecords, entry: Message.Peer) -> bool:
+    """Whether a peer an answer names comes with no signed record or a valid one of its own."""
+    return not entry.HasField("signedRecord") or records.consume(
+        host, entry.signedRecord, ID(entry.id)
+    )
+
+
+def _closer_peers(host: IHost, records: VerifiedRecords, response: Message) -> list[ID]:
     peerstore = host.get_peerstore()
-    providers = []
-    for entry in response.providerPeers:
-        if maybe_consume_signed_record(entry, host):
-            providers.append(PeerInfo(ID(entry.id), _multiaddrs(entry.addrs)))
     closer = []
     for entry in response.closerPeers:
-        if not entry.id or not maybe_consume_signed_record(entry, host):
+        if not entry.id or not _signed(host, records, entry):
             continue
         named = ID(entry.id)
         if named == host.get_id():
@@ -139,7 +174,7 @@ async def get_providers_and_closers(
         if addrs := _multiaddrs(entry.addrs):
             peerstore.add_addrs(named, addrs, PEER_ADDR_TTL)
         closer.append(named)
-    return providers, closer
+    return closer
 
 
 async def send_add_provider(host: IHost, peer: ID, key: bytes, addrs: Sequence[Multiaddr]) -> bool:
@@ -188,47 +223,6 @@ async def kad_stream(host: IHost, peer: ID) -> AsyncIterator[INetStream]:
         await LibP2PStream(raw).aclose()
 
 
-class _CountedStream:
-    """A stream of py-libp2p's FIND_NODE lookup run for a provide: its bytes both ways
-    are counted as one provide message when it closes."""
-
-    def __init__(self, stream: INetStream) -> None:
-        self._stream = stream
-        self._bytes = 0
-
-    async def write(self, data: bytes) -> None:
-        await self._stream.write(data)
-        self._bytes += len(data)
-
-    async def read(self, n: int | None = None) -> bytes:
-        data = await self._stream.read(n)
-        self._bytes += len(data)
-        return data
-
-    async def close(self) -> None:
-        METRICS.provide_message(self._bytes)
-        await self._stream.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class _CountingHost:
-    """The host as py-libp2p's peer lookup sees it when a provide runs it: py-libp2p
-    offers no hook to count the FIND_NODE requests it sends, and it opens each through
-    ``host.new_stream``."""
-
-    def __init__(self, host: IHost) -> None:
-        self._host = host
-
-    async def new_stream(self, peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
-        stream = await self._host.new_stream(peer_id, protocol_ids)
-        return cast("INetStream", _CountedStream(stream))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._host, name)
-
-
 def _multiaddrs(raw: Iterable[bytes]) -> list[Multiaddr]:
     addrs = []
     for item in raw:
@@ -252,51 +246,6 @@ class _DropCleanEOF(logging.Filter):
         )
 
 
-class _Lookup:
-    """What one GET_PROVIDERS lookup knows: the providers found, the peers known and
-    asked, and how many referrals away each peer was first named."""
-
-    def __init__(self, key: bytes, me: ID, known: set[ID], trace: LookupTrace, want: int) -> None:
-        self.key = key
-        self.me = me
-        self.found: dict[ID, set[Multiaddr]] = {}
-        self.known = known
-        self.queried: set[ID] = set()
-        self.trace = trace
-        self.want = want
-        # Referral depth of each peer: 1 for those known at the start, d + 1 for a peer
-        # first named by a peer of depth d.
-        self.depth = dict.fromkeys(known, 1)
-        self.window = K_CLOSEST
-
-    def answer(self, peer: ID, infos: list[PeerInfo], more: list[ID]) -> None:
-        for info in infos:
-            self.found.setdefault(info.peer_id, set()).update(info.addrs)
-        if infos and not self.trace.hops:
-            self.trace.hops = self.depth[peer]
-        for named in more:
-            self.depth.setdefault(named, self.depth[peer] + 1)
-        self.known.update(p for p in more if p != self.me)
-
-    def next_peer(self) -> ID | None:
-        """The closest known peer not asked yet, now counted as asked; widening from the
-        K closest to every peer known once those have no record (routing tables still
-        disagree in a young network)."""
-        while True:
-            nearest = sort_peer_ids_by_distance(self.key, list(self.known))[: self.window]
-            peer = next((p for p in nearest if p not in self.queried), None)
-            if peer is not None:
-                self.queried.add(peer)
-                self.trace.queried = len(self.queried)
-                return peer
-            if self.window >= len(self.known):
-                return None
-            self.window = len(self.known)
-
-    def enough(self) -> bool:
-        return len(self.found.keys() - {self.me}) >= self.want
-
-
 class Dht:
     """Provider records on the standard Kademlia DHT."""
 
@@ -304,11 +253,7 @@ class Dht:
         self._host = host
         self._kad = ServingKadDHT(host, DHTMode.SERVER)
         self._kad._provider_rate_max = PROVIDER_RATE_MAX  # noqa: SLF001 - no public setter
-        # The lookup a provide runs for the closest peers, its messages counted as the
-        # provide's (metrics); the routing table is the DHT's own.
-        self._provide_routing = PeerRouting(
-            cast("IHost", _CountingHost(host)), self._kad.routing_table
-        )
+        self._records = VerifiedRecords()
         self._limits = PerKeyBuckets(rate=requests_per_second, burst=4 * requests_per_second)
         # Where a lookup's queries run (see find_providers); set while ``run`` runs.
         self._queries: trio.Nursery | None = None
@@ -345,8 +290,17 @@ class Dht:
                 network.remove_notifee(feeder)
 
     async def maintain(self) -> None:
-        """Refresh the routing table and drop expired records."""
-        await self._kad.refresh_routing_table()
+        """Refresh the routing table and drop expired records.
+
+        As py-libp2p's refresh (and the libp2p spec): a walk to this node's own ID,
+        then one to a random key in each bucket that holds a peer; the walks are ours
+        (:meth:`closest_peers`), and each bucket's key is really in its range.
+        """
+        await self.find_neighbours()
+        for bucket in list(self._kad.routing_table.buckets):
+            if bucket.size() > 0:
+                key = key_in_range(bucket.min_range, bucket.max_range)
+                await self.closest_peers(key, METRICS.routing_message)
         self._kad.provider_store.cleanup_expired()
         self._kad.value_store.cleanup_expired()
 
@@ -354,7 +308,23 @@ class Dht:
         """Look up this node's own ID, as a Kademlia node does when it joins: the
         routing table learns the peers closest to this node, and they learn of it (a
         query connects, and a connection adds the peer to both tables)."""
-        await self._kad.peer_routing.find_closest_peers_network(self._host.get_id().to_bytes())
+        await self.closest_peers(self._host.get_id().to_bytes(), METRICS.routing_message)
+
+    async def closest_peers(self, key: bytes, count: Callable[[int], None]) -> list[ID]:
+        """The ``K_CLOSEST`` peers closest to ``key`` that answered a FIND_NODE walk
+        (:class:`ClosestWalk`); ``count`` is given the bytes of each request and answer.
+        """
+        me = self._host.get_id()
+        known = set(self._kad.routing_table.find_local_closest_peers(key, K_CLOSEST))
+        if len(known) < K_CLOSEST:
+            known.update(self._host.get_connected_peers())
+        walk = ClosestWalk(key, me, known)
+
+        async def query(peer: ID) -> None:
+            walk.answer(peer, await self._ask(peer, "FIND_NODE", find_node, key, count))
+
+        await self._walk(walk, query, WALK_ALPHA, trio.current_time() + WALK_TIMEOUT)
+        return walk.closest()
 
     async def add_peer(self, peer_id: ID) -> bool:
         return bool(await self._kad.add_peer(peer_id))
@@ -410,7 +380,7 @@ class Dht:
         if on_known_sent is not None:
             on_known_sent(len(accepted))
         # Then to the closest in the whole network, skipping those already sent to.
-        await send_all(await self._provide_routing.find_closest_peers_network(key))
+        await send_all(await self.closest_peers(key, METRICS.provide_message))
         return len(accepted)
 
     @timed_lookup(trio.current_time)
@@ -440,33 +410,13 @@ class Dht:
         known.update(self._host.get_connected_peers())
         known.update(ask)
         known.discard(me)
-        lookup = _Lookup(key, me, known, trace, want)
+        lookup = ProviderLookup(key, me, known, trace, want)
 
-        async def query(peer: ID, answered: trio.MemorySendChannel[None]) -> None:
-            lookup.answer(peer, *await self._get_providers(peer, key))
-            with suppress(trio.BrokenResourceError):  # the lookup is over
-                answered.send_nowait(None)
+        async def query(peer: ID) -> None:
+            answer = await self._ask(peer, "GET_PROVIDERS", get_providers_and_closers, key)
+            lookup.answer(peer, *(answer or ([], [])))
 
-        # A sliding window of ALPHA queries: each answer starts the next query at once.
-        # In lock-step rounds one slow peer held up its whole round for the query
-        # timeout, which is also find's default timeout; on a busy 50-node network
-        # finds timed out that way (bench/dht.py; docs/benchmarks.md).  Queries run in
-        # the DHT's own nursery: once the lookup has enough, those still out finish
-        # there (each within QUERY_TIMEOUT) instead of being cancelled, so the lookup
-        # returns at once and no request is cut off part way (see kad_stream).
-        queries = self._running_queries()
-        answered, answers = trio.open_memory_channel[None](math.inf)
-        in_flight = 0
-        with answers, trio.move_on_at(give_up_at) as deadline:
-            while not lookup.enough():
-                while in_flight < ALPHA and (peer := lookup.next_peer()) is not None:
-                    in_flight += 1
-                    queries.start_soon(query, peer, answered)
-                if in_flight == 0:
-                    break
-                await answers.receive()
-                in_flight -= 1
-        trace.timed_out = deadline.cancelled_caught
+        trace.timed_out = await self._walk(lookup, query, ALPHA, give_up_at)
         # This node's own records are added only now, so they never end the lookup: a
         # downloader that held the seeder's record (the seeder provides to the peers it
         # knows) asked no one else, and of a crowd of 100 a quarter fetched everything
@@ -480,8 +430,49 @@ class Dht:
             raise RuntimeError("a lookup needs the DHT running (Dht.run)")
         return self._queries
 
-    async def _get_providers(self, peer: ID, key: bytes) -> tuple[list[PeerInfo], list[ID]]:
-        """One GET_PROVIDERS query; a failed or unanswered one is an empty answer.
+    async def _walk(
+        self, walk: Walk, ask: Callable[[ID], Awaitable[None]], alpha: int, give_up_at: float
+    ) -> bool:
+        """Ask the peers ``walk`` names, ``alpha`` at a time, until it has enough or has
+        no one left to ask; whether it was cut short at ``give_up_at`` (trio time).
+
+        A sliding window: each answer starts the next query at once.  In lock-step
+        rounds one slow peer held up its whole round for the query timeout, which is
+        also find's default timeout; on a busy 50-node network finds timed out that way
+        (bench/dht.py; docs/benchmarks.md).  Queries run in the DHT's own nursery: once
+        the walk has enough, those still out finish there (each within QUERY_TIMEOUT)
+        instead of being cancelled, so the walk returns at once and no request is cut
+        off part way (see kad_stream).
+        """
+        queries = self._running_queries()
+        answered, answers = trio.open_memory_channel[None](math.inf)
+
+        async def query(peer: ID) -> None:
+            await ask(peer)
+            with suppress(trio.BrokenResourceError):  # the walk is over
+                answered.send_nowait(None)
+
+        in_flight = 0
+        with answers, trio.move_on_at(give_up_at) as deadline:
+            while not walk.enough():
+                while in_flight < alpha and (peer := walk.next_peer()) is not None:
+                    in_flight += 1
+                    queries.start_soon(query, peer)
+                if in_flight == 0:
+                    break
+                await answers.receive()
+                in_flight -= 1
+        return deadline.cancelled_caught
+
+    async def _ask(
+        self,
+        peer: ID,
+        what: str,
+        request: Callable[Concatenate[IHost, VerifiedRecords, ID, _Args], Awaitable[_R]],
+        *args: _Args.args,
+        **kwargs: _Args.kwargs,
+    ) -> _R | None:
+        """One query of a walk; None when it failed or went unanswered.
 
         Then, if no connection to ``peer`` is up either, it is gone and leaves the
         routing table (with one up, the failure was of that request, not of the peer).
@@ -489,13 +480,13 @@ class Dht:
         why = "no answer in time"
         with trio.move_on_after(QUERY_TIMEOUT):
             try:
-                return await get_providers_and_closers(self._host, peer, key)
-            except Exception as exc:  # noqa: BLE001 - one bad peer must not end the lookup
-                log.debug("GET_PROVIDERS to %s failed: %s", peer, exc)
+                return await request(self._host, self._records, peer, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - one bad peer must not end the walk
+                log.debug("%s to %s failed: %s", what, peer, exc)
                 why = str(exc)
         if peer not in self._host.get_connected_peers():
             forget(self._kad, peer, why)
-        return [], []
+        return None
 
     def _as_providers(self, found: dict[ID, set[Multiaddr]]) -> list[Provider]:
         """One entry per peer but this node; their addresses kept for dialing them."""

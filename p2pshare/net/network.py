@@ -47,10 +47,11 @@ if TYPE_CHECKING:
     from libp2p.abc import IHost
 
     from p2pshare.identity import NodeKey
-    from p2pshare.net.dht import LookupTrace, Provider
+    from p2pshare.net.dht import Provider
     from p2pshare.net.encrypted_stream import EncryptedStream
     from p2pshare.net.relay import RelaySettings
     from p2pshare.net.streams import ByteStream, LibP2PStream
+    from p2pshare.net.walks import LookupTrace
 
 
 class Network:

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from p2pshare.config import NetworkConfig
-    from p2pshare.net.dht import LookupTrace, Provider
+    from p2pshare.net.dht import Provider
     from p2pshare.net.network import Network
+    from p2pshare.net.walks import LookupTrace
     from p2pshare.store.catalog import Catalog, ShareRow
 
 log = logging.getLogger(__name__)

@@ -201,6 +201,16 @@ def _counters(snap: dict[str, Any]) -> tuple[tuple[str, str, float], ...]:
             "Bytes of those messages, FIND_NODE answers included.",
             snap["dht"]["provide_message_bytes"],
         ),
+        (
+            "p2pshare_dht_routing_messages",
+            "FIND_NODE requests of the walks that keep the routing table (join, refresh).",
+            snap["dht"]["routing_messages"],
+        ),
+        (
+            "p2pshare_dht_routing_message_bytes",
+            "Bytes of those requests and their answers.",
+            snap["dht"]["routing_message_bytes"],
+        ),
     )
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from p2pshare.control.server import Emit, Handler, InvalidParamsError
-from p2pshare.net.dht import LookupTrace
+from p2pshare.net.walks import LookupTrace
 from p2pshare.node.discovery import withheld
 from p2pshare.proto.cid import ContentId
 

@@ -21,13 +21,15 @@ from multiaddr import Multiaddr
 from p2pshare.identity import NodeKey
 from p2pshare.metrics import METRICS
 from p2pshare.net import routing
-from p2pshare.net.dht import QUERY_TIMEOUT, Dht, LookupTrace, get_providers_and_closers
+from p2pshare.net.dht import QUERY_TIMEOUT, Dht, get_providers_and_closers
 from p2pshare.net.host import running_host
+from p2pshare.net.records import VerifiedRecords
 from p2pshare.net.routing import KAD_IDLE_LIMIT, RoutingFeeder
 from p2pshare.net.streams import HandlerGuard, HandlerLimits
+from p2pshare.net.walks import LookupTrace
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import pytest
     from libp2p.abc import IHost, INetStream
@@ -137,6 +139,25 @@ async def test_a_provide_counts_its_find_node_lookup_and_add_provider_messages()
         nursery.cancel_scope.cancel()
 
 
+async def test_a_refresh_walks_the_network_counted_as_routing_messages() -> None:
+    """Node 0 knows only node 1; its refresh (own ID, then each bucket) reaches node 2
+    through node 1's answer, with FIND_NODE counted apart from finds and provides."""
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        (first, first_dht), _, (last, _) = await start_line(stack, nursery, 3)
+        await wait_for_table(first_dht, 1)
+        before = METRICS.snapshot()["dht"]
+        with trio.fail_after(20):
+            await first_dht.maintain()
+        after = METRICS.snapshot()["dht"]
+        assert last.get_id() in first.get_connected_peers()
+        await wait_for_table(first_dht, 2)
+        assert after["routing_messages"] - before["routing_messages"] >= 2
+        assert after["routing_message_bytes"] > before["routing_message_bytes"]
+        assert after["messages"] == before["messages"]
+        assert after["provide_messages"] == before["provide_messages"]
+        nursery.cancel_scope.cancel()
+
+
 async def test_provide_reports_once_the_known_peers_hold_the_record(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -146,16 +167,14 @@ async def test_provide_reports_once_the_known_peers_hold_the_record(
         (first, first_dht), (_, middle_dht) = nodes[0], nodes[1]
         lookup_started = trio.Event()
 
-        async def endless_lookup(_key: bytes, _count: int = 20) -> list[ID]:
+        async def endless_lookup(_key: bytes, _count: Callable[[int], None]) -> list[ID]:
             lookup_started.set()
             await trio.sleep_forever()
             raise AssertionError("unreachable")
 
         # The network lookup for closer peers never ends here; the record still goes
         # out to the one peer `first` knows, and the caller hears of it.
-        monkeypatch.setattr(
-            first_dht._provide_routing, "find_closest_peers_network", endless_lookup
-        )
+        monkeypatch.setattr(first_dht, "closest_peers", endless_lookup)
         counts: list[int] = []
         nursery.start_soon(first_dht.provide, key, first.get_addrs(), counts.append)
         with trio.fail_after(10):
@@ -323,7 +342,7 @@ async def test_a_request_cancelled_once_its_stream_is_open_frees_the_servers_slo
         served = watch_serving(holder)
         with trio.CancelScope() as request:
             asker = cast("IHost", CancelledOnceOpen(asker_host, request))
-            await get_providers_and_closers(asker, holder_host.get_id(), key)
+            await get_providers_and_closers(asker, VerifiedRecords(), holder_host.get_id(), key)
         assert request.cancelled_caught
         with trio.fail_after(KAD_IDLE_LIMIT / 2):
             await served.wait()
@@ -357,7 +376,9 @@ async def test_one_peer_holding_silent_dht_streams_leaves_others_answered() -> N
             for _ in range(12):
                 with contextlib.suppress(Exception):
                     await hog_host.new_stream(holder_host.get_id(), [KAD_PROTOCOL])
-            providers, _ = await get_providers_and_closers(asker_host, holder_host.get_id(), key)
+            providers, _ = await get_providers_and_closers(
+                asker_host, VerifiedRecords(), holder_host.get_id(), key
+            )
         assert [p.peer_id for p in providers] == [holder_host.get_id()]
         nursery.cancel_scope.cancel()
 
