@@ -211,12 +211,13 @@ def raise_fd_limit(needed: int) -> int:
 
 
 def dht_costs(homes: list[Home]) -> tuple[int, int]:
-    """DHT messages the daemons of ``homes`` sent (finds and provides), and their
-    connections now."""
+    """DHT messages the daemons of ``homes`` sent (finds, provides, and the walks that
+    keep their routing tables), and their connections now."""
     messages = connections = 0
     for home in homes:
         snap = call(home, "metrics", {})
-        messages += snap["dht"]["messages"] + snap["dht"]["provide_messages"]
+        dht = snap["dht"]
+        messages += dht["messages"] + dht["provide_messages"] + dht["routing_messages"]
         connections += snap["connections"]
     return messages, connections
 
