@@ -72,10 +72,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 QUERY_TIMEOUT = 10.0
-# A closest-peers walk asks three peers at a time (the Kademlia paper's alpha): it
-# runs in the background (a provide's record is already with the peers known, a refresh
-# serves later lookups), and ten at a time asked peers about to drop out of the
-# closest.  py-libp2p's bound on one walk, 30 s, is kept.
+# A closest-peers walk asks three peers at a time (the Kademlia paper's alpha), not ten
+# as a find does: nobody waits for it (a provide's record is already with the peers
+# known; a refresh serves later lookups), and with ten out at once more of them go to
+# peers that closer ones then push out of the 20 closest.  py-libp2p's bound on one
+# walk, 30 s, is kept.
 WALK_ALPHA = 3
 WALK_TIMEOUT = 30.0
 _R = TypeVar("_R")
