@@ -10,7 +10,7 @@ removes the 250 ms happy-eyeballs wait on every dial (measured in
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import multiaddr
 import trio
@@ -28,12 +28,14 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2pshare.net.addrs import Recent, addrs_factory, is_wildcard
 from p2pshare.net.listen import ListenError, check_can_listen, parse_listen_addrs
+from p2pshare.net.multiselect import PipelinedMultiselectClient
 from p2pshare.net.muxer import use_atomic_frames
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from libp2p.abc import IHost
+    from libp2p.host.basic_host import BasicHost
     from libp2p.peer.id import ID
 
     from p2pshare.identity import NodeKey
@@ -110,6 +112,7 @@ def build_host(
     if mapped is not None:
         mapped.on_change(addrs.forget)
     host.get_addrs = addrs  # type: ignore[method-assign]
+    cast("BasicHost", host).multiselect_client = PipelinedMultiselectClient()
     return host
 
 
