@@ -1,8 +1,8 @@
 """Every benchmark in one go, one table: figure | value | same-run baseline | target | met?
 
-Runs, in this order: share import, transfer, CLI latency, DHT (loopback and, where the
-machine allows, network namespaces with a 20 ms round trip), many downloaders (with the
-seeder's upload free, then capped as a home uplink would cap it), compute
+Runs, in this order: share import, transfer, CLI latency, new-stream cost, DHT (loopback
+and, where the machine allows, network namespaces with a 20 ms round trip), many
+downloaders (with the seeder's upload free, then capped as a home uplink would cap it), compute
 (worker pool in-process) and compute through daemons (bench/compute_jobs.py).
 Each benchmark module exposes ``measure(quick) -> list[Row]`` (bench/rows.py); a new
 figure only has to be added to its module's rows. A benchmark that fails is reported
@@ -30,6 +30,7 @@ import compute_jobs
 import dht
 import downloaders
 import share_import
+import streams
 import transfer
 from rows import Row, table
 
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "share_import": share_import.measure,
     "transfer": transfer.measure,
     "cli_latency": cli_latency.measure,
+    "streams": streams.measure,
     "dht": dht.measure,
     "downloaders": downloaders.measure,
     "downloaders_capped": downloaders.measure_capped,
