@@ -84,10 +84,8 @@ class ProviderLookup:
         K closest to every peer known once those have no record (routing tables still
         disagree in a young network)."""
         while True:
-            nearest = sort_peer_ids_by_distance(self.key, list(self.known))[: self.window]
-            peer = next((p for p in nearest if p not in self.queried), None)
+            peer = _ask_nearest(self.key, self.known, self.queried, self.window)
             if peer is not None:
-                self.queried.add(peer)
                 self.trace.queried = len(self.queried)
                 return peer
             if self.window >= len(self.known):
@@ -128,11 +126,7 @@ class ClosestWalk:
     def next_peer(self) -> ID | None:
         """The closest known peer not asked yet among the ``K_CLOSEST`` closest known,
         now counted as asked; None when each of them has been asked."""
-        nearest = sort_peer_ids_by_distance(self.key, list(self.known))[:K_CLOSEST]
-        peer = next((p for p in nearest if p not in self.asked), None)
-        if peer is not None:
-            self.asked.add(peer)
-        return peer
+        return _ask_nearest(self.key, self.known, self.asked, K_CLOSEST)
 
     def enough(self) -> bool:
         return False
@@ -140,6 +134,16 @@ class ClosestWalk:
     def closest(self) -> list[ID]:
         """The closest peers that answered, closest first."""
         return sort_peer_ids_by_distance(self.key, list(self.answered))[:K_CLOSEST]
+
+
+def _ask_nearest(key: bytes, known: set[ID], asked: set[ID], window: int) -> ID | None:
+    """The closest of the ``window`` peers of ``known`` closest to ``key`` that is not
+    in ``asked``, now added to it; None when all of them are."""
+    nearest = sort_peer_ids_by_distance(key, list(known))[:window]
+    peer = next((p for p in nearest if p not in asked), None)
+    if peer is not None:
+        asked.add(peer)
+    return peer
 
 
 def key_in_range(low: int, high: int, tries: int = BUCKET_KEY_TRIES) -> bytes:
