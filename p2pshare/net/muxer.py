@@ -22,6 +22,14 @@ credits as go-yamux does, once half the receive window has been read: a sender
 blocked on its window always has that much read on this side (the stream's buffer
 is empty only once what was sent has been read), so no stream waits on a credit.
 
+py-libp2p 0.8.1 also writes a stream's SYN, and the ACK that accepts it, each as a
+frame of its own: two of the nine encrypted messages of a DHT query (docs/benchmarks.md,
+bench/streams.py).  :class:`AtomicFrameYamux` holds a bare SYN or ACK back and writes it
+in the same encrypted message as the next frame on the connection, which is the
+opener's first data (the multistream header) or the listener's answer to it.  The
+frames themselves are unchanged, so any yamux peer reads them as before; a held frame
+only waits for the next frame, never reorders anything.
+
 py-libp2p builds every yamux connection with the Yamux class named in its
 muxer_multistream module, whatever class the host's muxer options give, and every
 stream with the YamuxStream class named in its yamux module, so
@@ -30,20 +38,58 @@ stream with the YamuxStream class named in its yamux module, so
 
 from __future__ import annotations
 
+import struct
+from typing import Any
+
 import trio
 from libp2p.network.connection.exceptions import RawConnError
 from libp2p.stream_muxer import muxer_multistream
 from libp2p.stream_muxer.yamux import yamux
-from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+from libp2p.stream_muxer.yamux.yamux import (
+    FLAG_ACK,
+    FLAG_SYN,
+    HEADER_SIZE,
+    TYPE_WINDOW_UPDATE,
+    YAMUX_HEADER_FORMAT,
+    Yamux,
+    YamuxStream,
+)
 
 # Seconds one frame may take to reach the socket; yamux's own ping gives up sooner.
 FRAME_STALL_LIMIT = 30.0
 
 
+def is_bare_open(frame: bytes) -> bool:
+    """Whether ``frame`` is only a stream's SYN or ACK: a WINDOW_UPDATE of 0 with no
+    other flag, the frame py-libp2p writes to open or accept a stream."""
+    if len(frame) != HEADER_SIZE:
+        return False
+    version, kind, flags, stream_id, delta = struct.unpack(YAMUX_HEADER_FORMAT, frame)
+    return (
+        version == 0
+        and kind == TYPE_WINDOW_UPDATE
+        and flags in (FLAG_SYN, FLAG_ACK)
+        and stream_id != 0
+        and delta == 0
+    )
+
+
 class AtomicFrameYamux(Yamux):
-    """py-libp2p's Yamux with each frame written shielded and bounded in time."""
+    """py-libp2p's Yamux with each frame written shielded and bounded in time, and a
+    bare SYN or ACK written with the frame after it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: list[bytes] = []
 
     async def _write_frame(self, data: bytes) -> None:
+        if is_bare_open(data):
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._held.append(data)
+            return
+        if self._held:
+            data = b"".join((*self._held, data))
+            self._held.clear()
         with trio.CancelScope(shield=True):
             with trio.move_on_after(FRAME_STALL_LIMIT) as stalled:
                 await super()._write_frame(data)
