@@ -28,7 +28,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2pshare.net.addrs import Recent, addrs_factory, is_wildcard
 from p2pshare.net.listen import ListenError, check_can_listen, parse_listen_addrs
-from p2pshare.net.multiselect import PipelinedMultiselectClient
+from p2pshare.net.multiselect import PipelinedMultiselectClient, ReadFirstMultiselect
 from p2pshare.net.muxer import use_atomic_frames
 
 if TYPE_CHECKING:
@@ -112,7 +112,10 @@ def build_host(
     if mapped is not None:
         mapped.on_change(addrs.forget)
     host.get_addrs = addrs  # type: ignore[method-assign]
-    cast("BasicHost", host).multiselect_client = PipelinedMultiselectClient()
+    basic = cast("BasicHost", host)
+    basic.multiselect_client = PipelinedMultiselectClient()
+    # The same handler table: handlers py-libp2p registered already stay served.
+    basic.multiselect = ReadFirstMultiselect(basic.multiselect.handlers)
     return host
 
 

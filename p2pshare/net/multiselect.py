@@ -8,6 +8,14 @@ its first proposal right behind the header (go-libp2p's client does); the listen
 reads them in order, so a listener that lacks the protocol answers "na" and the
 others are proposed one by one as before.  In a crowd's cProfile the negotiation of
 streams was 14% of a downloader's CPU (docs/benchmarks.md).
+
+py-libp2p's listener writes its header before it reads anything, then echoes the
+protocol in a second write.  :class:`ReadFirstMultiselect` reads the dialer's header
+first and holds its own back while more of the dialer's proposal is already in the
+stream's buffer, so a pipelined dialer (this module's, go-libp2p's) gets the header
+and the echo in one write.  A dialer that waits for the listener's header before it
+proposes (py-libp2p's) finds nothing buffered and gets the header at once: every
+dialer sends its header without waiting, so reading it first stalls none.
 """
 
 from __future__ import annotations
@@ -15,12 +23,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import trio
+from libp2p.custom_types import TProtocol
 from libp2p.io.exceptions import IOException
 from libp2p.protocol_muxer.exceptions import (
     MultiselectClientError,
     MultiselectCommunicatorError,
+    MultiselectError,
     ProtocolNotSupportedError,
 )
+from libp2p.protocol_muxer.multiselect import Multiselect
 from libp2p.protocol_muxer.multiselect_client import (
     DEFAULT_NEGOTIATE_TIMEOUT,
     MULTISELECT_PROTOCOL_ID,
@@ -28,13 +39,14 @@ from libp2p.protocol_muxer.multiselect_client import (
     MultiselectClient,
 )
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from libp2p.utils.varint import encode_delim
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from libp2p.abc import IMultiselectCommunicator
-    from libp2p.custom_types import TProtocol
+    from libp2p.custom_types import StreamHandlerFn
 
 
 class PipelinedMultiselectClient(MultiselectClient):
@@ -87,3 +99,59 @@ async def _read(communicator: IMultiselectCommunicator, what: str) -> str:
         return await communicator.read()
     except MultiselectCommunicatorError as error:
         raise MultiselectClientError(f"{what} read failed: {error}") from error
+
+
+class ReadFirstMultiselect(Multiselect):
+    """py-libp2p's listener, but its header goes out with its first answer when the
+    dialer proposed behind its own header."""
+
+    async def negotiate(
+        self,
+        communicator: IMultiselectCommunicator,
+        negotiate_timeout: int = DEFAULT_NEGOTIATE_TIMEOUT,
+    ) -> tuple[TProtocol | None, StreamHandlerFn | None]:
+        if not isinstance(communicator, MultiselectCommunicator):
+            return await super().negotiate(communicator, negotiate_timeout)
+        unsent = [MULTISELECT_PROTOCOL_ID]
+        with trio.move_on_after(negotiate_timeout):
+            header = await _listener_read(communicator)
+            if header != MULTISELECT_PROTOCOL_ID:
+                raise MultiselectError(f"multiselect protocol ID mismatch: got {header!r}")
+            while True:
+                if unsent and not _buffered(communicator):
+                    await _write_all(communicator, unsent)
+                    unsent = []
+                command = await _listener_read(communicator)
+                if command == "ls":
+                    unsent.append("\n".join(str(p) for p in self.handlers if p is not None) + "\n")
+                    continue
+                protocol = TProtocol(command) if command else None
+                if protocol in self.handlers:
+                    await _write_all(communicator, [*unsent, command])
+                    return protocol, self.handlers[protocol]
+                unsent.append(PROTOCOL_NOT_FOUND_MSG)
+        raise MultiselectError("handshake read timeout")
+
+
+def _buffered(communicator: MultiselectCommunicator) -> bool:
+    """Whether more of the dialer's bytes already wait in the yamux stream's buffer."""
+    muxed = getattr(communicator.read_writer, "muxed_stream", None)
+    if not isinstance(muxed, YamuxStream):
+        return False
+    return bool(muxed.conn.stream_buffers.get(muxed.stream_id))
+
+
+async def _write_all(communicator: MultiselectCommunicator, messages: list[str]) -> None:
+    try:
+        await communicator.read_writer.write(
+            b"".join(encode_delim(message.encode()) for message in messages)
+        )
+    except (IOException, AssertionError, ValueError) as error:
+        raise MultiselectError(f"write failed: {error}") from error
+
+
+async def _listener_read(communicator: IMultiselectCommunicator) -> str:
+    try:
+        return await communicator.read()
+    except MultiselectCommunicatorError as error:
+        raise MultiselectError(f"read failed: {error}") from error
