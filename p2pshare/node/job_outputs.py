@@ -50,8 +50,9 @@ class JobOutputs:
 
     def keep(self, path: Path, requester: str) -> ContentId:
         """Keep a job's stdout as unpinned stored content that only ``requester`` can fetch."""
-        # A job's stdout, written by this node into its home, is no user's key file.
-        prepared = self.store.prepare(path, copy=True, name=path.name, confirmed=True)
+        # A job's stdout, written and closed by this node in its home: no user's key
+        # file, and no edit can race its copy.
+        prepared = self.store.prepare(path, copy=True, name=path.name, confirmed=True, ours=True)
         keep_until = int(time.time()) + self.keep_seconds()
         row = self.store.commit_job_output(prepared, requester, keep_until)
         return ContentId.parse(row.cid)

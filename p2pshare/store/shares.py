@@ -117,11 +117,13 @@ class ShareStore:
         copy: bool = False,
         progress: Callable[[int, int], None] = lambda _done, _total: None,
         confirmed: bool = False,
+        ours: bool = False,
     ) -> PreparedShare:
         """Scan, (copy,) hash, build and sign; touches no catalog state.
 
         ``confirmed``: the user said (``--yes``) that files looking like private keys
-        are meant to be published."""
+        are meant to be published.  ``ours``: the files are this node's own, written
+        and closed in its home (see copy_checked)."""
         found = self._scan(path, name, confirmed)
         if not copy:
             hashed, built = self._hash_and_build(found, name, None, progress)
@@ -130,7 +132,7 @@ class ShareStore:
                 signed, built.pages, found, stored=False, hashed=hashed, origin=found.root
             )
         with self.staging.new(found.root, found.total_size) as staged:
-            snapshot = self._snapshot(found, staged)
+            snapshot = self._snapshot(found, staged, ours=ours)
             hashed, built = self._hash_and_build(snapshot, name, None, progress)
             signed = sign_manifest(built.manifest, self._key)
             snapshot = self._settle_snapshot(snapshot, signed.cid)
@@ -204,14 +206,14 @@ class ShareStore:
         return hashed, built
 
     @staticmethod
-    def _snapshot(found: Scan, staged: Path) -> Scan:
+    def _snapshot(found: Scan, staged: Path, *, ours: bool = False) -> Scan:
         """Copy the scanned files into ``staged``, each checked unchanged while copied."""
         root = staged / found.root.name if found.kind is ShareKind.FILE else staged / "tree"
         copied = []
         for f in found.files:
             target = root if found.kind is ShareKind.FILE else root / f.rel_path
             private_dirs(staged, target.parent)
-            copy_checked(f, target)
+            copy_checked(f, target, ours=ours)
             copied.append(replace(f, abs_path=target))
         if found.kind is ShareKind.DIRECTORY:
             private_dirs(staged, root)

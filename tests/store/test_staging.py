@@ -137,6 +137,21 @@ def test_a_file_changed_just_now_is_read_once_its_clock_tick_has_passed(tmp_path
     assert time.time_ns() >= identity.ctime_ns + RACY_NS
 
 
+@pytest.mark.parametrize("ours", [False, True])
+def test_a_file_the_node_just_wrote_itself_is_copied_without_waiting(
+    store: ShareStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, ours: bool
+) -> None:
+    """A job's stdout, just written by the worker, waited a clock tick (100 ms) before
+    it was kept: a third of a trivial job's round trip (bench/compute_jobs.py)."""
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    path = tmp_path / "job.out"
+    path.write_bytes(OLD)
+    prepared = store.prepare(path, copy=True, confirmed=True, ours=ours)
+    assert prepared.stored
+    assert bool(waits) is not ours
+
+
 def _modes(root: Path) -> dict[str, str]:
     found = {".": oct(stat.S_IMODE(root.stat().st_mode))}
     for dirpath, dirs, files in os.walk(root):
