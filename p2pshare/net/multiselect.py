@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     from libp2p.abc import IMultiselectCommunicator
     from libp2p.custom_types import StreamHandlerFn
+    from libp2p.exceptions import BaseLibp2pError
 
 
 class PipelinedMultiselectClient(MultiselectClient):
@@ -62,13 +63,7 @@ class PipelinedMultiselectClient(MultiselectClient):
             return await super().select_one_of(protocols, communicator, negotiate_timeout)
         first, *others = protocols
         with trio.move_on_after(negotiate_timeout):
-            proposal = encode_delim(MULTISELECT_PROTOCOL_ID.encode()) + encode_delim(
-                str(first).encode()
-            )
-            try:
-                await communicator.read_writer.write(proposal)
-            except (IOException, AssertionError, ValueError) as error:
-                raise MultiselectClientError(f"handshake write failed: {error}") from error
+            await _write(communicator, [MULTISELECT_PROTOCOL_ID, str(first)], "handshake")
             header = await _read(communicator, "handshake")
             if header != MULTISELECT_PROTOCOL_ID:
                 raise MultiselectClientError(
@@ -94,11 +89,31 @@ class PipelinedMultiselectClient(MultiselectClient):
         )
 
 
-async def _read(communicator: IMultiselectCommunicator, what: str) -> str:
+async def _read(
+    communicator: IMultiselectCommunicator,
+    what: str,
+    error: type[BaseLibp2pError] = MultiselectClientError,
+) -> str:
+    """The next message; a failure is ``error`` (the dialer's or the listener's type)."""
     try:
         return await communicator.read()
-    except MultiselectCommunicatorError as error:
-        raise MultiselectClientError(f"{what} read failed: {error}") from error
+    except MultiselectCommunicatorError as exc:
+        raise error(f"{what} read failed: {exc}") from exc
+
+
+async def _write(
+    communicator: MultiselectCommunicator,
+    messages: list[str],
+    what: str,
+    error: type[BaseLibp2pError] = MultiselectClientError,
+) -> None:
+    """``messages`` in one write; a failure is ``error``."""
+    try:
+        await communicator.read_writer.write(
+            b"".join(encode_delim(message.encode()) for message in messages)
+        )
+    except (IOException, AssertionError, ValueError) as exc:
+        raise error(f"{what} write failed: {exc}") from exc
 
 
 class ReadFirstMultiselect(Multiselect):
@@ -114,20 +129,20 @@ class ReadFirstMultiselect(Multiselect):
             return await super().negotiate(communicator, negotiate_timeout)
         unsent = [MULTISELECT_PROTOCOL_ID]
         with trio.move_on_after(negotiate_timeout):
-            header = await _listener_read(communicator)
+            header = await _read(communicator, "handshake", MultiselectError)
             if header != MULTISELECT_PROTOCOL_ID:
                 raise MultiselectError(f"multiselect protocol ID mismatch: got {header!r}")
             while True:
                 if unsent and not _buffered(communicator):
-                    await _write_all(communicator, unsent)
+                    await _write(communicator, unsent, "answer", MultiselectError)
                     unsent = []
-                command = await _listener_read(communicator)
+                command = await _read(communicator, "command", MultiselectError)
                 if command == "ls":
                     unsent.append("\n".join(str(p) for p in self.handlers if p is not None) + "\n")
                     continue
                 protocol = TProtocol(command) if command else None
                 if protocol in self.handlers:
-                    await _write_all(communicator, [*unsent, command])
+                    await _write(communicator, [*unsent, command], "answer", MultiselectError)
                     return protocol, self.handlers[protocol]
                 unsent.append(PROTOCOL_NOT_FOUND_MSG)
         raise MultiselectError("handshake read timeout")
@@ -139,19 +154,3 @@ def _buffered(communicator: MultiselectCommunicator) -> bool:
     if not isinstance(muxed, YamuxStream):
         return False
     return bool(muxed.conn.stream_buffers.get(muxed.stream_id))
-
-
-async def _write_all(communicator: MultiselectCommunicator, messages: list[str]) -> None:
-    try:
-        await communicator.read_writer.write(
-            b"".join(encode_delim(message.encode()) for message in messages)
-        )
-    except (IOException, AssertionError, ValueError) as error:
-        raise MultiselectError(f"write failed: {error}") from error
-
-
-async def _listener_read(communicator: IMultiselectCommunicator) -> str:
-    try:
-        return await communicator.read()
-    except MultiselectCommunicatorError as error:
-        raise MultiselectError(f"read failed: {error}") from error
